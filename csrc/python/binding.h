@@ -1,0 +1,81 @@
+/* binding.h: what the files of the CPython binding (rsm._C) share.
+ *
+ * The binding is thin: it parses arguments, converts tensors (DLPack in and out), maps rsm_status
+ * to Python exceptions and wraps Python callables. Numerical work happens in the C core (csrc/),
+ * with the GIL released around it.
+ *
+ * Files:  module.c      module definition, multi-phase init, module state, errors, build_info
+ *         tensor_py.c   the rsm.Tensor type, from_dlpack, __dlpack__ (DLPack producer/consumer)
+ *         compute_py.c  models, paths, samplers, optimizers, pretraining entry points
+ */
+#ifndef RSM_BINDING_H
+#define RSM_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "../status.h"
+#include "../tensor.h"
+
+typedef struct rsm_module_state {
+    PyTypeObject *tensor_type;   /* rsm.Tensor (tensor_py.c) */
+    PyTypeObject *mlp_type;      /* rsm._C.MLPCore (compute_py.c) */
+    PyTypeObject *gmm_type;      /* rsm._C.GaussianMixtureCore (compute_py.c) */
+    PyTypeObject *path_type;     /* rsm._C.PathCore (compute_py.c) */
+    PyTypeObject *adamw_type;    /* rsm._C.AdamWCore (compute_py.c) */
+} rsm_module_state;
+
+extern PyModuleDef rsm_module_def;
+
+rsm_module_state *rsm_state(PyObject *module);
+/* The rsm._C module from an instance of one of its heap types. */
+PyObject *rsm_module_of_type(PyTypeObject *type);
+
+/* Raise the Python exception that matches `status`, with the core's last message prefixed by
+ * "func(): ". Returns NULL so callers can `return rsm_py_raise(...)`. RSM_ERR_CALLBACK keeps the
+ * exception that is already set. */
+PyObject *rsm_py_raise(rsm_status status, const char *func);
+/* Same, with an explicit message (printf-style); the message is prefixed by "func(): ". */
+PyObject *rsm_py_raisef(PyObject *exc_type, const char *func, const char *fmt, ...);
+
+/* ---- rsm.Tensor (tensor_py.c) ------------------------------------------------------------- */
+
+typedef struct rsm_py_tensor {
+    PyObject_HEAD
+    rsm_tensor t;          /* the view: data, device, dtype, shape, strides */
+    void *own_data;        /* rsm_malloc'd buffer owned by this object, or NULL */
+    PyObject *base;        /* an object kept alive by this view (e.g. a model for .params), or NULL */
+    void *managed;         /* an imported DLManagedTensor(Versioned) whose deleter we call, or NULL */
+    int managed_versioned; /* 1 if `managed` is a DLManagedTensorVersioned */
+    PyObject *weakreflist;
+} rsm_py_tensor;
+
+int rsm_py_tensor_exec(PyObject *module);
+
+/* A new, owned, C-contiguous CPU tensor (uninitialised memory; zeroed if `zero`). */
+rsm_py_tensor *rsm_py_tensor_new(PyObject *module, rsm_dtype dtype, int32_t ndim,
+                                 const int64_t *shape, int zero);
+/* A contiguous CPU view of memory owned by `base` (a new reference to base is kept). */
+rsm_py_tensor *rsm_py_tensor_view(PyObject *module, PyObject *base, void *data, rsm_dtype dtype,
+                                  int32_t ndim, const int64_t *shape, int readonly);
+/* Any argument (rsm.Tensor, a DLPack producer such as a numpy array or a torch tensor) as a
+ * C-contiguous CPU rsm.Tensor of `dtype`: the same object or a zero-copy import when possible, a
+ * contiguous copy when the input is strided. A different dtype is a TypeError that names
+ * `func` and `argname`; a non-CPU device is a ValueError. Returns a new reference or NULL. */
+rsm_py_tensor *rsm_py_tensor_arg(PyObject *module, PyObject *obj, const char *func,
+                                 const char *argname, rsm_dtype dtype);
+/* The same, but when the argument is used as an output: it must be writable (no copy is made:
+ * a strided or read-only output is an error). */
+rsm_py_tensor *rsm_py_tensor_out_arg(PyObject *module, PyObject *obj, const char *func,
+                                     const char *argname, rsm_dtype dtype);
+/* Typed pointer to the first element. */
+static inline void *
+rsm_py_tensor_data(rsm_py_tensor *self)
+{
+    return rsm_tensor_ptr(&self->t);
+}
+
+/* ---- compute entry points (compute_py.c) -------------------------------------------------- */
+int rsm_py_compute_exec(PyObject *module);
+
+#endif /* RSM_BINDING_H */
