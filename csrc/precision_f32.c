@@ -1,2 +1,8 @@
 /* precision_f32.c: instantiates every numeric template (*_real.c) in float32. */
 #define RSM_REAL_BITS 32
+#include "ops/linear_real.c"
+#include "path_real.c"
+#include "nn/mlp_real.c"
+#include "sampler_real.c"
+#include "optim_real.c"
+#include "train/pretrain_real.c"

@@ -8,6 +8,8 @@
  * <tgmath.h> makes exp/log/sqrt/... resolve to the right precision.
  */
 #include <tgmath.h>
+/* <tgmath.h> pulls in <complex.h>, whose macro I (the imaginary unit) we never use */
+#undef I
 
 #undef RSM_T
 #undef RSM_REAL_DTYPE

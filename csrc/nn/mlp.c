@@ -1,0 +1,112 @@
+/* mlp.c: layout, allocation and dtype dispatch of the MLP backbone (math in mlp_real.c). */
+#include "mlp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* defined in mlp_real.c, once per real type */
+void rsm_mlp_init_params_f32(const rsm_mlp *mlp, uint64_t seed);
+void rsm_mlp_init_params_f64(const rsm_mlp *mlp, uint64_t seed);
+rsm_status rsm_mlp_forward_f32(rsm_mlp *mlp, int64_t n, const float *x, const float *t,
+                               const float *cond, float *out);
+rsm_status rsm_mlp_forward_f64(rsm_mlp *mlp, int64_t n, const double *x, const double *t,
+                               const double *cond, double *out);
+rsm_status rsm_mlp_backward_f32(rsm_mlp *mlp, int64_t n, const float *dout, float *dparams,
+                                float *dx);
+rsm_status rsm_mlp_backward_f64(rsm_mlp *mlp, int64_t n, const double *dout, double *dparams,
+                                double *dx);
+
+rsm_mlp_layout
+rsm_mlp_layout_of(rsm_mlp_config c)
+{
+    rsm_mlp_layout l;
+    l.in_dim = c.dim + c.temb_dim + c.cond_dim;
+    l.in_w = 0;
+    l.in_b = l.in_w + c.hidden * l.in_dim;
+    l.block0 = l.in_b + c.hidden;
+    l.block_size = 2 * c.hidden * c.hidden + 2 * c.hidden;
+    l.out_w = l.block0 + c.depth * l.block_size;
+    l.out_b = l.out_w + c.dim * c.hidden;
+    l.num_params = l.out_b + c.dim;
+    return l;
+}
+
+rsm_status
+rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed)
+{
+    memset(mlp, 0, sizeof(*mlp));
+    RSM_CHECK(config.dim >= 1, RSM_ERR_VALUE, "dim=%lld must be >= 1", (long long)config.dim);
+    RSM_CHECK(config.hidden >= 1, RSM_ERR_VALUE, "hidden=%lld must be >= 1",
+              (long long)config.hidden);
+    RSM_CHECK(config.depth >= 0, RSM_ERR_VALUE, "depth=%lld must be >= 0", (long long)config.depth);
+    RSM_CHECK(config.cond_dim >= 0, RSM_ERR_VALUE, "cond_dim=%lld must be >= 0",
+              (long long)config.cond_dim);
+    RSM_CHECK(config.temb_dim >= 2 && config.temb_dim % 2 == 0, RSM_ERR_VALUE,
+              "temb_dim=%lld must be even and >= 2", (long long)config.temb_dim);
+    RSM_CHECK(config.dtype == RSM_F32 || config.dtype == RSM_F64, RSM_ERR_TYPE,
+              "dtype must be float32 or float64");
+    mlp->config = config;
+    mlp->layout = rsm_mlp_layout_of(config);
+    mlp->params = rsm_calloc((size_t)mlp->layout.num_params * rsm_dtype_size(config.dtype));
+    RSM_CHECK(mlp->params != NULL, RSM_ERR_MEMORY, "cannot allocate %lld parameters",
+              (long long)mlp->layout.num_params);
+    rsm_mlp_reset_parameters(mlp, seed);
+    return RSM_OK;
+}
+
+void
+rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed)
+{
+    if (mlp->config.dtype == RSM_F32)
+        rsm_mlp_init_params_f32(mlp, seed);
+    else
+        rsm_mlp_init_params_f64(mlp, seed);
+}
+
+void
+rsm_mlp_free(rsm_mlp *mlp)
+{
+    rsm_free(mlp->params);
+    rsm_free(mlp->acts);
+    rsm_free(mlp->scratch);
+    memset(mlp, 0, sizeof(*mlp));
+}
+
+rsm_status
+rsm_mlp_forward(rsm_mlp *mlp, int64_t n, const void *x, const void *t, const void *cond,
+                void *out)
+{
+    RSM_CHECK(n >= 0, RSM_ERR_VALUE, "batch size n=%lld must be >= 0", (long long)n);
+    RSM_CHECK(mlp->config.cond_dim == 0 || cond != NULL, RSM_ERR_VALUE,
+              "this model is conditional (cond_dim=%lld) and needs cond",
+              (long long)mlp->config.cond_dim);
+    if (mlp->config.dtype == RSM_F32)
+        return rsm_mlp_forward_f32(mlp, n, (const float *)x, (const float *)t,
+                                   (const float *)cond, (float *)out);
+    return rsm_mlp_forward_f64(mlp, n, (const double *)x, (const double *)t,
+                               (const double *)cond, (double *)out);
+}
+
+rsm_status
+rsm_mlp_backward(rsm_mlp *mlp, int64_t n, const void *dout, void *dparams, void *dx)
+{
+    if (mlp->config.dtype == RSM_F32)
+        return rsm_mlp_backward_f32(mlp, n, (const float *)dout, (float *)dparams, (float *)dx);
+    return rsm_mlp_backward_f64(mlp, n, (const double *)dout, (double *)dparams, (double *)dx);
+}
+
+static rsm_status
+rsm_mlp_model_forward(void *self, const rsm_path *path, int64_t n, const void *x, const void *t,
+                      const void *cond, void *out)
+{
+    (void)path; /* the MLP's output is the path's native parameterization by training */
+    return rsm_mlp_forward((rsm_mlp *)self, n, x, t, cond, out);
+}
+
+rsm_model
+rsm_mlp_as_model(rsm_mlp *mlp)
+{
+    rsm_model model = {rsm_mlp_model_forward, mlp, mlp->config.dtype, mlp->config.dim,
+                       mlp->config.cond_dim};
+    return model;
+}

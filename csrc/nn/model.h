@@ -1,0 +1,26 @@
+/* model.h: what samplers and trainers need from a denoising network: a forward pass giving the
+ * output in the path's native parameterization (velocity for flow, eps for VP).
+ *
+ * A model is a small vtable so that samplers run the same code on a trained MLP and on an
+ * analytic model whose exact output is known (Gaussian mixtures, used as ground truth in tests).
+ */
+#ifndef RSM_MODEL_H
+#define RSM_MODEL_H
+
+#include <stdint.h>
+
+#include "../path.h"
+#include "../status.h"
+#include "../tensor.h"
+
+typedef struct rsm_model {
+    /* out[n, dim] = network(x[n, dim], t[n], cond[n, cond_dim] or NULL); arrays of `dtype`. */
+    rsm_status (*forward)(void *self, const rsm_path *path, int64_t n, const void *x,
+                          const void *t, const void *cond, void *out);
+    void *self;
+    rsm_dtype dtype;   /* RSM_F32 or RSM_F64 */
+    int64_t dim;       /* data dimension D */
+    int64_t cond_dim;  /* 0 for an unconditional model */
+} rsm_model;
+
+#endif /* RSM_MODEL_H */

@@ -1,0 +1,50 @@
+/* optim_real.c: the AdamW update loop (template, see real.h and optim.h).
+ *
+ *   g  <- g * min(1, max_norm / (|g| + 1e-6))              (clip_grad_norm_)
+ *   p  <- p - lr wd p                                      (decoupled weight decay)
+ *   m  <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+ *   p  <- p - (lr / (1 - b1^k)) m / (sqrt(v) / sqrt(1 - b2^k) + eps)
+ *   ema <- d ema + (1 - d) p
+ */
+#include "real.h"
+#include "optim.h"
+
+rsm_status
+RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, double *grad_norm)
+{
+    const rsm_adamw_config *c = &opt->config;
+    const int64_t n = opt->num_params;
+    RSM_CHECK(isfinite(lr) && lr >= 0, RSM_ERR_VALUE, "lr=%g must be finite and >= 0", lr);
+    /* global norm in double, in a fixed order: deterministic */
+    double sq = 0.0;
+    for (int64_t i = 0; i < n; i++) sq += (double)grads[i] * (double)grads[i];
+    double norm = sqrt(sq);
+    if (grad_norm) *grad_norm = norm;
+    RSM_CHECK(isfinite(norm), RSM_ERR_NUMERIC,
+              "the gradient is not finite (norm=%g); parameters and optimizer state unchanged",
+              norm);
+    real_t clip = 1;
+    if (c->max_grad_norm > 0 && norm > c->max_grad_norm)
+        clip = (real_t)(c->max_grad_norm / (norm + 1e-6));
+    opt->step += 1;
+    const double bc1 = 1.0 - pow(c->beta1, (double)opt->step);
+    const double bc2 = 1.0 - pow(c->beta2, (double)opt->step);
+    const real_t step_size = (real_t)(lr / bc1);
+    const real_t inv_sqrt_bc2 = (real_t)(1.0 / sqrt(bc2));
+    const real_t decay = (real_t)(1.0 - lr * c->weight_decay);
+    const real_t b1 = (real_t)c->beta1, b2 = (real_t)c->beta2, eps = (real_t)c->eps;
+    real_t *m = (real_t *)opt->m, *v = (real_t *)opt->v, *ema = (real_t *)opt->ema;
+    const real_t ema_decay = (real_t)c->ema_decay;
+    _Pragma("omp parallel for schedule(static) if (n > 262144)")
+    for (int64_t i = 0; i < n; i++) {
+        real_t g = grads[i] * clip;
+        grads[i] = g;
+        m[i] = b1 * m[i] + (1 - b1) * g;
+        v[i] = b2 * v[i] + (1 - b2) * g * g;
+        real_t p = params[i] * decay;
+        p -= step_size * m[i] / (sqrt(v[i]) * inv_sqrt_bc2 + eps);
+        params[i] = p;
+        if (ema) ema[i] = ema_decay * ema[i] + (1 - ema_decay) * p;
+    }
+    return RSM_OK;
+}

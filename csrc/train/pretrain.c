@@ -1,0 +1,45 @@
+/* pretrain.c: validation and dtype dispatch of pretraining (loop in pretrain_real.c). */
+#include "pretrain.h"
+
+#include <math.h>
+
+rsm_status rsm_pretrain_steps_f32(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+                                  const rsm_pretrain_config *cfg, const float *data,
+                                  const float *data_cond, int64_t n_data, int64_t first_step,
+                                  int64_t num_steps, float *grads, double *losses,
+                                  double *grad_norms);
+rsm_status rsm_pretrain_steps_f64(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+                                  const rsm_pretrain_config *cfg, const double *data,
+                                  const double *data_cond, int64_t n_data, int64_t first_step,
+                                  int64_t num_steps, double *grads, double *losses,
+                                  double *grad_norms);
+
+rsm_status
+rsm_pretrain_steps(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+                   const rsm_pretrain_config *cfg, const void *data, const void *data_cond,
+                   int64_t n_data, int64_t first_step, int64_t num_steps, void *grads,
+                   double *losses, double *grad_norms)
+{
+    RSM_CHECK(cfg->batch_size >= 1, RSM_ERR_VALUE, "batch_size=%lld must be >= 1",
+              (long long)cfg->batch_size);
+    RSM_CHECK(n_data >= 1, RSM_ERR_VALUE, "data has %lld rows, needs >= 1", (long long)n_data);
+    RSM_CHECK(num_steps >= 0 && first_step >= 0, RSM_ERR_VALUE, "invalid step range");
+    RSM_CHECK(isfinite(cfg->t_min) && isfinite(cfg->t_max) && 0 <= cfg->t_min &&
+                  cfg->t_min < cfg->t_max && cfg->t_max <= 1,
+              RSM_ERR_VALUE, "need 0 <= t_min < t_max <= 1, got t_min=%g, t_max=%g", cfg->t_min,
+              cfg->t_max);
+    RSM_CHECK(isfinite(cfg->lr) && cfg->lr >= 0, RSM_ERR_VALUE, "lr=%g must be >= 0", cfg->lr);
+    RSM_CHECK(mlp->config.cond_dim == 0 || data_cond != NULL, RSM_ERR_VALUE,
+              "the model is conditional (cond_dim=%lld): conditions for the data are required",
+              (long long)mlp->config.cond_dim);
+    RSM_CHECK(opt->num_params == mlp->layout.num_params && opt->dtype == mlp->config.dtype,
+              RSM_ERR_VALUE, "the optimizer was made for another model (%lld parameters)",
+              (long long)opt->num_params);
+    if (mlp->config.dtype == RSM_F32)
+        return rsm_pretrain_steps_f32(mlp, opt, path, cfg, (const float *)data,
+                                      (const float *)data_cond, n_data, first_step, num_steps,
+                                      (float *)grads, losses, grad_norms);
+    return rsm_pretrain_steps_f64(mlp, opt, path, cfg, (const double *)data,
+                                  (const double *)data_cond, n_data, first_step, num_steps,
+                                  (double *)grads, losses, grad_norms);
+}

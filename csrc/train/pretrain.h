@@ -1,0 +1,37 @@
+/* pretrain.h: pretraining of a backbone on data by regression onto the path's native target:
+ * flow matching (velocity v = eps - x0 for rectified flow; Lipman et al. 2023, Liu et al. 2023)
+ * or denoising score matching in eps-parameterization (Ho et al. 2020):
+ *
+ *   L = mean_{batch, dims} | u_theta(x_t, t, c) - target |^2,   x_t = alpha(t) x0 + sigma(t) eps.
+ *
+ * Step k draws everything from Philox streams keyed by (seed, k): batch indices
+ * (RSM_STREAM_DATA), times (RSM_STREAM_TIME) and noise (RSM_STREAM_NOISE). So a run resumed at
+ * step k from a checkpoint (parameters + optimizer state) continues exactly as the uninterrupted
+ * run, and the result does not depend on how steps are grouped into calls.
+ */
+#ifndef RSM_PRETRAIN_H
+#define RSM_PRETRAIN_H
+
+#include <stdint.h>
+
+#include "../nn/mlp.h"
+#include "../optim.h"
+#include "../path.h"
+
+typedef struct rsm_pretrain_config {
+    int64_t batch_size;
+    double t_min, t_max;   /* t ~ U(t_min, t_max) */
+    double lr;             /* peak learning rate */
+    int64_t warmup_steps;  /* linear warm-up from 0 to lr over these steps */
+    uint64_t seed;
+} rsm_pretrain_config;
+
+/* Runs steps [first_step, first_step + num_steps). data[n_data, dim], data_cond[n_data, cond_dim]
+ * (NULL for an unconditional model). grads[num_params] is workspace. losses and grad_norms
+ * [num_steps] receive one value per step (may be NULL). */
+rsm_status rsm_pretrain_steps(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+                              const rsm_pretrain_config *cfg, const void *data,
+                              const void *data_cond, int64_t n_data, int64_t first_step,
+                              int64_t num_steps, void *grads, double *losses, double *grad_norms);
+
+#endif /* RSM_PRETRAIN_H */
