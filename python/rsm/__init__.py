@@ -20,6 +20,7 @@ def _load_blas() -> str | None:
 
 
 from . import _C  # noqa: E402
+from ._C import Tensor, from_dlpack  # noqa: E402,F401
 
 _BLAS_ERROR = _load_blas()
 
