@@ -24,6 +24,22 @@ from ._C import Tensor, from_dlpack  # noqa: E402,F401
 
 _BLAS_ERROR = _load_blas()
 
+from . import paths, models, sampling, training  # noqa: E402
+from .paths import FlowPath, VPPath  # noqa: E402,F401
+from .models import MLP, GaussianMixtureModel, load  # noqa: E402,F401
+from .sampling import Trajectory, sample, log_prob, time_grid, step_coefficients  # noqa: E402,F401
+from .training import AdamW, History, pretrain, save_checkpoint, load_checkpoint  # noqa: E402,F401
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for rsm's CPU loops (OpenMP) and for the BLAS."""
+    _C.set_num_threads(int(n))
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device can be used (this build has no CUDA backend yet)."""
+    return False
+
 
 def build_info() -> dict:
     """What this build of rsm found and uses: compiler, flags, OpenMP, BLAS, CUDA."""

@@ -1,0 +1,56 @@
+"""Argument helpers shared by the Python layer: times, dtypes, names in error messages."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def as_times(t: Any, n: int, dtype: str, func: str, name: str = "t") -> np.ndarray:
+    """A scalar or [n] array of times as a contiguous array of the model's dtype.
+
+    Times are coordinates, not data, so any real dtype is accepted and converted; NaN, inf and
+    values outside [0, 1] are rejected with a message that names the argument."""
+    try:
+        arr = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}(): {name} must be a float or an array of floats, got {type(t).__name__}") from None
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{func}(): {name} must be a scalar or have shape [{n}], got {tuple(arr.shape)}")
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{func}(): {name}[{i}]={arr[i]!r}: times must be finite and in [0, 1] (t = 1 is noise, t = 0 is data)")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def positive_int(value: Any, func: str, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{func}(): {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{func}(): {name}={value} must be >= {minimum}")
+    return int(value)
+
+
+def finite_float(value: Any, func: str, name: str, minimum: float | None = None) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}(): {name} must be a float, got {type(value).__name__}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{func}(): {name}={out} must be finite")
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{func}(): {name}={out} must be >= {minimum}")
+    return out
+
+
+def rows_of(x: Any, func: str, name: str = "x") -> int:
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    if len(shape) < 1:
+        raise ValueError(f"{func}(): {name} must have shape [n, d], got a scalar")
+    return int(shape[0])

@@ -1,0 +1,211 @@
+"""Backbones: the MLP for low-dimensional data and an analytic Gaussian-mixture model.
+
+Both expose `forward(x, t, cond=None)` returning the network output in the path's native
+parameterization (velocity for flow, eps for VP); samplers accept either."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from . import _C
+from ._args import as_times, positive_int, rows_of
+
+
+class MLP:
+    """MLP backbone (C core): sinusoidal time embedding, optional condition vector, `depth`
+    residual blocks of Linear-SiLU-Linear of width `hidden`, zero-initialised output layer.
+
+    All parameters live in one flat buffer, `model.params` (a writable zero-copy rsm.Tensor);
+    `model.named_params()` gives named numpy views into it (torch.nn.Linear layout [out, in]).
+    """
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, cond_dim: int = 0,
+                 seed: int = 0, *, temb_dim: int = 64, dtype: str = "float32") -> None:
+        positive_int(dim, "MLP", "dim")
+        positive_int(hidden, "MLP", "hidden")
+        positive_int(depth, "MLP", "depth", minimum=0)
+        positive_int(cond_dim, "MLP", "cond_dim", minimum=0)
+        positive_int(temb_dim, "MLP", "temb_dim", minimum=2)
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"MLP(): dtype must be 'float32' or 'float64', got {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"MLP(): seed must be a non-negative int, got {seed!r}")
+        self._core = _C.MLPCore(dim, hidden, depth, cond_dim, temb_dim, dtype, int(seed))
+        self.seed = int(seed)
+
+    # ---- description -------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return dict(self._core.config)
+
+    @property
+    def dim(self) -> int:
+        return self._core.config["dim"]
+
+    @property
+    def cond_dim(self) -> int:
+        return self._core.config["cond_dim"]
+
+    @property
+    def dtype(self) -> str:
+        return self._core.config["dtype"]
+
+    @property
+    def num_params(self) -> int:
+        return self._core.layout["num_params"]
+
+    @property
+    def params(self) -> _C.Tensor:
+        """Flat parameters, a writable zero-copy view (np.from_dlpack(model.params) writes through)."""
+        return self._core.params
+
+    def named_params(self) -> dict[str, np.ndarray]:
+        """Named numpy views into the flat buffer, in torch.nn.Linear layout."""
+        flat = np.from_dlpack(self._core.params)
+        c, lay = self._core.config, self._core.layout
+        h, d, i = c["hidden"], c["dim"], lay["in_dim"]
+        out = {"input.weight": flat[lay["in_w"]:lay["in_b"]].reshape(h, i),
+               "input.bias": flat[lay["in_b"]:lay["block0"]]}
+        for b in range(c["depth"]):
+            o = lay["block0"] + b * lay["block_size"]
+            out[f"blocks.{b}.linear1.weight"] = flat[o:o + h * h].reshape(h, h)
+            out[f"blocks.{b}.linear1.bias"] = flat[o + h * h:o + h * h + h]
+            o2 = o + h * h + h
+            out[f"blocks.{b}.linear2.weight"] = flat[o2:o2 + h * h].reshape(h, h)
+            out[f"blocks.{b}.linear2.bias"] = flat[o2 + h * h:o2 + h * h + h]
+        out["output.weight"] = flat[lay["out_w"]:lay["out_b"]].reshape(d, h)
+        out["output.bias"] = flat[lay["out_b"]:lay["num_params"]]
+        return out
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"MLP(dim={c['dim']}, hidden={c['hidden']}, depth={c['depth']}, "
+                f"cond_dim={c['cond_dim']}, dtype={c['dtype']!r}, params={self.num_params})")
+
+    # ---- compute -----------------------------------------------------------------------------
+    def forward(self, x: Any, t: Any, cond: Any = None) -> _C.Tensor:
+        """Network output [n, dim] for states x[n, dim] at times t (scalar or [n])."""
+        n = rows_of(x, "forward")
+        return self._core.forward(x, as_times(t, n, self.dtype, "forward"), cond)
+
+    __call__ = forward
+
+    def vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None) -> tuple[_C.Tensor, _C.Tensor]:
+        """(dx, dparams): the vector-Jacobian products of the output with `cotangent` [n, dim],
+        with respect to the input x and to the flat parameters."""
+        n = rows_of(x, "vjp")
+        _, dx, dparams = self._core.vjp(x, as_times(t, n, self.dtype, "vjp"), cotangent, cond)
+        return dx, dparams
+
+    def forward_and_vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None):
+        """(output, dx, dparams) from one forward and one backward."""
+        n = rows_of(x, "vjp")
+        return self._core.vjp(x, as_times(t, n, self.dtype, "vjp"), cotangent, cond)
+
+    # ---- copies and files --------------------------------------------------------------------
+    def copy(self) -> "MLP":
+        """An independent model with the same configuration and parameters."""
+        c = self.config
+        other = MLP(c["dim"], c["hidden"], c["depth"], c["cond_dim"], self.seed,
+                    temb_dim=c["temb_dim"], dtype=c["dtype"])
+        np.from_dlpack(other.params)[...] = np.from_dlpack(self.params)
+        return other
+
+    def load_params(self, params: Any) -> None:
+        """Copy a flat parameter vector (any DLPack array or sequence) into the model."""
+        src = np.asarray(np.from_dlpack(params) if hasattr(params, "__dlpack__") else params)
+        if src.shape != (self.num_params,):
+            raise ValueError(f"load_params(): params must have shape [{self.num_params}], got {src.shape}")
+        if not np.all(np.isfinite(src)):
+            raise ValueError("load_params(): params contain NaN or inf")
+        np.from_dlpack(self.params)[...] = src
+
+    def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
+        """Write the model to a safetensors file (named tensors + config), atomically."""
+        from . import io
+
+        meta = {"rsm_class": "MLP", "rsm_version": _version(), "config": json.dumps(self.config),
+                "seed": str(self.seed)}
+        if metadata:
+            meta.update({str(k): str(v) for k, v in metadata.items()})
+        io.save_file(self.named_params(), path, metadata=meta)
+
+    @classmethod
+    def _from_file(cls, tensors: dict, meta: dict, path: str) -> "MLP":
+        from .io import CheckpointError
+
+        try:
+            c = json.loads(meta["config"])
+            model = cls(c["dim"], c["hidden"], c["depth"], c["cond_dim"], int(meta.get("seed", 0)),
+                        temb_dim=c["temb_dim"], dtype=c["dtype"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"load(): {path} has no valid MLP config in its metadata ({exc})") from None
+        views = model.named_params()
+        missing = sorted(set(views) - set(tensors))
+        if missing:
+            raise CheckpointError(f"load(): {path} lacks tensors {missing[:4]}")
+        for name, view in views.items():
+            src = tensors[name]
+            if tuple(src.shape) != view.shape:
+                raise CheckpointError(f"load(): {path}: tensor {name!r} has shape {tuple(src.shape)}, expected {view.shape}")
+            view[...] = src
+        return model
+
+
+class GaussianMixtureModel:
+    """The exact denoiser of an isotropic Gaussian mixture  p0 = sum_k w_k N(mu_k, s_k^2 I).
+
+    forward(x, t) returns the path's native parameterization of E[. | x_t] (closed form), so
+    samplers, estimators and tests can run on the true optimum with no network error."""
+
+    def __init__(self, means: Any, stds: Any, weights: Any, path: Any, *, dtype: str = "float64") -> None:
+        means = np.ascontiguousarray(np.atleast_2d(np.asarray(means, dtype=np.float64)))
+        k = means.shape[0]
+        stds = np.ascontiguousarray(np.broadcast_to(np.asarray(stds, dtype=np.float64), (k,)))
+        weights = np.ascontiguousarray(np.broadcast_to(np.asarray(weights, dtype=np.float64), (k,)))
+        self._core = _C.GaussianMixtureCore(means, stds, weights, dtype)
+        self.means, self.stds, self.weights = means, stds, weights / weights.sum()
+        self.path = path
+        self.dtype = dtype
+        self.dim = means.shape[1]
+        self.cond_dim = 0
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, path: Any, *, dtype: str = "float64") -> "GaussianMixtureModel":
+        return cls(dataset.means, dataset.stds, dataset.weights, path, dtype=dtype)
+
+    def forward(self, x: Any, t: Any, cond: Any = None) -> _C.Tensor:
+        if cond is not None:
+            raise ValueError("forward(): cond was given but the mixture model is unconditional")
+        n = rows_of(x, "forward")
+        return self._core.forward(self.path._core, x, as_times(t, n, self.dtype, "forward"))
+
+    __call__ = forward
+
+    def posterior(self, x: Any, t: Any) -> tuple[_C.Tensor, _C.Tensor]:
+        """(E[x0 | x_t], E[eps | x_t]) in closed form."""
+        n = rows_of(x, "posterior")
+        return self._core.posterior(self.path._core, x, as_times(t, n, self.dtype, "posterior"))
+
+    def __repr__(self) -> str:
+        return f"GaussianMixtureModel(K={len(self.weights)}, dim={self.dim}, path={self.path!r})"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load(path: str) -> Any:
+    """Load a model written by `model.save(path)` (safetensors)."""
+    from . import io
+
+    tensors, meta = io.load_file(path)
+    kind = meta.get("rsm_class")
+    if kind == "MLP":
+        return MLP._from_file(tensors, meta, path)
+    raise io.CheckpointError(
+        f"load(): {path} is a safetensors file but not an rsm model (metadata rsm_class={kind!r})")

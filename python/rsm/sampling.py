@@ -1,0 +1,181 @@
+"""Sampling: ODE (Euler, Heun), Flow-GRPO's SDE, DDIM(eta) and DDPM, with exact transition
+log-probabilities, stochastic windows and branching (RSM-SPEC §2; math in csrc/sampler*.c)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _C
+from ._args import positive_int
+
+SAMPLERS = ("ode", "euler", "heun", "sde", "ddim", "ddpm")
+
+
+def time_grid(steps: int, path: Any = None, grid: str = "uniform", shift: float = 3.0,
+              num_train_steps: int = 1000) -> np.ndarray:
+    """Decreasing times ts[steps + 1] from noise to data.
+
+    grid:
+      "uniform"  linspace(1, 0, steps + 1)
+      "shift"    SD3's resolution shift t -> s t / (1 + (s - 1) t) of the uniform grid
+      "sd3"      diffusers' FlowMatchEuler grid: shift(linspace(1, shift(1/T), steps)), then 0
+                 (the SD3.5 training grid of RSM-SPEC §2.2 for steps = 10, shift = 3)
+      "leading"  DDIM's "leading" spacing for discrete VP schedules with steps_offset 1:
+                 k_i = (steps - 1 - i) (T // steps) + 1, then 0 (t = k / T; RSM-SPEC §2.1)
+    """
+    steps = positive_int(steps, "time_grid", "steps")
+
+    def shifted(t: np.ndarray) -> np.ndarray:
+        return shift * t / (1.0 + (shift - 1.0) * t)
+
+    if grid == "uniform":
+        return np.linspace(1.0, 0.0, steps + 1)
+    if grid == "shift":
+        return shifted(np.linspace(1.0, 0.0, steps + 1))
+    if grid == "sd3":
+        low = shifted(np.array(1.0 / num_train_steps))
+        return np.concatenate([shifted(np.linspace(1.0, float(low), steps)), [0.0]])
+    if grid == "leading":
+        T = getattr(path, "num_train_steps", None) or num_train_steps
+        ratio = T // steps
+        ks = (np.arange(steps)[::-1] * ratio + 1).astype(np.float64)
+        return np.concatenate([ks / T, [0.0]])
+    raise ValueError(f"time_grid(): grid must be 'uniform', 'shift', 'sd3' or 'leading', got {grid!r}")
+
+
+@dataclass
+class Trajectory:
+    """A sampling run. N = rows after branching, S = steps, D = data dimension.
+
+    xs[S+1, N, D] states (xs[0] the prior draw at ts[0]), ts[S+1], means[S, N, D] transition means,
+    stds[S], log_probs[S, N] exact Gaussian log-density of each taken transition summed over D
+    (0 for deterministic steps), noises[S, N, D] the z used, outputs[S, N, D] the network outputs,
+    rows[S+1] distinct states per time (branching), nfe network evaluations."""
+
+    xs: np.ndarray
+    ts: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    log_probs: np.ndarray
+    noises: np.ndarray
+    outputs: np.ndarray
+    rows: np.ndarray
+    nfe: int
+    sampler: dict = field(default_factory=dict)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.xs[-1]
+
+    @property
+    def steps(self) -> int:
+        return len(self.ts) - 1
+
+    def nodes(self) -> np.ndarray:
+        """nodes[S+1, N]: id of the distinct state each row is at, per time (shared prefixes of a
+        branching run have the same id)."""
+        n_final = self.xs.shape[1]
+        out = np.empty((len(self.rows), n_final), dtype=np.int64)
+        offset = 0
+        for i, r in enumerate(self.rows):
+            out[i] = offset + np.arange(n_final) // (n_final // int(r))
+            offset += int(r)
+        return out
+
+    def log_prob_under(self, model: Any, path: Any, cond: Any = None) -> np.ndarray:
+        """Recompute log_probs[S, N] of the recorded transitions under another model (the policy
+        ratio primitive): same mean and density code as sampling, so the sampling model gives
+        bitwise the recorded values. Deterministic steps give 0."""
+        out = np.zeros_like(self.log_probs)
+        cfg = self.sampler
+        for i in range(self.steps):
+            if not self.stds[i] > 0:
+                continue
+            lp, _, _ = _C.transition_log_prob(
+                _core_of(model), path._core, cfg["kind"], self.ts, i, self.xs[i], self.xs[i + 1],
+                cfg["noise_level"], cfg["eta"], cond, cfg["window_begin"], cfg["window_end"])
+            out[i] = np.from_dlpack(lp)
+        return out
+
+
+def _core_of(model: Any) -> Any:
+    core = getattr(model, "_core", None)
+    if core is None:
+        raise TypeError(f"expected an rsm model (rsm.MLP, rsm.GaussianMixtureModel), got {type(model).__name__}")
+    return core
+
+
+def _sampler_kind(sampler: str, eta: float | None) -> tuple[str, float]:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sample(): sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler == "ode":
+        return "euler", 0.0
+    if sampler == "ddpm":
+        return "ddim", 1.0
+    if sampler == "ddim":
+        return "ddim", 0.0 if eta is None else float(eta)
+    return sampler, 0.0 if eta is None else float(eta)
+
+
+def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20, *,
+           noise_level: float = 0.7, eta: float | None = None, cond: Any = None, seed: int = 0,
+           return_trajectory: bool = False, x_init: Any = None, grid: str | None = None,
+           shift: float = 3.0, ts: Any = None, sde_window: tuple[int, int] | None = None,
+           branch_steps: Sequence[int] | None = None, branch_factor: int = 1) -> Any:
+    """Draw n samples from `model` along `path`.
+
+    sampler: "ode"/"euler" and "heun" (probability-flow ODE), "sde" (Flow-GRPO's SDE with noise
+    level a = noise_level), "ddim" (eta, default 0) and "ddpm" (DDIM with eta = 1).
+    ts (or grid/shift) sets the time grid (see time_grid; discrete VP schedules default to
+    "leading"). sde_window=(i, j) keeps the steps i..j-1 stochastic and the rest deterministic.
+    branch_steps/branch_factor split every row into branch_factor children before each listed step.
+    Returns x[N, D] (an rsm.Tensor), or a Trajectory with return_trajectory=True.
+    """
+    core = _core_of(model)
+    n = positive_int(n, "sample", "n")
+    steps = positive_int(steps, "sample", "steps")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"sample(): seed must be a non-negative int, got {seed!r}")
+    kind, eta_value = _sampler_kind(sampler, eta)
+    if ts is None:
+        if grid is None:
+            grid = "leading" if getattr(path, "discrete", False) else "uniform"
+        ts = time_grid(steps, path, grid, shift)
+    ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"sample(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
+    window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
+    branch = list(branch_steps) if branch_steps is not None else None
+    out = _C.sample(core, path._core, n, kind, ts, float(noise_level), eta_value, int(seed),
+                    x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
+                    bool(return_trajectory))
+    if not return_trajectory:
+        return out["x"]
+    config = {"kind": kind, "noise_level": float(noise_level), "eta": eta_value,
+              "window_begin": int(window_begin), "window_end": int(window_end),
+              "branch_steps": branch or [], "branch_factor": int(branch_factor), "seed": int(seed)}
+    arrays = {k: np.from_dlpack(out[k]) for k in ("xs", "means", "stds", "log_probs", "noises", "outputs", "rows")}
+    return Trajectory(ts=np.asarray(ts), nfe=int(out["nfe"]), sampler=config, **arrays)
+
+
+def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sampler: str = "sde",
+             *, noise_level: float = 0.7, eta: float | None = None, cond: Any = None,
+             sde_window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """log pi_model(x_next | x) of transition `step` of the grid ts under `sampler`, per row, and
+    the transition mean: the policy-ratio primitive (same code as sampling)."""
+    kind, eta_value = _sampler_kind(sampler, eta)
+    ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
+    wb, we = (0, ts.shape[0] - 1) if sde_window is None else sde_window
+    lp, mean, _ = _C.transition_log_prob(_core_of(model), path._core, kind, ts, int(step), x,
+                                         x_next, float(noise_level), eta_value, cond, int(wb), int(we))
+    return np.from_dlpack(lp), np.from_dlpack(mean)
+
+
+def step_coefficients(path: Any, ts: Any, sampler: str = "sde", *, noise_level: float = 0.7,
+                      eta: float | None = None) -> list[dict]:
+    """Per-step Gaussian coefficients (mu = A x + K u, std) of a sampler on a grid."""
+    kind, eta_value = _sampler_kind(sampler, eta)
+    ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
+    return _C.step_coefficients(path._core, kind, ts, float(noise_level), eta_value)

@@ -1,0 +1,202 @@
+"""Optimizer, pretraining and training checkpoints (the loops run in C)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from . import _C
+from ._args import finite_float, positive_int
+
+
+class History(list):
+    """A list of per-step dicts; `.column(key)` and `.to_pandas()` for plots and tables."""
+
+    def column(self, key: str) -> np.ndarray:
+        return np.array([row.get(key, np.nan) for row in self], dtype=np.float64)
+
+    def to_pandas(self):  # pragma: no cover - optional dependency
+        import pandas as pd
+
+        return pd.DataFrame(list(self))
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        keys = sorted({k for row in self for k in row})
+        return {k: self.column(k) for k in keys}
+
+
+class AdamW:
+    """AdamW with bias correction and decoupled weight decay (torch.optim.AdamW semantics),
+    global gradient-norm clipping and an optional EMA of the parameters; state in flat buffers."""
+
+    def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, max_grad_norm: float = 0.0,
+                 ema_decay: float = 0.0) -> None:
+        lr = finite_float(lr, "AdamW", "lr", 0.0)
+        self.model = model
+        self._core = _C.AdamWCore(model.params, lr, float(betas[0]), float(betas[1]), float(eps),
+                                  float(weight_decay), float(max_grad_norm), float(ema_decay))
+
+    @property
+    def config(self) -> dict:
+        return dict(self._core.config)
+
+    @property
+    def step_count(self) -> int:
+        return self._core.step_count
+
+    @property
+    def ema(self) -> Any:
+        return self._core.ema
+
+    def step(self, grads: Any, lr: float | None = None) -> float:
+        """Apply one update from flat gradients (clipped in place); returns the pre-clip norm.
+        A non-finite gradient raises FloatingPointError and changes nothing."""
+        lr = self.config["lr"] if lr is None else finite_float(lr, "step", "lr", 0.0)
+        return self._core.step(self.model.params, grads, lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"m": np.array(np.from_dlpack(self._core.m)), "v": np.array(np.from_dlpack(self._core.v)),
+                 "step": self._core.step_count}
+        if self._core.ema is not None:
+            state["ema"] = np.array(np.from_dlpack(self._core.ema))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("m", "v") + (("ema",) if self._core.ema is not None else ()):
+            dst = np.from_dlpack(getattr(self._core, key))
+            src = np.asarray(state[key])
+            if src.shape != dst.shape:
+                raise ValueError(f"load_state_dict(): {key} has shape {src.shape}, expected {dst.shape}")
+            dst[...] = src
+        self._core.step_count = int(state["step"])
+
+
+def save_checkpoint(path: str, model: Any, optimizer: AdamW | None = None, step: int = 0,
+                    extra: dict[str, str] | None = None) -> None:
+    """Model + optimizer state + step in one safetensors file (atomic), for exact resumption."""
+    from . import io
+
+    tensors = {f"model.{k}": v for k, v in model.named_params().items()}
+    meta = {"rsm_class": "Checkpoint", "model_class": type(model).__name__,
+            "config": json.dumps(model.config), "seed": str(getattr(model, "seed", 0)),
+            "step": str(int(step))}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        tensors["optimizer.m"] = state["m"]
+        tensors["optimizer.v"] = state["v"]
+        if "ema" in state:
+            tensors["optimizer.ema"] = state["ema"]
+        meta["optimizer_step"] = str(state["step"])
+        meta["optimizer_config"] = json.dumps(optimizer.config)
+    if extra:
+        meta.update({str(k): str(v) for k, v in extra.items()})
+    io.save_file(tensors, path, metadata=meta)
+
+
+def load_checkpoint(path: str, model: Any, optimizer: AdamW | None = None) -> dict[str, str]:
+    """Restore a checkpoint written by save_checkpoint into `model` (and `optimizer`), in place.
+    Everything is validated before anything is written, so a bad file changes nothing."""
+    from . import io
+
+    tensors, meta = io.load_file(path)
+    if meta.get("rsm_class") != "Checkpoint":
+        raise io.CheckpointError(f"load_checkpoint(): {path} is not an rsm training checkpoint")
+    views = model.named_params()
+    for name, view in views.items():
+        src = tensors.get(f"model.{name}")
+        if src is None or tuple(src.shape) != view.shape:
+            raise io.CheckpointError(f"load_checkpoint(): {path}: model tensor {name!r} missing or of the wrong shape")
+    if optimizer is not None:
+        for key in ("m", "v"):
+            src = tensors.get(f"optimizer.{key}")
+            if src is None or src.shape != (model.num_params,):
+                raise io.CheckpointError(f"load_checkpoint(): {path} has no optimizer state {key!r} for this model")
+    for name, view in views.items():
+        view[...] = tensors[f"model.{name}"]
+    if optimizer is not None:
+        state = {"m": tensors["optimizer.m"], "v": tensors["optimizer.v"],
+                 "step": int(meta.get("optimizer_step", 0))}
+        if "optimizer.ema" in tensors:
+            state["ema"] = tensors["optimizer.ema"]
+        optimizer.load_state_dict(state)
+    return meta
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
+
+
+def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: int = 256,
+             lr: float = 1e-3, seed: int = 0, progress: bool = True, *, cond: Any = None,
+             t_min: float | None = None, t_max: float = 1.0, warmup_steps: int = 0,
+             weight_decay: float = 0.0, max_grad_norm: float = 1.0, ema_decay: float = 0.0,
+             optimizer: AdamW | None = None, log_every: int | None = None,
+             checkpoint: str | None = None, checkpoint_every: int | None = None,
+             resume: str | None = None) -> History:
+    """Pretrain `model` on data[N, dim] by flow matching (FlowPath: velocity regression) or
+    denoising score matching (VPPath: eps regression), in C, with AdamW.
+
+    Step k draws its batch, times and noise from Philox streams keyed by (seed, k): the same seed
+    gives bitwise-identical parameters, and `resume=` a checkpoint continues exactly as the
+    uninterrupted run. Returns a History of dicts (step, loss, grad_norm, lr, seconds)."""
+    steps = positive_int(steps, "pretrain", "steps", minimum=0)
+    batch_size = positive_int(batch_size, "pretrain", "batch_size")
+    lr = finite_float(lr, "pretrain", "lr", 0.0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"pretrain(): seed must be a non-negative int, got {seed!r}")
+    if getattr(model, "_core", None) is None or not isinstance(model._core, _C.MLPCore):
+        raise TypeError(f"pretrain(): model must be an rsm.MLP, got {type(model).__name__}")
+    if t_min is None:
+        t_min = 0.0 if path.kind == "flow" else 1e-3
+    if optimizer is None:
+        optimizer = AdamW(model, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                          ema_decay=ema_decay)
+    first = 0
+    if resume is not None:
+        meta = load_checkpoint(resume, model, optimizer)
+        first = int(meta.get("step", 0))
+    if log_every is None:
+        log_every = max(1, min(100, steps // 50 if steps >= 50 else 1))
+    bar = _progress(steps - first, progress, "pretrain")
+    history = History()
+    start = time.perf_counter()
+    k = first
+    try:
+        while k < steps:
+            chunk = min(log_every, steps - k)
+            if checkpoint_every:
+                chunk = min(chunk, checkpoint_every - (k % checkpoint_every))
+            losses, norms = _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond,
+                                              batch_size, float(t_min), float(t_max), lr,
+                                              int(warmup_steps), int(seed), k, chunk)
+            losses, norms = np.from_dlpack(losses), np.from_dlpack(norms)
+            elapsed = time.perf_counter() - start
+            for j in range(chunk):
+                step = k + j
+                step_lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+                history.append({"step": step, "loss": float(losses[j]), "grad_norm": float(norms[j]),
+                                "lr": step_lr, "seconds": elapsed})
+            k += chunk
+            if bar is not None:
+                bar.update(chunk)
+                bar.set_postfix(loss=f"{float(np.mean(losses)):.4f}")
+            if checkpoint and checkpoint_every and k % checkpoint_every == 0:
+                save_checkpoint(checkpoint, model, optimizer, step=k)
+    finally:
+        if bar is not None:
+            bar.close()
+    if checkpoint:
+        save_checkpoint(checkpoint, model, optimizer, step=k)
+    if not all(math.isfinite(r["loss"]) for r in history):
+        raise FloatingPointError("pretrain(): the loss became non-finite; lower lr")
+    return history
