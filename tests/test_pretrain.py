@@ -47,7 +47,7 @@ def test_flow_matching_reaches_quality(data):
     model = rsm.MLP(2, 128, 3, seed=0)
     path = rsm.FlowPath()
     untrained = np.from_dlpack(rsm.sample(model, 2000, path, "heun", steps=25, seed=3))
-    assert energy_distance(untrained, heldout) > 4 * FLOW_BOUND  # the metric can fail
+    assert energy_distance(untrained, heldout) > 3 * FLOW_BOUND  # the metric can fail
     history = rsm.pretrain(model, train, path, steps=1500, batch_size=256, lr=2e-3,
                            warmup_steps=100, progress=False)
     assert len(history) == 1500
