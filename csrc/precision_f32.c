@@ -6,3 +6,4 @@
 #include "sampler_real.c"
 #include "optim_real.c"
 #include "train/pretrain_real.c"
+#include "objective_real.c"

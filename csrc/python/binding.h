@@ -7,6 +7,7 @@
  * Files:  module.c      module definition, multi-phase init, module state, errors, build_info
  *         tensor_py.c   the rsm.Tensor type, from_dlpack, __dlpack__ (DLPack producer/consumer)
  *         compute_py.c  models, paths, samplers, optimizers, pretraining entry points
+ *         objective_py.c  the RSM objective and group advantages
  */
 #ifndef RSM_BINDING_H
 #define RSM_BINDING_H
@@ -77,5 +78,8 @@ rsm_py_tensor_data(rsm_py_tensor *self)
 
 /* ---- compute entry points (compute_py.c) -------------------------------------------------- */
 int rsm_py_compute_exec(PyObject *module);
+
+/* ---- the RSM objective (objective_py.c) ---------------------------------------------------- */
+int rsm_py_objective_exec(PyObject *module);
 
 #endif /* RSM_BINDING_H */

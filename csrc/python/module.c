@@ -123,6 +123,7 @@ rsm_module_exec(PyObject *module)
 {
     if (rsm_py_tensor_exec(module) < 0) return -1;
     if (rsm_py_compute_exec(module) < 0) return -1;
+    if (rsm_py_objective_exec(module) < 0) return -1;
     return 0;
 }
 
