@@ -189,8 +189,72 @@ static PyMethodDef rsm_objective_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+int rsm_py_reward_exec(PyObject *module);
+
 int
 rsm_py_objective_exec(PyObject *module)
 {
-    return PyModule_AddFunctions(module, rsm_objective_methods);
+    if (PyModule_AddFunctions(module, rsm_objective_methods) < 0) return -1;
+    return rsm_py_reward_exec(module);
+}
+
+/* ---- analytic rewards ---------------------------------------------------------------------- */
+#include "../reward.h"
+
+/* reward(kind, params[float64], x, with_grad) -> (rewards[n] float64, grad[n, D] or None) */
+static PyObject *
+rsm_py_reward(PyObject *module, PyObject *args)
+{
+    int kind, with_grad = 0;
+    PyObject *params_obj, *x_obj;
+    if (!PyArg_ParseTuple(args, "iOO|p", &kind, &params_obj, &x_obj, &with_grad)) return NULL;
+    if (kind < RSM_REWARD_LINEAR || kind > RSM_REWARD_RING)
+        return rsm_py_raisef(PyExc_ValueError, "reward", "unknown reward kind %d", kind);
+    rsm_py_tensor *params = rsm_py_tensor_arg(module, params_obj, "reward", "params", RSM_F64);
+    if (!params) return NULL;
+    rsm_py_tensor *x = rsm_py_tensor_arg(module, x_obj, "reward", "x", RSM_F32);
+    if (!x) {
+        PyErr_Clear();
+        x = rsm_py_tensor_arg(module, x_obj, "reward", "x", RSM_F64);
+    }
+    PyObject *result = NULL;
+    rsm_py_tensor *rewards = NULL, *grad = NULL;
+    if (!x) goto done;
+    if (x->t.ndim != 2) {
+        rsm_py_raisef(PyExc_ValueError, "reward", "x must have shape [n, d]");
+        goto done;
+    }
+    int64_t n = x->t.shape[0], dim = x->t.shape[1];
+    rsm_dtype dtype = rsm_tensor_dtype(&x->t);
+    rewards = rsm_py_tensor_new(module, RSM_F64, 1, &n, 0);
+    if (!rewards) goto done;
+    if (with_grad) {
+        grad = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
+        if (!grad) goto done;
+    }
+    rsm_status status = rsm_reward_eval((rsm_reward_kind)kind, RSM_P(params),
+                                        rsm_tensor_numel(&params->t), n, dim, dtype, RSM_P(x),
+                                        RSM_P(rewards), RSM_P(grad));
+    if (status != RSM_OK) {
+        rsm_py_raise(status, "reward");
+        goto done;
+    }
+    result = Py_BuildValue("(OO)", rewards, grad ? (PyObject *)grad : Py_None);
+done:
+    Py_XDECREF(params);
+    Py_XDECREF(x);
+    Py_XDECREF(rewards);
+    Py_XDECREF(grad);
+    return result;
+}
+
+static PyMethodDef rsm_reward_methods[] = {
+    {"reward", rsm_py_reward, METH_VARARGS, "reward(kind, params, x, with_grad) -> (rewards, grad)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+rsm_py_reward_exec(PyObject *module)
+{
+    return PyModule_AddFunctions(module, rsm_reward_methods);
 }
