@@ -12,7 +12,7 @@ Environment knobs (all optional)
   RSM_CUDA=auto|1|0    auto (default): build rsm._cuda when nvcc is found (a failing nvcc build
                        then warns and leaves a CPU-only build); 1: require it, fail loudly;
                        0: never build it.
-  RSM_NVCC=path        nvcc to use; else $CUDA_HOME/bin/nvcc, $CUDA_PATH/bin/nvcc, `which nvcc`,
+  RSM_NVCC=path        nvcc to use (only this one); else $CUDA_HOME/bin/nvcc, $CUDA_PATH/bin/nvcc, `which nvcc`,
                        /usr/local/cuda/bin/nvcc, in this order.
   RSM_CUDA_ARCHS       e.g. "90" or "80;86;90a" (also "8.6", "sm_90"); default: the GPUs that
                        nvidia-smi sees, else the fixed list DEFAULT_CUDA_ARCHS below.
@@ -78,11 +78,8 @@ def _say(msg):
 # ---- CUDA discovery -----------------------------------------------------------------------------
 
 
-def find_nvcc():
-    """(path, version, how) of the first nvcc that answers `nvcc --version`, or (None, None, why)."""
+def _nvcc_search_path():
     candidates = []
-    if os.environ.get("RSM_NVCC"):
-        candidates.append(("RSM_NVCC", os.environ["RSM_NVCC"]))
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             candidates.append((var, os.path.join(os.environ[var], "bin", "nvcc")))
@@ -90,6 +87,16 @@ def find_nvcc():
     if which:
         candidates.append(("PATH", which))
     candidates.append(("default", "/usr/local/cuda/bin/nvcc"))
+    return candidates
+
+
+def find_nvcc():
+    """(path, version, how) of the first nvcc that answers `nvcc --version`, or (None, None, why)."""
+    candidates = []
+    if os.environ.get("RSM_NVCC"):  # an explicit choice: no fallback to another nvcc
+        candidates.append(("RSM_NVCC", os.environ["RSM_NVCC"]))
+    else:
+        candidates += _nvcc_search_path()
     tried = []
     for how, path in candidates:
         try:
@@ -325,7 +332,7 @@ class RsmBuildExt(build_ext):
             if policy == "1":
                 sys.exit("rsm: RSM_CUDA=1 but nvcc was not found (tried: " + how + "). Set RSM_NVCC "
                          "or CUDA_HOME, or put nvcc on PATH; RSM_CUDA=0 builds for the CPU only.")
-            cfg["cuda_error"] = "nvcc not found"
+            cfg["cuda_error"] = f"nvcc not found: {how}"
             self.summary.append("✗ nvcc not found: CPU only; set RSM_CUDA=1 to require it")
             return
         cfg.update(nvcc=version, nvcc_path=nvcc)
