@@ -169,7 +169,8 @@ def cuda_archs(nvcc):
             archs, source, strict = _parse_archs(DEFAULT_CUDA_ARCHS), "default list", False
     supported = _nvcc_list(nvcc, "--list-gpu-code")
     if supported is not None:
-        bad = [a for a in archs if f"sm_{a}" not in supported]
+        # nvcc lists base archs only (sm_90, not sm_90a / sm_100f): check the number.
+        bad = [a for a in archs if f"sm_{a}" not in supported and f"sm_{_arch_num(a)}" not in supported]
         if bad and strict:
             raise ValueError(f"nvcc does not support sm_{', sm_'.join(bad)} "
                              f"(it supports {' '.join(sorted(supported))})")
@@ -186,7 +187,8 @@ def cuda_archs(nvcc):
     else:
         ptx = min(archs, key=_arch_num)
     virtual = _nvcc_list(nvcc, "--list-gpu-arch")
-    if ptx is not None and virtual is not None and f"compute_{ptx}" not in virtual:
+    if (ptx is not None and virtual is not None and f"compute_{ptx}" not in virtual
+            and f"compute_{_arch_num(ptx)}" not in virtual):
         raise ValueError(f"nvcc does not support compute_{ptx} for PTX")
     return archs, ptx, source
 
