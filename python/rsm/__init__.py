@@ -36,9 +36,35 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(int(n))
 
 
+try:  # written by setup.py at build time (gitignored)
+    from ._build_config import CONFIG as _BUILD_CONFIG
+except ImportError:  # pragma: no cover - a tree built without setup.py
+    _BUILD_CONFIG = {}
+
+_CUDA_STATUS: tuple[bool, str] | None = None
+
+
+def _cuda_status() -> tuple[bool, str]:
+    """(available, reason): imports rsm._cuda on first use; cached."""
+    global _CUDA_STATUS
+    if _CUDA_STATUS is None:
+        if not _BUILD_CONFIG.get("cuda_built", False):
+            why = _BUILD_CONFIG.get("cuda_error") or "unknown"
+            _CUDA_STATUS = (False, f"rsm was built without CUDA ({why})")
+        else:
+            try:
+                from . import _cuda
+            except ImportError as exc:  # e.g. libcublas missing at run time
+                _CUDA_STATUS = (False, f"cannot load rsm._cuda: {exc}")
+            else:
+                count, reason = _cuda.device_count()
+                _CUDA_STATUS = (count > 0, reason if count == 0 else f"{count} device(s)")
+    return _CUDA_STATUS
+
+
 def cuda_available() -> bool:
-    """Whether a CUDA device can be used (this build has no CUDA backend yet)."""
-    return False
+    """True when rsm was built with CUDA and a CUDA device is usable (build_info() says why not)."""
+    return _cuda_status()[0]
 
 
 def build_info() -> dict:
@@ -46,4 +72,16 @@ def build_info() -> dict:
     info = dict(_C.build_info())
     if _BLAS_ERROR:
         info["blas_error"] = _BLAS_ERROR
+    cfg = _BUILD_CONFIG
+    available, reason = _cuda_status()
+    info.update(
+        cuda_built=bool(cfg.get("cuda_built", False)),
+        cuda_archs=cfg.get("cuda_archs"),
+        nvcc=cfg.get("nvcc"),
+        nvcc_path=cfg.get("nvcc_path"),
+        cuda_available=available,
+        cuda_reason=reason,
+        native=cfg.get("native"),
+        build_summary=list(cfg.get("summary", [])),
+    )
     return info

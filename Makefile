@@ -1,0 +1,137 @@
+# rsm: the commands a user runs. `make demo` and `make test` set everything up on a fresh machine
+# (a virtual environment in .venv with the PyPI packages, the C/CUDA extension built in place) and
+# then run; set-up steps are file stamps, so repeated runs only rebuild what changed.
+#
+# Build knobs (environment; see setup.py): RSM_CUDA=auto|1|0, RSM_NVCC, CUDA_HOME, RSM_CUDA_ARCHS,
+# RSM_CUDA_PTX, RSM_NATIVE=1|0, RSM_OPENMP=1|0, RSM_BUILD_JOBS. Changing a knob needs `make build`
+# (the stamps only follow file changes). Make variables: PYTHON, PYTEST_ARGS, TORCH_INDEX.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+PYTEST_ARGS ?=
+# Extra pip arguments for torch in `make bench`, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# for the CPU-only wheel (by default torch comes from PyPI, with its CUDA libraries).
+TORCH_INDEX ?=
+
+VENV := .venv
+ASAN_VENV := .venv-asan
+BENCH_VENV := .venv-bench
+DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib "setuptools>=77" wheel
+PIP_FLAGS := --disable-pip-version-check -q
+
+# Everything the extension is built from: a change here rebuilds it. The directories are listed
+# too, so that adding or removing a file counts as a change.
+BUILD_INPUTS := setup.py pyproject.toml MANIFEST.in \
+	$(shell find csrc kernels \( -type d -o -name '*.c' -o -name '*.h' -o -name '*.cu' \
+	                             -o -name '*.cuh' \) 2>/dev/null)
+
+PYTEST := -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+# pytest exits with 5 when it collected no test: that is a failure here, not a pass.
+define run_pytest
+	rc=0; $(1) $(PYTEST) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests in tests/" >&2; exit 1; fi; \
+	exit $$rc
+endef
+
+# The build summary (nvcc, archs, OpenMP, BLAS, -march) that pip hides without -v.
+define print_summary
+	cd /tmp && $(abspath $(1))/bin/python -c "import rsm; print('rsm build:'); \
+	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
+endef
+
+.PHONY: help demo test test-asan bench build clean distclean format
+
+help:
+	@echo "rsm make targets:"
+	@echo "  make demo       set up .venv (PyPI packages + the extension), then python -m rsm demo"
+	@echo "  make test       set up .venv, then run the test suite (pytest tests/)"
+	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
+	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
+	@echo "  make build      rebuild the extension in .venv now (e.g. after changing RSM_* knobs)"
+	@echo "  make format     clang-format -i on csrc/ and kernels/"
+	@echo "  make clean      remove build outputs (make distclean: the virtual environments too)"
+	@echo "knobs: RSM_CUDA=auto|1|0 RSM_NVCC RSM_CUDA_ARCHS RSM_CUDA_PTX RSM_NATIVE=1|0 RSM_OPENMP=1|0"
+	@echo "       PYTEST_ARGS='-k name' TORCH_INDEX=<pip index url for torch>"
+
+# ---- .venv: development install (editable: python/rsm with the extension built in place) -------
+
+$(VENV)/.deps-stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) $(DEPS)
+	touch $@
+
+$(VENV)/.build-stamp: $(VENV)/.deps-stamp $(BUILD_INPUTS)
+	@echo "building rsm (pip install -e .) ..."
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation --no-deps -e .
+	@$(call print_summary,$(VENV))
+	touch $@
+
+build:
+	rm -f $(VENV)/.build-stamp
+	$(MAKE) $(VENV)/.build-stamp
+
+demo: $(VENV)/.build-stamp
+	$(VENV)/bin/python -m rsm demo
+
+test: $(VENV)/.build-stamp
+	@$(call run_pytest,$(VENV)/bin/python)
+
+# ---- .venv-asan: AddressSanitizer + UBSan --------------------------------------------------------
+# A regular (not editable) install, so that the instrumented extension never replaces the one in
+# python/rsm; objects go to build/asan/. CUDA is left out (nvcc code is not instrumented anyway).
+# .ci/asan_pytest.py runs pytest with libasan preloaded (CPython is not instrumented), leak
+# detection on, OMP_NUM_THREADS=2 and OPENBLAS_NUM_THREADS=1, and judges the reports: any
+# ASan/UBSan error fails; a leak fails when its stack has an rsm frame (interpreter leaks at exit
+# are ignored; tests/lsan.supp suppresses the usual ones). Logs: build/asan/logs/.
+
+$(ASAN_VENV)/.deps-stamp: pyproject.toml
+	$(PYTHON) -m venv $(ASAN_VENV)
+	$(ASAN_VENV)/bin/pip install $(PIP_FLAGS) $(DEPS)
+	touch $@
+
+$(ASAN_VENV)/.build-stamp: $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS)
+	@echo "building rsm with AddressSanitizer + UBSan (pip install .) ..."
+	RSM_SANITIZE=1 RSM_CUDA=0 $(ASAN_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation \
+		--no-deps --force-reinstall .
+	touch $@
+
+test-asan: $(ASAN_VENV)/.build-stamp
+	$(ASAN_VENV)/bin/python .ci/asan_pytest.py tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# ---- .venv-bench: .venv + torch (CPU use only) -------------------------------------------------
+
+$(BENCH_VENV)/.deps-stamp: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install $(PIP_FLAGS) $(DEPS)
+	$(BENCH_VENV)/bin/pip install $(PIP_FLAGS) torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	touch $@
+
+$(BENCH_VENV)/.build-stamp: $(BENCH_VENV)/.deps-stamp $(BUILD_INPUTS)
+	@echo "building rsm for benchmarks (pip install .) ..."
+	$(BENCH_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation --no-deps --force-reinstall .
+	@$(call print_summary,$(BENCH_VENV))
+	touch $@
+
+bench: $(BENCH_VENV)/.build-stamp
+	@if [ -f benchmarks/run_all.py ]; then \
+		$(BENCH_VENV)/bin/python benchmarks/run_all.py; \
+	else \
+		echo "benchmarks/run_all.py does not exist yet: nothing to run"; \
+	fi
+
+# ---- housekeeping --------------------------------------------------------------------------------
+
+format:
+	clang-format -i $$(find csrc kernels -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+# clean: build outputs (the next make rebuilds the extension); distclean: the venvs too.
+clean:
+	rm -rf build dist python/*.egg-info python/rsm/_C.*.so python/rsm/_cuda.*.so \
+		python/rsm/_build_config.py $(VENV)/.build-stamp $(ASAN_VENV)/.build-stamp \
+		$(BENCH_VENV)/.build-stamp
+	find csrc kernels python tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
+
+distclean: clean
+	rm -rf $(VENV) $(ASAN_VENV) $(BENCH_VENV)
