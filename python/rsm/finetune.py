@@ -1,0 +1,304 @@
+"""Reward fine-tuning: rollout -> reward callback -> value-guidance estimate -> RSM objective ->
+backward -> AdamW, one iteration per `Trainer.step()` (RSM-SPEC §4-§7, §9, §12.5).
+
+Every method reaches the parameters through the one objective of csrc/objective.h: the loss gives
+the cotangent on the model output, the backbone's VJP turns it into parameter gradients.
+
+Iteration k draws all its randomness from Philox streams keyed by (seed, k), the reward is called
+before anything changes, and a failing step (reward raises, returns NaN or a wrong shape, the
+gradient is not finite) leaves the policy and the optimizer exactly as they were."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import methods as _methods
+from .objective import group_advantages, objective, row_coefficients
+from .paths import FlowPath
+from .rewards import Reward
+from .sampling import sample, step_coefficients, time_grid
+from .training import AdamW, History
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(seed: int, step: int, salt: int = 0) -> int:
+    """A 64-bit rollout seed for iteration `step` (distinct per (seed, step, salt))."""
+    return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + salt * 0x94D049BB133111EB + 1) & _MASK64
+
+
+@dataclass
+class Run:
+    """What rsm.finetune returns: the fine-tuned policy, the per-step history, the trainer."""
+
+    policy: Any
+    history: History
+    trainer: "Trainer"
+
+
+class Trainer:
+    """Step-wise fine-tuning (for notebooks): `trainer.step()` runs one iteration and returns its
+    history row; `rsm.finetune` loops over it with a progress bar.
+
+    batch_size: conditions (prompts) or roots per iteration; group_size: samples per condition
+    (zeroth-order methods normalise rewards within a group). cond: None, or [batch_size, C]."""
+
+    def __init__(self, policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", *,
+                 path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
+                 cond: Any = None, **overrides: Any) -> None:
+        self.cfg = _methods.get(method, **overrides)
+        self.method = method
+        self.policy, self.ref = policy, ref
+        self.reward = reward if isinstance(reward, Reward) else Reward(reward)
+        self.path = path if path is not None else FlowPath()
+        if self.cfg["path"] == "flow" and self.path.kind != "flow":
+            raise ValueError(f"method {method!r} runs on the flow path; got {self.path!r}")
+        if policy.dim != ref.dim:
+            raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
+        self._check_geometry(batch_size, group_size)
+        if self.cfg["family"] == "first-order" and not self.reward.differentiable:
+            raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
+                             "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
+        self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
+        self.cond = None if cond is None else np.ascontiguousarray(cond, dtype=policy.dtype)
+        if self.cond is not None and self.cond.shape[0] != batch_size:
+            raise ValueError(f"cond must have batch_size={batch_size} rows, got {self.cond.shape[0]}")
+        cfg = self.cfg
+        self.ts = time_grid(cfg["steps"], self.path, cfg["grid"], cfg["shift"])
+        # the Flow-GRPO SDE steps define w_i = |K_i| / std_i for every method's KL report
+        self.sde = step_coefficients(self.path, self.ts, "sde", noise_level=cfg["noise_level"])
+        self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                               max_grad_norm=cfg["max_grad_norm"])
+        self.iteration = 0
+        self.history = History()
+
+    # ---- validation -------------------------------------------------------------------------
+    def _check_geometry(self, batch_size: int, group_size: int) -> None:
+        cfg = self.cfg
+        for name, value in (("batch_size", batch_size), ("group_size", group_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"finetune(): {name}={value!r} must be a positive int")
+        if cfg["family"] == "zeroth-order" and cfg["rollout"] == "sde" and group_size < 2:
+            raise ValueError(f"finetune(): method {cfg['name']!r} normalises rewards within groups: "
+                             f"group_size={group_size} must be >= 2")
+        if cfg["rollout"] == "branch":
+            budget = list(cfg["budget"])
+            if len(budget) > cfg["steps"]:
+                raise ValueError(f"finetune(): budget has {len(budget)} entries but the grid has "
+                                 f"steps={cfg['steps']} transitions")
+            if any(k < 0 for k in budget) or not any(k >= 2 for k in budget):
+                raise ValueError(f"finetune(): budget {budget} needs non-negative entries and at "
+                                 "least one transition with >= 2 children (a group)")
+            if any(k == 1 for k in budget):
+                raise ValueError(f"finetune(): budget {budget}: a transition with 1 child has a "
+                                 "zero-variance group and gives no signal; use 0 or >= 2")
+        if cfg["inner_epochs"] < 1:
+            raise ValueError(f"finetune(): inner_epochs={cfg['inner_epochs']} must be >= 1")
+
+    # ---- one iteration ----------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        cfg = self.cfg
+        rollout = {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode}
+        batch = rollout[cfg["rollout"]]()
+        rewards, grad, valid = self.reward(_tensor(batch["x0"]), batch.get("cond_x0"))
+        reward_calls = 1
+        if cfg["family"] == "zeroth-order":
+            adv, mask = group_advantages(np.where(valid, rewards, 0.0), batch["keys"],
+                                         eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"])
+            mask = mask & valid
+            batch["adv"], batch["mask"] = adv, mask
+        else:
+            if grad is None:
+                raise ValueError(f"method {cfg['name']!r} is first-order: the reward must be "
+                                 "differentiable (rsm.Reward(fn, differentiable=True))")
+            batch["grad"], batch["mask"] = np.where(valid[:, None], grad, 0.0), valid
+        stats = self._update(batch)
+        self.iteration += 1
+        row = {"step": self.iteration - 1, "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+               "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
+               "skipped_rows": int((~valid).sum()), "reward_calls": reward_calls,
+               "rollout_nfe": int(batch["nfe"]), "seconds": time.perf_counter() - start, **stats}
+        row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
+        self.history.append(row)
+        return row
+
+    # ---- rollouts ---------------------------------------------------------------------------
+    def _cond_rows(self, repeat: int) -> Any:
+        return None if self.cond is None else np.repeat(self.cond, repeat, axis=0)
+
+    def _rollout_sde(self) -> dict[str, Any]:
+        """Full SDE trajectories (Flow-GRPO, DDPO, DanceGRPO): every step trainable."""
+        cfg, n = self.cfg, self.batch_size * self.group_size
+        cond = self._cond_rows(self.group_size)
+        traj = sample(self.policy, n, self.path, "sde", ts=self.ts, noise_level=cfg["noise_level"],
+                      seed=_mix(self.seed, self.iteration), cond=cond, return_trajectory=True)
+        steps = range(traj.steps) if cfg.get("train_steps", "all") == "all" else cfg["train_steps"]
+        rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
+                 "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0}
+                for i in steps if traj.stds[i] > 0]
+        return {"x0": traj.x, "keys": np.arange(n) // self.group_size, "rows": rows,
+                "nfe": traj.nfe, "cond_x0": cond}
+
+    def _rollout_branch(self) -> dict[str, Any]:
+        """ODE root per condition, then k_i single-step SDE branches from the root state at t_i,
+        each continued by the ODE to t = 0 (stochasticity localisation, RSM-SPEC §9.2.1)."""
+        cfg, roots = self.cfg, self.batch_size
+        cond_root = self.cond
+        root = sample(self.policy, roots, self.path, "ode", ts=self.ts, cond=cond_root,
+                      seed=_mix(self.seed, self.iteration), return_trajectory=True)
+        nfe = root.nfe
+        budget = list(cfg["budget"]) + [0] * (cfg["steps"] - len(cfg["budget"]))
+        active = [k for k in budget if k > 0]
+        k_avg = sum(active) / len(active)
+        x0s, keys, rows, conds = [], [], [], []
+        offset = 0
+        for i, k in enumerate(budget):
+            if k == 0:
+                continue
+            x_init = np.repeat(root.xs[i], k, axis=0)
+            cond = self._cond_rows(k) if cond_root is not None else None
+            branch = sample(self.policy, roots * k, self.path, "sde", ts=self.ts[i:],
+                            noise_level=cfg["noise_level"], sde_window=(0, 1), x_init=x_init,
+                            cond=cond, seed=_mix(self.seed, self.iteration, i + 1),
+                            return_trajectory=True)
+            nfe += branch.nfe
+            n_rows = roots * k
+            x0s.append(branch.x)
+            conds.append(cond)
+            keys.append(np.arange(n_rows) // k + i * roots)   # group = (root, t_i)
+            rows.append({"step": i, "x": x_init, "x_next": branch.xs[1], "u_old": branch.outputs[0],
+                         "noise": branch.noises[0], "traj": offset + np.arange(n_rows), "cond": cond,
+                         "weight": k_avg / k})
+            offset += n_rows
+        cond_x0 = None if cond_root is None else np.concatenate(conds)
+        return {"x0": np.concatenate(x0s), "keys": np.concatenate(keys), "rows": rows, "nfe": nfe,
+                "cond_x0": cond_x0}
+
+    def _rollout_ode(self) -> dict[str, Any]:
+        """ODE trajectories (first-order methods): the states of every step are training rows."""
+        cfg, n = self.cfg, self.batch_size * self.group_size
+        cond = self._cond_rows(self.group_size)
+        traj = sample(self.policy, n, self.path, "ode", ts=self.ts, cond=cond,
+                      seed=_mix(self.seed, self.iteration), return_trajectory=True)
+        steps = range(traj.steps) if cfg.get("train_steps", "all") == "all" else cfg["train_steps"]
+        rows = [{"step": i, "x": traj.xs[i], "u_old": traj.outputs[i], "traj": np.arange(n),
+                 "cond": cond, "weight": 1.0} for i in steps]
+        return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond}
+
+    # ---- the objective ----------------------------------------------------------------------
+    def _row_coefficients(self, row: dict, batch: dict, n: int) -> tuple[np.ndarray, str, dict]:
+        cfg, i = self.cfg, row["step"]
+        c = self.sde[i]
+        t, dt, std = c["t"], c["dt"], c["std"]
+        w = abs(c["K"]) / std
+        mask = batch["mask"][row["traj"]].astype(np.float64)
+        if cfg["family"] == "first-order":
+            eta = (1 - t) if cfg["eta"] == "linear" else (1 - t) ** 2
+            # velocity regression written as the RSM loss with conv = 1 (the score difference
+            # scaled into velocity units, RSM-SPEC L6): C1 = 1, gamma Psi = -lambda eta(t) g
+            psi = (-cfg["reward_scale"] * eta * batch["grad"][row["traj"]]).astype(self.policy.dtype)
+            coef = row_coefficients(n, conv=1.0, c1=1.0, gamma=1.0, kl=0.0, w=w,
+                                    weight=mask * row["weight"])
+            return coef, "score_matching", {"psi": psi}
+        adv = batch["adv"][row["traj"]]
+        sigma_tilde = std / np.sqrt(dt)
+        reweight = cfg.get("reweight", "base")
+        term_scale, post, ratio_scale = 1.0, 1.0, 1.0
+        if reweight == "fairclip2":          # RSM-SPEC §9.2.3
+            term_scale = sigma_tilde**2 * dt
+            post = sigma_tilde / (np.sqrt(dt) * sigma_tilde**2 * dt)
+            ratio_scale = sigma_tilde**2 * dt
+        elif reweight == "fairclip":
+            term_scale = sigma_tilde**2 * dt
+            post = 1.0 / (sigma_tilde**2 * dt)
+            ratio_scale = sigma_tilde**2 * dt
+        elif reweight == "tempflow":
+            term_scale = 2.25 * sigma_tilde * np.sqrt(dt)
+            post = 1.0 if cfg["form"] == "matching" else term_scale
+        elif reweight != "base":
+            raise ValueError(f"unknown reweight {reweight!r}")
+        coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
+                                post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w,
+                                weight=mask * row["weight"])
+        return coef, cfg["form"], {"noise": row["noise"], "u_old": row["u_old"]}
+
+    def _update(self, batch: dict) -> dict[str, Any]:
+        cfg = self.cfg
+        policy, ref = self.policy, self.ref
+        total_weight = 0.0
+        for row in batch["rows"]:
+            total_weight += float((batch["mask"][row["traj"]] * row["weight"]).sum())
+        normalizer = max(total_weight, 1.0)
+        stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "train_nfe": 0,
+                 "rows": int(sum(len(r["traj"]) for r in batch["rows"]))}
+        clip_per_step: dict[int, float] = {}
+        for epoch in range(cfg["inner_epochs"]):
+            grads = np.zeros(policy.num_params, dtype=policy.dtype)
+            loss = kl = 0.0
+            for row in batch["rows"]:
+                i, x = row["step"], row["x"]
+                n = x.shape[0]
+                t = self.ts[i]
+                u = np.from_dlpack(policy.forward(x, t, row["cond"]))
+                u_ref = np.from_dlpack(ref.forward(x, t, row["cond"]))
+                stats["train_nfe"] += 2 * n
+                coef, form, extra = self._row_coefficients(row, batch, n)
+                out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
+                                mean_over_dims=cfg["mean_over_dims"], **extra)
+                loss += out["loss"]
+                clip_per_step[i] = out["clip_fraction"]
+                # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
+                w = abs(self.sde[i]["K"]) / self.sde[i]["std"]
+                kl += float(0.5 * w**2 * ((u - u_ref) ** 2).sum(1).mean())
+                _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
+                stats["train_nfe"] += 2 * n  # the VJP re-runs the forward, then the backward
+                grads += np.from_dlpack(dparams)
+            stats["grad_norm"] = self.optimizer.step(grads)
+            if epoch == 0:
+                stats["loss"], stats["kl"] = loss, kl
+        stats["clip_fraction"] = float(np.mean(list(clip_per_step.values()))) if clip_per_step else 0.0
+        stats["clip_fraction_per_step"] = [clip_per_step[k] for k in sorted(clip_per_step)]
+        return stats
+
+
+def _tensor(x: np.ndarray) -> Any:
+    from . import from_dlpack
+
+    return from_dlpack(np.ascontiguousarray(x))
+
+
+def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: int = 100,
+             batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True,
+             **overrides: Any) -> Run:
+    """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
+    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
+    Returns Run(policy, history, trainer)."""
+    path = overrides.pop("path", None)
+    cond = overrides.pop("cond", None)
+    trainer = Trainer(policy, ref, reward, method, path=path, batch_size=batch_size,
+                      group_size=group_size, seed=seed, cond=cond, **overrides)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"finetune(): steps={steps!r} must be a non-negative int")
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"finetune {method}", dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            bar = None
+    try:
+        for _ in range(steps):
+            row = trainer.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3g}",
+                                clip=f"{row['clip_fraction']:.2f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return Run(policy, trainer.history, trainer)

@@ -1,0 +1,148 @@
+"""rsm.finetune / rsm.Trainer: reward callbacks, failure safety, determinism, on-policy exactness.
+(The method-by-method equivalence proofs live in test_objective.py and grow with the presets.)"""
+import numpy as np
+import pytest
+
+import rsm
+from rsm.rewards import RewardError
+
+
+@pytest.fixture(scope="module")
+def toy():
+    means = np.array([[3, -np.sqrt(3)], [-3, -np.sqrt(3)], [0, 2 * np.sqrt(3)]])
+    rng = np.random.default_rng(0)
+    k = rng.choice(3, 20000)
+    data = (means[k] + rng.standard_normal((20000, 2))).astype(np.float32)
+    ref = rsm.MLP(2, 64, 2, seed=0)
+    rsm.pretrain(ref, data, rsm.FlowPath(), steps=600, batch_size=256, lr=2e-3, warmup_steps=50,
+                 progress=False)
+    return ref
+
+
+def snapshot(trainer):
+    opt = trainer.optimizer.state_dict()
+    return (np.array(np.from_dlpack(trainer.policy.params)), opt["m"].copy(), opt["v"].copy(),
+            opt["step"], trainer.iteration, len(trainer.history))
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b):
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "rsm-zo", "rsm-fo"])
+def test_failed_reward_changes_nothing(toy, method):
+    policy = toy.copy()
+    calls = {"n": 0}
+    good = rsm.rewards.quadratic([0.0, 0.0])
+
+    def flaky(x0, cond):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyError("remote scorer down")
+        return good(x0, cond)[:2]
+
+    reward = rsm.Reward(flaky, differentiable=True)
+    trainer = rsm.Trainer(policy, toy, reward, method, batch_size=4, group_size=4, seed=1)
+    trainer.step()
+    before = snapshot(trainer)
+    with pytest.raises(KeyError, match="remote scorer down"):
+        trainer.step()
+    assert_same(before, snapshot(trainer))
+    # the next step is the step that failed, replayed exactly
+    row = trainer.step()
+    assert row["step"] == 1
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda x0, c: np.full(x0.shape[0], np.nan), "non-finite"),
+    (lambda x0, c: np.zeros(x0.shape[0] + 1), "shape"),
+    (lambda x0, c: [0.0] * x0.shape[0], "list"),
+    (lambda x0, c: np.zeros((x0.shape[0], 2)), "shape"),
+    (lambda x0, c: np.array(["a"] * x0.shape[0]), "dtype"),
+])
+def test_bad_rewards_raise_and_change_nothing(toy, bad, match):
+    trainer = rsm.Trainer(toy.copy(), toy, rsm.Reward(bad), "flow-grpo", batch_size=2, group_size=4)
+    before = snapshot(trainer)
+    with pytest.raises(RewardError, match=match):
+        trainer.step()
+    assert_same(before, snapshot(trainer))
+
+
+def test_nonfinite_rows_can_be_skipped(toy):
+    def half_nan(x0, cond):
+        r = -np.from_dlpack(x0)[:, 0].astype(np.float64)
+        r[::5] = np.nan
+        return r
+
+    trainer = rsm.Trainer(toy.copy(), toy, rsm.Reward(half_nan, nonfinite="skip"), "flow-grpo",
+                          batch_size=2, group_size=5)
+    row = trainer.step()
+    assert row["skipped_rows"] == 2 and np.isfinite(row["loss"])
+
+
+def test_reward_receives_dlpack_tensor_and_cond(toy):
+    seen = {}
+
+    def reward(x0, cond):
+        seen["type"] = type(x0)
+        arr = np.from_dlpack(x0)
+        seen["shape"] = arr.shape
+        return -np.abs(arr).sum(1)
+
+    rsm.Trainer(toy.copy(), toy, reward, "flow-grpo", batch_size=3, group_size=2).step()
+    assert seen["type"] is rsm.Tensor and seen["shape"] == (6, 2)
+
+
+def test_finetune_is_deterministic(toy):
+    reward = rsm.rewards.quadratic([-2.0, 0.0])
+    a = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", steps=3, batch_size=4, seed=5, progress=False)
+    b = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", steps=3, batch_size=4, seed=5, progress=False)
+    np.testing.assert_array_equal(np.from_dlpack(a.policy.params), np.from_dlpack(b.policy.params))
+    c = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", steps=3, batch_size=4, seed=6, progress=False)
+    assert not np.array_equal(np.from_dlpack(a.policy.params), np.from_dlpack(c.policy.params))
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "rsm-zo"])
+def test_on_policy_ratios_are_exactly_one(toy, method):
+    """At the first inner step the policy is the sampling policy: recomputing the outputs of the
+    recorded rows gives the rollout's outputs bitwise, so every importance ratio is exactly 1."""
+    trainer = rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0.0, 0.0]), method,
+                          batch_size=4, group_size=4)
+    batch = getattr(trainer, "_rollout_" + trainer.cfg["rollout"])()
+    for row in batch["rows"]:
+        u = np.from_dlpack(trainer.policy.forward(row["x"], trainer.ts[row["step"]]))
+        np.testing.assert_array_equal(u, row["u_old"])
+        lp_new, _ = rsm.log_prob(trainer.policy, trainer.path, row["x"], row["x_next"],
+                                 row["step"], trainer.ts, "sde")
+        lp_old, _ = rsm.log_prob(toy.copy(), trainer.path, row["x"], row["x_next"], row["step"],
+                                 trainer.ts, "sde")
+        np.testing.assert_array_equal(lp_new, lp_old)
+
+
+def test_first_order_method_improves_a_bounded_reward(toy):
+    reward = rsm.rewards.quadratic([-3.0, -np.sqrt(3)], scale=0.5)
+    x_ref = np.from_dlpack(rsm.sample(toy, 2000, rsm.FlowPath(), "heun", steps=20, seed=2))
+    before = reward.value(x_ref.astype(np.float64)).mean()
+    run = rsm.finetune(toy.copy(), toy, reward, "rsm-fo", steps=40, batch_size=8, group_size=8,
+                       progress=False, reward_scale=2.0, lr=2e-3)
+    x = np.from_dlpack(rsm.sample(run.policy, 2000, rsm.FlowPath(), "heun", steps=20, seed=2))
+    after = reward.value(x.astype(np.float64)).mean()
+    assert after > before + 0.5, (before, after)
+    assert all(np.isfinite(r["kl"]) for r in run.history)
+    assert {"reward_mean", "kl", "loss", "clip_fraction", "seconds", "nfe", "reward_calls"} <= set(run.history[0])
+
+
+def test_geometry_is_validated_before_any_work(toy):
+    with pytest.raises(ValueError, match="group_size=1"):
+        rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0, 0]), "flow-grpo", group_size=1)
+    with pytest.raises(ValueError, match="budget"):
+        rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0, 0]), "rsm-zo", budget=[1, 0, 0])
+    with pytest.raises(ValueError, match="no hyper-parameter"):
+        rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0, 0]), "rsm-zo", not_a_knob=3)
+    with pytest.raises(ValueError, match="differentiable"):
+        rsm.Trainer(toy.copy(), toy, lambda x, c: np.zeros(x.shape[0]), "rsm-fo",
+                    batch_size=2, group_size=2)
