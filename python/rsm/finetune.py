@@ -101,26 +101,14 @@ class Trainer:
     # ---- one iteration ----------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         start = time.perf_counter()
-        cfg = self.cfg
-        rollout = {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode}
-        batch = rollout[cfg["rollout"]]()
-        rewards, grad, valid = self.reward(_tensor(batch["x0"]), batch.get("cond_x0"))
-        reward_calls = 1
-        if cfg["family"] == "zeroth-order":
-            adv, mask = group_advantages(np.where(valid, rewards, 0.0), batch["keys"],
-                                         eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"])
-            mask = mask & valid
-            batch["adv"], batch["mask"] = adv, mask
-        else:
-            if grad is None:
-                raise ValueError(f"method {cfg['name']!r} is first-order: the reward must be "
-                                 "differentiable (rsm.Reward(fn, differentiable=True))")
-            batch["grad"], batch["mask"] = np.where(valid[:, None], grad, 0.0), valid
+        batch = self.rollout()
+        rewards, valid = batch["rewards"], batch["valid"]
         stats = self._update(batch)
         self.iteration += 1
-        row = {"step": self.iteration - 1, "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+        row = {"step": self.iteration - 1,
+               "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
-               "skipped_rows": int((~valid).sum()), "reward_calls": reward_calls,
+               "skipped_rows": int((~valid).sum()), "reward_calls": 1,
                "rollout_nfe": int(batch["nfe"]), "seconds": time.perf_counter() - start, **stats}
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
         self.history.append(row)
@@ -196,15 +184,18 @@ class Trainer:
         t, dt, std = c["t"], c["dt"], c["std"]
         w = abs(c["K"]) / std
         mask = batch["mask"][row["traj"]].astype(np.float64)
+        valid = batch["valid"][row["traj"]].astype(np.float64)
         if cfg["family"] == "first-order":
             eta = (1 - t) if cfg["eta"] == "linear" else (1 - t) ** 2
             # velocity regression written as the RSM loss with conv = 1 (the score difference
             # scaled into velocity units, RSM-SPEC L6): C1 = 1, gamma Psi = -lambda eta(t) g
             psi = (-cfg["reward_scale"] * eta * batch["grad"][row["traj"]]).astype(self.policy.dtype)
             coef = row_coefficients(n, conv=1.0, c1=1.0, gamma=1.0, kl=0.0, w=w,
-                                    weight=mask * row["weight"])
+                                    weight=valid * row["weight"])
             return coef, "score_matching", {"psi": psi}
-        adv = batch["adv"][row["traj"]]
+        # rows without signal (zero-std group) keep A = 0: no policy gradient, but their KL
+        # anchor still counts; rows with an invalid reward are dropped entirely
+        adv = batch["adv"][row["traj"]] * mask
         sigma_tilde = std / np.sqrt(dt)
         reweight = cfg.get("reweight", "base")
         term_scale, post, ratio_scale = 1.0, 1.0, 1.0
@@ -223,46 +214,75 @@ class Trainer:
             raise ValueError(f"unknown reweight {reweight!r}")
         coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
                                 post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w,
-                                weight=mask * row["weight"])
+                                weight=valid * row["weight"])
         return coef, cfg["form"], {"noise": row["noise"], "u_old": row["u_old"]}
+
+    def normalizer(self, batch: dict) -> float:
+        """The masked-mean denominator of RSM-SPEC §9.2.3: the number of trained rows that carry
+        a signal (valid reward, non-zero-std group), at least 1. Row weights (k_avg / k_i) scale
+        the rows but not the denominator."""
+        total = sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
+        return max(total, 1.0)
+
+    def loss_and_grad(self, batch: dict, normalizer: float | None = None) -> tuple[np.ndarray, dict]:
+        """The objective over all training rows of `batch` at the current policy parameters:
+        (flat parameter gradient, stats). Nothing is updated."""
+        cfg, policy, ref = self.cfg, self.policy, self.ref
+        normalizer = self.normalizer(batch) if normalizer is None else normalizer
+        grads = np.zeros(policy.num_params, dtype=policy.dtype)
+        stats = {"loss": 0.0, "kl": 0.0, "train_nfe": 0, "clip_fraction_per_step": {}}
+        for row in batch["rows"]:
+            i, x = row["step"], row["x"]
+            n = x.shape[0]
+            t = self.ts[i]
+            u = np.from_dlpack(policy.forward(x, t, row["cond"]))
+            u_ref = np.from_dlpack(ref.forward(x, t, row["cond"]))
+            coef, form, extra = self._row_coefficients(row, batch, n)
+            out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
+                            mean_over_dims=cfg["mean_over_dims"], **extra)
+            stats["loss"] += out["loss"]
+            stats["clip_fraction_per_step"][i] = out["clip_fraction"]
+            # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
+            w = abs(self.sde[i]["K"]) / self.sde[i]["std"]
+            stats["kl"] += float(0.5 * w**2 * ((u - u_ref) ** 2).sum(1).mean())
+            _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
+            grads += np.from_dlpack(dparams)
+            stats["train_nfe"] += 4 * n  # policy and ref forwards, the VJP's forward and backward
+        return grads, stats
 
     def _update(self, batch: dict) -> dict[str, Any]:
         cfg = self.cfg
-        policy, ref = self.policy, self.ref
-        total_weight = 0.0
-        for row in batch["rows"]:
-            total_weight += float((batch["mask"][row["traj"]] * row["weight"]).sum())
-        normalizer = max(total_weight, 1.0)
-        stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0, "train_nfe": 0,
-                 "rows": int(sum(len(r["traj"]) for r in batch["rows"]))}
-        clip_per_step: dict[int, float] = {}
+        normalizer = self.normalizer(batch)
+        stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for r in batch["rows"]))}
         for epoch in range(cfg["inner_epochs"]):
-            grads = np.zeros(policy.num_params, dtype=policy.dtype)
-            loss = kl = 0.0
-            for row in batch["rows"]:
-                i, x = row["step"], row["x"]
-                n = x.shape[0]
-                t = self.ts[i]
-                u = np.from_dlpack(policy.forward(x, t, row["cond"]))
-                u_ref = np.from_dlpack(ref.forward(x, t, row["cond"]))
-                stats["train_nfe"] += 2 * n
-                coef, form, extra = self._row_coefficients(row, batch, n)
-                out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
-                                mean_over_dims=cfg["mean_over_dims"], **extra)
-                loss += out["loss"]
-                clip_per_step[i] = out["clip_fraction"]
-                # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
-                w = abs(self.sde[i]["K"]) / self.sde[i]["std"]
-                kl += float(0.5 * w**2 * ((u - u_ref) ** 2).sum(1).mean())
-                _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
-                stats["train_nfe"] += 2 * n  # the VJP re-runs the forward, then the backward
-                grads += np.from_dlpack(dparams)
+            grads, epoch_stats = self.loss_and_grad(batch, normalizer)
+            stats["train_nfe"] += epoch_stats["train_nfe"]
             stats["grad_norm"] = self.optimizer.step(grads)
             if epoch == 0:
-                stats["loss"], stats["kl"] = loss, kl
-        stats["clip_fraction"] = float(np.mean(list(clip_per_step.values()))) if clip_per_step else 0.0
-        stats["clip_fraction_per_step"] = [clip_per_step[k] for k in sorted(clip_per_step)]
+                stats["loss"], stats["kl"] = epoch_stats["loss"], epoch_stats["kl"]
+            clip = epoch_stats["clip_fraction_per_step"]
+        stats["clip_fraction"] = float(np.mean(list(clip.values()))) if clip else 0.0
+        stats["clip_fraction_per_step"] = [clip[k] for k in sorted(clip)]
         return stats
+
+    def rollout(self) -> dict[str, Any]:
+        """One rollout with rewards and advantages (or reward gradients), as step() would use it:
+        for inspecting batches and for gradient checks."""
+        cfg = self.cfg
+        batch = {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode}[cfg["rollout"]]()
+        rewards, grad, valid = self.reward(_tensor(batch["x0"]), batch.get("cond_x0"))
+        batch["rewards"], batch["valid"] = rewards, valid
+        if cfg["family"] == "zeroth-order":
+            # rows with an invalid reward get groups of their own, so they do not bias the
+            # statistics of the valid rows of their group
+            keys = np.asarray(batch["keys"], dtype=np.int64).copy()
+            keys[~valid] = -1 - np.flatnonzero(~valid)
+            adv, mask = group_advantages(np.where(valid, rewards, 0.0), keys,
+                                         eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"])
+            batch["adv"], batch["mask"] = adv, mask & valid
+        else:
+            batch["grad"], batch["mask"] = np.where(valid[:, None], grad, 0.0), valid
+        return batch
 
 
 def _tensor(x: np.ndarray) -> Any:
