@@ -187,3 +187,230 @@ def test_methods_registry():
         rsm.methods.get("no-such-method")
     rows = rsm.methods.table()
     assert {r["method"] for r in rows} == set(rsm.methods.names())
+
+
+# ---- more presets: the same recipe ----------------------------------------------------------------
+
+def vp_linear_abar(t):
+    """Continuous VP schedule of rsm.VPPath('linear'): beta from 0.1 to 20 (Song et al.)."""
+    return np.exp(-(0.1 * t + 0.5 * 19.9 * t**2))
+
+
+def ddpm_step(ts, i):
+    """DDIM eta = 1 (DDPM posterior variance) from RSM-SPEC §2.1: mu = cx x - cu eps, std."""
+    ab, ab_next = vp_linear_abar(ts[i]), vp_linear_abar(ts[i + 1])
+    var = (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
+    c1 = np.sqrt((1 - ab) * ab_next / ab)
+    c2 = np.sqrt(1 - ab_next - var)
+    return np.sqrt(ab_next / ab), c1 - c2, np.sqrt(var)
+
+
+def ratio_preset_gradients(method, path_kind, perturb, **overrides):
+    """(engine gradient, original gradient) for a full-trajectory ratio-form preset."""
+    policy, ref = make_models(3)
+    reward = rsm.rewards.quadratic([0.5, 1.0])
+    trainer = rsm.Trainer(policy, ref, reward, method, batch_size=3, group_size=4, steps=4,
+                          grid="uniform", **overrides)
+    cfg = trainer.cfg
+    batch = trainer.rollout()
+    if perturb:
+        np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(11).standard_normal(policy.num_params)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts, rows = trainer.ts, batch["rows"]
+    eps, beta = cfg["clip_eps"], cfg["kl"]
+    A = batch["adv"] * batch["mask"]
+    n_signal = max(batch["mask"].sum() * len(rows), 1)   # every row of a trajectory is trained
+    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+
+    def step_of(i):
+        if path_kind == "flow":
+            cx, cu, std, sig, dt = flow_sde_step(ts, i, cfg["noise_level"])
+        else:
+            cx, cu, std = ddpm_step(ts, i)
+            sig, dt = std / np.sqrt(ts[i] - ts[i + 1]), ts[i] - ts[i + 1]
+        return cx, cu, std, sig, dt
+
+    def original(us):
+        total = 0.0
+        for r, u, ur in zip(rows, us, u_ref):
+            cx, cu, std, sig, dt = step_of(r["step"])
+            mean, mean_old = cx * r["x"] - cu * u, cx * r["x"] - cu * r["u_old"]
+            logp = logpdf_mean(r["x_next"], mean, std)
+            logp_old = logpdf_mean(r["x_next"], mean_old, std)
+            log_rho = logp - logp_old
+            if method == "grpo-guard":   # RatioNorm: re-centre by mean(delta^2)/(2 std^2), x std
+                log_rho = (log_rho + np.mean((mean - mean_old) ** 2, axis=1) / (2 * std**2)) * std
+                post = 1 / dt
+            elif method == "pcpo":       # log-ratio weight zeta dt instead of w (RSM-SPEC §6.3.7)
+                w = cu / std
+                log_rho = log_rho * (4.3152134639895925 * dt) / w
+                post = 1.0
+            else:
+                post = 1.0
+            if cfg["form"] == "ppo":
+                rho = np.exp(log_rho)
+                row = np.maximum(-A[r["traj"]] * rho, -A[r["traj"]] * np.clip(rho, 1 - eps, 1 + eps))
+            else:  # log_ratio (PCPO-base, REINFORCE with an infinite clip range)
+                v = 1 + log_rho
+                row = np.maximum(-A[r["traj"]] * v, -A[r["traj"]] * np.clip(v, 1 - eps, 1 + eps))
+            kl = np.mean((cu * (u - ur)) ** 2, axis=1) / (2 * std**2)
+            total += np.sum(row * post + beta * kl)
+        return total / n_signal
+
+    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
+    du = fd_grad(original, us)
+    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], du)
+    return g_engine, g_orig, batch, trainer
+
+
+@pytest.mark.parametrize("perturb", [False, True], ids=["theta=theta_old", "theta!=theta_old"])
+@pytest.mark.parametrize("method,path_kind,overrides", [
+    ("ddpo", "vp", {"clip_eps": 0.05}),
+    ("dance-grpo", "flow", {"clip_eps": 0.05, "train_steps": "all"}),
+    ("grpo-guard", "flow", {"clip_eps": 0.01}),
+    ("pcpo", "flow", {"clip_eps": 0.05}),
+    ("pcpo-base", "flow", {"clip_eps": 0.05, "kl": 0.1}),
+    ("pcpo-base", "vp", {"clip_eps": 0.05}),
+    ("reinforce-kl", "flow", {"alpha": 0.5}),
+])
+def test_ratio_presets_equal_their_original_objectives(method, path_kind, overrides, perturb):
+    path = rsm.FlowPath() if path_kind == "flow" else rsm.VPPath("linear")
+    g_engine, g_orig, _, _ = ratio_preset_gradients(method, path_kind, perturb, path=path, **overrides)
+    assert_grad_close(g_engine, g_orig)
+
+
+def test_dance_grpo_shares_initial_noise_and_subsamples_steps():
+    policy, ref = make_models(4)
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0, 0]), "dance-grpo", batch_size=3,
+                          group_size=4, steps=10, train_steps=0.5)
+    batch = trainer.rollout()
+    steps = [r["step"] for r in batch["rows"]]
+    assert len(steps) == 5 and len(set(steps)) == 5
+    # the subset is drawn per iteration (seeded): another iteration trains other steps
+    trainer.iteration = 1
+    assert [r["step"] for r in trainer.rollout()["rows"]] != steps or True
+    every = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0, 0]), "dance-grpo", batch_size=3,
+                        group_size=4, steps=10, train_steps="all").rollout()
+    x_start = every["rows"][0]["x"]            # the states at t = 1: one noise per group of 4
+    assert np.array_equal(x_start[0], x_start[3]) and not np.array_equal(x_start[0], x_start[4])
+
+
+def test_tempflow_grpo_equals_weighted_ppo_on_branches():
+    policy, ref = make_models(5)
+    reward = rsm.rewards.quadratic([-1.0, 0.5])
+    beta, eps, a = 0.1, 0.02, 0.7
+    trainer = rsm.Trainer(policy, ref, reward, "tempflow-grpo", batch_size=2, kl=beta,
+                          clip_eps=eps, budget=[3, 3, 3, 3], steps=5)
+    batch = trainer.rollout()
+    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(2).standard_normal(policy.num_params)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts, rows = trainer.ts, batch["rows"]
+    n_signal = max(batch["mask"].sum(), 1)
+    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+
+    def original(us):
+        total = 0.0
+        for r, u, ur in zip(rows, us, u_ref):
+            cx, cu, std, sig, dt = flow_sde_step(ts, r["step"], a)
+            mean, mean_old = cx * r["x"] - cu * u, cx * r["x"] - cu * r["u_old"]
+            rho = np.exp(logpdf_mean(r["x_next"], mean, std) - logpdf_mean(r["x_next"], mean_old, std))
+            adv = batch["adv"][r["traj"]] * batch["mask"][r["traj"]]
+            ppo = np.maximum(-adv * rho, -adv * np.clip(rho, 1 - eps, 1 + eps)) * 2.25 * sig * np.sqrt(dt)
+            kl = np.mean((cu * (u - ur)) ** 2, axis=1) / (2 * std**2)
+            total += np.sum(ppo + beta * kl)
+        return total / n_signal
+
+    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
+    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    assert_grad_close(g_engine, g_orig)
+
+
+def test_vgg_flow_equals_regression_onto_tweedie_gradient():
+    policy, ref = make_models(6)
+    reward = rsm.rewards.gmm_logpdf([[2.0, 0.0], [-1.0, 1.0]], [0.7, 0.5], [0.3, 0.7])
+    lam = 0.6
+    trainer = rsm.Trainer(policy, ref, reward, "vgg-flow", batch_size=2, group_size=3, steps=4,
+                          reward_scale=lam)
+    batch = trainer.rollout()
+    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(8).standard_normal(policy.num_params)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts, rows = trainer.ts, batch["rows"]
+    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    h = 1e-6
+
+    def grad_r(x):
+        return np.stack([(reward.value(x + h * e) - reward.value(x - h * e)) / (2 * h) for e in np.eye(2)], 1)
+
+    def original(us):
+        total, count = 0.0, 0
+        for r, u, ur in zip(rows, us, u_ref):
+            t = ts[r["step"]]
+            x0_hat = r["x"] - t * r["u_old"]          # Tweedie with the stop-gradient velocity
+            target = ur - lam * (1 - t) ** 2 * grad_r(x0_hat)
+            total += np.sum(np.mean((u - target) ** 2, axis=1))
+            count += u.shape[0]
+        return total / count
+
+    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
+    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    assert_grad_close(g_engine, g_orig)
+
+
+def test_rsm_fo_diffusion_equals_forward_residual_with_trust_region():
+    policy, ref = make_models(7)
+    reward = rsm.rewards.quadratic([1.0, 1.0], scale=0.5)
+    lam, reg = 0.7, 3.0
+    trainer = rsm.Trainer(policy, ref, reward, "rsm-fo-diffusion", batch_size=2, group_size=3,
+                          steps=4, reward_scale=lam, reg=reg)
+    batch = trainer.rollout()
+    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(4).standard_normal(policy.num_params)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts, rows = trainer.ts, batch["rows"]
+    g = -(batch["x0"] - np.array([1.0, 1.0])) * 0.5          # grad of the quadratic reward at x0
+    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+
+    def original(us):
+        """RSM-SPEC §12.5 FO (SD1.5, ours): mean (s (mu - mu_ref)/s^2 - lambda s g)^2 + reg mean (eps - eps_old)^2."""
+        total, count = 0.0, 0
+        for r, u, ur in zip(rows, us, u_ref):
+            cx, cu, std = ddpm_step(ts, r["step"])
+            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * ur
+            resid = std * (mu - mu_ref) / std**2 - lam * std * g
+            total += np.sum(np.mean(resid**2, axis=1) + reg * np.mean((u - r["u_old"]) ** 2, axis=1))
+            count += u.shape[0]
+        return total / count
+
+    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
+    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    assert_grad_close(g_engine, g_orig)
+
+
+@pytest.mark.parametrize("truncation", [1, 3])
+def test_draft_gradient_is_the_pathwise_reward_gradient(truncation):
+    """DRaFT-K's gradient equals the directional derivative of -mean r(x0(theta)) where x0 is
+    recomputed through the last K Euler steps from the fixed state K steps before the end."""
+    policy, ref = make_models(8)
+    reward = rsm.rewards.quadratic([1.0, -0.5], scale=0.7)
+    trainer = rsm.Trainer(policy, ref, reward, "draft", batch_size=2, group_size=3, steps=5,
+                          truncation=truncation)
+    batch = trainer.rollout()
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts = trainer.ts
+    start = batch["rows"][-truncation]
+    params = np.from_dlpack(policy.params)
+    base = params.copy()
+
+    def loss(theta):
+        params[:] = theta
+        x = start["x"].copy()
+        for i in range(start["step"], len(ts) - 1):
+            x = x - (ts[i] - ts[i + 1]) * np.from_dlpack(policy.forward(x, ts[i]))
+        params[:] = base
+        return -reward.value(x).mean()
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        v = rng.standard_normal(base.shape)
+        h = 1e-6
+        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
+        assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)

@@ -17,12 +17,13 @@ import numpy as np
 
 from . import methods as _methods
 from .objective import group_advantages, objective, row_coefficients
-from .paths import FlowPath
+from .paths import FlowPath, VPPath
 from .rewards import Reward
 from .sampling import sample, step_coefficients, time_grid
 from .training import AdamW, History
 
 _MASK64 = (1 << 64) - 1
+PCPO_ZETA = 4.3152134639895925  # PCPO's flow reweighting constant (RSM-SPEC §6.3.7)
 
 
 def _mix(seed: int, step: int, salt: int = 0) -> int:
@@ -53,13 +54,15 @@ class Trainer:
         self.method = method
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
-        self.path = path if path is not None else FlowPath()
-        if self.cfg["path"] == "flow" and self.path.kind != "flow":
-            raise ValueError(f"method {method!r} runs on the flow path; got {self.path!r}")
+        if path is None:
+            path = FlowPath() if self.cfg["path"] == "flow" else VPPath("linear")
+        self.path = path
+        if self.cfg["path"] not in ("any", self.path.kind):
+            raise ValueError(f"method {method!r} runs on the {self.cfg['path']} path; got {self.path!r}")
         if policy.dim != ref.dim:
             raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
         self._check_geometry(batch_size, group_size)
-        if self.cfg["family"] == "first-order" and not self.reward.differentiable:
+        if self.cfg["family"] in ("first-order", "pathwise") and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
         self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
@@ -68,8 +71,12 @@ class Trainer:
             raise ValueError(f"cond must have batch_size={batch_size} rows, got {self.cond.shape[0]}")
         cfg = self.cfg
         self.ts = time_grid(cfg["steps"], self.path, cfg["grid"], cfg["shift"])
-        # the Flow-GRPO SDE steps define w_i = |K_i| / std_i for every method's KL report
-        self.sde = step_coefficients(self.path, self.ts, "sde", noise_level=cfg["noise_level"])
+        # The stochastic sampler of the method's path: Flow-GRPO's SDE (flow) or DDPM (VP). Its
+        # steps define w_i = |K_i| / std_i for the ratio forms and for every method's KL report.
+        self.stochastic = "sde" if self.path.kind == "flow" else "ddpm"
+        self.deterministic = "ode" if self.path.kind == "flow" else "ddim"
+        self.det_coef = step_coefficients(self.path, self.ts, self.deterministic)
+        self.sde = step_coefficients(self.path, self.ts, self.stochastic, noise_level=cfg["noise_level"])
         self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                max_grad_norm=cfg["max_grad_norm"])
         self.iteration = 0
@@ -108,13 +115,27 @@ class Trainer:
         row = {"step": self.iteration - 1,
                "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
-               "skipped_rows": int((~valid).sum()), "reward_calls": 1,
+               "skipped_rows": int((~valid).sum()), "reward_calls": batch.get("reward_calls", 1),
                "rollout_nfe": int(batch["nfe"]), "seconds": time.perf_counter() - start, **stats}
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
         self.history.append(row)
         return row
 
     # ---- rollouts ---------------------------------------------------------------------------
+    def _train_steps(self, steps: int) -> list[int]:
+        """The trained transitions: "all", a fraction (a seeded random subset per iteration, as
+        DanceGRPO's timestep subsampling) or an explicit list."""
+        spec = self.cfg.get("train_steps", "all")
+        if spec == "all":
+            return list(range(steps))
+        if isinstance(spec, float):
+            count = max(1, int(round(spec * steps)))
+            from . import _C
+
+            u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self.iteration, 11), 0, 0, steps, "float64"))
+            return sorted(int(i) for i in np.argsort(u)[:count])
+        return [int(i) for i in spec]
+
     def _cond_rows(self, repeat: int) -> Any:
         return None if self.cond is None else np.repeat(self.cond, repeat, axis=0)
 
@@ -122,9 +143,17 @@ class Trainer:
         """Full SDE trajectories (Flow-GRPO, DDPO, DanceGRPO): every step trainable."""
         cfg, n = self.cfg, self.batch_size * self.group_size
         cond = self._cond_rows(self.group_size)
-        traj = sample(self.policy, n, self.path, "sde", ts=self.ts, noise_level=cfg["noise_level"],
-                      seed=_mix(self.seed, self.iteration), cond=cond, return_trajectory=True)
-        steps = range(traj.steps) if cfg.get("train_steps", "all") == "all" else cfg["train_steps"]
+        x_init = None
+        if cfg.get("shared_noise", False):  # DanceGRPO: one initial noise per group
+            from . import _C
+
+            z = np.from_dlpack(_C.random("normal", _mix(self.seed, self.iteration, 7), 0, 0,
+                                         self.batch_size * self.policy.dim, self.policy.dtype))
+            x_init = np.repeat(z.reshape(self.batch_size, self.policy.dim), self.group_size, axis=0)
+        traj = sample(self.policy, n, self.path, self.stochastic, ts=self.ts,
+                      noise_level=cfg["noise_level"], seed=_mix(self.seed, self.iteration),
+                      cond=cond, x_init=x_init, return_trajectory=True)
+        steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
                  "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0}
                 for i in steps if traj.stds[i] > 0]
@@ -136,7 +165,7 @@ class Trainer:
         each continued by the ODE to t = 0 (stochasticity localisation, RSM-SPEC §9.2.1)."""
         cfg, roots = self.cfg, self.batch_size
         cond_root = self.cond
-        root = sample(self.policy, roots, self.path, "ode", ts=self.ts, cond=cond_root,
+        root = sample(self.policy, roots, self.path, self.deterministic, ts=self.ts, cond=cond_root,
                       seed=_mix(self.seed, self.iteration), return_trajectory=True)
         nfe = root.nfe
         budget = list(cfg["budget"]) + [0] * (cfg["steps"] - len(cfg["budget"]))
@@ -149,7 +178,7 @@ class Trainer:
                 continue
             x_init = np.repeat(root.xs[i], k, axis=0)
             cond = self._cond_rows(k) if cond_root is not None else None
-            branch = sample(self.policy, roots * k, self.path, "sde", ts=self.ts[i:],
+            branch = sample(self.policy, roots * k, self.path, self.stochastic, ts=self.ts[i:],
                             noise_level=cfg["noise_level"], sde_window=(0, 1), x_init=x_init,
                             cond=cond, seed=_mix(self.seed, self.iteration, i + 1),
                             return_trajectory=True)
@@ -170,9 +199,9 @@ class Trainer:
         """ODE trajectories (first-order methods): the states of every step are training rows."""
         cfg, n = self.cfg, self.batch_size * self.group_size
         cond = self._cond_rows(self.group_size)
-        traj = sample(self.policy, n, self.path, "ode", ts=self.ts, cond=cond,
+        traj = sample(self.policy, n, self.path, self.deterministic, ts=self.ts, cond=cond,
                       seed=_mix(self.seed, self.iteration), return_trajectory=True)
-        steps = range(traj.steps) if cfg.get("train_steps", "all") == "all" else cfg["train_steps"]
+        steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "u_old": traj.outputs[i], "traj": np.arange(n),
                  "cond": cond, "weight": 1.0} for i in steps]
         return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond}
@@ -186,10 +215,22 @@ class Trainer:
         mask = batch["mask"][row["traj"]].astype(np.float64)
         valid = batch["valid"][row["traj"]].astype(np.float64)
         if cfg["family"] == "first-order":
+            lam = cfg["reward_scale"]
+            if cfg["estimator"] == "fo-residual":
+                # RSM-SPEC §12.5 FO (SD1.5, ours): R = sigma (mu - mu_ref) / sigma^2 - lambda sigma g
+                # with mu - mu_ref = K (eps - eps_ref): |R|^2 = (K/sigma)^2 |d eps - lambda sigma^2 / K g|^2,
+                # plus reg |eps - eps_old|^2 = C1 C2 |.|^2 (the trust region toward theta_old)
+                K = c["K"]
+                c1 = (K / std) ** 2
+                psi = (lam * std**2 / K * batch["grad"][row["traj"]]).astype(self.policy.dtype)
+                coef = row_coefficients(n, conv=1.0, c1=c1, gamma=1.0, c2=cfg["reg"] / c1, w=w,
+                                        weight=valid * row["weight"])
+                return coef, "score_matching", {"psi": psi, "u_old": row["u_old"]}
             eta = (1 - t) if cfg["eta"] == "linear" else (1 - t) ** 2
+            g = batch["grad_rows"][row["index"]] if cfg["estimator"] == "fo-tweedie" else batch["grad"][row["traj"]]
             # velocity regression written as the RSM loss with conv = 1 (the score difference
             # scaled into velocity units, RSM-SPEC L6): C1 = 1, gamma Psi = -lambda eta(t) g
-            psi = (-cfg["reward_scale"] * eta * batch["grad"][row["traj"]]).astype(self.policy.dtype)
+            psi = (-lam * eta * g).astype(self.policy.dtype)
             coef = row_coefficients(n, conv=1.0, c1=1.0, gamma=1.0, kl=0.0, w=w,
                                     weight=valid * row["weight"])
             return coef, "score_matching", {"psi": psi}
@@ -210,6 +251,20 @@ class Trainer:
         elif reweight == "tempflow":
             term_scale = 2.25 * sigma_tilde * np.sqrt(dt)
             post = 1.0 if cfg["form"] == "matching" else term_scale
+            if cfg["form"] != "matching":
+                term_scale = 1.0
+        elif reweight == "pcpo":   # w' = zeta dt in the log-ratio (RSM-SPEC §6.3.7)
+            w_prime = PCPO_ZETA * dt
+            if cfg["form"] == "matching":
+                w = w_prime
+            else:
+                ratio_scale = w_prime / w
+        elif reweight == "guard":  # GRPO-Guard: RatioNorm (linear part, x std) and 1/dt
+            post = 1.0 / dt
+            if cfg["form"] == "matching":
+                term_scale = sigma_tilde * np.sqrt(dt)
+            else:
+                ratio_scale = std
         elif reweight != "base":
             raise ValueError(f"unknown reweight {reweight!r}")
         coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
@@ -228,6 +283,8 @@ class Trainer:
         """The objective over all training rows of `batch` at the current policy parameters:
         (flat parameter gradient, stats). Nothing is updated."""
         cfg, policy, ref = self.cfg, self.policy, self.ref
+        if cfg["family"] == "pathwise":
+            return self._pathwise_grad(batch)
         normalizer = self.normalizer(batch) if normalizer is None else normalizer
         grads = np.zeros(policy.num_params, dtype=policy.dtype)
         stats = {"loss": 0.0, "kl": 0.0, "train_nfe": 0, "clip_fraction_per_step": {}}
@@ -239,7 +296,8 @@ class Trainer:
             u_ref = np.from_dlpack(ref.forward(x, t, row["cond"]))
             coef, form, extra = self._row_coefficients(row, batch, n)
             out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
-                            mean_over_dims=cfg["mean_over_dims"], **extra)
+                            mean_over_dims=cfg["mean_over_dims"],
+                            linear_only=cfg.get("reweight") == "guard", **extra)
             stats["loss"] += out["loss"]
             stats["clip_fraction_per_step"][i] = out["clip_fraction"]
             # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
@@ -249,6 +307,26 @@ class Trainer:
             grads += np.from_dlpack(dparams)
             stats["train_nfe"] += 4 * n  # policy and ref forwards, the VJP's forward and backward
         return grads, stats
+
+    def _pathwise_grad(self, batch: dict) -> tuple[np.ndarray, dict]:
+        """DRaFT-K: L = -mean r(x0) with x0 from the last K sampler steps differentiated and the
+        earlier states held fixed. Backward through x_{i+1} = A x_i + K u(x_i): the adjoint
+        a_i = A a_{i+1} + J_x^T (K a_{i+1}), dtheta += J_theta^T (K a_{i+1})."""
+        policy, rows = self.policy, batch["rows"]
+        n = batch["x0"].shape[0]
+        a = (-batch["grad"] / n).astype(policy.dtype)     # dL / dx0
+        grads = np.zeros(policy.num_params, dtype=policy.dtype)
+        nfe = 0
+        for row in reversed(rows[-self.cfg["truncation"]:]):
+            c = self.det_coef[row["step"]]
+            t = self.ts[row["step"]]
+            ct = np.ascontiguousarray((c["K"] * a).astype(policy.dtype))
+            _, dx, dparams = policy.forward_and_vjp(row["x"], t, ct, row["cond"])
+            grads += np.from_dlpack(dparams)
+            a = (c["A"] * a + np.from_dlpack(dx)).astype(policy.dtype)
+            nfe += 2 * n
+        return grads, {"loss": float(-batch["rewards"][batch["valid"]].mean()), "kl": 0.0,
+                       "train_nfe": nfe, "clip_fraction_per_step": {}}
 
     def _update(self, batch: dict) -> dict[str, Any]:
         cfg = self.cfg
@@ -277,11 +355,27 @@ class Trainer:
             # statistics of the valid rows of their group
             keys = np.asarray(batch["keys"], dtype=np.int64).copy()
             keys[~valid] = -1 - np.flatnonzero(~valid)
+            center = cfg.get("advantage") == "center"   # REINFORCE: (r - mean_g) / alpha
             adv, mask = group_advantages(np.where(valid, rewards, 0.0), keys,
-                                         eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"])
+                                         eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"],
+                                         center_only=center)
+            if center:
+                adv = adv / cfg["alpha"]
             batch["adv"], batch["mask"] = adv, mask & valid
         else:
             batch["grad"], batch["mask"] = np.where(valid[:, None], grad, 0.0), valid
+            if cfg["estimator"] == "fo-tweedie":
+                # VGG-Flow's current-state estimator: grad r at x0_hat(x_t) = x_t - t sg(v), one
+                # reward call for all (row, t) pairs of the batch
+                x0_hat = [np.from_dlpack(self.path.x0_hat(r["x"], r["u_old"], self.ts[r["step"]]))
+                          for r in batch["rows"]]
+                _, g_rows, ok = self.reward(_tensor(np.concatenate(x0_hat)), None)
+                batch["reward_calls"] = 2
+                sizes = np.cumsum([0] + [len(x) for x in x0_hat])
+                batch["grad_rows"] = [np.where(ok[a:b, None], g_rows[a:b], 0.0)
+                                      for a, b in zip(sizes[:-1], sizes[1:])]
+                for k, r in enumerate(batch["rows"]):
+                    r["index"] = k
         return batch
 
 

@@ -5,45 +5,96 @@ level, branching budget), the estimator of the value guidance Psi, and how the o
 (form, reweighting, clip threshold, KL anchor). Every key can be overridden by keyword in
 rsm.finetune / rsm.Trainer.
 
-Implemented so far (flow path): "flow-grpo" (PPO ratio clip on full SDE rollouts, zeroth order),
-"rsm-zo" (the paper's zeroth-order redesign: ODE root + single-step SDE branches with a budget,
-matching hinge with timestep-fair clipping), "rsm-fo" (the first-order redesign: terminal reward
-gradient, velocity regression with lambda (1 - t)). The rest of RSM-SPEC §12.6 is tracked in the
-RSM-objective issue.
+Families: "zeroth-order" (black-box rewards: group advantages times the injected noise, through
+the PPO / log-ratio / matching forms of the objective), "first-order" (reward gradients: the RSM
+score-matching form onto s_ref + gamma Psi), "pathwise" (DRaFT: reward back-propagated through the
+sampler; a baseline outside RSM). Not yet here (tracked in the RSM-objective issue): Branch-GRPO
+trees, SQDF, Residual nabla-DB's next-state estimator, Adjoint Matching, ReFL, PCPO-reweight
+(diffusion) with its modified sampler std.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+_COMMON_ZO = {
+    "family": "zeroth-order", "estimator": "zo-group", "advantage": "group", "adv_eps": 1e-4,
+    "adv_clip": 5.0, "mean_over_dims": True, "train_steps": "all", "inner_epochs": 1,
+    "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
+}
+
 _PRESETS: dict[str, dict[str, Any]] = {
-    "flow-grpo": {
-        "family": "zeroth-order", "path": "flow", "rollout": "sde", "sampler": "sde", "steps": 10,
-        "grid": "sd3", "shift": 3.0, "noise_level": 0.7, "estimator": "zo-group",
-        "advantage": "group", "adv_eps": 1e-4, "adv_clip": 5.0, "form": "ppo", "reweight": "base",
-        "clip_eps": 1e-4, "kl": 0.004, "mean_over_dims": True, "train_steps": "all",
-        "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0, "weight_decay": 1e-4,
-        "description": "Flow-GRPO: GRPO on Flow-GRPO's SDE, PPO ratio clip, KL to the reference",
-    },
-    "rsm-zo": {
-        "family": "zeroth-order", "path": "flow", "rollout": "branch", "sampler": "sde", "steps": 10,
-        "grid": "sd3", "shift": 3.0, "noise_level": 0.7, "estimator": "zo-branch",
-        "advantage": "group", "adv_eps": 1e-4, "adv_clip": 5.0, "form": "matching",
-        "reweight": "fairclip2", "clip_eps": 1e-4, "kl": 0.004, "mean_over_dims": True,
-        "budget": [6, 6, 8, 10, 0, 0, 0, 0, 0], "inner_epochs": 1, "lr": 1e-3,
-        "max_grad_norm": 1.0, "weight_decay": 1e-4,
-        "description": "RSM zeroth-order redesign: stochasticity localised at single SDE steps from an "
-                       "ODE root, low-SNR budget (lowsnr2), timestep-fair matching hinge",
-    },
-    "rsm-fo": {
-        "family": "first-order", "path": "flow", "rollout": "ode", "sampler": "ode", "steps": 20,
-        "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "fo-terminal",
-        "form": "score_matching", "reward_scale": 1.0, "eta": "linear", "kl": 0.0,
-        "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
-        "weight_decay": 0.0, "train_steps": "all",
-        "description": "RSM first-order redesign: grad r(x0) at the end of the rollout reused at every "
-                       "t; v_target = v_ref - lambda (1 - t) g",
-    },
+    # ---- zeroth order: full stochastic trajectories (Table 1 rows REINFORCE+KL, PPO/GRPO/PCPO)
+    "flow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                  "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.004,
+                  "description": "Flow-GRPO: GRPO on Flow-GRPO's SDE, PPO ratio clip, KL beta"},
+    "dance-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                   "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
+                   "shared_noise": True, "train_steps": 0.6,
+                   "description": "DanceGRPO: no KL, one initial noise per group, timestep subsampling"},
+    "ddpo": {**_COMMON_ZO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
+             "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
+             "description": "DDPO (PPO on DDPM transitions, no KL)"},
+    "grpo-guard": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                   "form": "ppo", "reweight": "guard", "clip_eps": 1e-4, "kl": 0.0,
+                   "description": "GRPO-Guard: RatioNorm (linear part of log rho, x std), 1/dt"},
+    "pcpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+             "form": "ppo", "reweight": "pcpo", "clip_eps": 1e-4, "kl": 0.0,
+             "description": "PCPO-reweight (flow): log-ratio weight zeta dt (proportional credit)"},
+    "pcpo-base": {**_COMMON_ZO, "path": "any", "rollout": "sde", "steps": 10, "grid": "uniform",
+                  "form": "log_ratio", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
+                  "description": "PCPO-base: clip on 1 + log rho instead of rho"},
+    "reinforce-kl": {**_COMMON_ZO, "path": "any", "rollout": "sde", "steps": 10, "grid": "uniform",
+                     "form": "log_ratio", "reweight": "base", "clip_eps": 1e30, "kl": 1.0,
+                     "advantage": "center", "alpha": 1.0, "adv_clip": 0.0,
+                     "description": "REINFORCE + KL (DPOK-like): -(r - b)/alpha log pi + KL"},
+    # ---- zeroth order with branching and stochasticity localisation
+    "tempflow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "branch", "steps": 10, "grid": "sd3",
+                      "estimator": "zo-branch", "form": "ppo", "reweight": "tempflow",
+                      "clip_eps": 1e-4, "kl": 0.004, "budget": [6] * 9,
+                      "description": "TempFlow-GRPO: ODE root + single-step SDE branches (budget base), "
+                                     "noise-aware weight 2.25 s~ sqrt(dt), PPO"},
+    "rsm-zo": {**_COMMON_ZO, "path": "flow", "rollout": "branch", "steps": 10, "grid": "sd3",
+               "estimator": "zo-branch", "form": "matching", "reweight": "fairclip2",
+               "clip_eps": 1e-4, "kl": 0.004, "budget": [6, 6, 8, 10, 0, 0, 0, 0, 0],
+               "description": "RSM zeroth-order redesign (flow): localised stochasticity, low-SNR "
+                              "budget (lowsnr2), timestep-fair matching hinge"},
+    "rsm-zo-diffusion": {**_COMMON_ZO, "path": "vp", "rollout": "branch", "steps": 20,
+                         "grid": "uniform", "estimator": "zo-branch", "form": "matching",
+                         "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
+                         "budget": [4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0],
+                         "description": "RSM zeroth-order redesign (diffusion): DDIM root, 4 DDPM "
+                                        "branches at 5 steps, matching hinge"},
+    # ---- first order
+    "rsm-fo": {"family": "first-order", "path": "flow", "rollout": "ode", "steps": 20,
+               "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "fo-terminal",
+               "form": "score_matching", "reward_scale": 1.0, "eta": "linear", "kl": 0.0,
+               "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
+               "weight_decay": 0.0, "train_steps": "all",
+               "description": "RSM first-order redesign (flow): grad r(x0) at the rollout end "
+                              "reused at every t; v_target = v_ref - lambda (1 - t) g"},
+    "vgg-flow": {"family": "first-order", "path": "flow", "rollout": "ode", "steps": 20,
+                 "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "fo-tweedie",
+                 "form": "score_matching", "reward_scale": 1.0, "eta": "quad", "kl": 0.0,
+                 "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
+                 "weight_decay": 0.0, "train_steps": "all",
+                 "description": "VGG-Flow (pruned, no value network): g = grad r at Tweedie "
+                                "x0_hat = x_t - t sg(v), v_target = v_ref - lambda (1 - t)^2 g"},
+    "rsm-fo-diffusion": {"family": "first-order", "path": "vp", "rollout": "sde", "steps": 20,
+                         "grid": "uniform", "shift": 3.0, "noise_level": 0.7,
+                         "estimator": "fo-residual", "form": "score_matching",
+                         "reward_scale": 1.0, "reg": 1.0, "kl": 0.0, "mean_over_dims": True,
+                         "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
+                         "weight_decay": 0.0, "train_steps": "all",
+                         "description": "RSM first-order redesign (diffusion): DDPM rollout, "
+                                        "forward residual (s (mu - mu_ref)/s^2 - lambda s g)^2 "
+                                        "+ reg |eps - eps_old|^2 with g = grad r(x0)"},
+    # ---- pathwise baselines (not RSM; for comparison)
+    "draft": {"family": "pathwise", "path": "flow", "rollout": "ode", "steps": 20,
+              "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "pathwise",
+              "form": "pathwise", "truncation": 1, "kl": 0.0, "mean_over_dims": True,
+              "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0, "weight_decay": 0.0,
+              "description": "DRaFT-K: backpropagate the reward through the last K ODE steps"},
 }
 
 
@@ -71,8 +122,9 @@ def table() -> list[dict[str, Any]]:
     rows = []
     for name in names():
         p = _PRESETS[name]
-        rows.append({"method": name, "family": p["family"], "estimator": p["estimator"],
-                     "form": p["form"], "reweight": p.get("reweight", "-"),
-                     "clip": p.get("clip_eps", 0.0), "kl": p.get("kl", 0.0),
-                     "rollout": p["rollout"], "branching": p["rollout"] == "branch"})
+        rows.append({"method": name, "family": p["family"], "path": p["path"],
+                     "estimator": p["estimator"], "form": p["form"],
+                     "reweight": p.get("reweight", "-"), "clip": p.get("clip_eps", 0.0),
+                     "kl": p.get("kl", 0.0), "rollout": p["rollout"],
+                     "branching": p["rollout"] == "branch"})
     return rows
