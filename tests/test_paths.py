@@ -5,7 +5,16 @@ Every expected value is recomputed here in numpy/float64 from the formulas of th
 textbook Gaussian conditioning), never taken from rsm itself."""
 import numpy as np
 import pytest
-from scipy.special import logsumexp
+
+
+def logsumexp(a, axis=None, keepdims=False):
+    """log(sum(exp(a))) along axis, stable (numpy only)."""
+    a = np.asarray(a, dtype=np.float64)
+    m = np.max(a, axis=axis, keepdims=True)
+    out = m + np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True))
+    if keepdims:
+        return out
+    return np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 import rsm
 

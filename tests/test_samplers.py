@@ -7,7 +7,14 @@ Expected values are never taken from rsm: they come from the spec's formulas eva
 numpy/float64, from the spec's printed tables, or from closed forms of the Gaussian mixture."""
 import numpy as np
 import pytest
-from scipy.spatial.distance import cdist
+
+
+def cdist(a, b):
+    """Euclidean distances between the rows of a and b (numpy only)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))
 
 import rsm
 
