@@ -1217,14 +1217,15 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "opt", "path", "data", "cond", "batch_size", "t_min",
                              "t_max", "lr", "warmup_steps", "seed", "first_step", "num_steps",
-                             NULL};
+                             "decay_steps", "min_lr_ratio", NULL};
     PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj;
-    long long batch_size, warmup_steps, first_step, num_steps;
-    double t_min, t_max, lr;
+    long long batch_size, warmup_steps, first_step, num_steps, decay_steps = 0;
+    double t_min, t_max, lr, min_lr_ratio = 0.0;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL", kwlist, &model_obj, &opt_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|Ld", kwlist, &model_obj, &opt_obj,
                                      &path_obj, &data_obj, &cond_obj, &batch_size, &t_min, &t_max,
-                                     &lr, &warmup_steps, &seed, &first_step, &num_steps))
+                                     &lr, &warmup_steps, &seed, &first_step, &num_steps,
+                                     &decay_steps, &min_lr_ratio))
         return NULL;
     const char *func = "pretrain";
     rsm_module_state *state = rsm_state(module);
@@ -1256,7 +1257,8 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     norms = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
     grads = rsm_py_tensor_new(module, c->dtype, 1, &num_params, 0);
     if (!losses || !norms || !grads) goto done;
-    rsm_pretrain_config cfg = {batch_size, t_min, t_max, lr, warmup_steps, (uint64_t)seed};
+    rsm_pretrain_config cfg = {batch_size, t_min, t_max, lr, warmup_steps, decay_steps,
+                               min_lr_ratio, (uint64_t)seed};
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(m->lock, WAIT_LOCK);

@@ -14,6 +14,22 @@ rsm_status rsm_pretrain_steps_f64(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *
                                   int64_t num_steps, double *grads, double *losses,
                                   double *grad_norms);
 
+double
+rsm_pretrain_lr(const rsm_pretrain_config *cfg, int64_t step)
+{
+    double scale = 1.0;
+    if (cfg->warmup_steps > 0 && step < cfg->warmup_steps)
+        scale = (double)(step + 1) / (double)cfg->warmup_steps;
+    else if (cfg->decay_steps > cfg->warmup_steps) {
+        double progress = (double)(step - cfg->warmup_steps) /
+                          (double)(cfg->decay_steps - cfg->warmup_steps);
+        if (progress > 1.0) progress = 1.0;
+        double cosine = 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
+        scale = cfg->min_lr_ratio + (1.0 - cfg->min_lr_ratio) * cosine;
+    }
+    return cfg->lr * scale;
+}
+
 rsm_status
 rsm_pretrain_steps(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
                    const rsm_pretrain_config *cfg, const void *data, const void *data_cond,

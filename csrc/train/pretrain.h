@@ -23,8 +23,13 @@ typedef struct rsm_pretrain_config {
     double t_min, t_max;   /* t ~ U(t_min, t_max) */
     double lr;             /* peak learning rate */
     int64_t warmup_steps;  /* linear warm-up from 0 to lr over these steps */
+    int64_t decay_steps;   /* cosine decay from lr to lr * min_lr_ratio at this step (0: none) */
+    double min_lr_ratio;
     uint64_t seed;
 } rsm_pretrain_config;
+
+/* The learning rate of step k: linear warm-up, then cosine decay (if decay_steps > 0). */
+double rsm_pretrain_lr(const rsm_pretrain_config *cfg, int64_t step);
 
 /* Runs steps [first_step, first_step + num_steps). data[n_data, dim], data_cond[n_data, cond_dim]
  * (NULL for an unconditional model). grads[num_params] is workspace. losses and grad_norms

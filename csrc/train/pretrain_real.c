@@ -58,9 +58,7 @@ RSM_T(pretrain_steps)(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
         loss /= (double)(B * D);
         memset(grads, 0, (size_t)P * sizeof(real_t));
         RSM_TRY_GOTO(RSM_T(mlp_backward)(mlp, B, pred, grads, NULL));
-        double lr = cfg->lr;
-        if (cfg->warmup_steps > 0 && k < cfg->warmup_steps)
-            lr *= (double)(k + 1) / (double)cfg->warmup_steps;
+        double lr = rsm_pretrain_lr(cfg, k);
         double norm = 0.0;
         RSM_TRY_GOTO(RSM_T(adamw_step)(opt, (real_t *)mlp->params, grads, lr, &norm));
         if (losses) losses[s] = loss;

@@ -27,7 +27,8 @@ def _demo(args: argparse.Namespace) -> int:
           f"({args.steps} steps, batch {args.batch_size})")
     t0 = time.perf_counter()
     history = rsm.pretrain(model, train, path, steps=args.steps, batch_size=args.batch_size,
-                           lr=args.lr, seed=args.seed, warmup_steps=100, progress=not args.quiet)
+                           lr=args.lr, seed=args.seed, warmup_steps=100, lr_schedule="cosine",
+                           progress=not args.quiet)
     train_seconds = time.perf_counter() - t0
     losses = history.column("loss")
     print(f"      {train_seconds:.1f} s, loss {losses[:50].mean():.3f} -> {losses[-200:].mean():.3f}")

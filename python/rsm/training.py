@@ -126,6 +126,16 @@ def load_checkpoint(path: str, model: Any, optimizer: AdamW | None = None) -> di
     return meta
 
 
+def _schedule_lr(lr: float, step: int, warmup: int, decay: int, min_ratio: float) -> float:
+    """The learning rate of step `step` (mirrors rsm_pretrain_lr in csrc/train/pretrain.c)."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if decay > warmup:
+        progress = min(1.0, (step - warmup) / (decay - warmup))
+        return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return lr
+
+
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
@@ -139,6 +149,7 @@ def _progress(total: int, enabled: bool, desc: str):
 def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: int = 256,
              lr: float = 1e-3, seed: int = 0, progress: bool = True, *, cond: Any = None,
              t_min: float | None = None, t_max: float = 1.0, warmup_steps: int = 0,
+             lr_schedule: str = "constant", min_lr_ratio: float = 0.05,
              weight_decay: float = 0.0, max_grad_norm: float = 1.0, ema_decay: float = 0.0,
              optimizer: AdamW | None = None, log_every: int | None = None,
              checkpoint: str | None = None, checkpoint_every: int | None = None,
@@ -148,7 +159,11 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
 
     Step k draws its batch, times and noise from Philox streams keyed by (seed, k): the same seed
     gives bitwise-identical parameters, and `resume=` a checkpoint continues exactly as the
-    uninterrupted run. Returns a History of dicts (step, loss, grad_norm, lr, seconds)."""
+    uninterrupted run. lr_schedule: "constant" or "cosine" (decay to min_lr_ratio * lr at the last
+    step), after `warmup_steps` of linear warm-up. Returns a History of dicts (step, loss,
+    grad_norm, lr, seconds)."""
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"pretrain(): lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     steps = positive_int(steps, "pretrain", "steps", minimum=0)
     batch_size = positive_int(batch_size, "pretrain", "batch_size")
     lr = finite_float(lr, "pretrain", "lr", 0.0)
@@ -176,14 +191,17 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
             chunk = min(log_every, steps - k)
             if checkpoint_every:
                 chunk = min(chunk, checkpoint_every - (k % checkpoint_every))
+            decay = steps if lr_schedule == "cosine" else 0
             losses, norms = _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond,
                                               batch_size, float(t_min), float(t_max), lr,
-                                              int(warmup_steps), int(seed), k, chunk)
+                                              int(warmup_steps), int(seed), k, chunk, int(decay),
+                                              float(min_lr_ratio))
             losses, norms = np.from_dlpack(losses), np.from_dlpack(norms)
             elapsed = time.perf_counter() - start
             for j in range(chunk):
                 step = k + j
-                step_lr = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+                step_lr = _schedule_lr(lr, step, warmup_steps, steps if lr_schedule == "cosine" else 0,
+                                       min_lr_ratio)
                 history.append({"step": step, "loss": float(losses[j]), "grad_norm": float(norms[j]),
                                 "lr": step_lr, "seconds": elapsed})
             k += chunk
