@@ -281,3 +281,26 @@ def test_rings_sampler_radii():
     np.testing.assert_allclose(np.std(rho - rings.radii[nearest]), 0.05, rtol=0.05)
     angle = np.arctan2(x[:, 1], x[:, 0])
     np.testing.assert_allclose(np.histogram(angle, bins=8, range=(-np.pi, np.pi))[0] / len(angle), 1 / 8, atol=0.01)
+
+
+def test_tilted_quadratic_matches_importance_weighting():
+    """p*(x) ∝ p(x) exp(r(x)/alpha) for r = -s|x - c|^2/2: the closed form against self-normalised
+    importance weights of exact samples."""
+    from rsm.datasets import get
+
+    mix = get("8gaussians")
+    center, scale, alpha = np.array([2.0, 0.5]), 1.5, 0.7
+    tilt = mix.tilted_quadratic(center, scale, alpha)
+    x = mix.sample(400_000, seed=3).astype(np.float64)
+    logw = -scale * ((x - center) ** 2).sum(1) / (2 * alpha)
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    mean_is = (w[:, None] * x).sum(0)
+    mean_cf = (tilt.weights[:, None] * tilt.means).sum(0)
+    np.testing.assert_allclose(mean_cf, mean_is, atol=0.01)
+    # the density integrates to one and is proportional to p(x) exp(r/alpha)
+    grid = np.stack(np.meshgrid(np.linspace(-4, 4, 401), np.linspace(-4, 4, 401)), -1).reshape(-1, 2)
+    dens = np.exp(tilt.log_prob(grid))
+    assert dens.sum() * (8 / 400) ** 2 == pytest.approx(1.0, abs=1e-3)
+    ratio = tilt.log_prob(grid) - mix.log_prob(grid) + scale * ((grid - center) ** 2).sum(1) / (2 * alpha)
+    assert np.ptp(ratio) < 1e-8

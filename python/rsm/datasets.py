@@ -275,6 +275,28 @@ class GaussianMixture(Dataset):
                                name=f"{self.name}_tilted")
 
 
+    def tilted_quadratic(self, center: Any, scale: float = 1.0, alpha: float = 1.0) -> GaussianMixture:
+        """The tilted target for r(x) = -scale |x - center|^2 / 2 (rsm.rewards.quadratic).
+
+        N(x; mu, s^2 I) exp(r(x)/alpha) is Gaussian again (product of Gaussians): precision
+        1/s^2 + scale/alpha, mean v (mu/s^2 + scale center/alpha), and weight proportional to
+        the overlap N(mu; center, (s^2 + alpha/scale) I)."""
+        p = np.asarray(center, dtype=np.float64).reshape(-1)
+        if p.shape != (self.dim,):
+            raise ValueError(f"tilted_quadratic(): center must have {self.dim} entries, got shape {p.shape}")
+        if not (scale > 0 and alpha > 0):
+            raise ValueError("tilted_quadratic(): scale and alpha must be > 0")
+        var = self.variances
+        k = scale / alpha
+        new_var = 1.0 / (1.0 / var + k)
+        means = new_var[:, None] * (self.means / var[:, None] + k * p[None, :])
+        spread = var + 1.0 / k
+        log_w = (np.log(self.weights) - ((self.means - p) ** 2).sum(1) / (2 * spread)
+                 - 0.5 * self.dim * np.log(spread))
+        log_w -= _logsumexp(log_w, axis=0)
+        return GaussianMixture(means, np.sqrt(new_var), np.exp(log_w), name=f"{self.name}_tilted")
+
+
 def eight_gaussians(std: float = 0.2, radius: float = 2.0) -> GaussianMixture:
     """8 equal-weight Gaussians with means (r cos 2πk/8, r sin 2πk/8)."""
     angles = 2.0 * math.pi * np.arange(8) / 8
