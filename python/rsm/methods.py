@@ -98,6 +98,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Branching budgets k_0..k_8 of RSM-SPEC §9.2.4 (10-step SD3 grid; transition i = 0 is the noisiest).
+BUDGETS: dict[str, list[int]] = {
+    "base": [6, 6, 6, 6, 6, 6, 6, 6, 6],
+    "highsnr": [3, 3, 4, 5, 6, 7, 7, 8, 11],
+    "highsnr2": [4, 5, 5, 6, 7, 8, 9, 10, 0],
+    "base2": [7, 7, 7, 7, 7, 7, 6, 6, 0],
+    "lowsnr": [6, 6, 8, 10, 11, 13, 0, 0, 0],
+    "lowsnr2": [6, 6, 8, 10, 0, 0, 0, 0, 0],
+}
+
+
 def names() -> list[str]:
     """The preset names."""
     return sorted(_PRESETS)
@@ -113,6 +124,10 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"method {name!r} has no hyper-parameter(s) {sorted(unknown)}; "
                          f"it has {sorted(k for k in preset if k != 'description')}")
     preset.update(overrides)
+    if isinstance(preset.get("budget"), str):
+        if preset["budget"] not in BUDGETS:
+            raise ValueError(f"unknown budget profile {preset['budget']!r}; known: {sorted(BUDGETS)}")
+        preset["budget"] = list(BUDGETS[preset["budget"]])
     preset["name"] = name
     return preset
 
