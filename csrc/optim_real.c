@@ -24,7 +24,9 @@ RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, doub
               "the gradient is not finite (norm=%g); parameters and optimizer state unchanged",
               norm);
     real_t clip = 1;
-    if (c->max_grad_norm > 0 && norm > c->max_grad_norm)
+    /* torch's clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)), so a norm just at or
+     * below max_norm (within 1e-6) is scaled too */
+    if (c->max_grad_norm > 0 && c->max_grad_norm / (norm + 1e-6) < 1.0)
         clip = (real_t)(c->max_grad_norm / (norm + 1e-6));
     opt->step += 1;
     const double bc1 = 1.0 - pow(c->beta1, (double)opt->step);
@@ -33,18 +35,20 @@ RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, doub
     const real_t inv_sqrt_bc2 = (real_t)(1.0 / sqrt(bc2));
     const real_t decay = (real_t)(1.0 - lr * c->weight_decay);
     const real_t b1 = (real_t)c->beta1, b2 = (real_t)c->beta2, eps = (real_t)c->eps;
+    /* 1 - beta in double, then rounded (as torch does): 1 - (float)0.999 is off by 1.3e-5 */
+    const real_t omb1 = (real_t)(1.0 - c->beta1), omb2 = (real_t)(1.0 - c->beta2);
     real_t *m = (real_t *)opt->m, *v = (real_t *)opt->v, *ema = (real_t *)opt->ema;
-    const real_t ema_decay = (real_t)c->ema_decay;
+    const real_t ema_decay = (real_t)c->ema_decay, one_minus_ema = (real_t)(1.0 - c->ema_decay);
     _Pragma("omp parallel for schedule(static) if (n > 262144)")
     for (int64_t i = 0; i < n; i++) {
         real_t g = grads[i] * clip;
         grads[i] = g;
-        m[i] = b1 * m[i] + (1 - b1) * g;
-        v[i] = b2 * v[i] + (1 - b2) * g * g;
+        m[i] = b1 * m[i] + omb1 * g;
+        v[i] = b2 * v[i] + omb2 * g * g;
         real_t p = params[i] * decay;
         p -= step_size * m[i] / (sqrt(v[i]) * inv_sqrt_bc2 + eps);
         params[i] = p;
-        if (ema) ema[i] = ema_decay * ema[i] + (1 - ema_decay) * p;
+        if (ema) ema[i] = ema_decay * ema[i] + one_minus_ema * p;
     }
     return RSM_OK;
 }

@@ -214,8 +214,9 @@ rsm_path_py_convert(rsm_py_path *self, PyObject *args)
     rsm_py_tensor *x = NULL, *u = NULL, *t = NULL, *out = NULL;
     x = rsm_matrix_arg(module, x_obj, "convert", "x", dtype, -1, -1);
     if (!x) goto done;
+    if (rsm_check_finite(x, dtype, "convert", "x") < 0) goto done;
     u = rsm_matrix_arg(module, u_obj, "convert", "u", dtype, x->t.shape[0], x->t.shape[1]);
-    if (!u) goto done;
+    if (!u || rsm_check_finite(u, dtype, "convert", "u") < 0) goto done;
     t = rsm_vector_arg(module, t_obj, "convert", "t", dtype, x->t.shape[0]);
     if (!t || rsm_check_times(t, dtype, "convert", "t") < 0) goto done;
     out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
@@ -756,6 +757,8 @@ rsm_sampler_args_parse(PyObject *module, const char *func, const char *sampler, 
         rsm_py_raisef(PyExc_ValueError, func, "ts needs >= 2 grid points (steps >= 1)");
         return -1;
     }
+    /* name the argument here: the core's check says "time t=..." and the user passed ts */
+    if (rsm_check_times(a->ts, RSM_F64, func, "ts") < 0) return -1;
     a->cfg.steps = S;
     a->cfg.ts = (const double *)rsm_py_tensor_data(a->ts);
     a->cfg.noise_level = noise_level;
@@ -947,17 +950,17 @@ rsm_py_transition_log_prob(PyObject *module, PyObject *args, PyObject *kwargs)
         goto done;
     const rsm_dtype dtype = model.dtype;
     x = rsm_matrix_arg(module, x_obj, func, "x", dtype, -1, model.dim);
-    if (!x) goto done;
+    if (!x || rsm_check_finite(x, dtype, func, "x") < 0) goto done;
     int64_t n = x->t.shape[0];
     x_next = rsm_matrix_arg(module, x_next_obj, func, "x_next", dtype, n, model.dim);
-    if (!x_next) goto done;
+    if (!x_next || rsm_check_finite(x_next, dtype, func, "x_next") < 0) goto done;
     if (cond_obj != Py_None) {
         if (model.cond_dim == 0) {
             rsm_py_raisef(PyExc_ValueError, func, "cond was given but the model is unconditional");
             goto done;
         }
         cond = rsm_matrix_arg(module, cond_obj, func, "cond", dtype, n, model.cond_dim);
-        if (!cond) goto done;
+        if (!cond || rsm_check_finite(cond, dtype, func, "cond") < 0) goto done;
     }
     lp = rsm_py_tensor_new(module, dtype, 1, &n, 0);
     mean = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
@@ -1104,11 +1107,13 @@ rsm_adamw_py_step(rsm_py_adamw *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     PyObject *result = NULL;
-    if (rsm_tensor_numel(&params->t) != self->opt.num_params ||
-        rsm_tensor_numel(&grads->t) != self->opt.num_params) {
-        rsm_py_raisef(PyExc_ValueError, "step",
-                      "params and grads must have %lld elements (got %lld and %lld)",
-                      (long long)self->opt.num_params, (long long)rsm_tensor_numel(&params->t),
+    if (params->t.ndim != 1 || rsm_tensor_numel(&params->t) != self->opt.num_params) {
+        rsm_py_raisef(PyExc_ValueError, "step", "params must have shape [%lld], got %d dimensions "
+                      "and %lld elements", (long long)self->opt.num_params, (int)params->t.ndim,
+                      (long long)rsm_tensor_numel(&params->t));
+    } else if (grads->t.ndim != 1 || rsm_tensor_numel(&grads->t) != self->opt.num_params) {
+        rsm_py_raisef(PyExc_ValueError, "step", "grads must have shape [%lld], got %d dimensions "
+                      "and %lld elements", (long long)self->opt.num_params, (int)grads->t.ndim,
                       (long long)rsm_tensor_numel(&grads->t));
     } else {
         double norm = 0.0;

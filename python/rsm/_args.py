@@ -12,6 +12,8 @@ def as_times(t: Any, n: int, dtype: str, func: str, name: str = "t") -> np.ndarr
 
     Times are coordinates, not data, so any real dtype is accepted and converted; NaN, inf and
     values outside [0, 1] are rejected with a message that names the argument."""
+    if t is None or isinstance(t, (str, bytes)):  # np.asarray(None, float) is NaN: say what it is
+        raise TypeError(f"{func}(): {name} must be a float or an array of floats, got {type(t).__name__}")
     try:
         arr = np.asarray(t, dtype=np.float64)
     except (TypeError, ValueError):
@@ -23,7 +25,7 @@ def as_times(t: Any, n: int, dtype: str, func: str, name: str = "t") -> np.ndarr
     bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{func}(): {name}[{i}]={arr[i]!r}: times must be finite and in [0, 1] (t = 1 is noise, t = 0 is data)")
+        raise ValueError(f"{func}(): {name}[{i}]={float(arr[i])!r}: times must be finite and in [0, 1] (t = 1 is noise, t = 0 is data)")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -50,6 +52,9 @@ def finite_float(value: Any, func: str, name: str, minimum: float | None = None)
 def rows_of(x: Any, func: str, name: str = "x") -> int:
     shape = getattr(x, "shape", None)
     if shape is None:
+        if not isinstance(x, (list, tuple)):  # None, a str, a number: not an array at all
+            raise TypeError(f"{func}(): {name} must be an array of shape [n, d] (numpy, torch, "
+                            f"rsm.Tensor, ...), got {type(x).__name__}")
         shape = np.shape(x)
     if len(shape) < 1:
         raise ValueError(f"{func}(): {name} must have shape [n, d], got a scalar")

@@ -46,9 +46,15 @@ class Path:
         for name, value in (("src", src), ("dst", dst)):
             if value not in PARAMETERIZATIONS:
                 raise ValueError(f"convert(): {name} must be one of {PARAMETERIZATIONS}, got {value!r}")
-        dtype = str(getattr(x, "dtype", "float32"))
-        dtype = "float64" if "64" in dtype else "float32"
         n = rows_of(x, "convert")
+        # the dtype follows x; "64" in "int64" used to pick float64 and blame u for it
+        dtype = str(getattr(x, "dtype", "float32"))
+        if dtype.endswith("float64"):
+            dtype = "float64"
+        elif dtype.endswith("float32"):
+            dtype = "float32"
+        else:
+            raise TypeError(f"convert(): x must be a float32 or float64 array, got dtype {dtype}")
         return self._core.convert(src, dst, x, u, as_times(t, n, dtype, "convert"), dtype)
 
     def x0_hat(self, x: Any, u: Any, t: Any) -> _C.Tensor:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
-from ._args import positive_int
+from ._args import finite_float, positive_int, rows_of
 
 SAMPLERS = ("ode", "euler", "heun", "sde", "ddim", "ddpm")
 
@@ -107,9 +107,19 @@ def _core_of(model: Any) -> Any:
     return core
 
 
-def _sampler_kind(sampler: str, eta: float | None) -> tuple[str, float]:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sample(): sampler must be one of {SAMPLERS}, got {sampler!r}")
+def _path_core(path: Any, func: str) -> Any:
+    core = getattr(path, "_core", None)
+    if not isinstance(core, _C.PathCore):
+        raise TypeError(f"{func}(): path must be an rsm path (rsm.FlowPath(), rsm.VPPath()), "
+                        f"got {type(path).__name__}")
+    return core
+
+
+def _sampler_kind(sampler: str, eta: float | None, func: str = "sample") -> tuple[str, float]:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(f"{func}(): sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if eta is not None:
+        eta = finite_float(eta, func, "eta", 0.0)
     if sampler == "ode":
         return "euler", 0.0
     if sampler == "ddpm":
@@ -134,11 +144,14 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     Returns x[N, D] (an rsm.Tensor), or a Trajectory with return_trajectory=True.
     """
     core = _core_of(model)
+    path_core = _path_core(path, "sample")
     n = positive_int(n, "sample", "n")
     steps = positive_int(steps, "sample", "steps")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"sample(): seed must be a non-negative int, got {seed!r}")
     kind, eta_value = _sampler_kind(sampler, eta)
+    noise_level = finite_float(noise_level, "sample", "noise_level", 0.0)
+    branch_factor = positive_int(branch_factor, "sample", "branch_factor")
     if ts is None:
         if grid is None:
             grid = "leading" if getattr(path, "discrete", False) else "uniform"
@@ -148,7 +161,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
         raise ValueError(f"sample(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     branch = list(branch_steps) if branch_steps is not None else None
-    out = _C.sample(core, path._core, n, kind, ts, float(noise_level), eta_value, int(seed),
+    out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
                     bool(return_trajectory))
     if not return_trajectory:
@@ -165,10 +178,17 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
              sde_window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """log pi_model(x_next | x) of transition `step` of the grid ts under `sampler`, per row, and
     the transition mean: the policy-ratio primitive (same code as sampling)."""
-    kind, eta_value = _sampler_kind(sampler, eta)
+    core = _core_of(model)
+    path_core = _path_core(path, "log_prob")
+    kind, eta_value = _sampler_kind(sampler, eta, "log_prob")
+    noise_level = finite_float(noise_level, "log_prob", "noise_level", 0.0)
+    step = positive_int(step, "log_prob", "step", minimum=0)
+    rows_of(x, "log_prob")  # None, a str, a scalar: a clear error before the C conversion
     ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"log_prob(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     wb, we = (0, ts.shape[0] - 1) if sde_window is None else sde_window
-    lp, mean, _ = _C.transition_log_prob(_core_of(model), path._core, kind, ts, int(step), x,
+    lp, mean, _ = _C.transition_log_prob(core, path_core, kind, ts, step, x,
                                          x_next, float(noise_level), eta_value, cond, int(wb), int(we))
     return np.from_dlpack(lp), np.from_dlpack(mean)
 
@@ -176,6 +196,6 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
 def step_coefficients(path: Any, ts: Any, sampler: str = "sde", *, noise_level: float = 0.7,
                       eta: float | None = None) -> list[dict]:
     """Per-step Gaussian coefficients (mu = A x + K u, std) of a sampler on a grid."""
-    kind, eta_value = _sampler_kind(sampler, eta)
+    kind, eta_value = _sampler_kind(sampler, eta, "step_coefficients")
     ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
-    return _C.step_coefficients(path._core, kind, ts, float(noise_level), eta_value)
+    return _C.step_coefficients(_path_core(path, "step_coefficients"), kind, ts, float(noise_level), eta_value)

@@ -36,8 +36,16 @@ class AdamW:
                  eps: float = 1e-8, weight_decay: float = 0.0, max_grad_norm: float = 0.0,
                  ema_decay: float = 0.0) -> None:
         lr = finite_float(lr, "AdamW", "lr", 0.0)
+        if getattr(model, "params", None) is None:
+            raise TypeError(f"AdamW(): model must have a flat .params buffer (an rsm.MLP), got {type(model).__name__}")
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"AdamW(): betas must be a pair (beta1, beta2), got {betas!r}") from None
+        beta1 = finite_float(beta1, "AdamW", "betas[0]")
+        beta2 = finite_float(beta2, "AdamW", "betas[1]")
         self.model = model
-        self._core = _C.AdamWCore(model.params, lr, float(betas[0]), float(betas[1]), float(eps),
+        self._core = _C.AdamWCore(model.params, lr, beta1, beta2, float(eps),
                                   float(weight_decay), float(max_grad_norm), float(ema_decay))
 
     @property
@@ -66,13 +74,26 @@ class AdamW:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("m", "v") + (("ema",) if self._core.ema is not None else ()):
+        """Restore m, v, ema and the step count; all is checked before anything is written."""
+        keys = ("m", "v") + (("ema",) if self._core.ema is not None else ())
+        pairs = []
+        for key in keys + ("step",):
+            if key not in state:
+                raise KeyError(f"load_state_dict(): state has no {key!r}")
+        for key in keys:
             dst = np.from_dlpack(getattr(self._core, key))
             src = np.asarray(state[key])
             if src.shape != dst.shape:
                 raise ValueError(f"load_state_dict(): {key} has shape {src.shape}, expected {dst.shape}")
+            if not np.all(np.isfinite(src)):
+                raise ValueError(f"load_state_dict(): {key} contains NaN or inf")
+            pairs.append((dst, src))
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"load_state_dict(): step must be a non-negative int, got {step!r}")
+        for dst, src in pairs:
             dst[...] = src
-        self._core.step_count = int(state["step"])
+        self._core.step_count = int(step)
 
 
 def save_checkpoint(path: str, model: Any, optimizer: AdamW | None = None, step: int = 0,
@@ -105,23 +126,42 @@ def load_checkpoint(path: str, model: Any, optimizer: AdamW | None = None) -> di
     tensors, meta = io.load_file(path)
     if meta.get("rsm_class") != "Checkpoint":
         raise io.CheckpointError(f"load_checkpoint(): {path} is not an rsm training checkpoint")
+    try:
+        if int(meta.get("step", 0)) < 0:
+            raise ValueError
+    except ValueError:
+        raise io.CheckpointError(f"load_checkpoint(): {path} has an invalid step {meta.get('step')!r}") from None
     views = model.named_params()
     for name, view in views.items():
         src = tensors.get(f"model.{name}")
         if src is None or tuple(src.shape) != view.shape:
             raise io.CheckpointError(f"load_checkpoint(): {path}: model tensor {name!r} missing or of the wrong shape")
     if optimizer is not None:
-        for key in ("m", "v"):
+        # ema too when the optimizer keeps one, and the step count: a missing or bad one used to
+        # fail in load_state_dict after the model had already been overwritten
+        keys = ("m", "v") + (("ema",) if optimizer.ema is not None else ())
+        for key in keys:
             src = tensors.get(f"optimizer.{key}")
-            if src is None or src.shape != (model.num_params,):
+            if src is None or tuple(src.shape) != (model.num_params,):
                 raise io.CheckpointError(f"load_checkpoint(): {path} has no optimizer state {key!r} for this model")
+        try:
+            opt_step = int(meta.get("optimizer_step", 0))
+        except ValueError:
+            opt_step = -1
+        if opt_step < 0:
+            raise io.CheckpointError(f"load_checkpoint(): {path} has an invalid optimizer_step "
+                                     f"{meta.get('optimizer_step')!r}")
+        state = {key: tensors[f"optimizer.{key}"] for key in keys}
+        state["step"] = opt_step
+        for key in keys:
+            if not np.all(np.isfinite(state[key])):
+                raise io.CheckpointError(f"load_checkpoint(): {path}: optimizer state {key!r} contains NaN or inf")
+    for name in views:
+        if not np.all(np.isfinite(tensors[f"model.{name}"])):
+            raise io.CheckpointError(f"load_checkpoint(): {path}: model tensor {name!r} contains NaN or inf")
     for name, view in views.items():
         view[...] = tensors[f"model.{name}"]
     if optimizer is not None:
-        state = {"m": tensors["optimizer.m"], "v": tensors["optimizer.v"],
-                 "step": int(meta.get("optimizer_step", 0))}
-        if "optimizer.ema" in tensors:
-            state["ema"] = tensors["optimizer.ema"]
         optimizer.load_state_dict(state)
     return meta
 
@@ -162,8 +202,10 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     uninterrupted run. lr_schedule: "constant" or "cosine" (decay to min_lr_ratio * lr at the last
     step), after `warmup_steps` of linear warm-up. Returns a History of dicts (step, loss,
     grad_norm, lr, seconds)."""
+    # Everything is validated before the model, the optimizer or a file is touched.
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"pretrain(): lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    min_lr_ratio = finite_float(min_lr_ratio, "pretrain", "min_lr_ratio", 0.0)
     steps = positive_int(steps, "pretrain", "steps", minimum=0)
     batch_size = positive_int(batch_size, "pretrain", "batch_size")
     lr = finite_float(lr, "pretrain", "lr", 0.0)
@@ -171,11 +213,28 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
         raise ValueError(f"pretrain(): seed must be a non-negative int, got {seed!r}")
     if getattr(model, "_core", None) is None or not isinstance(model._core, _C.MLPCore):
         raise TypeError(f"pretrain(): model must be an rsm.MLP, got {type(model).__name__}")
+    if not isinstance(getattr(path, "_core", None), _C.PathCore):
+        raise TypeError(f"pretrain(): path must be an rsm path (rsm.FlowPath(), rsm.VPPath()), "
+                        f"got {type(path).__name__}")
+    warmup_steps = positive_int(warmup_steps, "pretrain", "warmup_steps", minimum=0)
+    if log_every is not None:  # log_every=0 used to loop forever on empty chunks
+        log_every = positive_int(log_every, "pretrain", "log_every")
+    if checkpoint_every is not None:
+        checkpoint_every = positive_int(checkpoint_every, "pretrain", "checkpoint_every")
+    if optimizer is not None and not isinstance(optimizer, AdamW):
+        raise TypeError(f"pretrain(): optimizer must be an rsm.AdamW, got {type(optimizer).__name__}")
     if t_min is None:
         t_min = 0.0 if path.kind == "flow" else 1e-3
+    t_min = finite_float(t_min, "pretrain", "t_min")
+    t_max = finite_float(t_max, "pretrain", "t_max")
+    if checkpoint is not None or resume is not None:
+        from . import io  # noqa: F401  (fail now, not after training, when it is missing)
     if optimizer is None:
         optimizer = AdamW(model, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                           ema_decay=ema_decay)
+    # a zero-step call checks data, cond, t_min/t_max, batch_size and the optimizer in C
+    _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond, batch_size,
+                      t_min, t_max, lr, warmup_steps, int(seed), 0, 0)
     first = 0
     if resume is not None:
         meta = load_checkpoint(resume, model, optimizer)
@@ -193,9 +252,9 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
                 chunk = min(chunk, checkpoint_every - (k % checkpoint_every))
             decay = steps if lr_schedule == "cosine" else 0
             losses, norms = _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond,
-                                              batch_size, float(t_min), float(t_max), lr,
+                                              batch_size, t_min, t_max, lr,
                                               int(warmup_steps), int(seed), k, chunk, int(decay),
-                                              float(min_lr_ratio))
+                                              min_lr_ratio)
             losses, norms = np.from_dlpack(losses), np.from_dlpack(norms)
             elapsed = time.perf_counter() - start
             for j in range(chunk):
