@@ -56,7 +56,13 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"| {label:<26} | {s['energy_distance']:12.4f} | {s['mmd']:8.5f} | {modes:>5} | "
               f"{s.get('mode_weights_tv', float('nan')):14.3f} | {nfe:6d} | {seconds:7.2f} |")
 
-    print("\n[3/3] plots")
+    model_path = os.path.join(out_dir, "flow_8gaussians.safetensors")
+    model.save(model_path)
+    print(f"      saved the model to {model_path} (rsm.load reads it back)")
+
+    finetuned = _demo_finetune(args, model, data, path) if args.finetune_steps > 0 else {}
+
+    print("\n[4/4] plots")
     try:
         from rsm import plot
 
@@ -65,13 +71,73 @@ def _demo(args: argparse.Namespace) -> int:
                              title="rsm demo: 2D flow model on 8 gaussians", lim=3.5)
         loss_png = os.path.join(out_dir, "pretrain_loss.png")
         plot.history(history, ["loss"], loss_png)
-        print(f"      wrote {png} and {loss_png}")
+        written = [png, loss_png]
+        if finetuned:
+            ft_png = os.path.join(out_dir, "finetune.png")
+            plot.scatter_compare(finetuned, ft_png, lim=3.5,
+                                 title="fine-tuning toward r(x) = -|x - (2, 0)|^2 / 2 (alpha = 1)")
+            written.append(ft_png)
+        print("      wrote " + ", ".join(written))
     except ImportError as exc:
         print(f"      skipped plots ({exc})")
-    model_path = os.path.join(out_dir, "flow_8gaussians.safetensors")
-    model.save(model_path)
-    print(f"      saved the model to {model_path} (rsm.load reads it back)")
     return 0
+
+
+def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
+    """Fine-tune the pretrained model toward a quadratic reward with a black-box method
+    (Flow-GRPO), the zeroth-order redesign (rsm-zo) and a first-order one (rsm-fo); compare with
+    the exact reward-tilted target p* ∝ p exp(r / alpha), which is a Gaussian mixture here."""
+    import rsm
+    from rsm import metrics
+
+    center, alpha = np.array([2.0, 0.0]), 1.0
+    reward = rsm.rewards.quadratic(center, scale=1.0)
+    target = data.tilted_quadratic(center, 1.0, alpha)
+    target_x = target.sample(args.eval_size, seed=args.seed + 5)
+    # Hyper-parameters for this toy (model outputs in 2D, not SD3 latents). The zeroth-order
+    # redesign uses a high-SNR budget here: on this toy the paper's GenEval profile (lowsnr2)
+    # is unstable at this learning rate (measured; see the RSM-objective issue notes).
+    runs = [
+        ("flow-grpo (black box)", "flow-grpo", dict(lr=5e-4, kl=1.0, clip_eps=0.2)),
+        ("rsm-zo (black box)", "rsm-zo", dict(lr=5e-4, kl=1.0, clip_eps=0.01, budget="highsnr")),
+        ("rsm-fo (first order)", "rsm-fo", dict(lr=1e-3, reward_scale=2.0 / alpha)),
+    ]
+    print(f"\n[3/4] fine-tuning toward r(x) = -|x - (2, 0)|^2 / 2 with alpha = {alpha} "
+          f"({args.finetune_steps} iterations of 16 x 8 samples each)")
+    panels = {"reference": None}
+    rows = []
+
+    def evaluate(model):
+        x = np.from_dlpack(rsm.sample(model, args.eval_size, path, "heun", steps=25,
+                                      seed=args.seed + 6)).astype(np.float64)
+        return x, float(reward.value(x).mean()), metrics.energy_distance(x, target_x)
+
+    x_ref, r_ref, ed_ref = evaluate(ref)
+    panels["reference"] = x_ref
+    rows.append(("reference (pretrained)", r_ref, 0.0, ed_ref, 0.0, 0))
+    for label, method, overrides in runs:
+        policy = ref.copy()
+        t0 = time.perf_counter()
+        run = rsm.finetune(policy, ref, reward, method=method, steps=args.finetune_steps,
+                           batch_size=16, group_size=8, seed=args.seed, progress=not args.quiet,
+                           **overrides)
+        seconds = time.perf_counter() - t0
+        x, r, ed = evaluate(policy)
+        kl = float(np.mean([h["kl"] for h in run.history[-5:]]))
+        nfe = sum(h["nfe"] for h in run.history)
+        rows.append((label, r, kl, ed, seconds, nfe))
+        panels[label] = x
+    rows.append(("exact tilted target p*", float(reward.value(target_x.astype(np.float64)).mean()),
+                 float("nan"), metrics.energy_distance(target.sample(args.eval_size, seed=99), target_x),
+                 0.0, 0))
+    panels["exact tilted target p*"] = target_x
+    print()
+    print(f"| {'model':<24} | reward | KL to ref | energy dist. to p* | seconds | network evals |")
+    print(f"|{'-' * 26}|{'-' * 8}|{'-' * 11}|{'-' * 20}|{'-' * 9}|{'-' * 15}|")
+    for label, r, kl, ed, seconds, nfe in rows:
+        print(f"| {label:<24} | {r:6.3f} | {kl:9.3f} | {ed:18.4f} | {seconds:7.1f} | {nfe:13d} |")
+    print("  KL: path KL of the Flow-GRPO SDE (a = 0.7) to the reference along the last rollouts.")
+    return panels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--eval-size", type=int, default=4000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="results/demo")
+    demo.add_argument("--finetune-steps", type=int, default=60)
     demo.add_argument("--quiet", action="store_true")
     sub.add_parser("info", help="print what this build found")
     args = parser.parse_args(argv)
