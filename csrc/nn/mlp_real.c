@@ -11,6 +11,7 @@
 #include "../rng.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* linear_real.c's static helpers are in the same translation unit (precision_f*.c) */
 
@@ -120,11 +121,18 @@ RSM_T(mlp_forward)(rsm_mlp *mlp, int64_t n, const real_t *x, const real_t *t, co
     RSM_CHECK(freq != NULL, RSM_ERR_MEMORY, "cannot allocate %lld time frequencies",
               (long long)c->temb_dim);
     RSM_T(time_frequencies)(freq, c->temb_dim);
+    /* samplers give every row the same t: then row 0's embedding is computed once and copied */
+    int64_t same_t = n > 0;
+    for (int64_t i = 1; i < n && same_t; i++) same_t = t[i] == t[0];
+    if (same_t) RSM_T(time_embedding)(a.inp + D, (double)t[0], freq, c->temb_dim);
     _Pragma("omp parallel for schedule(static) if (n >= 2048)")
     for (int64_t i = 0; i < n; i++) {
         real_t *row = a.inp + i * I;
         for (int64_t d = 0; d < D; d++) row[d] = x[i * D + d];
-        RSM_T(time_embedding)(row + D, (double)t[i], freq, c->temb_dim);
+        if (!same_t)
+            RSM_T(time_embedding)(row + D, (double)t[i], freq, c->temb_dim);
+        else if (i > 0)
+            memcpy(row + D, a.inp + D, (size_t)c->temb_dim * sizeof(real_t));
         for (int64_t d = 0; d < c->cond_dim; d++) row[D + c->temb_dim + d] = cond[i * c->cond_dim + d];
     }
     free(freq);
