@@ -14,20 +14,29 @@ rsm_fill_u32(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, uint32_
     }
 }
 
-/* Normals: element `index` is normal (index & 3) of block index >> 2. Whole blocks are computed
- * at once; the first and last partial blocks are handled by the same indexing. */
+/* Normals: element `index` is normal (index & 3) of block index >> 2. Each Philox block (and its
+ * two Box-Muller pairs) is computed once for the up to 4 elements it gives; the first and last
+ * partial blocks are clipped to [offset, offset + n). Blocks are independent, so the result does
+ * not depend on the thread split. */
 #define RSM_DEFINE_FILL_NORMAL(name, real_t)                                                       \
     void name(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, real_t *out)             \
     {                                                                                              \
-        _Pragma("omp parallel for schedule(static) if (n > 65536)")                                \
-        for (int64_t i = 0; i < n; i++) {                                                          \
-            uint64_t index = offset + (uint64_t)i;                                                 \
-            uint32_t block[4];                                                                     \
-            rsm_philox_block(seed, stream, index >> 2, block);                                     \
+        if (n <= 0) return;                                                                        \
+        const uint64_t first = offset >> 2, last = (offset + (uint64_t)n - 1) >> 2;                \
+        const int64_t blocks = (int64_t)(last - first) + 1;                                        \
+        _Pragma("omp parallel for schedule(static) if (blocks > 16384)")                           \
+        for (int64_t b = 0; b < blocks; b++) {                                                     \
+            uint64_t block = first + (uint64_t)b;                                                  \
+            uint32_t words[4];                                                                     \
+            rsm_philox_block(seed, stream, block, words);                                          \
             double z[4];                                                                           \
-            rsm_box_muller(block[0], block[1], &z[0], &z[1]);                                      \
-            rsm_box_muller(block[2], block[3], &z[2], &z[3]);                                      \
-            out[i] = (real_t)z[index & 3];                                                         \
+            rsm_box_muller(words[0], words[1], &z[0], &z[1]);                                      \
+            rsm_box_muller(words[2], words[3], &z[2], &z[3]);                                      \
+            for (uint64_t w = 0; w < 4; w++) {                                                     \
+                uint64_t index = block * 4 + w;                                                    \
+                if (index >= offset && index - offset < (uint64_t)n)                               \
+                    out[index - offset] = (real_t)z[w];                                            \
+            }                                                                                      \
         }                                                                                          \
     }
 

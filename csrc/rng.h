@@ -14,6 +14,7 @@
 #ifndef RSM_RNG_H
 #define RSM_RNG_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "common.h"

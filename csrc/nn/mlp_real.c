@@ -11,6 +11,7 @@
 #include "../rng.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* linear_real.c's static helpers are in the same translation unit (precision_f*.c) */
 
@@ -84,14 +85,21 @@ RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
 
 /* Sinusoidal embedding of t in [0, 1] (Vaswani et al. / DDPM): with half = temb_dim / 2 and
  * frequencies f_k = 10000^(-k / half), emb = [sin(1000 t f_k), cos(1000 t f_k)]; the factor 1000
- * maps [0, 1] onto the integer-timestep range these frequencies were designed for. */
+ * maps [0, 1] onto the integer-timestep range these frequencies were designed for. `freq` holds
+ * f_k (computed once per forward by time_frequencies, not once per row). */
 static void
-RSM_T(time_embedding)(real_t *row, double t, int64_t temb_dim)
+RSM_T(time_frequencies)(double *freq, int64_t temb_dim)
+{
+    int64_t half = temb_dim / 2;
+    for (int64_t k = 0; k < half; k++) freq[k] = exp(-log(10000.0) * (double)k / (double)half);
+}
+
+static void
+RSM_T(time_embedding)(real_t *row, double t, const double *freq, int64_t temb_dim)
 {
     int64_t half = temb_dim / 2;
     for (int64_t k = 0; k < half; k++) {
-        double freq = exp(-log(10000.0) * (double)k / (double)half);
-        double angle = 1000.0 * t * freq;
+        double angle = 1000.0 * t * freq[k];
         row[k] = (real_t)sin(angle);
         row[half + k] = (real_t)cos(angle);
     }
@@ -109,12 +117,25 @@ RSM_T(mlp_forward)(rsm_mlp *mlp, int64_t n, const real_t *x, const real_t *t, co
     RSM_T(mlp_acts) a = RSM_T(mlp_point_acts)(mlp, n);
 
     /* input = [x, temb(t), cond] */
+    double *freq = (double *)malloc((size_t)(c->temb_dim / 2 + 1) * sizeof(double));
+    RSM_CHECK(freq != NULL, RSM_ERR_MEMORY, "cannot allocate %lld time frequencies",
+              (long long)c->temb_dim);
+    RSM_T(time_frequencies)(freq, c->temb_dim);
+    /* samplers give every row the same t: then row 0's embedding is computed once and copied */
+    int64_t same_t = n > 0;
+    for (int64_t i = 1; i < n && same_t; i++) same_t = t[i] == t[0];
+    if (same_t) RSM_T(time_embedding)(a.inp + D, (double)t[0], freq, c->temb_dim);
+    _Pragma("omp parallel for schedule(static) if (n >= 2048)")
     for (int64_t i = 0; i < n; i++) {
         real_t *row = a.inp + i * I;
         for (int64_t d = 0; d < D; d++) row[d] = x[i * D + d];
-        RSM_T(time_embedding)(row + D, (double)t[i], c->temb_dim);
+        if (!same_t)
+            RSM_T(time_embedding)(row + D, (double)t[i], freq, c->temb_dim);
+        else if (i > 0)
+            memcpy(row + D, a.inp + D, (size_t)c->temb_dim * sizeof(real_t));
         for (int64_t d = 0; d < c->cond_dim; d++) row[D + c->temb_dim + d] = cond[i * c->cond_dim + d];
     }
+    free(freq);
     RSM_T(linear_forward)(a.h, a.inp, p + l->in_w, p + l->in_b, n, I, H);
     for (int64_t b = 0; b < L; b++) {
         const real_t *w = p + l->block0 + b * l->block_size;
@@ -124,9 +145,8 @@ RSM_T(mlp_forward)(rsm_mlp *mlp, int64_t n, const real_t *x, const real_t *t, co
         RSM_T(linear_forward)(pre, h_in, w1, b1, n, H, H);
         RSM_T(silu_forward)(act, pre, n * H);
         /* residual: h_out = h_in + act W2^T + b2 */
-        for (int64_t i = 0; i < n * H; i++) h_out[i] = h_in[i];
         for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < H; j++) h_out[i * H + j] += b2[j];
+            for (int64_t j = 0; j < H; j++) h_out[i * H + j] = h_in[i * H + j] + b2[j];
         RSM_GEMM(0, 1, n, H, H, 1, act, H, w2, H, 1, h_out, H);
     }
     RSM_T(silu_forward)(a.feat, a.h + L * n * H, n * H);

@@ -19,9 +19,16 @@ static inline RSM_HOST_DEVICE float
 rsm_expf(float x)
 {
     /* clamp: below -87.3 the result underflows to (near) 0, above 88.7 it overflows */
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    /* x = n ln2 + r, |r| <= ln2 / 2; ln2 split in a high part exact in float and a low part */
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* x = n ln2 + r, |r| <= ln2 / 2; ln2 split in a high part exact in float and a low part.
+     * n = floor(y): round to nearest by adding and subtracting 1.5 2^23 (exact for |y| < 2^22),
+     * then step down where that rounded up. The same value as floorf(y), written so that gcc
+     * vectorises it without -fno-trapping-math (floorf, or a float -> int -> float round trip
+     * after the clamp, left the SiLU loops scalar: about 8x slower). */
+    float y = x * 1.44269504088896341f + 0.5f;
+    float n = (y + 12582912.0f) - 12582912.0f;
+    n -= n > y ? 1.0f : 0.0f;
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     /* e^r by its Taylor polynomial (Horner); degree 6 reaches float precision for |r| <= 0.347 */

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../blas.h"
 #include "../nn/gmm.h"
 #include "../nn/mlp.h"
 #include "../optim.h"
@@ -1343,6 +1344,59 @@ rsm_py_stream_id(PyObject *module, PyObject *args)
     return PyLong_FromUnsignedLongLong(rsm_stream_id(purpose, a, b));
 }
 
+/* ---- benchmark hook ------------------------------------------------------------------------ */
+
+/* gemm(a, b, trans_a, trans_b, builtin=False) -> op(a) @ op(b), float32 or float64, through
+ * rsm_sgemm / rsm_dgemm (the dispatch the MLP uses; builtin=True forces rsm's own kernel for that
+ * call). A debugging and benchmark hook (benchmarks/bench_gemm.py), not part of the API. */
+static PyObject *
+rsm_py_gemm(PyObject *module, PyObject *args)
+{
+    PyObject *a_obj, *b_obj;
+    int trans_a = 0, trans_b = 0, builtin = 0;
+    if (!PyArg_ParseTuple(args, "OO|ppp", &a_obj, &b_obj, &trans_a, &trans_b, &builtin))
+        return NULL;
+    rsm_py_tensor *probe = rsm_py_tensor_arg(module, a_obj, "gemm", "a", RSM_F32);
+    rsm_dtype dtype = RSM_F32;
+    if (!probe) {
+        PyErr_Clear();
+        dtype = RSM_F64;
+    }
+    Py_XDECREF(probe);
+    rsm_py_tensor *a = rsm_matrix_arg(module, a_obj, "gemm", "a", dtype, -1, -1);
+    if (!a) return NULL;
+    rsm_py_tensor *b = rsm_matrix_arg(module, b_obj, "gemm", "b", dtype, -1, -1);
+    if (!b) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    int64_t m = trans_a ? a->t.shape[1] : a->t.shape[0], k = trans_a ? a->t.shape[0] : a->t.shape[1];
+    int64_t kb = trans_b ? b->t.shape[1] : b->t.shape[0], n = trans_b ? b->t.shape[0] : b->t.shape[1];
+    rsm_py_tensor *c = NULL;
+    if (k != kb) {
+        rsm_py_raisef(PyExc_ValueError, "gemm", "inner dimensions differ: %lld vs %lld",
+                      (long long)k, (long long)kb);
+        goto done;
+    }
+    int64_t shape[2] = {m, n};
+    c = rsm_py_tensor_new(module, dtype, 2, shape, 1);
+    if (!c) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    if (builtin) rsm_blas_use_builtin(1);
+    if (dtype == RSM_F32)
+        rsm_sgemm(trans_a, trans_b, m, n, k, 1.0f, rsm_py_tensor_data(a), a->t.shape[1],
+                  rsm_py_tensor_data(b), b->t.shape[1], 0.0f, rsm_py_tensor_data(c), n);
+    else
+        rsm_dgemm(trans_a, trans_b, m, n, k, 1.0, rsm_py_tensor_data(a), a->t.shape[1],
+                  rsm_py_tensor_data(b), b->t.shape[1], 0.0, rsm_py_tensor_data(c), n);
+    if (builtin) rsm_blas_use_builtin(0);
+    Py_END_ALLOW_THREADS
+done:
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return (PyObject *)c;
+}
+
 static PyMethodDef rsm_compute_methods[] = {
     {"sample", (PyCFunction)(void (*)(void))rsm_py_sample, METH_VARARGS | METH_KEYWORDS, "sample(...) -> dict"},
     {"transition_log_prob", (PyCFunction)(void (*)(void))rsm_py_transition_log_prob, METH_VARARGS | METH_KEYWORDS, "transition_log_prob(...) -> (log_prob, mean, output)"},
@@ -1351,6 +1405,8 @@ static PyMethodDef rsm_compute_methods[] = {
     {"philox", rsm_py_philox, METH_VARARGS, "philox((c0, c1, c2, c3), (k0, k1)) -> 4 words"},
     {"random", rsm_py_random, METH_VARARGS, "random(kind, seed, stream, offset, n, dtype)"},
     {"stream_id", rsm_py_stream_id, METH_VARARGS, "stream_id(purpose, a, b)"},
+    /* benchmark hook (benchmarks/bench_gemm.py), not API: */
+    {"gemm", rsm_py_gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False, builtin=False) -> op(a) @ op(b) [benchmark hook]"},
     {NULL, NULL, 0, NULL},
 };
 
