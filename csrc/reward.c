@@ -21,21 +21,6 @@ rsm_reward_num_params(rsm_reward_kind kind, int64_t dim, const double *params, i
     return -1;
 }
 
-static double
-rsm_load_value(const void *x, rsm_dtype dtype, int64_t i)
-{
-    return dtype == RSM_F32 ? (double)((const float *)x)[i] : ((const double *)x)[i];
-}
-
-static void
-rsm_store_value(void *x, rsm_dtype dtype, int64_t i, double v)
-{
-    if (dtype == RSM_F32)
-        ((float *)x)[i] = (float)v;
-    else
-        ((double *)x)[i] = v;
-}
-
 rsm_status
 rsm_reward_eval(rsm_reward_kind kind, const double *params, int64_t num_params, int64_t n,
                 int64_t dim, rsm_dtype dtype, const void *x, double *rewards, void *grad)
@@ -50,7 +35,7 @@ rsm_reward_eval(rsm_reward_kind kind, const double *params, int64_t num_params, 
     double *g = row + dim;
     rsm_status status = RSM_OK;
     for (int64_t i = 0; i < n; i++) {
-        for (int64_t d = 0; d < dim; d++) row[d] = rsm_load_value(x, dtype, i * dim + d);
+        for (int64_t d = 0; d < dim; d++) row[d] = rsm_load_real(x, dtype, i * dim + d);
         double r = 0.0;
         switch (kind) {
         case RSM_REWARD_LINEAR:
@@ -115,7 +100,7 @@ rsm_reward_eval(rsm_reward_kind kind, const double *params, int64_t num_params, 
         }
         rewards[i] = r;
         if (grad)
-            for (int64_t d = 0; d < dim; d++) rsm_store_value(grad, dtype, i * dim + d, g[d]);
+            for (int64_t d = 0; d < dim; d++) rsm_store_real(grad, dtype, i * dim + d, g[d]);
     }
 fail:
     free(row);

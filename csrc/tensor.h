@@ -65,6 +65,23 @@ rsm_status rsm_tensor_init_contiguous(rsm_tensor *t, rsm_dtype dtype, int32_t nd
 /* Copy any strided CPU tensor into dst_data, a compact row-major buffer of the same numel. */
 void rsm_tensor_copy_to_contiguous(const rsm_tensor *src, void *dst_data);
 
+/* Element i of a float32 or float64 array, as double, and back: for the few non-template places
+ * (analytic models, rewards) that serve both real types with double-precision math. */
+static inline double
+rsm_load_real(const void *data, rsm_dtype dtype, int64_t i)
+{
+    return dtype == RSM_F32 ? (double)((const float *)data)[i] : ((const double *)data)[i];
+}
+
+static inline void
+rsm_store_real(void *data, rsm_dtype dtype, int64_t i, double value)
+{
+    if (dtype == RSM_F32)
+        ((float *)data)[i] = (float)value;
+    else
+        ((double *)data)[i] = value;
+}
+
 /* 64-byte aligned host allocation (cache line, AVX-512 vector); free with rsm_free. */
 void *rsm_malloc(size_t bytes);
 void *rsm_calloc(size_t bytes);

@@ -84,29 +84,13 @@ rsm_gmm_posterior_row(const rsm_gmm *gmm, rsm_path_coef c, const double *x, doub
     }
 }
 
-/* Reads element i of an array of `dtype` as double, and writes. */
-static double
-rsm_load(const void *a, rsm_dtype dtype, int64_t i)
-{
-    return dtype == RSM_F32 ? (double)((const float *)a)[i] : ((const double *)a)[i];
-}
-
-static void
-rsm_store(void *a, rsm_dtype dtype, int64_t i, double value)
-{
-    if (dtype == RSM_F32)
-        ((float *)a)[i] = (float)value;
-    else
-        ((double *)a)[i] = value;
-}
-
 rsm_status
 rsm_gmm_posterior(const rsm_gmm *gmm, const rsm_path *path, int64_t n, const void *x,
                   const void *t, void *x0_hat, void *eps_hat)
 {
     const int64_t D = gmm->dim, K = gmm->num_components;
     for (int64_t i = 0; i < n; i++)
-        RSM_TRY(rsm_path_check_time(path, rsm_load(t, gmm->dtype, i)));
+        RSM_TRY(rsm_path_check_time(path, rsm_load_real(t, gmm->dtype, i)));
     rsm_status status = RSM_OK;
     _Pragma("omp parallel if (n > 256)")
     {
@@ -118,12 +102,12 @@ rsm_gmm_posterior(const rsm_gmm *gmm, const rsm_path *path, int64_t n, const voi
             double *xr = row, *x0r = row + D, *er = row + 2 * D, *logit = row + 3 * D;
             _Pragma("omp for schedule(static)")
             for (int64_t i = 0; i < n; i++) {
-                rsm_path_coef c = rsm_path_coef_at(path, rsm_load(t, gmm->dtype, i));
-                for (int64_t d = 0; d < D; d++) xr[d] = rsm_load(x, gmm->dtype, i * D + d);
+                rsm_path_coef c = rsm_path_coef_at(path, rsm_load_real(t, gmm->dtype, i));
+                for (int64_t d = 0; d < D; d++) xr[d] = rsm_load_real(x, gmm->dtype, i * D + d);
                 rsm_gmm_posterior_row(gmm, c, xr, x0r, er, logit);
                 for (int64_t d = 0; d < D; d++) {
-                    if (x0_hat) rsm_store(x0_hat, gmm->dtype, i * D + d, x0r[d]);
-                    if (eps_hat) rsm_store(eps_hat, gmm->dtype, i * D + d, er[d]);
+                    if (x0_hat) rsm_store_real(x0_hat, gmm->dtype, i * D + d, x0r[d]);
+                    if (eps_hat) rsm_store_real(eps_hat, gmm->dtype, i * D + d, er[d]);
                 }
             }
             free(row);
@@ -151,11 +135,11 @@ rsm_gmm_model_forward(void *self, const rsm_path *path, int64_t n, const void *x
     if (status != RSM_OK) goto done;
     rsm_param native = rsm_path_native_param(path);
     for (int64_t i = 0; i < n; i++) {
-        rsm_path_coef c = rsm_path_coef_at(path, rsm_load(t, gmm->dtype, i));
+        rsm_path_coef c = rsm_path_coef_at(path, rsm_load_real(t, gmm->dtype, i));
         for (int64_t d = 0; d < D; d++) {
-            double value = rsm_param_from_x0_eps(native, c, rsm_load(x0_hat, gmm->dtype, i * D + d),
-                                                 rsm_load(eps_hat, gmm->dtype, i * D + d));
-            rsm_store(out, gmm->dtype, i * D + d, value);
+            double value = rsm_param_from_x0_eps(native, c, rsm_load_real(x0_hat, gmm->dtype, i * D + d),
+                                                 rsm_load_real(eps_hat, gmm->dtype, i * D + d));
+            rsm_store_real(out, gmm->dtype, i * D + d, value);
         }
     }
 done:

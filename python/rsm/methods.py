@@ -23,6 +23,12 @@ _COMMON_ZO = {
     "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
 }
 
+_COMMON_FO = {
+    "family": "first-order", "shift": 3.0, "noise_level": 0.7, "form": "score_matching",
+    "reward_scale": 1.0, "kl": 0.0, "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3,
+    "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all",
+}
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # ---- zeroth order: full stochastic trajectories (Table 1 rows REINFORCE+KL, PPO/GRPO/PCPO)
     "flow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
@@ -66,26 +72,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
                          "description": "RSM zeroth-order redesign (diffusion): DDIM root, 4 DDPM "
                                         "branches at 5 steps, matching hinge"},
     # ---- first order
-    "rsm-fo": {"family": "first-order", "path": "flow", "rollout": "ode", "steps": 20,
-               "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "fo-terminal",
-               "form": "score_matching", "reward_scale": 1.0, "eta": "linear", "kl": 0.0,
-               "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
-               "weight_decay": 0.0, "train_steps": "all",
+    "rsm-fo": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
+               "estimator": "fo-terminal", "eta": "linear",
                "description": "RSM first-order redesign (flow): grad r(x0) at the rollout end "
                               "reused at every t; v_target = v_ref - lambda (1 - t) g"},
-    "vgg-flow": {"family": "first-order", "path": "flow", "rollout": "ode", "steps": 20,
-                 "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "fo-tweedie",
-                 "form": "score_matching", "reward_scale": 1.0, "eta": "quad", "kl": 0.0,
-                 "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
-                 "weight_decay": 0.0, "train_steps": "all",
+    "vgg-flow": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
+                 "estimator": "fo-tweedie", "eta": "quad",
                  "description": "VGG-Flow (pruned, no value network): g = grad r at Tweedie "
                                 "x0_hat = x_t - t sg(v), v_target = v_ref - lambda (1 - t)^2 g"},
-    "rsm-fo-diffusion": {"family": "first-order", "path": "vp", "rollout": "sde", "steps": 20,
-                         "grid": "uniform", "shift": 3.0, "noise_level": 0.7,
-                         "estimator": "fo-residual", "form": "score_matching",
-                         "reward_scale": 1.0, "reg": 1.0, "kl": 0.0, "mean_over_dims": True,
-                         "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0,
-                         "weight_decay": 0.0, "train_steps": "all",
+    "rsm-fo-diffusion": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20,
+                         "grid": "uniform", "estimator": "fo-residual", "reg": 1.0,
                          "description": "RSM first-order redesign (diffusion): DDPM rollout, "
                                         "forward residual (s (mu - mu_ref)/s^2 - lambda s g)^2 "
                                         "+ reg |eps - eps_old|^2 with g = grad r(x0)"},
