@@ -414,3 +414,48 @@ def test_draft_gradient_is_the_pathwise_reward_gradient(truncation):
         h = 1e-6
         fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
         assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
+# ---- per-timestep weights (RSM-SPEC §2.2 table, §4.3, §9.2.3; identity T11) -------------------------
+
+SPEC_TABLE_22 = {  # i = 0..8 of the SD3.5 grid (10 steps, shift 3, a = 0.7), RSM-SPEC §2.2
+    "w": [0.0570, 0.0784, 0.1292, 0.1880, 0.2640, 0.3710, 0.5356, 0.8248, 1.4867],
+    "pcpo": [0.1721, 0.2019, 0.2402, 0.2905, 0.3586, 0.4536, 0.5924, 0.8062, 1.1613],
+    "tempflow": [0.0897, 0.1310, 0.1559, 0.1886, 0.2328, 0.2945, 0.3845, 0.5233, 0.7539],
+}
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("flow-grpo", SPEC_TABLE_22["w"]),
+    ("pcpo", SPEC_TABLE_22["pcpo"]),
+    ("tempflow-grpo", SPEC_TABLE_22["tempflow"]),  # the column is kappa = 2.25 s~ sqrt(dt) w
+    ("grpo-guard", [1.0] + [1.245] * 8),      # 1 + a^2/2, and 1 at t = 1 (RSM-SPEC §9.2.3)
+    ("rsm-zo", [1.0] + [1.245] * 8),          # fairclip2 has GRPO-Guard's gradient scale
+])
+def test_output_space_gradient_weight_kappa_T11(method, expected):
+    """kappa_i = |dL/du| per unit A z at theta = theta_old, computed by the engine, against the
+    per-transition columns of RSM-SPEC §2.2 (printed to 4 digits)."""
+    from rsm.finetune import influence
+
+    kappa = influence(method, budget="base") if method == "rsm-zo" else influence(method)
+    got = kappa["kappa"][:9]
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=6e-5)
+
+
+def test_normalized_influence_h():
+    from rsm.finetune import influence
+
+    zo = influence("rsm-zo")                  # lowsnr2: equal total weight on the 4 noisiest steps
+    assert np.all(zo["h"][4:] == 0) and np.all(zo["h"][:4] > 0)
+    np.testing.assert_allclose(zo["h"].mean(), 1.0)
+    guard = influence("grpo-guard")           # constant strength across t < 1
+    assert np.ptp(guard["h"][1:9]) < 1e-12
+    vgg, fo = influence("vgg-flow"), influence("rsm-fo")
+    t = vgg["t"]
+    # first-order: kappa = 2 lambda eta(t) with eta = (1 - t)^2 (VGG-Flow) or (1 - t) (RSM-FO)
+    np.testing.assert_allclose(vgg["kappa"], 2 * (1 - t) ** 2, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fo["kappa"], 2 * (1 - t), rtol=1e-12, atol=1e-15)
+    # the redesign puts more weight on low SNR (large t) than VGG-Flow: RSM-SPEC §9.4
+    assert fo["h"][1] > vgg["h"][1]
+    rows = rsm.methods.table()
+    assert all(len(r["h"]) == len(r["t"]) for r in rows)

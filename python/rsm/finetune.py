@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import methods as _methods
-from .objective import group_advantages, objective, row_coefficients
+from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
 from .paths import FlowPath, VPPath
 from .rewards import Reward
 from .sampling import sample, step_coefficients, time_grid
@@ -211,7 +211,9 @@ class Trainer:
         cfg, i = self.cfg, row["step"]
         c = self.sde[i]
         t, dt, std = c["t"], c["dt"], c["std"]
-        w = abs(c["K"]) / std
+        # a deterministic last step (VP into t = 0: std = 0) has no density and is never a
+        # zeroth-order row; first-order rows only use w for the KL report
+        w = abs(c["K"]) / std if std > 0 else 0.0
         mask = batch["mask"][row["traj"]].astype(np.float64)
         valid = batch["valid"][row["traj"]].astype(np.float64)
         if cfg["family"] == "first-order":
@@ -301,7 +303,7 @@ class Trainer:
             stats["loss"] += out["loss"]
             stats["clip_fraction_per_step"][i] = out["clip_fraction"]
             # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
-            w = abs(self.sde[i]["K"]) / self.sde[i]["std"]
+            w = abs(self.sde[i]["K"]) / self.sde[i]["std"] if self.sde[i]["std"] > 0 else 0.0
             stats["kl"] += float(0.5 * w**2 * ((u - u_ref) ** 2).sum(1).mean())
             _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
             grads += np.from_dlpack(dparams)
@@ -416,3 +418,57 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
         if bar is not None:
             bar.close()
     return Run(policy, trainer.history, trainer)
+
+
+def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.ndarray]:
+    """Per-timestep optimization strength of a preset, from the engine itself (RSM-SPEC §4.3):
+
+      kappa_i  the factor between the unit estimator (A z = e for zeroth-order rows, g = e for
+               first-order rows) and the cotangent dL/du the objective returns at theta = theta_old
+               (u = u_old = u_ref), per row, in output space;
+      n_i      trained rows per root at step i times the per-row multiplier (k_avg / k_i);
+      h_i      kappa_i n_i / mean_j(kappa_j n_j)   (the normalized influence metric).
+
+    No models are evaluated: the rows are synthetic, the coefficients are the trainer's."""
+    from .models import MLP
+
+    dummy = MLP(1, 1, 0, seed=0, temb_dim=2, dtype="float64")
+    trainer = Trainer(dummy, dummy, Reward(lambda x, c: np.zeros(len(x)), differentiable=True),
+                      method, path=path, batch_size=1, group_size=2, **overrides)
+    cfg = trainer.cfg
+    steps = cfg["steps"]
+    if cfg["rollout"] == "branch":
+        budget = list(cfg["budget"]) + [0] * (steps - len(cfg["budget"]))
+        active = [k for k in budget if k > 0]
+        k_avg = sum(active) / len(active)
+        rows_per_root = [k * (k_avg / k) if k > 0 else 0.0 for k in budget]
+    else:
+        trained = set(range(steps)) if cfg.get("train_steps", "all") == "all" else None
+        if trained is None:
+            spec = cfg["train_steps"]
+            frac = spec if isinstance(spec, float) else len(spec) / steps
+            rows_per_root = [frac] * steps if isinstance(spec, float) else [1.0 if i in spec else 0.0 for i in range(steps)]
+        else:
+            rows_per_root = [1.0] * steps
+    kappa = np.zeros(steps)
+    one = np.ones((1, 1))
+    for i in range(steps):
+        batch = {"mask": np.ones(1, bool), "valid": np.ones(1, bool), "adv": np.ones(1),
+                 "grad": one.copy(), "grad_rows": [one.copy()] * steps}
+        row = {"step": i, "x": np.zeros((1, 1)), "u_old": np.zeros((1, 1)), "noise": one.copy(),
+               "traj": np.zeros(1, dtype=np.int64), "cond": None, "weight": 1.0, "index": i}
+        if cfg["family"] == "pathwise":
+            kappa[i] = 1.0 if i >= steps - cfg["truncation"] else 0.0
+            continue
+        needs_density = cfg["family"] == "zeroth-order" or cfg["estimator"] == "fo-residual"
+        if needs_density and not trainer.sde[i]["std"] > 0:
+            continue  # a deterministic step (std = 0) is never a training row of these methods
+        coef, form, extra = trainer._row_coefficients(row, batch, 1)
+        coef[:, list(ROW_FIELDS).index("kl")] = 0.0
+        out = objective(form, np.zeros((1, 1)), coef, u_ref=np.zeros((1, 1)), normalizer=1.0,
+                        mean_over_dims=False, linear_only=cfg.get("reweight") == "guard", **extra)
+        kappa[i] = abs(float(np.from_dlpack(out["cotangent"])[0, 0]))
+    strength = kappa * np.asarray(rows_per_root)
+    mean = strength.mean()
+    return {"t": np.asarray(trainer.ts[:-1]), "kappa": kappa, "rows_per_root": np.asarray(rows_per_root),
+            "h": strength / mean if mean > 0 else strength}

@@ -128,8 +128,12 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     return preset
 
 
-def table() -> list[dict[str, Any]]:
-    """One row per preset: estimator, objective form, reweighting, clip, KL, rollout/branching."""
+def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]:
+    """One row per preset: estimator, objective form, reweighting, clip, KL, rollout/branching, and
+    the normalized influence h(t) per timestep (RSM-SPEC §4.3, computed by the engine; for the
+    preset's own path unless `path` is given and matches)."""
+    from .finetune import influence
+
     rows = []
     for name in names():
         p = _PRESETS[name]
@@ -138,4 +142,9 @@ def table() -> list[dict[str, Any]]:
                      "reweight": p.get("reweight", "-"), "clip": p.get("clip_eps", 0.0),
                      "kl": p.get("kl", 0.0), "rollout": p["rollout"],
                      "branching": p["rollout"] == "branch"})
+        if with_influence:
+            use = path if path is not None and p["path"] in ("any", path.kind) else None
+            info = influence(name, path=use)
+            rows[-1]["t"] = [round(float(v), 4) for v in info["t"]]
+            rows[-1]["h"] = [round(float(v), 4) for v in info["h"]]
     return rows
