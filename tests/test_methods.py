@@ -459,3 +459,57 @@ def test_normalized_influence_h():
     assert fo["h"][1] > vgg["h"][1]
     rows = rsm.methods.table()
     assert all(len(r["h"]) == len(r["t"]) for r in rows)
+
+
+def test_clip_events_T12():
+    """A matching row is clipped (inactive) iff A log rho >= eps |A| / s_clip, s_clip = term_scale."""
+    rng = np.random.default_rng(0)
+    R = 400
+    u_old = rng.standard_normal((R, 2))
+    u = u_old + 0.3 * rng.standard_normal((R, 2))
+    z = rng.standard_normal((R, 2))
+    A = rng.standard_normal(R)
+    w, s_clip, eps = 0.8, 0.49, 0.05
+    coef = rsm.objective.row_coefficients(R, adv=A, w=w, term_scale=s_clip, clip_eps=eps)
+    out = rsm.objective.objective("matching", u, coef, u_old=u_old, noise=z, mean_over_dims=True)
+    log_rho = np.mean(-w * z * (u - u_old) - 0.5 * w**2 * (u - u_old) ** 2, axis=1)
+    clipped = A * log_rho >= eps * np.abs(A) / s_clip
+    np.testing.assert_array_equal(~np.from_dlpack(out["active"]), clipped)
+    assert 0.1 < clipped.mean() < 0.9  # both kinds of rows occur
+
+
+def test_branching_bookkeeping_T16():
+    """NFE and rows of the ODE-root + single-step-branch rollout (RSM-SPEC §7.4, §9.2.4): per root
+    S root steps (our root runs to t = 0, one more than the reference code's 9) + sum_i k_i (S - i)
+    branch steps; rows = sum_i k_i; every active timestep gets equal total weight k_i * k_avg/k_i."""
+    policy, ref = make_models(9)
+    roots = 3
+    for profile, spec_nfe in (("base", 333), ("lowsnr2", 257), ("highsnr", 278), ("highsnr2", 324)):
+        trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0, 0]), "rsm-zo",
+                              batch_size=roots, budget=profile)
+        budget = trainer.cfg["budget"]
+        batch = trainer.rollout()
+        assert batch["nfe"] == roots * (spec_nfe + 1)
+        assert sum(len(r["traj"]) for r in batch["rows"]) == roots * sum(budget)
+        totals = {r["step"]: len(r["traj"]) * r["weight"] for r in batch["rows"]}
+        assert np.ptp(list(totals.values())) < 1e-9
+
+
+def test_closed_form_kl_matches_monte_carlo_T18():
+    """Per-step KL(pi_theta || pi_ref) = |mu_theta - mu_ref|^2 / (2 std^2) (equal variances) against
+    the Monte-Carlo mean of log pi_theta - log pi_ref over x' ~ pi_theta."""
+    policy, ref = make_models(10)
+    path = rsm.FlowPath()
+    ts = rsm.time_grid(10, grid="sd3")
+    i, n, reps = 4, 5, 20000
+    x = np.random.default_rng(1).standard_normal((n, 2))
+    xs = np.repeat(x, reps, axis=0)
+    traj = rsm.sample(policy, n * reps, path, "sde", ts=ts[i:], sde_window=(0, 1), x_init=xs,
+                      seed=3, return_trajectory=True)
+    lp_theta, mu_theta = rsm.log_prob(policy, path, xs, traj.xs[1], i, ts, "sde")
+    lp_ref, mu_ref = rsm.log_prob(ref, path, xs, traj.xs[1], i, ts, "sde")
+    std = rsm.step_coefficients(path, ts, "sde")[i]["std"]
+    closed = (((mu_theta - mu_ref) ** 2).sum(1) / (2 * std**2)).reshape(n, reps)[:, 0]
+    diff = (lp_theta - lp_ref).reshape(n, reps)
+    mc, se = diff.mean(1), diff.std(1) / np.sqrt(reps)
+    assert np.all(np.abs(mc - closed) < 5 * se + 1e-12), (mc, closed, se)
