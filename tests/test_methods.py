@@ -513,3 +513,52 @@ def test_closed_form_kl_matches_monte_carlo_T18():
     diff = (lp_theta - lp_ref).reshape(n, reps)
     mc, se = diff.mean(1), diff.std(1) / np.sqrt(reps)
     assert np.all(np.abs(mc - closed) < 5 * se + 1e-12), (mc, closed, se)
+
+
+def test_adjoint_matching_equals_its_control_regression():
+    """Adjoint Matching's loss in control form, (2(1-t)/t) |v_theta - v_ref + (t/(1-t)) a_t|^2
+    (AM with memoryless g^2 = 2t/(1-t), written for rectified flow), with the lean adjoint
+    a_S = grad r(x0)/alpha, a_i = (d mu_ref(x_i) / d x_i)^T a_{i+1} recomputed here from finite-
+    difference Jacobians of the reference and the SDE formulas of RSM-SPEC §2.2 (not rsm's VJP)."""
+    policy, ref = make_models(12)
+    reward = rsm.rewards.quadratic([1.0, -0.5], scale=0.8)
+    alpha = 0.7
+    trainer = rsm.Trainer(policy, ref, reward, "adjoint-matching", batch_size=2, group_size=2,
+                          steps=5, grid="uniform", alpha=alpha)
+    batch = trainer.rollout()
+    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(6).standard_normal(policy.num_params)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts, rows, states = trainer.ts, batch["rows"], batch["states"]
+    a_noise = 2 ** 0.5
+    x0 = batch["x0"]
+    a = -(x0 - np.array([1.0, -0.5])) * 0.8 / alpha
+    adjoint = {}
+    h = 1e-6
+    for i in range(len(ts) - 2, -1, -1):
+        cx, cu, std, _, _ = flow_sde_step(ts, i, a_noise)
+
+        def mean_ref(x):
+            return cx * x - cu * np.from_dlpack(ref.forward(x, ts[i]))
+
+        new_a = np.zeros_like(a)
+        for d in range(2):
+            e = np.zeros(2)
+            e[d] = h
+            jac_col = (mean_ref(states[i] + e) - mean_ref(states[i] - e)) / (2 * h)  # d mu / d x_d
+            new_a[:, d] = (jac_col * a).sum(1)
+        a = new_a
+        adjoint[i] = a
+    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+
+    def original(us):
+        total, count = 0.0, 0
+        for r, u, ur in zip(rows, us, u_ref):
+            t = ts[r["step"]]
+            resid = (u - ur) + (t / (1 - t)) * adjoint[r["step"]]
+            total += np.sum(2 * (1 - t) / t * np.mean(resid**2, axis=1))
+            count += u.shape[0]
+        return total / count
+
+    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
+    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    assert_grad_close(g_engine, g_orig)

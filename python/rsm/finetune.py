@@ -116,18 +116,20 @@ class Trainer:
                "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
                "skipped_rows": int((~valid).sum()), "reward_calls": batch.get("reward_calls", 1),
-               "rollout_nfe": int(batch["nfe"]), "seconds": time.perf_counter() - start, **stats}
+               "rollout_nfe": int(batch["nfe"]) + int(batch.get("adjoint_nfe", 0)), "seconds": time.perf_counter() - start, **stats}
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
         self.history.append(row)
         return row
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _train_steps(self, steps: int) -> list[int]:
-        """The trained transitions: "all", a fraction (a seeded random subset per iteration, as
+        """The trained transitions: "all", "interior" (all but the first), a fraction (a seeded random subset per iteration, as
         DanceGRPO's timestep subsampling) or an explicit list."""
         spec = self.cfg.get("train_steps", "all")
         if spec == "all":
             return list(range(steps))
+        if spec == "interior":  # all but the step from t = 1, where scores are singular (flow)
+            return list(range(1, steps))
         if isinstance(spec, float):
             count = max(1, int(round(spec * steps)))
             from . import _C
@@ -158,7 +160,7 @@ class Trainer:
                  "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0}
                 for i in steps if traj.stds[i] > 0]
         return {"x0": traj.x, "keys": np.arange(n) // self.group_size, "rows": rows,
-                "nfe": traj.nfe, "cond_x0": cond}
+                "nfe": traj.nfe, "cond_x0": cond, "states": traj.xs}
 
     def _rollout_branch(self) -> dict[str, Any]:
         """ODE root per condition, then k_i single-step SDE branches from the root state at t_i,
@@ -228,6 +230,14 @@ class Trainer:
                 coef = row_coefficients(n, conv=1.0, c1=c1, gamma=1.0, c2=cfg["reg"] / c1, w=w,
                                         weight=valid * row["weight"])
                 return coef, "score_matching", {"psi": psi, "u_old": row["u_old"]}
+            if cfg["estimator"] == "fo-adjoint":
+                # Adjoint Matching in RSM form: |s_theta - (s_ref + Psi)|^2 with C1 = g(t)^2 =
+                # 2t/(1-t) (the memoryless noise), v = conv s + (x terms), conv = -t/(1-t)
+                conv = -t / (1 - t)
+                psi = batch["adjoint"][i][row["traj"]].astype(self.policy.dtype)
+                coef = row_coefficients(n, conv=conv, c1=2 * t / (1 - t), gamma=1.0, w=w,
+                                        weight=valid * row["weight"])
+                return coef, "score_matching", {"psi": psi}
             eta = (1 - t) if cfg["eta"] == "linear" else (1 - t) ** 2
             g = batch["grad_rows"][row["index"]] if cfg["estimator"] == "fo-tweedie" else batch["grad"][row["traj"]]
             # velocity regression written as the RSM loss with conv = 1 (the score difference
@@ -310,6 +320,23 @@ class Trainer:
             stats["train_nfe"] += 4 * n  # policy and ref forwards, the VJP's forward and backward
         return grads, stats
 
+    def _lean_adjoint(self, batch: dict) -> dict[int, np.ndarray]:
+        """The discrete lean adjoint of Adjoint Matching (Domingo-Enrich et al. 2024):
+        a_S = grad r(x0) / alpha, a_i = A_i a_{i+1} + J_ref(x_i)^T (K_i a_{i+1}), i.e. the VJP
+        of the reference sampler's mean map along the sampled trajectory (the control's own
+        dependence dropped: "lean"). Returns {step: a_i [n, D]} in score units."""
+        ref, dtype = self.ref, self.policy.dtype
+        a = (batch["grad"] / self.cfg["alpha"]).astype(dtype)
+        adjoint = {}
+        states = batch["states"]
+        for i in range(len(self.ts) - 2, -1, -1):
+            c = self.sde[i]
+            _, dx, _ = ref.forward_and_vjp(states[i], self.ts[i], np.ascontiguousarray(c["K"] * a))
+            a = (c["A"] * a + np.from_dlpack(dx)).astype(dtype)
+            adjoint[i] = a
+        batch["adjoint_nfe"] = 2 * states[0].shape[0] * (len(self.ts) - 1)
+        return adjoint
+
     def _pathwise_grad(self, batch: dict) -> tuple[np.ndarray, dict]:
         """DRaFT-K: L = -mean r(x0) with x0 from the last K sampler steps differentiated and the
         earlier states held fixed. Backward through x_{i+1} = A x_i + K u(x_i): the adjoint
@@ -366,6 +393,8 @@ class Trainer:
             batch["adv"], batch["mask"] = adv, mask & valid
         else:
             batch["grad"], batch["mask"] = np.where(valid[:, None], grad, 0.0), valid
+            if cfg["estimator"] == "fo-adjoint":
+                batch["adjoint"] = self._lean_adjoint(batch)
             if cfg["estimator"] == "fo-tweedie":
                 # VGG-Flow's current-state estimator: grad r at x0_hat(x_t) = x_t - t sg(v), one
                 # reward call for all (row, t) pairs of the batch
@@ -443,13 +472,14 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
         k_avg = sum(active) / len(active)
         rows_per_root = [k * (k_avg / k) if k > 0 else 0.0 for k in budget]
     else:
-        trained = set(range(steps)) if cfg.get("train_steps", "all") == "all" else None
+        spec = cfg.get("train_steps", "all")
+        trained = set(range(steps)) if spec == "all" else (set(range(1, steps)) if spec == "interior" else None)
         if trained is None:
             spec = cfg["train_steps"]
             frac = spec if isinstance(spec, float) else len(spec) / steps
             rows_per_root = [frac] * steps if isinstance(spec, float) else [1.0 if i in spec else 0.0 for i in range(steps)]
         else:
-            rows_per_root = [1.0] * steps
+            rows_per_root = [1.0 if i in trained else 0.0 for i in range(steps)]
     kappa = np.zeros(steps)
     one = np.ones((1, 1))
     for i in range(steps):

@@ -9,8 +9,8 @@ Families: "zeroth-order" (black-box rewards: group advantages times the injected
 the PPO / log-ratio / matching forms of the objective), "first-order" (reward gradients: the RSM
 score-matching form onto s_ref + gamma Psi), "pathwise" (DRaFT: reward back-propagated through the
 sampler; a baseline outside RSM). Not yet here (tracked in the RSM-objective issue): Branch-GRPO
-trees, SQDF, Residual nabla-DB's next-state estimator, Adjoint Matching, ReFL, PCPO-reweight
-(diffusion) with its modified sampler std.
+trees, SQDF, Residual nabla-DB's next-state estimator, ReFL, PCPO-reweight (diffusion) with its
+modified sampler std.
 """
 from __future__ import annotations
 
@@ -85,6 +85,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
                          "description": "RSM first-order redesign (diffusion): DDPM rollout, "
                                         "forward residual (s (mu - mu_ref)/s^2 - lambda s g)^2 "
                                         "+ reg |eps - eps_old|^2 with g = grad r(x0)"},
+    "adjoint-matching": {**_COMMON_FO, "path": "flow", "rollout": "sde", "steps": 40,
+                         "grid": "shift", "noise_level": 2.0 ** 0.5, "estimator": "fo-adjoint",
+                         "alpha": 1.0, "train_steps": "interior",
+                         "description": "Adjoint Matching (lean adjoint): memoryless SDE rollouts "
+                                        "(a = sqrt 2), Psi = discrete lean adjoint of r(x0)/alpha "
+                                        "through the reference drift's Jacobian, score regression "
+                                        "onto s_ref + Psi with weight g^2 = 2t/(1-t); on target"},
     # ---- pathwise baselines (not RSM; for comparison)
     "draft": {"family": "pathwise", "path": "flow", "rollout": "ode", "steps": 20,
               "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "pathwise",
