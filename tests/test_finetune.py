@@ -199,3 +199,63 @@ def test_black_box_method_improves_reward_with_finite_kl(triangle_ref):
     assert after > before + 0.3, (before, after)
     kls = [h["kl"] for h in run.history]
     assert all(np.isfinite(kls)) and kls[-1] < 10
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "rsm-zo", "tempflow-grpo", "grpo-guard"])
+def test_check_on_policy_is_exact(toy, method):
+    report = rsm.check_on_policy(rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0.0, 0.0]),
+                                             method, batch_size=3, group_size=4))
+    assert report["rows"] > 0 and report["max_abs_log_ratio"] == 0.0
+
+
+def test_check_on_policy_detects_a_changed_policy(toy):
+    trainer = rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0.0, 0.0]), "flow-grpo",
+                          batch_size=2, group_size=2)
+    original = trainer._rollout_sde
+
+    def drifting():
+        batch = original()
+        np.from_dlpack(trainer.policy.params)[:] += 1e-3  # the policy moves after sampling
+        return batch
+
+    trainer._rollout_sde = drifting
+    with pytest.raises(AssertionError, match="differ"):
+        rsm.check_on_policy(trainer)
+
+
+def test_reward_callbacks_do_not_leak(toy):
+    """Many steps with a Python reward: reference counts of the objects passed in and out stay
+    flat, and traced Python memory does not grow with the number of steps."""
+    import sys
+    import tracemalloc
+
+    keep = np.zeros(8)
+
+    def reward(x0, cond):
+        return -np.from_dlpack(x0)[:, 0].astype(np.float64) + 0 * keep[0]
+
+    trainer = rsm.Trainer(toy.copy(), toy, reward, "flow-grpo", batch_size=2, group_size=4)
+    trainer.step()
+    refs = (sys.getrefcount(reward), sys.getrefcount(keep))
+    tracemalloc.start()
+    trainer.history.clear()
+    trainer.step()
+    base = tracemalloc.get_traced_memory()[0]
+    for _ in range(30):
+        trainer.step()
+        trainer.history.clear()
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert (sys.getrefcount(reward), sys.getrefcount(keep)) == refs
+    assert grown < 200_000, grown
+
+
+def test_slow_reward_is_waited_for(toy):
+    import time as _time
+
+    def slow(x0, cond):
+        _time.sleep(0.05)
+        return -np.from_dlpack(x0)[:, 1].astype(np.float64)
+
+    row = rsm.Trainer(toy.copy(), toy, slow, "flow-grpo", batch_size=2, group_size=2).step()
+    assert row["seconds"] >= 0.05 and np.isfinite(row["loss"])

@@ -157,7 +157,8 @@ class Trainer:
                       cond=cond, x_init=x_init, return_trajectory=True)
         steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
-                 "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0}
+                 "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0,
+                 "log_prob": traj.log_probs[i].astype(np.float64), "grid": self.ts, "grid_step": i}
                 for i in steps if traj.stds[i] > 0]
         return {"x0": traj.x, "keys": np.arange(n) // self.group_size, "rows": rows,
                 "nfe": traj.nfe, "cond_x0": cond, "states": traj.xs}
@@ -191,7 +192,8 @@ class Trainer:
             keys.append(np.arange(n_rows) // k + i * roots)   # group = (root, t_i)
             rows.append({"step": i, "x": x_init, "x_next": branch.xs[1], "u_old": branch.outputs[0],
                          "noise": branch.noises[0], "traj": offset + np.arange(n_rows), "cond": cond,
-                         "weight": k_avg / k})
+                         "weight": k_avg / k, "log_prob": branch.log_probs[0].astype(np.float64),
+                         "grid": self.ts[i:], "grid_step": 0, "window": (0, 1)})
             offset += n_rows
         cond_x0 = None if cond_root is None else np.concatenate(conds)
         return {"x0": np.concatenate(x0s), "keys": np.concatenate(keys), "rows": rows, "nfe": nfe,
@@ -447,6 +449,34 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
         if bar is not None:
             bar.close()
     return Run(policy, trainer.history, trainer)
+
+
+def check_on_policy(trainer: "Trainer") -> dict[str, Any]:
+    """Run one rollout of `trainer` (no update, no reward call) and recompute, with the current
+    parameters, the network outputs and the log-probabilities of every recorded transition.
+    Sampling and training share one code path, so both are bitwise equal and every importance
+    ratio is exactly 1. Returns dict(rows, max_abs_log_ratio); raises AssertionError otherwise."""
+    from .sampling import log_prob
+
+    batch = {"sde": trainer._rollout_sde, "branch": trainer._rollout_branch,
+             "ode": trainer._rollout_ode}[trainer.cfg["rollout"]]()
+    worst, rows = 0.0, 0
+    for row in batch["rows"]:
+        i = row["step"]
+        u = np.from_dlpack(trainer.policy.forward(row["x"], trainer.ts[i], row["cond"]))
+        if not np.array_equal(u, row["u_old"]):
+            raise AssertionError(f"step {i}: recomputed outputs differ from the rollout's "
+                                 f"(max |diff| {np.abs(u - row['u_old']).max():.3g})")
+        if "log_prob" in row:
+            lp, _ = log_prob(trainer.policy, trainer.path, row["x"], row["x_next"], row["grid_step"],
+                             row["grid"], trainer.stochastic, noise_level=trainer.cfg["noise_level"],
+                             cond=row["cond"], sde_window=row.get("window"))
+            diff = float(np.abs(lp.astype(np.float64) - row["log_prob"]).max())
+            if diff != 0.0:
+                raise AssertionError(f"step {i}: log-probabilities differ by {diff:.3g}")
+            worst = max(worst, diff)
+        rows += len(row["traj"])
+    return {"rows": rows, "max_abs_log_ratio": worst}
 
 
 def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.ndarray]:
