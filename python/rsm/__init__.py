@@ -29,7 +29,7 @@ from .paths import FlowPath, VPPath  # noqa: E402,F401
 from .models import MLP, GaussianMixtureModel, load  # noqa: E402,F401
 from .sampling import Trajectory, sample, log_prob, time_grid, step_coefficients  # noqa: E402,F401
 from .training import AdamW, History, pretrain, save_checkpoint, load_checkpoint  # noqa: E402,F401
-from . import objective, rewards, methods, datasets, metrics, io  # noqa: E402,F401
+from . import objective, rewards, methods, datasets, metrics, io, estimators  # noqa: E402,F401
 from .rewards import Reward  # noqa: E402,F401
 from .finetune import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
 

@@ -184,6 +184,42 @@ class GaussianMixtureModel:
 
     __call__ = forward
 
+    def vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None) -> tuple[np.ndarray, None]:
+        """(dx, None): the input VJP of forward() in closed form (float64 numpy; there are no
+        parameters). With u = a x0_hat + b eps_hat (the native output), x0_hat and eps_hat are
+        mixtures over components k with responsibilities gamma_k(x):
+            E[x0|x]  = sum_k gamma_k (mu_k + alpha s_k^2/v_k (x - alpha mu_k))
+            E[eps|x] = sum_k gamma_k (sigma/v_k) (x - alpha mu_k),   v_k = alpha^2 s_k^2 + sigma^2
+            d gamma_k/dx = gamma_k (m_bar - m_k),  m_k = (x - alpha mu_k)/v_k, m_bar = sum_j gamma_j m_j."""
+        if cond is not None:
+            raise ValueError("vjp(): cond was given but the mixture model is unconditional")
+        x = np.asarray(x, dtype=np.float64)
+        g = np.asarray(cotangent, dtype=np.float64)
+        n = x.shape[0]
+        tt = np.broadcast_to(np.asarray(t, dtype=np.float64), (n,))
+        out = np.empty_like(x)
+        for i in range(n):
+            c = self.path.coef(float(tt[i]))
+            a, s = c["alpha"], c["sigma"]
+            var = a * a * self.stds**2 + s * s                                  # [K]
+            resid = x[i][None, :] - a * self.means                              # [K, D]
+            logit = np.log(self.weights) - 0.5 * (resid**2).sum(1) / var - 0.5 * self.dim * np.log(var)
+            gamma = np.exp(logit - logit.max())
+            gamma /= gamma.sum()
+            m = resid / var[:, None]                                            # grad of -log N
+            dgamma = gamma[:, None] * ((gamma[:, None] * m).sum(0)[None, :] - m)  # [K, D]
+            x0_terms = self.means + (a * self.stds**2 / var)[:, None] * resid  # [K, D]
+            eps_terms = (s / var)[:, None] * resid
+            if self.path.native == "velocity":
+                ca, cb = c["dalpha"], c["dsigma"]
+            else:
+                ca, cb = 0.0, 1.0
+            per_k = ca * x0_terms + cb * eps_terms                              # u_k(x)
+            diag = (gamma * (ca * a * self.stds**2 / var + cb * s / var)).sum()
+            # J^T g = diag g + sum_k dgamma_k (u_k . g)
+            out[i] = diag * g[i] + (dgamma * (per_k @ g[i])[:, None]).sum(0)
+        return out, None
+
     def posterior(self, x: Any, t: Any) -> tuple[_C.Tensor, _C.Tensor]:
         """(E[x0 | x_t], E[eps | x_t]) in closed form."""
         n = rows_of(x, "posterior")
