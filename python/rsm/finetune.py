@@ -513,8 +513,11 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     kappa = np.zeros(steps)
     one = np.ones((1, 1))
     for i in range(steps):
+        if rows_per_root[i] == 0:
+            continue  # not a training step of this method
         batch = {"mask": np.ones(1, bool), "valid": np.ones(1, bool), "adv": np.ones(1),
-                 "grad": one.copy(), "grad_rows": [one.copy()] * steps}
+                 "grad": one.copy(), "grad_rows": [one.copy()] * steps,
+                 "adjoint": {j: one.copy() for j in range(steps)}}
         row = {"step": i, "x": np.zeros((1, 1)), "u_old": np.zeros((1, 1)), "noise": one.copy(),
                "traj": np.zeros(1, dtype=np.int64), "cond": None, "weight": 1.0, "index": i}
         if cfg["family"] == "pathwise":
