@@ -130,12 +130,15 @@ class Trainer:
             return list(range(steps))
         if spec == "interior":  # all but the step from t = 1, where scores are singular (flow)
             return list(range(1, steps))
+        if spec == "no_last":   # Flow-GRPO: the step into t = 0 is sampled but not trained
+            return list(range(steps - 1))
         if isinstance(spec, float):
-            count = max(1, int(round(spec * steps)))
+            count = max(1, int(round(spec * (steps - 1))))
             from . import _C
 
             u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self.iteration, 11), 0, 0, steps, "float64"))
-            return sorted(int(i) for i in np.argsort(u)[:count])
+            # DanceGRPO-style subsampling among the trainable steps (not the last one)
+            return sorted(int(i) for i in np.argsort(u[: steps - 1])[:count])
         return [int(i) for i in spec]
 
     def _cond_rows(self, repeat: int) -> Any:
@@ -503,11 +506,15 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
         rows_per_root = [k * (k_avg / k) if k > 0 else 0.0 for k in budget]
     else:
         spec = cfg.get("train_steps", "all")
-        trained = set(range(steps)) if spec == "all" else (set(range(1, steps)) if spec == "interior" else None)
+        named = {"all": range(steps), "interior": range(1, steps), "no_last": range(steps - 1)}
+        trained = set(named[spec]) if isinstance(spec, str) else None
         if trained is None:
             spec = cfg["train_steps"]
-            frac = spec if isinstance(spec, float) else len(spec) / steps
-            rows_per_root = [frac] * steps if isinstance(spec, float) else [1.0 if i in spec else 0.0 for i in range(steps)]
+            if isinstance(spec, float):  # expected rows per step of a random subset of 0..S-2
+                frac = max(1, int(round(spec * (steps - 1)))) / (steps - 1)
+                rows_per_root = [frac] * (steps - 1) + [0.0]
+            else:
+                rows_per_root = [1.0 if i in spec else 0.0 for i in range(steps)]
         else:
             rows_per_root = [1.0 if i in trained else 0.0 for i in range(steps)]
     kappa = np.zeros(steps)

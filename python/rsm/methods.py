@@ -32,7 +32,7 @@ _COMMON_FO = {
 _PRESETS: dict[str, dict[str, Any]] = {
     # ---- zeroth order: full stochastic trajectories (Table 1 rows REINFORCE+KL, PPO/GRPO/PCPO)
     "flow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
-                  "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.004,
+                  "train_steps": "no_last", "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.004,
                   "description": "Flow-GRPO: GRPO on Flow-GRPO's SDE, PPO ratio clip, KL beta"},
     "dance-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
                    "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
@@ -42,10 +42,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
              "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
              "description": "DDPO (PPO on DDPM transitions, no KL)"},
     "grpo-guard": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
-                   "form": "ppo", "reweight": "guard", "clip_eps": 1e-4, "kl": 0.0,
+                   "train_steps": "no_last", "form": "ppo", "reweight": "guard", "clip_eps": 1e-4, "kl": 0.0,
                    "description": "GRPO-Guard: RatioNorm (linear part of log rho, x std), 1/dt"},
     "pcpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
-             "form": "ppo", "reweight": "pcpo", "clip_eps": 1e-4, "kl": 0.0,
+             "train_steps": "no_last", "form": "ppo", "reweight": "pcpo", "clip_eps": 1e-4, "kl": 0.0,
              "description": "PCPO-reweight (flow): log-ratio weight zeta dt (proportional credit)"},
     "pcpo-base": {**_COMMON_ZO, "path": "any", "rollout": "sde", "steps": 10, "grid": "uniform",
                   "form": "log_ratio", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
