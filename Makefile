@@ -85,6 +85,8 @@ test: $(VENV)/.build-stamp
 # detection on, OMP_NUM_THREADS=2 and OPENBLAS_NUM_THREADS=1, and judges the reports: any
 # ASan/UBSan error fails; a leak fails when its stack has an rsm frame (interpreter leaks at exit
 # are ignored; tests/lsan.supp suppresses the usual ones). Logs: build/asan/logs/.
+# Tests marked `slow` (long training runs whose C paths the fast tests already cover) are left
+# out here: under the sanitizers they take minutes and check convergence, not memory.
 
 $(ASAN_VENV)/.deps-stamp: pyproject.toml
 	$(PYTHON) -m venv $(ASAN_VENV)
@@ -98,7 +100,7 @@ $(ASAN_VENV)/.build-stamp: $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS)
 	touch $@
 
 test-asan: $(ASAN_VENV)/.build-stamp
-	$(ASAN_VENV)/bin/python .ci/asan_pytest.py tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(ASAN_VENV)/bin/python .ci/asan_pytest.py tests -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 # ---- .venv-bench: .venv + torch (CPU use only) -------------------------------------------------
 

@@ -39,6 +39,15 @@ class Run:
     history: History
     trainer: "Trainer"
 
+    def ema_policy(self) -> Any:
+        """A copy of the policy with the EMA parameters (needs ema_decay > 0)."""
+        ema = self.trainer.optimizer.ema
+        if ema is None:
+            raise ValueError("ema_policy(): fine-tune with ema_decay > 0 to keep an EMA")
+        model = self.policy.copy()
+        model.load_params(ema)
+        return model
+
 
 class Trainer:
     """Step-wise fine-tuning (for notebooks): `trainer.step()` runs one iteration and returns its
@@ -78,7 +87,7 @@ class Trainer:
         self.det_coef = step_coefficients(self.path, self.ts, self.deterministic)
         self.sde = step_coefficients(self.path, self.ts, self.stochastic, noise_level=cfg["noise_level"])
         self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                               max_grad_norm=cfg["max_grad_norm"])
+                               max_grad_norm=cfg["max_grad_norm"], ema_decay=cfg.get("ema_decay", 0.0))
         self.iteration = 0
         self.history = History()
 

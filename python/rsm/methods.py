@@ -18,12 +18,14 @@ import copy
 from typing import Any
 
 _COMMON_ZO = {
+    "ema_decay": 0.0,
     "family": "zeroth-order", "estimator": "zo-group", "advantage": "group", "adv_eps": 1e-4,
     "adv_clip": 5.0, "mean_over_dims": True, "train_steps": "all", "inner_epochs": 1,
     "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
 }
 
 _COMMON_FO = {
+    "ema_decay": 0.0,
     "family": "first-order", "shift": 3.0, "noise_level": 0.7, "form": "score_matching",
     "reward_scale": 1.0, "kl": 0.0, "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3,
     "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all",
@@ -93,7 +95,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                                         "through the reference drift's Jacobian, score regression "
                                         "onto s_ref + Psi with weight g^2 = 2t/(1-t); on target"},
     # ---- pathwise baselines (not RSM; for comparison)
-    "draft": {"family": "pathwise", "path": "flow", "rollout": "ode", "steps": 20,
+    "draft": {"ema_decay": 0.0, "family": "pathwise", "path": "flow", "rollout": "ode", "steps": 20,
               "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "pathwise",
               "form": "pathwise", "truncation": 1, "kl": 0.0, "mean_over_dims": True,
               "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0, "weight_decay": 0.0,
