@@ -292,3 +292,29 @@ def test_against_torch_autograd(dtype, tol):
         off = (view.__array_interface__["data"][0] - base) // itemsize
         got = dp[off:off + view.size].reshape(view.shape)
         assert rel(got, params[name].grad.numpy()) <= tol, name
+
+
+def test_backward_from_kept_activations_equals_vjp():
+    """forward_keep + backward (one forward) gives exactly the VJP of vjp() (forward recomputed),
+    and a stale token (another forward in between, or a wrong row count) is refused."""
+    model = rsm.MLP(2, 32, 2, cond_dim=3, seed=4, dtype="float64")
+    p = np.from_dlpack(model.params)
+    p[:] = np.random.default_rng(0).standard_normal(p.shape) * 0.3
+    rng = np.random.default_rng(1)
+    x, cond = rng.standard_normal((7, 2)), rng.standard_normal((7, 3))
+    t = rng.uniform(0, 1, 7)
+    cot = rng.standard_normal((7, 2))
+    out, token = model.forward_keep(x, t, cond)
+    dx, dparams = model.backward(cot, token)
+    out2, dx2, dparams2 = model.forward_and_vjp(x, t, cot, cond)
+    np.testing.assert_array_equal(np.from_dlpack(out), np.from_dlpack(out2))
+    np.testing.assert_array_equal(np.from_dlpack(dx), np.from_dlpack(dx2))
+    np.testing.assert_array_equal(np.from_dlpack(dparams), np.from_dlpack(dparams2))
+    with pytest.raises(RuntimeError, match="activations"):
+        model.backward(cot, token)            # forward_and_vjp ran a forward since
+    _, token = model.forward_keep(x, t, cond)
+    with pytest.raises(RuntimeError, match="rows"):
+        model.backward(cot[:3], token)
+    rsm.sample(model, 4, rsm.FlowPath(), "ode", steps=2, cond=cond[:4])
+    with pytest.raises(RuntimeError, match="activations"):
+        model.backward(cot, token)            # sampling also runs the model

@@ -80,6 +80,8 @@ rsm_mlp_forward(rsm_mlp *mlp, int64_t n, const void *x, const void *t, const voi
     RSM_CHECK(mlp->config.cond_dim == 0 || cond != NULL, RSM_ERR_VALUE,
               "this model is conditional (cond_dim=%lld) and needs cond",
               (long long)mlp->config.cond_dim);
+    mlp->generation += 1;
+    mlp->saved_rows = n;
     if (mlp->config.dtype == RSM_F32)
         return rsm_mlp_forward_f32(mlp, n, (const float *)x, (const float *)t,
                                    (const float *)cond, (float *)out);

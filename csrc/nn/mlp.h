@@ -49,6 +49,8 @@ typedef struct rsm_mlp {
     void *acts;          /* saved activations for `acts_rows` rows, owned */
     int64_t acts_rows;
     void *scratch;       /* backward scratch for `acts_rows` rows, owned */
+    uint64_t generation; /* incremented by every forward: names the saved activations */
+    int64_t saved_rows;  /* rows of the last forward */
 } rsm_mlp;
 
 rsm_status rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed);

@@ -376,25 +376,29 @@ rsm_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t di
 
 static rsm_status
 rsm_mlp_locked_forward(rsm_py_mlp *self, int64_t n, rsm_py_tensor *x, rsm_py_tensor *t,
-                       rsm_py_tensor *cond, void *out)
+                       rsm_py_tensor *cond, void *out, uint64_t *token)
 {
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
     status = rsm_mlp_forward(&self->mlp, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
                              cond ? rsm_py_tensor_data(cond) : NULL, out);
+    *token = self->mlp.generation;
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     return status;
 }
 
-/* forward(x, t, cond=None) -> Tensor[n, dim] */
+/* forward(x, t, cond=None, keep=False) -> Tensor[n, dim], or (Tensor, token) with keep=True:
+ * the token names the activations this forward saved, for backward(cotangent, token). */
 static PyObject *
 rsm_mlp_py_forward(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "t", "cond", NULL};
+    static char *kwlist[] = {"x", "t", "cond", "keep", NULL};
     PyObject *x_obj, *t_obj, *cond_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O", kwlist, &x_obj, &t_obj, &cond_obj))
+    int keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Op", kwlist, &x_obj, &t_obj, &cond_obj,
+                                     &keep))
         return NULL;
     if (rsm_mlp_ready(self, "forward") < 0) return NULL;
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
@@ -406,14 +410,19 @@ rsm_mlp_py_forward(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
         goto done;
     out = rsm_py_tensor_new(module, c->dtype, 2, x->t.shape, 0);
     if (!out) goto done;
+    uint64_t token = 0;
     rsm_status status = rsm_mlp_locked_forward(self, x->t.shape[0], x, t, cond,
-                                               rsm_py_tensor_data(out));
+                                               rsm_py_tensor_data(out), &token);
     if (status != RSM_OK) {
         rsm_py_raise(status, "forward");
         goto done;
     }
-    result = (PyObject *)out;
-    out = NULL;
+    if (keep) {
+        result = Py_BuildValue("(OK)", out, (unsigned long long)token);
+    } else {
+        result = (PyObject *)out;
+        out = NULL;
+    }
 done:
     Py_XDECREF(x);
     Py_XDECREF(t);
@@ -475,6 +484,58 @@ done:
     return result;
 }
 
+/* backward(cotangent, token) -> (dx, dparams): the VJP of the forward that returned `token`,
+ * from its saved activations (no recomputation). Any later forward of this model (another call,
+ * a sampler, another thread) invalidates the token: RuntimeError instead of a wrong gradient. */
+static PyObject *
+rsm_mlp_py_backward(rsm_py_mlp *self, PyObject *args)
+{
+    PyObject *cot_obj;
+    unsigned long long token;
+    if (!PyArg_ParseTuple(args, "OK", &cot_obj, &token)) return NULL;
+    if (rsm_mlp_ready(self, "backward") < 0) return NULL;
+    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    const rsm_mlp_config *c = &self->mlp.config;
+    rsm_py_tensor *cot = rsm_matrix_arg(module, cot_obj, "backward", "cotangent", c->dtype, -1, c->dim);
+    if (!cot) return NULL;
+    if (rsm_check_finite(cot, c->dtype, "backward", "cotangent") < 0) {
+        Py_DECREF(cot);
+        return NULL;
+    }
+    int64_t n = cot->t.shape[0], num_params = self->mlp.layout.num_params;
+    int64_t shape[2] = {n, c->dim};
+    rsm_py_tensor *dx = rsm_py_tensor_new(module, c->dtype, 2, shape, 0);
+    rsm_py_tensor *dparams = rsm_py_tensor_new(module, c->dtype, 1, &num_params, 1);
+    PyObject *result = NULL;
+    if (dx && dparams) {
+        rsm_status status = RSM_OK;
+        int stale = 0;
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        if (self->mlp.generation != token || self->mlp.saved_rows != n)
+            stale = 1;
+        else
+            status = rsm_mlp_backward(&self->mlp, n, rsm_py_tensor_data(cot),
+                                      rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
+        PyThread_release_lock(self->lock);
+        Py_END_ALLOW_THREADS
+        if (stale)
+            rsm_py_raisef(PyExc_RuntimeError, "backward",
+                          "the activations of forward %llu are gone (the model ran another forward "
+                          "since, or cotangent has %lld rows instead of %lld); call "
+                          "forward(..., keep=True) again",
+                          token, (long long)n, (long long)self->mlp.saved_rows);
+        else if (status != RSM_OK)
+            rsm_py_raise(status, "backward");
+        else
+            result = Py_BuildValue("(OO)", dx, dparams);
+    }
+    Py_DECREF(cot);
+    Py_XDECREF(dx);
+    Py_XDECREF(dparams);
+    return result;
+}
+
 static PyObject *
 rsm_mlp_py_get_params(rsm_py_mlp *self, void *closure)
 {
@@ -519,6 +580,7 @@ rsm_mlp_py_reset_parameters(rsm_py_mlp *self, PyObject *arg)
 static PyMethodDef rsm_mlp_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))rsm_mlp_py_forward, METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None)"},
     {"vjp", (PyCFunction)(void (*)(void))rsm_mlp_py_vjp, METH_VARARGS | METH_KEYWORDS, "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
+    {"backward", (PyCFunction)rsm_mlp_py_backward, METH_VARARGS, "backward(cotangent, token) -> (dx, dparams)"},
     {"reset_parameters", (PyCFunction)rsm_mlp_py_reset_parameters, METH_O, "reset_parameters(seed)"},
     {NULL, NULL, 0, NULL},
 };

@@ -318,7 +318,12 @@ class Trainer:
             i, x = row["step"], row["x"]
             n = x.shape[0]
             t = self.ts[i]
-            u = np.from_dlpack(policy.forward(x, t, row["cond"]))
+            keep = hasattr(policy, "forward_keep") and policy is not ref
+            if keep:  # one forward: its activations serve the backward below
+                u_t, token = policy.forward_keep(x, t, row["cond"])
+                u = np.from_dlpack(u_t)
+            else:
+                u = np.from_dlpack(policy.forward(x, t, row["cond"]))
             u_ref = np.from_dlpack(ref.forward(x, t, row["cond"]))
             coef, form, extra = self._row_coefficients(row, batch, n)
             out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
@@ -329,9 +334,13 @@ class Trainer:
             # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
             w = abs(self.sde[i]["K"]) / self.sde[i]["std"] if self.sde[i]["std"] > 0 else 0.0
             stats["kl"] += float(0.5 * w**2 * ((u - u_ref) ** 2).sum(1).mean())
-            _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
+            if keep:
+                _, dparams = policy.backward(out["cotangent"], token)
+            else:
+                _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
             grads += np.from_dlpack(dparams)
-            stats["train_nfe"] += 4 * n  # policy and ref forwards, the VJP's forward and backward
+            # policy and ref forwards and the backward (plus the VJP's own forward without keep)
+            stats["train_nfe"] += (3 if keep else 4) * n
         return grads, stats
 
     def _lean_adjoint(self, batch: dict) -> dict[int, np.ndarray]:

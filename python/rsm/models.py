@@ -99,6 +99,17 @@ class MLP:
         _, dx, dparams = self._core.vjp(x, as_times(t, n, self.dtype, "vjp"), cotangent, cond)
         return dx, dparams
 
+    def forward_keep(self, x: Any, t: Any, cond: Any = None) -> tuple[_C.Tensor, int]:
+        """(output, token): a forward that keeps its activations for `backward(cotangent, token)`,
+        so a loss whose cotangent depends on the output needs one forward, not two."""
+        n = rows_of(x, "forward")
+        return self._core.forward(x, as_times(t, n, self.dtype, "forward"), cond, True)
+
+    def backward(self, cotangent: Any, token: int) -> tuple[_C.Tensor, _C.Tensor]:
+        """(dx, dparams) of the forward that returned `token`; RuntimeError if this model has run
+        any forward since (its activations are gone)."""
+        return self._core.backward(cotangent, int(token))
+
     def forward_and_vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None):
         """(output, dx, dparams) from one forward and one backward."""
         n = rows_of(x, "vjp")
