@@ -67,6 +67,12 @@ def main() -> int:
             print(gemm.stdout, gemm.stderr)
             return 1
         print("\n## " + gemm.stdout.strip().lstrip("#").strip())
+        fine = subprocess.run([sys.executable, os.path.join(HERE, "bench_finetune.py")],
+                              capture_output=True, text=True)
+        if fine.returncode != 0:
+            print(fine.stdout, fine.stderr)
+            return 1
+        print("\n## " + fine.stdout.strip().lstrip("#").strip())
     print(f"\n(load average at the end: {os.getloadavg()[0]:.2f})")
     return 0
 
