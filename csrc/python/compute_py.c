@@ -197,45 +197,42 @@ rsm_parse_param(const char *name, rsm_param *out)
     return 0;
 }
 
-/* convert(src, dst, x, u, t) -> Tensor */
+/* The two array operations of a path, on x[n, d], u[n, d], t[n]: a parameterization change
+ * (convert: u in `src` -> `dst`) or the forward noising (noise: x_t = alpha x + sigma u). */
 static PyObject *
-rsm_path_py_convert(rsm_py_path *self, PyObject *args)
+rsm_path_apply(rsm_py_path *self, const char *func, int noising, rsm_param src, rsm_param dst,
+               PyObject *x_obj, PyObject *u_obj, PyObject *t_obj, PyObject *dtype_obj)
 {
-    const char *src_name, *dst_name;
-    PyObject *x_obj, *u_obj, *t_obj, *dtype_obj;
-    if (!PyArg_ParseTuple(args, "ssOOOO", &src_name, &dst_name, &x_obj, &u_obj, &t_obj,
-                          &dtype_obj))
-        return NULL;
-    rsm_param src, dst;
     rsm_dtype dtype;
-    if (rsm_parse_param(src_name, &src) < 0 || rsm_parse_param(dst_name, &dst) < 0) return NULL;
-    if (rsm_parse_dtype(dtype_obj, "convert", &dtype) < 0) return NULL;
+    if (rsm_parse_dtype(dtype_obj, func, &dtype) < 0) return NULL;
+    const char *x_name = noising ? "x0" : "x", *u_name = noising ? "eps" : "u";
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
     PyObject *result = NULL;
     rsm_py_tensor *x = NULL, *u = NULL, *t = NULL, *out = NULL;
-    x = rsm_matrix_arg(module, x_obj, "convert", "x", dtype, -1, -1);
+    x = rsm_matrix_arg(module, x_obj, func, x_name, dtype, -1, -1);
     if (!x) goto done;
-    if (rsm_check_finite(x, dtype, "convert", "x") < 0) goto done;
-    u = rsm_matrix_arg(module, u_obj, "convert", "u", dtype, x->t.shape[0], x->t.shape[1]);
-    if (!u || rsm_check_finite(u, dtype, "convert", "u") < 0) goto done;
-    t = rsm_vector_arg(module, t_obj, "convert", "t", dtype, x->t.shape[0]);
-    if (!t || rsm_check_times(t, dtype, "convert", "t") < 0) goto done;
+    if (rsm_check_finite(x, dtype, func, x_name) < 0) goto done;
+    u = rsm_matrix_arg(module, u_obj, func, u_name, dtype, x->t.shape[0], x->t.shape[1]);
+    if (!u || rsm_check_finite(u, dtype, func, u_name) < 0) goto done;
+    t = rsm_vector_arg(module, t_obj, func, "t", dtype, x->t.shape[0]);
+    if (!t || rsm_check_times(t, dtype, func, "t") < 0) goto done;
     out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
     if (!out) goto done;
     rsm_status status;
     int64_t n = x->t.shape[0], d = x->t.shape[1];
+    void *xp = rsm_py_tensor_data(x), *up = rsm_py_tensor_data(u), *tp = rsm_py_tensor_data(t);
+    void *op = rsm_py_tensor_data(out);
     Py_BEGIN_ALLOW_THREADS
-    if (dtype == RSM_F32)
-        status = rsm_path_convert_f32(&self->path, src, dst, n, d, rsm_py_tensor_data(t),
-                                      rsm_py_tensor_data(x), rsm_py_tensor_data(u),
-                                      rsm_py_tensor_data(out));
+    if (noising)
+        status = dtype == RSM_F32 ? rsm_path_noise_f32(&self->path, n, d, tp, xp, up, op)
+                                  : rsm_path_noise_f64(&self->path, n, d, tp, xp, up, op);
     else
-        status = rsm_path_convert_f64(&self->path, src, dst, n, d, rsm_py_tensor_data(t),
-                                      rsm_py_tensor_data(x), rsm_py_tensor_data(u),
-                                      rsm_py_tensor_data(out));
+        status = dtype == RSM_F32
+                     ? rsm_path_convert_f32(&self->path, src, dst, n, d, tp, xp, up, op)
+                     : rsm_path_convert_f64(&self->path, src, dst, n, d, tp, xp, up, op);
     Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
-        rsm_py_raise(status, "convert");
+        rsm_py_raise(status, func);
         goto done;
     }
     result = (PyObject *)out;
@@ -248,6 +245,30 @@ done:
     return result;
 }
 
+/* convert(src, dst, x, u, t, dtype) -> Tensor */
+static PyObject *
+rsm_path_py_convert(rsm_py_path *self, PyObject *args)
+{
+    const char *src_name, *dst_name;
+    PyObject *x_obj, *u_obj, *t_obj, *dtype_obj;
+    if (!PyArg_ParseTuple(args, "ssOOOO", &src_name, &dst_name, &x_obj, &u_obj, &t_obj,
+                          &dtype_obj))
+        return NULL;
+    rsm_param src, dst;
+    if (rsm_parse_param(src_name, &src) < 0 || rsm_parse_param(dst_name, &dst) < 0) return NULL;
+    return rsm_path_apply(self, "convert", 0, src, dst, x_obj, u_obj, t_obj, dtype_obj);
+}
+
+/* noise(x0, eps, t, dtype) -> Tensor: x_t = alpha(t) x0 + sigma(t) eps */
+static PyObject *
+rsm_path_py_noise(rsm_py_path *self, PyObject *args)
+{
+    PyObject *x_obj, *u_obj, *t_obj, *dtype_obj;
+    if (!PyArg_ParseTuple(args, "OOOO", &x_obj, &u_obj, &t_obj, &dtype_obj)) return NULL;
+    return rsm_path_apply(self, "noise", 1, RSM_PARAM_EPS, RSM_PARAM_EPS, x_obj, u_obj, t_obj,
+                          dtype_obj);
+}
+
 static PyObject *
 rsm_path_py_get_kind(rsm_py_path *self, void *closure)
 {
@@ -257,6 +278,7 @@ rsm_path_py_get_kind(rsm_py_path *self, void *closure)
 static PyMethodDef rsm_path_methods[] = {
     {"coef", (PyCFunction)rsm_path_py_coef, METH_O, "coef(t) -> dict(alpha, sigma, dalpha, dsigma, alpha_bar)"},
     {"convert", (PyCFunction)rsm_path_py_convert, METH_VARARGS, "convert(src, dst, x, u, t, dtype)"},
+    {"noise", (PyCFunction)rsm_path_py_noise, METH_VARARGS, "noise(x0, eps, t, dtype) -> x_t"},
     {NULL, NULL, 0, NULL},
 };
 

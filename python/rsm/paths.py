@@ -16,6 +16,16 @@ from ._args import as_times, rows_of
 PARAMETERIZATIONS = ("eps", "velocity", "x0", "score")
 
 
+def _real_dtype(x: Any, func: str, name: str) -> str:
+    """'float32' or 'float64' from x's dtype; anything else is a TypeError naming the argument
+    (matching on the end of the name: "64" in "int64" must not pick float64)."""
+    dtype = str(getattr(x, "dtype", "float32"))
+    for real in ("float64", "float32"):
+        if dtype.endswith(real):
+            return real
+    raise TypeError(f"{func}(): {name} must be a float32 or float64 array, got dtype {dtype}")
+
+
 class Path:
     """Base class; use :class:`FlowPath` or :class:`VPPath`."""
 
@@ -47,14 +57,7 @@ class Path:
             if value not in PARAMETERIZATIONS:
                 raise ValueError(f"convert(): {name} must be one of {PARAMETERIZATIONS}, got {value!r}")
         n = rows_of(x, "convert")
-        # the dtype follows x; "64" in "int64" used to pick float64 and blame u for it
-        dtype = str(getattr(x, "dtype", "float32"))
-        if dtype.endswith("float64"):
-            dtype = "float64"
-        elif dtype.endswith("float32"):
-            dtype = "float32"
-        else:
-            raise TypeError(f"convert(): x must be a float32 or float64 array, got dtype {dtype}")
+        dtype = _real_dtype(x, "convert", "x")
         return self._core.convert(src, dst, x, u, as_times(t, n, dtype, "convert"), dtype)
 
     def x0_hat(self, x: Any, u: Any, t: Any) -> _C.Tensor:
@@ -65,26 +68,11 @@ class Path:
         """grad log p_t(x_t) = -eps_hat / sigma from a native prediction u."""
         return self.convert(x, u, t, self.native, "score")
 
-    def noise(self, x0: Any, eps: Any, t: Any) -> np.ndarray:
-        """x_t = alpha(t) x0 + sigma(t) eps, with per-row t."""
-        x0 = np.asarray(x0)
-        eps = np.asarray(eps)
-        tt = np.broadcast_to(np.asarray(t, dtype=np.float64), (x0.shape[0],))
-        alpha = np.array([self.coef(v)["alpha"] for v in tt])
-        sigma = np.array([self.coef(v)["sigma"] for v in tt])
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        return (alpha.reshape(shape) * x0 + sigma.reshape(shape) * eps).astype(x0.dtype)
-
-    def target(self, x0: Any, eps: Any, t: Any) -> np.ndarray:
-        """The regression target of pretraining in the native parameterization."""
-        x0 = np.asarray(x0, dtype=np.float64)
-        eps = np.asarray(eps, dtype=np.float64)
-        if self.native == "eps":
-            return eps
-        tt = np.broadcast_to(np.asarray(t, dtype=np.float64), (x0.shape[0],))
-        da = np.array([self.coef(v)["dalpha"] for v in tt])[:, None]
-        ds = np.array([self.coef(v)["dsigma"] for v in tt])[:, None]
-        return da * x0 + ds * eps
+    def noise(self, x0: Any, eps: Any, t: Any) -> _C.Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps for x0, eps [n, d] and t a scalar or [n] (in C)."""
+        dtype = _real_dtype(x0, "noise", "x0")
+        n = rows_of(x0, "noise")
+        return self._core.noise(x0, eps, as_times(t, n, dtype, "noise"), dtype)
 
 
 class FlowPath(Path):
