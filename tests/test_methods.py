@@ -59,6 +59,30 @@ def fd_grad(loss_of_u, us, h=1e-6):
     return grads
 
 
+def move_policy(policy, seed):
+    """Move the policy away from the rollout policy (a later inner epoch: theta != theta_old)."""
+    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(seed).standard_normal(policy.num_params)
+
+
+def outputs(model, rows):
+    """The model's outputs at every recorded row block (list of [n, D] arrays)."""
+    return [np.from_dlpack(model.forward(r["x"], r["t"])) for r in rows]
+
+
+def original_gradient(policy, rows, original):
+    """Parameter gradient of original(list of outputs): finite differences in the outputs,
+    chained to the parameters with the policy's VJP."""
+    du = fd_grad(original, outputs(policy, rows))
+    return chain_to_params(policy, [r["x"] for r in rows], [r["t"] for r in rows], du)
+
+
+def with_times(rows, ts):
+    """Attach each row block's time t = ts[step]."""
+    for r in rows:
+        r["t"] = ts[r["step"]]
+    return rows
+
+
 def assert_grad_close(engine, original):
     # 1e-5 relative (DESIGN §4); central differences in float64 are accurate to ~1e-9 here
     err = np.linalg.norm(engine - original) / max(np.linalg.norm(original), 1e-300)
@@ -74,13 +98,13 @@ def test_flow_grpo_equals_ppo_surrogate_with_kl(perturb):
                           kl=beta, clip_eps=eps, steps=4, grid="uniform")
     batch = trainer.rollout()
     if perturb:  # a later inner epoch: the policy has moved away from the rollout policy
-        np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(9).standard_normal(policy.num_params)
+        move_policy(policy, 9)
     g_engine, _ = trainer.loss_and_grad(batch)
 
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     A = batch["adv"]
     n_signal = batch["mask"].sum() * len(rows)
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def original(us):
         total = 0.0
@@ -94,12 +118,10 @@ def test_flow_grpo_equals_ppo_surrogate_with_kl(perturb):
             total += np.sum(ppo + beta * kl)
         return total / n_signal
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
     if not perturb:
-        for r, u in zip(rows, us):  # on-policy: the recorded outputs are the current ones, bitwise
+        for r, u in zip(rows, outputs(policy, rows)):  # on-policy: recorded outputs, bitwise
             np.testing.assert_array_equal(u, r["u_old"])
-    du = fd_grad(original, us)
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], du)
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -113,14 +135,14 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
                           budget=budget, steps=5, grid="sd3")
     batch = trainer.rollout()
     if perturb:
-        np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(3).standard_normal(policy.num_params)
+        move_policy(policy, 3)
     g_engine, _ = trainer.loss_and_grad(batch)
 
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     active = [k for k in budget if k > 0]
     k_avg = sum(active) / len(active)
     n_signal = max(batch["mask"].sum(), 1)
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def original(us):
         """RSM-SPEC §9.2.3, reweight fairclip2, loss 'matching', per-element means."""
@@ -140,9 +162,7 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
             total += np.sum(row + beta * kl)
         return total / n_signal
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    du = fd_grad(original, us)
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], du)
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -153,15 +173,15 @@ def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
     trainer = rsm.Trainer(policy, ref, reward, "rsm-fo", batch_size=2, group_size=3, steps=5,
                           reward_scale=lam)
     batch = trainer.rollout()
-    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(5).standard_normal(policy.num_params)
+    move_policy(policy, 5)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     # g = grad r at the END of each trajectory, recomputed independently from the terminal sample
     x0 = batch["x0"]
     h = 1e-6
     g_term = np.stack([(reward.value(x0 + h * e) - reward.value(x0 - h * e)) / (2 * h)
                        for e in np.eye(2)], axis=1)
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def original(us):
         """RSM-SPEC §12.5 FO (SD3.5, ours): mean || v_theta - (v_ref - lambda (1 - t) g) ||^2."""
@@ -173,9 +193,7 @@ def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
             count += u.shape[0]
         return total / count
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    du = fd_grad(original, us)
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], du)
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -214,13 +232,13 @@ def ratio_preset_gradients(method, path_kind, perturb, **overrides):
     cfg = trainer.cfg
     batch = trainer.rollout()
     if perturb:
-        np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(11).standard_normal(policy.num_params)
+        move_policy(policy, 11)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     eps, beta = cfg["clip_eps"], cfg["kl"]
     A = batch["adv"] * batch["mask"]
     n_signal = max(batch["mask"].sum() * len(rows), 1)   # every row of a trajectory is trained
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def step_of(i):
         if path_kind == "flow":
@@ -257,9 +275,7 @@ def ratio_preset_gradients(method, path_kind, perturb, **overrides):
             total += np.sum(row * post + beta * kl)
         return total / n_signal
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    du = fd_grad(original, us)
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], du)
+    g_orig = original_gradient(policy, rows, original)
     return g_engine, g_orig, batch, trainer
 
 
@@ -306,11 +322,11 @@ def test_tempflow_grpo_equals_weighted_ppo_on_branches():
     trainer = rsm.Trainer(policy, ref, reward, "tempflow-grpo", batch_size=2, kl=beta,
                           clip_eps=eps, budget=[3, 3, 3, 3], steps=5)
     batch = trainer.rollout()
-    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(2).standard_normal(policy.num_params)
+    move_policy(policy, 2)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     n_signal = max(batch["mask"].sum(), 1)
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def original(us):
         total = 0.0
@@ -324,8 +340,7 @@ def test_tempflow_grpo_equals_weighted_ppo_on_branches():
             total += np.sum(ppo + beta * kl)
         return total / n_signal
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -336,10 +351,10 @@ def test_vgg_flow_equals_regression_onto_tweedie_gradient():
     trainer = rsm.Trainer(policy, ref, reward, "vgg-flow", batch_size=2, group_size=3, steps=4,
                           reward_scale=lam)
     batch = trainer.rollout()
-    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(8).standard_normal(policy.num_params)
+    move_policy(policy, 8)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, batch["rows"]
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    u_ref = outputs(ref, rows)
     h = 1e-6
 
     def grad_r(x):
@@ -355,8 +370,7 @@ def test_vgg_flow_equals_regression_onto_tweedie_gradient():
             count += u.shape[0]
         return total / count
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -367,11 +381,11 @@ def test_rsm_fo_diffusion_equals_forward_residual_with_trust_region():
     trainer = rsm.Trainer(policy, ref, reward, "rsm-fo-diffusion", batch_size=2, group_size=3,
                           steps=4, reward_scale=lam, reg=reg)
     batch = trainer.rollout()
-    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(4).standard_normal(policy.num_params)
+    move_policy(policy, 4)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     g = -(batch["x0"] - np.array([1.0, 1.0])) * 0.5          # grad of the quadratic reward at x0
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def original(us):
         """RSM-SPEC §12.5 FO (SD1.5, ours): mean (s (mu - mu_ref)/s^2 - lambda s g)^2 + reg mean (eps - eps_old)^2."""
@@ -384,8 +398,7 @@ def test_rsm_fo_diffusion_equals_forward_residual_with_trust_region():
             count += u.shape[0]
         return total / count
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -530,9 +543,9 @@ def test_adjoint_matching_equals_its_control_regression():
     trainer = rsm.Trainer(policy, ref, reward, "adjoint-matching", batch_size=2, group_size=2,
                           steps=5, grid="uniform", alpha=alpha)
     batch = trainer.rollout()
-    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(6).standard_normal(policy.num_params)
+    move_policy(policy, 6)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows, states = trainer.ts, batch["rows"], batch["states"]
+    ts, rows, states = trainer.ts, with_times(batch["rows"], trainer.ts), batch["states"]
     a_noise = 2 ** 0.5
     x0 = batch["x0"]
     a = -(x0 - np.array([1.0, -0.5])) * 0.8 / alpha
@@ -552,7 +565,7 @@ def test_adjoint_matching_equals_its_control_regression():
             new_a[:, d] = (jac_col * a).sum(1)
         a = new_a
         adjoint[i] = a
-    u_ref = [np.from_dlpack(ref.forward(r["x"], ts[r["step"]])) for r in rows]
+    u_ref = outputs(ref, rows)
 
     def original(us):
         total, count = 0.0, 0
@@ -563,8 +576,7 @@ def test_adjoint_matching_equals_its_control_regression():
             count += u.shape[0]
         return total / count
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
 
 
@@ -578,9 +590,9 @@ def test_rsm_zo_diffusion_equals_matching_on_ddpm_branches():
     trainer = rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=2, clip_eps=eps,
                           budget=budget, steps=6, grid="uniform", path=rsm.VPPath("linear"))
     batch = trainer.rollout()
-    np.from_dlpack(policy.params)[:] += 0.02 * np.random.default_rng(14).standard_normal(policy.num_params)
+    move_policy(policy, 14)
     g_engine, stats = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, batch["rows"]
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
     active = [k for k in budget if k > 0]
     k_avg = sum(active) / len(active)
     n_signal = max(batch["mask"].sum(), 1)
@@ -596,7 +608,6 @@ def test_rsm_zo_diffusion_equals_matching_on_ddpm_branches():
             total += np.sum(np.maximum(eps * np.abs(adv) + adv * T, 0) * (k_avg / budget[r["step"]]))
         return total / n_signal
 
-    us = [np.from_dlpack(policy.forward(r["x"], ts[r["step"]])) for r in rows]
-    g_orig = chain_to_params(policy, [r["x"] for r in rows], [ts[r["step"]] for r in rows], fd_grad(original, us))
+    g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
     assert 0 < np.mean(list(stats["clip_fraction_per_step"].values())) < 1  # both kinds of rows
