@@ -324,7 +324,10 @@ class Trainer:
                 u = np.from_dlpack(u_t)
             else:
                 u = np.from_dlpack(policy.forward(x, t, row["cond"]))
-            u_ref = np.from_dlpack(ref.forward(x, t, row["cond"]))
+            if "u_ref" not in row:  # the reference does not change between inner epochs
+                row["u_ref"] = np.from_dlpack(ref.forward(x, t, row["cond"]))
+                stats["train_nfe"] += n
+            u_ref = row["u_ref"]
             coef, form, extra = self._row_coefficients(row, batch, n)
             out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
                             mean_over_dims=cfg["mean_over_dims"],
@@ -339,8 +342,8 @@ class Trainer:
             else:
                 _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
             grads += np.from_dlpack(dparams)
-            # policy and ref forwards and the backward (plus the VJP's own forward without keep)
-            stats["train_nfe"] += (3 if keep else 4) * n
+            # policy forward and backward (plus the VJP's own forward without keep)
+            stats["train_nfe"] += (2 if keep else 3) * n
         return grads, stats
 
     def _lean_adjoint(self, batch: dict) -> dict[int, np.ndarray]:
