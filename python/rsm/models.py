@@ -209,26 +209,29 @@ class GaussianMixtureModel:
         n = x.shape[0]
         tt = np.broadcast_to(np.asarray(t, dtype=np.float64), (n,))
         out = np.empty_like(x)
-        for i in range(n):
-            c = self.path.coef(float(tt[i]))
+        # vectorised over the rows that share a time (estimators call this with many rows at one t)
+        for t_value in np.unique(tt):
+            rows = np.nonzero(tt == t_value)[0]
+            c = self.path.coef(float(t_value))
             a, s = c["alpha"], c["sigma"]
             var = a * a * self.stds**2 + s * s                                  # [K]
-            resid = x[i][None, :] - a * self.means                              # [K, D]
-            logit = np.log(self.weights) - 0.5 * (resid**2).sum(1) / var - 0.5 * self.dim * np.log(var)
-            gamma = np.exp(logit - logit.max())
-            gamma /= gamma.sum()
-            m = resid / var[:, None]                                            # grad of -log N
-            dgamma = gamma[:, None] * ((gamma[:, None] * m).sum(0)[None, :] - m)  # [K, D]
-            x0_terms = self.means + (a * self.stds**2 / var)[:, None] * resid  # [K, D]
-            eps_terms = (s / var)[:, None] * resid
+            resid = x[rows][:, None, :] - a * self.means[None]                  # [r, K, D]
+            logit = np.log(self.weights) - 0.5 * (resid**2).sum(2) / var - 0.5 * self.dim * np.log(var)
+            gamma = np.exp(logit - logit.max(1, keepdims=True))
+            gamma /= gamma.sum(1, keepdims=True)                                # [r, K]
+            m = resid / var[None, :, None]                                      # grad of -log N
+            dgamma = gamma[:, :, None] * ((gamma[:, :, None] * m).sum(1, keepdims=True) - m)  # [r, K, D]
+            x0_terms = self.means[None] + (a * self.stds**2 / var)[None, :, None] * resid
+            eps_terms = (s / var)[None, :, None] * resid
             if self.path.native == "velocity":
                 ca, cb = c["dalpha"], c["dsigma"]
             else:
                 ca, cb = 0.0, 1.0
-            per_k = ca * x0_terms + cb * eps_terms                              # u_k(x)
-            diag = (gamma * (ca * a * self.stds**2 / var + cb * s / var)).sum()
+            per_k = ca * x0_terms + cb * eps_terms                              # u_k(x), [r, K, D]
+            diag = (gamma * (ca * a * self.stds**2 / var + cb * s / var)).sum(1)  # [r]
+            gr = g[rows]
             # J^T g = diag g + sum_k dgamma_k (u_k . g)
-            out[i] = diag * g[i] + (dgamma * (per_k @ g[i])[:, None]).sum(0)
+            out[rows] = diag[:, None] * gr + (dgamma * np.einsum("rkd,rd->rk", per_k, gr)[:, :, None]).sum(1)
         return out, None
 
     def posterior(self, x: Any, t: Any) -> tuple[_C.Tensor, _C.Tensor]:
