@@ -284,18 +284,32 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
                                 "rmse": float(np.sqrt((psi ** 2).mean())), "bias": float("nan"),
                                 "std": float("nan")})
         _plot(results, model_name, out / f"fig2_{model_name}.png")
-    slopes = {}
+    slopes, std_slopes, efficiency = {}, {}, {}
     for model_name in ("exact", "mlp"):
         for kind in ("vp", "flow"):
             for snr in ("low", "high"):
-                for name in ("zo", "zo-cv", "zo-exp"):
-                    rows = [r for r in results if (r["model"], r["path"], r["snr"], r["estimator"]) ==
+                def of(name):
+                    return [r for r in results if (r["model"], r["path"], r["snr"], r["estimator"]) ==
                             (model_name, kind, snr, name)]
+                key = f"{model_name}/{kind}/{snr}"
+                for name in LONG:
+                    if len(of(name)) >= 2:
+                        slopes[f"{key}/{name}"] = _slope(of(name))
+                reference = {r["N"]: r for r in of("zo-cv") if not math.isnan(r["std"])}
+                for name in dict.fromkeys(r["estimator"] for r in results):
+                    rows = [r for r in of(name) if r["N"] > 0 and not math.isnan(r["std"]) and r["std"] > 0]
                     if len(rows) >= 2:
-                        slopes[f"{model_name}/{kind}/{snr}/{name}"] = _slope(rows)
+                        std_slopes[f"{key}/{name}"] = _slope(rows, "std")
+                    # variance x network evaluations relative to zo-cv at the same N (< 1: cheaper
+                    # for the same variance; the equal-compute comparison of RSM-SPEC §8.4)
+                    ratios = [r["std"] ** 2 * r["nfe"] / (reference[r["N"]]["std"] ** 2 * reference[r["N"]]["nfe"])
+                              for r in rows if r["N"] in reference]
+                    if ratios:
+                        efficiency[f"{key}/{name}"] = float(np.exp(np.mean(np.log(ratios))))
     _write_csv(results, out / "fig2_estimators.csv")
-    (out / "fig2_estimators.md").write_text(_markdown(results, slopes))
-    return {"rows": results, "slopes": slopes, "seconds": time.time() - start}
+    (out / "fig2_estimators.md").write_text(_markdown(results, slopes, std_slopes, efficiency))
+    return {"rows": results, "slopes": slopes, "std_slopes": std_slopes, "efficiency": efficiency,
+            "seconds": time.time() - start}
 
 
 FIELDS = ("model", "path", "snr", "t", "estimator", "group", "N", "nfe", "blocks", "rmse", "bias", "std")
@@ -309,7 +323,8 @@ def _write_csv(results: list[dict[str, Any]], file: pathlib.Path) -> None:
             out.writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in FIELDS])
 
 
-def _markdown(results: list[dict[str, Any]], slopes: dict[str, float]) -> str:
+def _markdown(results: list[dict[str, Any]], slopes: dict[str, float], std_slopes: dict[str, float],
+              efficiency: dict[str, float]) -> str:
     lines = []
     for model_name in ("exact", "mlp"):
         for kind in ("vp", "flow"):
@@ -344,4 +359,12 @@ def _markdown(results: list[dict[str, Any]], slopes: dict[str, float]) -> str:
     lines.append("|---|---|")
     for key, value in slopes.items():
         lines.append(f"| {key} | {value:.3f} |")
+    lines.append("\n### std (sampling part only): log-log slope vs N, and variance x network evaluations "
+                 "relative to zo-cv at equal N (geometric mean over N; < 1 = less variance per compute)\n")
+    lines.append("| model/path/SNR/estimator | std slope | var x NFE / zo-cv |")
+    lines.append("|---|---|---|")
+    for key in dict.fromkeys(list(std_slopes) + list(efficiency)):
+        slope = f"{std_slopes[key]:.3f}" if key in std_slopes else ""
+        eff = f"{efficiency[key]:.2f}" if key in efficiency else ""
+        lines.append(f"| {key} | {slope} | {eff} |")
     return "\n".join(lines) + "\n"
