@@ -110,7 +110,7 @@ class _DiTCompute:
         bad = ~np.isfinite(vals) | (vals != np.floor(vals)) | (vals < 0) | (vals > k)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{func}(): cond[{i}]={arr[i]!r} is not a class id: expected an integer "
+            raise ValueError(f"{func}(): cond[{i}]={arr[i].item()!r} is not a class id: expected an integer "
                              f"in 0..{k} ({k} is the null class)")
         return np.ascontiguousarray(vals.reshape(n, 1), dtype=self.dtype)
 
