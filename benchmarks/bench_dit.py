@@ -1,8 +1,8 @@
 """rsm.DiT vs its PyTorch twin (benchmarks/dit_twin.py: torch eager, same weights, same threads,
 same process) on two small image configurations:
 
-  digits   8x8x1 images, patch 2 (16 tokens), width 128, depth 4, heads 4, 10 classes, batch 256
-  shapes   16x16x3 images, patch 2 (64 tokens), width 128, depth 4, heads 4, 10 classes, batch 64
+  digits   8x8x1 images, patch 2 (16 tokens), width 128, depth 4, heads 4, 10 classes, batch 128
+  shapes   16x16x3 images, patch 2 (64 tokens), width 128, depth 4, heads 4, 10 classes, batch 32
 
   pretrain step   rsm: _C.pretrain_steps (flow matching, AdamW, k steps per call, time / k);
                   torch: batch indices, t and noise, x_t, forward, MSE, backward, AdamW step
@@ -28,8 +28,8 @@ from _common import finish, measure_pair, row, setup_threads  # noqa: E402
 from dit_twin import TorchDiT  # noqa: E402
 
 CONFIGS = {
-    "digits": dict(image_size=8, channels=1, patch=2, width=128, depth=4, heads=4, num_classes=10, batch=256),
-    "shapes": dict(image_size=16, channels=3, patch=2, width=128, depth=4, heads=4, num_classes=10, batch=64),
+    "digits": dict(image_size=8, channels=1, patch=2, width=128, depth=4, heads=4, num_classes=10, batch=128),
+    "shapes": dict(image_size=16, channels=3, patch=2, width=128, depth=4, heads=4, num_classes=10, batch=32),
 }
 STEPS = 20
 
@@ -175,9 +175,13 @@ def run(quick: bool = False) -> list[dict]:
     setup_threads()
     rows = []
     for name, cfg in CONFIGS.items():
-        rows.append(bench_pretrain(name, cfg, quick))
-        rows.append(bench_sampling(name, cfg, quick))
-        rows.extend(bench_forward(name, cfg, quick))
+        for bench in (bench_pretrain, bench_sampling, bench_forward):
+            got = bench(name, cfg, quick)
+            for r in got if isinstance(got, list) else [got]:
+                rows.append(r)
+                # progress on stderr: a shared machine can make a full run long
+                print(f"{r['group']} {r['case']}: rsm {r['rsm_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms",
+                      file=sys.stderr, flush=True)
     return rows
 
 
