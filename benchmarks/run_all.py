@@ -73,6 +73,12 @@ def main() -> int:
             print(fine.stdout, fine.stderr)
             return 1
         print("\n## " + fine.stdout.strip().lstrip("#").strip())
+        dit = subprocess.run([sys.executable, os.path.join(HERE, "bench_dit.py"), *quick],
+                             capture_output=True, text=True)
+        if dit.returncode != 0:
+            print(dit.stdout, dit.stderr)
+            return 1
+        print("\n## " + dit.stdout.strip().lstrip("#").strip())
     print(f"\n(load average at the end: {os.getloadavg()[0]:.2f})")
     return 0
 

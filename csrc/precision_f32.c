@@ -2,7 +2,11 @@
 #define RSM_REAL_BITS 32
 #include "ops/linear_real.c"
 #include "path_real.c"
+#include "ops/gelu_real.c"
+#include "ops/layernorm_real.c"
+#include "ops/attention_real.c"
 #include "nn/mlp_real.c"
+#include "nn/dit_real.c"
 #include "sampler_real.c"
 #include "optim_real.c"
 #include "train/pretrain_real.c"

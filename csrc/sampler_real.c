@@ -64,7 +64,7 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
     rsm_status status = RSM_OK;
     RSM_TRY(rsm_sampler_check(path, cfg));
     RSM_CHECK(n >= 1, RSM_ERR_VALUE, "n=%lld must be >= 1", (long long)n);
-    RSM_CHECK(model->cond_dim == 0 || cond != NULL, RSM_ERR_VALUE,
+    RSM_CHECK(model->cond_dim == 0 || cond != NULL || model->cond_optional, RSM_ERR_VALUE,
               "the model is conditional (cond_dim=%lld): cond is required",
               (long long)model->cond_dim);
     const int64_t D = model->dim, C = cond ? model->cond_dim : 0, S = cfg->steps;
@@ -187,7 +187,7 @@ RSM_T(transition_log_prob)(const rsm_model *model, const rsm_path *path,
               (long long)step, (long long)cfg->steps);
     RSM_CHECK(cfg->kind != RSM_SAMPLER_HEUN, RSM_ERR_VALUE,
               "Heun steps are deterministic: they have no transition density");
-    RSM_CHECK(model->cond_dim == 0 || cond != NULL, RSM_ERR_VALUE,
+    RSM_CHECK(model->cond_dim == 0 || cond != NULL || model->cond_optional, RSM_ERR_VALUE,
               "the model is conditional (cond_dim=%lld): cond is required",
               (long long)model->cond_dim);
     const int64_t D = model->dim;

@@ -98,6 +98,12 @@ rsm_mlp_backward(rsm_mlp *mlp, int64_t n, const void *dout, void *dparams, void 
 }
 
 static rsm_status
+rsm_mlp_model_backward(void *self, int64_t n, const void *dout, void *dparams, void *dx)
+{
+    return rsm_mlp_backward((rsm_mlp *)self, n, dout, dparams, dx);
+}
+
+static rsm_status
 rsm_mlp_model_forward(void *self, const rsm_path *path, int64_t n, const void *x, const void *t,
                       const void *cond, void *out)
 {
@@ -109,6 +115,7 @@ rsm_model
 rsm_mlp_as_model(rsm_mlp *mlp)
 {
     rsm_model model = {rsm_mlp_model_forward, mlp, mlp->config.dtype, mlp->config.dim,
-                       mlp->config.cond_dim};
+                       mlp->config.cond_dim, rsm_mlp_model_backward, mlp->params,
+                       mlp->layout.num_params};
     return model;
 }

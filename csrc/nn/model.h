@@ -21,6 +21,13 @@ typedef struct rsm_model {
     rsm_dtype dtype;   /* RSM_F32 or RSM_F64 */
     int64_t dim;       /* data dimension D */
     int64_t cond_dim;  /* 0 for an unconditional model */
+    /* Trainable models (MLP, DiT; NULL for analytic ones): the backward of the last forward,
+     * dparams[num_params] += d<dout, out>/d params (may be NULL), dx = the input VJP (may be NULL),
+     * and the parameters an optimizer updates. */
+    rsm_status (*backward)(void *self, int64_t n, const void *dout, void *dparams, void *dx);
+    void *params;
+    int64_t num_params;
+    int cond_optional; /* 1: cond may be NULL though cond_dim > 0 (DiT: every row the null class) */
 } rsm_model;
 
 #endif /* RSM_MODEL_H */

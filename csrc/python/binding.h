@@ -8,6 +8,7 @@
  *         tensor_py.c   the rsm.Tensor type, from_dlpack, __dlpack__ (DLPack producer/consumer)
  *         compute_py.c  models, paths, samplers, optimizers, pretraining entry points
  *         objective_py.c  the RSM objective and group advantages
+ *         dit_py.c      the DiT backbone (DiTCore), LoRA, and the op test hook
  */
 #ifndef RSM_BINDING_H
 #define RSM_BINDING_H
@@ -24,6 +25,7 @@ typedef struct rsm_module_state {
     PyTypeObject *gmm_type;      /* rsm._C.GaussianMixtureCore (compute_py.c) */
     PyTypeObject *path_type;     /* rsm._C.PathCore (compute_py.c) */
     PyTypeObject *adamw_type;    /* rsm._C.AdamWCore (compute_py.c) */
+    PyTypeObject *dit_type;      /* rsm._C.DiTCore (dit_py.c) */
 } rsm_module_state;
 
 extern PyModuleDef rsm_module_def;
@@ -78,6 +80,21 @@ rsm_py_tensor_data(rsm_py_tensor *self)
 
 /* ---- compute entry points (compute_py.c) -------------------------------------------------- */
 int rsm_py_compute_exec(PyObject *module);
+/* Argument helpers of compute_py.c (messages name func and the argument). */
+int rsm_py_parse_model_dtype(PyObject *obj, const char *func, rsm_dtype *out);
+rsm_py_tensor *rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func,
+                                 const char *name, rsm_dtype dtype, int64_t rows, int64_t cols);
+rsm_py_tensor *rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func,
+                                 const char *name, rsm_dtype dtype, int64_t len);
+int rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
+int rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
+
+/* ---- the DiT (dit_py.c) --------------------------------------------------------------------- */
+int rsm_py_dit_exec(PyObject *module);
+struct rsm_model;
+/* obj a DiTCore: fill *model (vtable) and *lock, return 1; not a DiTCore: 0; error: -1. */
+int rsm_py_dit_model(PyObject *module, PyObject *obj, const char *func, struct rsm_model *model,
+                     PyThread_type_lock *lock);
 
 /* ---- the RSM objective (objective_py.c) ---------------------------------------------------- */
 int rsm_py_objective_exec(PyObject *module);

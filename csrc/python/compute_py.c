@@ -111,6 +111,40 @@ rsm_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char
     return 0;
 }
 
+
+/* The helpers above, for the other binding files (binding.h). */
+int
+rsm_py_parse_model_dtype(PyObject *obj, const char *func, rsm_dtype *out)
+{
+    return rsm_parse_dtype(obj, func, out);
+}
+
+rsm_py_tensor *
+rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func, const char *name,
+                  rsm_dtype dtype, int64_t rows, int64_t cols)
+{
+    return rsm_matrix_arg(module, obj, func, name, dtype, rows, cols);
+}
+
+rsm_py_tensor *
+rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func, const char *name,
+                  rsm_dtype dtype, int64_t len)
+{
+    return rsm_vector_arg(module, obj, func, name, dtype, len);
+}
+
+int
+rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name)
+{
+    return rsm_check_times(t, dtype, func, name);
+}
+
+int
+rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name)
+{
+    return rsm_check_finite(t, dtype, func, name);
+}
+
 /* ---- PathCore ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -780,6 +814,8 @@ rsm_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *mode
         *lock = m->lock;
         return 0;
     }
+    int is_dit = rsm_py_dit_model(module, obj, func, model, lock);
+    if (is_dit != 0) return is_dit < 0 ? -1 : 0;
     if (PyObject_TypeCheck(obj, state->gmm_type)) {
         rsm_py_gmm *g = (rsm_py_gmm *)obj;
         if (!g->initialised) {
@@ -789,7 +825,7 @@ rsm_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *mode
         *model = rsm_gmm_as_model(&g->gmm);
         return 0;
     }
-    rsm_py_raisef(PyExc_TypeError, func, "model must be an rsm model (MLP or GaussianMixture), got %s",
+    rsm_py_raisef(PyExc_TypeError, func, "model must be an rsm model (MLP, DiT or GaussianMixture), got %s",
                   Py_TYPE(obj)->tp_name);
     return -1;
 }
@@ -930,7 +966,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
         }
         cond = rsm_matrix_arg(module, cond_obj, func, "cond", dtype, n, model.cond_dim);
         if (!cond || rsm_check_finite(cond, dtype, func, "cond") < 0) goto done;
-    } else if (model.cond_dim > 0) {
+    } else if (model.cond_dim > 0 && !model.cond_optional) {
         rsm_py_raisef(PyExc_ValueError, func,
                       "the model is conditional (cond_dim=%lld): cond of shape [n, %lld] is required",
                       (long long)model.cond_dim, (long long)model.cond_dim);
@@ -1319,44 +1355,45 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     const char *func = "pretrain";
     rsm_module_state *state = rsm_state(module);
-    if (!PyObject_TypeCheck(model_obj, state->mlp_type))
-        return rsm_py_raisef(PyExc_TypeError, func, "model must be an rsm.MLP");
+    rsm_model model;
+    PyThread_type_lock lock;
+    if (rsm_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
+    if (!model.backward)
+        return rsm_py_raisef(PyExc_TypeError, func, "model must be an rsm.MLP or rsm.DiT");
     if (!PyObject_TypeCheck(opt_obj, state->adamw_type))
         return rsm_py_raisef(PyExc_TypeError, func, "opt must be an rsm AdamW optimizer");
     if (!PyObject_TypeCheck(path_obj, state->path_type))
         return rsm_py_raisef(PyExc_TypeError, func, "path must be an rsm path");
-    rsm_py_mlp *m = (rsm_py_mlp *)model_obj;
-    if (rsm_mlp_ready(m, func) < 0) return NULL;
     rsm_py_adamw *opt = (rsm_py_adamw *)opt_obj;
-    const rsm_mlp_config *c = &m->mlp.config;
     rsm_py_tensor *data = NULL, *cond = NULL, *losses = NULL, *norms = NULL, *grads = NULL;
     PyObject *result = NULL;
-    data = rsm_matrix_arg(module, data_obj, func, "data", c->dtype, -1, c->dim);
-    if (!data || rsm_check_finite(data, c->dtype, func, "data") < 0) goto done;
+    data = rsm_matrix_arg(module, data_obj, func, "data", model.dtype, -1, model.dim);
+    if (!data || rsm_check_finite(data, model.dtype, func, "data") < 0) goto done;
     if (cond_obj != Py_None) {
-        if (c->cond_dim == 0) {
+        if (model.cond_dim == 0) {
             rsm_py_raisef(PyExc_ValueError, func, "cond was given but the model is unconditional");
             goto done;
         }
-        cond = rsm_matrix_arg(module, cond_obj, func, "cond", c->dtype, data->t.shape[0], c->cond_dim);
-        if (!cond || rsm_check_finite(cond, c->dtype, func, "cond") < 0) goto done;
+        cond = rsm_matrix_arg(module, cond_obj, func, "cond", model.dtype, data->t.shape[0],
+                              model.cond_dim);
+        if (!cond || rsm_check_finite(cond, model.dtype, func, "cond") < 0) goto done;
     }
     int64_t steps = num_steps > 0 ? num_steps : 0;
-    int64_t num_params = m->mlp.layout.num_params;
+    int64_t num_params = model.num_params;
     losses = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
     norms = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
-    grads = rsm_py_tensor_new(module, c->dtype, 1, &num_params, 0);
+    grads = rsm_py_tensor_new(module, model.dtype, 1, &num_params, 0);
     if (!losses || !norms || !grads) goto done;
     rsm_pretrain_config cfg = {batch_size, t_min, t_max, lr, warmup_steps, decay_steps,
                                min_lr_ratio, (uint64_t)seed};
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(m->lock, WAIT_LOCK);
-    status = rsm_pretrain_steps(&m->mlp, &opt->opt, &((rsm_py_path *)path_obj)->path, &cfg,
+    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    status = rsm_pretrain_steps(&model, &opt->opt, &((rsm_py_path *)path_obj)->path, &cfg,
                                 rsm_py_tensor_data(data), cond ? rsm_py_tensor_data(cond) : NULL,
                                 data->t.shape[0], first_step, num_steps, rsm_py_tensor_data(grads),
                                 rsm_py_tensor_data(losses), rsm_py_tensor_data(norms));
-    PyThread_release_lock(m->lock);
+    if (lock) PyThread_release_lock(lock);
     Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
         rsm_py_raise(status, func);

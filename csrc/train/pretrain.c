@@ -3,12 +3,12 @@
 
 #include <math.h>
 
-rsm_status rsm_pretrain_steps_f32(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+rsm_status rsm_pretrain_steps_f32(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
                                   const rsm_pretrain_config *cfg, const float *data,
                                   const float *data_cond, int64_t n_data, int64_t first_step,
                                   int64_t num_steps, float *grads, double *losses,
                                   double *grad_norms);
-rsm_status rsm_pretrain_steps_f64(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+rsm_status rsm_pretrain_steps_f64(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
                                   const rsm_pretrain_config *cfg, const double *data,
                                   const double *data_cond, int64_t n_data, int64_t first_step,
                                   int64_t num_steps, double *grads, double *losses,
@@ -31,7 +31,7 @@ rsm_pretrain_lr(const rsm_pretrain_config *cfg, int64_t step)
 }
 
 rsm_status
-rsm_pretrain_steps(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+rsm_pretrain_steps(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
                    const rsm_pretrain_config *cfg, const void *data, const void *data_cond,
                    int64_t n_data, int64_t first_step, int64_t num_steps, void *grads,
                    double *losses, double *grad_norms)
@@ -45,17 +45,18 @@ rsm_pretrain_steps(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
               RSM_ERR_VALUE, "need 0 <= t_min < t_max <= 1, got t_min=%g, t_max=%g", cfg->t_min,
               cfg->t_max);
     RSM_CHECK(isfinite(cfg->lr) && cfg->lr >= 0, RSM_ERR_VALUE, "lr=%g must be >= 0", cfg->lr);
-    RSM_CHECK(mlp->config.cond_dim == 0 || data_cond != NULL, RSM_ERR_VALUE,
+    RSM_CHECK(model->backward != NULL, RSM_ERR_TYPE, "the model has no parameters to train");
+    RSM_CHECK(model->cond_dim == 0 || data_cond != NULL || model->cond_optional, RSM_ERR_VALUE,
               "the model is conditional (cond_dim=%lld): conditions for the data are required",
-              (long long)mlp->config.cond_dim);
-    RSM_CHECK(opt->num_params == mlp->layout.num_params && opt->dtype == mlp->config.dtype,
+              (long long)model->cond_dim);
+    RSM_CHECK(opt->num_params == model->num_params && opt->dtype == model->dtype,
               RSM_ERR_VALUE, "the optimizer was made for another model (%lld parameters)",
               (long long)opt->num_params);
-    if (mlp->config.dtype == RSM_F32)
-        return rsm_pretrain_steps_f32(mlp, opt, path, cfg, (const float *)data,
+    if (model->dtype == RSM_F32)
+        return rsm_pretrain_steps_f32(model, opt, path, cfg, (const float *)data,
                                       (const float *)data_cond, n_data, first_step, num_steps,
                                       (float *)grads, losses, grad_norms);
-    return rsm_pretrain_steps_f64(mlp, opt, path, cfg, (const double *)data,
+    return rsm_pretrain_steps_f64(model, opt, path, cfg, (const double *)data,
                                   (const double *)data_cond, n_data, first_step, num_steps,
                                   (double *)grads, losses, grad_norms);
 }

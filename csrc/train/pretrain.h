@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#include "../nn/mlp.h"
+#include "../nn/model.h"
 #include "../optim.h"
 #include "../path.h"
 
@@ -31,10 +31,11 @@ typedef struct rsm_pretrain_config {
 /* The learning rate of step k: linear warm-up, then cosine decay (if decay_steps > 0). */
 double rsm_pretrain_lr(const rsm_pretrain_config *cfg, int64_t step);
 
-/* Runs steps [first_step, first_step + num_steps). data[n_data, dim], data_cond[n_data, cond_dim]
+/* Runs steps [first_step, first_step + num_steps) on a trainable model (backward != NULL; its
+ * `params` are updated). data[n_data, dim], data_cond[n_data, cond_dim]
  * (NULL for an unconditional model). grads[num_params] is workspace. losses and grad_norms
  * [num_steps] receive one value per step (may be NULL). */
-rsm_status rsm_pretrain_steps(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+rsm_status rsm_pretrain_steps(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
                               const rsm_pretrain_config *cfg, const void *data,
                               const void *data_cond, int64_t n_data, int64_t first_step,
                               int64_t num_steps, void *grads, double *losses, double *grad_norms);

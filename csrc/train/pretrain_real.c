@@ -6,14 +6,16 @@
 #include <string.h>
 
 rsm_status
-RSM_T(pretrain_steps)(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
+RSM_T(pretrain_steps)(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
                       const rsm_pretrain_config *cfg, const real_t *data, const real_t *data_cond,
                       int64_t n_data, int64_t first_step, int64_t num_steps, real_t *grads,
                       double *losses, double *grad_norms)
 {
     rsm_status status = RSM_OK;
-    const int64_t B = cfg->batch_size, D = mlp->config.dim, C = mlp->config.cond_dim;
-    const int64_t P = mlp->layout.num_params;
+    const int64_t B = cfg->batch_size, D = model->dim;
+    /* conditions are copied only when the data has them (a DiT without cond: the null class) */
+    const int64_t C = data_cond ? model->cond_dim : 0;
+    const int64_t P = model->num_params;
     const rsm_param target_param = rsm_path_native_param(path);
     int64_t *index = (int64_t *)rsm_malloc((size_t)B * sizeof(int64_t));
     double *u_time = (double *)rsm_malloc((size_t)B * sizeof(double));
@@ -46,7 +48,7 @@ RSM_T(pretrain_steps)(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
             }
             if (C > 0) memcpy(cond + i * C, data_cond + index[i] * C, (size_t)C * sizeof(real_t));
         }
-        RSM_TRY_GOTO(RSM_T(mlp_forward)(mlp, B, xt, t, C > 0 ? cond : NULL, pred));
+        RSM_TRY_GOTO(model->forward(model->self, path, B, xt, t, C > 0 ? cond : NULL, pred));
         /* loss = mean (pred - target)^2; seed of the backward: dL/dpred = 2 (pred - target) / (B D) */
         double loss = 0.0;
         const real_t scale = (real_t)(2.0 / (double)(B * D));
@@ -57,10 +59,10 @@ RSM_T(pretrain_steps)(rsm_mlp *mlp, rsm_adamw *opt, const rsm_path *path,
         }
         loss /= (double)(B * D);
         memset(grads, 0, (size_t)P * sizeof(real_t));
-        RSM_TRY_GOTO(RSM_T(mlp_backward)(mlp, B, pred, grads, NULL));
+        RSM_TRY_GOTO(model->backward(model->self, B, pred, grads, NULL));
         double lr = rsm_pretrain_lr(cfg, k);
         double norm = 0.0;
-        RSM_TRY_GOTO(RSM_T(adamw_step)(opt, (real_t *)mlp->params, grads, lr, &norm));
+        RSM_TRY_GOTO(RSM_T(adamw_step)(opt, (real_t *)model->params, grads, lr, &norm));
         if (losses) losses[s] = loss;
         if (grad_norms) grad_norms[s] = norm;
     }

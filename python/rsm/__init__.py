@@ -24,9 +24,10 @@ from ._C import Tensor, from_dlpack  # noqa: E402,F401
 
 _BLAS_ERROR = _load_blas()
 
-from . import paths, models, sampling, training  # noqa: E402
+from . import paths, models, dit, sampling, training  # noqa: E402
 from .paths import FlowPath, VPPath  # noqa: E402,F401
 from .models import MLP, GaussianMixtureModel, load  # noqa: E402,F401
+from .dit import DiT, LoRADiT, lora  # noqa: E402,F401
 from .sampling import Trajectory, sample, log_prob, time_grid, step_coefficients  # noqa: E402,F401
 from .training import AdamW, History, pretrain, save_checkpoint, load_checkpoint  # noqa: E402,F401
 from . import objective, rewards, methods, datasets, metrics, io, estimators  # noqa: E402,F401

@@ -257,5 +257,13 @@ def load(path: str) -> Any:
     kind = meta.get("rsm_class")
     if kind == "MLP":
         return MLP._from_file(tensors, meta, path)
+    if kind == "DiT":
+        from .dit import DiT
+
+        return DiT._from_file(tensors, meta, path)
+    if kind == "LoRADiT":
+        from .dit import LoRADiT
+
+        return LoRADiT._from_file(tensors, meta, path)
     raise io.CheckpointError(
         f"load(): {path} is a safetensors file but not an rsm model (metadata rsm_class={kind!r})")

@@ -95,7 +95,8 @@ class Trajectory:
                 continue
             lp, _, _ = _C.transition_log_prob(
                 _core_of(model), path._core, cfg["kind"], self.ts, i, self.xs[i], self.xs[i + 1],
-                cfg["noise_level"], cfg["eta"], cond, cfg["window_begin"], cfg["window_end"])
+                cfg["noise_level"], cfg["eta"], _model_cond(model, cond, self.xs[i].shape[0]),
+                cfg["window_begin"], cfg["window_end"])
             out[i] = np.from_dlpack(lp)
         return out
 
@@ -105,6 +106,12 @@ def _core_of(model: Any) -> Any:
     if core is None:
         raise TypeError(f"expected an rsm model (rsm.MLP, rsm.GaussianMixtureModel), got {type(model).__name__}")
     return core
+
+
+def _model_cond(model: Any, cond: Any, n: int) -> Any:
+    """A model's own condition format (the DiT takes class ids) -> the core's [n, cond_dim]."""
+    prepare = getattr(model, "_prepare_cond", None)
+    return prepare(cond, n) if prepare is not None and cond is not None else cond
 
 
 def _path_core(path: Any, func: str) -> Any:
@@ -161,6 +168,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
         raise ValueError(f"sample(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     branch = list(branch_steps) if branch_steps is not None else None
+    cond = _model_cond(model, cond, n)
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
                     bool(return_trajectory))
@@ -184,6 +192,7 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
     noise_level = finite_float(noise_level, "log_prob", "noise_level", 0.0)
     step = positive_int(step, "log_prob", "step", minimum=0)
     rows_of(x, "log_prob")  # None, a str, a scalar: a clear error before the C conversion
+    cond = _model_cond(model, cond, rows_of(x, "log_prob"))
     ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"log_prob(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import finite_float, positive_int
+from ._args import finite_float, positive_int, rows_of
 
 
 class History(list):
@@ -211,8 +211,13 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     lr = finite_float(lr, "pretrain", "lr", 0.0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"pretrain(): seed must be a non-negative int, got {seed!r}")
-    if getattr(model, "_core", None) is None or not isinstance(model._core, _C.MLPCore):
-        raise TypeError(f"pretrain(): model must be an rsm.MLP, got {type(model).__name__}")
+    if getattr(model, "_core", None) is None or not isinstance(model._core, (_C.MLPCore, _C.DiTCore)):
+        raise TypeError(f"pretrain(): model must be an rsm.MLP or rsm.DiT, got {type(model).__name__}")
+    if getattr(model, "image_shape", None) is not None and len(getattr(data, "shape", ())) == 4:
+        data = np.ascontiguousarray(data).reshape(data.shape[0], -1)  # DiT: images -> [N, dim]
+    prepare = getattr(model, "_prepare_cond", None)
+    if prepare is not None and cond is not None:  # DiT: class ids [N] -> the core's [N, 1] reals
+        cond = prepare(cond, rows_of(data, "pretrain"))
     if not isinstance(getattr(path, "_core", None), _C.PathCore):
         raise TypeError(f"pretrain(): path must be an rsm path (rsm.FlowPath(), rsm.VPPath()), "
                         f"got {type(path).__name__}")

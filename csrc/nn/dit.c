@@ -1,0 +1,250 @@
+/* dit.c: layout, allocation, LoRA set-up and dtype dispatch of the DiT backbone (math in
+ * dit_real.c, see dit.h). */
+#include "dit.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* defined in dit_real.c, once per real type */
+#define RSM_DIT_DECLARE(suffix, real_t)                                                            \
+    void rsm_dit_init_params_##suffix(const rsm_dit *dit, uint64_t seed);                          \
+    void rsm_dit_init_pos_##suffix(const rsm_dit *dit);                                            \
+    void rsm_dit_init_lora_##suffix(const rsm_dit *dit, uint64_t seed);                            \
+    int64_t rsm_dit_activation_elems_##suffix(const rsm_dit *dit, int64_t n);                      \
+    rsm_status rsm_dit_forward_##suffix(rsm_dit *dit, int64_t n, const real_t *x, const real_t *t, \
+                                        const real_t *cond, real_t *out);                          \
+    rsm_status rsm_dit_backward_##suffix(rsm_dit *dit, int64_t n, const real_t *dout,              \
+                                         real_t *dparams, real_t *dx);                             \
+    rsm_status rsm_dit_op_##suffix(const char *name, const int64_t *sizes,                         \
+                                   const real_t *const *inputs, const real_t *dout, real_t *out,   \
+                                   real_t *const *grads);
+RSM_DIT_DECLARE(f32, float)
+RSM_DIT_DECLARE(f64, double)
+
+rsm_dit_layout
+rsm_dit_layout_of(rsm_dit_config c)
+{
+    rsm_dit_layout l;
+    const int64_t W = c.width, G = c.patch > 0 ? c.image_size / c.patch : 0;
+    l.tokens = G * G;
+    l.patch_dim = c.channels * c.patch * c.patch;
+    l.dim = c.channels * c.image_size * c.image_size;
+    l.patch_w = 0;
+    l.patch_b = l.patch_w + W * l.patch_dim;
+    l.temb_w1 = l.patch_b + W;
+    l.temb_b1 = l.temb_w1 + W * c.temb_dim;
+    l.temb_w2 = l.temb_b1 + W;
+    l.temb_b2 = l.temb_w2 + W * W;
+    l.class_emb = l.temb_b2 + W;
+    l.block0 = l.class_emb + (c.num_classes + 1) * W;
+    /* block-relative */
+    l.ada_w = 0;
+    l.ada_b = l.ada_w + 6 * W * W;
+    l.qkv_w = l.ada_b + 6 * W;
+    l.qkv_b = l.qkv_w + 3 * W * W;
+    l.proj_w = l.qkv_b + 3 * W;
+    l.proj_b = l.proj_w + W * W;
+    l.fc1_w = l.proj_b + W;
+    l.fc1_b = l.fc1_w + 4 * W * W;
+    l.fc2_w = l.fc1_b + 4 * W;
+    l.fc2_b = l.fc2_w + 4 * W * W;
+    l.block_size = l.fc2_b + W;
+    l.final_ada_w = l.block0 + c.depth * l.block_size;
+    l.final_ada_b = l.final_ada_w + 2 * W * W;
+    l.out_w = l.final_ada_b + 2 * W;
+    l.out_b = l.out_w + l.patch_dim * W;
+    l.num_params = l.out_b + l.patch_dim;
+    return l;
+}
+
+static rsm_status
+rsm_dit_check_config(const rsm_dit_config *c)
+{
+    RSM_CHECK(c->image_size >= 1, RSM_ERR_VALUE, "image_size=%lld must be >= 1",
+              (long long)c->image_size);
+    RSM_CHECK(c->channels >= 1, RSM_ERR_VALUE, "channels=%lld must be >= 1", (long long)c->channels);
+    RSM_CHECK(c->patch >= 1, RSM_ERR_VALUE, "patch=%lld must be >= 1", (long long)c->patch);
+    RSM_CHECK(c->image_size % c->patch == 0, RSM_ERR_VALUE,
+              "image_size=%lld is not divisible by patch=%lld", (long long)c->image_size,
+              (long long)c->patch);
+    RSM_CHECK(c->width >= 2, RSM_ERR_VALUE, "width=%lld must be >= 2", (long long)c->width);
+    RSM_CHECK(c->depth >= 0, RSM_ERR_VALUE, "depth=%lld must be >= 0", (long long)c->depth);
+    RSM_CHECK(c->heads >= 1, RSM_ERR_VALUE, "heads=%lld must be >= 1", (long long)c->heads);
+    RSM_CHECK(c->width % c->heads == 0, RSM_ERR_VALUE, "heads=%lld does not divide width=%lld",
+              (long long)c->heads, (long long)c->width);
+    RSM_CHECK(c->num_classes >= 0, RSM_ERR_VALUE, "num_classes=%lld must be >= 0",
+              (long long)c->num_classes);
+    RSM_CHECK(c->temb_dim >= 2 && c->temb_dim % 2 == 0, RSM_ERR_VALUE,
+              "temb_dim=%lld must be even and >= 2", (long long)c->temb_dim);
+    RSM_CHECK(c->dtype == RSM_F32 || c->dtype == RSM_F64, RSM_ERR_TYPE,
+              "dtype must be float32 or float64");
+    return RSM_OK;
+}
+
+rsm_status
+rsm_dit_init(rsm_dit *dit, rsm_dit_config config, uint64_t seed)
+{
+    memset(dit, 0, sizeof(*dit));
+    RSM_TRY(rsm_dit_check_config(&config));
+    dit->config = config;
+    dit->layout = rsm_dit_layout_of(config);
+    size_t es = rsm_dtype_size(config.dtype);
+    dit->params = rsm_calloc((size_t)dit->layout.num_params * es);
+    dit->pos = rsm_calloc((size_t)(dit->layout.tokens * config.width) * es);
+    if (!dit->params || !dit->pos) {
+        rsm_dit_free(dit);
+        return rsm_fail(RSM_ERR_MEMORY, "cannot allocate a DiT of %lld parameters",
+                        (long long)rsm_dit_layout_of(config).num_params);
+    }
+    dit->owns_params = 1;
+    if (config.dtype == RSM_F32)
+        rsm_dit_init_pos_f32(dit);
+    else
+        rsm_dit_init_pos_f64(dit);
+    rsm_dit_reset_parameters(dit, seed);
+    return RSM_OK;
+}
+
+rsm_status
+rsm_dit_init_lora(rsm_dit *dit, const rsm_dit *base, int64_t rank, double alpha, int targets,
+                  uint64_t seed)
+{
+    memset(dit, 0, sizeof(*dit));
+    RSM_CHECK(base->lora.rank == 0, RSM_ERR_VALUE, "ref is already a LoRA model: merge() it first");
+    RSM_CHECK(rank >= 1, RSM_ERR_VALUE, "rank=%lld must be >= 1", (long long)rank);
+    RSM_CHECK(targets > 0 && (targets & ~(RSM_DIT_LORA_ATTN | RSM_DIT_LORA_MLP)) == 0,
+              RSM_ERR_VALUE, "targets must name 'attn' and/or 'mlp'");
+    dit->config = base->config;
+    dit->config.checkpoint = base->config.checkpoint;
+    dit->layout = base->layout;
+    dit->params = base->params; /* borrowed */
+    dit->owns_params = 0;
+    size_t es = rsm_dtype_size(base->config.dtype);
+    const int64_t W = base->config.width;
+    dit->pos = rsm_malloc((size_t)(base->layout.tokens * W) * es);
+    RSM_CHECK(dit->pos != NULL, RSM_ERR_MEMORY, "cannot allocate positions");
+    memcpy(dit->pos, base->pos, (size_t)(base->layout.tokens * W) * es);
+    rsm_dit_lora *lo = &dit->lora;
+    lo->rank = rank;
+    lo->scale = alpha / (double)rank;
+    lo->targets = targets;
+    const int64_t in[RSM_DIT_LINEARS] = {W, W, W, 4 * W};
+    const int64_t out[RSM_DIT_LINEARS] = {3 * W, W, 4 * W, W};
+    const int wanted[RSM_DIT_LINEARS] = {targets & RSM_DIT_LORA_ATTN, targets & RSM_DIT_LORA_ATTN,
+                                         targets & RSM_DIT_LORA_MLP, targets & RSM_DIT_LORA_MLP};
+    int64_t off = 0;
+    for (int k = 0; k < RSM_DIT_LINEARS; k++) {
+        lo->a[k] = lo->b[k] = -1;
+        if (!wanted[k]) continue;
+        lo->a[k] = off;
+        off += rank * in[k];
+        lo->b[k] = off;
+        off += out[k] * rank;
+    }
+    lo->block_size = off;
+    lo->num_params = off * base->config.depth;
+    dit->lora_params = rsm_calloc((size_t)(lo->num_params > 0 ? lo->num_params : 1) * es);
+    if (!dit->lora_params) {
+        rsm_dit_free(dit);
+        return rsm_fail(RSM_ERR_MEMORY, "cannot allocate LoRA adapters");
+    }
+    if (base->config.dtype == RSM_F32)
+        rsm_dit_init_lora_f32(dit, seed);
+    else
+        rsm_dit_init_lora_f64(dit, seed);
+    return RSM_OK;
+}
+
+void
+rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed)
+{
+    if (dit->lora.rank > 0) {
+        if (dit->config.dtype == RSM_F32)
+            rsm_dit_init_lora_f32(dit, seed);
+        else
+            rsm_dit_init_lora_f64(dit, seed);
+    } else if (dit->config.dtype == RSM_F32) {
+        rsm_dit_init_params_f32(dit, seed);
+    } else {
+        rsm_dit_init_params_f64(dit, seed);
+    }
+}
+
+void
+rsm_dit_free(rsm_dit *dit)
+{
+    if (dit->owns_params) rsm_free(dit->params);
+    rsm_free(dit->pos);
+    rsm_free(dit->lora_params);
+    rsm_free(dit->acts);
+    rsm_free(dit->scratch);
+    memset(dit, 0, sizeof(*dit));
+}
+
+void *
+rsm_dit_trainable(const rsm_dit *dit)
+{
+    return dit->lora.rank > 0 ? dit->lora_params : dit->params;
+}
+
+int64_t
+rsm_dit_num_trainable(const rsm_dit *dit)
+{
+    return dit->lora.rank > 0 ? dit->lora.num_params : dit->layout.num_params;
+}
+
+int64_t
+rsm_dit_activation_bytes(const rsm_dit *dit, int64_t n)
+{
+    if (dit->config.dtype == RSM_F32) return rsm_dit_activation_elems_f32(dit, n) * 4;
+    return rsm_dit_activation_elems_f64(dit, n) * 8;
+}
+
+rsm_status
+rsm_dit_forward(rsm_dit *dit, int64_t n, const void *x, const void *t, const void *cond, void *out)
+{
+    RSM_CHECK(n >= 0, RSM_ERR_VALUE, "batch size n=%lld must be >= 0", (long long)n);
+    dit->generation += 1;
+    dit->saved_rows = -1; /* no valid activations until this forward succeeds */
+    rsm_status status;
+    if (dit->config.dtype == RSM_F32)
+        status = rsm_dit_forward_f32(dit, n, (const float *)x, (const float *)t,
+                                     (const float *)cond, (float *)out);
+    else
+        status = rsm_dit_forward_f64(dit, n, (const double *)x, (const double *)t,
+                                     (const double *)cond, (double *)out);
+    if (status == RSM_OK) dit->saved_rows = n;
+    return status;
+}
+
+rsm_status
+rsm_dit_backward(rsm_dit *dit, int64_t n, const void *dout, void *dparams, void *dx)
+{
+    RSM_CHECK(n == dit->saved_rows, RSM_ERR_INTERNAL,
+              "backward of %lld rows without a matching forward", (long long)n);
+    if (dit->config.dtype == RSM_F32)
+        return rsm_dit_backward_f32(dit, n, (const float *)dout, (float *)dparams, (float *)dx);
+    return rsm_dit_backward_f64(dit, n, (const double *)dout, (double *)dparams, (double *)dx);
+}
+
+static rsm_status
+rsm_dit_model_forward(void *self, const rsm_path *path, int64_t n, const void *x, const void *t,
+                      const void *cond, void *out)
+{
+    (void)path; /* the output is the path's native parameterization by training */
+    return rsm_dit_forward((rsm_dit *)self, n, x, t, cond, out);
+}
+
+static rsm_status
+rsm_dit_model_backward(void *self, int64_t n, const void *dout, void *dparams, void *dx)
+{
+    return rsm_dit_backward((rsm_dit *)self, n, dout, dparams, dx);
+}
+
+rsm_model
+rsm_dit_as_model(rsm_dit *dit)
+{
+    rsm_model model = {rsm_dit_model_forward, dit, dit->config.dtype, dit->layout.dim, 1,
+                       rsm_dit_model_backward, rsm_dit_trainable(dit), rsm_dit_num_trainable(dit), 1};
+    return model;
+}
