@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
-from ._args import finite_float, positive_int, rows_of
+from ._args import as_cond, finite_float, positive_int, rows_of
 
 SAMPLERS = ("ode", "euler", "heun", "sde", "ddim", "ddpm")
 
@@ -107,6 +107,20 @@ def _core_of(model: Any) -> Any:
     return core
 
 
+def _class_ids(model: Any, cond: Any, func: str) -> Any:
+    """Class ids [n] for a class-conditional model (cond_dim == 1) as the C layout [n, 1];
+    anything else goes to the C checks unchanged."""
+    if cond is None or getattr(model, "cond_dim", 0) != 1:
+        return cond
+    shape = getattr(cond, "shape", None)
+    if shape is None:
+        shape = np.shape(cond)
+    if len(shape) != 1:
+        return cond
+    return as_cond(cond, int(shape[0]), 1, model.dtype, func,
+                   num_classes=getattr(getattr(model, "model", model), "num_classes", None))
+
+
 def _path_core(path: Any, func: str) -> Any:
     core = getattr(path, "_core", None)
     if not isinstance(core, _C.PathCore):
@@ -161,6 +175,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
         raise ValueError(f"sample(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     branch = list(branch_steps) if branch_steps is not None else None
+    cond = _class_ids(model, cond, "sample")
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
                     bool(return_trajectory))
@@ -188,6 +203,7 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"log_prob(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     wb, we = (0, ts.shape[0] - 1) if sde_window is None else sde_window
+    cond = _class_ids(model, cond, "log_prob")
     lp, mean, _ = _C.transition_log_prob(core, path_core, kind, ts, step, x,
                                          x_next, float(noise_level), eta_value, cond, int(wb), int(we))
     return np.from_dlpack(lp), np.from_dlpack(mean)
