@@ -18,7 +18,7 @@ TORCH_INDEX ?=
 VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
-DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib "setuptools>=77" wheel
+DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib scikit-learn pillow "setuptools>=77" wheel
 PIP_FLAGS := --disable-pip-version-check -q
 
 # Everything the extension is built from: a change here rebuilds it. The directories are listed
