@@ -95,3 +95,18 @@ def as_cond(cond: Any, n: int, cond_dim: int, dtype: str, func: str, *,
             raise ValueError(f"{func}(): {name}[{i}]={ids[i]!r} is not a class id in 0..{num_classes} "
                              f"({num_classes} is the null class)")
     return out
+
+
+def num_classes_of(model: Any) -> int | None:
+    """The number of real classes of a class-conditional model (the null class of classifier-free
+    guidance is this id): model.num_classes, or model.config["num_classes"] (rsm.DiT); None for a
+    model without classes. A guided model (rsm.Guided) answers for its inner model."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(model, "scale"):
+        model = inner
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        config = getattr(model, "config", None)
+        if isinstance(config, dict):
+            k = config.get("num_classes")
+    return None if k is None else int(k)

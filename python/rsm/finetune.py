@@ -17,7 +17,7 @@ import numpy as np
 
 from . import methods as _methods
 from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
-from ._args import as_cond
+from ._args import as_cond, num_classes_of
 from .paths import FlowPath, VPPath
 from .rewards import Reward
 from .sampling import sample, step_coefficients, time_grid
@@ -126,7 +126,7 @@ class Trainer:
             if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
                 raise ValueError(f"finetune(): {name} must be integer class ids, got {arr[:8]}")
         self._conditions = as_cond(arr, arr.shape[0], cond_dim, policy.dtype, "finetune", name=name,
-                                   num_classes=getattr(policy, "num_classes", None))
+                                   num_classes=num_classes_of(policy))
 
     @property
     def cond(self) -> np.ndarray | None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import as_cond, as_times, finite_float, rows_of
+from ._args import as_cond, as_times, finite_float, num_classes_of, rows_of
 
 
 def null_condition(model: Any) -> np.ndarray:
@@ -32,7 +32,7 @@ def null_condition(model: Any) -> np.ndarray:
     explicit = getattr(model, "null_cond", None)
     if explicit is not None:
         return np.ascontiguousarray(np.asarray(explicit, dtype=model.dtype).reshape(cond_dim))
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = num_classes_of(model)
     if num_classes is not None and cond_dim == 1:
         return np.full(1, float(num_classes), dtype=model.dtype)
     return np.zeros(cond_dim, dtype=model.dtype)
@@ -88,8 +88,11 @@ class Guided:
         if cond is None:
             raise ValueError(f"{func}(): a guided model needs cond (the null condition is its "
                              "unconditional pass); use the inner model for unconditional outputs")
-        c = as_cond(cond, n, self.cond_dim, self.dtype, func,
-                    num_classes=getattr(self.model, "num_classes", None))
+        c = as_cond(cond, n, self.cond_dim, self.dtype, func, num_classes=num_classes_of(self.model))
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) > 2:   # images [n, C, H, W] -> rows [n, C*H*W]
+            x = np.from_dlpack(x) if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray) else np.asarray(x)
+            x = np.ascontiguousarray(x.reshape(n, -1))
         return x, as_times(t, n, self.dtype, func), c
 
     def _stacked(self, x: Any, t: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

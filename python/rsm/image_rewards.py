@@ -55,12 +55,17 @@ def as_images(x0: Any, image_shape: tuple[int, int, int], func: str = "reward") 
 
 def class_ids(cond: Any, n: int, num_classes: int, func: str) -> np.ndarray:
     """The target class of every sample from a reward's cond: ids [n] or [n, 1] (a class-conditional
-    model's cond), as int64; ValueError when missing or out of range."""
+    model's cond) or one-hot vectors [n, num_classes], as int64; ValueError when missing or out of
+    range."""
     if cond is None:
         raise ValueError(f"{func}(): this reward needs the target class of each sample as cond "
                          "(fine-tune with conditions=..., or call reward(x0, class_ids))")
     c = np.from_dlpack(cond) if hasattr(cond, "__dlpack__") and not isinstance(cond, np.ndarray) else np.asarray(cond)
     c = c.reshape(-1) if c.ndim == 2 and c.shape[1] == 1 else c
+    if c.ndim == 2 and c.shape == (n, num_classes):   # one-hot condition vectors: their argmax
+        if not np.all((c == 0) | (c == 1)) or not np.all(c.sum(1) == 1):
+            raise ValueError(f"{func}(): cond of shape [{n}, {num_classes}] must be one-hot class vectors")
+        c = c.argmax(1)
     if c.shape != (n,):
         raise ValueError(f"{func}(): cond must be class ids of shape [{n}] or [{n}, 1], got {tuple(c.shape)}")
     ids = np.rint(c).astype(np.int64)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
-from ._args import as_cond, finite_float, positive_int, rows_of
+from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of
 
 SAMPLERS = ("ode", "euler", "heun", "sde", "ddim", "ddpm")
 
@@ -117,8 +117,7 @@ def _class_ids(model: Any, cond: Any, func: str) -> Any:
         shape = np.shape(cond)
     if len(shape) != 1:
         return cond
-    return as_cond(cond, int(shape[0]), 1, model.dtype, func,
-                   num_classes=getattr(getattr(model, "model", model), "num_classes", None))
+    return as_cond(cond, int(shape[0]), 1, model.dtype, func, num_classes=num_classes_of(model))
 
 
 def _path_core(path: Any, func: str) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import as_cond, finite_float, positive_int
+from ._args import as_cond, finite_float, num_classes_of, positive_int
 
 
 class History(list):
@@ -236,7 +236,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     # go to the C checks as they are (exact dtype, like data)
     if cond is not None and model.cond_dim == 1 and len(np.shape(cond)) == 1:
         cond = as_cond(cond, int(np.shape(cond)[0]), 1, model.dtype, "pretrain",
-                       num_classes=getattr(model, "num_classes", None))
+                       num_classes=num_classes_of(model))
     if cond_dropout > 0 or null_cond is not None:
         from .guidance import null_condition
 
