@@ -95,6 +95,10 @@ class Guided:
             x = np.ascontiguousarray(x.reshape(n, -1))
         return x, as_times(t, n, self.dtype, func), c
 
+    def _prepare_cond(self, cond: Any, n: int) -> np.ndarray | None:
+        """The samplers' hook: class ids [n] or vectors -> the core's [n, cond_dim] layout."""
+        return as_cond(cond, n, self.cond_dim, self.dtype, "sample", num_classes=num_classes_of(self.model))
+
     def _stacked(self, x: Any, t: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.asarray(np.from_dlpack(x) if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray) else x)
         x = np.ascontiguousarray(x, dtype=self.dtype)
