@@ -171,3 +171,26 @@ def test_image_reward_bad_inputs():
     nan = rsm.Reward(lambda x, c: np.full(2, np.nan))
     with pytest.raises(RewardError, match="non-finite"):
         nan(rsm.from_dlpack(np.zeros((2, 64), np.float32)))
+
+
+def test_checker_reward_in_the_trainer_zero_std_groups():
+    """The GenEval-like reward on an untrained image model: every sample scores the same, so every
+    group has zero std; the Trainer masks them (no advantage) and the step still runs."""
+    model = rsm.MLP(3 * 16 * 16, 32, 1, cond_dim=8, seed=0)
+    table = D.shape_prompts(16)
+    prompts = [table[0], table[7]]
+    conditions = np.stack([D.prompt_vector(p, 16) for p in prompts])
+    seen = []
+
+    def reward(x0, cond):          # condition vectors reach the reward: map back to class ids
+        ids = np.array([[np.array_equal(c, v) for v in conditions].index(True) for c in cond])
+        seen.append(ids)
+        return R.geneval(16).fn(x0, np.array([table.index(prompts[i]) for i in ids]))
+
+    trainer = rsm.Trainer(model.copy(), model, reward, "flow-grpo", batch_size=2, group_size=3,
+                          conditions=conditions)
+    batch = trainer.rollout()
+    assert np.all(batch["rewards"] == batch["rewards"][0]) and not batch["mask"].any()
+    row = trainer.step()
+    assert row["reward_std"] == 0.0 and np.isfinite(row["loss"])
+    assert np.array_equal(seen[0], [0, 0, 0, 1, 1, 1])
