@@ -335,7 +335,8 @@ class RSMClassifier:
         out, token = self.model.forward_keep(x, self._t(n))
         z = np.from_dlpack(out)[:, : self.num_classes].astype(np.float64)
         p = self._softmax(z)
-        logp = np.log(p[np.arange(n), y])
+        shifted = z - z.max(axis=1, keepdims=True)           # log-softmax without underflow
+        logp = (shifted - np.log(np.exp(shifted).sum(1, keepdims=True)))[np.arange(n), y]
         g = -p
         g[np.arange(n), y] += 1.0
         dummy[:, : self.num_classes] = g
