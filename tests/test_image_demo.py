@@ -20,7 +20,7 @@ def test_image_demo_mlp_backbone(tmp_path, capsys):
     assert main(["demo", "images", "--backbone", "mlp", "--width", "32", "--depth", "1",
                  "--out", str(out)] + TINY) == 0
     text = capsys.readouterr().out
-    for label in ("pretrained (w = 2)", "flow-grpo", "rsm-fo", "KL to ref"):
+    for label in ("pretrained (w = 1)", "flow-grpo", "rsm-fo", "KL to ref"):
         assert label in text
     table = (out / "table.md").read_text().splitlines()
     assert len(table) == 5                                   # header, rule, 3 models

@@ -162,7 +162,7 @@ def _plot(fn) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="dit", choices=("dit", "mlp"))
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--patch", type=int, default=2)
@@ -170,12 +170,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--cond-dropout", type=float, default=0.1)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    # fine-tuning scale: at w = 1 (the conditional model) the classifier still has room to improve
+    # (measured with the DiT after 600 steps: p(target) 0.79 at w = 1, 0.95 at w = 2); with
+    # w > 1 the rollouts and the losses are guided (RSM-SPEC §9)
+    parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--eval-per-class", type=int, default=8)
     parser.add_argument("--classifier-steps", type=int, default=600)
-    parser.add_argument("--finetune-steps", type=int, default=30)
+    parser.add_argument("--finetune-steps", type=int, default=20)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--group-size", type=int, default=6)
     parser.add_argument("--reward-scale", type=float, default=0.5)
