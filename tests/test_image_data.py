@@ -30,6 +30,13 @@ def test_digits_shapes_ranges_split():
     assert not np.array_equal(D.digits("train", seed=1).labels, train.labels)
 
 
+def test_image_modules_reachable_from_datasets_and_rewards():
+    assert rsm.datasets.digits is D.digits and rsm.datasets.shapes is D.shapes
+    assert rsm.rewards.geneval is R.geneval and rsm.rewards.jpeg_compressibility is R.jpeg_compressibility
+    with pytest.raises(AttributeError, match="no_such"):
+        rsm.rewards.no_such
+
+
 def test_shapes_deterministic_and_in_range():
     a, b, c = D.shapes(40, seed=3), D.shapes(40, seed=3), D.shapes(40, seed=4)
     assert a.images.shape == (40, 3, 16, 16) and a.images.dtype == np.float32

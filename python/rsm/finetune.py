@@ -506,7 +506,9 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
              **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
     (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
-    Returns Run(policy, history, trainer)."""
+    conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
+    condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
+    classifier-free guidance in the rollouts and the losses. Returns Run(policy, history, trainer)."""
     path = overrides.pop("path", None)
     cond = overrides.pop("cond", None)
     conditions = overrides.pop("conditions", None)
