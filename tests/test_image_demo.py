@@ -15,6 +15,7 @@ TINY = ["--steps", "40", "--batch-size", "64", "--classifier-steps", "40", "--fi
         "--guidance-scales", "0", "2", "--quiet"]
 
 
+@pytest.mark.slow  # end to end with plots: ~5 s; its C paths are covered by the fast tests
 def test_image_demo_mlp_backbone(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "images", "--backbone", "mlp", "--width", "32", "--depth", "1",
