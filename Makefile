@@ -18,7 +18,7 @@ TORCH_INDEX ?=
 VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
-DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib "setuptools>=77" wheel
+DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib scikit-learn pillow "setuptools>=77" wheel
 PIP_FLAGS := --disable-pip-version-check -q
 
 # Everything the extension is built from: a change here rebuilds it. The directories are listed
@@ -41,11 +41,12 @@ define print_summary
 	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
 endef
 
-.PHONY: help demo test test-asan bench build clean distclean format
+.PHONY: help demo demo-images test test-asan bench build clean distclean format
 
 help:
 	@echo "rsm make targets:"
 	@echo "  make demo       set up .venv (PyPI packages + the extension), then python -m rsm demo"
+	@echo "  make demo-images  the image demo: python -m rsm demo images (digits, CFG, fine-tuning)"
 	@echo "  make test       set up .venv, then run the test suite (pytest tests/)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
@@ -74,6 +75,9 @@ build:
 
 demo: $(VENV)/.build-stamp
 	$(VENV)/bin/python -m rsm demo
+
+demo-images: $(VENV)/.build-stamp
+	$(VENV)/bin/python -m rsm demo images
 
 test: $(VENV)/.build-stamp
 	@$(call run_pytest,$(VENV)/bin/python)

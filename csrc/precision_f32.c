@@ -11,3 +11,4 @@
 #include "optim_real.c"
 #include "train/pretrain_real.c"
 #include "objective_real.c"
+#include "nn/guided_real.c"

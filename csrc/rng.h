@@ -87,7 +87,8 @@ enum rsm_stream_purpose {
     RSM_STREAM_STEP = 3,      /* sampler step noise: a = step index */
     RSM_STREAM_DATA = 4,      /* pretraining: batch indices, a = step */
     RSM_STREAM_TIME = 5,      /* pretraining: t ~ U, a = step */
-    RSM_STREAM_NOISE = 6      /* pretraining: eps ~ N, a = step */
+    RSM_STREAM_NOISE = 6,     /* pretraining: eps ~ N, a = step */
+    RSM_STREAM_COND_DROP = 7  /* pretraining: condition dropout u ~ U (CFG), a = step */
 };
 
 static inline RSM_HOST_DEVICE uint64_t

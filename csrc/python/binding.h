@@ -9,6 +9,7 @@
  *         compute_py.c  models, paths, samplers, optimizers, pretraining entry points
  *         objective_py.c  the RSM objective and group advantages
  *         dit_py.c      the DiT backbone (DiTCore), LoRA, and the op test hook
+ *         guidance_py.c classifier-free guidance: the guided model core and its combination
  */
 #ifndef RSM_BINDING_H
 #define RSM_BINDING_H
@@ -26,6 +27,7 @@ typedef struct rsm_module_state {
     PyTypeObject *path_type;     /* rsm._C.PathCore (compute_py.c) */
     PyTypeObject *adamw_type;    /* rsm._C.AdamWCore (compute_py.c) */
     PyTypeObject *dit_type;      /* rsm._C.DiTCore (dit_py.c) */
+    PyTypeObject *guided_type;   /* rsm._C.GuidedCore (guidance_py.c) */
 } rsm_module_state;
 
 extern PyModuleDef rsm_module_def;
@@ -95,6 +97,23 @@ struct rsm_model;
 /* obj a DiTCore: fill *model (vtable) and *lock, return 1; not a DiTCore: 0; error: -1. */
 int rsm_py_dit_model(PyObject *module, PyObject *obj, const char *func, struct rsm_model *model,
                      PyThread_type_lock *lock);
+
+#include "../nn/model.h"
+
+/* A model argument (any model core of this module) -> its vtable, plus the lock that guards its
+ * activations (NULL if it has none); -1 with an exception set otherwise. */
+int rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
+                     PyThread_type_lock *lock);
+/* Checked (x[n, dim], t[n], cond[n, cond_dim] or None) of a model (new references). */
+int rsm_py_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
+                        int64_t cond_dim, PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj,
+                        rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond);
+
+/* ---- classifier-free guidance (guidance_py.c) ---------------------------------------------- */
+int rsm_py_guidance_exec(PyObject *module);
+/* A GuidedCore -> the guided model's vtable (its inner model resolved now) and the inner lock. */
+int rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
+                        PyThread_type_lock *lock);
 
 /* ---- the RSM objective (objective_py.c) ---------------------------------------------------- */
 int rsm_py_objective_exec(PyObject *module);

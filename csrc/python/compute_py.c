@@ -825,9 +825,28 @@ rsm_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *mode
         *model = rsm_gmm_as_model(&g->gmm);
         return 0;
     }
-    rsm_py_raisef(PyExc_TypeError, func, "model must be an rsm model (MLP, DiT or GaussianMixture), got %s",
+    if (state->guided_type && PyObject_TypeCheck(obj, state->guided_type))
+        return rsm_py_guided_model(module, obj, func, model, lock);
+    rsm_py_raisef(PyExc_TypeError, func,
+                  "model must be an rsm model (MLP, DiT, Guided or GaussianMixture), got %s",
                   Py_TYPE(obj)->tp_name);
     return -1;
+}
+
+/* Exported for the other files of the binding (binding.h). */
+int
+rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
+                 PyThread_type_lock *lock)
+{
+    return rsm_model_arg(module, obj, func, model, lock);
+}
+
+int
+rsm_py_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
+                    int64_t cond_dim, PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj,
+                    rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond)
+{
+    return rsm_model_inputs(module, func, dtype, dim, cond_dim, x_obj, t_obj, cond_obj, x, t, cond);
 }
 
 /* ---- sampler ------------------------------------------------------------------------------ */
@@ -1343,15 +1362,16 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "opt", "path", "data", "cond", "batch_size", "t_min",
                              "t_max", "lr", "warmup_steps", "seed", "first_step", "num_steps",
-                             "decay_steps", "min_lr_ratio", NULL};
-    PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj;
+                             "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", NULL};
+    PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj, *null_obj = Py_None;
     long long batch_size, warmup_steps, first_step, num_steps, decay_steps = 0;
-    double t_min, t_max, lr, min_lr_ratio = 0.0;
+    double t_min, t_max, lr, min_lr_ratio = 0.0, cond_dropout = 0.0;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|Ld", kwlist, &model_obj, &opt_obj,
-                                     &path_obj, &data_obj, &cond_obj, &batch_size, &t_min, &t_max,
-                                     &lr, &warmup_steps, &seed, &first_step, &num_steps,
-                                     &decay_steps, &min_lr_ratio))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO", kwlist, &model_obj,
+                                     &opt_obj, &path_obj, &data_obj, &cond_obj, &batch_size,
+                                     &t_min, &t_max, &lr, &warmup_steps, &seed, &first_step,
+                                     &num_steps, &decay_steps, &min_lr_ratio, &cond_dropout,
+                                     &null_obj))
         return NULL;
     const char *func = "pretrain";
     rsm_module_state *state = rsm_state(module);
@@ -1365,7 +1385,8 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     if (!PyObject_TypeCheck(path_obj, state->path_type))
         return rsm_py_raisef(PyExc_TypeError, func, "path must be an rsm path");
     rsm_py_adamw *opt = (rsm_py_adamw *)opt_obj;
-    rsm_py_tensor *data = NULL, *cond = NULL, *losses = NULL, *norms = NULL, *grads = NULL;
+    rsm_py_tensor *data = NULL, *cond = NULL, *losses = NULL, *norms = NULL, *grads = NULL,
+                  *null_cond = NULL;
     PyObject *result = NULL;
     data = rsm_matrix_arg(module, data_obj, func, "data", model.dtype, -1, model.dim);
     if (!data || rsm_check_finite(data, model.dtype, func, "data") < 0) goto done;
@@ -1378,6 +1399,10 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
                               model.cond_dim);
         if (!cond || rsm_check_finite(cond, model.dtype, func, "cond") < 0) goto done;
     }
+    if (null_obj != Py_None) {
+        null_cond = rsm_vector_arg(module, null_obj, func, "null_cond", model.dtype, model.cond_dim);
+        if (!null_cond || rsm_check_finite(null_cond, model.dtype, func, "null_cond") < 0) goto done;
+    }
     int64_t steps = num_steps > 0 ? num_steps : 0;
     int64_t num_params = model.num_params;
     losses = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
@@ -1385,7 +1410,8 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     grads = rsm_py_tensor_new(module, model.dtype, 1, &num_params, 0);
     if (!losses || !norms || !grads) goto done;
     rsm_pretrain_config cfg = {batch_size, t_min, t_max, lr, warmup_steps, decay_steps,
-                               min_lr_ratio, (uint64_t)seed};
+                               min_lr_ratio, (uint64_t)seed, cond_dropout,
+                               null_cond ? rsm_py_tensor_data(null_cond) : NULL};
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
     if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
@@ -1406,6 +1432,7 @@ done:
     Py_XDECREF(losses);
     Py_XDECREF(norms);
     Py_XDECREF(grads);
+    Py_XDECREF(null_cond);
     return result;
 }
 

@@ -125,6 +125,7 @@ rsm_module_exec(PyObject *module)
     if (rsm_py_compute_exec(module) < 0) return -1;
     if (rsm_py_objective_exec(module) < 0) return -1;
     if (rsm_py_dit_exec(module) < 0) return -1;
+    if (rsm_py_guidance_exec(module) < 0) return -1;
     return 0;
 }
 
@@ -138,6 +139,7 @@ rsm_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->path_type);
     Py_VISIT(state->adamw_type);
     Py_VISIT(state->dit_type);
+    Py_VISIT(state->guided_type);
     return 0;
 }
 
@@ -151,6 +153,7 @@ rsm_module_clear(PyObject *module)
     Py_CLEAR(state->path_type);
     Py_CLEAR(state->adamw_type);
     Py_CLEAR(state->dit_type);
+    Py_CLEAR(state->guided_type);
     return 0;
 }
 

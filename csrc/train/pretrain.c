@@ -49,6 +49,11 @@ rsm_pretrain_steps(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
     RSM_CHECK(model->cond_dim == 0 || data_cond != NULL || model->cond_optional, RSM_ERR_VALUE,
               "the model is conditional (cond_dim=%lld): conditions for the data are required",
               (long long)model->cond_dim);
+    RSM_CHECK(isfinite(cfg->cond_dropout) && cfg->cond_dropout >= 0 && cfg->cond_dropout <= 1,
+              RSM_ERR_VALUE, "cond_dropout=%g must be in [0, 1]", cfg->cond_dropout);
+    RSM_CHECK(cfg->cond_dropout == 0 || (model->cond_dim > 0 && cfg->null_cond != NULL),
+              RSM_ERR_VALUE, "cond_dropout=%g needs a conditional model and a null condition",
+              cfg->cond_dropout);
     RSM_CHECK(opt->num_params == model->num_params && opt->dtype == model->dtype,
               RSM_ERR_VALUE, "the optimizer was made for another model (%lld parameters)",
               (long long)opt->num_params);

@@ -26,6 +26,11 @@ typedef struct rsm_pretrain_config {
     int64_t decay_steps;   /* cosine decay from lr to lr * min_lr_ratio at this step (0: none) */
     double min_lr_ratio;
     uint64_t seed;
+    /* Condition dropout for classifier-free guidance (Ho & Salimans 2022): each row's condition
+     * is replaced by null_cond[cond_dim] (model dtype) with probability cond_dropout, drawn from
+     * (seed, RSM_STREAM_COND_DROP, step). 0 (and null_cond NULL) for plain conditional training. */
+    double cond_dropout;
+    const void *null_cond;
 } rsm_pretrain_config;
 
 /* The learning rate of step k: linear warm-up, then cosine decay (if decay_steps > 0). */

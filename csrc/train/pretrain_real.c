@@ -25,7 +25,11 @@ RSM_T(pretrain_steps)(const rsm_model *model, rsm_adamw *opt, const rsm_path *pa
     real_t *target = (real_t *)rsm_malloc((size_t)(B * D) * sizeof(real_t));
     real_t *pred = (real_t *)rsm_malloc((size_t)(B * D) * sizeof(real_t));
     real_t *cond = (real_t *)rsm_malloc((size_t)(B * (C > 0 ? C : 1)) * sizeof(real_t));
-    RSM_CHECK_GOTO(index && u_time && t && eps && xt && target && pred && cond, RSM_ERR_MEMORY,
+    double *u_drop = (double *)rsm_malloc((size_t)B * sizeof(double));
+    const real_t *null_cond = (const real_t *)cfg->null_cond;
+    const int dropout = C > 0 && cfg->cond_dropout > 0;
+    RSM_CHECK_GOTO(index && u_time && t && eps && xt && target && pred && cond && u_drop,
+                   RSM_ERR_MEMORY,
                    "cannot allocate a batch of %lld rows", (long long)B);
 
     for (int64_t s = 0; s < num_steps; s++) {
@@ -36,6 +40,9 @@ RSM_T(pretrain_steps)(const rsm_model *model, rsm_adamw *opt, const rsm_path *pa
                              u_time);
         RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_NOISE, (uint64_t)k, 0), 0, B * D,
                            eps);
+        if (dropout)
+            rsm_fill_uniform_f64(cfg->seed, rsm_stream_id(RSM_STREAM_COND_DROP, (uint64_t)k, 0), 0,
+                                 B, u_drop);
         for (int64_t i = 0; i < B; i++) {
             double ti = cfg->t_min + (cfg->t_max - cfg->t_min) * u_time[i];
             t[i] = (real_t)ti;
@@ -46,7 +53,14 @@ RSM_T(pretrain_steps)(const rsm_model *model, rsm_adamw *opt, const rsm_path *pa
                 xt[i * D + d] = (real_t)(c.alpha * (double)x0[d] + c.sigma * e);
                 target[i * D + d] = (real_t)rsm_param_from_x0_eps(target_param, c, (double)x0[d], e);
             }
-            if (C > 0) memcpy(cond + i * C, data_cond + index[i] * C, (size_t)C * sizeof(real_t));
+            if (C > 0) {
+                /* the null condition with probability cond_dropout: the unconditional model of
+                 * classifier-free guidance is the same network (Ho & Salimans 2022, Alg. 1) */
+                const real_t *src = dropout && u_drop[i] < cfg->cond_dropout
+                                        ? null_cond
+                                        : data_cond + index[i] * C;
+                memcpy(cond + i * C, src, (size_t)C * sizeof(real_t));
+            }
         }
         RSM_TRY_GOTO(model->forward(model->self, path, B, xt, t, C > 0 ? cond : NULL, pred));
         /* loss = mean (pred - target)^2; seed of the backward: dL/dpred = 2 (pred - target) / (B D) */
@@ -76,5 +90,6 @@ fail:
     rsm_free(target);
     rsm_free(pred);
     rsm_free(cond);
+    rsm_free(u_drop);
     return status;
 }

@@ -33,6 +33,9 @@ from .training import AdamW, History, pretrain, save_checkpoint, load_checkpoint
 from . import objective, rewards, methods, datasets, metrics, io, estimators  # noqa: E402,F401
 from .rewards import Reward  # noqa: E402,F401
 from .finetune import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
+from . import guidance  # noqa: E402,F401
+from .guidance import Guided  # noqa: E402,F401
+from . import image_datasets, image_rewards  # noqa: E402,F401  (sklearn / Pillow imported on use)
 
 
 def set_num_threads(n: int) -> None:

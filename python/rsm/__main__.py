@@ -1,4 +1,6 @@
-"""Command line: `python -m rsm demo` (the 2D flow demo), `python -m rsm info` (build info)."""
+"""Command line: `python -m rsm demo` (the 2D flow demo), `python -m rsm demo images` (a
+class-conditional image model on 8x8 digits with guidance and fine-tuning; see rsm.image_demo),
+`python -m rsm info` (build info)."""
 from __future__ import annotations
 
 import argparse
@@ -140,10 +142,26 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
     return panels
 
 
+def _demo_images(argv: list[str]) -> int:
+    from rsm import image_demo
+
+    parser = argparse.ArgumentParser(prog="python -m rsm demo images", description=image_demo.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    image_demo.add_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/demo_images")
+    parser.add_argument("--quiet", action="store_true")
+    return image_demo.run(parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["demo", "images"]:
+        return _demo_images(argv[2:])
     parser = argparse.ArgumentParser(prog="python -m rsm", description=__doc__)
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="pretrain and sample a 2D flow model (the default demo)")
+    demo = sub.add_parser("demo", help="pretrain and sample a 2D flow model (the default demo); "
+                                       "`demo images`: the digits image demo")
     demo.add_argument("--steps", type=int, default=2500)
     demo.add_argument("--batch-size", type=int, default=256)
     demo.add_argument("--lr", type=float, default=2e-3)

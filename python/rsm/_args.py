@@ -59,3 +59,54 @@ def rows_of(x: Any, func: str, name: str = "x") -> int:
     if len(shape) < 1:
         raise ValueError(f"{func}(): {name} must have shape [n, d], got a scalar")
     return int(shape[0])
+
+
+def as_cond(cond: Any, n: int, cond_dim: int, dtype: str, func: str, *,
+            num_classes: int | None = None, name: str = "cond") -> np.ndarray | None:
+    """A condition argument as the C layout [n, cond_dim] of the model's dtype, or None.
+
+    Accepted: None (unconditional), [n, cond_dim] vectors, or, for a model with cond_dim == 1
+    (class-conditional: the DiT), class ids [n] (ints). With num_classes given, a condition of
+    width 1 must hold integer class ids in 0..num_classes (num_classes is the null class of
+    classifier-free guidance)."""
+    if cond is None:
+        return None
+    if hasattr(cond, "__dlpack__") and not isinstance(cond, np.ndarray):
+        cond = np.from_dlpack(cond)
+    arr = np.asarray(cond)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+            or arr.dtype == np.bool_):
+        raise TypeError(f"{func}(): {name} must be class ids or condition vectors (numbers), got dtype {arr.dtype}")
+    if cond_dim == 0:
+        raise ValueError(f"{func}(): {name} was given but the model is unconditional (cond_dim=0)")
+    if arr.ndim == 1 and cond_dim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape != (n, cond_dim):
+        want = f"[{n}, {cond_dim}]" + (f" or class ids [{n}]" if cond_dim == 1 else "")
+        raise ValueError(f"{func}(): {name} must have shape {want}, got {tuple(arr.shape)}")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{func}(): {name} contains NaN or inf")
+    if num_classes is not None and cond_dim == 1:
+        ids = out[:, 0]
+        bad = (ids != np.round(ids)) | (ids < 0) | (ids > num_classes)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{func}(): {name}[{i}]={ids[i]!r} is not a class id in 0..{num_classes} "
+                             f"({num_classes} is the null class)")
+    return out
+
+
+def num_classes_of(model: Any) -> int | None:
+    """The number of real classes of a class-conditional model (the null class of classifier-free
+    guidance is this id): model.num_classes, or model.config["num_classes"] (rsm.DiT); None for a
+    model without classes. A guided model (rsm.Guided) answers for its inner model."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(model, "scale"):
+        model = inner
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        config = getattr(model, "config", None)
+        if isinstance(config, dict):
+            k = config.get("num_classes")
+    return None if k is None else int(k)

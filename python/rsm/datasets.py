@@ -488,3 +488,13 @@ def register(name: str, factory: Callable[..., Dataset], *, overwrite: bool = Fa
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"register(): dataset {name!r} already exists (pass overwrite=True to replace it)")
     _REGISTRY[name] = factory
+
+
+def __getattr__(name: str):
+    """The image data sets (rsm.image_datasets) are reachable here too: rsm.datasets.digits,
+    rsm.datasets.shapes, ... (imported on first use)."""
+    from . import image_datasets
+
+    if name in image_datasets.__all__:
+        return getattr(image_datasets, name)
+    raise AttributeError(f"module 'rsm.datasets' has no attribute {name!r}")

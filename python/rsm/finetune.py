@@ -17,6 +17,7 @@ import numpy as np
 
 from . import methods as _methods
 from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
+from ._args import as_cond, num_classes_of
 from .paths import FlowPath, VPPath
 from .rewards import Reward
 from .sampling import sample, step_coefficients, time_grid
@@ -54,11 +55,20 @@ class Trainer:
     history row; `rsm.finetune` loops over it with a progress bar.
 
     batch_size: conditions (prompts) or roots per iteration; group_size: samples per condition
-    (zeroth-order methods normalise rewards within a group). cond: None, or [batch_size, C]."""
+    (zeroth-order methods normalise rewards within a group).
+
+    conditions (or its older name cond): None (unconditional), class ids [M] (a class-conditional
+    model such as rsm.DiT, or any model with cond_dim 1) or condition vectors [M, cond_dim].
+    Every group shares one condition, and group advantages are computed per group, so per
+    condition. With M == batch_size every iteration uses all of them; otherwise iteration k takes
+    the batch_size conditions (k * batch_size + j) mod M, cycling through the list. The reward
+    receives the condition of every sample: class ids int64 [n] when class ids were given,
+    else the vectors [n, cond_dim]. Wrap policy and ref in rsm.Guided for guided rollouts and
+    guided losses (RSM-SPEC §9)."""
 
     def __init__(self, policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", *,
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
-                 cond: Any = None, **overrides: Any) -> None:
+                 cond: Any = None, conditions: Any = None, **overrides: Any) -> None:
         self.cfg = _methods.get(method, **overrides)
         self.method = method
         self.policy, self.ref = policy, ref
@@ -75,9 +85,7 @@ class Trainer:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
         self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
-        self.cond = None if cond is None else np.ascontiguousarray(cond, dtype=policy.dtype)
-        if self.cond is not None and self.cond.shape[0] != batch_size:
-            raise ValueError(f"cond must have batch_size={batch_size} rows, got {self.cond.shape[0]}")
+        self._set_conditions(cond, conditions, policy, ref)
         cfg = self.cfg
         self.ts = time_grid(cfg["steps"], self.path, cfg["grid"], cfg["shift"])
         # The stochastic sampler of the method's path: Flow-GRPO's SDE (flow) or DDPM (VP). Its
@@ -90,6 +98,53 @@ class Trainer:
                                max_grad_norm=cfg["max_grad_norm"], ema_decay=cfg.get("ema_decay", 0.0))
         self.iteration = 0
         self.history = History()
+
+    # ---- conditions --------------------------------------------------------------------------
+    def _set_conditions(self, cond: Any, conditions: Any, policy: Any, ref: Any) -> None:
+        if cond is not None and conditions is not None:
+            raise ValueError("finetune(): give conditions= or cond=, not both")
+        given = conditions if conditions is not None else cond
+        name = "conditions" if conditions is not None else "cond"
+        self._conditions, self._class_ids = None, False
+        if given is None:
+            if getattr(policy, "cond_dim", 0) > 0:
+                raise ValueError(f"finetune(): the policy is conditional (cond_dim={policy.cond_dim}): "
+                                 "pass conditions= (class ids [M] or vectors [M, cond_dim])")
+            return
+        cond_dim = getattr(policy, "cond_dim", 0)
+        if cond_dim == 0:
+            raise ValueError(f"finetune(): {name} was given but the policy is unconditional (cond_dim=0)")
+        if getattr(ref, "cond_dim", cond_dim) != cond_dim:
+            raise ValueError(f"finetune(): policy (cond_dim {cond_dim}) and ref (cond_dim {ref.cond_dim}) differ")
+        arr = np.from_dlpack(given) if hasattr(given, "__dlpack__") and not isinstance(given, np.ndarray) else np.asarray(given)
+        if arr.ndim == 0 or arr.shape[0] < 1:
+            raise ValueError(f"finetune(): {name} must be a non-empty array of class ids [M] or vectors [M, {cond_dim}]")
+        if cond is not None and arr.shape[0] != self.batch_size:
+            raise ValueError(f"cond must have batch_size={self.batch_size} rows, got {arr.shape[0]}")
+        self._class_ids = arr.ndim == 1 and cond_dim == 1
+        if self._class_ids and not np.issubdtype(arr.dtype, np.integer):
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                raise ValueError(f"finetune(): {name} must be integer class ids, got {arr[:8]}")
+        self._conditions = as_cond(arr, arr.shape[0], cond_dim, policy.dtype, "finetune", name=name,
+                                   num_classes=num_classes_of(policy))
+
+    @property
+    def cond(self) -> np.ndarray | None:
+        """The conditions of the current iteration, [batch_size, cond_dim] in the model layout."""
+        c = self._conditions
+        if c is None:
+            return None
+        if c.shape[0] == self.batch_size:
+            return c
+        idx = (self.iteration * self.batch_size + np.arange(self.batch_size)) % c.shape[0]
+        return np.ascontiguousarray(c[idx])
+
+    def reward_cond(self, cond_rows: np.ndarray | None) -> Any:
+        """What the reward receives for model-layout condition rows: class ids int64 [n] when the
+        conditions were class ids, else the vectors themselves."""
+        if cond_rows is None or not self._class_ids:
+            return cond_rows
+        return np.rint(cond_rows[:, 0]).astype(np.int64)
 
     # ---- validation -------------------------------------------------------------------------
     def _check_geometry(self, batch_size: int, group_size: int) -> None:
@@ -151,7 +206,8 @@ class Trainer:
         return [int(i) for i in spec]
 
     def _cond_rows(self, repeat: int) -> Any:
-        return None if self.cond is None else np.repeat(self.cond, repeat, axis=0)
+        cond = self.cond
+        return None if cond is None else np.ascontiguousarray(np.repeat(cond, repeat, axis=0))
 
     def _rollout_sde(self) -> dict[str, Any]:
         """Full SDE trajectories (Flow-GRPO, DDPO, DanceGRPO): every step trainable."""
@@ -357,7 +413,8 @@ class Trainer:
         states = batch["states"]
         for i in range(len(self.ts) - 2, -1, -1):
             c = self.sde[i]
-            _, dx, _ = ref.forward_and_vjp(states[i], self.ts[i], np.ascontiguousarray(c["K"] * a))
+            _, dx, _ = ref.forward_and_vjp(states[i], self.ts[i], np.ascontiguousarray(c["K"] * a),
+                                           batch.get("cond_x0"))
             a = (c["A"] * a + np.from_dlpack(dx)).astype(dtype)
             adjoint[i] = a
         batch["adjoint_nfe"] = 2 * states[0].shape[0] * (len(self.ts) - 1)
@@ -403,7 +460,7 @@ class Trainer:
         for inspecting batches and for gradient checks."""
         cfg = self.cfg
         batch = {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode}[cfg["rollout"]]()
-        rewards, grad, valid = self.reward(_tensor(batch["x0"]), batch.get("cond_x0"))
+        rewards, grad, valid = self.reward(_tensor(batch["x0"]), self.reward_cond(batch.get("cond_x0")))
         batch["rewards"], batch["valid"] = rewards, valid
         if cfg["family"] == "zeroth-order":
             # rows with an invalid reward get groups of their own, so they do not bias the
@@ -426,7 +483,9 @@ class Trainer:
                 # reward call for all (row, t) pairs of the batch
                 x0_hat = [np.from_dlpack(self.path.x0_hat(r["x"], r["u_old"], self.ts[r["step"]]))
                           for r in batch["rows"]]
-                _, g_rows, ok = self.reward(_tensor(np.concatenate(x0_hat)), None)
+                conds = [r["cond"] for r in batch["rows"]]
+                cond_rows = None if conds[0] is None else np.concatenate(conds)
+                _, g_rows, ok = self.reward(_tensor(np.concatenate(x0_hat)), self.reward_cond(cond_rows))
                 batch["reward_calls"] = 2
                 sizes = np.cumsum([0] + [len(x) for x in x0_hat])
                 batch["grad_rows"] = [np.where(ok[a:b, None], g_rows[a:b], 0.0)
@@ -447,11 +506,14 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
              **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
     (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
-    Returns Run(policy, history, trainer)."""
+    conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
+    condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
+    classifier-free guidance in the rollouts and the losses. Returns Run(policy, history, trainer)."""
     path = overrides.pop("path", None)
     cond = overrides.pop("cond", None)
+    conditions = overrides.pop("conditions", None)
     trainer = Trainer(policy, ref, reward, method, path=path, batch_size=batch_size,
-                      group_size=group_size, seed=seed, cond=cond, **overrides)
+                      group_size=group_size, seed=seed, cond=cond, conditions=conditions, **overrides)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"finetune(): steps={steps!r} must be a non-negative int")
     bar = None

@@ -1,4 +1,5 @@
-"""PNG figures for 2D toys: sample scatter plots, density contours, training curves, sample paths.
+"""PNG figures: 2D sample scatter plots, density contours, training curves, sample paths, and
+image grids (samples per class of an image model).
 
 matplotlib is optional (`pip install matplotlib`) and imported only inside these functions.  They
 use matplotlib's object-oriented API with the Agg canvas directly (no pyplot), so they never open a
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["density_contour", "history", "scatter_compare", "trajectories"]
+__all__ = ["density_contour", "history", "image_grid", "scatter_compare", "tile_images", "trajectories"]
 
 Limits = float | tuple[float, float] | None
 
@@ -202,5 +203,53 @@ def trajectories(xs: Any, path: str | os.PathLike, n_paths: int = 64, lim: Limit
     ax.tick_params(labelsize=7)
     if title:
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tile_images(images: Any, gap: int = 1) -> np.ndarray:
+    """images [rows, cols, C, H, W] in [-1, 1] -> one [rows*(H+gap)-gap, cols*(W+gap)-gap, C]
+    array in [0, 1] (gaps white), ready for imshow."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 5 or x.shape[2] not in (1, 3):
+        raise ValueError(f"tile_images(): images must be [rows, cols, C (1 or 3), H, W], got {x.shape}")
+    rows, cols, c, h, w = x.shape
+    out = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c))
+    for i in range(rows):
+        for j in range(cols):
+            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = \
+                np.clip((x[i, j].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
+    return out
+
+
+def image_grid(panels: Mapping[str, Any], path: str | os.PathLike, title: str | None = None,
+               row_labels: Sequence[str] | None = None) -> str:
+    """Side-by-side image grids, one panel per entry (label -> images [rows, cols, C, H, W] in
+    [-1, 1], e.g. rows = classes, cols = samples), grey-scale for C = 1."""
+    if not panels:
+        raise ValueError("image_grid(): panels is empty")
+    tiles = {label: tile_images(x) for label, x in panels.items()}
+    k = len(tiles)
+    first = next(iter(tiles.values()))
+    aspect = first.shape[1] / first.shape[0]
+    height = 4.0
+    fig = _new_figure(max(2.5, height * aspect) * k + 0.4, height + (0.5 if title else 0.3))
+    for i, (label, tile) in enumerate(tiles.items()):
+        ax = fig.add_subplot(1, k, i + 1)
+        if tile.shape[2] == 1:
+            ax.imshow(tile[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(tile, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        rows = np.asarray(panels[label]).shape[0]
+        if row_labels is not None and i == 0:
+            h = (tile.shape[0] + 1) / rows
+            ax.set_yticks([h * (r + 0.5) - 1 for r in range(rows)])
+            ax.set_yticklabels(list(row_labels)[:rows], fontsize=7)
+        else:
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -130,3 +130,13 @@ def gmm_logpdf(means: Any, stds: Any, weights: Any) -> AnalyticReward:
     stds = np.broadcast_to(np.asarray(stds, np.float64), (k,))
     weights = np.broadcast_to(np.asarray(weights, np.float64), (k,))
     return AnalyticReward("gmm_logpdf", np.concatenate([[k], means.ravel(), stds, weights / weights.sum()]))
+
+
+def __getattr__(name: str):
+    """The image rewards (rsm.image_rewards) are reachable here too: rsm.rewards.jpeg_compressibility,
+    rsm.rewards.digit_probability, rsm.rewards.geneval, ... (imported on first use)."""
+    from . import image_rewards
+
+    if name in image_rewards.__all__:
+        return getattr(image_rewards, name)
+    raise AttributeError(f"module 'rsm.rewards' has no attribute {name!r}")

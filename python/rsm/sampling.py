@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
-from ._args import finite_float, positive_int, rows_of
+from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of
 
 SAMPLERS = ("ode", "euler", "heun", "sde", "ddim", "ddpm")
 
@@ -108,10 +108,29 @@ def _core_of(model: Any) -> Any:
     return core
 
 
-def _model_cond(model: Any, cond: Any, n: int) -> Any:
-    """A model's own condition format (the DiT takes class ids) -> the core's [n, cond_dim]."""
+def _model_cond(model: Any, cond: Any, n: int, func: str = "sample") -> Any:
+    """A model's own condition format -> the core's [n, cond_dim] reals: models with a
+    `_prepare_cond` hook (DiT, Guided) convert class ids themselves; a class-conditional MLP
+    (cond_dim 1) takes class ids [n] too; anything else goes to the C checks unchanged."""
+    if cond is None:
+        return None
     prepare = getattr(model, "_prepare_cond", None)
-    return prepare(cond, n) if prepare is not None and cond is not None else cond
+    if prepare is not None:
+        return prepare(cond, n)
+    return _class_ids(model, cond, func)
+
+
+def _class_ids(model: Any, cond: Any, func: str) -> Any:
+    """Class ids [n] for a class-conditional model (cond_dim == 1) as the C layout [n, 1];
+    anything else goes to the C checks unchanged."""
+    if cond is None or getattr(model, "cond_dim", 0) != 1:
+        return cond
+    shape = getattr(cond, "shape", None)
+    if shape is None:
+        shape = np.shape(cond)
+    if len(shape) != 1:
+        return cond
+    return as_cond(cond, int(shape[0]), 1, model.dtype, func, num_classes=num_classes_of(model))
 
 
 def _path_core(path: Any, func: str) -> Any:
@@ -168,7 +187,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
         raise ValueError(f"sample(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     branch = list(branch_steps) if branch_steps is not None else None
-    cond = _model_cond(model, cond, n)
+    cond = _model_cond(model, cond, n, "sample")
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
                     bool(return_trajectory))
@@ -192,7 +211,7 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
     noise_level = finite_float(noise_level, "log_prob", "noise_level", 0.0)
     step = positive_int(step, "log_prob", "step", minimum=0)
     rows_of(x, "log_prob")  # None, a str, a scalar: a clear error before the C conversion
-    cond = _model_cond(model, cond, rows_of(x, "log_prob"))
+    cond = _model_cond(model, cond, rows_of(x, "log_prob"), "log_prob")
     ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"log_prob(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")

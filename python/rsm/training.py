@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import finite_float, positive_int, rows_of
+from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of
 
 
 class History(list):
@@ -193,7 +193,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
              weight_decay: float = 0.0, max_grad_norm: float = 1.0, ema_decay: float = 0.0,
              optimizer: AdamW | None = None, log_every: int | None = None,
              checkpoint: str | None = None, checkpoint_every: int | None = None,
-             resume: str | None = None) -> History:
+             resume: str | None = None, cond_dropout: float = 0.0, null_cond: Any = None) -> History:
     """Pretrain `model` on data[N, dim] by flow matching (FlowPath: velocity regression) or
     denoising score matching (VPPath: eps regression), in C, with AdamW.
 
@@ -201,7 +201,13 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     gives bitwise-identical parameters, and `resume=` a checkpoint continues exactly as the
     uninterrupted run. lr_schedule: "constant" or "cosine" (decay to min_lr_ratio * lr at the last
     step), after `warmup_steps` of linear warm-up. Returns a History of dicts (step, loss,
-    grad_norm, lr, seconds)."""
+    grad_norm, lr, seconds).
+
+    cond: the condition of every data row, [N, cond_dim] vectors or, for a class-conditional model
+    (cond_dim 1), class ids [N]. cond_dropout=p replaces a row's condition by the null condition
+    with probability p (drawn in C from (seed, step)), so the same network also learns the
+    unconditional model that classifier-free guidance (rsm.Guided) needs; null_cond defaults to
+    rsm.guidance.null_condition(model) (the null class id, or zeros)."""
     # Everything is validated before the model, the optimizer or a file is touched.
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"pretrain(): lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
@@ -228,6 +234,24 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
         checkpoint_every = positive_int(checkpoint_every, "pretrain", "checkpoint_every")
     if optimizer is not None and not isinstance(optimizer, AdamW):
         raise TypeError(f"pretrain(): optimizer must be an rsm.AdamW, got {type(optimizer).__name__}")
+    cond_dropout = finite_float(cond_dropout, "pretrain", "cond_dropout", 0.0)
+    if cond_dropout > 1.0:
+        raise ValueError(f"pretrain(): cond_dropout={cond_dropout} must be in [0, 1]")
+    # class ids [N] (a class-conditional model) become the C layout [N, 1]; condition vectors
+    # go to the C checks as they are (exact dtype, like data)
+    if cond is not None and model.cond_dim == 1 and len(np.shape(cond)) == 1:
+        cond = as_cond(cond, int(np.shape(cond)[0]), 1, model.dtype, "pretrain",
+                       num_classes=num_classes_of(model))
+    if cond_dropout > 0 or null_cond is not None:
+        from .guidance import null_condition
+
+        if model.cond_dim == 0:
+            raise ValueError("pretrain(): cond_dropout and null_cond need a conditional model (cond_dim > 0)")
+        if null_cond is None:
+            null_cond = null_condition(model)
+        null_cond = np.ascontiguousarray(np.asarray(null_cond, dtype=np.float64).reshape(-1), dtype=model.dtype)
+        if null_cond.shape != (model.cond_dim,):
+            raise ValueError(f"pretrain(): null_cond must have shape [{model.cond_dim}], got {null_cond.shape}")
     if t_min is None:
         t_min = 0.0 if path.kind == "flow" else 1e-3
     t_min = finite_float(t_min, "pretrain", "t_min")
@@ -239,7 +263,8 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
                           ema_decay=ema_decay)
     # a zero-step call checks data, cond, t_min/t_max, batch_size and the optimizer in C
     _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond, batch_size,
-                      t_min, t_max, lr, warmup_steps, int(seed), 0, 0)
+                      t_min, t_max, lr, warmup_steps, int(seed), 0, 0,
+                      cond_dropout=cond_dropout, null_cond=null_cond)
     first = 0
     if resume is not None:
         meta = load_checkpoint(resume, model, optimizer)
@@ -259,7 +284,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
             losses, norms = _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond,
                                               batch_size, t_min, t_max, lr,
                                               int(warmup_steps), int(seed), k, chunk, int(decay),
-                                              min_lr_ratio)
+                                              min_lr_ratio, cond_dropout, null_cond)
             losses, norms = np.from_dlpack(losses), np.from_dlpack(norms)
             elapsed = time.perf_counter() - start
             for j in range(chunk):

@@ -1,0 +1,93 @@
+/* guided.c: the guided model (see guided.h): dtype dispatch and the stacked inner forward. */
+#include "guided.h"
+
+#include "../tensor.h"
+
+void rsm_guided_combine_f32(int64_t m, double scale, const float *u2, float *out);
+void rsm_guided_combine_f64(int64_t m, double scale, const double *u2, double *out);
+void rsm_guided_split_f32(int64_t m, double scale, const float *dout, float *du2);
+void rsm_guided_split_f64(int64_t m, double scale, const double *dout, double *du2);
+void rsm_guided_stack_f32(int64_t n, int64_t dim, int64_t cond_dim, const float *null_cond,
+                          const float *x, const float *t, const float *cond, float *x2, float *t2,
+                          float *cond2);
+void rsm_guided_stack_f64(int64_t n, int64_t dim, int64_t cond_dim, const double *null_cond,
+                          const double *x, const double *t, const double *cond, double *x2,
+                          double *t2, double *cond2);
+
+void
+rsm_guided_combine(rsm_dtype dtype, int64_t m, double scale, const void *u2, void *out)
+{
+    if (dtype == RSM_F32) rsm_guided_combine_f32(m, scale, (const float *)u2, (float *)out);
+    else rsm_guided_combine_f64(m, scale, (const double *)u2, (double *)out);
+}
+
+void
+rsm_guided_split(rsm_dtype dtype, int64_t m, double scale, const void *dout, void *du2)
+{
+    if (dtype == RSM_F32) rsm_guided_split_f32(m, scale, (const float *)dout, (float *)du2);
+    else rsm_guided_split_f64(m, scale, (const double *)dout, (double *)du2);
+}
+
+void
+rsm_guided_stack(const rsm_guided *g, int64_t n, const void *x, const void *t, const void *cond,
+                 void *x2, void *t2, void *cond2)
+{
+    const int64_t D = g->inner.dim, C = g->inner.cond_dim;
+    if (g->inner.dtype == RSM_F32)
+        rsm_guided_stack_f32(n, D, C, (const float *)g->null_cond, (const float *)x,
+                             (const float *)t, (const float *)cond, (float *)x2, (float *)t2,
+                             (float *)cond2);
+    else
+        rsm_guided_stack_f64(n, D, C, (const double *)g->null_cond, (const double *)x,
+                             (const double *)t, (const double *)cond, (double *)x2, (double *)t2,
+                             (double *)cond2);
+}
+
+rsm_status
+rsm_guided_forward(rsm_guided *g, const rsm_path *path, int64_t n, const void *x, const void *t,
+                   const void *cond, void *out)
+{
+    rsm_status status = RSM_OK;
+    const int64_t D = g->inner.dim, C = g->inner.cond_dim;
+    const size_t item = g->inner.dtype == RSM_F32 ? sizeof(float) : sizeof(double);
+    void *x2 = NULL, *t2 = NULL, *cond2 = NULL, *u2 = NULL;
+    RSM_CHECK(C >= 1 && g->null_cond != NULL, RSM_ERR_VALUE,
+              "classifier-free guidance needs a conditional model (cond_dim=%lld) and a null "
+              "condition", (long long)C);
+    RSM_CHECK(cond != NULL, RSM_ERR_VALUE,
+              "a guided model needs a condition for every row (cond of shape [n, %lld])",
+              (long long)C);
+    RSM_CHECK(n >= 0, RSM_ERR_VALUE, "n=%lld must be >= 0", (long long)n);
+    if (n == 0) return RSM_OK;
+    x2 = rsm_malloc((size_t)(2 * n * D) * item);
+    t2 = rsm_malloc((size_t)(2 * n) * item);
+    cond2 = rsm_malloc((size_t)(2 * n * C) * item);
+    u2 = rsm_malloc((size_t)(2 * n * D) * item);
+    RSM_CHECK_GOTO(x2 && t2 && cond2 && u2, RSM_ERR_MEMORY,
+                   "cannot allocate the stacked batch of %lld rows", (long long)(2 * n));
+    rsm_guided_stack(g, n, x, t, cond, x2, t2, cond2);
+    /* one inner forward over [cond; null]: both passes share the GEMMs of one batch */
+    RSM_TRY_GOTO(g->inner.forward(g->inner.self, path, 2 * n, x2, t2, cond2, u2));
+    rsm_guided_combine(g->inner.dtype, n * D, g->scale, u2, out);
+fail:
+    rsm_free(x2);
+    rsm_free(t2);
+    rsm_free(cond2);
+    rsm_free(u2);
+    return status;
+}
+
+static rsm_status
+rsm_guided_model_forward(void *self, const rsm_path *path, int64_t n, const void *x,
+                         const void *t, const void *cond, void *out)
+{
+    return rsm_guided_forward((rsm_guided *)self, path, n, x, t, cond, out);
+}
+
+rsm_model
+rsm_guided_as_model(rsm_guided *g)
+{
+    rsm_model model = {rsm_guided_model_forward, g, g->inner.dtype, g->inner.dim,
+                       g->inner.cond_dim};
+    return model;
+}

@@ -1,0 +1,304 @@
+/* guidance_py.c: the binding of classifier-free guidance (csrc/nn/guided.h).
+ *
+ *   GuidedCore(inner, scale, null_cond)   a model core usable wherever a model core is (sample,
+ *                                         transition_log_prob): the C sampler calls its guided
+ *                                         forward, so guided sampling is the ordinary sampler
+ *   guidance_combine(u2, scale)           [2n, D] -> [n, D]  (the forward combination)
+ *   guidance_split(dout, scale)           [n, D] -> [2n, D]  (its backward)
+ *
+ * The Python wrapper rsm.Guided runs the inner model's forward_keep/backward/vjp on the stacked
+ * rows itself and uses the two functions above, so its training forward is bitwise the
+ * sampler's (same stacked batch, same combination code).
+ */
+#include "binding.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "../nn/guided.h"
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;          /* the inner model core (MLPCore, ...) */
+    rsm_py_tensor *null_cond; /* [cond_dim] of the inner dtype */
+    double scale;
+    rsm_guided guided;        /* refreshed from `inner` before every use */
+    int initialised;
+} rsm_py_guided;
+
+static int
+rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"inner", "scale", "null_cond", NULL};
+    PyObject *inner, *null_obj;
+    double scale;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OdO", kwlist, &inner, &scale, &null_obj))
+        return -1;
+    if (self->initialised) {
+        PyErr_SetString(PyExc_RuntimeError, "Guided(): already initialised");
+        return -1;
+    }
+    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    if (PyObject_TypeCheck(inner, rsm_state(module)->guided_type)) {
+        rsm_py_raisef(PyExc_TypeError, "Guided", "model is already guided");
+        return -1;
+    }
+    rsm_model model;
+    PyThread_type_lock lock;
+    if (rsm_py_model_arg(module, inner, "Guided", &model, &lock) < 0) return -1;
+    if (model.cond_dim < 1) {
+        rsm_py_raisef(PyExc_ValueError, "Guided",
+                      "classifier-free guidance needs a conditional model, got cond_dim=0");
+        return -1;
+    }
+    if (!isfinite(scale)) {
+        rsm_py_raisef(PyExc_ValueError, "Guided", "scale=%g must be finite", scale);
+        return -1;
+    }
+    rsm_py_tensor *null_cond = rsm_py_tensor_arg(module, null_obj, "Guided", "null_cond",
+                                                 model.dtype);
+    if (!null_cond) return -1;
+    if (null_cond->t.ndim != 1 || null_cond->t.shape[0] != model.cond_dim) {
+        rsm_py_raisef(PyExc_ValueError, "Guided", "null_cond must have shape [%lld]",
+                      (long long)model.cond_dim);
+        Py_DECREF(null_cond);
+        return -1;
+    }
+    for (int64_t i = 0; i < model.cond_dim; i++) {
+        double v = model.dtype == RSM_F32 ? (double)((float *)rsm_py_tensor_data(null_cond))[i]
+                                          : ((double *)rsm_py_tensor_data(null_cond))[i];
+        if (!isfinite(v)) {
+            rsm_py_raisef(PyExc_ValueError, "Guided", "null_cond[%lld] is %g: must be finite",
+                          (long long)i, v);
+            Py_DECREF(null_cond);
+            return -1;
+        }
+    }
+    Py_INCREF(inner);
+    self->inner = inner;
+    self->null_cond = null_cond;
+    self->scale = scale;
+    self->initialised = 1;
+    return 0;
+}
+
+static void
+rsm_guided_py_dealloc(rsm_py_guided *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->null_cond);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static int
+rsm_guided_py_traverse(rsm_py_guided *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->inner);
+    Py_VISIT((PyObject *)self->null_cond);
+    return 0;
+}
+
+static int
+rsm_guided_py_clear(rsm_py_guided *self)
+{
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->null_cond);
+    self->initialised = 0;
+    return 0;
+}
+
+int
+rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
+                    PyThread_type_lock *lock)
+{
+    rsm_py_guided *self = (rsm_py_guided *)obj;
+    if (!self->initialised) {
+        rsm_py_raisef(PyExc_RuntimeError, func, "the guided model is not initialised");
+        return -1;
+    }
+    if (rsm_py_model_arg(module, self->inner, func, &self->guided.inner, lock) < 0) return -1;
+    self->guided.scale = self->scale;
+    self->guided.null_cond = rsm_py_tensor_data(self->null_cond);
+    *model = rsm_guided_as_model(&self->guided);
+    return 0;
+}
+
+/* forward(x, t, cond) -> Tensor[n, dim]: the guided output (the sampler's code path). */
+static PyObject *
+rsm_guided_py_forward(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "t", "cond", NULL};
+    PyObject *x_obj, *t_obj, *cond_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O", kwlist, &x_obj, &t_obj, &cond_obj))
+        return NULL;
+    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    rsm_model model;
+    PyThread_type_lock lock;
+    if (rsm_py_guided_model(module, (PyObject *)self, "forward", &model, &lock) < 0) return NULL;
+    if (cond_obj == Py_None)
+        return rsm_py_raisef(PyExc_ValueError, "forward",
+                             "a guided model needs cond of shape [n, %lld] (the null condition "
+                             "is the unconditional pass)", (long long)model.cond_dim);
+    rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *out = NULL;
+    PyObject *result = NULL;
+    if (rsm_py_model_inputs(module, "forward", model.dtype, model.dim, model.cond_dim, x_obj,
+                            t_obj, cond_obj, &x, &t, &cond) < 0)
+        goto done;
+    out = rsm_py_tensor_new(module, model.dtype, 2, x->t.shape, 0);
+    if (!out) goto done;
+    rsm_status status;
+    int64_t n = x->t.shape[0];
+    Py_BEGIN_ALLOW_THREADS
+    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    status = model.forward(model.self, NULL, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
+                           rsm_py_tensor_data(cond), rsm_py_tensor_data(out));
+    if (lock) PyThread_release_lock(lock);
+    Py_END_ALLOW_THREADS
+    if (status != RSM_OK) {
+        rsm_py_raise(status, "forward");
+        goto done;
+    }
+    result = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(t);
+    Py_XDECREF(cond);
+    Py_XDECREF(out);
+    return result;
+}
+
+static PyObject *
+rsm_guided_py_get_scale(rsm_py_guided *self, void *closure)
+{
+    (void)closure;
+    return PyFloat_FromDouble(self->scale);
+}
+
+static PyObject *
+rsm_guided_py_get_inner(rsm_py_guided *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->inner ? self->inner : Py_None);
+}
+
+static PyObject *
+rsm_guided_py_get_null_cond(rsm_py_guided *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->null_cond ? (PyObject *)self->null_cond : Py_None);
+}
+
+static PyMethodDef rsm_guided_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))rsm_guided_py_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(x, t, cond) -> guided output"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef rsm_guided_getset[] = {
+    {"scale", (getter)rsm_guided_py_get_scale, NULL, "guidance scale w", NULL},
+    {"inner", (getter)rsm_guided_py_get_inner, NULL, "the inner model core", NULL},
+    {"null_cond", (getter)rsm_guided_py_get_null_cond, NULL, "the null condition [cond_dim]", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot rsm_guided_slots[] = {
+    {Py_tp_init, rsm_guided_py_init},
+    {Py_tp_dealloc, rsm_guided_py_dealloc},
+    {Py_tp_traverse, rsm_guided_py_traverse},
+    {Py_tp_clear, rsm_guided_py_clear},
+    {Py_tp_methods, rsm_guided_methods},
+    {Py_tp_getset, rsm_guided_getset},
+    {Py_tp_doc, "GuidedCore(inner, scale, null_cond[cond_dim])"},
+    {0, NULL},
+};
+
+static PyType_Spec rsm_guided_spec = {"rsm._C.GuidedCore", sizeof(rsm_py_guided), 0,
+                                      Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, rsm_guided_slots};
+
+/* A float32 or float64 matrix argument (the dtype of whatever was passed). */
+static rsm_py_tensor *
+rsm_any_real_matrix(PyObject *module, PyObject *obj, const char *func, const char *name)
+{
+    rsm_py_tensor *t = rsm_py_tensor_arg(module, obj, func, name, RSM_F32);
+    if (!t) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return NULL;
+        PyErr_Clear();
+        t = rsm_py_tensor_arg(module, obj, func, name, RSM_F64);
+        if (!t) return NULL;
+    }
+    if (t->t.ndim != 2) {
+        rsm_py_raisef(PyExc_ValueError, func, "%s must be a matrix [rows, dim], got %d dimensions",
+                      name, (int)t->t.ndim);
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* guidance_combine(u2[2n, D], scale) -> u[n, D] = u2[n:] + scale (u2[:n] - u2[n:]) */
+static PyObject *
+rsm_py_guidance_combine(PyObject *module, PyObject *args)
+{
+    PyObject *u2_obj;
+    double scale;
+    if (!PyArg_ParseTuple(args, "Od", &u2_obj, &scale)) return NULL;
+    rsm_py_tensor *u2 = rsm_any_real_matrix(module, u2_obj, "guidance_combine", "u2");
+    if (!u2) return NULL;
+    rsm_py_tensor *out = NULL;
+    if (u2->t.shape[0] % 2 != 0) {
+        rsm_py_raisef(PyExc_ValueError, "guidance_combine",
+                      "u2 must stack [u_cond; u_uncond] (an even number of rows), got %lld",
+                      (long long)u2->t.shape[0]);
+        goto done;
+    }
+    int64_t shape[2] = {u2->t.shape[0] / 2, u2->t.shape[1]};
+    out = rsm_py_tensor_new(module, rsm_tensor_dtype(&u2->t), 2, shape, 0);
+    if (out)
+        rsm_guided_combine(rsm_tensor_dtype(&u2->t), shape[0] * shape[1], scale, rsm_py_tensor_data(u2),
+                           rsm_py_tensor_data(out));
+done:
+    Py_DECREF(u2);
+    return (PyObject *)out;
+}
+
+/* guidance_split(dout[n, D], scale) -> du2[2n, D] = [scale dout; (1 - scale) dout] */
+static PyObject *
+rsm_py_guidance_split(PyObject *module, PyObject *args)
+{
+    PyObject *dout_obj;
+    double scale;
+    if (!PyArg_ParseTuple(args, "Od", &dout_obj, &scale)) return NULL;
+    rsm_py_tensor *dout = rsm_any_real_matrix(module, dout_obj, "guidance_split", "cotangent");
+    if (!dout) return NULL;
+    int64_t shape[2] = {2 * dout->t.shape[0], dout->t.shape[1]};
+    rsm_py_tensor *out = rsm_py_tensor_new(module, rsm_tensor_dtype(&dout->t), 2, shape, 0);
+    if (out)
+        rsm_guided_split(rsm_tensor_dtype(&dout->t), dout->t.shape[0] * dout->t.shape[1], scale,
+                         rsm_py_tensor_data(dout), rsm_py_tensor_data(out));
+    Py_DECREF(dout);
+    return (PyObject *)out;
+}
+
+static PyMethodDef rsm_guidance_functions[] = {
+    {"guidance_combine", rsm_py_guidance_combine, METH_VARARGS,
+     "guidance_combine(u2[2n, D], scale) -> u[n, D]"},
+    {"guidance_split", rsm_py_guidance_split, METH_VARARGS,
+     "guidance_split(cotangent[n, D], scale) -> [2n, D]"},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+rsm_py_guidance_exec(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &rsm_guided_spec, NULL);
+    if (!type) return -1;
+    rsm_state(module)->guided_type = (PyTypeObject *)type;
+    if (PyModule_AddObjectRef(module, "GuidedCore", type) < 0) return -1;
+    if (PyModule_AddFunctions(module, rsm_guidance_functions) < 0) return -1;
+    return 0;
+}
