@@ -198,7 +198,7 @@ def first_order_lookahead(model: Any, path: Any, reward: Any, x: Any, t: float, 
     return _adjoint(model, traj, coefs, np.asarray(g, dtype=np.float64)) / alpha
 
 
-def _partial_rollouts(model: Any, path: Any, reward: Any, x: np.ndarray, ts: np.ndarray, step: int,
+def _partial_rollouts(model: Any, path: Any, x: np.ndarray, ts: np.ndarray, step: int,
                       end: int, n_samples: int, noise_level: float, seed: int, func: str):
     ts = np.asarray(ts, dtype=np.float64)
     step = _check_count(step, func, "step", 0)
@@ -228,7 +228,7 @@ def first_order_partial(model: Any, path: Any, reward: Any, x: Any, ts: Any, ste
     if not reward.differentiable:
         raise ValueError("first_order_partial(): the reward must be differentiable")
     x = _check_states(x, "first_order_partial")
-    traj, grid, sampler, x0_hat = _partial_rollouts(model, path, reward, x, ts, step, end, n_samples,
+    traj, grid, sampler, x0_hat = _partial_rollouts(model, path, x, ts, step, end, n_samples,
                                                     noise_level, seed, "first_order_partial")
     _, g, _ = reward(_as_tensor(x0_hat), None)
     g = np.asarray(g, dtype=np.float64)
@@ -248,7 +248,7 @@ def zeroth_order_partial(model: Any, path: Any, reward: Any, x: Any, ts: Any, st
     and Psi_hat = (std_0 / B_0) mean_n (R_n - R_bar) z_n / alpha with z the first step's noise."""
     reward = _reward(reward)
     x = _check_states(x, "zeroth_order_partial")
-    traj, grid, sampler, x0_hat = _partial_rollouts(model, path, reward, x, ts, step, end, n_samples,
+    traj, grid, sampler, x0_hat = _partial_rollouts(model, path, x, ts, step, end, n_samples,
                                                     noise_level, seed, "zeroth_order_partial")
     r, _, _ = reward(_as_tensor(x0_hat), None)
     n, dim = x.shape
