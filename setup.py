@@ -356,7 +356,9 @@ class RsmBuildExt(build_ext):
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in c["archs"]]
         if c["ptx"]:
             gencode.append(f"-gencode=arch=compute_{c['ptx']},code=compute_{c['ptx']}")
-        flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-lineinfo", "-Icsrc", "-Ikernels"]
+        # warnings on for nvcc and the host compiler (the .cu files build without any)
+        flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC,-Wall,-Wextra", "-lineinfo",
+                 "-Icsrc", "-Ikernels"]
         flags += shlex.split(os.environ.get("RSM_NVCC_FLAGS", ""))
         sources = sorted(glob.glob("kernels/**/*.cu", recursive=True))
         objects = [os.path.join(self.build_temp, os.path.splitext(s)[0] + ".o") for s in sources]

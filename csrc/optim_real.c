@@ -24,11 +24,7 @@ RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, doub
     RSM_CHECK(isfinite(norm), RSM_ERR_NUMERIC,
               "the gradient is not finite (norm=%g); parameters and optimizer state unchanged",
               norm);
-    real_t clip = 1;
-    /* torch's clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)), so a norm just at or
-     * below max_norm (within 1e-6) is scaled too */
-    if (c->max_grad_norm > 0 && c->max_grad_norm / (norm + 1e-6) < 1.0)
-        clip = (real_t)(c->max_grad_norm / (norm + 1e-6));
+    const real_t clip = (real_t)rsm_adamw_clip_scale(c->max_grad_norm, norm);
     opt->step += 1;
     const double bc1 = 1.0 - pow(c->beta1, (double)opt->step);
     const double bc2 = 1.0 - pow(c->beta2, (double)opt->step);

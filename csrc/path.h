@@ -85,6 +85,13 @@ rsm_param_from_x0_eps(rsm_param to, rsm_path_coef c, double x0, double eps)
     return 0.0;
 }
 
+/* x_t = alpha x0 + sigma eps, one element in double (pretraining's noised input). */
+static inline RSM_HOST_DEVICE double
+rsm_path_noise_elem(rsm_path_coef c, double x0, double eps)
+{
+    return c.alpha * x0 + c.sigma * eps;
+}
+
 /* One element of a conversion: the prediction u (parameterization of map m) at state x, as `to`. */
 static inline RSM_HOST_DEVICE double
 rsm_param_convert_elem(rsm_param to, rsm_path_coef c, rsm_param_map m, double x, double u)

@@ -23,6 +23,15 @@ typedef struct rsm_adamw_consts_f64 {
     double clip, step_size, inv_sqrt_bc2, decay, b1, b2, eps, omb1, omb2, ema_decay, one_minus_ema;
 } rsm_adamw_consts_f64;
 
+/* torch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)), so a norm just at or below
+ * max_norm (within 1e-6) is scaled too; max_norm <= 0 means no clipping. */
+static inline RSM_HOST_DEVICE double
+rsm_adamw_clip_scale(double max_grad_norm, double norm)
+{
+    if (max_grad_norm > 0 && max_grad_norm / (norm + 1e-6) < 1.0) return max_grad_norm / (norm + 1e-6);
+    return 1.0;
+}
+
 /* Element i: grads[i] is overwritten by the clipped gradient; ema may be NULL. The constants
  * come by value: through a pointer they could alias the float arrays and block vectorisation. */
 static inline RSM_HOST_DEVICE void
