@@ -684,7 +684,11 @@ rsm_import_capsule(PyObject *module, PyObject *capsule, const char *func, const 
         /* a device tensor is only accepted where CUDA works (else it could never be used) */
         PyObject *stream = rsm_cuda_stream_of((int)dl->device.device_id, func, subject, device_exc);
         if (stream == NULL) {
+            /* the deleter may run Python: keep the exception across it */
+            rsm_saved_error saved;
+            rsm_error_save(&saved);
             rsm_managed_delete(managed, versioned);
+            rsm_error_restore(&saved);
             return NULL;
         }
         Py_DECREF(stream);
