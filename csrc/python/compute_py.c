@@ -1149,9 +1149,11 @@ rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *list = PyList_New(sa.cfg.steps);
     for (int64_t i = 0; list && i < sa.cfg.steps; i++) {
         rsm_step_coef s = rsm_sampler_step_coef(path, &sa.cfg, i);
-        PyObject *d = Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:O}", "t", s.t, "t_next", s.t_next,
-                                    "dt", s.dt, "A", s.A, "K", s.K, "std", s.std, "stochastic",
-                                    s.stochastic ? Py_True : Py_False);
+        PyObject *d = Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:O,s:O,s:d,s:d,s:d,s:d}", "t", s.t,
+                                    "t_next", s.t_next, "dt", s.dt, "A", s.A, "K", s.K, "std",
+                                    s.std, "stochastic", s.stochastic ? Py_True : Py_False,
+                                    "heun", s.heun ? Py_True : Py_False, "v_x", s.v_x, "v_u",
+                                    s.v_u, "v_x_next", s.v_x_next, "v_u_next", s.v_u_next);
         if (!d) {
             Py_CLEAR(list);
             break;
