@@ -48,7 +48,8 @@ int rsm_cuda_stream_synchronize(int device, void *stream);
 int rsm_cuda_event_record(int device, void *stream, void **event);
 int rsm_cuda_event_done(void *event);
 void rsm_cuda_event_destroy(void *event);
-/* kind: 0 host->device, 1 device->host, 2 device->device. Device->host waits for the copy. */
+/* kind: 0 host->device (pageable: staged before the return), 1 device->host (waits for the copy
+ * and the work queued before it), 2 device->device; ordered on `stream`. */
 int rsm_cuda_memcpy(int device, void *dst, const void *src, size_t bytes, int kind, void *stream);
 int rsm_cuda_memset_zero(int device, void *dst, size_t bytes, void *stream);
 

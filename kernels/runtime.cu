@@ -194,7 +194,10 @@ rsm_cuda_memcpy(int device, void *dst, const void *src, size_t bytes, int kind, 
     cudaStream_t s = pick_stream(stream);
     if (int rc = check(cudaMemcpyAsync(dst, src, bytes, kinds[kind], s), "cudaMemcpyAsync"))
         return rc;
-    /* pageable host memory: the host buffer must stay valid until the copy is done */
+    /* Host -> device from pageable memory is staged before cudaMemcpyAsync returns (CUDA's API
+     * synchronisation rules), so the host buffer may go at once and the copy stays ordered on
+     * the stream; device -> host must be complete before the caller reads the buffer. */
+    if (kind != 1) return 0;
     return check(cudaStreamSynchronize(s), "cudaStreamSynchronize (memcpy)");
 }
 

@@ -203,9 +203,13 @@ class DeviceMLP:
         np.from_dlpack(model._core.params)[...] = to_host(self.params)
         return model
 
-    def forward(self, x: Any, t: Any, cond: Any = None, out: Any = None) -> _C.Tensor:
-        """u[n, dim] = model(x[n, dim], t[n]); the activations are kept for backward."""
-        n = int(x.shape[0])
+    def forward(self, x: Any, t: Any, cond: Any = None, out: Any = None,
+                rows: int | None = None) -> _C.Tensor:
+        """u[n, dim] = model(x[n, dim], t[n]); the activations are kept for backward. x may be
+        an (array, offset) view of a larger buffer, with `rows` given."""
+        if rows is None and isinstance(x, tuple):
+            raise ValueError("forward(): rows is required when x is an (array, offset) view")
+        n = int(rows) if rows is not None else int(x.shape[0])
         self._reserve(max(n, 1))
         if out is None:
             out = empty((n, self.dim), self.dtype, self.device)
@@ -339,7 +343,7 @@ def sample(model: DeviceMLP, n: int, path: Any, sampler: str = "ode", steps: int
     for i, c in enumerate(coefs):
         x_i, x_next = (xs, i * nd), (xs, (i + 1) * nd)
         out_u = (outputs, i * nd) if return_trajectory else u
-        model.forward(x_i, _time_column(n, c["t"], dt, dev), cond, out=out_u)
+        model.forward(x_i, _time_column(n, c["t"], dt, dev), cond, out=out_u, rows=n)
         if c["heun"]:
             x_e, u2 = empty((n, D), dt, dev), empty((n, D), dt, dev)
             cuda.heun_predict(x_i, out_u, x_e, c["dt"], c["v_x"], c["v_u"])
@@ -460,9 +464,15 @@ def pretrain(model: DeviceMLP, data: Any, path: Any, steps: int = 2000, batch_si
     if t_min is None:
         t_min = 0.0 if core.kind == "flow" else 1e-3
     cuda, dev, dt, D, C = _mod(), model.device, model.dtype, model.dim, model.cond_dim
-    data_host = np.ascontiguousarray(np.asarray(data, dtype=dt)).reshape(-1, D)
-    n_data, B = data_host.shape[0], int(batch_size)
-    data_dev = to_device(data_host, dev)
+    if hasattr(data, "__dlpack_device__") and data.__dlpack_device__()[0] == 2:
+        data_dev = data  # already on the device: [n_data, D] of the model's dtype
+        if _dtype_of(data) != dt or tuple(data.shape)[1:] != (D,):
+            raise ValueError(f"pretrain(): device data must be [n, {D}] {dt}")
+    else:
+        data_dev = to_device(np.ascontiguousarray(np.asarray(data, dtype=dt)).reshape(-1, D), dev)
+    n_data, B = int(data_dev.shape[0]), int(batch_size)
+    if C and cond is None:
+        raise ValueError(f"pretrain(): the model is conditional (cond_dim={C}): cond is required")
     cond_dev = to_device(np.asarray(cond, dtype=dt).reshape(n_data, C), dev) if C else None
     opt = optimizer if optimizer is not None else AdamW(model, lr=lr, max_grad_norm=1.0)
     xt, target = empty((B, D), dt, dev), empty((B, D), dt, dev)
