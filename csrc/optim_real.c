@@ -43,8 +43,14 @@ RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, doub
         .one_minus_ema = (real_t)(1.0 - c->ema_decay),
     };
     real_t *m = (real_t *)opt->m, *v = (real_t *)opt->v, *ema = (real_t *)opt->ema;
-    /* the per-element update is ops/adamw.h's, shared with the CUDA kernel */
-    _Pragma("omp parallel for schedule(static) if (n > 262144)")
-    for (int64_t i = 0; i < n; i++) RSM_T(adamw_update)(k, params, grads, m, v, ema, i);
+    /* the per-element update is ops/adamw.h's, shared with the CUDA kernel. Each thread takes
+     * its own copy of the constants: read through the shared struct they might alias the float
+     * arrays, and gcc then leaves the loop scalar. */
+    _Pragma("omp parallel if (n > 262144)")
+    {
+        const RSM_T(adamw_consts) kk = k;
+        _Pragma("omp for schedule(static)")
+        for (int64_t i = 0; i < n; i++) RSM_T(adamw_update)(kk, params, grads, m, v, ema, i);
+    }
     return RSM_OK;
 }
