@@ -177,6 +177,22 @@ dl_dtype(DLDataType t)
     return -2;
 }
 
+/* Arguments the kernels write: a read-only producer (a JAX array) is refused for these only. */
+static int
+is_output(const char *func, const char *name)
+{
+    static const char *outputs[] = {"out", "y", "dx", "dparams", "x_next", "mean", "noise",
+                                    "log_prob", "x_euler", "xt", "target", "pred", "work",
+                                    "cotangent", "row_loss", "kl_row", "log_ratio", "active",
+                                    "norm", "grads", "m", "v", "ema", "dst", "acts", "scratch",
+                                    NULL};
+    for (int i = 0; outputs[i] != NULL; i++)
+        if (strcmp(name, outputs[i]) == 0) return 1;
+    if (strcmp(name, "params") == 0) return strcmp(func, "adamw_update") == 0;
+    if (strcmp(name, "cond") == 0) return strcmp(func, "pretrain_batch") == 0;
+    return 0;
+}
+
 /* obj -> arr: a CUDA array of dtype `want` (DT_ANY_REAL: float32/float64) with at least `need`
  * elements (-1: any) on the call's device. None gives ptr NULL when `optional`. */
 static int
@@ -295,8 +311,8 @@ get_arr(call *c, PyObject *obj, const char *name, int want, int64_t need, int op
         PyErr_Format(PyExc_TypeError, "%s(): %s must be %s", c->func, name, dt_name(want));
     } else if (err) {
         PyErr_Format(PyExc_ValueError, "%s(): %s must be C-contiguous", c->func, name);
-    } else if (flags & DLPACK_FLAG_BITMASK_READ_ONLY) {
-        PyErr_Format(PyExc_ValueError, "%s(): %s is read-only", c->func, name);
+    } else if ((flags & DLPACK_FLAG_BITMASK_READ_ONLY) && is_output(c->func, name)) {
+        PyErr_Format(PyExc_ValueError, "%s(): %s is read-only, but it is written", c->func, name);
     } else if (offset > numel || (need >= 0 && numel - offset < need)) {
         PyErr_Format(PyExc_ValueError,
                      "%s(): %s has %lld elements from offset %ld, expected at least %lld",
