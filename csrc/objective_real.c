@@ -3,6 +3,7 @@
  * disagree. The cotangent is written (=), not accumulated. */
 #include "real.h"
 #include "objective.h"
+#include "ops/objective_elem.h"
 
 #include <math.h>
 #include <string.h>
@@ -48,14 +49,15 @@ RSM_T(objective)(const rsm_objective_config *cfg, int64_t rows, int64_t dim,
             const double k = c->c1 * c->space * c->space / dims;
             double sq = 0.0, sq_old = 0.0;
             for (int64_t d = 0; d < dim; d++) {
-                double e = ((double)ur[d] - (double)anchor[d]) / c->conv -
-                           (psi ? c->gamma * (double)psi[r * dim + d] : 0.0);
+                double e = rsm_sm_error((double)ur[d], (double)anchor[d], c->conv,
+                                        psi ? c->gamma * (double)psi[r * dim + d] : 0.0);
                 double o = (c->c2 != 0.0 && u_old)
-                               ? ((double)ur[d] - (double)u_old[r * dim + d]) / c->conv
+                               ? rsm_sm_old_residual((double)ur[d], (double)u_old[r * dim + d],
+                                                     c->conv)
                                : 0.0;
                 sq += e * e;
                 sq_old += o * o;
-                g[d] = (real_t)(scale * 2.0 * k * (e + c->c2 * o) / c->conv);
+                g[d] = (real_t)rsm_sm_cotangent(scale, k, e, c->c2, o, c->conv);
             }
             row_loss = k * (sq + c->c2 * sq_old);
             if (log_ratio) log_ratio[r] = 0.0;
@@ -69,47 +71,14 @@ RSM_T(objective)(const rsm_objective_config *cfg, int64_t rows, int64_t dim,
                 lin += (double)z[d] * du;
                 quad += du * du;
             }
-            double lr = -c->w * lin / dims;
-            if (!cfg->linear_only) lr -= 0.5 * c->w * c->w * quad / dims;
-            const double scaled = lr * c->ratio_scale;
-            const double A = c->adv;
-            double dl_dlogrho = 0.0; /* dl / d(log rho), before post and scale */
-            switch (cfg->form) {
-            case RSM_FORM_PPO: {
-                double rho = exp(scaled);
-                double rho_clip = fmin(fmax(rho, 1.0 - c->clip_eps), 1.0 + c->clip_eps);
-                double unclipped = -A * rho, clip_term = -A * rho_clip;
-                row_loss = fmax(unclipped, clip_term);
-                /* the unclipped term carries the gradient when it is the max (ties: identical) */
-                row_active = unclipped >= clip_term;
-                dl_dlogrho = row_active ? -A * rho * c->ratio_scale : 0.0;
-                break;
-            }
-            case RSM_FORM_LOG_RATIO: {
-                double v = 1.0 + scaled;
-                double v_clip = fmin(fmax(v, 1.0 - c->clip_eps), 1.0 + c->clip_eps);
-                double unclipped = -A * v, clip_term = -A * v_clip;
-                row_loss = fmax(unclipped, clip_term);
-                row_active = unclipped >= clip_term;
-                dl_dlogrho = row_active ? -A * c->ratio_scale : 0.0;
-                break;
-            }
-            case RSM_FORM_MATCHING: {
-                double T = c->term_scale * (-lr);
-                double hinge = c->clip_eps * fabs(A) + A * T;
-                row_active = hinge > 0;
-                row_loss = row_active ? hinge : 0.0;
-                dl_dlogrho = row_active ? -A * c->term_scale : 0.0;
-                break;
-            }
-            default: return rsm_fail(RSM_ERR_VALUE, "unknown objective form %d", (int)cfg->form);
-            }
-            row_loss *= c->post;
-            dl_dlogrho *= c->post;
+            double lr = rsm_ratio_log_rho(c->w, lin, quad, dims, cfg->linear_only);
+            double dl_dlogrho; /* dl / d(log rho), post applied, before scale */
+            int ok;
+            row_loss = rsm_ratio_row(cfg->form, c, lr, &dl_dlogrho, &row_active, &ok);
+            if (!ok) return rsm_fail(RSM_ERR_VALUE, "unknown objective form %d", (int)cfg->form);
             for (int64_t d = 0; d < dim; d++) {
                 double du = (double)ur[d] - (double)uo[d];
-                double dlogrho = -c->w * (double)z[d] / dims;
-                if (!cfg->linear_only) dlogrho -= c->w * c->w * du / dims;
+                double dlogrho = rsm_ratio_dlogrho(c->w, (double)z[d], du, dims, cfg->linear_only);
                 g[d] = (real_t)(scale * dl_dlogrho * dlogrho);
             }
             if (log_ratio) log_ratio[r] = lr;
@@ -122,7 +91,7 @@ RSM_T(objective)(const rsm_objective_config *cfg, int64_t rows, int64_t dim,
             for (int64_t d = 0; d < dim; d++) {
                 double diff = (double)ur[d] - (double)ref[d];
                 sq += diff * diff;
-                g[d] += (real_t)(scale * c->kl * c->w_kl * c->w_kl * diff / dims);
+                g[d] += (real_t)rsm_kl_cotangent(scale, c, diff, dims);
             }
             double kl_row = 0.5 * c->w_kl * c->w_kl * sq / dims;
             row_loss += c->kl * kl_row;

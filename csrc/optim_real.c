@@ -8,6 +8,7 @@
  */
 #include "real.h"
 #include "optim.h"
+#include "ops/adamw.h"
 
 rsm_status
 RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, double *grad_norm)
@@ -23,32 +24,33 @@ RSM_T(adamw_step)(rsm_adamw *opt, real_t *params, real_t *grads, double lr, doub
     RSM_CHECK(isfinite(norm), RSM_ERR_NUMERIC,
               "the gradient is not finite (norm=%g); parameters and optimizer state unchanged",
               norm);
-    real_t clip = 1;
-    /* torch's clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)), so a norm just at or
-     * below max_norm (within 1e-6) is scaled too */
-    if (c->max_grad_norm > 0 && c->max_grad_norm / (norm + 1e-6) < 1.0)
-        clip = (real_t)(c->max_grad_norm / (norm + 1e-6));
+    const real_t clip = (real_t)rsm_adamw_clip_scale(c->max_grad_norm, norm);
     opt->step += 1;
     const double bc1 = 1.0 - pow(c->beta1, (double)opt->step);
     const double bc2 = 1.0 - pow(c->beta2, (double)opt->step);
-    const real_t step_size = (real_t)(lr / bc1);
-    const real_t inv_sqrt_bc2 = (real_t)(1.0 / sqrt(bc2));
-    const real_t decay = (real_t)(1.0 - lr * c->weight_decay);
-    const real_t b1 = (real_t)c->beta1, b2 = (real_t)c->beta2, eps = (real_t)c->eps;
     /* 1 - beta in double, then rounded (as torch does): 1 - (float)0.999 is off by 1.3e-5 */
-    const real_t omb1 = (real_t)(1.0 - c->beta1), omb2 = (real_t)(1.0 - c->beta2);
+    const RSM_T(adamw_consts) k = {
+        .clip = clip,
+        .step_size = (real_t)(lr / bc1),
+        .inv_sqrt_bc2 = (real_t)(1.0 / sqrt(bc2)),
+        .decay = (real_t)(1.0 - lr * c->weight_decay),
+        .b1 = (real_t)c->beta1,
+        .b2 = (real_t)c->beta2,
+        .eps = (real_t)c->eps,
+        .omb1 = (real_t)(1.0 - c->beta1),
+        .omb2 = (real_t)(1.0 - c->beta2),
+        .ema_decay = (real_t)c->ema_decay,
+        .one_minus_ema = (real_t)(1.0 - c->ema_decay),
+    };
     real_t *m = (real_t *)opt->m, *v = (real_t *)opt->v, *ema = (real_t *)opt->ema;
-    const real_t ema_decay = (real_t)c->ema_decay, one_minus_ema = (real_t)(1.0 - c->ema_decay);
-    _Pragma("omp parallel for schedule(static) if (n > 262144)")
-    for (int64_t i = 0; i < n; i++) {
-        real_t g = grads[i] * clip;
-        grads[i] = g;
-        m[i] = b1 * m[i] + omb1 * g;
-        v[i] = b2 * v[i] + omb2 * g * g;
-        real_t p = params[i] * decay;
-        p -= step_size * m[i] / (sqrt(v[i]) * inv_sqrt_bc2 + eps);
-        params[i] = p;
-        if (ema) ema[i] = ema_decay * ema[i] + one_minus_ema * p;
+    /* the per-element update is ops/adamw.h's, shared with the CUDA kernel. Each thread takes
+     * its own copy of the constants: read through the shared struct they might alias the float
+     * arrays, and gcc then leaves the loop scalar. */
+    _Pragma("omp parallel if (n > 262144)")
+    {
+        const RSM_T(adamw_consts) kk = k;
+        _Pragma("omp for schedule(static)")
+        for (int64_t i = 0; i < n; i++) RSM_T(adamw_update)(kk, params, grads, m, v, ema, i);
     }
     return RSM_OK;
 }

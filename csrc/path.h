@@ -85,6 +85,22 @@ rsm_param_from_x0_eps(rsm_param to, rsm_path_coef c, double x0, double eps)
     return 0.0;
 }
 
+/* x_t = alpha x0 + sigma eps, one element in double (pretraining's noised input). */
+static inline RSM_HOST_DEVICE double
+rsm_path_noise_elem(rsm_path_coef c, double x0, double eps)
+{
+    return c.alpha * x0 + c.sigma * eps;
+}
+
+/* One element of a conversion: the prediction u (parameterization of map m) at state x, as `to`. */
+static inline RSM_HOST_DEVICE double
+rsm_param_convert_elem(rsm_param to, rsm_path_coef c, rsm_param_map m, double x, double u)
+{
+    double x0 = m.x0_x * x + m.x0_u * u;
+    double eps = m.eps_x * x + m.eps_u * u;
+    return rsm_param_from_x0_eps(to, c, x0, eps);
+}
+
 /* Conversions of whole arrays (csrc/path_real.c), n rows of `dim` values with per-row times t[n]:
  * out = the `to` parameterization of the prediction given as `from`. In place is allowed. */
 rsm_status rsm_path_convert_f32(const rsm_path *path, rsm_param from, rsm_param to, int64_t n,

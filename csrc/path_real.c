@@ -14,10 +14,7 @@ RSM_T(path_convert)(const rsm_path *path, rsm_param from, rsm_param to, int64_t 
         rsm_param_map m = rsm_param_map_at(from, c);
         for (int64_t d = 0; d < dim; d++) {
             size_t k = (size_t)(i * dim + d);
-            double xv = (double)x[k], uv = (double)u[k];
-            double x0 = m.x0_x * xv + m.x0_u * uv;
-            double eps = m.eps_x * xv + m.eps_u * uv;
-            out[k] = (real_t)rsm_param_from_x0_eps(to, c, x0, eps);
+            out[k] = (real_t)rsm_param_convert_elem(to, c, m, (double)x[k], (double)u[k]);
         }
     }
     return RSM_OK;

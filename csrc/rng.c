@@ -27,11 +27,8 @@ rsm_fill_u32(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, uint32_
         _Pragma("omp parallel for schedule(static) if (blocks > 16384)")                           \
         for (int64_t b = 0; b < blocks; b++) {                                                     \
             uint64_t block = first + (uint64_t)b;                                                  \
-            uint32_t words[4];                                                                     \
-            rsm_philox_block(seed, stream, block, words);                                          \
             double z[4];                                                                           \
-            rsm_box_muller(words[0], words[1], &z[0], &z[1]);                                      \
-            rsm_box_muller(words[2], words[3], &z[2], &z[3]);                                      \
+            rsm_philox_normals4(seed, stream, block, z);                                           \
             for (uint64_t w = 0; w < 4; w++) {                                                     \
                 uint64_t index = block * 4 + w;                                                    \
                 if (index >= offset && index - offset < (uint64_t)n)                               \

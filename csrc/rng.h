@@ -78,6 +78,17 @@ rsm_box_muller(uint32_t w0, uint32_t w1, double *z0, double *z1)
     *z1 = radius * sin(angle);
 }
 
+/* The four standard normals of Philox block `block` of (seed, stream): element 4 block + w is z[w].
+ * The one definition of the normal stream, used by the host fills (rng.c) and the CUDA kernel. */
+static inline RSM_HOST_DEVICE void
+rsm_philox_normals4(uint64_t seed, uint64_t stream, uint64_t block, double z[4])
+{
+    uint32_t words[4];
+    rsm_philox_block(seed, stream, block, words);
+    rsm_box_muller(words[0], words[1], &z[0], &z[1]);
+    rsm_box_muller(words[2], words[3], &z[2], &z[3]);
+}
+
 /* Streams: a run's random numbers are split by purpose so that adding a new consumer never
  * shifts the numbers of another. stream = purpose << 56 | a << 28 | b (a, b < 2^28). */
 enum rsm_stream_purpose {

@@ -2,28 +2,22 @@
 #include "real.h"
 #include "sampler.h"
 #include "rng.h"
+#include "ops/sampler_step.h"
 
 #include <string.h>
 
 #define RSM_TRAJ RSM_T(trajectory)
 
-/* The per-element transition: mu = A x + K u (RSM-SPEC §2.3). */
-static inline real_t
-RSM_T(step_mean)(double A, double K, real_t x, real_t u)
-{
-    return (real_t)A * x + (real_t)K * u;
-}
+/* Per-element bodies (mean, next state, log-density terms) are RSM_T(step_mean) etc. of
+ * ops/sampler_step.h, shared with the CUDA kernels. */
 
 /* log N(x_next; mean, std^2 I) summed over D (accumulated in double). */
 static double
 RSM_T(gaussian_log_prob)(const real_t *x_next, const real_t *mean, double std, int64_t dim)
 {
     double sq = 0.0;
-    for (int64_t d = 0; d < dim; d++) {
-        double z = (double)(x_next[d] - mean[d]) / std;
-        sq += z * z;
-    }
-    return -0.5 * sq - (double)dim * (log(std) + 0.5 * RSM_LOG_2PI);
+    for (int64_t d = 0; d < dim; d++) sq += RSM_T(step_sq)(x_next[d], mean[d], std);
+    return rsm_step_log_prob(sq, std, dim);
 }
 
 static rsm_status
@@ -114,15 +108,14 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
         if (s.heun) {
             /* Heun: x_e = x - dt v(x, t); x' = x - dt (v(x, t) + v(x_e, t')) / 2 */
             for (int64_t k = 0; k < n_cur * D; k++)
-                x_euler[k] = x[k] - (real_t)s.dt * ((real_t)s.v_x * x[k] + (real_t)s.v_u * u[k]);
+                x_euler[k] = RSM_T(heun_predict)(s.dt, s.v_x, s.v_u, x[k], u[k]);
             for (int64_t r = 0; r < n_cur; r++) t_buf[r] = (real_t)s.t_next;
             RSM_TRY_GOTO(
                 RSM_T(model_forward)(model, path, n_cur, x_euler, t_buf, C ? c_buf : NULL, u2));
             out->nfe += n_cur;
             for (int64_t k = 0; k < n_cur * D; k++) {
-                real_t v1 = (real_t)s.v_x * x[k] + (real_t)s.v_u * u[k];
-                real_t v2 = (real_t)s.v_x_next * x_euler[k] + (real_t)s.v_u_next * u2[k];
-                mean[k] = x[k] - (real_t)s.dt * (real_t)0.5 * (v1 + v2);
+                mean[k] = RSM_T(heun_mean)(s.dt, s.v_x, s.v_u, s.v_x_next, s.v_u_next, x[k], u[k],
+                                           x_euler[k], u2[k]);
                 x_next[k] = mean[k];
                 z[k] = 0;
             }
@@ -133,7 +126,7 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
             for (int64_t k = 0; k < n_cur * D; k++) {
                 mean[k] = RSM_T(step_mean)(s.A, s.K, x[k], u[k]);
                 if (s.stochastic) {
-                    x_next[k] = mean[k] + (real_t)s.std * z[k];
+                    x_next[k] = RSM_T(step_next)(mean[k], s.std, z[k]);
                 } else {
                     x_next[k] = mean[k];
                     z[k] = 0;

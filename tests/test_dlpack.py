@@ -652,18 +652,31 @@ def test_null_strides_mean_row_major():
     assert t.strides == (3, 1) and np.array_equal(t.numpy(), a)
 
 
-def test_cuda_tensors_are_refused():
+def test_cuda_tensors_are_refused_without_a_device():
+    """Without a usable CUDA device (or without rsm._cuda), a CUDA tensor is refused with the
+    reason; CPU compute entry points refuse it in any build, naming the argument. (With a device,
+    tests/test_cuda_dlpack.py covers the zero-copy import.)"""
+    if rsm.cuda_available():
+        pytest.skip("a CUDA device is available: from_dlpack accepts CUDA tensors")
     a = np.arange(4, dtype=np.float32)
     p = FakeProducer(a, device=(kDLCUDA, 0))
-    with pytest.raises(BufferError, match="no CUDA backend"):
+    with pytest.raises(BufferError, match=r"obj is on cuda:0, but (CUDA is not available|this build)"):
         rsm.from_dlpack(p)
     assert p.deleted == 0  # refused from __dlpack_device__, before any export
-    with pytest.raises(ValueError, match="no CUDA backend"):
+    with pytest.raises(ValueError, match="x is on cuda:0; this function runs on the CPU"):
         _C._tensor_arg(p)
+    assert p.deleted == 0
     # a raw capsule is checked on import, and then deleted
     with pytest.raises(BufferError, match="cuda:0"):
         rsm.from_dlpack(p.capsule())
     assert p.deleted == 1
+
+
+def test_cpu_entry_points_refuse_cuda_tensors_in_any_build():
+    p = FakeProducer(np.arange(4, dtype=np.float32), device=(kDLCUDA, 0))
+    with pytest.raises(ValueError, match="x is on cuda:0; this function runs on the CPU"):
+        _C._tensor_arg(p, out=True)
+    assert p.deleted == 0
 
 
 class OldProducer:

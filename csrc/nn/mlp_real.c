@@ -9,6 +9,7 @@
 #include "real.h"
 #include "mlp.h"
 #include "../rng.h"
+#include "time_embedding.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +92,7 @@ static void
 RSM_T(time_frequencies)(double *freq, int64_t temb_dim)
 {
     int64_t half = temb_dim / 2;
-    for (int64_t k = 0; k < half; k++) freq[k] = exp(-log(10000.0) * (double)k / (double)half);
+    for (int64_t k = 0; k < half; k++) freq[k] = rsm_time_frequency(k, half);
 }
 
 static void
@@ -99,7 +100,7 @@ RSM_T(time_embedding)(real_t *row, double t, const double *freq, int64_t temb_di
 {
     int64_t half = temb_dim / 2;
     for (int64_t k = 0; k < half; k++) {
-        double angle = 1000.0 * t * freq[k];
+        double angle = rsm_time_angle(t, freq[k]);
         row[k] = (real_t)sin(angle);
         row[half + k] = (real_t)cos(angle);
     }

@@ -216,6 +216,43 @@ rsm_path_py_coef(rsm_py_path *self, PyObject *arg)
                          c.dalpha, "dsigma", c.dsigma, "alpha_bar", c.alpha_bar);
 }
 
+/* coefs(t) -> float64 Tensor [n, 5]: (alpha, sigma, dalpha, dsigma, alpha_bar) per time, the
+ * rsm_path_coef rows the CUDA pretraining batch reads (one definition of the schedules). */
+static PyObject *
+rsm_path_py_coefs(rsm_py_path *self, PyObject *arg)
+{
+    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    if (module == NULL) return NULL;
+    rsm_py_tensor *t = rsm_py_tensor_arg(module, arg, "coefs", "t", RSM_F64);
+    if (t == NULL) return NULL;
+    int64_t n = rsm_tensor_numel(&t->t);
+    const double *tv = (const double *)rsm_py_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) {
+        rsm_status status = rsm_path_check_time(&self->path, tv[i]);
+        if (status != RSM_OK) {
+            Py_DECREF(t);
+            return rsm_py_raise(status, "coefs");
+        }
+    }
+    int64_t shape[2] = {n, 5};
+    _Static_assert(sizeof(rsm_path_coef) == 5 * sizeof(double), "rsm_path_coef: 5 doubles");
+    rsm_py_tensor *out = rsm_py_tensor_new(module, RSM_F64, 2, shape, 0);
+    if (out == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    rsm_path_coef *o = (rsm_path_coef *)rsm_py_tensor_data(out);
+    for (int64_t i = 0; i < n; i++) o[i] = rsm_path_coef_at(&self->path, tv[i]);
+    Py_DECREF(t);
+    return (PyObject *)out;
+}
+
+static PyObject *
+rsm_path_py_get_native(rsm_py_path *self, void *closure)
+{
+    return PyLong_FromLong((long)rsm_path_native_param(&self->path));
+}
+
 static int
 rsm_parse_param(const char *name, rsm_param *out)
 {
@@ -311,6 +348,7 @@ rsm_path_py_get_kind(rsm_py_path *self, void *closure)
 
 static PyMethodDef rsm_path_methods[] = {
     {"coef", (PyCFunction)rsm_path_py_coef, METH_O, "coef(t) -> dict(alpha, sigma, dalpha, dsigma, alpha_bar)"},
+    {"coefs", (PyCFunction)rsm_path_py_coefs, METH_O, "coefs(t float64 [n]) -> float64 [n, 5] (alpha, sigma, dalpha, dsigma, alpha_bar)"},
     {"convert", (PyCFunction)rsm_path_py_convert, METH_VARARGS, "convert(src, dst, x, u, t, dtype)"},
     {"noise", (PyCFunction)rsm_path_py_noise, METH_VARARGS, "noise(x0, eps, t, dtype) -> x_t"},
     {NULL, NULL, 0, NULL},
@@ -318,6 +356,7 @@ static PyMethodDef rsm_path_methods[] = {
 
 static PyGetSetDef rsm_path_getset[] = {
     {"kind", (getter)rsm_path_py_get_kind, NULL, "'flow' or 'vp'", NULL},
+    {"native_param", (getter)rsm_path_py_get_native, NULL, "native output parameterization (rsm_param code: 0 eps, 1 velocity, 2 x0, 3 score)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1165,9 +1204,11 @@ rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *list = PyList_New(sa.cfg.steps);
     for (int64_t i = 0; list && i < sa.cfg.steps; i++) {
         rsm_step_coef s = rsm_sampler_step_coef(path, &sa.cfg, i);
-        PyObject *d = Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:O}", "t", s.t, "t_next", s.t_next,
-                                    "dt", s.dt, "A", s.A, "K", s.K, "std", s.std, "stochastic",
-                                    s.stochastic ? Py_True : Py_False);
+        PyObject *d = Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:O,s:O,s:d,s:d,s:d,s:d}", "t", s.t,
+                                    "t_next", s.t_next, "dt", s.dt, "A", s.A, "K", s.K, "std",
+                                    s.std, "stochastic", s.stochastic ? Py_True : Py_False,
+                                    "heun", s.heun ? Py_True : Py_False, "v_x", s.v_x, "v_u",
+                                    s.v_u, "v_x_next", s.v_x_next, "v_u_next", s.v_u_next);
         if (!d) {
             Py_CLEAR(list);
             break;

@@ -262,6 +262,11 @@ rsm_py_tensor_view(PyObject *module, PyObject *base, void *data, rsm_dtype dtype
 static rsm_py_tensor *
 rsm_tensor_copy(PyObject *module, const rsm_py_tensor *src)
 {
+    if (src->t.device.device_type != kDLCPU) {
+        return (rsm_py_tensor *)rsm_py_raisef(PyExc_BufferError, "copy",
+                                              "the tensor is on the GPU: copy it with rsm.cuda "
+                                              "(to_host / to_device), not on the CPU");
+    }
     rsm_py_tensor *dst =
         rsm_py_tensor_new(module, rsm_tensor_dtype(&src->t), src->t.ndim, src->t.shape, 0);
     if (dst == NULL) return NULL;
@@ -445,6 +450,8 @@ rsm_parse_copy(PyObject *obj, const char *func, int *mode)
     return 0;
 }
 
+static int rsm_cuda_export_sync(const rsm_py_tensor *self, PyObject *stream, const char *func);
+
 static PyObject *
 rsm_tensor_dlpack(rsm_py_tensor *self, PyObject *args, PyObject *kwargs)
 {
@@ -462,6 +469,13 @@ rsm_tensor_dlpack(rsm_py_tensor *self, PyObject *args, PyObject *kwargs)
     if (stream != Py_None && self->t.device.device_type == kDLCPU) {
         return rsm_py_raisef(PyExc_ValueError, func,
                              "stream must be None for a CPU tensor, got %.200R", stream);
+    }
+    if (self->t.device.device_type == kDLCUDA) {
+        if (copy_mode == RSM_COPY_ALWAYS)
+            return rsm_py_raisef(PyExc_BufferError, func,
+                                 "copy=True of a CUDA tensor is not supported: rsm does not copy "
+                                 "on export (copy it with rsm.cuda first)");
+        if (rsm_cuda_export_sync(self, stream, func) < 0) return NULL;
     }
 
     int versioned = 0;
@@ -518,6 +532,85 @@ rsm_tensor_dlpack_device(rsm_py_tensor *self, PyObject *unused)
     return Py_BuildValue("(ii)", (int)self->t.device.device_type, (int)self->t.device.device_id);
 }
 
+/* ---- CUDA hooks ---------------------------------------------------------------------------- */
+
+/* rsm._C never links CUDA: device tensors only pass through it (views of memory owned by a
+ * DLPack producer or by rsm._cuda's caching allocator). What needs the device (streams) is asked
+ * of rsm._cuda through Python. */
+
+/* rsm's stream on cuda:`device` as a new int object, or NULL with `exc` set ("subject is on
+ * cuda:N, but CUDA is not available: why"). */
+static PyObject *
+rsm_cuda_stream_of(int device, const char *func, const char *subject, PyObject *exc)
+{
+    PyObject *cuda = PyImport_ImportModule("rsm._cuda");
+    PyObject *stream = NULL;
+    if (cuda != NULL) {
+        PyObject *count = PyObject_CallMethod(cuda, "device_count", NULL);
+        if (count != NULL && PyTuple_Check(count) && PyTuple_GET_SIZE(count) == 2) {
+            long n = PyLong_AsLong(PyTuple_GET_ITEM(count, 0));
+            if (n > device) {
+                stream = PyObject_CallMethod(cuda, "stream", "i", device);
+            } else if (!PyErr_Occurred()) {
+                const char *why = PyUnicode_AsUTF8(PyTuple_GET_ITEM(count, 1));
+                rsm_py_raisef(exc, func, "%s is on cuda:%d, but CUDA is not available here: %s",
+                              subject, device, why && *why ? why : "no such device");
+            }
+        }
+        Py_XDECREF(count);
+        Py_DECREF(cuda);
+        return stream;
+    }
+    /* rsm._cuda missing: a CPU-only build (RSM_CUDA=0, no nvcc) or an unloadable one */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *text = value ? PyObject_Str(value) : NULL;
+    const char *why = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (why == NULL) PyErr_Clear();
+    rsm_py_raisef(exc, func,
+                  "%s is on cuda:%d, but this build of rsm has no CUDA backend (rsm._cuda: %s); "
+                  "move it to the CPU first (e.g. .cpu())",
+                  subject, device, why ? why : "not built");
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return NULL;
+}
+
+/* DLPack producer side: make the consumer's stream wait for rsm's work on the tensor's device.
+ * stream None is the legacy default stream (1), -1 means "no synchronisation" (DLPack spec). */
+static int
+rsm_cuda_export_sync(const rsm_py_tensor *self, PyObject *stream, const char *func)
+{
+    long long consumer = 1;
+    if (stream != Py_None) {
+        consumer = PyLong_AsLongLong(stream);
+        if (consumer == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            rsm_py_raisef(PyExc_TypeError, func,
+                          "stream must be None or an int (a cudaStream_t, 1, 2 or -1), got %.200s",
+                          Py_TYPE(stream)->tp_name);
+            return -1;
+        }
+        if (consumer == -1) return 0;
+        if (consumer == 0) {
+            rsm_py_raisef(PyExc_ValueError, func,
+                          "stream=0 is ambiguous for CUDA (DLPack): pass 1 (legacy default), 2 "
+                          "(per-thread default) or a stream handle");
+            return -1;
+        }
+    }
+    PyObject *cuda = PyImport_ImportModule("rsm._cuda");
+    if (cuda == NULL) return -1;
+    PyObject *r = PyObject_CallMethod(cuda, "export_sync", "in", (int)self->t.device.device_id,
+                                      (Py_ssize_t)consumer);
+    Py_DECREF(cuda);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* ---- DLPack import ------------------------------------------------------------------------ */
 
 /* Take ownership of the managed tensor in `capsule` and wrap it (zero-copy). `subject` names the
@@ -525,7 +618,7 @@ rsm_tensor_dlpack_device(rsm_py_tensor *self, PyObject *unused)
  * *copied is set when the producer flagged the data as a private copy. */
 static rsm_py_tensor *
 rsm_import_capsule(PyObject *module, PyObject *capsule, const char *func, const char *subject,
-                   PyObject *device_exc, int *copied)
+                   PyObject *device_exc, int allow_device, int *copied)
 {
     *copied = 0;
     int versioned;
@@ -586,13 +679,26 @@ rsm_import_capsule(PyObject *module, PyObject *capsule, const char *func, const 
             "bfloat16, int8/16/32/64, uint8/16/32/64, bool)",
             subject, what);
     }
-    if (!rsm_device_is_host(dl->device)) {
+    const int on_cuda = dl->device.device_type == kDLCUDA;
+    if (on_cuda && allow_device) {
+        /* a device tensor is only accepted where CUDA works (else it could never be used) */
+        PyObject *stream = rsm_cuda_stream_of((int)dl->device.device_id, func, subject, device_exc);
+        if (stream == NULL) {
+            /* the deleter may run Python: keep the exception across it */
+            rsm_saved_error saved;
+            rsm_error_save(&saved);
+            rsm_managed_delete(managed, versioned);
+            rsm_error_restore(&saved);
+            return NULL;
+        }
+        Py_DECREF(stream);
+    } else if (!rsm_device_is_host(dl->device)) {
         rsm_device_describe(dl->device, what, sizeof(what));
         rsm_managed_delete(managed, versioned);
         return (rsm_py_tensor *)rsm_py_raisef(
             device_exc, func,
-            "%s is on %s, but rsm has no CUDA backend in this build yet; move it to the CPU "
-            "first (e.g. .cpu())",
+            "%s is on %s; this function runs on the CPU: move it there first (e.g. .cpu(), or "
+            "rsm.cuda.to_host)",
             subject, what);
     }
     if (dl->ndim < 0 || dl->ndim > RSM_MAX_NDIM) {
@@ -610,8 +716,12 @@ rsm_import_capsule(PyObject *module, PyObject *capsule, const char *func, const 
     }
     rsm_tensor *t = &self->t;
     t->data = dl->data;
-    t->device.device_type = kDLCPU; /* host-accessible memory is CPU memory to rsm */
-    t->device.device_id = 0;
+    if (on_cuda) {
+        t->device = dl->device;
+    } else {
+        t->device.device_type = kDLCPU; /* host-accessible memory is CPU memory to rsm */
+        t->device.device_id = 0;
+    }
     t->ndim = dl->ndim;
     t->dtype = dl->dtype;
     t->byte_offset = dl->byte_offset;
@@ -647,9 +757,9 @@ rsm_get_optional_attr(PyObject *obj, const char *name, PyObject **out)
 
 /* Ask a producer for a capsule: the 1.x protocol first, the pre-1.0 one on TypeError. */
 static PyObject *
-rsm_call_dlpack(PyObject *dlpack, int copy_mode)
+rsm_call_dlpack(PyObject *dlpack, int copy_mode, PyObject *stream)
 {
-    PyObject *kwargs = Py_BuildValue("{s:O,s:(ii)}", "stream", Py_None, "max_version",
+    PyObject *kwargs = Py_BuildValue("{s:O,s:(ii)}", "stream", stream, "max_version",
                                      DLPACK_MAJOR_VERSION, DLPACK_MINOR_VERSION);
     if (kwargs == NULL) return NULL;
     if (copy_mode != RSM_COPY_IF_NEEDED &&
@@ -668,7 +778,13 @@ rsm_call_dlpack(PyObject *dlpack, int copy_mode)
         /* An old producer, __dlpack__(self, stream=None) or no arguments at all: it cannot copy
          * on request, so the caller copies itself when copy=True. */
         PyErr_Clear();
-        capsule = PyObject_Call(dlpack, empty, NULL);
+        if (stream != Py_None) {
+            PyObject *kw = Py_BuildValue("{s:O}", "stream", stream);
+            capsule = kw ? PyObject_Call(dlpack, empty, kw) : NULL;
+            Py_XDECREF(kw);
+        } else {
+            capsule = PyObject_Call(dlpack, empty, NULL);
+        }
     }
     Py_DECREF(empty);
     return capsule;
@@ -677,19 +793,28 @@ rsm_call_dlpack(PyObject *dlpack, int copy_mode)
 /* Any DLPack source (rsm.Tensor, producer object, capsule) as an rsm.Tensor (new reference). */
 static rsm_py_tensor *
 rsm_import(PyObject *module, PyObject *obj, int copy_mode, const char *func, const char *subject,
-           PyObject *device_exc)
+           PyObject *device_exc, int allow_device)
 {
     PyTypeObject *tensor_type = tensor_type_of(module);
     if (PyObject_TypeCheck(obj, tensor_type)) {
         rsm_py_tensor *t = (rsm_py_tensor *)obj;
         if (copy_mode == RSM_COPY_ALWAYS) return rsm_tensor_copy(module, t);
+        if (!allow_device && t->t.device.device_type != kDLCPU) {
+            char what[64];
+            rsm_device_describe(t->t.device, what, sizeof(what));
+            return (rsm_py_tensor *)rsm_py_raisef(
+                device_exc, func,
+                "%s is on %s; this function runs on the CPU: move it there first "
+                "(rsm.cuda.to_host)",
+                subject, what);
+        }
         return (rsm_py_tensor *)Py_NewRef(obj);
     }
 
     rsm_py_tensor *result;
     int copied = 0;
     if (PyCapsule_CheckExact(obj)) {
-        result = rsm_import_capsule(module, obj, func, subject, device_exc, &copied);
+        result = rsm_import_capsule(module, obj, func, subject, device_exc, allow_device, &copied);
     } else {
         PyObject *dlpack;
         int found = rsm_get_optional_attr(obj, "__dlpack__", &dlpack);
@@ -702,7 +827,7 @@ rsm_import(PyObject *module, PyObject *obj, int copy_mode, const char *func, con
         }
         /* Check the device before asking for a capsule, so an unusable (GPU) tensor is not
          * exported for nothing; producers without __dlpack_device__ are checked on import. */
-        PyObject *device_fn;
+        PyObject *device_fn, *stream = NULL;
         found = rsm_get_optional_attr(obj, "__dlpack_device__", &device_fn);
         if (found < 0) {
             Py_DECREF(dlpack);
@@ -720,21 +845,31 @@ rsm_import(PyObject *module, PyObject *obj, int copy_mode, const char *func, con
             }
             Py_DECREF(device);
             DLDevice dev = {(DLDeviceType)type, (int32_t)id};
-            if (!rsm_device_is_host(dev)) {
+            if (dev.device_type == kDLCUDA && allow_device) {
+                /* the DLPack stream protocol: the producer orders its pending work before
+                 * rsm's stream (the consumer's) */
+                stream = rsm_cuda_stream_of((int)id, func, subject, device_exc);
+                if (stream == NULL) {
+                    Py_DECREF(dlpack);
+                    return NULL;
+                }
+            } else if (!rsm_device_is_host(dev)) {
                 char what[64];
                 rsm_device_describe(dev, what, sizeof(what));
                 Py_DECREF(dlpack);
                 return (rsm_py_tensor *)rsm_py_raisef(
                     device_exc, func,
-                    "%s is on %s, but rsm has no CUDA backend in this build yet; move it to "
-                    "the CPU first (e.g. .cpu())",
+                    "%s is on %s; this function runs on the CPU: move it there first (e.g. "
+                    ".cpu(), or rsm.cuda.to_host)",
                     subject, what);
             }
         }
-        PyObject *capsule = rsm_call_dlpack(dlpack, copy_mode);
+        PyObject *capsule = rsm_call_dlpack(dlpack, copy_mode, stream ? stream : Py_None);
+        Py_XDECREF(stream);
         Py_DECREF(dlpack);
         if (capsule == NULL) return NULL;
-        result = rsm_import_capsule(module, capsule, func, subject, device_exc, &copied);
+        result = rsm_import_capsule(module, capsule, func, subject, device_exc, allow_device,
+                                    &copied);
         Py_DECREF(capsule); /* renamed on success: its destructor leaves the deleter to us */
     }
     if (result != NULL && copy_mode == RSM_COPY_ALWAYS && !copied) {
@@ -750,14 +885,15 @@ rsm_py_tensor_arg(PyObject *module, PyObject *obj, const char *func, const char 
                   rsm_dtype dtype)
 {
     rsm_py_tensor *t = rsm_import(module, obj, RSM_COPY_IF_NEEDED, func, argname,
-                                  PyExc_ValueError);
+                                  PyExc_ValueError, 0);
     if (t == NULL) return NULL;
     if (t->t.device.device_type != kDLCPU) {
         char what[64];
         rsm_device_describe(t->t.device, what, sizeof(what));
         Py_DECREF(t);
         return (rsm_py_tensor *)rsm_py_raisef(
-            PyExc_ValueError, func, "%s is on %s, but rsm has no CUDA backend in this build yet",
+            PyExc_ValueError, func,
+            "%s is on %s; this function runs on the CPU: move it there first (rsm.cuda.to_host)",
             argname, what);
     }
     rsm_dtype got = rsm_tensor_dtype(&t->t);
@@ -779,7 +915,7 @@ rsm_py_tensor *
 rsm_py_tensor_out_arg(PyObject *module, PyObject *obj, const char *func, const char *argname,
                       rsm_dtype dtype)
 {
-    rsm_py_tensor *t = rsm_import(module, obj, RSM_COPY_NEVER, func, argname, PyExc_ValueError);
+    rsm_py_tensor *t = rsm_import(module, obj, RSM_COPY_NEVER, func, argname, PyExc_ValueError, 0);
     if (t == NULL) return NULL;
     rsm_dtype got = rsm_tensor_dtype(&t->t);
     if (got != dtype) {
@@ -1086,7 +1222,7 @@ rsm_py_from_dlpack(PyObject *module, PyObject *args, PyObject *kwargs)
     int copy_mode;
     if (rsm_parse_copy(copy, "from_dlpack", &copy_mode) < 0) return NULL;
     return (PyObject *)rsm_import(module, obj, copy_mode, "from_dlpack", "obj",
-                                  PyExc_BufferError);
+                                  PyExc_BufferError, 1);
 }
 
 /* dtype= of empty/zeros: a name ("float32"), a numpy dtype (.name) or scalar type (__name__). */

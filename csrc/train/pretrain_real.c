@@ -50,7 +50,7 @@ RSM_T(pretrain_steps)(const rsm_model *model, rsm_adamw *opt, const rsm_path *pa
             const real_t *x0 = data + index[i] * D;
             for (int64_t d = 0; d < D; d++) {
                 double e = (double)eps[i * D + d];
-                xt[i * D + d] = (real_t)(c.alpha * (double)x0[d] + c.sigma * e);
+                xt[i * D + d] = (real_t)rsm_path_noise_elem(c, (double)x0[d], e);
                 target[i * D + d] = (real_t)rsm_param_from_x0_eps(target_param, c, (double)x0[d], e);
             }
             if (C > 0) {

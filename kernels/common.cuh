@@ -1,0 +1,58 @@
+/* common.cuh: what the .cu files share: error reporting (rsm_cuda_error), launch checks, the
+ * stream choice, grid sizes, and the float/double dispatch. */
+#ifndef RSM_KERNELS_COMMON_CUH
+#define RSM_KERNELS_COMMON_CUH
+
+#include <cuda_runtime.h>
+
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+
+#include "rsm_cuda.h"
+
+namespace rsm_cuda {
+
+/* Record a failure message (thread-local) and return code (nonzero). */
+int fail(int code, const char *fmt, ...);
+/* cudaError_t -> 0 or a recorded failure naming `what`. */
+int check(cudaError_t err, const char *what);
+/* The stream to use: `stream` or rsm's own stream of the current device. */
+cudaStream_t pick_stream(void *stream);
+
+constexpr int kThreads = 256;
+
+inline unsigned
+grid_for(int64_t n, int threads = kThreads)
+{
+    int64_t blocks = (n + threads - 1) / threads;
+    if (blocks < 1) blocks = 1;
+    /* grid-stride loops cover the rest: 65535 x 256 threads is plenty for any element count */
+    return (unsigned)(blocks > 65535 ? 65535 : blocks);
+}
+
+/* After a launch: the launch error, if any. */
+inline int
+launched(const char *what)
+{
+    return check(cudaGetLastError(), what);
+}
+
+}  // namespace rsm_cuda
+
+/* Call body with `real` = float or double for dtype 0 / 1. */
+#define RSM_DISPATCH_REAL(dtype, what, ...)                                                    \
+    do {                                                                                       \
+        if ((dtype) == 0) {                                                                    \
+            typedef float real;                                                                \
+            __VA_ARGS__                                                                        \
+        } else if ((dtype) == 1) {                                                             \
+            typedef double real;                                                               \
+            __VA_ARGS__                                                                        \
+        } else {                                                                               \
+            return rsm_cuda::fail(1, "%s: dtype code %d is not float32 (0) or float64 (1)",   \
+                                  what, (int)(dtype));                                         \
+        }                                                                                      \
+    } while (0)
+
+#endif /* RSM_KERNELS_COMMON_CUH */

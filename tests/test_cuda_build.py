@@ -1,0 +1,152 @@
+"""The CUDA backend without a GPU: the module builds and imports (or is absent with a reason),
+the host halves of the device paths agree with the CPU, and everything refuses cleanly when no
+device is there. The device parity tests are in test_cuda.py (skipped without a device)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rsm
+import rsm.cuda
+from rsm import _C
+
+KERNELS = ("empty", "copy", "zero", "stream", "synchronize", "export_sync", "memory_stats",
+           "empty_cache", "set_tf32", "tf32", "fill_normal", "fill_u32", "silu_forward",
+           "silu_backward", "ema", "mlp_sizes", "mlp_forward", "mlp_backward", "sampler_step",
+           "transition_log_prob", "heun_predict", "heun_mean", "pretrain_batch", "mse_cotangent",
+           "objective", "grad_norm", "adamw_update")
+
+
+def test_cuda_module_builds_or_says_why():
+    info = rsm.build_info()
+    if not info["cuda_built"]:
+        # RSM_CUDA=0 or no nvcc: the reason is recorded, and rsm.cuda says it
+        assert info["cuda_reason"]
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            rsm.cuda.empty(3)
+        return
+    from rsm import _cuda
+    missing = [k for k in KERNELS if not hasattr(_cuda, k)]
+    assert not missing, missing
+    assert _cuda.runtime_version() >= 12000
+
+
+def test_rsm_cuda_refuses_cleanly_without_a_device():
+    if rsm.cuda_available():
+        pytest.skip("a CUDA device is available")
+    reason = rsm.build_info()["cuda_reason"]
+    for call in (lambda: rsm.cuda.empty((2, 3)), lambda: rsm.cuda.to_device(np.zeros(3)),
+                 lambda: rsm.cuda.DeviceMLP(rsm.MLP(2, 8, 1)), lambda: rsm.cuda.device_count()):
+        with pytest.raises(RuntimeError, match="CUDA is not available") as err:
+            call()
+        assert reason in str(err.value)
+
+
+def test_cuda_kernels_refuse_host_arrays():
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    from rsm import _cuda
+    # a numpy array is not a CUDA array: refused before anything touches a device
+    with pytest.raises((TypeError, ValueError), match="out"):
+        _cuda.fill_normal(np.zeros(4, np.float32), 0, 0)
+    with pytest.raises(TypeError, match="x must be a CUDA array|x is not on a CUDA device"):
+        _cuda.silu_forward(object(), object())
+
+
+def test_dlpack_kinds_of_the_binding_are_validated():
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    from rsm import _cuda
+    with pytest.raises(TypeError, match="dtype must be"):
+        _cuda.empty((2,), "complex64", 0)
+    with pytest.raises(TypeError, match="13 ints"):
+        _cuda.mlp_sizes((1, 2), 4)
+
+
+# ---- the host halves of the device paths ------------------------------------------------------
+
+
+def philox_normals_numpy(seed, stream, n):
+    """Box-Muller on the CPU's Philox words, written independently of csrc (rng.h's layout)."""
+    words = np.from_dlpack(_C.random("u32", seed, stream, 0, n + (-n) % 4)).astype(np.float64)
+    u = (words + 0.5) / 4294967296.0
+    u1, u2 = u[0::2], u[1::2]
+    r = np.sqrt(-2.0 * np.log(u1))
+    z = np.empty_like(u)
+    z[0::2] = r * np.cos(2 * np.pi * u2)
+    z[1::2] = r * np.sin(2 * np.pi * u2)
+    return z[:n]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_shared_philox_normals_match_an_independent_box_muller(dtype):
+    # rsm_philox_normals4 (shared with the CUDA kernel) is the CPU's normal stream
+    n, seed, stream = 1003, 11, int(_C.stream_id(3, 5, 0))
+    ref = philox_normals_numpy(seed, stream, n)
+    got = np.from_dlpack(_C.random("normal", seed, stream, 0, n, dtype))
+    tol = 1e-14 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(got, ref.astype(dtype), rtol=tol, atol=tol)
+    # an offset is a window of the same stream
+    part = np.from_dlpack(_C.random("normal", seed, stream, 5, 17, dtype))
+    assert np.array_equal(part, got[5:22])
+
+
+def test_path_coefs_match_coef():
+    for path in (rsm.FlowPath(), rsm.VPPath(), rsm.VPPath(schedule="cosine")):
+        t = np.linspace(1e-3, 1.0, 9)
+        rows = np.from_dlpack(path._core.coefs(t))
+        for i, ti in enumerate(t):
+            c = path._core.coef(float(ti))
+            assert list(rows[i]) == [c["alpha"], c["sigma"], c["dalpha"], c["dsigma"], c["alpha_bar"]]
+        assert path._core.native_param == (1 if path.kind == "flow" else 0)
+    with pytest.raises(ValueError):
+        rsm.FlowPath()._core.coefs(np.array([1.5]))
+
+
+def test_step_coefficients_carry_the_heun_velocity():
+    path = rsm.FlowPath()
+    ts = rsm.sampling.time_grid(4, path)
+    coefs = _C.step_coefficients(path._core, "heun", np.asarray(ts, np.float64), 0.7, 0.0, 0, 4)
+    for c in coefs:
+        # flow velocity is the output itself: v = 0 x + 1 u, at t and at t_next
+        assert c["heun"] and (c["v_x"], c["v_u"], c["v_x_next"], c["v_u_next"]) == (0, 1, 0, 1)
+    model = rsm.MLP(2, 16, 1, seed=2, temb_dim=8)
+    np.from_dlpack(model.params)[...] = np.random.default_rng(0).normal(
+        size=model.num_params).astype(np.float32) * 0.3
+    x0 = np.random.default_rng(1).normal(size=(5, 2)).astype(np.float32)
+    tr = rsm.sample(model, 5, path, sampler="heun", ts=ts, x_init=x0, return_trajectory=True)
+    # the host coefficients the device sampler uses reproduce the CPU Heun step
+    x = x0.astype(np.float64)
+    for i, c in enumerate(coefs):
+        u = np.from_dlpack(model(x.astype(np.float32), np.full(5, c["t"], np.float32))).astype(np.float64)
+        xe = x - c["dt"] * (c["v_x"] * x + c["v_u"] * u)
+        u2 = np.from_dlpack(model(xe.astype(np.float32), np.full(5, c["t_next"], np.float32))).astype(np.float64)
+        x = x - c["dt"] * 0.5 * ((c["v_x"] * x + c["v_u"] * u) + (c["v_x_next"] * xe + c["v_u_next"] * u2))
+        np.testing.assert_allclose(tr.xs[i + 1], x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", [rsm.FlowPath(), rsm.VPPath()], ids=["flow", "vp"])
+def test_pretrain_batch_reconstruction_matches_the_cpu(path):
+    """rsm.cuda.pretrain draws each batch's indices and times on the host from the CPU's Philox
+    streams and the path coefficients from PathCore.coefs; the loss of that batch under the CPU
+    model equals the CPU pretraining's first-step loss (float64: to rounding)."""
+    dim, B, seed = 2, 32, 7
+    data = np.random.default_rng(3).normal(size=(100, dim))
+    model = rsm.MLP(dim, 16, 2, seed=1, temb_dim=8, dtype="float64")
+    ref = model.copy()
+    hist = rsm.pretrain(ref, data, path, steps=1, batch_size=B, lr=1e-3, seed=seed, progress=False)
+    core = path._core
+    t_min = 0.0 if core.kind == "flow" else 1e-3
+    words = np.from_dlpack(_C.random("u32", seed, int(_C.stream_id(4, 0, 0)), 0, B))
+    index = ((words.astype(np.uint64) * np.uint64(len(data))) >> np.uint64(32)).astype(np.int64)
+    u = np.from_dlpack(_C.random("uniform", seed, int(_C.stream_id(5, 0, 0)), 0, B, "float64"))
+    t = t_min + (1.0 - t_min) * u
+    c = np.from_dlpack(core.coefs(t))
+    eps = np.from_dlpack(_C.random("normal", seed, int(_C.stream_id(6, 0, 0)), 0, B * dim,
+                                   "float64")).reshape(B, dim)
+    x0 = data[index]
+    xt = c[:, :1] * x0 + c[:, 1:2] * eps
+    target = c[:, 2:3] * x0 + c[:, 3:4] * eps if core.native_param == 1 else eps
+    pred = np.from_dlpack(model(xt, t))
+    loss = np.mean((pred - target) ** 2)
+    np.testing.assert_allclose(loss, hist.column("loss")[0], rtol=1e-12)
