@@ -45,7 +45,7 @@ class Toy:
 def make_toy(quick: bool, seed: int = 0, kinds: tuple[str, ...] = ("flow",)) -> Toy:
     """Pretrain the references once per run (seconds) and build the exact target."""
     data = datasets.get("8gaussians")
-    hidden, depth, steps = (64, 2, 800) if quick else (128, 3, 3000)
+    hidden, depth, steps = (64, 2, 800) if quick else (96, 2, 2500)
     train = data.sample(20_000 if quick else 50_000, seed=seed)
     refs, paths = {}, {}
     for kind in kinds:
@@ -56,9 +56,9 @@ def make_toy(quick: bool, seed: int = 0, kinds: tuple[str, ...] = ("flow",)) -> 
         refs[kind], paths[kind] = model, path
     reward = rsm.rewards.quadratic(CENTER, scale=1.0)
     target = data.tilted_quadratic(CENTER, 1.0, ALPHA)
-    n = 1000 if quick else 3000
+    n = 1000 if quick else 2000
     return Toy(data, reward, target, target.sample(n, seed=seed + 101).astype(np.float64), refs,
-               paths, n, 40 if quick else 60)
+               paths, n, 40 if quick else 50)
 
 
 def sample_with_log_density(model: Any, path: Any, n: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -108,7 +109,7 @@ def _kind(method: str) -> str:
 def _budgets(quick: bool) -> dict[str, float]:
     if quick:
         return {"zo-branch": 2.5e5, "zo-sde": 2.5e5, "fo": 2.5e5, "vp": 2.5e5}
-    return {"zo-branch": 1.2e6, "zo-sde": 1.2e6, "fo": 1.2e6, "vp": 1.2e6}
+    return {"zo-branch": 8e5, "zo-sde": 8e5, "fo": 8e5, "vp": 8e5}
 
 
 def _run_one(toy: Any, cfg: dict, budget: float, n_evals: int, seed: int, geometry: dict) -> dict:
@@ -362,7 +363,10 @@ def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
     results: dict[str, list[dict]] = {}
     for cfg in cfgs:
         budget = max(budgets[p] for p in cfg["panels"])
+        t0 = time.perf_counter()
         results[cfg["label"]] = [_run_one(toy, cfg, budget, n_evals, s, _geometry(cfg, quick)) for s in seeds]
+        if not quick:
+            print(f"[{NAME}] {cfg['label']}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     target = toy_lib.exact_reference_numbers(toy)
     summary = _summarize(results, cfgs)
     summary.update({"target": target, "seeds": seeds, "budgets": budgets,
