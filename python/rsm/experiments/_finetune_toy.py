@@ -56,7 +56,7 @@ def make_toy(quick: bool, seed: int = 0, kinds: tuple[str, ...] = ("flow",)) -> 
         refs[kind], paths[kind] = model, path
     reward = rsm.rewards.quadratic(CENTER, scale=1.0)
     target = data.tilted_quadratic(CENTER, 1.0, ALPHA)
-    n = 1000 if quick else 2000
+    n = 600 if quick else 2000
     return Toy(data, reward, target, target.sample(n, seed=seed + 101).astype(np.float64), refs,
                paths, n, 40 if quick else 50)
 

@@ -217,7 +217,7 @@ def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     toy = toy_lib.make_toy(quick, seed, ("flow", "vp"))
-    steps, n_evals, batch = (25, 2, 8) if quick else (80, 4, 16)
+    steps, n_evals, batch = (25, 2, 8) if quick else (60, 4, 16)
     seeds = [seed + k for k in range(1 if quick else 3)]
     vs = variants()
     results = {}
@@ -226,7 +226,7 @@ def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
         results[v["label"]] = [_run_variant(toy, v, steps, n_evals, s, batch) for s in seeds]
         if not quick:
             print(f"[{NAME}] {v['label']}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    fidelity = g_phi_fidelity(toy, 40 if quick else 150, seed, batch)
+    fidelity = g_phi_fidelity(toy, 40 if quick else 120, seed, batch)
     summary: dict[str, Any] = {"seeds": seeds, "iterations": steps,
                                "variants": {v["label"]: {"fig": v["fig"], **_final(results[v["label"]])} for v in vs},
                                "norms": {}, "g_phi_fidelity": fidelity,
