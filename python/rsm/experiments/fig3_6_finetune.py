@@ -284,6 +284,8 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.tick_params(labelsize=7)
+            if xkey == "nfe":
+                ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
             ax.legend(fontsize=6, loc="best")
         fig.tight_layout()
         path = out / f"{stem}.png"
