@@ -24,6 +24,8 @@ rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg)
     if (cfg->kind == RSM_SAMPLER_DDIM) {
         RSM_CHECK(isfinite(cfg->eta) && cfg->eta >= 0 && cfg->eta <= 1, RSM_ERR_VALUE,
                   "eta=%g must be in [0, 1]", cfg->eta);
+        RSM_CHECK(isfinite(cfg->pcpo_weight) && cfg->pcpo_weight >= 0, RSM_ERR_VALUE,
+                  "pcpo_weight=%g must be finite and >= 0", cfg->pcpo_weight);
         if (path->kind == RSM_PATH_FLOW)
             RSM_CHECK(cfg->ts[0] < 1.0 || cfg->steps >= 1, RSM_ERR_VALUE, "invalid DDIM grid");
     }
@@ -111,7 +113,14 @@ rsm_sampler_step_coef(const rsm_path *path, const rsm_sampler_config *cfg, int64
         rsm_param_map m = rsm_param_map_at(rsm_path_native_param(path), c);
         double eta = in_window ? cfg->eta : 0.0;
         double var = 0.0;
-        if (eta > 0 && cn.alpha > 0) {
+        if (eta > 0 && cn.alpha > 0 && cfg->pcpo_weight > 0 && c.alpha > 0) {
+            /* PCPO's std (RSM-SPEC §6.3.6): the "+" root of (c1 + sqrt(sigma'^2 - s^2)) / s = w */
+            double w = cfg->pcpo_weight;
+            double c1 = c.sigma * cn.alpha / c.alpha;
+            double disc = fmax((1.0 + w * w) * cn.sigma * cn.sigma - c1 * c1, 0.0);
+            double s_pcpo = eta * (w * c1 + sqrt(disc)) / (1.0 + w * w);
+            var = fmin(s_pcpo * s_pcpo, cn.sigma * cn.sigma);
+        } else if (eta > 0 && cn.alpha > 0) {
             double ratio = (c.alpha * c.alpha) / (cn.alpha * cn.alpha);
             var = eta * eta * (cn.sigma * cn.sigma) / (c.sigma * c.sigma) * (1.0 - ratio);
             if (var < 0) var = 0;

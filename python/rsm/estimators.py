@@ -118,3 +118,34 @@ def _as_tensor(x: np.ndarray) -> Any:
     from . import from_dlpack
 
     return from_dlpack(np.ascontiguousarray(x))
+
+
+def first_order_next(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: int,
+                     n_samples: int = 1, *, x_next: Any = None, jacobian: bool = True,
+                     alpha: float = 1.0, noise_level: float = 0.7, pcpo_weight: float = 0.0,
+                     seed: int = 0) -> np.ndarray:
+    """FO-next (RSM-SPEC §7.1): Psi_hat(x_t) = g = grad_{x'} r(x0_hat(x')) / alpha at the NEXT
+    state x' of one stochastic step t_i -> t_{i+1} from x, with Tweedie's x0_hat of `model` at
+    t_{i+1} and (jacobian=True) the gradient through the network, averaged over n_samples next
+    states. Given x_next[n, D] (the next states a rollout actually sampled: Residual nabla-DB,
+    SQDF), g is evaluated there and nothing is sampled (n_samples must be 1)."""
+    x = np.ascontiguousarray(x)
+    ts = np.asarray(ts, dtype=np.float64)
+    n, dim = x.shape
+    if not 0 <= step < len(ts) - 1:
+        raise ValueError(f"first_order_next(): step={step} must be in [0, {len(ts) - 1})")
+    if x_next is None:
+        sampler = "sde" if path.kind == "flow" else "ddpm"
+        traj = sample(model, n * n_samples, path, sampler, ts=ts[step:step + 2],
+                      x_init=np.repeat(x, n_samples, axis=0), noise_level=noise_level,
+                      pcpo_weight=pcpo_weight, seed=seed, return_trajectory=True)
+        x_next = traj.x
+    else:
+        if n_samples != 1:
+            raise ValueError(f"first_order_next(): n_samples={n_samples} with given x_next: must be 1")
+        x_next = np.ascontiguousarray(x_next, dtype=x.dtype)
+        if x_next.shape != x.shape:
+            raise ValueError(f"first_order_next(): x_next has shape {x_next.shape}, expected {x.shape}")
+    g = first_order_tweedie(model, path, reward, x_next, float(ts[step + 1]), jacobian=jacobian,
+                            alpha=alpha)
+    return np.asarray(g).reshape(n, n_samples, dim).mean(1)
