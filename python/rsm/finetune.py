@@ -54,8 +54,11 @@ class Trainer:
     """Step-wise fine-tuning (for notebooks): `trainer.step()` runs one iteration and returns its
     history row; `rsm.finetune` loops over it with a progress bar.
 
-    batch_size: conditions (prompts) or roots per iteration; group_size: samples per condition
-    (zeroth-order methods normalise rewards within a group). cond: None, or [batch_size, C]."""
+    batch_size: conditions (prompts) or roots per rollout micro-batch; group_size: samples per
+    condition (zeroth-order methods normalise rewards within a group; Branch-GRPO: the leaves
+    branch ** split of each tree). cond: None, or [batch_size, C]. The preset keys `accumulate`
+    (rollout micro-batches per optimizer step) and `inner_epochs` (optimizer steps per iteration)
+    complete the batch geometry, validated up front as `trainer.geometry` (rsm.BatchGeometry)."""
 
     def __init__(self, policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", *,
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
