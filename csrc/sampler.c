@@ -24,6 +24,22 @@ rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg)
     if (cfg->kind == RSM_SAMPLER_DDIM) {
         RSM_CHECK(isfinite(cfg->eta) && cfg->eta >= 0 && cfg->eta <= 1, RSM_ERR_VALUE,
                   "eta=%g must be in [0, 1]", cfg->eta);
+        RSM_CHECK(isfinite(cfg->pcpo_weight) && cfg->pcpo_weight >= 0, RSM_ERR_VALUE,
+                  "pcpo_weight=%g must be finite and >= 0", cfg->pcpo_weight);
+        /* PCPO's std needs (1 + w^2) sigma'^2 >= c1^2 (a real root): false for steps so coarse
+         * that alpha grows by a large factor (e.g. 5 steps on the linear VP schedule) */
+        for (int64_t i = cfg->window_begin; cfg->pcpo_weight > 0 && cfg->eta > 0 &&
+                                            i < cfg->window_end; i++) {
+            rsm_path_coef c = rsm_path_coef_at(path, cfg->ts[i]);
+            rsm_path_coef cn = rsm_path_coef_at(path, cfg->ts[i + 1]);
+            if (!(cn.alpha > 0 && c.alpha > 0 && cn.sigma > 0)) continue; /* into data: DDPM's 0 */
+            double w = cfg->pcpo_weight, c1 = c.sigma * cn.alpha / c.alpha;
+            double lhs = (1.0 + w * w) * cn.sigma * cn.sigma;
+            RSM_CHECK(lhs >= c1 * c1, RSM_ERR_VALUE,
+                      "PCPO std undefined at step %lld (t=%g -> %g): (1 + w^2) sigma'^2 = %g < "
+                      "c1^2 = %g; use a finer time grid or a larger pcpo_weight",
+                      (long long)i, cfg->ts[i], cfg->ts[i + 1], lhs, c1 * c1);
+        }
         if (path->kind == RSM_PATH_FLOW)
             RSM_CHECK(cfg->ts[0] < 1.0 || cfg->steps >= 1, RSM_ERR_VALUE, "invalid DDIM grid");
     }
@@ -111,7 +127,15 @@ rsm_sampler_step_coef(const rsm_path *path, const rsm_sampler_config *cfg, int64
         rsm_param_map m = rsm_param_map_at(rsm_path_native_param(path), c);
         double eta = in_window ? cfg->eta : 0.0;
         double var = 0.0;
-        if (eta > 0 && cn.alpha > 0) {
+        if (eta > 0 && cn.alpha > 0 && cfg->pcpo_weight > 0 && c.alpha > 0 && cn.sigma > 0) {
+            /* PCPO's std (RSM-SPEC §6.3.6): the "+" root of (c1 + sqrt(sigma'^2 - s^2)) / s = w */
+            double w = cfg->pcpo_weight;
+            double c1 = c.sigma * cn.alpha / c.alpha;
+            /* the discriminant is >= 0 by rsm_sampler_check */
+            double disc = fmax((1.0 + w * w) * cn.sigma * cn.sigma - c1 * c1, 0.0);
+            double s_pcpo = eta * (w * c1 + sqrt(disc)) / (1.0 + w * w);
+            var = s_pcpo * s_pcpo;
+        } else if (eta > 0 && cn.alpha > 0) {
             double ratio = (c.alpha * c.alpha) / (cn.alpha * cn.alpha);
             var = eta * eta * (cn.sigma * cn.sigma) / (c.sigma * c.sigma) * (1.0 - ratio);
             if (var < 0) var = 0;

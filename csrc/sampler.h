@@ -14,6 +14,9 @@
  *   DDIM  : x' = alpha' x0_hat + sqrt(sigma'^2 - s^2) eps_hat + s z,
  *           s^2 = eta^2 (sigma'^2 / sigma^2) (1 - alpha^2 / alpha'^2); eta = 1 is DDPM's
  *           posterior variance, eta = 0 deterministic DDIM. Written for any path (alpha, sigma).
+ *           With pcpo_weight = w > 0 the std is PCPO's (RSM-SPEC §6.3.6), times eta:
+ *           s = (w c1 + sqrt((1 + w^2) sigma'^2 - c1^2)) / (1 + w^2),  c1 = sigma alpha' / alpha,
+ *           the root of (c1 + sqrt(sigma'^2 - s^2)) / s = w (identity T17).
  * Deterministic steps (ODE, eta = 0, steps outside the stochastic window) record std = 0,
  * noise = 0 and log_prob = 0 (a Dirac transition has no density; it takes no part in ratios).
  */
@@ -45,6 +48,7 @@ typedef struct rsm_sampler_config {
     int64_t num_branch_steps;    /* branch_factor children */
     int64_t branch_factor;
     uint64_t seed;
+    double pcpo_weight;     /* DDIM: > 0 replaces the step std by PCPO's (RSM-SPEC §6.3.6) */
 } rsm_sampler_config;
 
 /* The Gaussian step i: mu = A x + K u, std; stochastic = std > 0. */

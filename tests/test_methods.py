@@ -611,3 +611,276 @@ def test_rsm_zo_diffusion_equals_matching_on_ddpm_branches():
     g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
     assert 0 < np.mean(list(stats["clip_fraction_per_step"].values())) < 1  # both kinds of rows
+
+
+# ---- the rest of the zoo: Branch-GRPO, SQDF, Residual nabla-DB, ReFL, PCPO-reweight (diffusion) ----
+
+def grad_by_differences(fn, x, h=1e-6):
+    """Central differences of a per-row scalar function fn(x[n, D]) -> [n] in each coordinate."""
+    return np.stack([(fn(x + h * e) - fn(x - h * e)) / (2 * h) for e in np.eye(x.shape[1])], axis=1)
+
+
+def quadratic_reward(x, center, scale=1.0):
+    """rsm.rewards.quadratic written out: r(x) = -scale |x - center|^2 / 2."""
+    return -0.5 * scale * np.sum((x - np.asarray(center)) ** 2, axis=1)
+
+
+@pytest.mark.parametrize("perturb", [False, True], ids=["theta=theta_old", "theta!=theta_old"])
+def test_branch_grpo_equals_ppo_on_tree_nodes(perturb):
+    """Branch-GRPO (RSM-SPEC §6.3.8, §7.2): a tree of SDE transitions; split points at steps 0 and
+    2 (5 steps, split=2, branch=2) so every root has 2, 2, 4, 4 distinct transitions at steps 0..3
+    (the step into t = 0 is not trained). The advantage of a transition is that of the child node
+    it reaches: the mean reward of the node's leaves, normalised among the nodes of the same root
+    and depth (population std + 1e-4, zero-std groups masked, clip 5); the loss is the PPO clipped
+    surrogate on the exact log-ratio, averaged over the signal rows."""
+    policy, ref = make_models(15)
+    center, eps, a = [1.0, -0.5], 0.05, 0.7
+    roots, leaves = 3, 4
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo", batch_size=roots,
+                          group_size=leaves, split=2, branch=2, steps=5, grid="uniform", clip_eps=eps)
+    batch = trainer.rollout()
+    nodes_at = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}         # distinct nodes per root at depth d = t index
+    rows = with_times(batch["rows"], trainer.ts)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert batch["nfe"] == roots * (2 + 2 + 4 + 4 + 4)  # shared prefixes are evaluated once
+    for r in rows:
+        assert len(r["x"]) == roots * nodes_at[r["step"] + 1]
+    # siblings share their parent's state; cousins do not
+    np.testing.assert_array_equal(rows[2]["x"][0], rows[2]["x"][1])
+    assert not np.array_equal(rows[2]["x"][1], rows[2]["x"][2])
+    np.testing.assert_array_equal(rows[0]["x"][0], rows[0]["x"][1])
+
+    r_leaf = quadratic_reward(batch["x0"], center).reshape(roots, leaves)
+    adv, mask = {}, {}
+    for d, n_nodes in nodes_at.items():
+        node_r = r_leaf.reshape(roots, n_nodes, leaves // n_nodes).mean(2)
+        std = node_r.std(1, keepdims=True)
+        A = np.clip((node_r - node_r.mean(1, keepdims=True)) / (std + 1e-4), -5, 5)
+        keep = np.broadcast_to(std > 0, A.shape)
+        adv[d], mask[d] = np.where(keep, A, 0.0).ravel(), keep.ravel()
+    assert all(mask[d].all() for d in nodes_at)          # distinct leaves: every group has signal
+    if perturb:
+        move_policy(policy, 16)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts = trainer.ts
+    n_signal = sum(mask[r["step"] + 1].sum() for r in rows)
+
+    def original(us):
+        total = 0.0
+        for r, u in zip(rows, us):
+            cx, cu, std, _, _ = flow_sde_step(ts, r["step"], a)
+            mean, mean_old = cx * r["x"] - cu * u, cx * r["x"] - cu * r["u_old"]
+            rho = np.exp(logpdf_mean(r["x_next"], mean, std) - logpdf_mean(r["x_next"], mean_old, std))
+            A = adv[r["step"] + 1]
+            total += np.sum(np.maximum(-A * rho, -A * np.clip(rho, 1 - eps, 1 + eps)))
+        return total / n_signal
+
+    assert_grad_close(g_engine, original_gradient(policy, rows, original))
+
+
+def test_sqdf_equals_kl_minus_discounted_soft_q_at_theta_old():
+    """SQDF (RSM-SPEC §6.3.2): per transition alpha KL_i - gamma_d lambda Q(x'), with the next state
+    reparameterised x' = mu_theta(x) + std z (z the recorded noise) and the training-free soft-Q
+    Q(x') = r(x0_hat_ref(x', t')) (Tweedie of the reference, DDPM's x0 = (x - sqrt(1 - ab) eps) /
+    sqrt(ab)), gamma_d = discount^(S-1-i); per-element means (the row divided by D), mean over rows.
+    The engine regresses onto the rollout's grad Q, so the two gradients agree at theta = theta_old
+    (checked to 1e-5) and differ once the policy has moved x' (checked too)."""
+    policy, ref = make_models(17)
+    center, scale = [0.5, 1.0], 0.3
+    alpha, discount, lam = 0.5, 0.8, 0.7
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "sqdf", batch_size=2,
+                          group_size=2, steps=4, alpha=alpha, discount=discount, reward_scale=lam)
+    batch = trainer.rollout()
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    S = len(ts) - 1
+    u_ref = outputs(ref, rows)
+
+    def original(us):
+        total, count = 0.0, 0
+        for r, u, ur in zip(rows, us, u_ref):
+            i = r["step"]
+            cx, cu, std = ddpm_step(ts, i)
+            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * ur
+            x_next = mu + std * r["noise"]
+            ab_next = vp_linear_abar(ts[i + 1])
+            eps_ref = np.from_dlpack(ref.forward(x_next, ts[i + 1]))
+            q = quadratic_reward((x_next - np.sqrt(1 - ab_next) * eps_ref) / np.sqrt(ab_next), center, scale)
+            kl = np.sum((mu - mu_ref) ** 2, axis=1) / (2 * std**2)
+            total += np.sum((alpha * kl - discount ** (S - 1 - i) * lam * q) / u.shape[1])
+            count += u.shape[0]
+        return total / count
+
+    # on policy the reparameterised next state is the recorded one
+    for r in rows:
+        cx, cu, std = ddpm_step(ts, r["step"])
+        np.testing.assert_allclose(cx * r["x"] - cu * r["u_old"] + std * r["noise"], r["x_next"], rtol=1e-12, atol=1e-12)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    assert_grad_close(g_engine, original_gradient(policy, rows, original))
+    move_policy(policy, 18)          # first order only: x' moves with theta in the original
+    g_engine, _ = trainer.loss_and_grad(batch)
+    g_orig = original_gradient(policy, rows, original)
+    assert np.linalg.norm(g_engine - g_orig) / np.linalg.norm(g_orig) > 1e-4
+
+
+def test_residual_ndb_equals_forward_residual_with_next_state_gradient():
+    """Residual nabla-DB, pruned (RSM-SPEC §6.3.3, §9.5): R = kappa (mu_theta - mu_ref)/std^2 -
+    lambda alpha_bar(t') g with kappa = 1 and g = grad_{x'} r(x0_hat(x')) at the recorded next
+    state through the rollout policy's Tweedie jump (FO-next, recomputed here by differences of
+    x' -> r((x' - sqrt(1 - ab') eps_old(x')) / sqrt(ab'))), plus reg |eps_theta - eps_old|^2;
+    per-element means, mean over rows; at theta != theta_old."""
+    policy, ref = make_models(19)
+    center, scale, lam, reg = [1.0, -1.0], 0.4, 0.6, 2.0
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "residual-ndb",
+                          batch_size=2, group_size=2, steps=4, reward_scale=lam, reg=reg)
+    policy_old = policy.copy()
+    batch = trainer.rollout()
+    assert batch["reward_calls"] == 1 + len(batch["rows"])
+    move_policy(policy, 20)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    u_ref = outputs(ref, rows)
+    g_next = []
+    for r in rows:
+        t_next = ts[r["step"] + 1]
+        ab = vp_linear_abar(t_next)
+
+        def r_of_next(x, t_next=t_next, ab=ab):
+            eps = np.from_dlpack(policy_old.forward(x, t_next))
+            return quadratic_reward((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), center, scale)
+
+        g_next.append(grad_by_differences(r_of_next, r["x_next"]))
+
+    def original(us):
+        total, count = 0.0, 0
+        for r, u, ur, g in zip(rows, us, u_ref, g_next):
+            cx, cu, std = ddpm_step(ts, r["step"])
+            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * ur
+            resid = (mu - mu_ref) / std**2 - lam * vp_linear_abar(ts[r["step"] + 1]) * g
+            total += np.sum(np.mean(resid**2, axis=1) + reg * np.mean((u - r["u_old"]) ** 2, axis=1))
+            count += u.shape[0]
+        return total / count
+
+    assert_grad_close(g_engine, original_gradient(policy, rows, original))
+
+
+@pytest.mark.parametrize("path_kind", ["flow", "vp"])
+def test_refl_gradient_is_the_one_step_pathwise_reward_gradient(path_kind):
+    """ReFL: from the rollout's state x_t at a late step, x0_hat = x_t - t u (flow) or
+    (x_t - sqrt(1 - ab) u) / sqrt(ab) (VP), loss -lambda mean r(x0_hat(theta)); the engine's
+    parameter gradient equals directional central differences of that loss in theta."""
+    policy, ref = make_models(21)
+    center, scale, lam = [1.0, -0.5], 0.7, 1.3
+    path = rsm.FlowPath() if path_kind == "flow" else rsm.VPPath("linear")
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "refl", path=path,
+                          batch_size=2, group_size=3, steps=8, late_steps=3, reward_scale=lam)
+    batch = trainer.rollout()
+    (row,) = batch["rows"]
+    assert 8 - 3 <= row["step"] < 8
+    g_engine, stats = trainer.loss_and_grad(batch)
+    t = trainer.ts[row["step"]]
+    params = np.from_dlpack(policy.params)
+    base = params.copy()
+
+    def x0_hat(u):
+        if path_kind == "flow":
+            return row["x"] - t * u
+        ab = vp_linear_abar(t)
+        return (row["x"] - np.sqrt(1 - ab) * u) / np.sqrt(ab)
+
+    def loss(theta):
+        params[:] = theta
+        u = np.from_dlpack(policy.forward(row["x"], t)).copy()
+        params[:] = base
+        return -lam * quadratic_reward(x0_hat(u), center, scale).mean()
+
+    assert stats["loss"] == pytest.approx(loss(base), rel=1e-12)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        v = rng.standard_normal(base.shape)
+        h = 1e-6
+        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
+        assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    steps = set()
+    for it in range(8):                                  # the late step is redrawn per iteration
+        trainer.iteration = it
+        steps.add(trainer.rollout()["rows"][0]["step"])
+    assert len(steps) > 1 and steps <= {5, 6, 7}
+
+
+def pcpo_std(ts, i, w=4.5):
+    """PCPO's DDPM std (RSM-SPEC §6.3.6): (w c1 + sqrt((1 + w^2)(1 - ab') - c1^2)) / (1 + w^2)."""
+    ab, ab_next = vp_linear_abar(ts[i]), vp_linear_abar(ts[i + 1])
+    c1 = np.sqrt((1 - ab) * ab_next / ab)
+    return (w * c1 + np.sqrt((1 + w**2) * (1 - ab_next) - c1**2)) / (1 + w**2), c1
+
+
+def test_pcpo_sampler_std_T17():
+    """T17: the implemented root satisfies (c1 + c2)/std = w with c2 = sqrt(1 - ab' - std^2) (not
+    (c1 - c2)/std = w), and rsm's PCPO-DDPM steps use exactly that std."""
+    path, ts = rsm.VPPath("linear"), rsm.time_grid(12)
+    coef = rsm.step_coefficients(path, ts, "ddpm", pcpo_weight=4.5)
+    for i in range(len(ts) - 2):
+        std, c1 = pcpo_std(ts, i)
+        c2 = np.sqrt(1 - vp_linear_abar(ts[i + 1]) - std**2)
+        assert (c1 + c2) / std == pytest.approx(4.5, rel=1e-12)
+        assert coef[i]["std"] == pytest.approx(std, rel=1e-12)
+        assert coef[i]["K"] == pytest.approx(-(c1 - c2), rel=1e-12)   # mu = ... - (c1 - c2) eps
+    assert 4.5 / 8.70575076181 == pytest.approx(0.51690, abs=1e-5)
+    assert rsm.methods.get("pcpo-diffusion")["loss_weight"] == pytest.approx(0.5168997, rel=1e-6)
+
+
+@pytest.mark.parametrize("perturb", [False, True], ids=["theta=theta_old", "theta!=theta_old"])
+def test_pcpo_diffusion_equals_constant_weight_noise_matching(perturb):
+    """PCPO-reweight (diffusion), 'uw-sigma' (RSM-SPEC §6.3.6, §9.3): DDPM trajectories with PCPO's
+    std (the recorded next states are mu_old + std_PCPO z, checked), the noise-matching hinge
+    max(eps |A| + A T, 0) with T = 1/2 mean((w' d eps)^2) + mean(w' d eps z) and the constant
+    w' = 4.5 / 8.70575, averaged over the signal rows; no KL."""
+    policy, ref = make_models(22)
+    eps = 0.02
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0.5, -0.5]), "pcpo-diffusion",
+                          batch_size=2, group_size=3, steps=12, clip_eps=eps)
+    batch = trainer.rollout()
+    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    for r in rows:
+        std, c1 = pcpo_std(ts, r["step"])
+        ab, ab_next = vp_linear_abar(ts[r["step"]]), vp_linear_abar(ts[r["step"] + 1])
+        x0 = (r["x"] - np.sqrt(1 - ab) * r["u_old"]) / np.sqrt(ab)
+        mean_old = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next - std**2) * r["u_old"]
+        np.testing.assert_allclose(mean_old + std * r["noise"], r["x_next"], rtol=1e-10, atol=1e-12)
+    if perturb:
+        move_policy(policy, 23)
+    g_engine, stats = trainer.loss_and_grad(batch)
+    w = 4.5 / 8.70575076181
+    A = batch["adv"] * batch["mask"]
+    n_signal = max(batch["mask"].sum() * len(rows), 1)
+
+    def original(us):
+        total = 0.0
+        for r, u in zip(rows, us):
+            d = u - r["u_old"]
+            T = 0.5 * np.mean((w * d) ** 2, axis=1) + np.mean(w * d * r["noise"], axis=1)
+            total += np.sum(np.maximum(eps * np.abs(A[r["traj"]]) + A[r["traj"]] * T, 0))
+        return total / n_signal
+
+    assert_grad_close(g_engine, original_gradient(policy, rows, original))
+
+
+def test_zoo_registry_and_overrides():
+    new = {"branch-grpo", "sqdf", "residual-ndb", "refl", "pcpo-diffusion"}
+    assert new <= set(rsm.methods.names())
+    table = {r["method"]: r for r in rsm.methods.table()}
+    assert new <= set(table)
+    assert table["branch-grpo"]["branching"] and table["branch-grpo"]["rollout"] == "tree"
+    assert table["refl"]["family"] == "pathwise"
+    for name, knob, value in (("branch-grpo", "branch", 3), ("sqdf", "discount", 0.5),
+                              ("residual-ndb", "kappa", "sigma"), ("refl", "late_steps", 2),
+                              ("pcpo-diffusion", "pcpo_weight", 2.0)):
+        assert rsm.methods.get(name, **{knob: value})[knob] == value
+    from rsm.finetune import influence
+
+    h = influence("pcpo-diffusion")["h"]          # constant w' on every stochastic step: h = 1 there
+    trained = h > 0
+    assert np.ptp(h[trained]) < 1e-12 and trained.sum() == len(h) - 1
+    sq = influence("sqdf", discount=0.5)            # kappa = (c1 - c2) gamma_d (RSM-SPEC §6.2)
+    assert sq["kappa"][-2] == pytest.approx(abs(rsm.step_coefficients(
+        rsm.VPPath("linear"), rsm.time_grid(20), "ddpm")[-2]["K"]) * 0.5, rel=1e-10)

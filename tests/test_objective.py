@@ -228,3 +228,93 @@ def test_group_advantages_T14():
     np.testing.assert_allclose(adv, [-2.0, -1.0, 3.0])
     with pytest.raises(FloatingPointError, match="rewards"):
         group_advantages([1.0, np.nan])
+
+
+# ---- T8, T9, T13 (RSM-SPEC §12.3): the first-order reductions and GRPO-Guard's RatioNorm ----------
+
+def _vp_linear_abar(t):
+    """Continuous VP schedule of rsm.VPPath('linear'): beta from 0.1 to 20."""
+    return np.exp(-(0.1 * t + 0.5 * 19.9 * t**2))
+
+
+@pytest.mark.parametrize("t", [0.9, 0.5, 0.12])
+def test_vgg_flow_velocity_regression_is_score_matching_T8(t):
+    """T8: |v_theta - (v_ref - lambda eta g)|^2 == (t/(1-t))^2 |s_theta - s_ref - ((1-t)/t) lambda eta g|^2
+    with s = -(x + (1 - t) v)/t (RSM-SPEC §2.2), and the engine's RSM loss in score units with
+    conv = -t/(1-t), C1 = (t/(1-t))^2 returns the velocity-space loss."""
+    rng = np.random.default_rng(int(t * 100))
+    n, lam, eta = 5, 0.7, (1 - t) ** 2
+    x, v, v_ref, g = (rng.standard_normal((n, 3)) for _ in range(4))
+    path = rsm.FlowPath()
+    s = np.from_dlpack(path.score(x, v, np.full(n, t)))
+    s_ref = np.from_dlpack(path.score(x, v_ref, np.full(n, t)))
+    np.testing.assert_allclose(s, -(x + (1 - t) * v) / t, rtol=1e-12, atol=1e-12)
+    lhs = np.sum((v - (v_ref - lam * eta * g)) ** 2, axis=1)
+    rhs = (t / (1 - t)) ** 2 * np.sum((s - s_ref - ((1 - t) / t) * lam * eta * g) ** 2, axis=1)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
+    coef = row_coefficients(n, conv=-t / (1 - t), c1=(t / (1 - t)) ** 2)
+    out = objective("score_matching", v, coef, u_ref=v_ref, psi=((1 - t) / t) * lam * eta * g)
+    assert out["loss"] == pytest.approx(lhs.sum(), rel=1e-10)
+
+
+@pytest.mark.parametrize("t,t_next", [(0.8, 0.75), (0.4, 0.35), (0.1, 0.05)])
+def test_residual_db_is_score_matching_T9(t, t_next):
+    """T9 (DDPM step of RSM-SPEC §2.1, written here from alpha_bar): with mu = sqrt(ab') x0_hat +
+    sqrt(1 - ab' - std^2) eps and s = -eps/sqrt(1 - ab), mu_theta - mu_ref = Omega (s_theta - s_ref),
+    Omega = (c1 - c2) sqrt(1 - ab), and
+      |kappa (mu_theta - mu_ref)/std^2 - lambda a g|^2 == (kappa Omega/std^2)^2 |s_theta - s_ref - lambda a std^2/(kappa Omega) g|^2,
+      |eps_theta - eps_old|^2 == (1 - ab) |s_theta - s_old|^2;
+    the engine's RSM loss (score units, conv = -sqrt(1 - ab), C1 = (kappa Omega/std^2)^2, C2 =
+    reg (1 - ab)/C1 toward s_old) equals the residual loss plus reg |eps_theta - eps_old|^2."""
+    rng = np.random.default_rng(int(t * 100))
+    n, kappa, lam, a, reg = 4, 0.8, 1.3, _vp_linear_abar(t_next), 2.5
+    ab, ab_n = _vp_linear_abar(t), _vp_linear_abar(t_next)
+    std = np.sqrt((1 - ab_n) / (1 - ab) * (1 - ab / ab_n))
+    c1, c2 = np.sqrt((1 - ab) * ab_n / ab), np.sqrt(1 - ab_n - std**2)
+    omega = (c1 - c2) * np.sqrt(1 - ab)
+    x, eps, eps_ref, eps_old, g = (rng.standard_normal((n, 2)) for _ in range(5))
+
+    def mean(e):
+        return np.sqrt(ab_n) * (x - np.sqrt(1 - ab) * e) / np.sqrt(ab) + c2 * e
+
+    def score(e):
+        return -e / np.sqrt(1 - ab)
+
+    np.testing.assert_allclose(mean(eps) - mean(eps_ref), omega * (score(eps) - score(eps_ref)), rtol=1e-10, atol=1e-12)
+    resid = np.sum((kappa * (mean(eps) - mean(eps_ref)) / std**2 - lam * a * g) ** 2, axis=1)
+    C1 = (kappa * omega / std**2) ** 2
+    psi = lam * a * std**2 / (kappa * omega) * g
+    np.testing.assert_allclose(resid, C1 * np.sum((score(eps) - score(eps_ref) - psi) ** 2, axis=1), rtol=1e-10)
+    trust = np.sum((eps - eps_old) ** 2, axis=1)
+    np.testing.assert_allclose(trust, (1 - ab) * np.sum((score(eps) - score(eps_old)) ** 2, axis=1), rtol=1e-10)
+    # the step coefficients of rsm's DDPM sampler are these (K = -(c1 - c2) on eps)
+    coef_i = rsm.step_coefficients(rsm.VPPath("linear"), np.array([t, t_next]), "ddpm")[0]
+    assert coef_i["std"] == pytest.approx(std, rel=1e-10) and coef_i["K"] == pytest.approx(-(c1 - c2), rel=1e-10)
+    coef = row_coefficients(n, conv=-np.sqrt(1 - ab), c1=C1, c2=reg * (1 - ab) / C1)
+    out = objective("score_matching", eps, coef, u_ref=eps_ref, u_old=eps_old, psi=psi)
+    assert out["loss"] == pytest.approx(np.sum(resid + reg * trust), rel=1e-10)
+
+
+def test_grpo_guard_ratio_norm_T13(flow_transition):
+    """T13: per-element means, log rho + mean(delta^2)/(2 std^2) == mean(z delta)/std (the linear
+    part), delta = mu_theta - mu_old; GRPO-Guard's ratio is exp(linear part x std), which the
+    engine's PPO form with linear_only and ratio_scale = std computes."""
+    path, model, other, ts, traj = flow_transition
+    i = 5
+    x, x_next, z = traj.xs[i], traj.xs[i + 1], traj.noises[i]
+    n, D = x.shape
+    lp_new, mu_new = rsm.log_prob(other, path, x, x_next, i, ts, "sde")
+    lp_old, mu_old = rsm.log_prob(model, path, x, x_next, i, ts, "sde")
+    c = rsm.step_coefficients(path, ts, "sde")[i]
+    std, w = c["std"], abs(c["K"]) / c["std"]
+    delta = mu_new - mu_old
+    log_rho = (lp_new - lp_old) / D
+    linear = np.mean(z * delta, axis=1) / std
+    np.testing.assert_allclose(log_rho + np.mean(delta**2, axis=1) / (2 * std**2), linear, rtol=1e-9, atol=1e-13)
+    u_new = np.from_dlpack(other.forward(x, ts[i]))
+    coef = row_coefficients(n, w=w, adv=1.0, ratio_scale=std, clip_eps=1e6)
+    out = objective("ppo", u_new, coef, u_old=traj.outputs[i], noise=z, linear_only=True,
+                    mean_over_dims=True)
+    np.testing.assert_allclose(np.from_dlpack(out["log_ratio"]), linear, rtol=1e-9, atol=1e-13)
+    # A = 1, no clipping: loss = -sum_r rho_r with rho = exp(linear * std)
+    assert out["loss"] == pytest.approx(-np.sum(np.exp(linear * std)), rel=1e-10)

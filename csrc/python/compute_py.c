@@ -975,7 +975,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "path", "n", "sampler", "ts", "noise_level", "eta", "seed",
                              "x_init", "cond", "window_begin", "window_end", "branch_steps",
-                             "branch_factor", "return_trajectory", NULL};
+                             "branch_factor", "return_trajectory", "pcpo_weight", NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_init_obj = Py_None, *cond_obj = Py_None,
                                             *branch_obj = Py_None;
     long long n, window_begin = 0, window_end = -1, branch_factor = 1;
@@ -983,10 +983,12 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     double noise_level = 0.7, eta = 1.0;
     unsigned long long seed = 0;
     int return_trajectory = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLp", kwlist, &model_obj,
+    double pcpo_weight = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLpd", kwlist, &model_obj,
                                      &path_obj, &n, &sampler, &ts_obj, &noise_level, &eta, &seed,
                                      &x_init_obj, &cond_obj, &window_begin, &window_end,
-                                     &branch_obj, &branch_factor, &return_trajectory))
+                                     &branch_obj, &branch_factor, &return_trajectory,
+                                     &pcpo_weight))
         return NULL;
     const char *func = "sample";
     rsm_module_state *state = rsm_state(module);
@@ -1005,6 +1007,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     if (rsm_sampler_args_parse(module, func, sampler, ts_obj, noise_level, eta, window_begin,
                                window_end, branch_obj, branch_factor, seed, &sa) < 0)
         goto done;
+    sa.cfg.pcpo_weight = pcpo_weight;
     rsm_status status = rsm_sampler_check(path, &sa.cfg);
     if (status != RSM_OK) {
         rsm_py_raise(status, func);
@@ -1104,14 +1107,15 @@ static PyObject *
 rsm_py_transition_log_prob(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "path", "sampler", "ts", "step", "x", "x_next",
-                             "noise_level", "eta", "cond", "window_begin", "window_end", NULL};
+                             "noise_level", "eta", "cond", "window_begin", "window_end",
+                             "pcpo_weight", NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_obj, *x_next_obj, *cond_obj = Py_None;
     const char *sampler;
     long long step, window_begin = 0, window_end = -1;
-    double noise_level = 0.7, eta = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOsOLOO|ddOLL", kwlist, &model_obj, &path_obj,
+    double noise_level = 0.7, eta = 1.0, pcpo_weight = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOsOLOO|ddOLLd", kwlist, &model_obj, &path_obj,
                                      &sampler, &ts_obj, &step, &x_obj, &x_next_obj, &noise_level,
-                                     &eta, &cond_obj, &window_begin, &window_end))
+                                     &eta, &cond_obj, &window_begin, &window_end, &pcpo_weight))
         return NULL;
     const char *func = "log_prob";
     rsm_module_state *state = rsm_state(module);
@@ -1127,6 +1131,7 @@ rsm_py_transition_log_prob(PyObject *module, PyObject *args, PyObject *kwargs)
     if (rsm_sampler_args_parse(module, func, sampler, ts_obj, noise_level, eta, window_begin,
                                window_end, Py_None, 1, 0, &sa) < 0)
         goto done;
+    sa.cfg.pcpo_weight = pcpo_weight;
     const rsm_dtype dtype = model.dtype;
     x = rsm_matrix_arg(module, x_obj, func, "x", dtype, -1, model.dim);
     if (!x || rsm_check_finite(x, dtype, func, "x") < 0) goto done;
@@ -1179,13 +1184,14 @@ static PyObject *
 rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "sampler", "ts", "noise_level", "eta", "window_begin",
-                             "window_end", NULL};
+                             "window_end", "pcpo_weight", NULL};
     PyObject *path_obj, *ts_obj;
     const char *sampler;
-    double noise_level = 0.7, eta = 1.0;
+    double noise_level = 0.7, eta = 1.0, pcpo_weight = 0.0;
     long long window_begin = 0, window_end = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OsO|ddLL", kwlist, &path_obj, &sampler,
-                                     &ts_obj, &noise_level, &eta, &window_begin, &window_end))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OsO|ddLLd", kwlist, &path_obj, &sampler,
+                                     &ts_obj, &noise_level, &eta, &window_begin, &window_end,
+                                     &pcpo_weight))
         return NULL;
     if (!PyObject_TypeCheck(path_obj, rsm_state(module)->path_type))
         return rsm_py_raisef(PyExc_TypeError, "step_coefficients", "path must be an rsm path");
@@ -1196,6 +1202,7 @@ rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
         rsm_sampler_args_clear(&sa);
         return NULL;
     }
+    sa.cfg.pcpo_weight = pcpo_weight;
     rsm_status status = rsm_sampler_check(path, &sa.cfg);
     if (status != RSM_OK) {
         rsm_sampler_args_clear(&sa);

@@ -32,6 +32,7 @@ from .sampling import Trajectory, sample, log_prob, time_grid, step_coefficients
 from .training import AdamW, History, pretrain, save_checkpoint, load_checkpoint  # noqa: E402,F401
 from . import objective, rewards, methods, datasets, metrics, io, estimators  # noqa: E402,F401
 from .rewards import Reward  # noqa: E402,F401
+from .geometry import BatchGeometry  # noqa: E402,F401
 from .finetune import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
 from . import guidance  # noqa: E402,F401
 from .guidance import Guided  # noqa: E402,F401

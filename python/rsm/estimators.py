@@ -70,22 +70,24 @@ def zeroth_order(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: int,
 
 
 def first_order_tweedie(model: Any, path: Any, reward: Any, x: Any, t: float, *,
-                        jacobian: bool = True, alpha: float = 1.0) -> np.ndarray:
+                        jacobian: bool = True, alpha: float = 1.0, cond: Any = None,
+                        reward_cond: Any = None) -> np.ndarray:
     reward = _reward(reward)
     if not reward.differentiable:
         raise ValueError("first_order_tweedie(): the reward must be differentiable")
     x = np.ascontiguousarray(x)
     n = x.shape[0]
-    u = np.from_dlpack(model.forward(x, t))
+    # cond goes to the model (its own layout); the reward gets reward_cond (default: cond)
+    u = np.from_dlpack(model.forward(x, t, cond))
     x0_hat = np.from_dlpack(path.x0_hat(x, u, np.full(n, t)))
-    _, g, _ = reward(_as_tensor(np.ascontiguousarray(x0_hat)), None)
+    _, g, _ = reward(_as_tensor(np.ascontiguousarray(x0_hat)), cond if reward_cond is None else reward_cond)
     g = g.astype(x.dtype)
     if not jacobian:
         return g / alpha
     # x0_hat = p_x x + p_u u(x): (d x0_hat / dx)^T g = p_x g + p_u J_u^T g
     p_x = np.from_dlpack(path.x0_hat(np.ones_like(x[:1]), np.zeros_like(x[:1]), np.full(1, t)))[0, 0]
     p_u = np.from_dlpack(path.x0_hat(np.zeros_like(x[:1]), np.ones_like(x[:1]), np.full(1, t)))[0, 0]
-    dx, _ = model.vjp(x, t, np.ascontiguousarray((p_u * g).astype(x.dtype)))
+    dx, _ = model.vjp(x, t, np.ascontiguousarray((p_u * g).astype(x.dtype)), cond)
     return (p_x * g + np.asarray(np.from_dlpack(dx) if hasattr(dx, "__dlpack__") else dx)) / alpha
 
 
@@ -328,3 +330,39 @@ def _as_tensor(x: np.ndarray) -> Any:
     from . import from_dlpack
 
     return from_dlpack(np.ascontiguousarray(x))
+
+
+def first_order_next(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: int,
+                     n_samples: int = 1, *, x_next: Any = None, jacobian: bool = True,
+                     alpha: float = 1.0, noise_level: float = 0.7, pcpo_weight: float = 0.0,
+                     seed: int = 0, cond: Any = None, reward_cond: Any = None) -> np.ndarray:
+    """FO-next (RSM-SPEC §7.1): Psi_hat(x_t) = g = grad_{x'} r(x0_hat(x')) / alpha at the NEXT
+    state x' of one stochastic step t_i -> t_{i+1} from x, with Tweedie's x0_hat of `model` at
+    t_{i+1} and (jacobian=True) the gradient through the network, averaged over n_samples next
+    states. Given x_next[n, D] (the next states a rollout actually sampled: Residual nabla-DB,
+    SQDF), g is evaluated there and nothing is sampled (n_samples must be 1). cond: the rows'
+    conditions in the model's layout; reward_cond: what the reward receives (default: cond)."""
+    x = np.ascontiguousarray(x)
+    ts = np.asarray(ts, dtype=np.float64)
+    n, dim = x.shape
+    if not 0 <= step < len(ts) - 1:
+        raise ValueError(f"first_order_next(): step={step} must be in [0, {len(ts) - 1})")
+    if x_next is None:
+        sampler = "sde" if path.kind == "flow" else "ddpm"
+        traj = sample(model, n * n_samples, path, sampler, ts=ts[step:step + 2],
+                      x_init=np.repeat(x, n_samples, axis=0), noise_level=noise_level,
+                      pcpo_weight=pcpo_weight, seed=seed, return_trajectory=True,
+                      cond=None if cond is None else np.repeat(np.asarray(cond), n_samples, axis=0))
+        x_next = traj.x
+        if cond is not None:
+            cond = np.repeat(np.asarray(cond), n_samples, axis=0)
+            reward_cond = None if reward_cond is None else np.repeat(np.asarray(reward_cond), n_samples, axis=0)
+    else:
+        if n_samples != 1:
+            raise ValueError(f"first_order_next(): n_samples={n_samples} with given x_next: must be 1")
+        x_next = np.ascontiguousarray(x_next, dtype=x.dtype)
+        if x_next.shape != x.shape:
+            raise ValueError(f"first_order_next(): x_next has shape {x_next.shape}, expected {x.shape}")
+    g = first_order_tweedie(model, path, reward, x_next, float(ts[step + 1]), jacobian=jacobian,
+                            alpha=alpha, cond=cond, reward_cond=reward_cond)
+    return np.asarray(g).reshape(n, n_samples, dim).mean(1)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import methods as _methods
+from .geometry import BatchGeometry, trained_steps, tree_split_steps
 from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
 from ._args import as_cond, num_classes_of
 from .paths import FlowPath, VPPath
@@ -54,8 +55,11 @@ class Trainer:
     """Step-wise fine-tuning (for notebooks): `trainer.step()` runs one iteration and returns its
     history row; `rsm.finetune` loops over it with a progress bar.
 
-    batch_size: conditions (prompts) or roots per iteration; group_size: samples per condition
-    (zeroth-order methods normalise rewards within a group).
+    batch_size: conditions (prompts) or roots per rollout micro-batch; group_size: samples per
+    condition (zeroth-order methods normalise rewards within a group; Branch-GRPO: the leaves
+    branch ** split of each tree). The preset keys `accumulate` (rollout micro-batches per
+    optimizer step) and `inner_epochs` (optimizer steps per iteration) complete the batch
+    geometry, validated up front as `trainer.geometry` (rsm.BatchGeometry).
 
     conditions (or its older name cond): None (unconditional), class ids [M] (a class-conditional
     model such as rsm.DiT, or any model with cond_dim 1) or condition vectors [M, cond_dim].
@@ -80,7 +84,7 @@ class Trainer:
             raise ValueError(f"method {method!r} runs on the {self.cfg['path']} path; got {self.path!r}")
         if policy.dim != ref.dim:
             raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
-        self._check_geometry(batch_size, group_size)
+        self.geometry = self._check_geometry(batch_size, group_size)
         if self.cfg["family"] in ("first-order", "pathwise") and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
@@ -93,10 +97,17 @@ class Trainer:
         self.stochastic = "sde" if self.path.kind == "flow" else "ddpm"
         self.deterministic = "ode" if self.path.kind == "flow" else "ddim"
         self.det_coef = step_coefficients(self.path, self.ts, self.deterministic)
-        self.sde = step_coefficients(self.path, self.ts, self.stochastic, noise_level=cfg["noise_level"])
+        self.pcpo_weight = float(cfg.get("pcpo_weight", 0.0))  # PCPO's DDPM std (RSM-SPEC §6.3.6)
+        self.sde = step_coefficients(self.path, self.ts, self.stochastic, noise_level=cfg["noise_level"],
+                                     pcpo_weight=self.pcpo_weight)
         self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                max_grad_norm=cfg["max_grad_norm"], ema_decay=cfg.get("ema_decay", 0.0))
+        # the geometry again, now counting only the steps that are stochastic on this path
+        self.geometry = BatchGeometry.from_method(
+            cfg, batch_size, group_size, dim=policy.dim,
+            deterministic={i for i, c in enumerate(self.sde) if not c["std"] > 0})
         self.iteration = 0
+        self._draw = 0   # index of the rollout micro-batch: keys every rollout's random streams
         self.history = History()
 
     # ---- conditions --------------------------------------------------------------------------
@@ -136,7 +147,8 @@ class Trainer:
             return None
         if c.shape[0] == self.batch_size:
             return c
-        idx = (self.iteration * self.batch_size + np.arange(self.batch_size)) % c.shape[0]
+        # one block of conditions per rollout micro-batch (gradient accumulation): draw index
+        idx = (self._draw * self.batch_size + np.arange(self.batch_size)) % c.shape[0]
         return np.ascontiguousarray(c[idx])
 
     def reward_cond(self, cond_rows: np.ndarray | None) -> Any:
@@ -147,63 +159,47 @@ class Trainer:
         return np.rint(cond_rows[:, 0]).astype(np.int64)
 
     # ---- validation -------------------------------------------------------------------------
-    def _check_geometry(self, batch_size: int, group_size: int) -> None:
-        cfg = self.cfg
-        for name, value in (("batch_size", batch_size), ("group_size", group_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"finetune(): {name}={value!r} must be a positive int")
-        if cfg["family"] == "zeroth-order" and cfg["rollout"] == "sde" and group_size < 2:
-            raise ValueError(f"finetune(): method {cfg['name']!r} normalises rewards within groups: "
-                             f"group_size={group_size} must be >= 2")
-        if cfg["rollout"] == "branch":
-            budget = list(cfg["budget"])
-            if len(budget) > cfg["steps"]:
-                raise ValueError(f"finetune(): budget has {len(budget)} entries but the grid has "
-                                 f"steps={cfg['steps']} transitions")
-            if any(k < 0 for k in budget) or not any(k >= 2 for k in budget):
-                raise ValueError(f"finetune(): budget {budget} needs non-negative entries and at "
-                                 "least one transition with >= 2 children (a group)")
-            if any(k == 1 for k in budget):
-                raise ValueError(f"finetune(): budget {budget}: a transition with 1 child has a "
-                                 "zero-variance group and gives no signal; use 0 or >= 2")
-        if cfg["inner_epochs"] < 1:
-            raise ValueError(f"finetune(): inner_epochs={cfg['inner_epochs']} must be >= 1")
+    def _check_geometry(self, batch_size: int, group_size: int) -> BatchGeometry:
+        """The validated batch geometry (rsm.BatchGeometry): conditions x group size x trained
+        timesteps x inner epochs x accumulation; impossible combinations raise before any work."""
+        return BatchGeometry.from_method(self.cfg, batch_size, group_size, dim=self.policy.dim)
 
     # ---- one iteration ----------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
+        """One iteration: `accumulate` rollout micro-batches (each with its reward calls), then
+        `inner_epochs` optimizer steps on their summed gradient. A failing reward leaves the
+        policy and the optimizer untouched (nothing is updated before every rollout is scored)."""
         start = time.perf_counter()
-        batch = self.rollout()
-        rewards, valid = batch["rewards"], batch["valid"]
-        stats = self._update(batch)
+        k = self.geometry.accumulate
+        batches = [self.rollout(micro=j) for j in range(k)]
+        rewards = np.concatenate([b["rewards"] for b in batches])
+        valid = np.concatenate([b["valid"] for b in batches])
+        stats = self.update(batches)
         self.iteration += 1
         row = {"step": self.iteration - 1,
                "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
-               "skipped_rows": int((~valid).sum()), "reward_calls": batch.get("reward_calls", 1),
-               "rollout_nfe": int(batch["nfe"]) + int(batch.get("adjoint_nfe", 0)), "seconds": time.perf_counter() - start, **stats}
+               "skipped_rows": int((~valid).sum()),
+               "reward_calls": sum(b.get("reward_calls", 1) for b in batches),
+               "rollout_nfe": sum(int(b["nfe"]) + int(b.get("adjoint_nfe", 0)) for b in batches),
+               "seconds": time.perf_counter() - start, **stats}
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
         self.history.append(row)
         return row
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _train_steps(self, steps: int) -> list[int]:
-        """The trained transitions: "all", "interior" (all but the first), a fraction (a seeded random subset per iteration, as
-        DanceGRPO's timestep subsampling) or an explicit list."""
-        spec = self.cfg.get("train_steps", "all")
-        if spec == "all":
-            return list(range(steps))
-        if spec == "interior":  # all but the step from t = 1, where scores are singular (flow)
-            return list(range(1, steps))
-        if spec == "no_last":   # Flow-GRPO: the step into t = 0 is sampled but not trained
-            return list(range(steps - 1))
+        """The trained transitions: "all", "interior" (all but the first), "no_last", a fraction
+        (a seeded random subset per rollout, as DanceGRPO's timestep subsampling) or a list."""
+        spec = trained_steps(self.cfg.get("train_steps", "all"), steps)
         if isinstance(spec, float):
             count = max(1, int(round(spec * (steps - 1))))
             from . import _C
 
-            u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self.iteration, 11), 0, 0, steps, "float64"))
+            u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self._draw, 11), 0, 0, steps, "float64"))
             # DanceGRPO-style subsampling among the trainable steps (not the last one)
             return sorted(int(i) for i in np.argsort(u[: steps - 1])[:count])
-        return [int(i) for i in spec]
+        return spec
 
     def _cond_rows(self, repeat: int) -> Any:
         cond = self.cond
@@ -217,12 +213,13 @@ class Trainer:
         if cfg.get("shared_noise", False):  # DanceGRPO: one initial noise per group
             from . import _C
 
-            z = np.from_dlpack(_C.random("normal", _mix(self.seed, self.iteration, 7), 0, 0,
+            z = np.from_dlpack(_C.random("normal", _mix(self.seed, self._draw, 7), 0, 0,
                                          self.batch_size * self.policy.dim, self.policy.dtype))
             x_init = np.repeat(z.reshape(self.batch_size, self.policy.dim), self.group_size, axis=0)
         traj = sample(self.policy, n, self.path, self.stochastic, ts=self.ts,
-                      noise_level=cfg["noise_level"], seed=_mix(self.seed, self.iteration),
-                      cond=cond, x_init=x_init, return_trajectory=True)
+                      noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
+                      cond=cond, x_init=x_init, return_trajectory=True,
+                      pcpo_weight=self.pcpo_weight)
         steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
                  "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0,
@@ -237,7 +234,7 @@ class Trainer:
         cfg, roots = self.cfg, self.batch_size
         cond_root = self.cond
         root = sample(self.policy, roots, self.path, self.deterministic, ts=self.ts, cond=cond_root,
-                      seed=_mix(self.seed, self.iteration), return_trajectory=True)
+                      seed=_mix(self.seed, self._draw), return_trajectory=True)
         nfe = root.nfe
         budget = list(cfg["budget"]) + [0] * (cfg["steps"] - len(cfg["budget"]))
         active = [k for k in budget if k > 0]
@@ -251,7 +248,7 @@ class Trainer:
             cond = self._cond_rows(k) if cond_root is not None else None
             branch = sample(self.policy, roots * k, self.path, self.stochastic, ts=self.ts[i:],
                             noise_level=cfg["noise_level"], sde_window=(0, 1), x_init=x_init,
-                            cond=cond, seed=_mix(self.seed, self.iteration, i + 1),
+                            cond=cond, seed=_mix(self.seed, self._draw, i + 1),
                             return_trajectory=True)
             nfe += branch.nfe
             n_rows = roots * k
@@ -267,12 +264,89 @@ class Trainer:
         return {"x0": np.concatenate(x0s), "keys": np.concatenate(keys), "rows": rows, "nfe": nfe,
                 "cond_x0": cond_x0}
 
+    def _rollout_tree(self) -> dict[str, Any]:
+        """Branch-GRPO's tree (RSM-SPEC §6.3.8, §7.2): SDE steps everywhere; before each of the
+        `split` evenly spaced split steps every node splits into `branch` children, which share
+        the node's state (the C sampler's branching). Training rows are the distinct transitions
+        (node at t_i -> child at t_{i+1}); row["traj"] indexes the child nodes, whose advantages
+        `rollout` derives from their descendant leaves (`_tree_advantages`)."""
+        cfg, roots = self.cfg, self.batch_size
+        splits = tree_split_steps(cfg["steps"], cfg["split"])
+        traj = sample(self.policy, roots, self.path, self.stochastic, ts=self.ts,
+                      noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
+                      cond=self.cond, branch_steps=splits, branch_factor=cfg["branch"],
+                      return_trajectory=True, pcpo_weight=self.pcpo_weight)
+        leaves = traj.x.shape[0]
+        distinct = [int(r) for r in traj.rows]          # distinct states at each t_d
+        offsets = np.concatenate([[0], np.cumsum(distinct)])  # node ids: offsets[d] + j
+        cond_leaf = self._cond_rows(leaves // roots)
+        rows = []
+        for i in self._train_steps(traj.steps):
+            if not traj.stds[i] > 0:
+                continue
+            n_nodes = distinct[i + 1]
+            idx = np.arange(n_nodes) * (leaves // n_nodes)  # one representative leaf row per child
+            rows.append({"step": i, "x": traj.xs[i][idx], "x_next": traj.xs[i + 1][idx],
+                         "u_old": traj.outputs[i][idx], "noise": traj.noises[i][idx],
+                         "traj": offsets[i + 1] + np.arange(n_nodes),
+                         "cond": None if cond_leaf is None else cond_leaf[idx], "weight": 1.0,
+                         "log_prob": traj.log_probs[i][idx].astype(np.float64), "grid": self.ts,
+                         "grid_step": i})
+        return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond_leaf,
+                "tree": {"distinct": distinct, "offsets": offsets, "roots": roots}}
+
+    def _tree_advantages(self, batch: dict, rewards: np.ndarray, valid: np.ndarray):
+        """Node advantages of a Branch-GRPO tree: the reward of a node is the mean reward of its
+        valid descendant leaves (fusion), normalised among the nodes of the same (root, depth) by
+        the group statistics of RSM-SPEC §7.2 (population std + eps, zero-std masked, clipped).
+        Returns (adv, mask, node_valid) over all nodes (ids offsets[d] + j)."""
+        cfg, tree = self.cfg, batch["tree"]
+        distinct, roots = tree["distinct"], tree["roots"]
+        leaves = rewards.shape[0]
+        node_r, node_ok, keys = [], [], []
+        for d, n_nodes in enumerate(distinct):
+            per = leaves // n_nodes                        # leaves below each node at depth d
+            ok = valid.reshape(n_nodes, per)
+            count = ok.sum(1)
+            total = np.where(ok, rewards.reshape(n_nodes, per), 0.0).sum(1)
+            node_r.append(np.where(count > 0, total / np.maximum(count, 1), 0.0))
+            node_ok.append(count > 0)
+            root = (np.arange(n_nodes) * per) // (leaves // roots)
+            # group = (root, depth); invalid nodes get groups of their own
+            key = d * roots + root
+            key = np.where(count > 0, key, -1 - (tree["offsets"][d] + np.arange(n_nodes)))
+            keys.append(key)
+        node_r, node_ok = np.concatenate(node_r), np.concatenate(node_ok)
+        adv, mask = group_advantages(node_r, np.concatenate(keys), eps=cfg["adv_eps"],
+                                     adv_clip=cfg["adv_clip"])
+        return adv, mask & node_ok, node_ok
+
+    def _rollout_refl(self) -> dict[str, Any]:
+        """ReFL: the ODE from t = 1 down to a random step i among the last `late_steps` (one i per
+        rollout, seeded), then one Tweedie jump x0_hat(x_{t_i}, u(x_{t_i})); the reward is taken
+        at x0_hat and the training row is that single network call."""
+        cfg, n = self.cfg, self.batch_size * self.group_size
+        steps, late = cfg["steps"], cfg["late_steps"]
+        from . import _C
+
+        u01 = float(np.from_dlpack(_C.random("uniform", _mix(self.seed, self._draw, 13), 0, 0, 1, "float64"))[0])
+        i = steps - late + min(int(u01 * late), late - 1)
+        cond = self._cond_rows(self.group_size)
+        traj = sample(self.policy, n, self.path, self.deterministic, ts=self.ts[: i + 1], cond=cond,
+                      seed=_mix(self.seed, self._draw), return_trajectory=True)
+        x = np.ascontiguousarray(traj.x)
+        u = np.from_dlpack(self.policy.forward(x, self.ts[i], cond))
+        x0_hat = np.from_dlpack(self.path.x0_hat(x, u, np.full(n, self.ts[i])))
+        rows = [{"step": i, "x": x, "u_old": u, "traj": np.arange(n), "cond": cond, "weight": 1.0}]
+        return {"x0": np.ascontiguousarray(x0_hat), "keys": None, "rows": rows,
+                "nfe": traj.nfe + n, "cond_x0": cond}
+
     def _rollout_ode(self) -> dict[str, Any]:
         """ODE trajectories (first-order methods): the states of every step are training rows."""
         cfg, n = self.cfg, self.batch_size * self.group_size
         cond = self._cond_rows(self.group_size)
         traj = sample(self.policy, n, self.path, self.deterministic, ts=self.ts, cond=cond,
-                      seed=_mix(self.seed, self.iteration), return_trajectory=True)
+                      seed=_mix(self.seed, self._draw), return_trajectory=True)
         steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "u_old": traj.outputs[i], "traj": np.arange(n),
                  "cond": cond, "weight": 1.0} for i in steps]
@@ -287,16 +361,49 @@ class Trainer:
         # zeroth-order row; first-order rows only use w for the KL report
         w = abs(c["K"]) / std if std > 0 else 0.0
         mask = batch["mask"][row["traj"]].astype(np.float64)
-        valid = batch["valid"][row["traj"]].astype(np.float64)
+        # tree rollouts: rows are nodes, with their own validity (any valid leaf below)
+        valid = batch.get("row_valid", batch["valid"])[row["traj"]].astype(np.float64)
+        if cfg["estimator"] == "refl":
+            # ReFL: L = -lambda mean r(x0_hat(u)); at the current outputs its cotangent is
+            # -lambda (d x0_hat / du) g / n, written as the RSM loss (1/2)|u - (sg(u) + Psi)|^2
+            # with Psi = lambda (d x0_hat / du) g in output units (conv = 1; the gamma -> inf
+            # pathwise limit of RSM-SPEC §6.3.11): its gradient at u = sg(u) is -Psi.
+            p_u = float(np.from_dlpack(self.path.x0_hat(np.zeros((1, 1)), np.ones((1, 1)),
+                                                        np.full(1, t)))[0, 0])
+            psi = (cfg["reward_scale"] * p_u * batch["grad"][row["traj"]]).astype(self.policy.dtype)
+            coef = row_coefficients(n, conv=1.0, c1=0.5, gamma=1.0, w=w, weight=valid * row["weight"])
+            return coef, "score_matching", {"psi": psi, "anchor_current": True}
         if cfg["family"] == "first-order":
             lam = cfg["reward_scale"]
-            if cfg["estimator"] == "fo-residual":
-                # RSM-SPEC §12.5 FO (SD1.5, ours): R = sigma (mu - mu_ref) / sigma^2 - lambda sigma g
-                # with mu - mu_ref = K (eps - eps_ref): |R|^2 = (K/sigma)^2 |d eps - lambda sigma^2 / K g|^2,
-                # plus reg |eps - eps_old|^2 = C1 C2 |.|^2 (the trust region toward theta_old)
+            if cfg["estimator"] == "fo-next" and "discount" in cfg:
+                # SQDF (RSM-SPEC §6.3.2): per row alpha KL_i - gamma_d Q(x'), x' = mu_theta + std z,
+                # gradient [alpha (mu - mu_ref)/std^2 - gamma_d grad Q(x')] dmu/dtheta, i.e. the
+                # loss (alpha/(2 std^2)) |mu - mu_ref - (std^2 gamma_d/alpha) grad Q|^2; with
+                # mu - mu_ref = K (u - u_ref): C1 = alpha K^2/(2 std^2), Psi = std^2 gamma_d/(alpha K) g
+                K, alpha = c["K"], cfg["alpha"]
+                discount = cfg["discount"] ** (len(self.ts) - 2 - i)
+                g = batch["grad_rows"][row["index"]]
+                psi = (std**2 * discount * lam / (alpha * K) * g).astype(self.policy.dtype)
+                coef = row_coefficients(n, conv=1.0, c1=alpha * K**2 / (2 * std**2), gamma=1.0,
+                                        w=w, weight=valid * row["weight"])
+                return coef, "score_matching", {"psi": psi}
+            if cfg["estimator"] in ("fo-residual", "fo-next"):
+                # forward residual (RSM-SPEC §6.3.3, §12.5): R = kappa (mu - mu_ref)/std^2 - lambda a g
+                # with mu - mu_ref = K (eps - eps_ref):
+                #   |R|^2 = (kappa K/std^2)^2 |d eps - lambda a std^2/(kappa K) g|^2,
+                # plus reg |eps - eps_old|^2 = C1 C2 |.|^2 (the trust region toward theta_old).
+                # Residual nabla-DB: kappa = 1, a = alpha_bar(t'), g at the next state (FO-next);
+                # the redesign: kappa = a = std, g = grad r(x0) at the rollout's end.
                 K = c["K"]
-                c1 = (K / std) ** 2
-                psi = (lam * std**2 / K * batch["grad"][row["traj"]]).astype(self.policy.dtype)
+                kappa = std if cfg.get("kappa", "sigma") == "sigma" else 1.0
+                if cfg.get("adaptive", "sigma") == "sigma":
+                    a_t = std
+                else:  # "alpha_bar_next": alpha_bar(t') = alpha(t')^2 of the VP path
+                    a_t = self.path.coef(c["t_next"])["alpha"] ** 2
+                c1 = (kappa * K / std**2) ** 2
+                g = (batch["grad_rows"][row["index"]] if cfg["estimator"] == "fo-next"
+                     else batch["grad"][row["traj"]])
+                psi = (lam * a_t * std**2 / (kappa * K) * g).astype(self.policy.dtype)
                 coef = row_coefficients(n, conv=1.0, c1=c1, gamma=1.0, c2=cfg["reg"] / c1, w=w,
                                         weight=valid * row["weight"])
                 return coef, "score_matching", {"psi": psi, "u_old": row["u_old"]}
@@ -341,6 +448,12 @@ class Trainer:
                 w = w_prime
             else:
                 ratio_scale = w_prime / w
+        elif reweight == "constant":  # PCPO-reweight (diffusion): w' = const in log rho (§6.3.6)
+            w_prime = cfg["loss_weight"]
+            if cfg["form"] == "matching":
+                w = w_prime
+            else:
+                ratio_scale = w_prime / w
         elif reweight == "guard":  # GRPO-Guard: RatioNorm (linear part, x std) and 1/dt
             post = 1.0 / dt
             if cfg["form"] == "matching":
@@ -349,8 +462,9 @@ class Trainer:
                 ratio_scale = std
         elif reweight != "base":
             raise ValueError(f"unknown reweight {reweight!r}")
+        w_kl = abs(c["K"]) / std   # the KL anchor always uses the sampler's true weight
         coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
-                                post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w,
+                                post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w_kl,
                                 weight=valid * row["weight"])
         return coef, cfg["form"], {"noise": row["noise"], "u_old": row["u_old"]}
 
@@ -358,14 +472,17 @@ class Trainer:
         """The masked-mean denominator of RSM-SPEC §9.2.3: the number of trained rows that carry
         a signal (valid reward, non-zero-std group), at least 1. Row weights (k_avg / k_i) scale
         the rows but not the denominator."""
-        total = sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
-        return max(total, 1.0)
+        return max(self._signal_rows(batch), 1.0)
+
+    @staticmethod
+    def _signal_rows(batch: dict) -> float:
+        return sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
 
     def loss_and_grad(self, batch: dict, normalizer: float | None = None) -> tuple[np.ndarray, dict]:
         """The objective over all training rows of `batch` at the current policy parameters:
         (flat parameter gradient, stats). Nothing is updated."""
         cfg, policy, ref = self.cfg, self.policy, self.ref
-        if cfg["family"] == "pathwise":
+        if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
             return self._pathwise_grad(batch)
         normalizer = self.normalizer(batch) if normalizer is None else normalizer
         grads = np.zeros(policy.num_params, dtype=policy.dtype)
@@ -385,7 +502,9 @@ class Trainer:
                 stats["train_nfe"] += n
             u_ref = row["u_ref"]
             coef, form, extra = self._row_coefficients(row, batch, n)
-            out = objective(form, u, coef, u_ref=u_ref, normalizer=normalizer,
+            # ReFL anchors on the current outputs themselves (stop-gradient), not the reference
+            anchor = u if extra.pop("anchor_current", False) else u_ref
+            out = objective(form, u, coef, u_ref=anchor, normalizer=normalizer,
                             mean_over_dims=cfg["mean_over_dims"],
                             linear_only=cfg.get("reweight") == "guard", **extra)
             stats["loss"] += out["loss"]
@@ -400,6 +519,9 @@ class Trainer:
             grads += np.from_dlpack(dparams)
             # policy forward and backward (plus the VJP's own forward without keep)
             stats["train_nfe"] += (2 if keep else 3) * n
+        if cfg["estimator"] == "refl":  # report ReFL's own loss, -lambda mean r(x0_hat)
+            ok = batch["valid"]
+            stats["loss"] = float(-cfg["reward_scale"] * batch["rewards"][ok].mean()) if ok.any() else 0.0
         return grads, stats
 
     def _lean_adjoint(self, batch: dict) -> dict[int, np.ndarray]:
@@ -440,29 +562,60 @@ class Trainer:
         return grads, {"loss": float(-batch["rewards"][batch["valid"]].mean()), "kl": 0.0,
                        "train_nfe": nfe, "clip_fraction_per_step": {}}
 
-    def _update(self, batch: dict) -> dict[str, Any]:
+    def update(self, batches: list) -> dict[str, Any]:
+        """`inner_epochs` optimizer steps, each on the gradient summed over the rollout
+        micro-batches `batches` (gradient accumulation) under ONE masked-mean normalizer: the
+        total number of signal rows of all micro-batches, so k micro-batches give the update of
+        one batch holding the same rows. Returns the step statistics."""
+        if isinstance(batches, dict):
+            batches = [batches]
         cfg = self.cfg
-        normalizer = self.normalizer(batch)
-        stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for r in batch["rows"]))}
+        normalizer = max(sum(self._signal_rows(b) for b in batches), 1.0)
+        stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
+        clip: dict = {}
         for epoch in range(cfg["inner_epochs"]):
-            grads, epoch_stats = self.loss_and_grad(batch, normalizer)
-            stats["train_nfe"] += epoch_stats["train_nfe"]
+            grads = None
+            loss = kl = 0.0
+            per_step: dict = {}
+            for b in batches:
+                g, epoch_stats = self.loss_and_grad(b, normalizer)
+                grads = g if grads is None else grads + g
+                stats["train_nfe"] += epoch_stats["train_nfe"]
+                loss += epoch_stats["loss"]
+                kl += epoch_stats["kl"]
+                for k, v in epoch_stats["clip_fraction_per_step"].items():
+                    per_step.setdefault(k, []).append(v)
+            if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
+                grads = grads / len(batches)   # DRaFT's loss is a per-batch mean
+                loss /= len(batches)
             stats["grad_norm"] = self.optimizer.step(grads)
             if epoch == 0:
-                stats["loss"], stats["kl"] = epoch_stats["loss"], epoch_stats["kl"]
-            clip = epoch_stats["clip_fraction_per_step"]
+                stats["loss"], stats["kl"] = loss, kl / len(batches)
+            clip = {k: float(np.mean(v)) for k, v in per_step.items()}
         stats["clip_fraction"] = float(np.mean(list(clip.values()))) if clip else 0.0
         stats["clip_fraction_per_step"] = [clip[k] for k in sorted(clip)]
         return stats
 
-    def rollout(self) -> dict[str, Any]:
+    def _rollout_rows(self) -> dict[str, Any]:
+        return {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode,
+                "tree": self._rollout_tree, "refl": self._rollout_refl}[self.cfg["rollout"]]()
+
+    def rollout(self, micro: int = 0) -> dict[str, Any]:
         """One rollout with rewards and advantages (or reward gradients), as step() would use it:
-        for inspecting batches and for gradient checks."""
+        for inspecting batches and for gradient checks. `micro` = index of the micro-batch within
+        the iteration (gradient accumulation): each draws its own random streams."""
         cfg = self.cfg
-        batch = {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode}[cfg["rollout"]]()
+        if isinstance(micro, bool) or not isinstance(micro, (int, np.integer)) or micro < 0:
+            raise ValueError(f"rollout(): micro={micro!r} must be a non-negative int")
+        # accumulate = 1 keeps the streams of iteration k at index k
+        self._draw = self.iteration * self.geometry.accumulate + int(micro)
+        batch = self._rollout_rows()
         rewards, grad, valid = self.reward(_tensor(batch["x0"]), self.reward_cond(batch.get("cond_x0")))
         batch["rewards"], batch["valid"] = rewards, valid
-        if cfg["family"] == "zeroth-order":
+        if cfg["family"] == "zeroth-order" and "tree" in batch:
+            adv, mask, node_valid = self._tree_advantages(batch, np.where(valid, rewards, 0.0), valid)
+            batch["adv"], batch["mask"], batch["row_valid"] = adv, mask, node_valid
+        elif cfg["family"] == "zeroth-order":
             # rows with an invalid reward get groups of their own, so they do not bias the
             # statistics of the valid rows of their group
             keys = np.asarray(batch["keys"], dtype=np.int64).copy()
@@ -478,6 +631,23 @@ class Trainer:
             batch["grad"], batch["mask"] = np.where(valid[:, None], grad, 0.0), valid
             if cfg["estimator"] == "fo-adjoint":
                 batch["adjoint"] = self._lean_adjoint(batch)
+            if cfg["estimator"] == "fo-next":
+                # FO-next (RSM-SPEC §7.1): g = grad_{x'} r(x0_hat(x')) at each row's sampled next
+                # state, through the Tweedie jump of the rollout policy (Residual nabla-DB) or of
+                # the reference (SQDF's training-free soft-Q); one reward call per trained step
+                from .estimators import first_order_next
+
+                model = self.ref if cfg.get("tweedie_model", "policy") == "ref" else self.policy
+                batch["grad_rows"] = []
+                for k, r in enumerate(batch["rows"]):
+                    g = first_order_next(model, self.path, self.reward, r["x"], self.ts, r["step"],
+                                         x_next=r["x_next"], cond=r.get("cond"),
+                                         reward_cond=self.reward_cond(r.get("cond")))
+                    ok = batch["valid"][r["traj"]]
+                    batch["grad_rows"].append(np.where(ok[:, None], g, 0.0))
+                    r["index"] = k
+                batch["reward_calls"] = 1 + len(batch["rows"])
+                batch["nfe"] += 2 * sum(len(r["traj"]) for r in batch["rows"])
             if cfg["estimator"] == "fo-tweedie":
                 # VGG-Flow's current-state estimator: grad r at x0_hat(x_t) = x_t - t sg(v), one
                 # reward call for all (row, t) pairs of the batch
@@ -544,8 +714,7 @@ def check_on_policy(trainer: "Trainer") -> dict[str, Any]:
     ratio is exactly 1. Returns dict(rows, max_abs_log_ratio); raises AssertionError otherwise."""
     from .sampling import log_prob
 
-    batch = {"sde": trainer._rollout_sde, "branch": trainer._rollout_branch,
-             "ode": trainer._rollout_ode}[trainer.cfg["rollout"]]()
+    batch = trainer._rollout_rows()
     worst, rows = 0.0, 0
     for row in batch["rows"]:
         i = row["step"]
@@ -556,7 +725,8 @@ def check_on_policy(trainer: "Trainer") -> dict[str, Any]:
         if "log_prob" in row:
             lp, _ = log_prob(trainer.policy, trainer.path, row["x"], row["x_next"], row["grid_step"],
                              row["grid"], trainer.stochastic, noise_level=trainer.cfg["noise_level"],
-                             cond=row["cond"], sde_window=row.get("window"))
+                             cond=row["cond"], sde_window=row.get("window"),
+                             pcpo_weight=trainer.pcpo_weight)
             diff = float(np.abs(lp.astype(np.float64) - row["log_prob"]).max())
             if diff != 0.0:
                 raise AssertionError(f"step {i}: log-probabilities differ by {diff:.3g}")
@@ -578,11 +748,21 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     from .models import MLP
 
     dummy = MLP(1, 1, 0, seed=0, temb_dim=2, dtype="float64")
+    cfg = _methods.get(method, **overrides)
+    group = cfg["branch"] ** cfg["split"] if cfg["rollout"] == "tree" else 2
     trainer = Trainer(dummy, dummy, Reward(lambda x, c: np.zeros(len(x)), differentiable=True),
-                      method, path=path, batch_size=1, group_size=2, **overrides)
+                      method, path=path, batch_size=1, group_size=group, **overrides)
     cfg = trainer.cfg
     steps = cfg["steps"]
-    if cfg["rollout"] == "branch":
+    if cfg["rollout"] == "tree":   # distinct transitions per root at each step (trained ones)
+        splits = tree_split_steps(steps, cfg["split"])
+        spec = trained_steps(cfg.get("train_steps", "all"), steps)
+        rows_per_root = [float(cfg["branch"] ** sum(1 for s in splits if s <= i))
+                         if i in spec else 0.0 for i in range(steps)]
+    elif cfg["rollout"] == "refl":  # one trained step, uniform among the last late_steps
+        late = cfg["late_steps"]
+        rows_per_root = [1.0 / late if i >= steps - late else 0.0 for i in range(steps)]
+    elif cfg["rollout"] == "branch":
         budget = list(cfg["budget"]) + [0] * (steps - len(cfg["budget"]))
         active = [k for k in budget if k > 0]
         k_avg = sum(active) / len(active)
@@ -610,13 +790,14 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
                  "adjoint": {j: one.copy() for j in range(steps)}}
         row = {"step": i, "x": np.zeros((1, 1)), "u_old": np.zeros((1, 1)), "noise": one.copy(),
                "traj": np.zeros(1, dtype=np.int64), "cond": None, "weight": 1.0, "index": i}
-        if cfg["family"] == "pathwise":
+        if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
             kappa[i] = 1.0 if i >= steps - cfg["truncation"] else 0.0
             continue
-        needs_density = cfg["family"] == "zeroth-order" or cfg["estimator"] == "fo-residual"
+        needs_density = cfg["family"] == "zeroth-order" or cfg["estimator"] in ("fo-residual", "fo-next")
         if needs_density and not trainer.sde[i]["std"] > 0:
             continue  # a deterministic step (std = 0) is never a training row of these methods
         coef, form, extra = trainer._row_coefficients(row, batch, 1)
+        extra.pop("anchor_current", None)   # ReFL: u = u_ref = 0 here anyway
         coef[:, list(ROW_FIELDS).index("kl")] = 0.0
         out = objective(form, np.zeros((1, 1)), coef, u_ref=np.zeros((1, 1)), normalizer=1.0,
                         mean_over_dims=False, linear_only=cfg.get("reweight") == "guard", **extra)

@@ -8,9 +8,17 @@ rsm.finetune / rsm.Trainer.
 Families: "zeroth-order" (black-box rewards: group advantages times the injected noise, through
 the PPO / log-ratio / matching forms of the objective), "first-order" (reward gradients: the RSM
 score-matching form onto s_ref + gamma Psi), "pathwise" (DRaFT: reward back-propagated through the
-sampler; a baseline outside RSM). Not yet here (tracked in the RSM-objective issue): Branch-GRPO
-trees, SQDF, Residual nabla-DB's next-state estimator, ReFL, PCPO-reweight (diffusion) with its
-modified sampler std.
+sampler, DRaFT-K and ReFL; baselines outside RSM).
+
+Rollouts: "sde" (full stochastic trajectories), "branch" (ODE root + single-step SDE branches with
+a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `branch` children at
+`split` evenly spaced steps; node advantages from the mean reward of the node's leaves, normalised
+per (root, depth)), "ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
+
+Not yet here: Branch-GRPO's width/depth pruning and path-probability-weighted reward fusion (the
+fusion is the plain mean of the descendant leaves), SQDF's consistency-model refinement and replay
+buffer (auxiliary in RSM-SPEC §6.2), the SD1.5 zeroth-order redesign with PCPO's sampler std in its
+branches (rsm-zo-diffusion keeps DDPM's std; `pcpo-diffusion` has PCPO's).
 """
 from __future__ import annotations
 
@@ -22,13 +30,14 @@ _COMMON_ZO = {
     "family": "zeroth-order", "estimator": "zo-group", "advantage": "group", "adv_eps": 1e-4,
     "adv_clip": 5.0, "mean_over_dims": True, "train_steps": "all", "inner_epochs": 1,
     "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
+    "accumulate": 1,
 }
 
 _COMMON_FO = {
     "ema_decay": 0.0,
     "family": "first-order", "shift": 3.0, "noise_level": 0.7, "form": "score_matching",
     "reward_scale": 1.0, "kl": 0.0, "mean_over_dims": True, "inner_epochs": 1, "lr": 1e-3,
-    "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all",
+    "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all", "accumulate": 1,
 }
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -56,7 +65,19 @@ _PRESETS: dict[str, dict[str, Any]] = {
                      "form": "log_ratio", "reweight": "base", "clip_eps": 1e30, "kl": 1.0,
                      "advantage": "center", "alpha": 1.0, "adv_clip": 0.0,
                      "description": "REINFORCE + KL (DPOK-like): -(r - b)/alpha log pi + KL"},
+    "pcpo-diffusion": {**_COMMON_ZO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
+                       "form": "matching", "reweight": "constant", "pcpo_weight": 4.5,
+                       "loss_weight": 4.5 / 8.70575076181, "clip_eps": 1e-4, "kl": 0.0,
+                       "description": "PCPO-reweight (diffusion, 'uw-sigma'): DDPM with PCPO's "
+                                      "step std (w = 4.5), noise-matching hinge with the constant "
+                                      "log-ratio weight w' = 4.5 / 8.70575 (h = 1)"},
     # ---- zeroth order with branching and stochasticity localisation
+    "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
+                    "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
+                    "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3, "branch": 2,
+                    "description": "Branch-GRPO: SDE tree (split points x branch children, shared "
+                                   "prefixes), node advantage = mean leaf reward normalised per "
+                                   "(root, depth), PPO on every node transition"},
     "tempflow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "branch", "steps": 10, "grid": "sd3",
                       "estimator": "zo-branch", "form": "ppo", "reweight": "tempflow",
                       "clip_eps": 1e-4, "kl": 0.004, "budget": [6] * 9,
@@ -84,9 +105,21 @@ _PRESETS: dict[str, dict[str, Any]] = {
                                 "x0_hat = x_t - t sg(v), v_target = v_ref - lambda (1 - t)^2 g"},
     "rsm-fo-diffusion": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20,
                          "grid": "uniform", "estimator": "fo-residual", "reg": 1.0,
+                         "kappa": "sigma", "adaptive": "sigma",
                          "description": "RSM first-order redesign (diffusion): DDPM rollout, "
                                         "forward residual (s (mu - mu_ref)/s^2 - lambda s g)^2 "
                                         "+ reg |eps - eps_old|^2 with g = grad r(x0)"},
+    "residual-ndb": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
+                     "estimator": "fo-next", "tweedie_model": "policy", "reg": 1.0,
+                     "kappa": "one", "adaptive": "alpha_bar_next",
+                     "description": "Residual nabla-DB (pruned): DDPM rollout, forward residual "
+                                    "(kappa (mu - mu_ref)/s^2 - lambda abar' g)^2 + reg |eps - eps_old|^2"
+                                    " with g = grad_{x'} r(x0_hat(x')) at the next state (FO-next)"},
+    "sqdf": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
+             "estimator": "fo-next", "tweedie_model": "ref", "alpha": 1.0, "discount": 1.0,
+             "description": "SQDF (without consistency model / replay buffer): alpha KL_i - "
+                            "gamma_d Q(x') with Q(x') = r(x0_hat_ref(x')) at the reparameterised "
+                            "next state, gamma_d = discount^(S-1-i)"},
     "adjoint-matching": {**_COMMON_FO, "path": "flow", "rollout": "sde", "steps": 40,
                          "grid": "shift", "noise_level": 2.0 ** 0.5, "estimator": "fo-adjoint",
                          "alpha": 1.0, "train_steps": "interior",
@@ -98,8 +131,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "draft": {"ema_decay": 0.0, "family": "pathwise", "path": "flow", "rollout": "ode", "steps": 20,
               "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "pathwise",
               "form": "pathwise", "truncation": 1, "kl": 0.0, "mean_over_dims": True,
-              "inner_epochs": 1, "lr": 1e-3, "max_grad_norm": 1.0, "weight_decay": 0.0,
+              "inner_epochs": 1, "accumulate": 1, "lr": 1e-3, "max_grad_norm": 1.0,
+              "weight_decay": 0.0,
               "description": "DRaFT-K: backpropagate the reward through the last K ODE steps"},
+    "refl": {"ema_decay": 0.0, "family": "pathwise", "path": "any", "rollout": "refl", "steps": 20,
+             "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "refl",
+             "form": "score_matching", "late_steps": 5, "reward_scale": 1.0, "kl": 0.0,
+             "mean_over_dims": False, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
+             "max_grad_norm": 1.0, "weight_decay": 0.0,
+             "description": "ReFL: ODE to a random step among the last late_steps, one Tweedie "
+                            "jump x0_hat, loss -lambda r(x0_hat) back-propagated through that "
+                            "single network call"},
 }
 
 
@@ -150,7 +192,7 @@ def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]
                      "estimator": p["estimator"], "form": p["form"],
                      "reweight": p.get("reweight", "-"), "clip": p.get("clip_eps", 0.0),
                      "kl": p.get("kl", 0.0), "rollout": p["rollout"],
-                     "branching": p["rollout"] == "branch"})
+                     "branching": p["rollout"] in ("branch", "tree")})
         if with_influence:
             use = path if path is not None and p["path"] in ("any", path.kind) else None
             info = influence(name, path=use)

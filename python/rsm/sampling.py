@@ -96,7 +96,7 @@ class Trajectory:
             lp, _, _ = _C.transition_log_prob(
                 _core_of(model), path._core, cfg["kind"], self.ts, i, self.xs[i], self.xs[i + 1],
                 cfg["noise_level"], cfg["eta"], _model_cond(model, cond, self.xs[i].shape[0]),
-                cfg["window_begin"], cfg["window_end"])
+                cfg["window_begin"], cfg["window_end"], cfg.get("pcpo_weight", 0.0))
             out[i] = np.from_dlpack(lp)
         return out
 
@@ -159,7 +159,8 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
            noise_level: float = 0.7, eta: float | None = None, cond: Any = None, seed: int = 0,
            return_trajectory: bool = False, x_init: Any = None, grid: str | None = None,
            shift: float = 3.0, ts: Any = None, sde_window: tuple[int, int] | None = None,
-           branch_steps: Sequence[int] | None = None, branch_factor: int = 1) -> Any:
+           branch_steps: Sequence[int] | None = None, branch_factor: int = 1,
+           pcpo_weight: float = 0.0) -> Any:
     """Draw n samples from `model` along `path`.
 
     sampler: "ode"/"euler" and "heun" (probability-flow ODE), "sde" (Flow-GRPO's SDE with noise
@@ -167,6 +168,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     ts (or grid/shift) sets the time grid (see time_grid; discrete VP schedules default to
     "leading"). sde_window=(i, j) keeps the steps i..j-1 stochastic and the rest deterministic.
     branch_steps/branch_factor split every row into branch_factor children before each listed step.
+    pcpo_weight=w > 0 (DDIM/DDPM) replaces the step std by PCPO's (RSM-SPEC §6.3.6, times eta).
     Returns x[N, D] (an rsm.Tensor), or a Trajectory with return_trajectory=True.
     """
     core = _core_of(model)
@@ -178,6 +180,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     kind, eta_value = _sampler_kind(sampler, eta)
     noise_level = finite_float(noise_level, "sample", "noise_level", 0.0)
     branch_factor = positive_int(branch_factor, "sample", "branch_factor")
+    pcpo_weight = finite_float(pcpo_weight, "sample", "pcpo_weight", 0.0)
     if ts is None:
         if grid is None:
             grid = "leading" if getattr(path, "discrete", False) else "uniform"
@@ -190,19 +193,21 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     cond = _model_cond(model, cond, n, "sample")
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
-                    bool(return_trajectory))
+                    bool(return_trajectory), float(pcpo_weight))
     if not return_trajectory:
         return out["x"]
     config = {"kind": kind, "noise_level": float(noise_level), "eta": eta_value,
               "window_begin": int(window_begin), "window_end": int(window_end),
-              "branch_steps": branch or [], "branch_factor": int(branch_factor), "seed": int(seed)}
+              "branch_steps": branch or [], "branch_factor": int(branch_factor), "seed": int(seed),
+              "pcpo_weight": float(pcpo_weight)}
     arrays = {k: np.from_dlpack(out[k]) for k in ("xs", "means", "stds", "log_probs", "noises", "outputs", "rows")}
     return Trajectory(ts=np.asarray(ts), nfe=int(out["nfe"]), sampler=config, **arrays)
 
 
 def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sampler: str = "sde",
              *, noise_level: float = 0.7, eta: float | None = None, cond: Any = None,
-             sde_window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             sde_window: tuple[int, int] | None = None,
+             pcpo_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """log pi_model(x_next | x) of transition `step` of the grid ts under `sampler`, per row, and
     the transition mean: the policy-ratio primitive (same code as sampling)."""
     core = _core_of(model)
@@ -217,13 +222,17 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
         raise ValueError(f"log_prob(): ts must be a 1-d grid with >= 2 points, got shape {ts.shape}")
     wb, we = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     lp, mean, _ = _C.transition_log_prob(core, path_core, kind, ts, step, x,
-                                         x_next, float(noise_level), eta_value, cond, int(wb), int(we))
+                                         x_next, float(noise_level), eta_value, cond, int(wb), int(we),
+                                         finite_float(pcpo_weight, "log_prob", "pcpo_weight", 0.0))
     return np.from_dlpack(lp), np.from_dlpack(mean)
 
 
 def step_coefficients(path: Any, ts: Any, sampler: str = "sde", *, noise_level: float = 0.7,
-                      eta: float | None = None) -> list[dict]:
-    """Per-step Gaussian coefficients (mu = A x + K u, std) of a sampler on a grid."""
+                      eta: float | None = None, pcpo_weight: float = 0.0) -> list[dict]:
+    """Per-step Gaussian coefficients (mu = A x + K u, std) of a sampler on a grid
+    (pcpo_weight > 0: PCPO's DDIM std, RSM-SPEC §6.3.6)."""
     kind, eta_value = _sampler_kind(sampler, eta, "step_coefficients")
     ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
-    return _C.step_coefficients(_path_core(path, "step_coefficients"), kind, ts, float(noise_level), eta_value)
+    pcpo_weight = finite_float(pcpo_weight, "step_coefficients", "pcpo_weight", 0.0)
+    return _C.step_coefficients(_path_core(path, "step_coefficients"), kind, ts, float(noise_level), eta_value,
+                                0, -1, pcpo_weight)
