@@ -225,6 +225,9 @@ class AuxTrainer(Trainer):
                              f"rollouts, got {est!r} / {self.cfg['rollout']!r}")
         if replay is not None and self.cfg["family"] != "first-order":
             raise ValueError("AuxTrainer: replay needs a first-order preset")
+        if self.geometry.accumulate != 1:
+            raise ValueError(f"AuxTrainer: accumulate={self.geometry.accumulate}: the auxiliary "
+                             "mechanisms train on one rollout per step; use accumulate=1")
         self.value_net, self.residual, self.replay = value_net, residual, replay
         self._aux_nfe = 0
         self.aux_log: list[dict] = []
@@ -236,7 +239,7 @@ class AuxTrainer(Trainer):
         start = time.perf_counter()
         batch = self.rollout()
         rewards, valid = batch["own_rewards"], batch["own_valid"]
-        stats = self._update(batch)
+        stats = self.update([batch])
         self.iteration += 1
         row = {"step": self.iteration - 1,
                "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
@@ -248,8 +251,8 @@ class AuxTrainer(Trainer):
         self.history.append(row)
         return row
 
-    def rollout(self) -> dict[str, Any]:
-        batch = super().rollout()
+    def rollout(self, micro: int = 0) -> dict[str, Any]:
+        batch = super().rollout(micro)
         batch["own_rewards"], batch["own_valid"] = batch["rewards"], batch["valid"]
         if self.value_net is not None:
             self._apply_value_net(batch)
