@@ -97,7 +97,8 @@ $(ASAN_VENV)/.deps-stamp: pyproject.toml
 	$(ASAN_VENV)/bin/pip install $(PIP_FLAGS) $(DEPS)
 	touch $@
 
-$(ASAN_VENV)/.build-stamp: $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS)
+# the sanitizer venv holds a copy (pip install .), so the Python sources are inputs too
+$(ASAN_VENV)/.build-stamp: $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS) $(shell find python -name '*.py' 2>/dev/null)
 	@echo "building rsm with AddressSanitizer + UBSan (pip install .) ..."
 	RSM_SANITIZE=1 RSM_CUDA=0 $(ASAN_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation \
 		--no-deps --force-reinstall .

@@ -55,3 +55,17 @@ def test_import_rsm_does_not_load_cuda():
     # not rsm's (the parent's leak check covers rsm), so leak detection is off in the child.
     env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(__file__), env=env)
+
+
+def test_every_subpackage_is_declared_in_setup_py():
+    """`pip install .` (the sanitizer venv, wheels) ships only the packages setup.py lists: a new
+    subpackage missing there imports in the editable venv and fails everywhere else."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    declared = set(re.findall(r'"(rsm(?:\.[a-z_]+)*)"', re.search(r"packages=\[([^\]]*)\]",
+                                                                  (root / "setup.py").read_text()).group(1)))
+    found = {".".join(p.parent.relative_to(root / "python").parts)
+             for p in (root / "python" / "rsm").rglob("__init__.py")}
+    assert found and found == declared, f"setup.py packages {sorted(declared)} vs on disk {sorted(found)}"
