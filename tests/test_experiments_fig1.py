@@ -79,3 +79,37 @@ def test_improved_zeroth_order_methods_reduce_high_snr_guidance(fig1):
     assert ours["high_snr_mean_h"] == 0.0 and ours["low_snr_share"] == 1.0
     assert temp["high_snr_mean_h"] < 0.9 * grpo["high_snr_mean_h"]
     assert temp["low_snr_share"] > grpo["low_snr_share"] + 0.05
+
+
+def test_residual_ndb_trust_region_is_stronger_at_low_snr(fig1):
+    """Fig. 1(c): Residual nabla-DB's relative trust-region weight C2(t) = reg / C1 with
+    C1 = (K/std^2)^2 (kappa = 1, eps space) is re-derived here from the DDPM step coefficients
+    and must equal what the engine hands the objective; it is larger at low SNR."""
+    out, summary = fig1
+    assert (out / "fig1_trust_region.png").stat().st_size > 100
+    cfg = rsm.methods.get("residual-ndb")
+    path = rsm.VPPath("linear")
+    info = influence("residual-ndb", path=path)
+    ts = np.append(info["t"], 0.0)
+    coefs = rsm.step_coefficients(path, ts, "ddpm")
+    expected = np.array([cfg["reg"] * c["std"] ** 4 / c["K"] ** 2 if c["std"] > 0 else np.nan for c in coefs])
+    trained = np.isfinite(info["c2"])
+    assert trained.sum() >= len(ts) - 2
+    np.testing.assert_allclose(info["c2"][trained], expected[trained], rtol=1e-10)
+    row = summary["residual-ndb@vp"]
+    assert row["low_snr_mean_c2"] > 2.0 * row["high_snr_mean_c2"] > 0
+    # ratio-form presets have no C2 (their trust region is the clip)
+    assert summary["flow-grpo@flow"]["low_snr_mean_c2"] == 0.0
+
+
+def test_table_reports_the_engine_coefficients():
+    rows = {r["method"]: r for r in rsm.methods.table()}
+    for name in ("vgg-flow", "rsm-fo"):
+        info = influence(name)
+        psi = [v for v in rows[name]["psi_scale"] if v is not None]
+        np.testing.assert_allclose(psi, info["psi_scale"][np.isfinite(info["psi_scale"])], rtol=1e-5)
+    # VGG-Flow: Psi = lambda eta(t) g with eta = (1 - t)^2 (RSM-SPEC §6.2 in velocity units)
+    t = np.asarray(rows["vgg-flow"]["t"])
+    lam = rsm.methods.get("vgg-flow")["reward_scale"]
+    np.testing.assert_allclose(rows["vgg-flow"]["psi_scale"], lam * (1 - t) ** 2, rtol=1e-4, atol=1e-12)
+    assert all(v is None for v in rows["flow-grpo"]["C1"])      # ratio form: C1 gamma inside kappa

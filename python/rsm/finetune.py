@@ -742,7 +742,15 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
                first-order rows) and the cotangent dL/du the objective returns at theta = theta_old
                (u = u_old = u_ref), per row, in output space;
       n_i      trained rows per root at step i times the per-row multiplier (k_avg / k_i);
-      h_i      kappa_i n_i / mean_j(kappa_j n_j)   (the normalized influence metric).
+      h_i      kappa_i n_i / mean_j(kappa_j n_j)   (the normalized influence metric);
+      c1, gamma, c2, conv
+               the per-row coefficients the trainer hands the objective at step i (RSM-SPEC
+               §4.1: C1, gamma, the relative trust-region weight C2 — invariant under the change
+               of output space — and the output-space conversion factor); NaN where the step
+               is not trained;
+      psi_scale
+               first-order rows: |Psi_hat| per unit reward gradient g in the row's output space
+               (the estimator's time weighting, e.g. lambda eta(t) for VGG-Flow); NaN otherwise.
 
     No models are evaluated: the rows are synthetic, the coefficients are the trainer's."""
     from .models import MLP
@@ -781,6 +789,7 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
         else:
             rows_per_root = [1.0 if i in trained else 0.0 for i in range(steps)]
     kappa = np.zeros(steps)
+    fields = {name: np.full(steps, np.nan) for name in ("c1", "gamma", "c2", "conv", "psi_scale")}
     one = np.ones((1, 1))
     for i in range(steps):
         if rows_per_root[i] == 0:
@@ -797,6 +806,15 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
         if needs_density and not trainer.sde[i]["std"] > 0:
             continue  # a deterministic step (std = 0) is never a training row of these methods
         coef, form, extra = trainer._row_coefficients(row, batch, 1)
+        for name in ("c1", "gamma", "c2", "conv"):
+            fields[name][i] = coef[0, list(ROW_FIELDS).index(name)]
+        if form != "score_matching":
+            # ratio forms (PPO, log-ratio, matching) carry C1 gamma inside kappa (their clipped
+            # surrogate has no separate C1 and gamma); their trust region is the clip, C2 = 0
+            fields["c1"][i] = fields["gamma"][i] = np.nan
+            fields["c2"][i] = 0.0
+        if cfg["family"] != "zeroth-order" and "psi" in extra:
+            fields["psi_scale"][i] = abs(float(np.asarray(extra["psi"]).reshape(-1)[0]))
         extra.pop("anchor_current", None)   # ReFL: u = u_ref = 0 here anyway
         coef[:, list(ROW_FIELDS).index("kl")] = 0.0
         out = objective(form, np.zeros((1, 1)), coef, u_ref=np.zeros((1, 1)), normalizer=1.0,
@@ -805,4 +823,4 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     strength = kappa * np.asarray(rows_per_root)
     mean = strength.mean()
     return {"t": np.asarray(trainer.ts[:-1]), "kappa": kappa, "rows_per_root": np.asarray(rows_per_root),
-            "h": strength / mean if mean > 0 else strength}
+            "h": strength / mean if mean > 0 else strength, **fields}

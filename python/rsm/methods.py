@@ -23,6 +23,8 @@ branches (rsm-zo-diffusion keeps DDPM's std; `pcpo-diffusion` has PCPO's).
 from __future__ import annotations
 
 import copy
+
+import numpy as np
 from typing import Any
 
 _COMMON_ZO = {
@@ -181,8 +183,10 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
 
 def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]:
     """One row per preset: estimator, objective form, reweighting, clip, KL, rollout/branching, and
-    the normalized influence h(t) per timestep (RSM-SPEC §4.3, computed by the engine; for the
-    preset's own path unless `path` is given and matches)."""
+    per timestep t (for the preset's own path unless `path` is given and matches), read off the
+    engine (rsm.finetune.influence): C1, gamma, the relative trust-region weight C2, the
+    first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
+    (RSM-SPEC §4.3). Untrained steps hold None."""
     from .finetune import influence
 
     rows = []
@@ -198,4 +202,6 @@ def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]
             info = influence(name, path=use)
             rows[-1]["t"] = [round(float(v), 4) for v in info["t"]]
             rows[-1]["h"] = [round(float(v), 4) for v in info["h"]]
+            for key, name in (("C1", "c1"), ("gamma", "gamma"), ("C2", "c2"), ("psi_scale", "psi_scale")):
+                rows[-1][key] = [None if not np.isfinite(v) else float(f"{v:.6g}") for v in info[name]]
     return rows

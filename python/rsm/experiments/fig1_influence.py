@@ -61,8 +61,39 @@ def influence_rows() -> list[dict[str, Any]]:
                          "low_snr_mean_h": low_mean, "high_snr_mean_h": high_mean,
                          "kappa": np.asarray(info["kappa"]), "rows_per_root": np.asarray(info["rows_per_root"]),
                          "h": h, "low_snr_share": low, "h_noisiest": float(h[0]), "h_cleanest": float(h[-1]),
-                         "trained_steps": trained.tolist()})
+                         "trained_steps": trained.tolist(), "c2": np.asarray(info["c2"]),
+                         "low_snr_mean_c2": _mean_finite(np.asarray(info["c2"])[snr < 1.0]),
+                         "high_snr_mean_c2": _mean_finite(np.asarray(info["c2"])[snr >= 1.0])})
     return rows
+
+
+def _mean_finite(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _plot_c2(rows: list[dict[str, Any]], file: pathlib.Path) -> None:
+    """Fig. 1(c): the relative trust-region weight C2(t) of the presets that have one (C2 > 0 at
+    some step), from the engine's row coefficients; C2 is the same in every output space."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.8, 3.0), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    shown = [row for row in rows if np.nanmax(np.where(np.isfinite(row["c2"]), row["c2"], 0.0)) > 0]
+    for k, row in enumerate(shown):
+        ax.plot(row["t"], row["c2"], marker="os^vD"[k % 5], ms=3, lw=1.2, label=f"{row['method']} ({row['path']})")
+    ax.set_xlim(1.02, -0.02)
+    ax.set_xlabel("t (1 = noise, low SNR)", fontsize=8)
+    ax.set_ylabel("C2(t) (trust region)", fontsize=8)
+    ax.set_title("trust-region weight C2(t)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if shown:
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(file, dpi=90)
 
 
 def _plot(rows: list[dict[str, Any]], file: pathlib.Path, families: tuple[str, ...]) -> None:
@@ -97,12 +128,12 @@ def _plot(rows: list[dict[str, Any]], file: pathlib.Path, families: tuple[str, .
 def _write_csv(rows: list[dict[str, Any]], file: pathlib.Path) -> None:
     with open(file, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["method", "family", "path", "step", "t", "snr", "kappa", "rows_per_root", "h"])
+        out.writerow(["method", "family", "path", "step", "t", "snr", "kappa", "rows_per_root", "h", "c2"])
         for row in rows:
             for i in range(len(row["t"])):
                 out.writerow([row["method"], row["family"], row["path"], i, f"{row['t'][i]:.6g}",
                               f"{row['snr'][i]:.6g}", f"{row['kappa'][i]:.6g}",
-                              f"{row['rows_per_root'][i]:.6g}", f"{row['h'][i]:.6g}"])
+                              f"{row['rows_per_root'][i]:.6g}", f"{row['h'][i]:.6g}", f"{row['c2'][i]:.6g}"])
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -126,6 +157,7 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = influence_rows()
     _plot(rows, out / "fig1_influence.png", FAMILIES)
+    _plot_c2(rows, out / "fig1_trust_region.png")
     if not quick:
         for family in FAMILIES:
             _plot(rows, out / f"fig1_{family}.png", (family,))
@@ -135,5 +167,8 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
                                                "low_snr_mean_h": row["low_snr_mean_h"],
                                                "high_snr_mean_h": row["high_snr_mean_h"],
                                                "h_noisiest": row["h_noisiest"], "h_cleanest": row["h_cleanest"],
-                                               "t": row["t"].tolist(), "h": row["h"].tolist()}
+                                               "t": row["t"].tolist(), "h": row["h"].tolist(),
+                                               "c2": row["c2"].tolist(),
+                                               "low_snr_mean_c2": row["low_snr_mean_c2"],
+                                               "high_snr_mean_c2": row["high_snr_mean_c2"]}
             for row in rows}
