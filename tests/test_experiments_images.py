@@ -36,7 +36,7 @@ def test_numbers_finite_and_budgets_met(quick):
                              ("geneval", ("flow-grpo", "tempflow-grpo", "rsm-zo")),
                              ("digit-logp", ("vgg-flow", "rsm-fo"))) for m in ms}
     for r in summary["rows"]:
-        for key in ("reward_start", "reward_final", "nfe", "seconds", "kl"):
+        for key in ("reward_start", "reward_final", "nfe", "seconds", "kl", "drift"):
             assert math.isfinite(r[key]), (r["task"], r["method"], key)
         # every method spent at least the task's NFE budget (equal-compute comparison)
         assert r["nfe"] >= summary["budgets"][r["task"]] > 0

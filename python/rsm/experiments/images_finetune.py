@@ -141,12 +141,13 @@ def _prompts(which: str, sz: dict, seed: int) -> np.ndarray:
     return np.sort(rng.choice(len(image_datasets.shape_prompts(16)), sz["shape_prompts"], replace=False)).astype(np.int64)
 
 
-def _evaluate(model: Any, rec: _Recorder, prompts: np.ndarray, sz: dict) -> float:
-    """Mean reward of guided ODE samples from fixed noise: eval_per_prompt samples per prompt."""
+def _evaluate(model: Any, rec: _Recorder, prompts: np.ndarray, sz: dict) -> tuple[float, np.ndarray]:
+    """(mean reward, samples) of guided ODE samples from fixed noise: eval_per_prompt per prompt."""
     ids = np.repeat(prompts, sz["eval_per_prompt"])
     x = np.from_dlpack(rsm.sample(model, len(ids), rsm.FlowPath(), "ode", steps=sz["sample_steps"],
                                   cond=ids, seed=1234)).astype(np.float32)
-    return float(rec.value(np.clip(x, -1.0, 1.0), ids).mean())
+    x = np.clip(x, -1.0, 1.0)
+    return float(rec.value(x, ids).mean()), x
 
 
 def _run_one(ref: Any, rec: _Recorder, method: str, prompts: np.ndarray, sz: dict, seed: int,
@@ -167,9 +168,15 @@ def _run_one(ref: Any, rec: _Recorder, method: str, prompts: np.ndarray, sz: dic
     kl = 0.0
     history = []
 
+    x_ref = _evaluate(reference, rec, prompts, sz)[1]
+
     def record() -> None:
+        # drift: mean squared pixel distance to the reference's sample from the same noise, a
+        # method-independent measure of how far the policy moved (the Trainer's "kl" sums the
+        # path KL over the steps a method trains, which differ between methods)
+        reward, x = _evaluate(policy, rec, prompts, sz)
         curve.append({"nfe": nfe, "seconds": seconds, "kl": kl, "steps": trainer.iteration,
-                      "reward": _evaluate(policy, rec, prompts, sz)})
+                      "reward": reward, "drift": float(((x - x_ref) ** 2).mean())})
 
     record()
     if budget is None:  # fixed iteration count: the budget is the first method's NFE
@@ -242,6 +249,7 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
                          "nfe": float(np.mean([r["curve"][-1]["nfe"] for r in runs])),
                          "seconds": float(np.mean([r["curve"][-1]["seconds"] for r in runs])),
                          "kl": float(np.mean([r["curve"][-1]["kl"] for r in runs])),
+                         "drift": float(np.mean([r["curve"][-1]["drift"] for r in runs])),
                          "zero_std_groups": float(np.mean([r["zero_std_groups"] for r in runs]))})
         redesign = [m for m, b in methods if not b][0]
         for method, is_base in methods:
@@ -253,19 +261,19 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
 
     with open(out / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["task", "method", "seed", "steps", "nfe", "seconds", "kl", "reward"])
+        w.writerow(["task", "method", "seed", "steps", "nfe", "seconds", "kl", "drift", "reward"])
         for task in results:
             for method, runs in results[task].items():
                 for s, r in enumerate(runs):
                     for c in r["curve"]:
                         w.writerow([task, method, seed + s, c["steps"], c["nfe"], f"{c['seconds']:.3f}",
-                                    f"{c['kl']:.6g}", f"{c['reward']:.6g}"])
-    lines = ["| task | method | reward start | reward final (± std over seeds) | NFE | train s | KL | zero-std groups |",
-             "|---|---|---|---|---|---|---|---|"]
+                                    f"{c['kl']:.6g}", f"{c['drift']:.6g}", f"{c['reward']:.6g}"])
+    lines = ["| task | method | reward start | reward final (± std over seeds) | NFE | train s | path KL (trained steps) | drift | zero-std prompts |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['method']}{'' if r['baseline'] else ' (redesign)'} | {r['reward_start']:.4f} | "
                      f"{r['reward_final']:.4f} ± {r['reward_final_std']:.4f} | {r['nfe']:.0f} | {r['seconds']:.1f} | "
-                     f"{r['kl']:.4f} | {r['zero_std_groups']:.0f} |")
+                     f"{r['kl']:.4f} | {r['drift']:.4f} | {r['zero_std_groups']:.0f} |")
     lines += ["", "| task | baseline | redesign | axis | baseline final | redesign final | redesign reaches it at | ratio |",
               "|---|---|---|---|---|---|---|---|"]
     for c in ratios:
@@ -300,17 +308,18 @@ def _plot(results: dict, out: pathlib.Path) -> None:
     except ImportError:
         return
     tasks = list(results)
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(10, 2.3 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 4, figsize=(12, 2.3 * len(tasks)), squeeze=False)
     for i, task in enumerate(tasks):
         for method, runs in results[task].items():
             length = min(len(r["curve"]) for r in runs)
             get = lambda key: np.array([[r["curve"][k][key] for k in range(length)] for r in runs])
             y = get("reward")
-            for j, key in enumerate(("nfe", "seconds", "kl")):
+            for j, key in enumerate(("nfe", "seconds", "kl", "drift")):
                 axes[i, j].errorbar(get(key).mean(0), y.mean(0), yerr=y.std(0), marker="o", ms=3,
                                     capsize=2, label=method)
         axes[i, 0].set_ylabel(f"{task}\nreward")
-        for j, lab in enumerate(("network evaluations", "training seconds", "path KL to ref (last rollout)")):
+        for j, lab in enumerate(("network evaluations", "training seconds", "path KL, trained steps (last rollout)",
+                                 "drift: mean sq. pixel dist. to ref")):
             axes[len(tasks) - 1, j].set_xlabel(lab)
         axes[i, 0].legend(fontsize=7)
     fig.tight_layout()
