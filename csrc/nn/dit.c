@@ -245,6 +245,7 @@ rsm_model
 rsm_dit_as_model(rsm_dit *dit)
 {
     rsm_model model = {rsm_dit_model_forward, dit, dit->config.dtype, dit->layout.dim, 1,
-                       rsm_dit_model_backward, rsm_dit_trainable(dit), rsm_dit_num_trainable(dit), 1};
+                       rsm_dit_model_backward, rsm_dit_trainable(dit), rsm_dit_num_trainable(dit), 1,
+                       &dit->generation, &dit->saved_rows};
     return model;
 }

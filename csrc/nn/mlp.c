@@ -116,6 +116,6 @@ rsm_mlp_as_model(rsm_mlp *mlp)
 {
     rsm_model model = {rsm_mlp_model_forward, mlp, mlp->config.dtype, mlp->config.dim,
                        mlp->config.cond_dim, rsm_mlp_model_backward, mlp->params,
-                       mlp->layout.num_params};
+                       mlp->layout.num_params, 0, &mlp->generation, &mlp->saved_rows};
     return model;
 }

@@ -28,6 +28,10 @@ typedef struct rsm_model {
     void *params;
     int64_t num_params;
     int cond_optional; /* 1: cond may be NULL though cond_dim > 0 (DiT: every row the null class) */
+    /* Trainable models: the counter every forward bumps (it names the saved activations, so a
+     * backward can refuse a cotangent meant for another forward) and the rows of that forward. */
+    const uint64_t *generation;
+    const int64_t *saved_rows;
 } rsm_model;
 
 #endif /* RSM_MODEL_H */

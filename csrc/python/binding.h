@@ -82,14 +82,8 @@ rsm_py_tensor_data(rsm_py_tensor *self)
 
 /* ---- compute entry points (compute_py.c) -------------------------------------------------- */
 int rsm_py_compute_exec(PyObject *module);
-/* Argument helpers of compute_py.c (messages name func and the argument). */
+/* The dtype argument of a model constructor ('float32' / 'float64'). */
 int rsm_py_parse_model_dtype(PyObject *obj, const char *func, rsm_dtype *out);
-rsm_py_tensor *rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func,
-                                 const char *name, rsm_dtype dtype, int64_t rows, int64_t cols);
-rsm_py_tensor *rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func,
-                                 const char *name, rsm_dtype dtype, int64_t len);
-int rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
-int rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
 
 /* ---- the DiT (dit_py.c) --------------------------------------------------------------------- */
 int rsm_py_dit_exec(PyObject *module);
@@ -104,10 +98,15 @@ int rsm_py_dit_model(PyObject *module, PyObject *obj, const char *func, struct r
  * activations (NULL if it has none); -1 with an exception set otherwise. */
 int rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
                      PyThread_type_lock *lock);
-/* Checked (x[n, dim], t[n], cond[n, cond_dim] or None) of a model (new references). */
-int rsm_py_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
-                        int64_t cond_dim, PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj,
-                        rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond);
+/* The forward / vjp / backward methods every model core shares, run through `model`'s vtable
+ * under `lock` (compute_py.c): forward(x, t, cond=None, keep=False), vjp(x, t, cotangent,
+ * cond=None), backward(cotangent, token). */
+PyObject *rsm_py_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
+                               PyObject *args, PyObject *kwargs);
+PyObject *rsm_py_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
+                           PyObject *args, PyObject *kwargs);
+PyObject *rsm_py_model_backward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
+                                PyObject *args);
 
 /* ---- classifier-free guidance (guidance_py.c) ---------------------------------------------- */
 int rsm_py_guidance_exec(PyObject *module);

@@ -119,32 +119,6 @@ rsm_py_parse_model_dtype(PyObject *obj, const char *func, rsm_dtype *out)
     return rsm_parse_dtype(obj, func, out);
 }
 
-rsm_py_tensor *
-rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func, const char *name,
-                  rsm_dtype dtype, int64_t rows, int64_t cols)
-{
-    return rsm_matrix_arg(module, obj, func, name, dtype, rows, cols);
-}
-
-rsm_py_tensor *
-rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func, const char *name,
-                  rsm_dtype dtype, int64_t len)
-{
-    return rsm_vector_arg(module, obj, func, name, dtype, len);
-}
-
-int
-rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name)
-{
-    return rsm_check_times(t, dtype, func, name);
-}
-
-int
-rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name)
-{
-    return rsm_check_finite(t, dtype, func, name);
-}
-
 /* ---- PathCore ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -440,11 +414,12 @@ rsm_mlp_ready(rsm_py_mlp *self, const char *func)
     return 0;
 }
 
-/* Checked (x, t, cond) of a model with dimension dim and cond_dim. */
+/* Checked (x, t, cond) of a model with dimension dim and cond_dim; cond may be omitted when
+ * cond_optional (the DiT: every row the null class). */
 static int
 rsm_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
-                 int64_t cond_dim, PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj,
-                 rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond)
+                 int64_t cond_dim, int cond_optional, PyObject *x_obj, PyObject *t_obj,
+                 PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond)
 {
     *x = rsm_matrix_arg(module, x_obj, func, "x", dtype, -1, dim);
     if (!*x) return -1;
@@ -460,7 +435,7 @@ rsm_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t di
         }
         *cond = rsm_matrix_arg(module, cond_obj, func, "cond", dtype, n, cond_dim);
         if (!*cond || rsm_check_finite(*cond, dtype, func, "cond") < 0) return -1;
-    } else if (cond_dim > 0) {
+    } else if (cond_dim > 0 && !cond_optional) {
         rsm_py_raisef(PyExc_ValueError, func,
                       "the model is conditional (cond_dim=%lld): cond of shape [n, %lld] is required",
                       (long long)cond_dim, (long long)cond_dim);
@@ -469,25 +444,15 @@ rsm_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t di
     return 0;
 }
 
-static rsm_status
-rsm_mlp_locked_forward(rsm_py_mlp *self, int64_t n, rsm_py_tensor *x, rsm_py_tensor *t,
-                       rsm_py_tensor *cond, void *out, uint64_t *token)
-{
-    rsm_status status;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    status = rsm_mlp_forward(&self->mlp, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
-                             cond ? rsm_py_tensor_data(cond) : NULL, out);
-    *token = self->mlp.generation;
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    return status;
-}
+/* ---- the methods every model core shares (MLPCore, DiTCore, GuidedCore) ------------------- *
+ * They run through the model's vtable (nn/model.h) under its lock, so each model core only
+ * supplies its vtable and lock; binding.h exports them for dit_py.c and guidance_py.c. */
 
 /* forward(x, t, cond=None, keep=False) -> Tensor[n, dim], or (Tensor, token) with keep=True:
  * the token names the activations this forward saved, for backward(cotangent, token). */
-static PyObject *
-rsm_mlp_py_forward(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
+PyObject *
+rsm_py_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
+                     PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "t", "cond", "keep", NULL};
     PyObject *x_obj, *t_obj, *cond_obj = Py_None;
@@ -495,19 +460,26 @@ rsm_mlp_py_forward(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Op", kwlist, &x_obj, &t_obj, &cond_obj,
                                      &keep))
         return NULL;
-    if (rsm_mlp_ready(self, "forward") < 0) return NULL;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    if (keep && !model->generation)
+        return rsm_py_raisef(PyExc_TypeError, "forward",
+                             "keep=True needs a trainable model (MLP, DiT)");
     rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *out = NULL;
     PyObject *result = NULL;
-    const rsm_mlp_config *c = &self->mlp.config;
-    if (rsm_model_inputs(module, "forward", c->dtype, c->dim, c->cond_dim, x_obj, t_obj, cond_obj,
-                         &x, &t, &cond) < 0)
+    if (rsm_model_inputs(module, "forward", model->dtype, model->dim, model->cond_dim,
+                         model->cond_optional, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
         goto done;
-    out = rsm_py_tensor_new(module, c->dtype, 2, x->t.shape, 0);
+    out = rsm_py_tensor_new(module, model->dtype, 2, x->t.shape, 0);
     if (!out) goto done;
+    rsm_status status;
     uint64_t token = 0;
-    rsm_status status = rsm_mlp_locked_forward(self, x->t.shape[0], x, t, cond,
-                                               rsm_py_tensor_data(out), &token);
+    Py_BEGIN_ALLOW_THREADS
+    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    status = model->forward(model->self, NULL, x->t.shape[0], rsm_py_tensor_data(x),
+                            rsm_py_tensor_data(t), cond ? rsm_py_tensor_data(cond) : NULL,
+                            rsm_py_tensor_data(out));
+    if (model->generation) token = *model->generation;
+    if (lock) PyThread_release_lock(lock);
+    Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
         rsm_py_raise(status, "forward");
         goto done;
@@ -528,40 +500,40 @@ done:
 
 /* vjp(x, t, cotangent, cond=None) -> (out, dx, dparams): out = forward(x, t, cond),
  * dx = (d out / dx)^T cotangent, dparams = (d out / d params)^T cotangent (flat). */
-static PyObject *
-rsm_mlp_py_vjp(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
+PyObject *
+rsm_py_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
+                 PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "t", "cotangent", "cond", NULL};
     PyObject *x_obj, *t_obj, *cot_obj, *cond_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O", kwlist, &x_obj, &t_obj, &cot_obj,
                                      &cond_obj))
         return NULL;
-    if (rsm_mlp_ready(self, "vjp") < 0) return NULL;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    if (!model->backward)
+        return rsm_py_raisef(PyExc_TypeError, "vjp", "the model has no parameters to differentiate");
     rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *cot = NULL, *out = NULL, *dx = NULL,
                   *dparams = NULL;
     PyObject *result = NULL;
-    const rsm_mlp_config *c = &self->mlp.config;
-    if (rsm_model_inputs(module, "vjp", c->dtype, c->dim, c->cond_dim, x_obj, t_obj, cond_obj, &x,
-                         &t, &cond) < 0)
+    const rsm_dtype dtype = model->dtype;
+    if (rsm_model_inputs(module, "vjp", dtype, model->dim, model->cond_dim, model->cond_optional,
+                         x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
         goto done;
-    int64_t n = x->t.shape[0];
-    cot = rsm_matrix_arg(module, cot_obj, "vjp", "cotangent", c->dtype, n, c->dim);
-    if (!cot || rsm_check_finite(cot, c->dtype, "vjp", "cotangent") < 0) goto done;
-    int64_t num_params = self->mlp.layout.num_params;
-    out = rsm_py_tensor_new(module, c->dtype, 2, x->t.shape, 0);
-    dx = rsm_py_tensor_new(module, c->dtype, 2, x->t.shape, 0);
-    dparams = rsm_py_tensor_new(module, c->dtype, 1, &num_params, 1);
+    int64_t n = x->t.shape[0], num_params = model->num_params;
+    cot = rsm_matrix_arg(module, cot_obj, "vjp", "cotangent", dtype, n, model->dim);
+    if (!cot || rsm_check_finite(cot, dtype, "vjp", "cotangent") < 0) goto done;
+    out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
+    dx = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
+    dparams = rsm_py_tensor_new(module, dtype, 1, &num_params, 1);
     if (!out || !dx || !dparams) goto done;
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    status = rsm_mlp_forward(&self->mlp, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
-                             cond ? rsm_py_tensor_data(cond) : NULL, rsm_py_tensor_data(out));
+    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    status = model->forward(model->self, NULL, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
+                            cond ? rsm_py_tensor_data(cond) : NULL, rsm_py_tensor_data(out));
     if (status == RSM_OK)
-        status = rsm_mlp_backward(&self->mlp, n, rsm_py_tensor_data(cot),
-                                  rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
-    PyThread_release_lock(self->lock);
+        status = model->backward(model->self, n, rsm_py_tensor_data(cot),
+                                 rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
+    if (lock) PyThread_release_lock(lock);
     Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
         rsm_py_raise(status, "vjp");
@@ -582,44 +554,48 @@ done:
 /* backward(cotangent, token) -> (dx, dparams): the VJP of the forward that returned `token`,
  * from its saved activations (no recomputation). Any later forward of this model (another call,
  * a sampler, another thread) invalidates the token: RuntimeError instead of a wrong gradient. */
-static PyObject *
-rsm_mlp_py_backward(rsm_py_mlp *self, PyObject *args)
+PyObject *
+rsm_py_model_backward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
+                      PyObject *args)
 {
     PyObject *cot_obj;
     unsigned long long token;
     if (!PyArg_ParseTuple(args, "OK", &cot_obj, &token)) return NULL;
-    if (rsm_mlp_ready(self, "backward") < 0) return NULL;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    const rsm_mlp_config *c = &self->mlp.config;
-    rsm_py_tensor *cot = rsm_matrix_arg(module, cot_obj, "backward", "cotangent", c->dtype, -1, c->dim);
+    if (!model->backward || !model->generation)
+        return rsm_py_raisef(PyExc_TypeError, "backward", "the model has no parameters to differentiate");
+    const rsm_dtype dtype = model->dtype;
+    rsm_py_tensor *cot = rsm_matrix_arg(module, cot_obj, "backward", "cotangent", dtype, -1,
+                                        model->dim);
     if (!cot) return NULL;
-    if (rsm_check_finite(cot, c->dtype, "backward", "cotangent") < 0) {
+    if (rsm_check_finite(cot, dtype, "backward", "cotangent") < 0) {
         Py_DECREF(cot);
         return NULL;
     }
-    int64_t n = cot->t.shape[0], num_params = self->mlp.layout.num_params;
-    int64_t shape[2] = {n, c->dim};
-    rsm_py_tensor *dx = rsm_py_tensor_new(module, c->dtype, 2, shape, 0);
-    rsm_py_tensor *dparams = rsm_py_tensor_new(module, c->dtype, 1, &num_params, 1);
+    int64_t n = cot->t.shape[0], num_params = model->num_params;
+    int64_t shape[2] = {n, model->dim};
+    rsm_py_tensor *dx = rsm_py_tensor_new(module, dtype, 2, shape, 0);
+    rsm_py_tensor *dparams = rsm_py_tensor_new(module, dtype, 1, &num_params, 1);
     PyObject *result = NULL;
     if (dx && dparams) {
         rsm_status status = RSM_OK;
         int stale = 0;
+        int64_t saved_rows = 0;
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(self->lock, WAIT_LOCK);
-        if (self->mlp.generation != token || self->mlp.saved_rows != n)
+        if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+        saved_rows = *model->saved_rows;
+        if (*model->generation != token || saved_rows != n)
             stale = 1;
         else
-            status = rsm_mlp_backward(&self->mlp, n, rsm_py_tensor_data(cot),
-                                      rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
-        PyThread_release_lock(self->lock);
+            status = model->backward(model->self, n, rsm_py_tensor_data(cot),
+                                     rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
+        if (lock) PyThread_release_lock(lock);
         Py_END_ALLOW_THREADS
         if (stale)
             rsm_py_raisef(PyExc_RuntimeError, "backward",
                           "the activations of forward %llu are gone (the model ran another forward "
                           "since, or cotangent has %lld rows instead of %lld); call "
                           "forward(..., keep=True) again",
-                          token, (long long)n, (long long)self->mlp.saved_rows);
+                          token, (long long)n, (long long)saved_rows);
         else if (status != RSM_OK)
             rsm_py_raise(status, "backward");
         else
@@ -629,6 +605,30 @@ rsm_mlp_py_backward(rsm_py_mlp *self, PyObject *args)
     Py_XDECREF(dx);
     Py_XDECREF(dparams);
     return result;
+}
+
+static PyObject *
+rsm_mlp_py_forward(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
+{
+    if (rsm_mlp_ready(self, "forward") < 0) return NULL;
+    rsm_model model = rsm_mlp_as_model(&self->mlp);
+    return rsm_py_model_forward(rsm_module_of_type(Py_TYPE(self)), &model, self->lock, args, kwargs);
+}
+
+static PyObject *
+rsm_mlp_py_vjp(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
+{
+    if (rsm_mlp_ready(self, "vjp") < 0) return NULL;
+    rsm_model model = rsm_mlp_as_model(&self->mlp);
+    return rsm_py_model_vjp(rsm_module_of_type(Py_TYPE(self)), &model, self->lock, args, kwargs);
+}
+
+static PyObject *
+rsm_mlp_py_backward(rsm_py_mlp *self, PyObject *args)
+{
+    if (rsm_mlp_ready(self, "backward") < 0) return NULL;
+    rsm_model model = rsm_mlp_as_model(&self->mlp);
+    return rsm_py_model_backward(rsm_module_of_type(Py_TYPE(self)), &model, self->lock, args);
 }
 
 static PyObject *
@@ -766,7 +766,7 @@ rsm_gmm_py_call(rsm_py_gmm *self, PyObject *args, int posterior)
     rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *a = NULL, *b = NULL;
     PyObject *result = NULL;
     rsm_dtype dtype = self->gmm.dtype;
-    if (rsm_model_inputs(module, func, dtype, self->gmm.dim, 0, x_obj, t_obj, Py_None, &x, &t,
+    if (rsm_model_inputs(module, func, dtype, self->gmm.dim, 0, 0, x_obj, t_obj, Py_None, &x, &t,
                          &cond) < 0)
         goto done;
     a = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
@@ -880,13 +880,6 @@ rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *m
     return rsm_model_arg(module, obj, func, model, lock);
 }
 
-int
-rsm_py_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
-                    int64_t cond_dim, PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj,
-                    rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond)
-{
-    return rsm_model_inputs(module, func, dtype, dim, cond_dim, x_obj, t_obj, cond_obj, x, t, cond);
-}
 
 /* ---- sampler ------------------------------------------------------------------------------ */
 

@@ -144,171 +144,28 @@ rsm_dit_ready(rsm_py_dit *self, const char *func)
     return 0;
 }
 
-/* x [n, dim], t [n], cond None or [n, 1] (class ids as reals; the core checks they are ids) */
-static int
-rsm_dit_inputs(PyObject *module, const char *func, const rsm_dit *dit, PyObject *x_obj,
-               PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
-               rsm_py_tensor **cond)
-{
-    rsm_dtype dtype = dit->config.dtype;
-    *x = rsm_py_matrix_arg(module, x_obj, func, "x", dtype, -1, dit->layout.dim);
-    if (!*x || rsm_py_check_finite(*x, dtype, func, "x") < 0) return -1;
-    int64_t n = (*x)->t.shape[0];
-    *t = rsm_py_vector_arg(module, t_obj, func, "t", dtype, n);
-    if (!*t || rsm_py_check_times(*t, dtype, func, "t") < 0) return -1;
-    if (cond_obj != NULL && cond_obj != Py_None) {
-        *cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", dtype, n, 1);
-        if (!*cond || rsm_py_check_finite(*cond, dtype, func, "cond") < 0) return -1;
-    }
-    return 0;
-}
-
-/* forward(x, t, cond=None, keep=False) -> out [n, dim], or (out, token) */
 static PyObject *
 rsm_dit_py_forward(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "t", "cond", "keep", NULL};
-    PyObject *x_obj, *t_obj, *cond_obj = Py_None;
-    int keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Op", kwlist, &x_obj, &t_obj, &cond_obj,
-                                     &keep))
-        return NULL;
     if (rsm_dit_ready(self, "forward") < 0) return NULL;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *out = NULL;
-    PyObject *result = NULL;
-    if (rsm_dit_inputs(module, "forward", &self->dit, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
-        goto done;
-    out = rsm_py_tensor_new(module, self->dit.config.dtype, 2, x->t.shape, 0);
-    if (!out) goto done;
-    rsm_status status;
-    uint64_t token;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    status = rsm_dit_forward(&self->dit, x->t.shape[0], rsm_py_tensor_data(x),
-                             rsm_py_tensor_data(t), cond ? rsm_py_tensor_data(cond) : NULL,
-                             rsm_py_tensor_data(out));
-    token = self->dit.generation;
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    if (status != RSM_OK) {
-        rsm_py_raise(status, "forward");
-        goto done;
-    }
-    if (keep) {
-        result = Py_BuildValue("(OK)", out, (unsigned long long)token);
-    } else {
-        result = (PyObject *)out;
-        out = NULL;
-    }
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(t);
-    Py_XDECREF(cond);
-    Py_XDECREF(out);
-    return result;
+    rsm_model model = rsm_dit_as_model(&self->dit);
+    return rsm_py_model_forward(rsm_module_of_type(Py_TYPE(self)), &model, self->lock, args, kwargs);
 }
 
-/* vjp(x, t, cotangent, cond=None) -> (out, dx, dparams) */
 static PyObject *
 rsm_dit_py_vjp(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "t", "cotangent", "cond", NULL};
-    PyObject *x_obj, *t_obj, *cot_obj, *cond_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O", kwlist, &x_obj, &t_obj, &cot_obj,
-                                     &cond_obj))
-        return NULL;
     if (rsm_dit_ready(self, "vjp") < 0) return NULL;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *cot = NULL, *out = NULL, *dx = NULL,
-                  *dparams = NULL;
-    PyObject *result = NULL;
-    const rsm_dtype dtype = self->dit.config.dtype;
-    if (rsm_dit_inputs(module, "vjp", &self->dit, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
-        goto done;
-    int64_t n = x->t.shape[0];
-    cot = rsm_py_matrix_arg(module, cot_obj, "vjp", "cotangent", dtype, n, self->dit.layout.dim);
-    if (!cot || rsm_py_check_finite(cot, dtype, "vjp", "cotangent") < 0) goto done;
-    int64_t num_params = rsm_dit_num_trainable(&self->dit);
-    out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
-    dx = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
-    dparams = rsm_py_tensor_new(module, dtype, 1, &num_params, 1);
-    if (!out || !dx || !dparams) goto done;
-    rsm_status status;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    status = rsm_dit_forward(&self->dit, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
-                             cond ? rsm_py_tensor_data(cond) : NULL, rsm_py_tensor_data(out));
-    if (status == RSM_OK)
-        status = rsm_dit_backward(&self->dit, n, rsm_py_tensor_data(cot),
-                                  rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    if (status != RSM_OK) {
-        rsm_py_raise(status, "vjp");
-        goto done;
-    }
-    result = Py_BuildValue("(OOO)", out, dx, dparams);
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(t);
-    Py_XDECREF(cond);
-    Py_XDECREF(cot);
-    Py_XDECREF(out);
-    Py_XDECREF(dx);
-    Py_XDECREF(dparams);
-    return result;
+    rsm_model model = rsm_dit_as_model(&self->dit);
+    return rsm_py_model_vjp(rsm_module_of_type(Py_TYPE(self)), &model, self->lock, args, kwargs);
 }
 
-/* backward(cotangent, token) -> (dx, dparams) of the forward that returned token */
 static PyObject *
 rsm_dit_py_backward(rsm_py_dit *self, PyObject *args)
 {
-    PyObject *cot_obj;
-    unsigned long long token;
-    if (!PyArg_ParseTuple(args, "OK", &cot_obj, &token)) return NULL;
     if (rsm_dit_ready(self, "backward") < 0) return NULL;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    const rsm_dtype dtype = self->dit.config.dtype;
-    rsm_py_tensor *cot = rsm_py_matrix_arg(module, cot_obj, "backward", "cotangent", dtype, -1,
-                                           self->dit.layout.dim);
-    if (!cot) return NULL;
-    if (rsm_py_check_finite(cot, dtype, "backward", "cotangent") < 0) {
-        Py_DECREF(cot);
-        return NULL;
-    }
-    int64_t n = cot->t.shape[0], num_params = rsm_dit_num_trainable(&self->dit);
-    int64_t shape[2] = {n, self->dit.layout.dim};
-    rsm_py_tensor *dx = rsm_py_tensor_new(module, dtype, 2, shape, 0);
-    rsm_py_tensor *dparams = rsm_py_tensor_new(module, dtype, 1, &num_params, 1);
-    PyObject *result = NULL;
-    if (dx && dparams) {
-        rsm_status status = RSM_OK;
-        int stale = 0;
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(self->lock, WAIT_LOCK);
-        if (self->dit.generation != token || self->dit.saved_rows != n)
-            stale = 1;
-        else
-            status = rsm_dit_backward(&self->dit, n, rsm_py_tensor_data(cot),
-                                      rsm_py_tensor_data(dparams), rsm_py_tensor_data(dx));
-        PyThread_release_lock(self->lock);
-        Py_END_ALLOW_THREADS
-        if (stale)
-            rsm_py_raisef(PyExc_RuntimeError, "backward",
-                          "the activations of forward %llu are gone (the model ran another forward "
-                          "since, or cotangent has %lld rows instead of %lld); call "
-                          "forward_keep() again",
-                          token, (long long)n, (long long)self->dit.saved_rows);
-        else if (status != RSM_OK)
-            rsm_py_raise(status, "backward");
-        else
-            result = Py_BuildValue("(OO)", dx, dparams);
-    }
-    Py_DECREF(cot);
-    Py_XDECREF(dx);
-    Py_XDECREF(dparams);
-    return result;
+    rsm_model model = rsm_dit_as_model(&self->dit);
+    return rsm_py_model_backward(rsm_module_of_type(Py_TYPE(self)), &model, self->lock, args);
 }
 
 static PyObject *

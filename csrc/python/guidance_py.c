@@ -127,49 +127,16 @@ rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_model
     return 0;
 }
 
-/* forward(x, t, cond) -> Tensor[n, dim]: the guided output (the sampler's code path). */
+/* forward(x, t, cond) -> Tensor[n, dim]: the guided output (the sampler's code path). cond is
+ * required: the vtable's cond_optional is 0, the null condition being the unconditional pass. */
 static PyObject *
 rsm_guided_py_forward(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "t", "cond", NULL};
-    PyObject *x_obj, *t_obj, *cond_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O", kwlist, &x_obj, &t_obj, &cond_obj))
-        return NULL;
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
     rsm_model model;
     PyThread_type_lock lock;
     if (rsm_py_guided_model(module, (PyObject *)self, "forward", &model, &lock) < 0) return NULL;
-    if (cond_obj == Py_None)
-        return rsm_py_raisef(PyExc_ValueError, "forward",
-                             "a guided model needs cond of shape [n, %lld] (the null condition "
-                             "is the unconditional pass)", (long long)model.cond_dim);
-    rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *out = NULL;
-    PyObject *result = NULL;
-    if (rsm_py_model_inputs(module, "forward", model.dtype, model.dim, model.cond_dim, x_obj,
-                            t_obj, cond_obj, &x, &t, &cond) < 0)
-        goto done;
-    out = rsm_py_tensor_new(module, model.dtype, 2, x->t.shape, 0);
-    if (!out) goto done;
-    rsm_status status;
-    int64_t n = x->t.shape[0];
-    Py_BEGIN_ALLOW_THREADS
-    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
-    status = model.forward(model.self, NULL, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
-                           rsm_py_tensor_data(cond), rsm_py_tensor_data(out));
-    if (lock) PyThread_release_lock(lock);
-    Py_END_ALLOW_THREADS
-    if (status != RSM_OK) {
-        rsm_py_raise(status, "forward");
-        goto done;
-    }
-    result = (PyObject *)out;
-    out = NULL;
-done:
-    Py_XDECREF(x);
-    Py_XDECREF(t);
-    Py_XDECREF(cond);
-    Py_XDECREF(out);
-    return result;
+    return rsm_py_model_forward(module, &model, lock, args, kwargs);
 }
 
 static PyObject *
