@@ -31,6 +31,22 @@ grid_for(int64_t n, int threads = kThreads)
     return (unsigned)(blocks > 65535 ? 65535 : blocks);
 }
 
+/* The sum of `value` over a block of kThreads threads, added in a fixed tree order (the result
+ * does not depend on scheduling, so reductions built on it are deterministic run to run); the
+ * value returned is the block's sum in every thread. One call per kernel (one shared buffer). */
+__device__ inline double
+block_sum(double value)
+{
+    __shared__ double partial[kThreads];
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
 /* After a launch: the launch error, if any. */
 inline int
 launched(const char *what)

@@ -14,33 +14,21 @@ template <typename real>
 __global__ void
 sq_partial_kernel(int64_t n, const real *g, double *partial)
 {
-    __shared__ double sh[rsm_cuda::kThreads];
     double acc = 0.0;
     for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
          k += (int64_t)gridDim.x * blockDim.x)
         acc += (double)g[k] * (double)g[k];
-    sh[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+    const double sum = rsm_cuda::block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
 __global__ void
 norm_final_kernel(int blocks, const double *partial, double *norm)
 {
-    __shared__ double sh[rsm_cuda::kThreads];
     double acc = 0.0;
     for (int k = threadIdx.x; k < blocks; k += blockDim.x) acc += partial[k];
-    sh[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) norm[0] = sqrt(sh[0]);
+    const double sum = rsm_cuda::block_sum(acc);
+    if (threadIdx.x == 0) norm[0] = sqrt(sum);
 }
 
 __device__ inline void

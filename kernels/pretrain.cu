@@ -37,7 +37,6 @@ template <typename real>
 __global__ void
 mse_kernel(int64_t n, real scale, real *pred, const real *target, double *partial)
 {
-    __shared__ double sh[rsm_cuda::kThreads];
     double acc = 0.0;
     for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
          k += (int64_t)gridDim.x * blockDim.x) {
@@ -45,28 +44,17 @@ mse_kernel(int64_t n, real scale, real *pred, const real *target, double *partia
         acc += (double)diff * (double)diff;
         pred[k] = scale * diff;
     }
-    sh[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+    const double sum = rsm_cuda::block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
 __global__ void
 sum_kernel(int n, const double *partial, double *out)
 {
-    __shared__ double sh[rsm_cuda::kThreads];
     double acc = 0.0;
     for (int k = threadIdx.x; k < n; k += blockDim.x) acc += partial[k];
-    sh[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[0] = sh[0];
+    const double sum = rsm_cuda::block_sum(acc);
+    if (threadIdx.x == 0) out[0] = sum;
 }
 
 }  // namespace
