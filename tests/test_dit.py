@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import rsm
+from gradcheck import EPS, fd_check, fd_params, loss
 
-EPS = 1e-6
-RTOL = 1e-6
+
 CFG = dict(image_size=4, channels=2, patch=2, width=8, depth=2, heads=2, num_classes=3)
 
 
@@ -42,29 +42,9 @@ def inputs(model, n=3, seed=0):
     return x, t, cond, cot
 
 
-def loss(model, x, t, cond, cot):
-    out = np.asarray(model.forward(x, t, cond))
-    return float(np.sum(cot * out)), float(np.sum(np.abs(cot * out)))
-
-
 def assert_fd(fd, g, scale):
-    atol = 1e-8 * max(scale, 1e-3)
-    bad = np.abs(np.asarray(fd) - np.asarray(g)) > atol + RTOL * np.abs(g)
-    assert not bad.any(), (np.flatnonzero(bad)[:5], np.asarray(fd)[bad][:5], np.asarray(g)[bad][:5])
-
-
-def fd_params(model, x, t, cond, cot, index):
-    flat = np.from_dlpack(model.params)
-    out = []
-    for i in index:
-        keep = flat[i]
-        flat[i] = keep + EPS
-        lp, _ = loss(model, x, t, cond, cot)
-        flat[i] = keep - EPS
-        lm, _ = loss(model, x, t, cond, cot)
-        flat[i] = keep
-        out.append((lp - lm) / (2 * EPS))
-    return np.array(out)
+    bad = fd_check(fd, g, scale)
+    assert bad.size == 0, (bad[:5], np.asarray(fd)[bad][:5], np.asarray(g)[bad][:5])
 
 
 def sample_index(model, per_tensor=6, seed=0):
