@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of
+from ._args import finite_float, positive_int, rows_of
+from .sampling import _model_cond
 
 
 class History(list):
@@ -221,9 +222,10 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
         raise TypeError(f"pretrain(): model must be an rsm.MLP or rsm.DiT, got {type(model).__name__}")
     if getattr(model, "image_shape", None) is not None and len(getattr(data, "shape", ())) == 4:
         data = np.ascontiguousarray(data).reshape(data.shape[0], -1)  # DiT: images -> [N, dim]
-    prepare = getattr(model, "_prepare_cond", None)
-    if prepare is not None and cond is not None:  # DiT: class ids [N] -> the core's [N, 1] reals
-        cond = prepare(cond, rows_of(data, "pretrain"))
+    # class ids [N] (DiT, or any model with cond_dim 1) -> the core's [N, 1] reals; condition
+    # vectors go to the C checks as they are (exact dtype, like data)
+    if cond is not None:
+        cond = _model_cond(model, cond, rows_of(data, "pretrain"), "pretrain")
     if not isinstance(getattr(path, "_core", None), _C.PathCore):
         raise TypeError(f"pretrain(): path must be an rsm path (rsm.FlowPath(), rsm.VPPath()), "
                         f"got {type(path).__name__}")
@@ -237,11 +239,6 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     cond_dropout = finite_float(cond_dropout, "pretrain", "cond_dropout", 0.0)
     if cond_dropout > 1.0:
         raise ValueError(f"pretrain(): cond_dropout={cond_dropout} must be in [0, 1]")
-    # class ids [N] (a class-conditional model) become the C layout [N, 1]; condition vectors
-    # go to the C checks as they are (exact dtype, like data)
-    if cond is not None and model.cond_dim == 1 and len(np.shape(cond)) == 1:
-        cond = as_cond(cond, int(np.shape(cond)[0]), 1, model.dtype, "pretrain",
-                       num_classes=num_classes_of(model))
     if cond_dropout > 0 or null_cond is not None:
         from .guidance import null_condition
 
