@@ -12,3 +12,4 @@
 #include "train/pretrain_real.c"
 #include "objective_real.c"
 #include "nn/guided_real.c"
+#include "train/update_real.c"

@@ -7,6 +7,8 @@ void rsm_guided_combine_f32(int64_t m, double scale, const float *u2, float *out
 void rsm_guided_combine_f64(int64_t m, double scale, const double *u2, double *out);
 void rsm_guided_split_f32(int64_t m, double scale, const float *dout, float *du2);
 void rsm_guided_split_f64(int64_t m, double scale, const double *dout, double *du2);
+void rsm_guided_sum_halves_f32(int64_t m, const float *dx2, float *dx);
+void rsm_guided_sum_halves_f64(int64_t m, const double *dx2, double *dx);
 void rsm_guided_stack_f32(int64_t n, int64_t dim, int64_t cond_dim, const float *null_cond,
                           const float *x, const float *t, const float *cond, float *x2, float *t2,
                           float *cond2);
@@ -84,10 +86,48 @@ rsm_guided_model_forward(void *self, const rsm_path *path, int64_t n, const void
     return rsm_guided_forward((rsm_guided *)self, path, n, x, t, cond, out);
 }
 
+/* The backward of the last forward: the combination's cotangent split over the stacked rows
+ * (rsm_guided_split), the inner model's backward over all 2n of them (its parameter gradients of
+ * both passes summed), and dx = dx_cond + dx_uncond. */
+static rsm_status
+rsm_guided_model_backward(void *self, int64_t n, const void *dout, void *dparams, void *dx)
+{
+    rsm_guided *g = (rsm_guided *)self;
+    rsm_status status = RSM_OK;
+    const int64_t D = g->inner.dim;
+    const size_t item = g->inner.dtype == RSM_F32 ? sizeof(float) : sizeof(double);
+    RSM_CHECK(g->inner.backward != NULL, RSM_ERR_VALUE, "the guided model's inner model is not trainable");
+    RSM_CHECK(n >= 0, RSM_ERR_VALUE, "n=%lld must be >= 0", (long long)n);
+    if (n == 0) return RSM_OK;
+    void *du2 = rsm_malloc((size_t)(2 * n * D) * item);
+    void *dx2 = dx ? rsm_malloc((size_t)(2 * n * D) * item) : NULL;
+    RSM_CHECK_GOTO(du2 && (!dx || dx2), RSM_ERR_MEMORY,
+                   "cannot allocate the stacked cotangent of %lld rows", (long long)(2 * n));
+    rsm_guided_split(g->inner.dtype, n * D, g->scale, dout, du2);
+    RSM_TRY_GOTO(g->inner.backward(g->inner.self, 2 * n, du2, dparams, dx2));
+    if (dx) {
+        if (g->inner.dtype == RSM_F32)
+            rsm_guided_sum_halves_f32(n * D, (const float *)dx2, (float *)dx);
+        else
+            rsm_guided_sum_halves_f64(n * D, (const double *)dx2, (double *)dx);
+    }
+fail:
+    rsm_free(du2);
+    rsm_free(dx2);
+    return status;
+}
+
 rsm_model
 rsm_guided_as_model(rsm_guided *g)
 {
     rsm_model model = {rsm_guided_model_forward, g, g->inner.dtype, g->inner.dim,
                        g->inner.cond_dim};
+    if (g->inner.backward) {
+        /* trainable through its inner model (the fine-tuning update, csrc/train/update.h); no
+         * forward token of its own: the Python wrapper keeps the inner model's */
+        model.backward = rsm_guided_model_backward;
+        model.params = g->inner.params;
+        model.num_params = g->inner.num_params;
+    }
     return model;
 }

@@ -38,3 +38,10 @@ RSM_T(guided_stack)(int64_t n, int64_t dim, int64_t cond_dim, const real_t *null
     for (int64_t i = 0; i < n; i++)
         memcpy(cond2 + (n + i) * cond_dim, null_cond, (size_t)cond_dim * sizeof(real_t));
 }
+
+/* dx[m] = dx2[:m] + dx2[m:]: both passes read the same x (the input VJP of the stacking). */
+void
+RSM_T(guided_sum_halves)(int64_t m, const real_t *dx2, real_t *dx)
+{
+    for (int64_t i = 0; i < m; i++) dx[i] = dx2[i] + dx2[m + i];
+}

@@ -10,6 +10,7 @@
  *         objective_py.c  the RSM objective and group advantages
  *         dit_py.c      the DiT backbone (DiTCore), LoRA, and the op test hook
  *         guidance_py.c classifier-free guidance: the guided model core and its combination
+ *         update_py.c   the fine-tuning update (objective, backward, optimizer steps in one call)
  */
 #ifndef RSM_BINDING_H
 #define RSM_BINDING_H
@@ -85,6 +86,15 @@ int rsm_py_compute_exec(PyObject *module);
 /* The dtype argument of a model constructor ('float32' / 'float64'). */
 int rsm_py_parse_model_dtype(PyObject *obj, const char *func, rsm_dtype *out);
 
+struct rsm_adamw;
+struct rsm_path;
+/* An AdamWCore / PathCore argument -> its C object (borrowed); NULL with a TypeError naming
+ * `argname` otherwise. */
+struct rsm_adamw *rsm_py_adamw_arg(PyObject *module, PyObject *obj, const char *func,
+                                   const char *argname);
+const struct rsm_path *rsm_py_path_arg(PyObject *module, PyObject *obj, const char *func,
+                                       const char *argname);
+
 /* ---- the DiT (dit_py.c) --------------------------------------------------------------------- */
 int rsm_py_dit_exec(PyObject *module);
 struct rsm_model;
@@ -116,5 +126,8 @@ int rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_m
 
 /* ---- the RSM objective (objective_py.c) ---------------------------------------------------- */
 int rsm_py_objective_exec(PyObject *module);
+
+/* ---- the fine-tuning update (update_py.c) --------------------------------------------------- */
+int rsm_py_update_exec(PyObject *module);
 
 #endif /* RSM_BINDING_H */

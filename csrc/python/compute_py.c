@@ -1609,6 +1609,30 @@ rsm_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot, const cha
     return 0;
 }
 
+/* Exported for the other files of the binding (binding.h). */
+rsm_adamw *
+rsm_py_adamw_arg(PyObject *module, PyObject *obj, const char *func, const char *argname)
+{
+    if (!PyObject_TypeCheck(obj, rsm_state(module)->adamw_type) ||
+        !((rsm_py_adamw *)obj)->initialised) {
+        rsm_py_raisef(PyExc_TypeError, func, "%s must be an rsm AdamW optimizer core, got %s",
+                      argname, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return &((rsm_py_adamw *)obj)->opt;
+}
+
+const rsm_path *
+rsm_py_path_arg(PyObject *module, PyObject *obj, const char *func, const char *argname)
+{
+    if (!PyObject_TypeCheck(obj, rsm_state(module)->path_type)) {
+        rsm_py_raisef(PyExc_TypeError, func, "%s must be an rsm path core, got %s", argname,
+                      Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return &((rsm_py_path *)obj)->path;
+}
+
 int
 rsm_py_compute_exec(PyObject *module)
 {

@@ -126,6 +126,7 @@ rsm_module_exec(PyObject *module)
     if (rsm_py_objective_exec(module) < 0) return -1;
     if (rsm_py_dit_exec(module) < 0) return -1;
     if (rsm_py_guidance_exec(module) < 0) return -1;
+    if (rsm_py_update_exec(module) < 0) return -1;
     return 0;
 }
 

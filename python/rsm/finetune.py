@@ -4,6 +4,14 @@ backward -> AdamW, one iteration per `Trainer.step()` (RSM-SPEC §4-§7, §9, §
 Every method reaches the parameters through the one objective of csrc/objective.h: the loss gives
 the cotangent on the model output, the backbone's VJP turns it into parameter gradients.
 
+Where the work runs: the rollout is one C call (the sampler, csrc/sampler.c), the reward one
+Python call per batch, and the whole update (for every block of training rows: the reference
+forward once per rollout, the policy forward, the objective, the backward; then the optimizer
+step of each inner epoch) one C call, csrc/train/update.h, with the GIL released. Python builds the
+per-row coefficients each preset gives (`_row_coefficients`, RSM-SPEC §12.6) between the two.
+Only DRaFT's pathwise backward through the sampler and the lean adjoint of Adjoint Matching run
+as Python loops over the model's C VJP.
+
 Iteration k draws all its randomness from Philox streams keyed by (seed, k), the reward is called
 before anything changes, and a failing step (reward raises, returns NaN or a wrong shape, the
 gradient is not finite) leaves the policy and the optimizer exactly as they were."""
@@ -21,7 +29,7 @@ from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
 from ._args import as_cond, num_classes_of
 from .paths import FlowPath, VPPath
 from .rewards import Reward
-from .sampling import sample, step_coefficients, time_grid
+from .sampling import _model_cond, sample, step_coefficients, time_grid
 from .training import AdamW, History
 
 _MASK64 = (1 << 64) - 1
@@ -478,51 +486,83 @@ class Trainer:
     def _signal_rows(batch: dict) -> float:
         return sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
 
+    def _update_blocks(self, batch: dict) -> list[dict]:
+        """The blocks of the C update (csrc/train/update.h), one per training row of `batch`: the
+        states, the per-row objective coefficients the preset gives (`_row_coefficients`) and what
+        the form reads. The reference outputs' buffer lives in the row, so the reference is
+        evaluated once per rollout however many inner epochs and calls follow."""
+        policy = self.policy
+        blocks = []
+        for row in batch["rows"]:
+            i = row["step"]
+            x = np.ascontiguousarray(row["x"], dtype=policy.dtype)
+            n = x.shape[0]
+            coef, form, extra = self._row_coefficients(row, batch, n)
+            if "u_ref" not in row:
+                row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
+            c = self.sde[i]
+            # per-sample path KL of this step to the reference on the SDE of this grid (RSM-SPEC
+            # §11): (1/2) w^2 |u - u_ref|^2 with w = |K| / std
+            w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
+            blocks.append({"form": form, "t": float(self.ts[i]), "x": x,
+                           "cond": _model_cond(policy, row["cond"], n, "finetune"), "coef": coef,
+                           "u_old": extra.get("u_old"), "psi": extra.get("psi"),
+                           "noise": extra.get("noise"), "u_ref": row["u_ref"],
+                           "ref_ready": row["u_ref_ready"],
+                           # ReFL anchors on the current outputs themselves (stop-gradient)
+                           "anchor_current": bool(extra.get("anchor_current", False)),
+                           "kl_report": 0.5 * w * w})
+        return blocks
+
+    def _run_update(self, batches: list, normalizer: float, epochs: int) -> tuple[list, dict]:
+        """One C call over the training rows of all `batches`: the gradient (epochs = 0) or
+        `epochs` optimizer steps (all or nothing). Returns (blocks per batch, the C result)."""
+        from . import _C
+
+        per_batch = [self._update_blocks(b) for b in batches]
+        blocks = [blk for bl in per_batch for blk in bl]
+        opt = self.optimizer
+        result = _C.train_update(self.policy._core, self.ref._core, self.path._core, blocks,
+                                 float(normalizer), linear_only=self.cfg.get("reweight") == "guard",
+                                 mean_over_dims=bool(self.cfg["mean_over_dims"]),
+                                 opt=opt._core if epochs else None, epochs=int(epochs),
+                                 lr=opt.config["lr"])
+        for b in batches:   # the reference outputs are now in every row's buffer
+            for row in b["rows"]:
+                row["u_ref_ready"] = True
+        return per_batch, result
+
+    def _block_stats(self, batches: list, per_batch: list, loss, kl, clip) -> dict:
+        """The step statistics of one epoch from the per-block loss, KL and clip fractions."""
+        stats = {"loss": 0.0, "kl": 0.0, "clip_fraction_per_step": {}}
+        k = 0
+        for b, blocks in zip(batches, per_batch):
+            rows = range(k, k + len(blocks))
+            k += len(blocks)
+            if self.cfg["estimator"] == "refl":  # ReFL's own loss, -lambda mean r(x0_hat)
+                ok = b["valid"]
+                stats["loss"] += float(-self.cfg["reward_scale"] * b["rewards"][ok].mean()) if ok.any() else 0.0
+            else:
+                stats["loss"] += float(sum(loss[j] for j in rows))
+            stats["kl"] += float(sum(kl[j] for j in rows)) / len(batches)
+            for j, row in zip(rows, b["rows"]):
+                stats["clip_fraction_per_step"].setdefault(row["step"], []).append(float(clip[j]))
+        stats["clip_fraction_per_step"] = {s: float(np.mean(v))
+                                           for s, v in stats["clip_fraction_per_step"].items()}
+        return stats
+
     def loss_and_grad(self, batch: dict, normalizer: float | None = None) -> tuple[np.ndarray, dict]:
         """The objective over all training rows of `batch` at the current policy parameters:
         (flat parameter gradient, stats). Nothing is updated."""
-        cfg, policy, ref = self.cfg, self.policy, self.ref
+        cfg = self.cfg
         if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
             return self._pathwise_grad(batch)
         normalizer = self.normalizer(batch) if normalizer is None else normalizer
-        grads = np.zeros(policy.num_params, dtype=policy.dtype)
-        stats = {"loss": 0.0, "kl": 0.0, "train_nfe": 0, "clip_fraction_per_step": {}}
-        for row in batch["rows"]:
-            i, x = row["step"], row["x"]
-            n = x.shape[0]
-            t = self.ts[i]
-            keep = hasattr(policy, "forward_keep") and policy is not ref
-            if keep:  # one forward: its activations serve the backward below
-                u_t, token = policy.forward_keep(x, t, row["cond"])
-                u = np.from_dlpack(u_t)
-            else:
-                u = np.from_dlpack(policy.forward(x, t, row["cond"]))
-            if "u_ref" not in row:  # the reference does not change between inner epochs
-                row["u_ref"] = np.from_dlpack(ref.forward(x, t, row["cond"]))
-                stats["train_nfe"] += n
-            u_ref = row["u_ref"]
-            coef, form, extra = self._row_coefficients(row, batch, n)
-            # ReFL anchors on the current outputs themselves (stop-gradient), not the reference
-            anchor = u if extra.pop("anchor_current", False) else u_ref
-            out = objective(form, u, coef, u_ref=anchor, normalizer=normalizer,
-                            mean_over_dims=cfg["mean_over_dims"],
-                            linear_only=cfg.get("reweight") == "guard", **extra)
-            stats["loss"] += out["loss"]
-            stats["clip_fraction_per_step"][i] = out["clip_fraction"]
-            # path KL to the reference on the SDE of this grid (RSM-SPEC §11), per sample
-            w = abs(self.sde[i]["K"]) / self.sde[i]["std"] if self.sde[i]["std"] > 0 else 0.0
-            stats["kl"] += float(0.5 * w**2 * ((u - u_ref) ** 2).sum(1).mean())
-            if keep:
-                _, dparams = policy.backward(out["cotangent"], token)
-            else:
-                _, dparams = policy.vjp(x, t, out["cotangent"], row["cond"])
-            grads += np.from_dlpack(dparams)
-            # policy forward and backward (plus the VJP's own forward without keep)
-            stats["train_nfe"] += (2 if keep else 3) * n
-        if cfg["estimator"] == "refl":  # report ReFL's own loss, -lambda mean r(x0_hat)
-            ok = batch["valid"]
-            stats["loss"] = float(-cfg["reward_scale"] * batch["rewards"][ok].mean()) if ok.any() else 0.0
-        return grads, stats
+        per_batch, out = self._run_update([batch], normalizer, epochs=0)
+        stats = self._block_stats([batch], per_batch, np.from_dlpack(out["loss"]),
+                                  np.from_dlpack(out["kl"]), np.from_dlpack(out["clip_fraction"]))
+        stats["train_nfe"] = int(out["nfe"])
+        return np.from_dlpack(out["grads"]), stats
 
     def _lean_adjoint(self, batch: dict) -> dict[int, np.ndarray]:
         """The discrete lean adjoint of Adjoint Matching (Domingo-Enrich et al. 2024):
@@ -566,34 +606,44 @@ class Trainer:
         """`inner_epochs` optimizer steps, each on the gradient summed over the rollout
         micro-batches `batches` (gradient accumulation) under ONE masked-mean normalizer: the
         total number of signal rows of all micro-batches, so k micro-batches give the update of
-        one batch holding the same rows. Returns the step statistics."""
+        one batch holding the same rows. Every method but the pathwise DRaFT runs all its epochs
+        in one C call (csrc/train/update.h); a failure in any epoch leaves the policy and the
+        optimizer as they were. Returns the step statistics."""
         if isinstance(batches, dict):
             batches = [batches]
         cfg = self.cfg
+        epochs = int(cfg["inner_epochs"])
         normalizer = max(sum(self._signal_rows(b) for b in batches), 1.0)
         stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
-        clip: dict = {}
-        for epoch in range(cfg["inner_epochs"]):
-            grads = None
-            loss = kl = 0.0
-            per_step: dict = {}
+        if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
+            return self._update_pathwise(batches, stats)
+        per_batch, out = self._run_update(batches, normalizer, epochs)
+        loss, kl, clip = (np.from_dlpack(out[k]) for k in ("loss", "kl", "clip_fraction"))
+        first = self._block_stats(batches, per_batch, loss[0], kl[0], clip[0])
+        last = first if epochs == 1 else self._block_stats(batches, per_batch, loss[-1], kl[-1], clip[-1])
+        stats["train_nfe"] = int(out["nfe"])
+        stats["grad_norm"] = float(np.from_dlpack(out["grad_norms"])[-1])
+        stats["loss"], stats["kl"] = first["loss"], first["kl"]
+        per_step = last["clip_fraction_per_step"]
+        stats["clip_fraction"] = float(np.mean(list(per_step.values()))) if per_step else 0.0
+        stats["clip_fraction_per_step"] = [per_step[k] for k in sorted(per_step)]
+        return stats
+
+    def _update_pathwise(self, batches: list, stats: dict) -> dict[str, Any]:
+        """DRaFT-K: the backward runs through the sampler's own steps (adjoint in Python over the
+        model's VJP), then one optimizer step on the mean over micro-batches per epoch."""
+        for epoch in range(self.cfg["inner_epochs"]):
+            grads, loss = None, 0.0
             for b in batches:
-                g, epoch_stats = self.loss_and_grad(b, normalizer)
+                g, s = self._pathwise_grad(b)
                 grads = g if grads is None else grads + g
-                stats["train_nfe"] += epoch_stats["train_nfe"]
-                loss += epoch_stats["loss"]
-                kl += epoch_stats["kl"]
-                for k, v in epoch_stats["clip_fraction_per_step"].items():
-                    per_step.setdefault(k, []).append(v)
-            if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
-                grads = grads / len(batches)   # DRaFT's loss is a per-batch mean
-                loss /= len(batches)
+                stats["train_nfe"] += s["train_nfe"]
+                loss += s["loss"]
+            grads = grads / len(batches)   # DRaFT's loss is a per-batch mean
             stats["grad_norm"] = self.optimizer.step(grads)
             if epoch == 0:
-                stats["loss"], stats["kl"] = loss, kl / len(batches)
-            clip = {k: float(np.mean(v)) for k, v in per_step.items()}
-        stats["clip_fraction"] = float(np.mean(list(clip.values()))) if clip else 0.0
-        stats["clip_fraction_per_step"] = [clip[k] for k in sorted(clip)]
+                stats["loss"], stats["kl"] = loss / len(batches), 0.0
+        stats["clip_fraction"], stats["clip_fraction_per_step"] = 0.0, []
         return stats
 
     def _rollout_rows(self) -> dict[str, Any]:
