@@ -126,6 +126,11 @@ int rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_m
 
 /* ---- the RSM objective (objective_py.c) ---------------------------------------------------- */
 int rsm_py_objective_exec(PyObject *module);
+#include "../objective.h"
+/* The objective form named `name` ('score_matching', 'ppo', 'log_ratio', 'matching'); a
+ * ValueError naming `func` and the argument `what` otherwise. */
+int rsm_py_parse_form(const char *name, const char *func, const char *what,
+                      rsm_objective_form *form);
 
 /* ---- the fine-tuning update (update_py.c) --------------------------------------------------- */
 int rsm_py_update_exec(PyObject *module);

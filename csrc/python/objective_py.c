@@ -10,17 +10,18 @@
 _Static_assert(sizeof(rsm_objective_row) == RSM_OBJECTIVE_ROW_FIELDS * sizeof(double),
                "rsm_objective_row must be 14 doubles (the binding passes a [R, 14] matrix)");
 
-static int
-rsm_parse_form(const char *name, rsm_objective_form *form)
+/* Exported (binding.h): the objective form named `name`; `what` names the argument. */
+int
+rsm_py_parse_form(const char *name, const char *func, const char *what, rsm_objective_form *form)
 {
     if (strcmp(name, "score_matching") == 0) *form = RSM_FORM_SCORE_MATCHING;
     else if (strcmp(name, "ppo") == 0) *form = RSM_FORM_PPO;
     else if (strcmp(name, "log_ratio") == 0) *form = RSM_FORM_LOG_RATIO;
     else if (strcmp(name, "matching") == 0) *form = RSM_FORM_MATCHING;
     else {
-        rsm_py_raisef(PyExc_ValueError, "objective",
-                      "form must be 'score_matching', 'ppo', 'log_ratio' or 'matching', got '%s'",
-                      name);
+        rsm_py_raisef(PyExc_ValueError, func,
+                      "%s must be 'score_matching', 'ppo', 'log_ratio' or 'matching', got '%s'",
+                      what, name);
         return -1;
     }
     return 0;
@@ -62,7 +63,7 @@ rsm_py_objective(PyObject *module, PyObject *args, PyObject *kwargs)
                                      &anchor_old, &linear_only, &mean_over_dims, &normalizer))
         return NULL;
     rsm_objective_config cfg = {0};
-    if (rsm_parse_form(form_name, &cfg.form) < 0) return NULL;
+    if (rsm_py_parse_form(form_name, "objective", "form", &cfg.form) < 0) return NULL;
     cfg.anchor_old = anchor_old;
     cfg.linear_only = linear_only;
     cfg.mean_over_dims = mean_over_dims;

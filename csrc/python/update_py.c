@@ -44,17 +44,9 @@ rsm_update_form(PyObject *obj, const char *func, int64_t b, rsm_objective_form *
                       (long long)b);
         return -1;
     }
-    if (strcmp(name, "score_matching") == 0) *form = RSM_FORM_SCORE_MATCHING;
-    else if (strcmp(name, "ppo") == 0) *form = RSM_FORM_PPO;
-    else if (strcmp(name, "log_ratio") == 0) *form = RSM_FORM_LOG_RATIO;
-    else if (strcmp(name, "matching") == 0) *form = RSM_FORM_MATCHING;
-    else {
-        rsm_py_raisef(PyExc_ValueError, func,
-                      "blocks[%lld]['form'] must be 'score_matching', 'ppo', 'log_ratio' or "
-                      "'matching', got '%s'", (long long)b, name);
-        return -1;
-    }
-    return 0;
+    char what[40];
+    snprintf(what, sizeof(what), "blocks[%lld]['form']", (long long)b);
+    return rsm_py_parse_form(name, func, what, form);
 }
 
 /* blocks[b][key] as a [rows, cols] array of dtype (rows < 0: any, set from it); None -> NULL
@@ -88,7 +80,7 @@ rsm_update_array(PyObject *module, PyObject *dict, const char *key, const char *
 }
 
 static int
-rsm_update_flag(PyObject *dict, const char *key, const char *func, int64_t b, int *value)
+rsm_update_flag(PyObject *dict, const char *key, int *value)
 {
     PyObject *obj = PyDict_GetItemString(dict, key);
     if (!obj) {
@@ -98,8 +90,6 @@ rsm_update_flag(PyObject *dict, const char *key, const char *func, int64_t b, in
     int v = PyObject_IsTrue(obj);
     if (v < 0) return -1;
     *value = v;
-    (void)func;
-    (void)b;
     return 0;
 }
 
@@ -162,8 +152,8 @@ rsm_update_parse_block(PyObject *module, PyObject *dict, const char *func, int64
     if (rsm_update_array(module, dict, "u_ref", func, b, dtype, &n, D, 0, 1, refs, &data) < 0)
         return -1;
     blk->u_ref = data;
-    if (rsm_update_flag(dict, "ref_ready", func, b, &blk->ref_ready) < 0 ||
-        rsm_update_flag(dict, "anchor_current", func, b, &blk->anchor_current) < 0)
+    if (rsm_update_flag(dict, "ref_ready", &blk->ref_ready) < 0 ||
+        rsm_update_flag(dict, "anchor_current", &blk->anchor_current) < 0)
         return -1;
     return 0;
 }
