@@ -172,20 +172,31 @@ class Trainer:
         start = time.perf_counter()
         k = self.geometry.accumulate
         batches = [self.rollout(micro=j) for j in range(k)]
-        rewards = np.concatenate([b["rewards"] for b in batches])
-        valid = np.concatenate([b["valid"] for b in batches])
+        scores = [self._step_scores(b) for b in batches]
+        rewards = np.concatenate([r for r, _ in scores])
+        valid = np.concatenate([v for _, v in scores])
         stats = self.update(batches)
         self.iteration += 1
+        extra_nfe = self._step_extra_nfe()
         row = {"step": self.iteration - 1,
                "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
                "skipped_rows": int((~valid).sum()),
                "reward_calls": sum(b.get("reward_calls", 1) for b in batches),
                "rollout_nfe": sum(int(b["nfe"]) + int(b.get("adjoint_nfe", 0)) for b in batches),
-               "seconds": time.perf_counter() - start, **stats}
-        row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
+               **extra_nfe, "seconds": time.perf_counter() - start, **stats}
+        row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
         self.history.append(row)
         return row
+
+    # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
+    def _step_scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(rewards, valid) of a rollout's own samples, for the history's reward statistics."""
+        return batch["rewards"], batch["valid"]
+
+    def _step_extra_nfe(self) -> dict[str, int]:
+        """Extra network-evaluation columns of the step (after rollout_nfe), added to nfe."""
+        return {}
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _train_steps(self, steps: int) -> list[int]:
