@@ -580,37 +580,85 @@ def test_adjoint_matching_equals_its_control_regression():
     assert_grad_close(g_engine, g_orig)
 
 
-def test_rsm_zo_diffusion_equals_matching_on_ddpm_branches():
-    """The diffusion zeroth-order redesign: DDIM root, single DDPM-step branches, 'matching' hinge
-    with the base weight w = (c1 - c2)/sigma (RSM-SPEC §9.3), per-element means."""
+@pytest.mark.parametrize("variant", ["preset", "base_weight_kl", "perturbed"])
+def test_rsm_zo_diffusion_equals_matching_on_pcpo_branches(variant):
+    """The diffusion zeroth-order redesign (RSM-SPEC §9.3): DDIM root, single-step branches with
+    PCPO's std (w = 4.5, §6.3.6), 'matching' hinge with PCPO's constant weight w' = 4.5 / 8.70575,
+    per-element means, rows x k_avg / k_i. Checked independently of the engine: each branch step's
+    std is PCPO's closed form from the VP schedule, the recorded next state is mu_old + std z and its
+    log-prob the closed-form Gaussian with that std; the gradient equals the original objective's.
+    'base_weight_kl': reweight 'base' (w = |K| / std of the PCPO step, K = -(c1 - c2) with
+    c2 = sqrt(1 - ab' - std^2)) and a KL anchor beta |K (u - u_ref)|^2 / (2 std^2) per row."""
     policy, ref = make_models(13)
     reward = rsm.rewards.quadratic([0.5, -0.5])
-    eps = 1e-3
+    eps, beta = 1e-3, 0.3
     budget = [3, 0, 2, 0, 3]
+    extra = {"reweight": "base", "kl": beta} if variant == "base_weight_kl" else {}
     trainer = rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=2, clip_eps=eps,
-                          budget=budget, steps=6, grid="uniform", path=rsm.VPPath("linear"))
+                          budget=budget, steps=10, grid="uniform", path=rsm.VPPath("linear"), **extra)
     batch = trainer.rollout()
-    move_policy(policy, 14)
-    g_engine, stats = trainer.loss_and_grad(batch)
     ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    for r in rows:
+        i = r["step"]
+        std, c1 = pcpo_std(ts, i)
+        _, _, std_ddpm = ddpm_step(ts, i)
+        assert abs(std / std_ddpm - 1) > 0.05                 # PCPO's std, not DDPM's
+        assert trainer.sde[i]["std"] == pytest.approx(std, rel=1e-12)
+        ab, ab_next = vp_linear_abar(ts[i]), vp_linear_abar(ts[i + 1])
+        x0 = (r["x"] - np.sqrt(1 - ab) * r["u_old"]) / np.sqrt(ab)
+        mean_old = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next - std**2) * r["u_old"]
+        np.testing.assert_allclose(mean_old + std * r["noise"], r["x_next"], rtol=1e-10, atol=1e-12)
+        lp = np.sum(-((r["x_next"] - mean_old) ** 2) / (2 * std**2) - np.log(std)
+                    - 0.5 * np.log(2 * np.pi), axis=1)
+        np.testing.assert_allclose(r["log_prob"], lp, rtol=1e-10, atol=1e-10)
+    assert rsm.check_on_policy(trainer)["max_abs_log_ratio"] == 0.0
+    if variant == "perturbed":
+        move_policy(policy, 14)
+    g_engine, stats = trainer.loss_and_grad(batch)
     active = [k for k in budget if k > 0]
     k_avg = sum(active) / len(active)
     n_signal = max(batch["mask"].sum(), 1)
+    u_ref = outputs(ref, rows)
 
     def original(us):
         total = 0.0
-        for r, u in zip(rows, us):
-            cx, cu, std = ddpm_step(ts, r["step"])
-            w = cu / std
+        for r, u, ur in zip(rows, us, u_ref):
+            std, c1 = pcpo_std(ts, r["step"])
+            K = c1 - np.sqrt(1 - vp_linear_abar(ts[r["step"] + 1]) - std**2)   # |K| of the PCPO step
+            w = K / std if variant == "base_weight_kl" else 4.5 / 8.70575076181
             dv = u - r["u_old"]
             T = 0.5 * np.mean((w * dv) ** 2, axis=1) + np.mean(w * dv * r["noise"], axis=1)
             adv = batch["adv"][r["traj"]] * batch["mask"][r["traj"]]
-            total += np.sum(np.maximum(eps * np.abs(adv) + adv * T, 0) * (k_avg / budget[r["step"]]))
+            row = np.maximum(eps * np.abs(adv) + adv * T, 0)
+            if variant == "base_weight_kl":
+                row = row + beta * np.mean((K * (u - ur)) ** 2, axis=1) / (2 * std**2)
+            total += np.sum(row * (k_avg / budget[r["step"]]))
         return total / n_signal
 
     g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
-    assert 0 < np.mean(list(stats["clip_fraction_per_step"].values())) < 1  # both kinds of rows
+    if variant == "perturbed":
+        assert 0 < np.mean(list(stats["clip_fraction_per_step"].values())) < 1  # both kinds of rows
+
+
+def test_rsm_zo_diffusion_grids_without_pcpo_std():
+    """PCPO's std needs (1 + w^2) sigma'^2 >= c1^2: a grid too coarse for it is refused at
+    construction, naming the step; the VP step into t = 0 has std 0 under PCPO as under DDPM
+    (no density), so a budget that branches there is refused too, naming the step."""
+    policy, ref = make_models(13)
+    reward = rsm.rewards.quadratic([0.5, -0.5])
+    with pytest.raises(ValueError, match=r"PCPO std undefined at step 0 \(t=1 -> 0\.83"):
+        rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=2, budget=[0, 0, 3],
+                    steps=6)
+    coef = rsm.step_coefficients(rsm.VPPath("linear"), rsm.time_grid(8), "ddpm", pcpo_weight=4.5)
+    assert coef[-1]["std"] == 0.0 and coef[-2]["std"] > 0
+    with pytest.raises(ValueError, match=r"branches at step\(s\) \[7\], where the stochastic sampler has std 0"):
+        rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=2,
+                    budget=[3, 0, 0, 0, 0, 0, 0, 3], steps=8)
+    trainer = rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=2,
+                          budget=[3, 0, 0, 0, 0, 0, 3], steps=8)   # the step before t = 0 is fine
+    assert [r["step"] for r in trainer.rollout()["rows"]] == [0, 6]
 
 
 # ---- the rest of the zoo: Branch-GRPO, SQDF, Residual nabla-DB, ReFL, PCPO-reweight (diffusion) ----
@@ -676,6 +724,190 @@ def test_branch_grpo_equals_ppo_on_tree_nodes(perturb):
         return total / n_signal
 
     assert_grad_close(g_engine, original_gradient(policy, rows, original))
+
+
+def branch_grpo_reference(rows, leaf_reward, roots, splits, steps, a, ts, *, fusion="mean",
+                          adv_std="population", depths=(), width=0, ratio=0.5, trained=None):
+    """Branch-GRPO as the authors' release computes it (github.com/Fredreic1849/BranchGRPO,
+    train_branchgrpo_flux.py), on an explicit tree of nodes with parents, from the complete
+    (unpruned) rows of a recorded tree: node rewards bottom-up (mean of the leaf descendants, or
+    softmax over the children of the per-element-mean log-probability of the transition into each
+    child), advantages per (root, depth), the training samples in depth-first order, then depth
+    pruning (child depths) and width pruning (1: per last-split chain keep the best
+    max(1, int(n ratio)); 2: keep the best and worst of max(2, int(n ratio))).
+    Returns ({(step, node): advantage}, {(step, node): signal}, kept [(step, node)])."""
+    by_step = {r["step"]: r for r in rows}
+    counts = [1 * roots] + [len(by_step[i]["x"]) if i in by_step else None for i in range(steps)]
+    counts[steps] = len(leaf_reward)
+    for i in range(steps):                                    # node counts at every depth
+        if counts[i + 1] is None:
+            counts[i + 1] = counts[i] * (2 if i in splits else 1)
+    parent = {(d + 1, j): (d, j // 2 if d in splits else j) for d in range(steps) for j in range(counts[d + 1])}
+    children = {}
+    for child, par in parent.items():
+        children.setdefault(par, []).append(child)
+    reward = {(steps, j): leaf_reward[j] for j in range(counts[steps])}
+
+    def edge_lp(child):
+        d, j = child
+        r = by_step[d - 1]
+        cx, cu, std, _, _ = flow_sde_step(ts, d - 1, a)
+        return logpdf_mean(r["x_next"][j:j + 1], cx * r["x"][j:j + 1] - cu * r["u_old"][j:j + 1], std)[0]
+
+    def leaves_below(node):
+        if node[0] == steps:
+            return [node]
+        return [leaf for c in children[node] for leaf in leaves_below(c)]
+
+    for d in range(steps - 1, -1, -1):
+        for j in range(counts[d]):
+            kids = children[(d, j)]
+            if fusion == "mean":
+                reward[(d, j)] = np.mean([reward[leaf] for leaf in leaves_below((d, j))])
+            elif len(kids) == 1:
+                reward[(d, j)] = reward[kids[0]]
+            else:
+                lp = np.array([edge_lp(c) for c in kids])
+                w = np.exp(lp - lp.max())
+                reward[(d, j)] = float(np.sum(w / w.sum() * np.array([reward[c] for c in kids])))
+    adv, signal = {}, {}
+    for d in range(1, steps + 1):
+        per_root = counts[d] // roots
+        for root in range(roots):
+            nodes = [(d, root * per_root + k) for k in range(per_root)]
+            r = np.array([reward[n] for n in nodes])
+            std = r.std(ddof=1 if adv_std == "sample" else 0) if len(r) > 1 else 0.0
+            A = np.clip((r - r.mean()) / (std + 1e-4), -5, 5) if std > 0 else np.zeros_like(r)
+            for n, value in zip(nodes, A):
+                adv[(d - 1, n[1])], signal[(d - 1, n[1])] = value, std > 0
+    samples = []                                               # the authors' depth-first walk
+
+    def walk(node):
+        for c in children.get(node, []):
+            samples.append((node[0], c[1]))
+            walk(c)
+
+    for root in range(roots):
+        walk((0, root))
+    samples = [s for s in samples if s[0] in trained and s[0] + 1 not in set(depths)]
+    if width:
+        last = max(splits)
+        late = [s for s in samples if s[0] > last]
+        kept = [s for s in samples if s[0] <= last]
+        if width == 1:
+            groups = {}
+            for s in late:                                     # chain = node made by the last split
+                groups.setdefault(s[1], []).append(s)
+            for g in groups.values():
+                kept += sorted(g, key=lambda s: adv[s], reverse=True)[:max(1, int(len(g) * ratio))]
+        else:
+            order = sorted(late, key=lambda s: adv[s], reverse=True)
+            keep = max(2, int(len(order) * ratio))
+            kept += order[:keep // 2] + order[-(keep - keep // 2):]
+        samples = kept
+    return adv, signal, samples
+
+
+@pytest.mark.parametrize("opts", [
+    {"fusion": "path_prob"},
+    {"fusion": "path_prob", "adv_std": "sample", "width_pruning": 1},
+    {"adv_std": "sample", "depth_pruning": [2], "width_pruning": 2, "width_pruning_ratio": 0.4},
+    {"fusion": "path_prob", "depth_pruning": [6, 7], "depth_pruning_slide": 1, "depth_pruning_stop": 5},
+], ids=["path_prob", "path_prob-sample_std-width1", "sample_std-depth-width2", "depth_slide"])
+def test_branch_grpo_fusion_and_pruning_equal_the_authors_objective(opts):
+    """Branch-GRPO's options (rsm.tree) against an independent implementation of the authors'
+    algorithm on the same recorded tree (7 steps, splits at steps 0 and 3, 4 leaves per root):
+    the node advantages, the set of transitions that reach the loss after depth / width pruning,
+    and the parameter gradient of the PPO surrogate over them (theta != theta_old), averaged over
+    the signal rows. The tree is recorded once more without pruning (same seed: same tree) for the
+    reference, which needs every transition."""
+    policy, ref = make_models(19)
+    center, eps, a = [1.0, -0.5], 0.05, 0.7
+    roots, steps, splits = 3, 7, [0, 3]
+    common = dict(batch_size=roots, group_size=4, split=2, branch=2, steps=steps, grid="uniform",
+                  clip_eps=eps)
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo", **common, **opts)
+    trainer.iteration = 1                   # sliding window: shift (1 + 1) // 1 = 2, capped at 6 - 5
+    full = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo", **common)
+    full.iteration = 1
+    batch, whole = trainer.rollout(), full.rollout()
+    np.testing.assert_array_equal(batch["x0"], whole["x0"])
+    ts = trainer.ts
+    depths = opts.get("depth_pruning", [])
+    if opts.get("depth_pruning_slide"):
+        depths = [d - 1 for d in depths]
+    adv, signal, kept = branch_grpo_reference(
+        whole["rows"], quadratic_reward(whole["x0"], center), roots, splits, steps, a, ts,
+        fusion=opts.get("fusion", "mean"), adv_std=opts.get("adv_std", "population"), depths=depths,
+        width=opts.get("width_pruning", 0), ratio=opts.get("width_pruning_ratio", 0.5),
+        trained=range(steps - 1))
+    offsets = batch["tree"]["offsets"]
+    for (i, j), value in adv.items():
+        assert batch["adv"][offsets[i + 1] + j] == pytest.approx(value, rel=1e-9, abs=1e-12)
+        assert batch["mask"][offsets[i + 1] + j] == signal[(i, j)]
+    engine_kept = sorted((r["step"], int(k - offsets[r["step"] + 1])) for r in batch["rows"] for k in r["traj"])
+    assert engine_kept == sorted(kept)
+    all_rows = sum(len(r["traj"]) for r in whole["rows"])
+    if opts.get("width_pruning") or depths:
+        assert len(kept) < all_rows                          # something was pruned
+    move_policy(policy, 20)
+    g_engine, _ = trainer.loss_and_grad(batch)
+    blocks = []
+    for r in with_times(whole["rows"], ts):
+        j = np.array(sorted(k for i, k in kept if i == r["step"]), dtype=np.int64)
+        if len(j):
+            blocks.append({"step": r["step"], "t": r["t"], "node": j, "x": r["x"][j],
+                           "x_next": r["x_next"][j], "u_old": r["u_old"][j]})
+    n_signal = sum(signal[s] for s in kept)
+
+    def original(us):
+        total = 0.0
+        for r, u in zip(blocks, us):
+            cx, cu, std, _, _ = flow_sde_step(ts, r["step"], a)
+            rho = np.exp(logpdf_mean(r["x_next"], cx * r["x"] - cu * u, std)
+                         - logpdf_mean(r["x_next"], cx * r["x"] - cu * r["u_old"], std))
+            A = np.array([adv[(r["step"], j)] for j in r["node"]])
+            total += np.sum(np.maximum(-A * rho, -A * np.clip(rho, 1 - eps, 1 + eps)))
+        return total / n_signal
+
+    assert_grad_close(g_engine, original_gradient(policy, blocks, original))
+
+
+def test_branch_grpo_options_fusion_weights_and_pruning_rules():
+    """rsm.tree on small hand-checked cases: path-probability fusion is the softmax of the child
+    log-probabilities (invalid children left out), the mean fusion the mean of the valid leaves;
+    the sliding depth window and its stop; the options are validated by name."""
+    from rsm import tree
+
+    distinct = [1, 2, 2, 4]                       # one root: split at steps 0 and 2
+    r = np.array([1.0, 3.0, -2.0, 5.0])
+    lp = [np.log([0.25, 0.75]), np.zeros(2), np.log([0.5, 0.5, 0.9, 0.1])]
+    ok = np.array([True, True, True, False])
+    fused, fok = tree.fuse_rewards(distinct, r, ok, "path_prob", lp)
+    assert fused[2] == pytest.approx([2.0, -2.0]) and fok[2].all()   # the invalid leaf: left out
+    assert fused[1] == pytest.approx([2.0, -2.0])
+    assert fused[0] == pytest.approx([0.25 * 2.0 + 0.75 * -2.0])
+    mean, _ = tree.fuse_rewards(distinct, r, ok, "mean")
+    assert mean[0] == pytest.approx([2.0 / 3.0]) and mean[1] == pytest.approx([2.0, -2.0])
+    cfg = {"depth_pruning": [9, 10], "depth_pruning_slide": 3}
+    # iteration n shifts the window by (n + 1) // 3 depths until its shallowest depth (9) reaches
+    # the last split step (6): at most 3
+    shifts = [8 - min(tree.depth_pruned_steps(cfg, [0, 3, 6], n)) for n in range(15)]
+    assert shifts == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3]
+    assert tree.depth_pruned_steps({"depth_pruning": [3]}, [0], 100) == {2}
+    policy, ref = make_models(0)
+    for knob, value, msg in (("fusion", "max", "fusion"), ("adv_std", "unbiased", "adv_std"),
+                             ("depth_pruning", [0], "depth_pruning"), ("depth_pruning", [11], "depth_pruning"),
+                             ("depth_pruning_slide", -1, "depth_pruning_slide"),
+                             ("width_pruning", 3, "width_pruning"),
+                             ("width_pruning_ratio", 0.0, "width_pruning_ratio")):
+        with pytest.raises(ValueError, match=msg):
+            rsm.Trainer(policy, ref, rsm.rewards.quadratic([0.0, 0.0]), "branch-grpo",
+                        batch_size=1, group_size=8, **{knob: value})
+    from rsm.finetune import influence
+
+    rows = influence("branch-grpo", depth_pruning=[2, 3])["rows_per_root"]
+    assert rows[1] == rows[2] == 0 and rows[0] > 0 and rows[3] > 0
 
 
 def test_sqdf_equals_kl_minus_discounted_soft_q_at_theta_old():

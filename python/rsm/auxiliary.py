@@ -41,7 +41,6 @@ cotangent on the network output.
    valid off-policy)."""
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import Any
 
@@ -233,23 +232,16 @@ class AuxTrainer(Trainer):
         self.aux_log: list[dict] = []
 
     def step(self) -> dict[str, Any]:
-        """Trainer.step with the mechanisms inside the timed region; the reward statistics are
-        those of this iteration's own rollout (not of replayed rows)."""
+        """Trainer.step with the mechanisms inside the timed region (they run in rollout); the
+        reward statistics are those of this iteration's own rollout (not of replayed rows)."""
         self._aux_nfe = 0
-        start = time.perf_counter()
-        batch = self.rollout()
-        rewards, valid = batch["own_rewards"], batch["own_valid"]
-        stats = self.update([batch])
-        self.iteration += 1
-        row = {"step": self.iteration - 1,
-               "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
-               "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
-               "skipped_rows": int((~valid).sum()), "reward_calls": batch.get("reward_calls", 1),
-               "rollout_nfe": int(batch["nfe"]) + int(batch.get("adjoint_nfe", 0)), "aux_nfe": int(self._aux_nfe),
-               "seconds": time.perf_counter() - start, **stats}
-        row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + row["aux_nfe"]
-        self.history.append(row)
-        return row
+        return super().step()
+
+    def _step_scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        return batch["own_rewards"], batch["own_valid"]
+
+    def _step_extra_nfe(self) -> dict[str, int]:
+        return {"aux_nfe": int(self._aux_nfe)}
 
     def rollout(self, micro: int = 0) -> dict[str, Any]:
         batch = super().rollout(micro)

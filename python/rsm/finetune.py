@@ -180,20 +180,31 @@ class Trainer:
         start = time.perf_counter()
         k = self.geometry.accumulate
         batches = [self.rollout(micro=j) for j in range(k)]
-        rewards = np.concatenate([b["rewards"] for b in batches])
-        valid = np.concatenate([b["valid"] for b in batches])
+        scores = [self._step_scores(b) for b in batches]
+        rewards = np.concatenate([r for r, _ in scores])
+        valid = np.concatenate([v for _, v in scores])
         stats = self.update(batches)
         self.iteration += 1
+        extra_nfe = self._step_extra_nfe()
         row = {"step": self.iteration - 1,
                "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
                "skipped_rows": int((~valid).sum()),
                "reward_calls": sum(b.get("reward_calls", 1) for b in batches),
                "rollout_nfe": sum(int(b["nfe"]) + int(b.get("adjoint_nfe", 0)) for b in batches),
-               "seconds": time.perf_counter() - start, **stats}
-        row["nfe"] = row["rollout_nfe"] + row["train_nfe"]
+               **extra_nfe, "seconds": time.perf_counter() - start, **stats}
+        row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
         self.history.append(row)
         return row
+
+    # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
+    def _step_scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(rewards, valid) of a rollout's own samples, for the history's reward statistics."""
+        return batch["rewards"], batch["valid"]
+
+    def _step_extra_nfe(self) -> dict[str, int]:
+        """Extra network-evaluation columns of the step (after rollout_nfe), added to nfe."""
+        return {}
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _train_steps(self, steps: int) -> list[int]:
@@ -254,10 +265,12 @@ class Trainer:
                 continue
             x_init = np.repeat(root.xs[i], k, axis=0)
             cond = self._cond_rows(k) if cond_root is not None else None
+            # the one stochastic step is the method's (PCPO's std when pcpo_weight > 0: the
+            # SD1.5 redesign, RSM-SPEC §9.3), the same step self.sde[i] weighs in the loss
             branch = sample(self.policy, roots * k, self.path, self.stochastic, ts=self.ts[i:],
                             noise_level=cfg["noise_level"], sde_window=(0, 1), x_init=x_init,
                             cond=cond, seed=_mix(self.seed, self._draw, i + 1),
-                            return_trajectory=True)
+                            return_trajectory=True, pcpo_weight=self.pcpo_weight)
             nfe += branch.nfe
             n_rows = roots * k
             x0s.append(branch.x)
@@ -276,8 +289,11 @@ class Trainer:
         """Branch-GRPO's tree (RSM-SPEC §6.3.8, §7.2): SDE steps everywhere; before each of the
         `split` evenly spaced split steps every node splits into `branch` children, which share
         the node's state (the C sampler's branching). Training rows are the distinct transitions
-        (node at t_i -> child at t_{i+1}); row["traj"] indexes the child nodes, whose advantages
-        `rollout` derives from their descendant leaves (`_tree_advantages`)."""
+        (node at t_i -> child at t_{i+1}) of the trained steps less the depth-pruned ones
+        (rsm.tree); row["traj"] indexes the child nodes, whose advantages `rollout` derives from
+        their descendant leaves (`_tree_advantages`)."""
+        from .tree import depth_pruned_steps
+
         cfg, roots = self.cfg, self.batch_size
         splits = tree_split_steps(cfg["steps"], cfg["split"])
         traj = sample(self.policy, roots, self.path, self.stochastic, ts=self.ts,
@@ -288,12 +304,19 @@ class Trainer:
         distinct = [int(r) for r in traj.rows]          # distinct states at each t_d
         offsets = np.concatenate([[0], np.cumsum(distinct)])  # node ids: offsets[d] + j
         cond_leaf = self._cond_rows(leaves // roots)
+        pruned = depth_pruned_steps(cfg, splits, self.iteration)
+        # log-probability of the transition into every node at depth i + 1 (path-probability
+        # fusion), per element when the preset averages over the dimensions
+        per_dim = self.policy.dim if cfg["mean_over_dims"] else 1
+        # one representative leaf row per node at depth i + 1
+        reps = [np.arange(distinct[i + 1]) * (leaves // distinct[i + 1]) for i in range(traj.steps)]
+        edge_log_prob = [traj.log_probs[i][idx].astype(np.float64) / per_dim
+                         for i, idx in enumerate(reps)]
         rows = []
         for i in self._train_steps(traj.steps):
-            if not traj.stds[i] > 0:
+            if not traj.stds[i] > 0 or i in pruned:
                 continue
-            n_nodes = distinct[i + 1]
-            idx = np.arange(n_nodes) * (leaves // n_nodes)  # one representative leaf row per child
+            n_nodes, idx = distinct[i + 1], reps[i]
             rows.append({"step": i, "x": traj.xs[i][idx], "x_next": traj.xs[i + 1][idx],
                          "u_old": traj.outputs[i][idx], "noise": traj.noises[i][idx],
                          "traj": offsets[i + 1] + np.arange(n_nodes),
@@ -301,32 +324,39 @@ class Trainer:
                          "log_prob": traj.log_probs[i][idx].astype(np.float64), "grid": self.ts,
                          "grid_step": i})
         return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond_leaf,
-                "tree": {"distinct": distinct, "offsets": offsets, "roots": roots}}
+                "tree": {"distinct": distinct, "offsets": offsets, "roots": roots,
+                         "splits": splits, "edge_log_prob": edge_log_prob}}
 
     def _tree_advantages(self, batch: dict, rewards: np.ndarray, valid: np.ndarray):
-        """Node advantages of a Branch-GRPO tree: the reward of a node is the mean reward of its
-        valid descendant leaves (fusion), normalised among the nodes of the same (root, depth) by
-        the group statistics of RSM-SPEC §7.2 (population std + eps, zero-std masked, clipped).
-        Returns (adv, mask, node_valid) over all nodes (ids offsets[d] + j)."""
+        """Node advantages of a Branch-GRPO tree (rsm.tree): node rewards fused from the valid
+        leaves ("fusion": mean of the descendant leaves, or the authors' path-probability
+        weighting), normalised among the nodes of the same (root, depth) ("adv_std"; clipped,
+        zero-std masked); then width pruning drops transitions after the last split from
+        batch["rows"]. Returns (adv, mask, node_valid) over all nodes (ids offsets[d] + j)."""
+        from .tree import depth_advantages, fuse_rewards, width_kept
+
         cfg, tree = self.cfg, batch["tree"]
-        distinct, roots = tree["distinct"], tree["roots"]
-        leaves = rewards.shape[0]
-        node_r, node_ok, keys = [], [], []
-        for d, n_nodes in enumerate(distinct):
-            per = leaves // n_nodes                        # leaves below each node at depth d
-            ok = valid.reshape(n_nodes, per)
-            count = ok.sum(1)
-            total = np.where(ok, rewards.reshape(n_nodes, per), 0.0).sum(1)
-            node_r.append(np.where(count > 0, total / np.maximum(count, 1), 0.0))
-            node_ok.append(count > 0)
-            root = (np.arange(n_nodes) * per) // (leaves // roots)
-            # group = (root, depth); invalid nodes get groups of their own
-            key = d * roots + root
-            key = np.where(count > 0, key, -1 - (tree["offsets"][d] + np.arange(n_nodes)))
-            keys.append(key)
-        node_r, node_ok = np.concatenate(node_r), np.concatenate(node_ok)
-        adv, mask = group_advantages(node_r, np.concatenate(keys), eps=cfg["adv_eps"],
-                                     adv_clip=cfg["adv_clip"])
+        node_r, node_ok = fuse_rewards(tree["distinct"], rewards, valid, cfg.get("fusion", "mean"),
+                                       tree["edge_log_prob"])
+        adv, mask = depth_advantages(node_r, node_ok, tree["roots"], eps=cfg["adv_eps"],
+                                     adv_clip=cfg["adv_clip"],
+                                     adv_std=cfg.get("adv_std", "population"))
+        node_ok = np.concatenate(node_ok)
+        rows = batch["rows"]
+        if cfg.get("width_pruning", 0) and rows:
+            keep = width_kept([r["step"] for r in rows],
+                              [r["traj"] - tree["offsets"][r["step"] + 1] for r in rows],
+                              [adv[r["traj"]] for r in rows], max(tree["splits"]),
+                              cfg["width_pruning"], cfg.get("width_pruning_ratio", 0.5))
+            pruned = []
+            for r, k in zip(rows, keep):
+                if k.all():
+                    pruned.append(r)
+                elif k.any():
+                    pruned.append({**r, **{f: r[f][k] for f in
+                                           ("x", "x_next", "u_old", "noise", "traj", "log_prob")},
+                                   "cond": None if r["cond"] is None else r["cond"][k]})
+            batch["rows"] = pruned
         return adv, mask & node_ok, node_ok
 
     def _rollout_refl(self) -> dict[str, Any]:
@@ -813,8 +843,11 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     cfg = trainer.cfg
     steps = cfg["steps"]
     if cfg["rollout"] == "tree":   # distinct transitions per root at each step (trained ones)
+        from .tree import depth_pruned_steps
+
         splits = tree_split_steps(steps, cfg["split"])
         spec = trained_steps(cfg.get("train_steps", "all"), steps)
+        spec = [i for i in spec if i not in depth_pruned_steps(cfg, splits, 0)]  # width: ignored
         rows_per_root = [float(cfg["branch"] ** sum(1 for s in splits if s <= i))
                          if i in spec else 0.0 for i in range(steps)]
     elif cfg["rollout"] == "refl":  # one trained step, uniform among the last late_steps

@@ -95,7 +95,8 @@ class BatchGeometry:
         """The geometry of a method preset `cfg` (rsm.methods.get) with `batch_size` conditions
         and `group_size` samples each; raises ValueError naming the conflicting numbers.
         `deterministic`: steps whose stochastic sampler has std = 0 (VP's last step into t = 0):
-        stochastic rollouts ("sde", "tree") record no training row there."""
+        stochastic rollouts ("sde", "tree") record no training row there, and a branching budget
+        ("branch") may not branch there."""
         name = cfg.get("name", "?")
         conditions = _positive_int(batch_size, "batch_size")
         group = _positive_int(group_size, "group_size")
@@ -121,6 +122,11 @@ class BatchGeometry:
             if any(k == 1 for k in budget):
                 raise ValueError(f"finetune(): budget {budget}: a transition with 1 child has a "
                                  "zero-variance group and gives no signal; use 0 or >= 2")
+            flat = [i for i, k in enumerate(budget) if k > 0 and i in set(deterministic)]
+            if flat:
+                raise ValueError(f"finetune(): budget {budget} branches at step(s) {flat}, where the "
+                                 "stochastic sampler has std 0 (VP's step into t = 0: no density, "
+                                 "no signal); set those entries to 0")
             timesteps = sum(1 for k in budget if k > 0)
             rows = conditions * sum(budget)
             samples = rows
@@ -133,6 +139,9 @@ class BatchGeometry:
             if split > steps:
                 raise ValueError(f"finetune(): split={split} split points do not fit into the "
                                  f"steps={steps} transitions of the grid")
+            from .tree import check_options
+
+            check_options(cfg, steps)
             leaves = branch ** split
             if group != leaves:
                 raise ValueError(f"finetune(): method {name!r} grows branch={branch} ** split="

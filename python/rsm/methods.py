@@ -12,13 +12,12 @@ sampler, DRaFT-K and ReFL; baselines outside RSM).
 
 Rollouts: "sde" (full stochastic trajectories), "branch" (ODE root + single-step SDE branches with
 a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `branch` children at
-`split` evenly spaced steps; node advantages from the mean reward of the node's leaves, normalised
-per (root, depth)), "ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
+`split` evenly spaced steps; node advantages from the rewards of the node's leaves, fused by their
+mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
+"ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
 
-Not yet here: Branch-GRPO's width/depth pruning and path-probability-weighted reward fusion (the
-fusion is the plain mean of the descendant leaves), SQDF's consistency-model refinement and replay
-buffer (auxiliary in RSM-SPEC §6.2), the SD1.5 zeroth-order redesign with PCPO's sampler std in its
-branches (rsm-zo-diffusion keeps DDPM's std; `pcpo-diffusion` has PCPO's).
+Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2),
+the ODE KL-anchor rows at untrained steps of the zeroth-order redesigns (RSM-SPEC §9.2.5, §9.3).
 """
 from __future__ import annotations
 
@@ -77,9 +76,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
                     "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
                     "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3, "branch": 2,
+                    # rsm.tree: reward fusion "mean" | "path_prob", depth-wise std "population" |
+                    # "sample", depth pruning (child depths, sliding window), width pruning 0/1/2;
+                    # defaults = the authors' released script (no weighting, no pruning)
+                    "fusion": "mean", "adv_std": "population", "depth_pruning": [],
+                    "depth_pruning_slide": 0, "depth_pruning_stop": None, "width_pruning": 0,
+                    "width_pruning_ratio": 0.5,
                     "description": "Branch-GRPO: SDE tree (split points x branch children, shared "
-                                   "prefixes), node advantage = mean leaf reward normalised per "
-                                   "(root, depth), PPO on every node transition"},
+                                   "prefixes), node rewards fused from the leaves (mean or path-"
+                                   "probability weighted), advantages normalised per (root, depth), "
+                                   "optional width/depth pruning, PPO on the node transitions"},
     "tempflow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "branch", "steps": 10, "grid": "sd3",
                       "estimator": "zo-branch", "form": "ppo", "reweight": "tempflow",
                       "clip_eps": 1e-4, "kl": 0.004, "budget": [6] * 9,
@@ -90,12 +96,19 @@ _PRESETS: dict[str, dict[str, Any]] = {
                "clip_eps": 1e-4, "kl": 0.004, "budget": [6, 6, 8, 10, 0, 0, 0, 0, 0],
                "description": "RSM zeroth-order redesign (flow): localised stochasticity, low-SNR "
                               "budget (lowsnr2), timestep-fair matching hinge"},
+    # RSM-SPEC §9.3: the branches' single stochastic step uses PCPO's std (w = 4.5, §6.3.6),
+    # which also sets the step's mean coefficient K and so the KL weight |K|/std; the hinge
+    # uses PCPO's constant log-ratio weight w' = 4.5 / 8.70575 (reweight "base" would use
+    # |K|/std of that step instead)
     "rsm-zo-diffusion": {**_COMMON_ZO, "path": "vp", "rollout": "branch", "steps": 20,
                          "grid": "uniform", "estimator": "zo-branch", "form": "matching",
-                         "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
+                         "reweight": "constant", "pcpo_weight": 4.5,
+                         "loss_weight": 4.5 / 8.70575076181, "clip_eps": 1e-4, "kl": 0.0,
                          "budget": [4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0],
-                         "description": "RSM zeroth-order redesign (diffusion): DDIM root, 4 DDPM "
-                                        "branches at 5 steps, matching hinge"},
+                         "description": "RSM zeroth-order redesign (diffusion): DDIM root, 4 "
+                                        "single-step branches at 5 steps with PCPO's std "
+                                        "(w = 4.5), noise-matching hinge with PCPO's constant "
+                                        "weight w' = 4.5 / 8.70575"},
     # ---- first order
     "rsm-fo": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
                "estimator": "fo-terminal", "eta": "linear",
