@@ -236,6 +236,7 @@ class AuxTrainer(Trainer):
         """Trainer.step with the mechanisms inside the timed region; the reward statistics are
         those of this iteration's own rollout (not of replayed rows)."""
         self._aux_nfe = 0
+        evaluation = self._kl_path_columns()   # before the clock, as in Trainer.step
         start = time.perf_counter()
         batch = self.rollout()
         rewards, valid = batch["own_rewards"], batch["own_valid"]
@@ -246,7 +247,7 @@ class AuxTrainer(Trainer):
                "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
                "skipped_rows": int((~valid).sum()), "reward_calls": batch.get("reward_calls", 1),
                "rollout_nfe": int(batch["nfe"]) + int(batch.get("adjoint_nfe", 0)), "aux_nfe": int(self._aux_nfe),
-               "seconds": time.perf_counter() - start, **stats}
+               "seconds": time.perf_counter() - start, **stats, **evaluation}
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + row["aux_nfe"]
         self.history.append(row)
         return row
