@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kl as _kl
 from . import methods as _methods
 from .geometry import BatchGeometry, trained_steps, tree_split_steps
 from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
@@ -34,6 +35,8 @@ from .training import AdamW, History
 
 _MASK64 = (1 << 64) - 1
 PCPO_ZETA = 4.3152134639895925  # PCPO's flow reweighting constant (RSM-SPEC §6.3.7)
+KL_EVAL_SALT = 0x6B6C5F70617468  # "kl_path": keys path_kl's fixed evaluation seed, apart from
+                                 # every training draw (small salts in _mix)
 
 
 def _mix(seed: int, step: int, salt: int = 0) -> int:
@@ -76,11 +79,31 @@ class Trainer:
     the batch_size conditions (k * batch_size + j) mod M, cycling through the list. The reward
     receives the condition of every sample: class ids int64 [n] when class ids were given,
     else the vectors [n, cond_dim]. Wrap policy and ref in rsm.Guided for guided rollouts and
-    guided losses (RSM-SPEC §9)."""
+    guided losses (RSM-SPEC §9).
+
+    KL to the reference, two columns of the history:
+      kl       the train-time KL: sum over the rows this method trains (all SDE steps for
+               Flow-GRPO, the branch steps of rsm-zo, a random subset for DanceGRPO, none for
+               DRaFT) of 0.5 w_i^2 |u_theta - u_ref|^2, w_i = |K_i| / std_i (RSM-SPEC §11), per
+               sample, at the rollout states, before the update. It depends on which steps a
+               method trains, so it is NOT comparable between methods.
+      kl_path  KL(P_theta || P_ref) of the whole discretised path (`path_kl`): every step of one
+               fixed SDE, the same for every preset, on fixed evaluation noise. Comparable
+               between methods (and along a run). kl_every=k evaluates it at iterations 0, k,
+               2k, ... (0: never; NaN in the other rows) on kl_samples trajectories (default
+               min(256, batch_size * group_size)); kl_grid / kl_noise_level replace the
+               trainer's time grid / noise level for it (to compare trainers on other grids).
+    kl_path is taken at the start of step(), on the parameters that roll out that iteration (the
+    parameters its reward_mean belongs to), and is not training compute: its network
+    evaluations are in "eval_nfe" and its time in "eval_seconds", not in "nfe" / "seconds", so
+    reward-vs-compute plots stay about training; its random streams are its own, so the
+    training run is bitwise the same with or without it."""
 
     def __init__(self, policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", *,
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
-                 cond: Any = None, conditions: Any = None, **overrides: Any) -> None:
+                 cond: Any = None, conditions: Any = None, kl_every: int = 1,
+                 kl_samples: int | None = None, kl_grid: Any = None,
+                 kl_noise_level: float | None = None, **overrides: Any) -> None:
         self.cfg = _methods.get(method, **overrides)
         self.method = method
         self.policy, self.ref = policy, ref
@@ -117,6 +140,7 @@ class Trainer:
         self.iteration = 0
         self._draw = 0   # index of the rollout micro-batch: keys every rollout's random streams
         self.history = History()
+        self._set_kl_eval(kl_every, kl_samples, kl_grid, kl_noise_level)
 
     # ---- conditions --------------------------------------------------------------------------
     def _set_conditions(self, cond: Any, conditions: Any, policy: Any, ref: Any) -> None:
@@ -177,6 +201,7 @@ class Trainer:
         """One iteration: `accumulate` rollout micro-batches (each with its reward calls), then
         `inner_epochs` optimizer steps on their summed gradient. A failing reward leaves the
         policy and the optimizer untouched (nothing is updated before every rollout is scored)."""
+        evaluation = self._kl_path_columns()   # before the clock: evaluation is not training time
         start = time.perf_counter()
         k = self.geometry.accumulate
         batches = [self.rollout(micro=j) for j in range(k)]
@@ -192,7 +217,7 @@ class Trainer:
                "skipped_rows": int((~valid).sum()),
                "reward_calls": sum(b.get("reward_calls", 1) for b in batches),
                "rollout_nfe": sum(int(b["nfe"]) + int(b.get("adjoint_nfe", 0)) for b in batches),
-               **extra_nfe, "seconds": time.perf_counter() - start, **stats}
+               **extra_nfe, "seconds": time.perf_counter() - start, **stats, **evaluation}
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
         self.history.append(row)
         return row
@@ -205,6 +230,58 @@ class Trainer:
     def _step_extra_nfe(self) -> dict[str, int]:
         """Extra network-evaluation columns of the step (after rollout_nfe), added to nfe."""
         return {}
+
+    # ---- path KL to the reference (evaluation, RSM-SPEC §11) ----------------------------------
+    def _set_kl_eval(self, kl_every: Any, kl_samples: Any, kl_grid: Any, kl_noise_level: Any) -> None:
+        if isinstance(kl_every, bool) or not isinstance(kl_every, (int, np.integer)) or kl_every < 0:
+            raise ValueError(f"Trainer(): kl_every={kl_every!r} must be a non-negative int "
+                             "(evaluate kl_path every kl_every iterations; 0: never)")
+        self.kl_every = int(kl_every)
+        if kl_samples is None:
+            kl_samples = min(256, self.batch_size * self.group_size)
+        self.kl_samples = _kl.check_samples(kl_samples, "Trainer", "kl_samples")
+        self.kl_grid = self.ts if kl_grid is None else _kl.check_grid(kl_grid, "Trainer", "kl_grid")
+        if kl_noise_level is None:
+            kl_noise_level = self.cfg["noise_level"]
+        self.kl_noise_level = _kl.check_noise_level(kl_noise_level, "Trainer", "kl_noise_level")
+        # one seed for every evaluation: common random numbers along the run and across methods
+        self.kl_seed = _mix(self.seed, 0, KL_EVAL_SALT)
+
+    def _kl_cond(self, n: int) -> np.ndarray | None:
+        """Fixed evaluation conditions: condition j mod M for trajectory j, whatever the iteration."""
+        c = self._conditions
+        return None if c is None else np.ascontiguousarray(c[np.arange(n) % c.shape[0]])
+
+    def path_kl(self, n: int | None = None, seed: int | None = None, *, ts: Any = None,
+                noise_level: float | None = None, per_step: bool = False) -> Any:
+        """KL(P_theta || P_ref) of the CURRENT policy to the reference over whole discretised
+        paths of one fixed SDE (rsm.kl.path_kl: Monte-Carlo over n trajectories of the policy,
+        exact per step; nats per sample). The SDE is the path's stochastic sampler whatever the
+        method rolls out with (ODE, branches, trees): Flow-GRPO's SDE at noise level
+        `noise_level` on the flow path, DDPM on the VP path (without PCPO's std), on the grid
+        `ts`; defaults: kl_grid (the trainer's grid) and kl_noise_level (the preset's), n =
+        kl_samples, seed = kl_seed. So every preset sharing path, grid and noise level gets the
+        same value for the same parameters, and the fixed seed (a stream of its own, not drawn
+        by training) makes successive values along a run comparable (common random numbers) and
+        leaves the training run unchanged. Conditional trainers use condition j mod M for
+        trajectory j. per_step=True returns the terms [steps] instead of their sum."""
+        n = self.kl_samples if n is None else _kl.check_samples(n, "path_kl", "n")
+        return _kl.path_kl(self.policy, self.ref, self.path, self.kl_grid if ts is None else ts, n,
+                           sampler=self.stochastic,
+                           noise_level=self.kl_noise_level if noise_level is None else noise_level,
+                           seed=self.kl_seed if seed is None else seed, cond=self._kl_cond(n),
+                           per_step=per_step)
+
+    def _kl_path_columns(self) -> dict[str, Any]:
+        """The evaluation columns of the current iteration's history row (kl_every)."""
+        if self.kl_every == 0 or self.iteration % self.kl_every:
+            return {"kl_path": float("nan"), "eval_nfe": 0, "eval_seconds": 0.0}
+        start = time.perf_counter()
+        terms, nfe = _kl.path_kl_terms(self.policy, self.ref, self.path, self.kl_grid,
+                                       self.kl_samples, sampler=self.stochastic,
+                                       noise_level=self.kl_noise_level, seed=self.kl_seed,
+                                       cond=self._kl_cond(self.kl_samples))
+        return {"kl_path": float(terms.sum()), "eval_nfe": nfe, "eval_seconds": time.perf_counter() - start}
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _train_steps(self, steps: int) -> list[int]:
@@ -531,8 +608,9 @@ class Trainer:
             if "u_ref" not in row:
                 row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
             c = self.sde[i]
-            # per-sample path KL of this step to the reference on the SDE of this grid (RSM-SPEC
-            # §11): (1/2) w^2 |u - u_ref|^2 with w = |K| / std
+            # the train-time KL of this step (history "kl"; RSM-SPEC §11): per sample
+            # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
+            # comparable whole-path KL)
             w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
             blocks.append({"form": form, "t": float(self.ts[i]), "x": x,
                            "cond": _model_cond(policy, row["cond"], n, "finetune"), "coef": coef,
@@ -758,7 +836,10 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
     (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
     conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
     condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
-    classifier-free guidance in the rollouts and the losses. Returns Run(policy, history, trainer)."""
+    classifier-free guidance in the rollouts and the losses. kl_every / kl_samples / kl_grid /
+    kl_noise_level set the comparable path-KL column "kl_path" (see Trainer; kl_every=0 turns it
+    off); its network evaluations go to "eval_nfe", not "nfe". Returns Run(policy, history,
+    trainer)."""
     path = overrides.pop("path", None)
     cond = overrides.pop("cond", None)
     conditions = overrides.pop("conditions", None)
@@ -774,13 +855,15 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
             bar = tqdm(total=steps, desc=f"finetune {method}", dynamic_ncols=True)
         except ImportError:  # pragma: no cover
             bar = None
+    kl_path = float("nan")   # the bar keeps the last evaluated value between evaluations
     try:
         for _ in range(steps):
             row = trainer.step()
             if bar is not None:
                 bar.update(1)
+                kl_path = row["kl_path"] if np.isfinite(row["kl_path"]) else kl_path
                 bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3g}",
-                                clip=f"{row['clip_fraction']:.2f}")
+                                kl_path=f"{kl_path:.3g}", clip=f"{row['clip_fraction']:.2f}")
     finally:
         if bar is not None:
             bar.close()

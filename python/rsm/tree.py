@@ -48,7 +48,6 @@ so the transitions of one chain tie: mode 1 keeps the shallowest max(1, floor(n 
 chain, whatever the rewards; mode 2 ranks whole chains."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 

@@ -62,8 +62,9 @@ def variants() -> list[dict[str, Any]]:
 def _run_variant(toy: Any, v: dict, steps: int, n_evals: int, seed: int, batch: int) -> dict:
     ref = toy.refs[v["kind"]]
     policy = ref.copy()
+    # kl_every=0: the curves carry the exact KLs of the sampler's density (see fig3_6_finetune)
     trainer = aux.AuxTrainer(policy, ref, toy.reward, v["method"], path=toy.paths[v["kind"]],
-                             batch_size=batch, group_size=8, seed=seed, lr=1e-3,
+                             batch_size=batch, group_size=8, seed=seed, lr=1e-3, kl_every=0,
                              **v["overrides"], **v["make"](seed))
     marks = {round(steps * k / n_evals) for k in range(n_evals + 1)}
     curve, seconds, nfe = [], 0.0, 0
