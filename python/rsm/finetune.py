@@ -458,7 +458,7 @@ class Trainer:
 
     def _rollout_ode(self) -> dict[str, Any]:
         """ODE trajectories (first-order methods): the states of every step are training rows."""
-        cfg, n = self.cfg, self.batch_size * self.group_size
+        n = self.batch_size * self.group_size
         cond = self._cond_rows(self.group_size)
         traj = sample(self.policy, n, self.path, self.deterministic, ts=self.ts, cond=cond,
                       seed=_mix(self.seed, self._draw), return_trajectory=True)
