@@ -89,7 +89,7 @@ def models(dtype="float32"):
 def zo_trainer(budget, dtype="float32"):
     policy, ref = models(dtype)
     return rsm.Trainer(policy, ref, rsm.rewards.quadratic([2.0, 0.0]), "rsm-zo", batch_size=PROMPTS,
-                       group_size=GROUP, budget=list(budget))
+                       group_size=GROUP, budget=list(budget), kl_every=0)
 
 
 def zo_flops(budget, roots=PROMPTS, steps=10):
@@ -186,7 +186,7 @@ def main() -> int:
     policy, ref = models()
     reward = rsm.rewards.quadratic([2.0, 0.0])
     trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=PROMPTS, group_size=GROUP,
-                          lr=LR)
+                          lr=LR, kl_every=0)
     ts = trainer.ts
     coef = [(c["A"], -c["K"], c["std"]) for c in rsm.step_coefficients(trainer.path, ts, "sde", noise_level=A)]
     tp, tr = twin_of(policy), twin_of(ref)

@@ -184,7 +184,8 @@ def test_row_value_is_path_kl_before_the_update_on_fixed_noise():
     """Row k holds path_kl of the parameters that roll out iteration k, with the same evaluation
     noise at every iteration (common random numbers)."""
     policy, ref = make_models(2)
-    trainer = rsm.Trainer(policy, ref, REWARD, "flow-grpo", batch_size=2, group_size=4)
+    trainer = rsm.Trainer(policy, ref, REWARD, "flow-grpo", batch_size=2, group_size=4,
+                           kl_every=1)
     for _ in range(3):
         before = trainer.path_kl()
         assert trainer.path_kl() == before

@@ -90,7 +90,8 @@ class Trainer:
       kl_path  KL(P_theta || P_ref) of the whole discretised path (`path_kl`): every step of one
                fixed SDE, the same for every preset, on fixed evaluation noise. Comparable
                between methods (and along a run). kl_every=k evaluates it at iterations 0, k,
-               2k, ... (0: never; NaN in the other rows) on kl_samples trajectories (default
+               2k, ... (default 5, so it costs a few % of the training compute; 1 for a value
+               every row; 0: never; NaN in the other rows) on kl_samples trajectories (default
                min(256, batch_size * group_size)); kl_grid / kl_noise_level replace the
                trainer's time grid / noise level for it (to compare trainers on other grids).
     kl_path is taken at the start of step(), on the parameters that roll out that iteration (the
@@ -101,7 +102,7 @@ class Trainer:
 
     def __init__(self, policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", *,
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
-                 cond: Any = None, conditions: Any = None, kl_every: int = 1,
+                 cond: Any = None, conditions: Any = None, kl_every: int = 5,
                  kl_samples: int | None = None, kl_grid: Any = None,
                  kl_noise_level: float | None = None, **overrides: Any) -> None:
         self.cfg = _methods.get(method, **overrides)
