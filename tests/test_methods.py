@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import rsm
+from sde_oracle import flow_sde_step
 
 
 def make_models(seed=0):
@@ -18,17 +19,6 @@ def make_models(seed=0):
     ref = policy.copy()
     np.from_dlpack(ref.params)[:] += 0.05 * np.random.default_rng(seed + 1).standard_normal(p.shape)
     return policy, ref
-
-
-def flow_sde_step(ts, i, a):
-    """Flow-GRPO's SDE step (RSM-SPEC §2.2): coefficients of mu = cx x - cu u and the std."""
-    t, t_next = ts[i], ts[i + 1]
-    dt = t - t_next
-    t_star = ts[1] if t >= 1 else t
-    sig = a * np.sqrt(t / (1 - t_star))
-    cx = 1 - sig**2 * dt / (2 * t)
-    cu = (1 + sig**2 * (1 - t) / (2 * t)) * dt
-    return cx, cu, sig * np.sqrt(dt), sig, dt
 
 
 def logpdf_mean(x_next, mean, std):

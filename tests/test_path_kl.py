@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import rsm
+from sde_oracle import flow_sde_step
 from rsm import auxiliary as aux
 
 REWARD = rsm.rewards.quadratic([1.0, 0.0])
@@ -23,15 +24,6 @@ def make_models(seed=0, cond_dim=0):
     return policy, ref
 
 
-def flow_sde_step(ts, i, a):
-    """Flow-GRPO's SDE step (RSM-SPEC §2.2): mu = cx x - cu v, std = s~ sqrt(dt), s~ with t_max."""
-    t, t_next = ts[i], ts[i + 1]
-    dt = t - t_next
-    t_star = ts[1] if t >= 1 else t
-    sig = a * np.sqrt(t / (1 - t_star))
-    return 1 - sig**2 * dt / (2 * t), (1 + sig**2 * (1 - t) / (2 * t)) * dt, sig * np.sqrt(dt)
-
-
 def ddpm_step(path, ts, i):
     """DDPM (DDIM, eta = 1) step (RSM-SPEC §2.1): mu = sqrt(ab'/ab) x - (c1 - c2) eps."""
     ab, ab_next = path.coef(ts[i])["alpha_bar"], path.coef(ts[i + 1])["alpha_bar"]
@@ -44,7 +36,7 @@ def ddpm_step(path, ts, i):
 def step_of(trainer, i, ts=None, a=None):
     ts = trainer.kl_grid if ts is None else ts
     if trainer.path.kind == "flow":
-        return flow_sde_step(ts, i, trainer.kl_noise_level if a is None else a)
+        return flow_sde_step(ts, i, trainer.kl_noise_level if a is None else a)[:3]   # (cx, cu, std)
     return ddpm_step(trainer.path, ts, i)
 
 
