@@ -47,6 +47,19 @@ block_sum(double value)
     return partial[0];
 }
 
+/* Row kernels (sampler, objective) give each row one warp of kWarp lanes, kRowsPerBlock rows per
+ * block; warp_sum is the sum over the warp's lanes in a fixed butterfly order (deterministic),
+ * returned in every lane. */
+constexpr int kWarp = 32;
+constexpr int kRowsPerBlock = kThreads / kWarp;
+
+__device__ inline double
+warp_sum(double v)
+{
+    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* After a launch: the launch error, if any. */
 inline int
 launched(const char *what)

@@ -9,15 +9,9 @@
 
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = rsm_cuda::kThreads / kWarp;
-
-__device__ inline double
-warp_sum(double v)
-{
-    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+using rsm_cuda::kRowsPerBlock;
+using rsm_cuda::kWarp;
+using rsm_cuda::warp_sum;
 
 template <typename real>
 __global__ void

@@ -11,8 +11,9 @@
 
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = rsm_cuda::kThreads / kWarp;
+using rsm_cuda::kRowsPerBlock;
+using rsm_cuda::kWarp;
+using rsm_cuda::warp_sum;
 
 __device__ inline float step_mean(double A, double K, float x, float u) { return rsm_step_mean_f32(A, K, x, u); }
 __device__ inline double step_mean(double A, double K, double x, double u) { return rsm_step_mean_f64(A, K, x, u); }
@@ -20,13 +21,6 @@ __device__ inline float step_next(float m, double s, float z) { return rsm_step_
 __device__ inline double step_next(double m, double s, double z) { return rsm_step_next_f64(m, s, z); }
 __device__ inline double step_sq(float xn, float m, double s) { return rsm_step_sq_f32(xn, m, s); }
 __device__ inline double step_sq(double xn, double m, double s) { return rsm_step_sq_f64(xn, m, s); }
-
-__device__ inline double
-warp_sum(double v)
-{
-    for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 template <typename real>
 __global__ void

@@ -104,21 +104,30 @@ def consistency_loss(net: Any, ts: np.ndarray, states: list[np.ndarray], g_rows:
     return loss + l, grad + d
 
 
-class ValueGradientNet:
+class _AuxNet:
+    """An auxiliary network x, t -> [n, D] (an rsm.MLP) with its own AdamW (gradient norm
+    clipped to 1) and `updates` optimizer steps per fine-tuning iteration."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, lr: float, updates: int, seed: int,
+                 dtype: str) -> None:
+        from .models import MLP
+
+        self.net = MLP(dim, hidden=hidden, depth=depth, seed=seed, dtype=dtype)
+        self.optimizer = AdamW(self.net, lr=lr, max_grad_norm=1.0)
+        self.updates = positive_int(updates, type(self).__name__, "updates")
+
+    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
+        return np.from_dlpack(self.net.forward(_f(x, self.net.dtype), t)).astype(np.float64)
+
+
+class ValueGradientNet(_AuxNet):
     """VGG-Flow's g_phi (an rsm.MLP) with its optimizer and the consistency update."""
 
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2, lr: float = 1e-3,
                  c_terminal: float = 1000.0, updates: int = 1, seed: int = 0,
                  dtype: str = "float32") -> None:
-        from .models import MLP
-
-        self.net = MLP(dim, hidden=hidden, depth=depth, seed=seed, dtype=dtype)
-        self.optimizer = AdamW(self.net, lr=lr, max_grad_norm=1.0)
+        super().__init__(dim, hidden, depth, lr, updates, seed, dtype)
         self.c_terminal = float(c_terminal)
-        self.updates = positive_int(updates, "ValueGradientNet", "updates")
-
-    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
-        return np.from_dlpack(self.net.forward(_f(x, self.net.dtype), t)).astype(np.float64)
 
 
 # ---------------------------------------------------------------- Residual nabla-DB h_phi
@@ -144,22 +153,15 @@ def residual_targets(policy: Any, ref: Any, row: dict, coef: dict, lam: float,
     return forward, backward
 
 
-class ResidualNet:
+class ResidualNet(_AuxNet):
     """Residual nabla-DB's h_phi (an rsm.MLP) with its optimizer; `backward_loss` switches the
     backward residual on."""
 
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2, lr: float = 1e-3,
                  backward_loss: bool = True, updates: int = 1, seed: int = 0,
                  dtype: str = "float32") -> None:
-        from .models import MLP
-
-        self.net = MLP(dim, hidden=hidden, depth=depth, seed=seed, dtype=dtype)
-        self.optimizer = AdamW(self.net, lr=lr, max_grad_norm=1.0)
+        super().__init__(dim, hidden, depth, lr, updates, seed, dtype)
         self.backward_loss = bool(backward_loss)
-        self.updates = positive_int(updates, "ResidualNet", "updates")
-
-    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
-        return np.from_dlpack(self.net.forward(_f(x, self.net.dtype), t)).astype(np.float64)
 
 
 # ------------------------------------------------------------------------------ replay buffer

@@ -267,21 +267,23 @@ class Trainer:
         leaves the training run unchanged. Conditional trainers use condition j mod M for
         trajectory j. per_step=True returns the terms [steps] instead of their sum."""
         n = self.kl_samples if n is None else _kl.check_samples(n, "path_kl", "n")
-        return _kl.path_kl(self.policy, self.ref, self.path, self.kl_grid if ts is None else ts, n,
-                           sampler=self.stochastic,
-                           noise_level=self.kl_noise_level if noise_level is None else noise_level,
-                           seed=self.kl_seed if seed is None else seed, cond=self._kl_cond(n),
-                           per_step=per_step)
+        terms, _ = self._path_kl_terms(n, seed, ts, noise_level)
+        return terms if per_step else float(terms.sum())
+
+    def _path_kl_terms(self, n: int, seed: int | None = None, ts: Any = None,
+                       noise_level: float | None = None) -> tuple[np.ndarray, int]:
+        """rsm.kl.path_kl_terms with the trainer's sampler and conditions; None: the defaults."""
+        return _kl.path_kl_terms(self.policy, self.ref, self.path, self.kl_grid if ts is None else ts,
+                                 n, sampler=self.stochastic,
+                                 noise_level=self.kl_noise_level if noise_level is None else noise_level,
+                                 seed=self.kl_seed if seed is None else seed, cond=self._kl_cond(n))
 
     def _kl_path_columns(self) -> dict[str, Any]:
         """The evaluation columns of the current iteration's history row (kl_every)."""
         if self.kl_every == 0 or self.iteration % self.kl_every:
             return {"kl_path": float("nan"), "eval_nfe": 0, "eval_seconds": 0.0}
         start = time.perf_counter()
-        terms, nfe = _kl.path_kl_terms(self.policy, self.ref, self.path, self.kl_grid,
-                                       self.kl_samples, sampler=self.stochastic,
-                                       noise_level=self.kl_noise_level, seed=self.kl_seed,
-                                       cond=self._kl_cond(self.kl_samples))
+        terms, nfe = self._path_kl_terms(self.kl_samples)
         return {"kl_path": float(terms.sum()), "eval_nfe": nfe, "eval_seconds": time.perf_counter() - start}
 
     # ---- rollouts ---------------------------------------------------------------------------

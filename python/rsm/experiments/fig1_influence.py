@@ -72,6 +72,17 @@ def _mean_finite(v: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _style_axes(ax: Any, ylabel: str, legend: bool) -> None:
+    """The axes of every panel: t from noise (low SNR, left) to data (high SNR, right)."""
+    ax.set_xlim(1.02, -0.02)
+    ax.set_xlabel("t (1 = noise, low SNR)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=6, loc="best")
+
+
 def _plot_c2(rows: list[dict[str, Any]], file: pathlib.Path) -> None:
     """Fig. 1(c): the relative trust-region weight C2(t) of the presets that have one (C2 > 0 at
     some step), from the engine's row coefficients; C2 is the same in every output space."""
@@ -84,14 +95,8 @@ def _plot_c2(rows: list[dict[str, Any]], file: pathlib.Path) -> None:
     shown = [row for row in rows if np.nanmax(np.where(np.isfinite(row["c2"]), row["c2"], 0.0)) > 0]
     for k, row in enumerate(shown):
         ax.plot(row["t"], row["c2"], marker="os^vD"[k % 5], ms=3, lw=1.2, label=f"{row['method']} ({row['path']})")
-    ax.set_xlim(1.02, -0.02)
-    ax.set_xlabel("t (1 = noise, low SNR)", fontsize=8)
-    ax.set_ylabel("C2(t) (trust region)", fontsize=8)
     ax.set_title("trust-region weight C2(t)", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
-    if shown:
-        ax.legend(fontsize=6, loc="best")
+    _style_axes(ax, "C2(t) (trust region)", bool(shown))
     fig.tight_layout()
     fig.savefig(file, dpi=90)
 
@@ -111,14 +116,8 @@ def _plot(rows: list[dict[str, Any]], file: pathlib.Path, families: tuple[str, .
                 ax.plot(row["t"], row["h"], marker="os^vD<>"[k % 7], ms=3, lw=1.2,
                         ls=("-", "--", ":", "-.")[k % 4], label=row["method"])
             ax.set_title(f"{family}, {'flow' if kind == 'flow' else 'diffusion (VP)'}", fontsize=9)
-            ax.set_xlim(1.02, -0.02)  # noise (low SNR) on the left, data (high SNR) on the right
-            ax.set_xlabel("t (1 = noise, low SNR)", fontsize=8)
-            ax.set_ylabel("h(t)", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-            if shown:
-                ax.legend(fontsize=6, loc="best")
-            else:
+            _style_axes(ax, "h(t)", bool(shown))
+            if not shown:
                 ax.text(0.5, 0.5, "no preset", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
     file.parent.mkdir(parents=True, exist_ok=True)
