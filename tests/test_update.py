@@ -87,7 +87,8 @@ def test_reported_kl_is_the_closed_form_per_sample_kl():
 
 
 def test_ref_may_be_the_policy_itself():
-    """The reference runs first in every block, so the policy's saved activations are its own."""
+    """ref and policy the same model core: its lock is taken once (no deadlock) and the gradient
+    equals the one with an independent copy as the reference."""
     policy = _mlp(1)
     blocks = [_block("score_matching", seed=s, t=0.2 + 0.2 * s) for s in range(3)]
     same = _C.train_update(policy._core, policy._core, rsm.FlowPath()._core,

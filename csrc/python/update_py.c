@@ -20,7 +20,7 @@
 
 #include "../train/update.h"
 
-#define RSM_UPDATE_ARRAYS 8 /* x, cond, coef, u_old, psi, noise, u_ref + spare */
+#define RSM_UPDATE_ARRAYS 7 /* x, cond, coef, u_old, psi, noise, u_ref */
 
 typedef struct {
     rsm_py_tensor *held[RSM_UPDATE_ARRAYS];

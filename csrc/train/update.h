@@ -17,8 +17,8 @@
  * objective reaches the parameters here; the Python layer only builds the blocks (RSM-SPEC §12.6).
  *
  * The reference is evaluated before the policy in every block, so the policy's saved activations
- * are still those of its own forward when the backward runs, even when ref and policy are the
- * same model. On any failure in rsm_update_steps the parameters and the optimizer state are
+ * are those of its own forward when the backward runs, also when the reference runs the policy's
+ * network on other inputs (e.g. rsm.Guided around the policy's own model). On any failure in rsm_update_steps the parameters and the optimizer state are
  * restored to what they were on entry: a failed update changes nothing.
  */
 #ifndef RSM_UPDATE_H

@@ -42,8 +42,8 @@ RSM_T(update_gradient)(const rsm_update_config *cfg, const rsm_path *path, const
         if (stats) memset(&stats[b], 0, sizeof(stats[b]));
         if (n == 0) continue;
         for (int64_t i = 0; i < n; i++) t[i] = (real_t)blk->t;
-        /* the reference first: with ref == policy its forward would otherwise replace the
-         * activations the policy's backward needs */
+        /* the reference first: a reference that runs the policy's network (on other inputs)
+         * would otherwise replace the activations the policy's backward needs */
         if (!blk->ref_ready) {
             RSM_TRY_GOTO(ref->forward(ref->self, path, n, blk->x, t, blk->cond, blk->u_ref));
             blk->ref_ready = 1;
