@@ -7,10 +7,11 @@ process, same threads), MLP 256x3, the 10-step SD3 grid, a quadratic reward, Ada
   forward, per-element-mean Gaussian log-probs, PPO + KL, backward; one AdamW step.
 - rsm-zo (the flow redesign, RSM-SPEC §9.2): 64 roots, an ODE root each, k_i single-step SDE
   branches from the root state at t_i continued by the ODE to t = 0, group advantages per
-  (root, t_i), fairclip2 matching hinge + KL on the branch rows with weights k_avg / k_i, clip,
-  AdamW. Two budgets: lowsnr2 scaled to 16 children per root ([3, 3, 4, 6]: 1024 samples and
-  training rows per iteration, as Flow-GRPO's 64 x 16) and the preset's own lowsnr2
-  ([6, 6, 8, 10]: 30 per root, 1920 samples). torch: benchmarks/zo_twin.py, checked against rsm
+  (root, t_i), fairclip2 matching hinge + KL on the branch rows with weights k_avg / k_i, the
+  ODE KL-anchor rows at the 5 untrained transitions 4..8 (root states, weight k_avg, §9.2.5),
+  clip, AdamW. Two budgets: lowsnr2 scaled to 16 children per root ([3, 3, 4, 6, 0, 0, 0, 0, 0]:
+  1024 samples and branch rows per iteration, as Flow-GRPO's 64 x 16) and the preset's own
+  lowsnr2 ([6, 6, 8, 10, 0, 0, 0, 0, 0]: 30 per root, 1920 samples); both + 320 anchor rows. torch: benchmarks/zo_twin.py, checked against rsm
   before any timing (float32 on the benchmark geometry, float64 on the same geometry with the
   policy moved off the rollout's parameters); a disagreement stops the script.
 
@@ -35,8 +36,8 @@ from zo_twin import ZoTwin, check  # noqa: E402
 PROMPTS, GROUP, A, BETA, EPS, LR = 64, 16, 0.7, 0.004, 1e-4, 1e-4
 CENTER = torch.tensor([2.0, 0.0])
 # lowsnr2 (RSM-SPEC §9.2.4: 6 6 8 10 on the four noisiest transitions) scaled to 16 children per root
-ZO_BUDGET_16 = [3, 3, 4, 6]
-ZO_BUDGET_PRESET = [6, 6, 8, 10]
+ZO_BUDGET_16 = [3, 3, 4, 6, 0, 0, 0, 0, 0]
+ZO_BUDGET_PRESET = [6, 6, 8, 10, 0, 0, 0, 0, 0]
 # matmul FLOPs of one forward per row (2 x (66x256 + 6 x 256x256 + 256x2))
 FWD_ROW = 2 * (66 * 256 + 6 * 256 * 256 + 256 * 2)
 # the twin check's tolerances (max |diff| / max |ref|; the update: |diff| / |ref| over all
@@ -94,9 +95,12 @@ def zo_trainer(budget, dtype="float32"):
 
 def zo_flops(budget, roots=PROMPTS, steps=10):
     """Rollout: the root's `steps` forwards + each branch's forwards from t_i down (steps - i);
-    training: per branch row policy forward + reference forward + backward (2 forwards)."""
+    training: per branch row and per KL-anchor row (the root states at the budget's zero
+    entries, never the last transition) policy forward + reference forward + backward (2
+    forwards)."""
     rollout = roots * steps + sum(roots * k * (steps - i) for i, k in enumerate(budget))
-    train = 4 * roots * sum(budget)
+    anchors = sum(1 for i in range(min(len(budget), steps - 1)) if budget[i] == 0)
+    train = 4 * roots * (sum(budget) + anchors)
     return FWD_ROW * (rollout + train), rollout, train
 
 

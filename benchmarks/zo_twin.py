@@ -15,13 +15,16 @@ The iteration, written from RSM-SPEC §9.2.1-§9.2.5 (not from python/rsm/finetu
                        T  = (T1 + T2) s~^2 dt                                (fairclip2, 9.2.3)
                        l  = max(eps |A| + A T, 0) s~ / (sqrt(dt) s~^2 dt)
                        kl = (w^2 / 2) mean((u_theta - u_ref)^2)  (= mean|mu - mu_ref|^2 / (2 std^2))
-                     loss = sum_rows (k_avg / k_i) (l + beta kl) / max(sum mask, 1)  (9.2.3, 9.2.5)
+                     ODE KL-anchor rows (9.2.5): the root states x_{t_i} of the transitions the
+                     budget leaves at k_i = 0 (i < the budget's length, never the last
+                     transition), with that step's SDE weight w_i and weight k_avg:
+                       kl_anchor = (w_i^2 / 2) mean((u_theta - u_ref)^2)
+                     loss = [sum_rows (k_avg / k_i) (l + beta kl)
+                             + sum_anchor_rows k_avg beta kl_anchor] / max(sum mask, 1)
   update             backward, global grad-norm clip (1.0), torch.optim.AdamW.
 
-As in rsm's Trainer, the KL covers the trained (branch) rows only: the spec's extra KL-anchor rows at
-k_i = 0 transitions (9.2.5) are not part of rsm's iteration, so not of its twin either. The sampler's
-per-step scalars (A, K, std of the SDE and ODE steps) come from rsm.step_coefficients, as in the
-Flow-GRPO twin; everything else is computed here in torch.
+The sampler's per-step scalars (A, K, std of the SDE and ODE steps) come from
+rsm.step_coefficients, as in the Flow-GRPO twin; everything else is computed here in torch.
 """
 from __future__ import annotations
 
@@ -71,6 +74,12 @@ class ZoTwin:
                                "term_scale": sigma_tilde**2 * c["dt"],
                                "post": sigma_tilde / (math.sqrt(c["dt"]) * sigma_tilde**2 * c["dt"])}
         self.eps, self.beta = cfg["clip_eps"], cfg["kl"]
+        # the anchor steps and their SDE weights |K_i| / std_i on the full grid
+        self.beta_anchor = cfg["kl"] if cfg.get("kl_anchor") is None else cfg["kl_anchor"]
+        full = rsm.step_coefficients(trainer.path, self.ts, "sde", noise_level=cfg["noise_level"])
+        last = min(len(cfg["budget"]), steps - 1)
+        self.anchor_w = {i: abs(full[i]["K"]) / full[i]["std"] for i in range(last)
+                         if self.budget[i] == 0 and self.beta_anchor > 0}
         self.adv_eps, self.adv_clip = cfg["adv_eps"], cfg["adv_clip"]
         self.max_grad_norm = cfg["max_grad_norm"]
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg["lr"], betas=(0.9, 0.999),
@@ -105,7 +114,8 @@ class ZoTwin:
                 x = cx * x + cu * self.policy(x, self._t(j, n))
             rows.append({"step": i, "k": k, "x": xi, "u_old": u_old, "noise": z})
             ends.append(x)
-        return {"root_xs": root_xs, "rows": rows, "x0": torch.cat(ends)}
+        anchors = [{"step": i, "x": root_xs[i]} for i in sorted(self.anchor_w)]
+        return {"root_xs": root_xs, "rows": rows, "x0": torch.cat(ends), "anchors": anchors}
 
     @torch.no_grad()
     def advantages(self, rewards: torch.Tensor, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,11 +135,22 @@ class ZoTwin:
     def reward(self, x0: torch.Tensor) -> torch.Tensor:
         return -0.5 * ((x0 - self.center) ** 2).sum(1)
 
-    def loss_backward(self, rows: list, adv: torch.Tensor, mask: torch.Tensor) -> float:
+    def loss_backward(self, rows: list, adv: torch.Tensor, mask: torch.Tensor,
+                      anchors: list = ()) -> float:
         """Accumulate the gradient of the iteration's loss into .grad, block by block (one backward
-        per trained transition, as rsm). Returns the loss."""
+        per trained transition and per anchor step, as rsm). Returns the loss."""
         normalizer = max(float(mask.sum()), 1.0)
         total, offset = 0.0, 0
+        for row in anchors:
+            n = row["x"].shape[0]
+            t = self._t(row["step"], n)
+            u = self.policy(row["x"], t)
+            with torch.no_grad():
+                u_ref = self.ref(row["x"], t)
+            kl = 0.5 * self.anchor_w[row["step"]] ** 2 * ((u - u_ref) ** 2).mean(1)
+            loss = self.k_avg * self.beta_anchor * kl.sum() / normalizer
+            loss.backward()
+            total += float(loss.detach())
         for row in rows:
             n = row["x"].shape[0]
             c = self.sde[row["step"]]
@@ -158,7 +179,7 @@ class ZoTwin:
         out = self.rollout(gen)
         adv, mask = self.advantages(self.reward(out["x0"]), out["rows"])
         self.opt.zero_grad()
-        self.loss_backward(out["rows"], adv, mask)
+        self.loss_backward(out["rows"], adv, mask, out["anchors"])
         self.step()
 
 
@@ -205,9 +226,15 @@ def check(trainer: rsm.Trainer, twin: ZoTwin, perturb: float = 0.0, seed: int = 
     # the loss gradient on rsm's recorded rollout (rsm's states, outputs, noises, advantages)
     recorded = [{"step": r["step"], "k": twin.budget[r["step"]], "x": as_t(r["x"]),
                  "u_old": as_t(r["u_old"]), "noise": as_t(r["noise"])} for r in rows]
+    if [a["step"] for a in batch["anchor_rows"]] != [a["step"] for a in replay["anchors"]]:
+        errs["root states"] = float("inf")
+    recorded_anchors = [{"step": a["step"], "x": as_t(a["x"])} for a in batch["anchor_rows"]]
+    for a, t in zip(batch["anchor_rows"], replay["anchors"]):
+        errs["root states"] = max(errs["root states"], rel(t["x"], a["x"]))
     grads, _ = trainer.loss_and_grad(batch)
     twin.opt.zero_grad()
-    twin.loss_backward(recorded, torch.from_numpy(batch["adv"]), torch.from_numpy(batch["mask"]))
+    twin.loss_backward(recorded, torch.from_numpy(batch["adv"]), torch.from_numpy(batch["mask"]),
+                       recorded_anchors)
     errs["gradient"] = rel(flat_grads(twin.policy, trainer.policy), grads)
     # one update: rsm's Trainer.update against clip + AdamW in torch
     before = np.array(np.from_dlpack(trainer.policy.params), dtype=np.float64)

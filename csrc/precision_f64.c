@@ -13,3 +13,4 @@
 #include "objective_real.c"
 #include "nn/guided_real.c"
 #include "train/update_real.c"
+#include "train/rollout_real.c"

@@ -119,7 +119,7 @@ def test_flow_grpo_equals_ppo_surrogate_with_kl(perturb):
 def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
     policy, ref = make_models(1)
     reward = rsm.rewards.quadratic([-1.0, 0.5])
-    beta, eps, a = 0.2, 1e-3, 0.7
+    beta, eps, a_level = 0.2, 1e-3, 0.7
     budget = [3, 2, 0, 4]
     trainer = rsm.Trainer(policy, ref, reward, "rsm-zo", batch_size=2, kl=beta, clip_eps=eps,
                           budget=budget, steps=5, grid="sd3")
@@ -129,17 +129,32 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
     g_engine, _ = trainer.loss_and_grad(batch)
 
     ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    # the ODE KL-anchor rows (RSM-SPEC §9.2.5): the root states at the budget's k_i = 0
+    # transition 2 (transition 4, the last, is never an anchor), every root
+    anchors = with_times(batch["anchor_rows"], ts)
+    assert [a["step"] for a in anchors] == [2] and len(anchors[0]["x"]) == 2
+    if not perturb:
+        # they are the ODE root's states: one Euler step from the anchor state at t_2 with the
+        # (rollout) policy's velocity lands on the state the step-3 branches start from
+        v = np.from_dlpack(policy.forward(anchors[0]["x"], ts[2]))
+        np.testing.assert_allclose(anchors[0]["x"] + (ts[3] - ts[2]) * v, rows[2]["x"][::budget[3]],
+                                   rtol=1e-12, atol=1e-12)
     active = [k for k in budget if k > 0]
     k_avg = sum(active) / len(active)
     n_signal = max(batch["mask"].sum(), 1)
     u_ref = outputs(ref, rows)
+    u_ref_anchor = outputs(ref, anchors)
 
     def original(us):
-        """RSM-SPEC §9.2.3, reweight fairclip2, loss 'matching', per-element means."""
+        """RSM-SPEC §9.2.3, reweight fairclip2, loss 'matching', per-element means; + beta KL_anchor
+        (§9.2.5): mean((mu_theta - mu_ref)^2) / (2 std^2) at the anchor states, weight k_avg."""
         total = 0.0
+        for a, u, ur in zip(anchors, us[len(rows):], u_ref_anchor):
+            _, cu, std, _, _ = flow_sde_step(ts, a["step"], a_level)
+            total += beta * k_avg * np.sum(np.mean((cu * (u - ur)) ** 2, axis=1) / (2 * std**2))
         for r, u, ur in zip(rows, us, u_ref):
             i = r["step"]
-            cx, cu, std, sig, dt = flow_sde_step(ts, i, a)
+            cx, cu, std, sig, dt = flow_sde_step(ts, i, a_level)
             w = cu / std                                    # |K| / sigma_step
             dv = u - r["u_old"]
             T1 = 0.5 * np.mean((w * dv) ** 2, axis=1)
@@ -152,8 +167,11 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
             total += np.sum(row + beta * kl)
         return total / n_signal
 
-    g_orig = original_gradient(policy, rows, original)
+    g_orig = original_gradient(policy, rows + anchors, original)
     assert_grad_close(g_engine, g_orig)
+    if perturb:   # the anchor term is not negligible at the tolerance
+        g_no_anchor = original_gradient(policy, rows, original)
+        assert np.linalg.norm(g_orig - g_no_anchor) > 1e-3 * np.linalg.norm(g_orig)
 
 
 def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
@@ -195,6 +213,84 @@ def test_methods_registry():
         rsm.methods.get("no-such-method")
     rows = rsm.methods.table()
     assert {r["method"] for r in rows} == set(rsm.methods.names())
+
+
+def test_kl_anchor_rows_options_errors_and_report():
+    """The ODE KL-anchor keys (RSM-SPEC §9.2.5, §9.3): the presets' values; bad values refused at
+    construction naming the key; the capped subset is seeded (same seed, same rows; the cap
+    max(1, int(ratio x transition rows)) for ratio > 0); ratio 0 or beta 0 keeps none; the
+    history's kl_anchor is the closed-form per-sample KL summed over the anchor blocks, 0 while
+    policy == ref; tempflow-grpo (uniform budget) has no anchor rows."""
+    zo, zod = rsm.methods.get("rsm-zo"), rsm.methods.get("rsm-zo-diffusion")
+    assert zo["kl_anchor"] is None and zo["kl_anchor_weight"] == "sampler" and zo["kl_anchor_reduce"] == "k_avg"
+    assert (zod["kl_anchor"], zod["kl_anchor_weight"], zod["kl_anchor_reduce"],
+            zod["kl_anchor_max_ratio"]) == (8e-5, 4.5, "mean", 0.1)
+    policy, ref = make_models(21)
+    reward = rsm.rewards.quadratic([0.5, -0.5])
+    for key, bad in (("kl_anchor", -1.0), ("kl_anchor", float("nan")), ("kl_anchor_weight", 0.0),
+                     ("kl_anchor_weight", "ref"), ("kl_anchor_reduce", "sum"),
+                     ("kl_anchor_max_ratio", 1.5), ("kl_anchor_max_ratio", True)):
+        with pytest.raises(ValueError, match=key):
+            rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=3, **{key: bad})
+
+    def anchors(trainer):
+        b = trainer.rollout()
+        transition = sum(len(r["traj"]) for r in b["rows"])
+        return transition, [(a["step"], a["x"].tobytes()) for a in b["anchor_rows"]]
+
+    make = lambda seed, **kw: rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=3,
+                                          seed=seed, **kw)
+    t1, t2 = make(4), make(4)
+    transition, first = anchors(t1)
+    assert first == anchors(t2)[1] and len(first) > 0
+    assert sum(np.frombuffer(x).size // 2 for _, x in first) == max(1, int(0.1 * transition))
+    assert anchors(make(5))[1] != first
+    _, one = anchors(make(4, kl_anchor_max_ratio=0.001))
+    assert sum(np.frombuffer(x).size // 2 for _, x in one) == 1
+    assert anchors(make(4, kl_anchor_max_ratio=0.0))[1] == []
+    assert anchors(make(4, kl_anchor=0.0))[1] == []
+    assert rsm.Trainer(policy, ref, reward, "tempflow-grpo", batch_size=2).rollout()["anchor_rows"] == []
+
+    # the report: per sample (1/2) w^2 |u - u_ref|^2 at the anchor states, summed over blocks
+    trainer = rsm.Trainer(policy, ref, reward, "rsm-zo", batch_size=2, budget=[3, 0, 2, 0],
+                          steps=5, grid="sd3", kl=0.1)
+    batch = trainer.rollout()
+    _, stats = trainer.loss_and_grad(batch)
+    expect = 0.0
+    for a in batch["anchor_rows"]:
+        c = trainer.sde[a["step"]]
+        du = np.from_dlpack(policy.forward(a["x"], trainer.ts[a["step"]])) - np.from_dlpack(
+            ref.forward(a["x"], trainer.ts[a["step"]]))
+        expect += 0.5 * (c["K"] / c["std"]) ** 2 * np.mean(np.sum(du**2, axis=1))
+    assert [a["step"] for a in batch["anchor_rows"]] == [1, 3] and expect > 0
+    assert stats["kl_anchor"] == pytest.approx(expect, rel=1e-12)
+    same = rsm.Trainer(policy, policy.copy(), reward, "rsm-zo", batch_size=2, budget=[3, 0, 2, 0],
+                       steps=5, grid="sd3")
+    assert same.step()["kl_anchor"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["rsm-zo", "rsm-zo-diffusion"])
+def test_kl_anchor_under_accumulation(method):
+    """Both anchor reductions are per-micro-batch quantities under the one masked-mean
+    normalizer: accumulating two copies of a rollout gives the update of the rollout alone
+    (the policy rows' sum and the normalizer both double; "mean" averages the micro-batches)."""
+    policy, ref = make_models(22)
+    reward = rsm.rewards.quadratic([0.5, -0.5])
+    kw = dict(batch_size=2, kl_anchor=0.5, kl_anchor_max_ratio=1.0)
+    if method == "rsm-zo":
+        kw.update(budget=[3, 0, 2, 0], steps=5, grid="sd3")
+    else:
+        kw.update(budget=[3, 0, 2, 0, 3], steps=10, path=rsm.VPPath("linear"))
+    one = rsm.Trainer(policy.copy(), ref, reward, method, **kw)
+    two = rsm.Trainer(policy.copy(), ref, reward, method, **kw)
+    batch = one.rollout()
+    assert batch["anchor_rows"]
+    s1 = one.update([batch])
+    s2 = two.update([batch, batch])
+    assert s1["kl_anchor"] == pytest.approx(s2["kl_anchor"], rel=1e-12)
+    start = np.from_dlpack(policy.params)
+    np.testing.assert_allclose(np.from_dlpack(two.policy.params) - start,
+                               np.from_dlpack(one.policy.params) - start, rtol=1e-9, atol=1e-15)
 
 
 # ---- more presets: the same recipe ----------------------------------------------------------------
@@ -584,6 +680,8 @@ def test_rsm_zo_diffusion_equals_matching_on_pcpo_branches(variant):
     eps, beta = 1e-3, 0.3
     budget = [3, 0, 2, 0, 3]
     extra = {"reweight": "base", "kl": beta} if variant == "base_weight_kl" else {}
+    if variant == "perturbed":   # an anchor term large enough to see, on every candidate row
+        extra = {"kl_anchor": 0.5, "kl_anchor_max_ratio": 1.0}
     trainer = rsm.Trainer(policy, ref, reward, "rsm-zo-diffusion", batch_size=2, clip_eps=eps,
                           budget=budget, steps=10, grid="uniform", path=rsm.VPPath("linear"), **extra)
     batch = trainer.rollout()
@@ -610,9 +708,31 @@ def test_rsm_zo_diffusion_equals_matching_on_pcpo_branches(variant):
     k_avg = sum(active) / len(active)
     n_signal = max(batch["mask"].sum(), 1)
     u_ref = outputs(ref, rows)
+    # ODE KL-anchor rows (§9.3): root states at the zero-k non-terminal steps 1 and 3 (2 roots
+    # each); the preset keeps max(1, int(0.1 x 16 transition rows)) = 1 of the 4, seeded
+    anchors = with_times(batch["anchor_rows"], ts)
+    assert {a["step"] for a in anchors} <= {1, 3}
+    assert sum(len(a["x"]) for a in anchors) == (4 if variant == "perturbed" else 1)
+    for a in anchors:   # one DDIM step from an anchor state lands on the next branch's root state
+        if variant == "perturbed":
+            break
+        i = a["step"]
+        eps_hat = np.from_dlpack(policy.forward(a["x"], ts[i]))
+        ab, ab_next = vp_linear_abar(ts[i]), vp_linear_abar(ts[i + 1])
+        x0 = (a["x"] - np.sqrt(1 - ab) * eps_hat) / np.sqrt(ab)
+        nxt = [r for r in rows if r["step"] == i + 1][0]
+        root_next = nxt["x"][:: budget[i + 1]]
+        j = int(np.argmin(np.abs(root_next[:, 0] - (np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps_hat)[0, 0])))
+        np.testing.assert_allclose(np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps_hat,
+                                   root_next[j:j + len(a["x"])], rtol=1e-10, atol=1e-12)
+    beta_anchor = 0.5 if variant == "perturbed" else 8e-5
+    u_ref_anchor = outputs(ref, anchors)
+    n_anchor = sum(len(a["x"]) for a in anchors)
 
     def original(us):
-        total = 0.0
+        # beta_anchor x mean over the anchor rows of (1/2) mean(4.5^2 (eps - eps_ref)^2)
+        total = sum(beta_anchor * np.sum(0.5 * np.mean((4.5 * (u - ur)) ** 2, axis=1)) / n_anchor
+                    for u, ur in zip(us[len(rows):], u_ref_anchor)) * n_signal
         for r, u, ur in zip(rows, us, u_ref):
             std, c1 = pcpo_std(ts, r["step"])
             K = c1 - np.sqrt(1 - vp_linear_abar(ts[r["step"] + 1]) - std**2)   # |K| of the PCPO step
@@ -626,9 +746,11 @@ def test_rsm_zo_diffusion_equals_matching_on_pcpo_branches(variant):
             total += np.sum(row * (k_avg / budget[r["step"]]))
         return total / n_signal
 
-    g_orig = original_gradient(policy, rows, original)
+    g_orig = original_gradient(policy, rows + anchors, original)
     assert_grad_close(g_engine, g_orig)
     if variant == "perturbed":
+        g_no_anchor = original_gradient(policy, rows, original)
+        assert np.linalg.norm(g_orig - g_no_anchor) > 1e-3 * np.linalg.norm(g_orig)
         assert 0 < np.mean(list(stats["clip_fraction_per_step"].values())) < 1  # both kinds of rows
 
 

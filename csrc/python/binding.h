@@ -135,4 +135,23 @@ int rsm_py_parse_form(const char *name, const char *func, const char *what,
 /* ---- the fine-tuning update (update_py.c) --------------------------------------------------- */
 int rsm_py_update_exec(PyObject *module);
 
+/* ---- a Python reward callable as the rollouts' reward hook (reward_py.c) --------------------- */
+#include "../train/rollout.h"
+typedef struct rsm_py_reward_callback {
+    rsm_reward_hook hook;
+    PyObject *callable;        /* borrowed: reward(x0), or NULL (no reward) */
+    PyObject *x0;              /* borrowed: the rsm.Tensor over the buffer the rollout fills */
+    PyThread_type_lock lock;   /* the model's lock, or NULL */
+    int lock_held;             /* set by the caller after taking `lock`; the hook releases it */
+    PyObject *result;          /* new reference: what the callable returned */
+    PyObject *exc_type, *exc_value, *exc_tb; /* what it raised */
+} rsm_py_reward_callback;
+void rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0, PyThread_type_lock lock);
+/* The hook to pass to the rollout: NULL when there is no callable. */
+const rsm_reward_hook *rsm_py_reward_hook(rsm_py_reward_callback *r);
+/* With the interpreter lock, after the rollout: 0 on RSM_OK; else -1 with the callable's own
+ * exception restored (RSM_ERR_CALLBACK) or the core's error raised as from `func`. */
+int rsm_py_reward_finish(rsm_py_reward_callback *r, rsm_status status, const char *func);
+void rsm_py_reward_clear(rsm_py_reward_callback *r);
+
 #endif /* RSM_BINDING_H */

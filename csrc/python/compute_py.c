@@ -19,6 +19,7 @@
 #include "../rng.h"
 #include "../sampler.h"
 #include "../train/pretrain.h"
+#include "../train/rollout.h"
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -968,22 +969,26 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "path", "n", "sampler", "ts", "noise_level", "eta", "seed",
                              "x_init", "cond", "window_begin", "window_end", "branch_steps",
-                             "branch_factor", "return_trajectory", "pcpo_weight", NULL};
+                             "branch_factor", "return_trajectory", "pcpo_weight", "reward",
+                             NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_init_obj = Py_None, *cond_obj = Py_None,
-                                            *branch_obj = Py_None;
+                                            *branch_obj = Py_None, *reward_obj = Py_None;
     long long n, window_begin = 0, window_end = -1, branch_factor = 1;
     const char *sampler;
     double noise_level = 0.7, eta = 1.0;
     unsigned long long seed = 0;
     int return_trajectory = 0;
     double pcpo_weight = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLpd", kwlist, &model_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLpdO", kwlist, &model_obj,
                                      &path_obj, &n, &sampler, &ts_obj, &noise_level, &eta, &seed,
                                      &x_init_obj, &cond_obj, &window_begin, &window_end,
                                      &branch_obj, &branch_factor, &return_trajectory,
-                                     &pcpo_weight))
+                                     &pcpo_weight, &reward_obj))
         return NULL;
     const char *func = "sample";
+    if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
+        return rsm_py_raisef(PyExc_TypeError, func, "reward must be callable or None, got %s",
+                             Py_TYPE(reward_obj)->tp_name);
     rsm_module_state *state = rsm_state(module);
     if (!PyObject_TypeCheck(path_obj, state->path_type))
         return rsm_py_raisef(PyExc_TypeError, func, "path must be an rsm path (FlowPath or VPPath)");
@@ -1049,36 +1054,49 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
         if (!xs || !means || !noises || !outputs || !stds || !log_probs || !rows) goto done;
     }
     int64_t nfe = 0;
+    /* with a reward: the C rollout calls it once on x (rollout.h), holding the interpreter lock
+     * only inside the call */
+    rsm_py_reward_callback reward;
+    rsm_py_reward_init(&reward, reward_obj == Py_None ? NULL : reward_obj, (PyObject *)x_final,
+                       lock);
     Py_BEGIN_ALLOW_THREADS
-    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    if (lock) {
+        PyThread_acquire_lock(lock, WAIT_LOCK);
+        reward.lock_held = 1;
+    }
 #define RSM_PTR(t) ((t) ? rsm_py_tensor_data(t) : NULL)
     if (dtype == RSM_F32) {
         rsm_trajectory_f32 tr = {RSM_PTR(x_final), RSM_PTR(xs), RSM_PTR(means), RSM_PTR(stds),
                                  RSM_PTR(log_probs), RSM_PTR(noises), RSM_PTR(outputs),
                                  RSM_PTR(rows), 0};
-        status = rsm_sample_f32(&model, path, &sa.cfg, n, RSM_PTR(x_init), RSM_PTR(cond), &tr);
+        status = rsm_rollout_f32(&model, path, &sa.cfg, n, RSM_PTR(x_init), RSM_PTR(cond), &tr,
+                                 rsm_py_reward_hook(&reward));
         nfe = tr.nfe;
     } else {
         rsm_trajectory_f64 tr = {RSM_PTR(x_final), RSM_PTR(xs), RSM_PTR(means), RSM_PTR(stds),
                                  RSM_PTR(log_probs), RSM_PTR(noises), RSM_PTR(outputs),
                                  RSM_PTR(rows), 0};
-        status = rsm_sample_f64(&model, path, &sa.cfg, n, RSM_PTR(x_init), RSM_PTR(cond), &tr);
+        status = rsm_rollout_f64(&model, path, &sa.cfg, n, RSM_PTR(x_init), RSM_PTR(cond), &tr,
+                                 rsm_py_reward_hook(&reward));
         nfe = tr.nfe;
     }
-    if (lock) PyThread_release_lock(lock);
+    if (lock && reward.lock_held) PyThread_release_lock(lock);
     Py_END_ALLOW_THREADS
-    if (status != RSM_OK) {
-        rsm_py_raise(status, func);
+    if (rsm_py_reward_finish(&reward, status, func) < 0) {
+        rsm_py_reward_clear(&reward);
         goto done;
     }
     if (return_trajectory) {
-        result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:L}", "x", x_final, "xs", xs,
-                               "ts", sa.ts, "means", means, "stds", stds, "log_probs", log_probs,
-                               "noises", noises, "outputs", outputs, "rows", rows, "nfe",
-                               (long long)nfe);
+        result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:L,s:O}", "x", x_final, "xs",
+                               xs, "ts", sa.ts, "means", means, "stds", stds, "log_probs",
+                               log_probs, "noises", noises, "outputs", outputs, "rows", rows,
+                               "nfe", (long long)nfe, "reward",
+                               reward.result ? reward.result : Py_None);
     } else {
-        result = Py_BuildValue("{s:O,s:L}", "x", x_final, "nfe", (long long)nfe);
+        result = Py_BuildValue("{s:O,s:L,s:O}", "x", x_final, "nfe", (long long)nfe, "reward",
+                               reward.result ? reward.result : Py_None);
     }
+    rsm_py_reward_clear(&reward);
 done:
     rsm_sampler_args_clear(&sa);
     Py_XDECREF(x_init);
@@ -1091,6 +1109,142 @@ done:
     Py_XDECREF(noises);
     Py_XDECREF(outputs);
     Py_XDECREF(rows);
+    return result;
+}
+
+/* branch_rollout(model, path, ts, roots, root_sampler, branch_sampler, budget, branch_seeds,
+ *                seed=0, root_eta=0, branch_eta=1, noise_level=0.7, pcpo_weight=0, x_init=None,
+ *                cond=None, reward=None) -> dict(root_xs, x_next, outputs, noises, log_probs, x0,
+ *                nfe, reward): the ODE root + single-step branches of rollout.h, then reward(x0). */
+static PyObject *
+rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"model", "path", "ts", "roots", "root_sampler", "branch_sampler",
+                             "budget", "branch_seeds", "seed", "root_eta", "branch_eta",
+                             "noise_level", "pcpo_weight", "x_init", "cond", "reward", NULL};
+    PyObject *model_obj, *path_obj, *ts_obj, *budget_obj, *seeds_obj, *x_init_obj = Py_None,
+                                                                   *cond_obj = Py_None,
+                                                                   *reward_obj = Py_None;
+    long long roots;
+    const char *root_name, *branch_name;
+    unsigned long long seed = 0;
+    double root_eta = 0.0, branch_eta = 1.0, noise_level = 0.7, pcpo_weight = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOLssOO|KddddOOO", kwlist, &model_obj,
+                                     &path_obj, &ts_obj, &roots, &root_name, &branch_name,
+                                     &budget_obj, &seeds_obj, &seed, &root_eta, &branch_eta,
+                                     &noise_level, &pcpo_weight, &x_init_obj, &cond_obj,
+                                     &reward_obj))
+        return NULL;
+    const char *func = "branch_rollout";
+    if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
+        return rsm_py_raisef(PyExc_TypeError, func, "reward must be callable or None, got %s",
+                             Py_TYPE(reward_obj)->tp_name);
+    const rsm_path *path = rsm_py_path_arg(module, path_obj, func, "path");
+    if (!path) return NULL;
+    rsm_model model;
+    PyThread_type_lock lock;
+    if (rsm_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
+    if (roots < 1) return rsm_py_raisef(PyExc_ValueError, func, "roots=%lld must be >= 1", roots);
+    rsm_py_sampler_args root_args, branch_args;
+    memset(&branch_args, 0, sizeof(branch_args));
+    PyObject *result = NULL;
+    rsm_py_tensor *budget = NULL, *seeds = NULL, *x_init = NULL, *cond = NULL, *root_xs = NULL,
+                  *x_next = NULL, *outputs = NULL, *noises = NULL, *log_probs = NULL, *x0 = NULL;
+    if (rsm_sampler_args_parse(module, func, root_name, ts_obj, noise_level, root_eta, 0, -1,
+                               Py_None, 1, seed, &root_args) < 0)
+        goto done;
+    if (rsm_sampler_args_parse(module, func, branch_name, ts_obj, noise_level, branch_eta, 0, -1,
+                               Py_None, 1, 0, &branch_args) < 0)
+        goto done;
+    branch_args.cfg.pcpo_weight = pcpo_weight;
+    const int64_t S = root_args.cfg.steps, D = model.dim;
+    const rsm_dtype dtype = model.dtype;
+    budget = rsm_vector_arg(module, budget_obj, func, "budget", RSM_I64, S);
+    if (!budget) goto done;
+    seeds = rsm_vector_arg(module, seeds_obj, func, "branch_seeds", RSM_U64, S);
+    if (!seeds) goto done;
+    rsm_branch_config bc = {root_args.cfg, branch_args.cfg,
+                            (const int64_t *)rsm_py_tensor_data(budget),
+                            (const uint64_t *)rsm_py_tensor_data(seeds)};
+    rsm_status status = rsm_branch_check(path, &bc);
+    if (status != RSM_OK) {
+        rsm_py_raise(status, func);
+        goto done;
+    }
+    if (x_init_obj != Py_None) {
+        x_init = rsm_matrix_arg(module, x_init_obj, func, "x_init", dtype, roots, D);
+        if (!x_init || rsm_check_finite(x_init, dtype, func, "x_init") < 0) goto done;
+    }
+    if (cond_obj != Py_None) {
+        if (model.cond_dim == 0) {
+            rsm_py_raisef(PyExc_ValueError, func,
+                          "cond was given but the model is unconditional (cond_dim=0)");
+            goto done;
+        }
+        cond = rsm_matrix_arg(module, cond_obj, func, "cond", dtype, roots, model.cond_dim);
+        if (!cond || rsm_check_finite(cond, dtype, func, "cond") < 0) goto done;
+    } else if (model.cond_dim > 0 && !model.cond_optional) {
+        rsm_py_raisef(PyExc_ValueError, func,
+                      "the model is conditional (cond_dim=%lld): cond of shape [roots, %lld] is "
+                      "required",
+                      (long long)model.cond_dim, (long long)model.cond_dim);
+        goto done;
+    }
+    const int64_t R = rsm_branch_rows(&bc, roots);
+    if (R > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
+        rsm_py_raisef(PyExc_ValueError, func, "the budget gives %lld rows: too many", (long long)R);
+        goto done;
+    }
+    int64_t shape_root[3] = {S + 1, roots, D}, shape_rows[2] = {R, D};
+    root_xs = rsm_py_tensor_new(module, dtype, 3, shape_root, 0);
+    x_next = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
+    outputs = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
+    noises = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
+    log_probs = rsm_py_tensor_new(module, dtype, 1, &R, 0);
+    x0 = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
+    if (!root_xs || !x_next || !outputs || !noises || !log_probs || !x0) goto done;
+    int64_t nfe = 0;
+    rsm_py_reward_callback reward;
+    rsm_py_reward_init(&reward, reward_obj == Py_None ? NULL : reward_obj, (PyObject *)x0, lock);
+    Py_BEGIN_ALLOW_THREADS
+    if (lock) {
+        PyThread_acquire_lock(lock, WAIT_LOCK);
+        reward.lock_held = 1;
+    }
+    if (dtype == RSM_F32) {
+        rsm_branch_out_f32 out = {RSM_PTR(root_xs), RSM_PTR(x_next), RSM_PTR(outputs),
+                                  RSM_PTR(noises), RSM_PTR(log_probs), RSM_PTR(x0), 0};
+        status = rsm_branch_rollout_f32(&model, path, &bc, roots, RSM_PTR(x_init), RSM_PTR(cond),
+                                        &out, rsm_py_reward_hook(&reward));
+        nfe = out.nfe;
+    } else {
+        rsm_branch_out_f64 out = {RSM_PTR(root_xs), RSM_PTR(x_next), RSM_PTR(outputs),
+                                  RSM_PTR(noises), RSM_PTR(log_probs), RSM_PTR(x0), 0};
+        status = rsm_branch_rollout_f64(&model, path, &bc, roots, RSM_PTR(x_init), RSM_PTR(cond),
+                                        &out, rsm_py_reward_hook(&reward));
+        nfe = out.nfe;
+    }
+    if (lock && reward.lock_held) PyThread_release_lock(lock);
+    Py_END_ALLOW_THREADS
+    if (rsm_py_reward_finish(&reward, status, func) == 0)
+        result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:L,s:O}", "root_xs", root_xs, "x_next",
+                               x_next, "outputs", outputs, "noises", noises, "log_probs",
+                               log_probs, "x0", x0, "nfe", (long long)nfe, "reward",
+                               reward.result ? reward.result : Py_None);
+    rsm_py_reward_clear(&reward);
+done:
+    rsm_sampler_args_clear(&root_args);
+    rsm_sampler_args_clear(&branch_args);
+    Py_XDECREF(budget);
+    Py_XDECREF(seeds);
+    Py_XDECREF(x_init);
+    Py_XDECREF(cond);
+    Py_XDECREF(root_xs);
+    Py_XDECREF(x_next);
+    Py_XDECREF(outputs);
+    Py_XDECREF(noises);
+    Py_XDECREF(log_probs);
+    Py_XDECREF(x0);
     return result;
 }
 
@@ -1588,6 +1742,8 @@ done:
 
 static PyMethodDef rsm_compute_methods[] = {
     {"sample", (PyCFunction)(void (*)(void))rsm_py_sample, METH_VARARGS | METH_KEYWORDS, "sample(...) -> dict"},
+    {"branch_rollout", (PyCFunction)(void (*)(void))rsm_py_branch_rollout, METH_VARARGS | METH_KEYWORDS,
+     "branch_rollout(...) -> dict: ODE root + single-step branches, then reward(x0) (rollout.h)"},
     {"transition_log_prob", (PyCFunction)(void (*)(void))rsm_py_transition_log_prob, METH_VARARGS | METH_KEYWORDS, "transition_log_prob(...) -> (log_prob, mean, output)"},
     {"step_coefficients", (PyCFunction)(void (*)(void))rsm_py_step_coefficients, METH_VARARGS | METH_KEYWORDS, "per-step (A, K, std) of a sampler"},
     {"pretrain_steps", (PyCFunction)(void (*)(void))rsm_py_pretrain_steps, METH_VARARGS | METH_KEYWORDS, "pretraining steps"},

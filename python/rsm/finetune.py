@@ -4,11 +4,14 @@ backward -> AdamW, one iteration per `Trainer.step()` (RSM-SPEC §4-§7, §9, §
 Every method reaches the parameters through the one objective of csrc/objective.h: the loss gives
 the cotangent on the model output, the backbone's VJP turns it into parameter gradients.
 
-Where the work runs: the rollout is one C call (the sampler, csrc/sampler.c), the reward one
-Python call per batch, and the whole update (for every block of training rows: the reference
-forward once per rollout, the policy forward, the objective, the backward; then the optimizer
-step of each inner epoch) one C call, csrc/train/update.h, with the GIL released. Python builds the
-per-row coefficients each preset gives (`_row_coefficients`, RSM-SPEC §12.6) between the two.
+Where the work runs: the rollout is one C call (csrc/train/rollout.h: a sampler run, or the ODE
+root + single-step branches of the redesigns), which calls the reward once per batch from inside
+its loop, with the GIL held only during that call (ReFL's reward, taken at a Tweedie jump after
+the sampler, and the extra Tweedie-point calls of VGG-Flow / Residual nabla-DB are Python calls);
+the whole update (for every block of training rows: the reference forward once per rollout, the
+policy forward, the objective, the backward; then the optimizer step of each inner epoch) is one
+C call, csrc/train/update.h, with the GIL released. Python builds the group advantages' keys and
+the per-row coefficients each preset gives (`_row_coefficients`, RSM-SPEC §12.6) between the two.
 Only DRaFT's pathwise backward through the sampler and the lean adjoint of Adjoint Matching run
 as Python loops over the model's C VJP.
 
@@ -30,7 +33,8 @@ from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
 from ._args import as_cond, num_classes_of
 from .paths import FlowPath, VPPath
 from .rewards import Reward
-from .sampling import _model_cond, sample, step_coefficients, time_grid
+from .sampling import (_core_of, _model_cond, _path_core, _sampler_kind, sample,
+                       step_coefficients, time_grid)
 from .training import AdamW, History
 
 _MASK64 = (1 << 64) - 1
@@ -87,6 +91,9 @@ class Trainer:
                DRaFT) of 0.5 w_i^2 |u_theta - u_ref|^2, w_i = |K_i| / std_i (RSM-SPEC §11), per
                sample, at the rollout states, before the update. It depends on which steps a
                method trains, so it is NOT comparable between methods.
+      kl_anchor the same at the ODE KL-anchor rows of the redesigns rsm-zo / rsm-zo-diffusion
+               (root states at the steps their budget leaves untrained, trained by the KL only;
+               RSM-SPEC §9.2.5, §9.3; the preset keys kl_anchor*); 0 for every other preset.
       kl_path  KL(P_theta || P_ref) of the whole discretised path (`path_kl`): every step of one
                fixed SDE, the same for every preset, on fixed evaluation noise. Comparable
                between methods (and along a run). kl_every=k evaluates it at iterations 0, k,
@@ -142,6 +149,8 @@ class Trainer:
         self._draw = 0   # index of the rollout micro-batch: keys every rollout's random streams
         self.history = History()
         self._set_kl_eval(kl_every, kl_samples, kl_grid, kl_noise_level)
+        if cfg["rollout"] == "branch":
+            self._check_kl_anchor()
 
     # ---- conditions --------------------------------------------------------------------------
     def _set_conditions(self, cond: Any, conditions: Any, policy: Any, ref: Any) -> None:
@@ -318,52 +327,126 @@ class Trainer:
         traj = sample(self.policy, n, self.path, self.stochastic, ts=self.ts,
                       noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
                       cond=cond, x_init=x_init, return_trajectory=True,
-                      pcpo_weight=self.pcpo_weight)
+                      pcpo_weight=self.pcpo_weight, reward=self._reward_hook(cond))
         steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
                  "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0,
                  "log_prob": traj.log_probs[i].astype(np.float64), "grid": self.ts, "grid_step": i}
                 for i in steps if traj.stds[i] > 0]
         return {"x0": traj.x, "keys": np.arange(n) // self.group_size, "rows": rows,
-                "nfe": traj.nfe, "cond_x0": cond, "states": traj.xs}
+                "nfe": traj.nfe, "cond_x0": cond, "states": traj.xs, "scored": traj.reward}
 
     def _rollout_branch(self) -> dict[str, Any]:
         """ODE root per condition, then k_i single-step SDE branches from the root state at t_i,
-        each continued by the ODE to t = 0 (stochasticity localisation, RSM-SPEC §9.2.1)."""
+        each continued by the ODE to t = 0 (stochasticity localisation, RSM-SPEC §9.2.1): one C
+        call (csrc/train/rollout.h), which calls the reward once on every branch end. The one
+        stochastic step is the method's (PCPO's std when pcpo_weight > 0: the SD1.5 redesign,
+        RSM-SPEC §9.3), the same step self.sde[i] weighs in the loss."""
+        from . import _C
+
         cfg, roots = self.cfg, self.batch_size
         cond_root = self.cond
-        root = sample(self.policy, roots, self.path, self.deterministic, ts=self.ts, cond=cond_root,
-                      seed=_mix(self.seed, self._draw), return_trajectory=True)
-        nfe = root.nfe
-        budget = list(cfg["budget"]) + [0] * (cfg["steps"] - len(cfg["budget"]))
+        steps = cfg["steps"]
+        budget = list(cfg["budget"]) + [0] * (steps - len(cfg["budget"]))
         active = [k for k in budget if k > 0]
         k_avg = sum(active) / len(active)
-        x0s, keys, rows, conds = [], [], [], []
+        cond_x0 = (None if cond_root is None else
+                   np.concatenate([self._cond_rows(k) for k in budget if k > 0]))
+        det_kind, det_eta = _sampler_kind(self.deterministic, None)
+        sto_kind, sto_eta = _sampler_kind(self.stochastic, None)
+        out = _C.branch_rollout(_core_of(self.policy), _path_core(self.path, "finetune"),
+                                np.ascontiguousarray(self.ts),
+                                roots, det_kind, sto_kind, np.asarray(budget, dtype=np.int64),
+                                np.array([_mix(self.seed, self._draw, i + 1) for i in range(steps)],
+                                         dtype=np.uint64),
+                                seed=_mix(self.seed, self._draw), root_eta=det_eta,
+                                branch_eta=sto_eta, noise_level=float(cfg["noise_level"]),
+                                pcpo_weight=self.pcpo_weight,
+                                cond=_model_cond(self.policy, cond_root, roots, "finetune"),
+                                reward=self._reward_hook(cond_x0))
+        root_xs = np.from_dlpack(out["root_xs"])
+        x_next, u_old, noise, log_prob = (np.from_dlpack(out[k]) for k in
+                                          ("x_next", "outputs", "noises", "log_probs"))
+        keys, rows = [], []
         offset = 0
         for i, k in enumerate(budget):
             if k == 0:
                 continue
-            x_init = np.repeat(root.xs[i], k, axis=0)
-            cond = self._cond_rows(k) if cond_root is not None else None
-            # the one stochastic step is the method's (PCPO's std when pcpo_weight > 0: the
-            # SD1.5 redesign, RSM-SPEC §9.3), the same step self.sde[i] weighs in the loss
-            branch = sample(self.policy, roots * k, self.path, self.stochastic, ts=self.ts[i:],
-                            noise_level=cfg["noise_level"], sde_window=(0, 1), x_init=x_init,
-                            cond=cond, seed=_mix(self.seed, self._draw, i + 1),
-                            return_trajectory=True, pcpo_weight=self.pcpo_weight)
-            nfe += branch.nfe
             n_rows = roots * k
-            x0s.append(branch.x)
-            conds.append(cond)
+            sel = slice(offset, offset + n_rows)
             keys.append(np.arange(n_rows) // k + i * roots)   # group = (root, t_i)
-            rows.append({"step": i, "x": x_init, "x_next": branch.xs[1], "u_old": branch.outputs[0],
-                         "noise": branch.noises[0], "traj": offset + np.arange(n_rows), "cond": cond,
-                         "weight": k_avg / k, "log_prob": branch.log_probs[0].astype(np.float64),
+            rows.append({"step": i, "x": np.repeat(root_xs[i], k, axis=0), "x_next": x_next[sel],
+                         "u_old": u_old[sel], "noise": noise[sel],
+                         "traj": offset + np.arange(n_rows),
+                         "cond": None if cond_root is None else self._cond_rows(k), "weight": k_avg / k,
+                         "log_prob": log_prob[sel].astype(np.float64),
                          "grid": self.ts[i:], "grid_step": 0, "window": (0, 1)})
             offset += n_rows
-        cond_x0 = None if cond_root is None else np.concatenate(conds)
-        return {"x0": np.concatenate(x0s), "keys": np.concatenate(keys), "rows": rows, "nfe": nfe,
-                "cond_x0": cond_x0}
+        return {"x0": np.from_dlpack(out["x0"]), "keys": np.concatenate(keys), "rows": rows,
+                "nfe": int(out["nfe"]), "cond_x0": cond_x0, "scored": out["reward"],
+                "anchor_rows": self._kl_anchor_rows(root_xs, budget, offset, k_avg)}
+
+    def _kl_anchor_beta(self) -> float:
+        beta = self.cfg.get("kl_anchor", 0.0)
+        return float(self.cfg["kl"] if beta is None else beta)
+
+    def _check_kl_anchor(self) -> None:
+        """The KL-anchor keys of a branch preset (rsm.methods), checked before any work."""
+        cfg = self.cfg
+        beta = self._kl_anchor_beta()
+        if not (np.isfinite(beta) and beta >= 0):
+            raise ValueError(f"Trainer(): kl_anchor={cfg.get('kl_anchor')!r} must be a finite "
+                             "beta >= 0 (or None: the preset's kl)")
+        weight = cfg.get("kl_anchor_weight", "sampler")
+        if weight != "sampler" and (isinstance(weight, (bool, str)) or
+                                    not isinstance(weight, (int, float, np.floating, np.integer)) or
+                                    not np.isfinite(weight) or weight <= 0):
+            raise ValueError(f"Trainer(): kl_anchor_weight={weight!r} must be 'sampler' "
+                             "(|K_i| / std_i) or a finite number > 0")
+        if cfg.get("kl_anchor_reduce", "k_avg") not in ("k_avg", "mean"):
+            raise ValueError(f"Trainer(): kl_anchor_reduce={cfg.get('kl_anchor_reduce')!r} must "
+                             "be 'k_avg' or 'mean'")
+        ratio = cfg.get("kl_anchor_max_ratio")
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating))
+                                  or not 0.0 <= ratio <= 1.0):
+            raise ValueError(f"Trainer(): kl_anchor_max_ratio={ratio!r} must be None or in [0, 1]")
+
+    def _kl_anchor_rows(self, root_xs: np.ndarray, budget: list, transition_rows: int,
+                        k_avg: float) -> list:
+        """The ODE KL-anchor rows of a branch rollout (RSM-SPEC §9.2.5, §9.3): the root states
+        x_{t_i} at the budget's k_i = 0 transitions (i < len(preset budget), never the last
+        transition), which no branch trains. With kl_anchor_max_ratio r, at most
+        max(1, int(r * transition_rows)) (root, step) pairs, a random subset drawn from the
+        rollout's own stream. One row dict per anchor step; "weight" is the per-row weight of
+        kl_anchor_reduce "k_avg" (the "mean" weight needs the update's normalizer)."""
+        cfg = self.cfg
+        if self._kl_anchor_beta() == 0.0:
+            return []
+        last = min(len(cfg["budget"]), cfg["steps"] - 1)
+        steps = [i for i in range(last) if budget[i] == 0 and self.sde[i]["std"] > 0]
+        roots = self.batch_size
+        pairs = [(i, j) for i in steps for j in range(roots)]
+        ratio = cfg.get("kl_anchor_max_ratio")
+        if ratio is not None and pairs:
+            target = int(transition_rows * ratio)
+            target = max(target, 1) if ratio > 0 else 0
+            if target < len(pairs):
+                from . import _C
+
+                u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self._draw, 17), 0, 0,
+                                             len(pairs), "float64"))
+                keep = np.sort(np.argsort(u, kind="stable")[:target])
+                pairs = [pairs[k] for k in keep]
+        cond = self.cond
+        rows = []
+        for i in steps:
+            idx = np.array([j for s, j in pairs if s == i], dtype=np.int64)
+            if idx.size == 0:
+                continue
+            rows.append({"step": i, "x": np.ascontiguousarray(root_xs[i][idx]),
+                         "cond": None if cond is None else np.ascontiguousarray(cond[idx]),
+                         "weight": k_avg, "anchor": True})
+        return rows
 
     def _rollout_tree(self) -> dict[str, Any]:
         """Branch-GRPO's tree (RSM-SPEC §6.3.8, §7.2): SDE steps everywhere; before each of the
@@ -376,14 +459,16 @@ class Trainer:
 
         cfg, roots = self.cfg, self.batch_size
         splits = tree_split_steps(cfg["steps"], cfg["split"])
+        leaves = roots * cfg["branch"] ** len(splits)
+        cond_leaf = self._cond_rows(leaves // roots)
         traj = sample(self.policy, roots, self.path, self.stochastic, ts=self.ts,
                       noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
                       cond=self.cond, branch_steps=splits, branch_factor=cfg["branch"],
-                      return_trajectory=True, pcpo_weight=self.pcpo_weight)
-        leaves = traj.x.shape[0]
+                      return_trajectory=True, pcpo_weight=self.pcpo_weight,
+                      reward=self._reward_hook(cond_leaf))
+        assert traj.x.shape[0] == leaves
         distinct = [int(r) for r in traj.rows]          # distinct states at each t_d
         offsets = np.concatenate([[0], np.cumsum(distinct)])  # node ids: offsets[d] + j
-        cond_leaf = self._cond_rows(leaves // roots)
         pruned = depth_pruned_steps(cfg, splits, self.iteration)
         # log-probability of the transition into every node at depth i + 1 (path-probability
         # fusion), per element when the preset averages over the dimensions
@@ -404,7 +489,7 @@ class Trainer:
                          "log_prob": traj.log_probs[i][idx].astype(np.float64), "grid": self.ts,
                          "grid_step": i})
         return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond_leaf,
-                "tree": {"distinct": distinct, "offsets": offsets, "roots": roots,
+                "scored": traj.reward, "tree": {"distinct": distinct, "offsets": offsets, "roots": roots,
                          "splits": splits, "edge_log_prob": edge_log_prob}}
 
     def _tree_advantages(self, batch: dict, rewards: np.ndarray, valid: np.ndarray):
@@ -464,11 +549,13 @@ class Trainer:
         n = self.batch_size * self.group_size
         cond = self._cond_rows(self.group_size)
         traj = sample(self.policy, n, self.path, self.deterministic, ts=self.ts, cond=cond,
-                      seed=_mix(self.seed, self._draw), return_trajectory=True)
+                      seed=_mix(self.seed, self._draw), return_trajectory=True,
+                      reward=self._reward_hook(cond))
         steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "u_old": traj.outputs[i], "traj": np.arange(n),
                  "cond": cond, "weight": 1.0} for i in steps]
-        return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond}
+        return {"x0": traj.x, "keys": None, "rows": rows, "nfe": traj.nfe, "cond_x0": cond,
+                "scored": traj.reward}
 
     # ---- the objective ----------------------------------------------------------------------
     def _row_coefficients(self, row: dict, batch: dict, n: int) -> tuple[np.ndarray, str, dict]:
@@ -596,18 +683,41 @@ class Trainer:
     def _signal_rows(batch: dict) -> float:
         return sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
 
-    def _update_blocks(self, batch: dict) -> list[dict]:
-        """The blocks of the C update (csrc/train/update.h), one per training row of `batch`: the
-        states, the per-row objective coefficients the preset gives (`_row_coefficients`) and what
-        the form reads. The reference outputs' buffer lives in the row, so the reference is
+    def _anchor_coefficients(self, row: dict, batch: dict, n: int, normalizer: float,
+                             n_batches: int) -> tuple[np.ndarray, str, dict]:
+        """A KL-anchor row (RSM-SPEC §9.2.5, §9.3): no policy term (C1 = 0), only
+        beta (w^2 / 2) mean|u - u_ref|^2, per row weight k_avg ("k_avg": the row counts in the
+        masked mean like a trained transition) or normalizer / (anchor rows x micro-batches)
+        ("mean": beta times the micro-batch's mean over its anchor rows, micro-batches averaged)."""
+        cfg = self.cfg
+        c = self.sde[row["step"]]
+        w = cfg.get("kl_anchor_weight", "sampler")
+        w = abs(c["K"]) / c["std"] if w == "sampler" else float(w)
+        if cfg.get("kl_anchor_reduce", "k_avg") == "mean":
+            count = sum(len(r["x"]) for r in batch["anchor_rows"])
+            weight = normalizer / (count * n_batches)
+        else:
+            weight = row["weight"]
+        coef = row_coefficients(n, c1=0.0, kl=self._kl_anchor_beta(), w=w, w_kl=w, weight=weight)
+        return coef, "score_matching", {}
+
+    def _update_blocks(self, batch: dict, normalizer: float = 1.0, n_batches: int = 1) -> list[dict]:
+        """The blocks of the C update (csrc/train/update.h), one per training row of `batch` and
+        then one per KL-anchor row (branch rollouts): the states, the per-row objective
+        coefficients the preset gives (`_row_coefficients`, `_anchor_coefficients`) and what the
+        form reads. The reference outputs' buffer lives in the row, so the reference is
         evaluated once per rollout however many inner epochs and calls follow."""
         policy = self.policy
         blocks = []
-        for row in batch["rows"]:
+        for row in batch["rows"] + batch.get("anchor_rows", []):
             i = row["step"]
             x = np.ascontiguousarray(row["x"], dtype=policy.dtype)
             n = x.shape[0]
-            coef, form, extra = self._row_coefficients(row, batch, n)
+            anchor = bool(row.get("anchor", False))
+            if anchor:
+                coef, form, extra = self._anchor_coefficients(row, batch, n, normalizer, n_batches)
+            else:
+                coef, form, extra = self._row_coefficients(row, batch, n)
             if "u_ref" not in row:
                 row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
             c = self.sde[i]
@@ -615,7 +725,9 @@ class Trainer:
             # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
             # comparable whole-path KL)
             w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
-            blocks.append({"form": form, "t": float(self.ts[i]), "x": x,
+            if anchor:
+                w = float(coef[0, ROW_FIELDS.index("w_kl")])
+            blocks.append({"form": form, "anchor": anchor, "t": float(self.ts[i]), "x": x,
                            "cond": _model_cond(policy, row["cond"], n, "finetune"), "coef": coef,
                            "u_old": extra.get("u_old"), "psi": extra.get("psi"),
                            "noise": extra.get("noise"), "u_ref": row["u_ref"],
@@ -630,7 +742,7 @@ class Trainer:
         `epochs` optimizer steps (all or nothing). Returns (blocks per batch, the C result)."""
         from . import _C
 
-        per_batch = [self._update_blocks(b) for b in batches]
+        per_batch = [self._update_blocks(b, normalizer, len(batches)) for b in batches]
         blocks = [blk for bl in per_batch for blk in bl]
         opt = self.optimizer
         result = _C.train_update(self.policy._core, self.ref._core, self.path._core, blocks,
@@ -639,16 +751,21 @@ class Trainer:
                                  opt=opt._core if epochs else None, epochs=int(epochs),
                                  lr=opt.config["lr"])
         for b in batches:   # the reference outputs are now in every row's buffer
-            for row in b["rows"]:
+            for row in b["rows"] + b.get("anchor_rows", []):
                 row["u_ref_ready"] = True
         return per_batch, result
 
     def _block_stats(self, batches: list, per_batch: list, loss, kl, clip) -> dict:
         """The step statistics of one epoch from the per-block loss, KL and clip fractions."""
-        stats = {"loss": 0.0, "kl": 0.0, "clip_fraction_per_step": {}}
+        stats = {"loss": 0.0, "kl": 0.0, "kl_anchor": 0.0, "clip_fraction_per_step": {}}
         k = 0
         for b, blocks in zip(batches, per_batch):
-            rows = range(k, k + len(blocks))
+            # the KL-anchor blocks follow the row blocks: their loss counts, their KL is reported
+            # apart ("kl_anchor") and they clip nothing
+            anchors = range(k + len(b["rows"]), k + len(blocks))
+            stats["kl_anchor"] += float(sum(kl[j] for j in anchors)) / len(batches)
+            stats["loss"] += float(sum(loss[j] for j in anchors))
+            rows = range(k, k + len(b["rows"]))
             k += len(blocks)
             if self.cfg["estimator"] == "refl":  # ReFL's own loss, -lambda mean r(x0_hat)
                 ok = b["valid"]
@@ -734,7 +851,7 @@ class Trainer:
         last = first if epochs == 1 else self._block_stats(batches, per_batch, loss[-1], kl[-1], clip[-1])
         stats["train_nfe"] = int(out["nfe"])
         stats["grad_norm"] = float(np.from_dlpack(out["grad_norms"])[-1])
-        stats["loss"], stats["kl"] = first["loss"], first["kl"]
+        stats["loss"], stats["kl"], stats["kl_anchor"] = first["loss"], first["kl"], first["kl_anchor"]
         per_step = last["clip_fraction_per_step"]
         stats["clip_fraction"] = float(np.mean(list(per_step.values()))) if per_step else 0.0
         stats["clip_fraction_per_step"] = [per_step[k] for k in sorted(per_step)]
@@ -753,13 +870,30 @@ class Trainer:
             grads = grads / len(batches)   # DRaFT's loss is a per-batch mean
             stats["grad_norm"] = self.optimizer.step(grads)
             if epoch == 0:
-                stats["loss"], stats["kl"] = loss / len(batches), 0.0
+                stats["loss"], stats["kl"], stats["kl_anchor"] = loss / len(batches), 0.0, 0.0
         stats["clip_fraction"], stats["clip_fraction_per_step"] = 0.0, []
         return stats
 
-    def _rollout_rows(self) -> dict[str, Any]:
-        return {"sde": self._rollout_sde, "branch": self._rollout_branch, "ode": self._rollout_ode,
-                "tree": self._rollout_tree, "refl": self._rollout_refl}[self.cfg["rollout"]]()
+    def _reward_hook(self, cond_x0: Any) -> Any:
+        """The reward as the C rollout's callback (csrc/train/rollout.h): the C loop calls it
+        once, with the batch's terminal samples (an rsm.Tensor) and the interpreter lock held
+        only for the call; it returns self.reward's checked (rewards, grad, valid), and whatever
+        it raises reaches the caller of rollout()/step() unchanged. None while scoring is off
+        (check_on_policy: a rollout without reward calls)."""
+        if not getattr(self, "_score_rollouts", True):
+            return None
+        reward, reward_cond = self.reward, self.reward_cond(cond_x0)
+        return lambda x0: reward(x0, reward_cond)
+
+    def _rollout_rows(self, score: bool = True) -> dict[str, Any]:
+        """The preset's rollout; score=False: without the reward call (batch["scored"] None)."""
+        self._score_rollouts = score
+        try:
+            return {"sde": self._rollout_sde, "branch": self._rollout_branch,
+                    "ode": self._rollout_ode, "tree": self._rollout_tree,
+                    "refl": self._rollout_refl}[self.cfg["rollout"]]()
+        finally:
+            self._score_rollouts = True
 
     def rollout(self, micro: int = 0) -> dict[str, Any]:
         """One rollout with rewards and advantages (or reward gradients), as step() would use it:
@@ -771,7 +905,12 @@ class Trainer:
         # accumulate = 1 keeps the streams of iteration k at index k
         self._draw = self.iteration * self.geometry.accumulate + int(micro)
         batch = self._rollout_rows()
-        rewards, grad, valid = self.reward(_tensor(batch["x0"]), self.reward_cond(batch.get("cond_x0")))
+        # the reward was called once from inside the C rollout (batch["scored"]), except for
+        # ReFL, whose reward is at the Tweedie jump taken after the sampler
+        scored = batch.pop("scored", None)
+        if scored is None:
+            scored = self.reward(_tensor(batch["x0"]), self.reward_cond(batch.get("cond_x0")))
+        rewards, grad, valid = scored
         batch["rewards"], batch["valid"] = rewards, valid
         if cfg["family"] == "zeroth-order" and "tree" in batch:
             adv, mask, node_valid = self._tree_advantages(batch, np.where(valid, rewards, 0.0), valid)
@@ -880,7 +1019,7 @@ def check_on_policy(trainer: "Trainer") -> dict[str, Any]:
     ratio is exactly 1. Returns dict(rows, max_abs_log_ratio); raises AssertionError otherwise."""
     from .sampling import log_prob
 
-    batch = trainer._rollout_rows()
+    batch = trainer._rollout_rows(score=False)
     worst, rows = 0.0, 0
     for row in batch["rows"]:
         i = row["step"]

@@ -16,8 +16,7 @@ a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `bran
 mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
 "ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
 
-Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2),
-the ODE KL-anchor rows at untrained steps of the zeroth-order redesigns (RSM-SPEC §9.2.5, §9.3).
+Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2).
 """
 from __future__ import annotations
 
@@ -32,6 +31,16 @@ _COMMON_ZO = {
     "adv_clip": 5.0, "mean_over_dims": True, "train_steps": "all", "inner_epochs": 1,
     "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
     "accumulate": 1,
+    # ODE KL-anchor rows of branch rollouts (RSM-SPEC §9.2.5, §9.3): the root states at the
+    # transitions the budget leaves at k_i = 0 (not the last one), trained only by the KL term
+    # kl_anchor (w^2 / 2) mean|u - u_ref|^2. kl_anchor: its beta (None: the preset's "kl");
+    # kl_anchor_weight: w, "sampler" (|K_i| / std_i of the step's SDE) or a constant;
+    # kl_anchor_reduce: "k_avg" (each anchor row weighs k_avg in the masked mean, so an anchor
+    # transition weighs what a trained one does) or "mean" (beta times the mean over the
+    # micro-batch's anchor rows, added to the loss); kl_anchor_max_ratio: at most this fraction
+    # of the micro-batch's transition rows, a seeded random subset (None: all of them)
+    "kl_anchor": 0.0, "kl_anchor_weight": "sampler", "kl_anchor_reduce": "k_avg",
+    "kl_anchor_max_ratio": None,
 }
 
 _COMMON_FO = {
@@ -94,8 +103,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "rsm-zo": {**_COMMON_ZO, "path": "flow", "rollout": "branch", "steps": 10, "grid": "sd3",
                "estimator": "zo-branch", "form": "matching", "reweight": "fairclip2",
                "clip_eps": 1e-4, "kl": 0.004, "budget": [6, 6, 8, 10, 0, 0, 0, 0, 0],
+               # §9.2.5: loss = policy + beta (KL_sde + KL_anchor), anchor rows weigh k_avg
+               "kl_anchor": None,
                "description": "RSM zeroth-order redesign (flow): localised stochasticity, low-SNR "
-                              "budget (lowsnr2), timestep-fair matching hinge"},
+                              "budget (lowsnr2), timestep-fair matching hinge, KL on the branch "
+                              "rows and ODE-anchor rows at the untrained steps"},
     # RSM-SPEC §9.3: the branches' single stochastic step uses PCPO's std (w = 4.5, §6.3.6),
     # which also sets the step's mean coefficient K and so the KL weight |K|/std; the hinge
     # uses PCPO's constant log-ratio weight w' = 4.5 / 8.70575 (reweight "base" would use
@@ -105,10 +117,16 @@ _PRESETS: dict[str, dict[str, Any]] = {
                          "reweight": "constant", "pcpo_weight": 4.5,
                          "loss_weight": 4.5 / 8.70575076181, "clip_eps": 1e-4, "kl": 0.0,
                          "budget": [4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0],
+                         # §9.3: + 8e-5 mean_anchor (1/2) mean(4.5^2 (eps - eps_ref)^2) over at
+                         # most 10% as many anchor rows as transition rows (the constant 4.5,
+                         # without the 1 / 8.70575 of the hinge)
+                         "kl_anchor": 8e-5, "kl_anchor_weight": 4.5, "kl_anchor_reduce": "mean",
+                         "kl_anchor_max_ratio": 0.1,
                          "description": "RSM zeroth-order redesign (diffusion): DDIM root, 4 "
                                         "single-step branches at 5 steps with PCPO's std "
                                         "(w = 4.5), noise-matching hinge with PCPO's constant "
-                                        "weight w' = 4.5 / 8.70575"},
+                                        "weight w' = 4.5 / 8.70575, ODE KL anchor at the "
+                                        "untrained steps"},
     # ---- first order
     "rsm-fo": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
                "estimator": "fo-terminal", "eta": "linear",

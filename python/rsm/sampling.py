@@ -64,6 +64,7 @@ class Trajectory:
     rows: np.ndarray
     nfe: int
     sampler: dict = field(default_factory=dict)
+    reward: Any = None   # what sample(..., reward=fn) returned from fn(x)
 
     @property
     def x(self) -> np.ndarray:
@@ -160,7 +161,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
            return_trajectory: bool = False, x_init: Any = None, grid: str | None = None,
            shift: float = 3.0, ts: Any = None, sde_window: tuple[int, int] | None = None,
            branch_steps: Sequence[int] | None = None, branch_factor: int = 1,
-           pcpo_weight: float = 0.0) -> Any:
+           pcpo_weight: float = 0.0, reward: Any = None) -> Any:
     """Draw n samples from `model` along `path`.
 
     sampler: "ode"/"euler" and "heun" (probability-flow ODE), "sde" (Flow-GRPO's SDE with noise
@@ -169,6 +170,10 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     "leading"). sde_window=(i, j) keeps the steps i..j-1 stochastic and the rest deterministic.
     branch_steps/branch_factor split every row into branch_factor children before each listed step.
     pcpo_weight=w > 0 (DDIM/DDPM) replaces the step std by PCPO's (RSM-SPEC §6.3.6, times eta).
+    reward: a callable fn(x) that the C sampling call invokes once, at its end, with the final
+    samples x[N, D] (an rsm.Tensor over the returned buffer; the interpreter lock is held only
+    during the call); what it returns is Trajectory.reward, or the second item of (x, reward)
+    without return_trajectory; what it raises propagates unchanged.
     Returns x[N, D] (an rsm.Tensor), or a Trajectory with return_trajectory=True.
     """
     core = _core_of(model)
@@ -191,17 +196,20 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     branch = list(branch_steps) if branch_steps is not None else None
     cond = _model_cond(model, cond, n, "sample")
+    if reward is not None and not callable(reward):
+        raise TypeError(f"sample(): reward must be callable or None, got {type(reward).__name__}")
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
-                    bool(return_trajectory), float(pcpo_weight))
+                    bool(return_trajectory), float(pcpo_weight), reward)
     if not return_trajectory:
-        return out["x"]
+        return out["x"] if reward is None else (out["x"], out["reward"])
     config = {"kind": kind, "noise_level": float(noise_level), "eta": eta_value,
               "window_begin": int(window_begin), "window_end": int(window_end),
               "branch_steps": branch or [], "branch_factor": int(branch_factor), "seed": int(seed),
               "pcpo_weight": float(pcpo_weight)}
     arrays = {k: np.from_dlpack(out[k]) for k in ("xs", "means", "stds", "log_probs", "noises", "outputs", "rows")}
-    return Trajectory(ts=np.asarray(ts), nfe=int(out["nfe"]), sampler=config, **arrays)
+    return Trajectory(ts=np.asarray(ts), nfe=int(out["nfe"]), sampler=config,
+                      reward=out["reward"], **arrays)
 
 
 def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sampler: str = "sde",
