@@ -213,6 +213,9 @@ def test_methods_registry():
         rsm.methods.get("no-such-method")
     rows = rsm.methods.table()
     assert {r["method"] for r in rows} == set(rsm.methods.names())
+    anchor = {r["method"]: r["kl_anchor"] for r in rows}
+    assert anchor["rsm-zo"] == 0.004 and anchor["rsm-zo-diffusion"] == 8e-5
+    assert anchor["flow-grpo"] == 0.0 and anchor["tempflow-grpo"] == 0.0
 
 
 def test_kl_anchor_rows_options_errors_and_report():

@@ -213,9 +213,9 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]:
-    """One row per preset: estimator, objective form, reweighting, clip, KL, rollout/branching, and
-    per timestep t (for the preset's own path unless `path` is given and matches), read off the
-    engine (rsm.finetune.influence): C1, gamma, the relative trust-region weight C2, the
+    """One row per preset: estimator, objective form, reweighting, clip, KL (and the beta of the
+    ODE KL-anchor rows), rollout/branching, and per timestep t (for the preset's own path unless
+    `path` is given and matches), read off the engine (rsm.finetune.influence): C1, gamma, the relative trust-region weight C2, the
     first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
     (RSM-SPEC §4.3). Untrained steps hold None."""
     from .finetune import influence
@@ -226,7 +226,10 @@ def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]
         rows.append({"method": name, "family": p["family"], "path": p["path"],
                      "estimator": p["estimator"], "form": p["form"],
                      "reweight": p.get("reweight", "-"), "clip": p.get("clip_eps", 0.0),
-                     "kl": p.get("kl", 0.0), "rollout": p["rollout"],
+                     "kl": p.get("kl", 0.0),
+                     "kl_anchor": p.get("kl", 0.0) if p.get("kl_anchor", 0.0) is None
+                     else p.get("kl_anchor", 0.0),
+                     "rollout": p["rollout"],
                      "branching": p["rollout"] in ("branch", "tree")})
         if with_influence:
             use = path if path is not None and p["path"] in ("any", path.kind) else None
