@@ -147,6 +147,7 @@ class Trainer:
             deterministic={i for i, c in enumerate(self.sde) if not c["std"] > 0})
         self.iteration = 0
         self._draw = 0   # index of the rollout micro-batch: keys every rollout's random streams
+        self._score_rollouts = True   # False only inside check_on_policy's _rollout_rows(score=False)
         self.history = History()
         self._set_kl_eval(kl_every, kl_samples, kl_grid, kl_noise_level)
         if cfg["rollout"] == "branch":
@@ -350,8 +351,8 @@ class Trainer:
         budget = list(cfg["budget"]) + [0] * (steps - len(cfg["budget"]))
         active = [k for k in budget if k > 0]
         k_avg = sum(active) / len(active)
-        cond_x0 = (None if cond_root is None else
-                   np.concatenate([self._cond_rows(k) for k in budget if k > 0]))
+        cond_rows = {k: self._cond_rows(k) for k in set(active)}   # None when unconditional
+        cond_x0 = None if cond_root is None else np.concatenate([cond_rows[k] for k in active])
         det_kind, det_eta = _sampler_kind(self.deterministic, None)
         sto_kind, sto_eta = _sampler_kind(self.stochastic, None)
         out = _C.branch_rollout(_core_of(self.policy), _path_core(self.path, "finetune"),
@@ -378,7 +379,7 @@ class Trainer:
             rows.append({"step": i, "x": np.repeat(root_xs[i], k, axis=0), "x_next": x_next[sel],
                          "u_old": u_old[sel], "noise": noise[sel],
                          "traj": offset + np.arange(n_rows),
-                         "cond": None if cond_root is None else self._cond_rows(k), "weight": k_avg / k,
+                         "cond": cond_rows[k], "weight": k_avg / k,
                          "log_prob": log_prob[sel].astype(np.float64),
                          "grid": self.ts[i:], "grid_step": 0, "window": (0, 1)})
             offset += n_rows
@@ -424,27 +425,25 @@ class Trainer:
             return []
         last = min(len(cfg["budget"]), cfg["steps"] - 1)
         steps = [i for i in range(last) if budget[i] == 0 and self.sde[i]["std"] > 0]
-        roots = self.batch_size
-        pairs = [(i, j) for i in steps for j in range(roots)]
+        keep = np.ones((len(steps), self.batch_size), dtype=bool)   # (anchor step, root)
         ratio = cfg.get("kl_anchor_max_ratio")
-        if ratio is not None and pairs:
-            target = int(transition_rows * ratio)
-            target = max(target, 1) if ratio > 0 else 0
-            if target < len(pairs):
+        if ratio is not None and keep.size:
+            target = max(int(transition_rows * ratio), 1) if ratio > 0 else 0
+            if target < keep.size:
                 from . import _C
 
                 u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self._draw, 17), 0, 0,
-                                             len(pairs), "float64"))
-                keep = np.sort(np.argsort(u, kind="stable")[:target])
-                pairs = [pairs[k] for k in keep]
+                                             keep.size, "float64"))
+                keep = np.zeros(keep.size, dtype=bool)
+                keep[np.argsort(u, kind="stable")[:target]] = True
+                keep = keep.reshape(len(steps), self.batch_size)
         cond = self.cond
         rows = []
-        for i in steps:
-            idx = np.array([j for s, j in pairs if s == i], dtype=np.int64)
-            if idx.size == 0:
+        for i, roots in zip(steps, keep):
+            if not roots.any():
                 continue
-            rows.append({"step": i, "x": np.ascontiguousarray(root_xs[i][idx]),
-                         "cond": None if cond is None else np.ascontiguousarray(cond[idx]),
+            rows.append({"step": i, "x": np.ascontiguousarray(root_xs[i][roots]),
+                         "cond": None if cond is None else np.ascontiguousarray(cond[roots]),
                          "weight": k_avg, "anchor": True})
         return rows
 
@@ -690,9 +689,7 @@ class Trainer:
         masked mean like a trained transition) or normalizer / (anchor rows x micro-batches)
         ("mean": beta times the micro-batch's mean over its anchor rows, micro-batches averaged)."""
         cfg = self.cfg
-        c = self.sde[row["step"]]
-        w = cfg.get("kl_anchor_weight", "sampler")
-        w = abs(c["K"]) / c["std"] if w == "sampler" else float(w)
+        w = self._anchor_kl_weight(row["step"])
         if cfg.get("kl_anchor_reduce", "k_avg") == "mean":
             count = sum(len(r["x"]) for r in batch["anchor_rows"])
             weight = normalizer / (count * n_batches)
@@ -700,6 +697,12 @@ class Trainer:
             weight = row["weight"]
         coef = row_coefficients(n, c1=0.0, kl=self._kl_anchor_beta(), w=w, w_kl=w, weight=weight)
         return coef, "score_matching", {}
+
+    def _anchor_kl_weight(self, step: int) -> float:
+        """w of a KL-anchor row at `step`: the sampler's |K| / std, or the preset's constant."""
+        w = self.cfg.get("kl_anchor_weight", "sampler")
+        c = self.sde[step]
+        return abs(c["K"]) / c["std"] if w == "sampler" else float(w)
 
     def _update_blocks(self, batch: dict, normalizer: float = 1.0, n_batches: int = 1) -> list[dict]:
         """The blocks of the C update (csrc/train/update.h), one per training row of `batch` and
@@ -724,9 +727,10 @@ class Trainer:
             # the train-time KL of this step (history "kl"; RSM-SPEC §11): per sample
             # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
             # comparable whole-path KL)
-            w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
             if anchor:
-                w = float(coef[0, ROW_FIELDS.index("w_kl")])
+                w = self._anchor_kl_weight(i)
+            else:
+                w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
             blocks.append({"form": form, "anchor": anchor, "t": float(self.ts[i]), "x": x,
                            "cond": _model_cond(policy, row["cond"], n, "finetune"), "coef": coef,
                            "u_old": extra.get("u_old"), "psi": extra.get("psi"),
@@ -880,7 +884,7 @@ class Trainer:
         only for the call; it returns self.reward's checked (rewards, grad, valid), and whatever
         it raises reaches the caller of rollout()/step() unchanged. None while scoring is off
         (check_on_policy: a rollout without reward calls)."""
-        if not getattr(self, "_score_rollouts", True):
+        if not self._score_rollouts:
             return None
         reward, reward_cond = self.reward, self.reward_cond(cond_x0)
         return lambda x0: reward(x0, reward_cond)
