@@ -142,11 +142,15 @@ typedef struct rsm_py_reward_callback {
     PyObject *callable;        /* borrowed: reward(x0), or NULL (no reward) */
     PyObject *x0;              /* borrowed: the rsm.Tensor over the buffer the rollout fills */
     PyThread_type_lock lock;   /* the model's lock, or NULL */
-    int lock_held;             /* set by the caller after taking `lock`; the hook releases it */
+    int lock_held;             /* `lock` is held (rsm_py_reward_lock_model); the hook lets go */
     PyObject *result;          /* new reference: what the callable returned */
     PyObject *exc_type, *exc_value, *exc_tb; /* what it raised */
 } rsm_py_reward_callback;
 void rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0, PyThread_type_lock lock);
+/* Without the interpreter lock, around the rollout: take the model's lock / give it back unless
+ * the hook already did. */
+void rsm_py_reward_lock_model(rsm_py_reward_callback *r);
+void rsm_py_reward_unlock_model(rsm_py_reward_callback *r);
 /* The hook to pass to the rollout: NULL when there is no callable. */
 const rsm_reward_hook *rsm_py_reward_hook(rsm_py_reward_callback *r);
 /* With the interpreter lock, after the rollout: 0 on RSM_OK; else -1 with the callable's own

@@ -1078,10 +1078,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     rsm_py_reward_init(&reward, reward_obj == Py_None ? NULL : reward_obj, (PyObject *)x_final,
                        lock);
     Py_BEGIN_ALLOW_THREADS
-    if (lock) {
-        PyThread_acquire_lock(lock, WAIT_LOCK);
-        reward.lock_held = 1;
-    }
+    rsm_py_reward_lock_model(&reward);
 #define RSM_PTR(t) ((t) ? rsm_py_tensor_data(t) : NULL)
     if (dtype == RSM_F32) {
         rsm_trajectory_f32 tr = {RSM_PTR(x_final), RSM_PTR(xs), RSM_PTR(means), RSM_PTR(stds),
@@ -1098,7 +1095,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
                                  rsm_py_reward_hook(&reward));
         nfe = tr.nfe;
     }
-    if (lock && reward.lock_held) PyThread_release_lock(lock);
+    rsm_py_reward_unlock_model(&reward);
     Py_END_ALLOW_THREADS
     if (rsm_py_reward_finish(&reward, status, func) < 0) {
         rsm_py_reward_clear(&reward);
@@ -1209,10 +1206,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
     rsm_py_reward_callback reward;
     rsm_py_reward_init(&reward, reward_obj == Py_None ? NULL : reward_obj, (PyObject *)x0, lock);
     Py_BEGIN_ALLOW_THREADS
-    if (lock) {
-        PyThread_acquire_lock(lock, WAIT_LOCK);
-        reward.lock_held = 1;
-    }
+    rsm_py_reward_lock_model(&reward);
     if (dtype == RSM_F32) {
         rsm_branch_out_f32 out = {RSM_PTR(root_xs), RSM_PTR(x_next), RSM_PTR(outputs),
                                   RSM_PTR(noises), RSM_PTR(log_probs), RSM_PTR(x0), 0};
@@ -1226,7 +1220,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
                                         &out, rsm_py_reward_hook(&reward));
         nfe = out.nfe;
     }
-    if (lock && reward.lock_held) PyThread_release_lock(lock);
+    rsm_py_reward_unlock_model(&reward);
     Py_END_ALLOW_THREADS
     if (rsm_py_reward_finish(&reward, status, func) == 0)
         result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:L,s:O}", "root_xs", root_xs, "x_next",

@@ -6,6 +6,24 @@
  * interpreter lock back. The binding re-raises that exception unchanged after the rollout. */
 #include "binding.h"
 
+void
+rsm_py_reward_lock_model(rsm_py_reward_callback *r)
+{
+    if (r->lock) {
+        PyThread_acquire_lock(r->lock, WAIT_LOCK);
+        r->lock_held = 1;
+    }
+}
+
+void
+rsm_py_reward_unlock_model(rsm_py_reward_callback *r)
+{
+    if (r->lock && r->lock_held) {
+        PyThread_release_lock(r->lock);
+        r->lock_held = 0;
+    }
+}
+
 static rsm_status
 rsm_py_reward_call(void *ctx, int64_t rows, int64_t dim, const void *x0)
 {
@@ -13,10 +31,7 @@ rsm_py_reward_call(void *ctx, int64_t rows, int64_t dim, const void *x0)
     (void)dim;
     (void)x0; /* r->x0 is the rsm.Tensor over this very buffer */
     rsm_py_reward_callback *r = (rsm_py_reward_callback *)ctx;
-    if (r->lock && r->lock_held) {
-        PyThread_release_lock(r->lock);
-        r->lock_held = 0;
-    }
+    rsm_py_reward_unlock_model(r);
     rsm_status status = RSM_OK;
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *out = PyObject_CallOneArg(r->callable, r->x0);
