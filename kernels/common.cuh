@@ -47,6 +47,16 @@ block_sum(double value)
     return partial[0];
 }
 
+/* The second pass of a two-pass reduction, in a one-block launch (<<<1, kThreads>>>): the sum of
+ * the first pass's n per-block partials, in a fixed order (deterministic), in every thread. */
+__device__ inline double
+sum_partials(int n, const double *partial)
+{
+    double acc = 0.0;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) acc += partial[k];
+    return block_sum(acc);
+}
+
 /* Row kernels (sampler, objective) give each row one warp of kWarp lanes, kRowsPerBlock rows per
  * block; warp_sum is the sum over the warp's lanes in a fixed butterfly order (deterministic),
  * returned in every lane. */

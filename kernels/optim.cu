@@ -25,9 +25,7 @@ sq_partial_kernel(int64_t n, const real *g, double *partial)
 __global__ void
 norm_final_kernel(int blocks, const double *partial, double *norm)
 {
-    double acc = 0.0;
-    for (int k = threadIdx.x; k < blocks; k += blockDim.x) acc += partial[k];
-    const double sum = rsm_cuda::block_sum(acc);
+    const double sum = rsm_cuda::sum_partials(blocks, partial);
     if (threadIdx.x == 0) norm[0] = sqrt(sum);
 }
 

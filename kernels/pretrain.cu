@@ -51,9 +51,7 @@ mse_kernel(int64_t n, real scale, real *pred, const real *target, double *partia
 __global__ void
 sum_kernel(int n, const double *partial, double *out)
 {
-    double acc = 0.0;
-    for (int k = threadIdx.x; k < n; k += blockDim.x) acc += partial[k];
-    const double sum = rsm_cuda::block_sum(acc);
+    const double sum = rsm_cuda::sum_partials(n, partial);
     if (threadIdx.x == 0) out[0] = sum;
 }
 
