@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 
 import rsm
-
-
-def make_models(seed=0):
-    policy = rsm.MLP(2, 16, 2, seed=seed, dtype="float64")
-    p = np.from_dlpack(policy.params)
-    p[:] = np.random.default_rng(seed).standard_normal(p.shape) * 0.25
-    ref = policy.copy()
-    np.from_dlpack(ref.params)[:] += 0.05 * np.random.default_rng(seed + 1).standard_normal(p.shape)
-    return policy, ref
+from toy_models import make_models
 
 
 def test_geometry_counts():
