@@ -38,6 +38,19 @@ from .finetune import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
 from . import guidance  # noqa: E402,F401
 from .guidance import Guided  # noqa: E402,F401
 from . import image_datasets, image_rewards  # noqa: E402,F401  (sklearn / Pillow imported on use)
+from . import guards, loggers, runs  # noqa: E402,F401
+
+
+def __getattr__(name: str):
+    """rsm.plot (matplotlib) and rsm.config (a run's config file) load on first use, so that
+    `import rsm` stays fast and needs neither."""
+    if name in ("plot", "config"):
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'rsm' has no attribute {name!r}")
 
 
 def set_num_threads(n: int) -> None:
@@ -77,8 +90,17 @@ def cuda_available() -> bool:
 
 
 def build_info() -> dict:
-    """What this build of rsm found and uses: compiler, flags, OpenMP, BLAS, CUDA."""
-    info = dict(_C.build_info())
+    """What this build of rsm found and uses: versions (rsm, Python, numpy), compiler, flags,
+    OpenMP, BLAS, CUDA."""
+    import platform
+    import sys
+
+    import numpy
+
+    info = {"rsm_version": __version__, "python_version": platform.python_version(),
+            "python": sys.executable, "numpy_version": numpy.__version__,
+            "platform": platform.platform()}
+    info.update(_C.build_info())
     if _BLAS_ERROR:
         info["blas_error"] = _BLAS_ERROR
     cfg = _BUILD_CONFIG

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from . import guards as _guards
 from . import kl as _kl
 from . import methods as _methods
 from .geometry import BatchGeometry, trained_steps, tree_split_steps
 from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
 from ._args import as_cond, num_classes_of
-from .paths import FlowPath, VPPath
 from .rewards import Reward
 from .sampling import (_core_of, _model_cond, _path_core, _sampler_kind, sample,
                        step_coefficients, time_grid)
@@ -55,6 +55,16 @@ class Run:
     policy: Any
     history: History
     trainer: "Trainer"
+
+    def __repr__(self) -> str:
+        from .display import run_repr
+
+        return run_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .display import run_html
+
+        return run_html(self)
 
     def ema_policy(self) -> Any:
         """A copy of the policy with the EMA parameters (needs ema_decay > 0)."""
@@ -112,13 +122,14 @@ class Trainer:
                  cond: Any = None, conditions: Any = None, kl_every: int = 5,
                  kl_samples: int | None = None, kl_grid: Any = None,
                  kl_noise_level: float | None = None, **overrides: Any) -> None:
+        overrides = _guards.sampler_steps_alias(overrides, "Trainer")
         self.cfg = _methods.get(method, **overrides)
         self.method = method
+        _guards.check_distinct(policy, ref)
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
-        if path is None:
-            path = FlowPath() if self.cfg["path"] == "flow" else VPPath("linear")
-        self.path = path
+        # the models' recorded path decides (a preset for another path is refused, rsm.guards)
+        self.path = path = _guards.resolve_path(method, self.cfg["path"], path, policy, ref)
         if self.cfg["path"] not in ("any", self.path.kind):
             raise ValueError(f"method {method!r} runs on the {self.cfg['path']} path; got {self.path!r}")
         if policy.dim != ref.dim:
@@ -152,6 +163,34 @@ class Trainer:
         self._set_kl_eval(kl_every, kl_samples, kl_grid, kl_noise_level)
         if cfg["rollout"] == "branch":
             self._check_kl_anchor()
+
+    # ---- files and display (rsm.runs, rsm.display) ------------------------------------------
+    def save(self, file: Any) -> None:
+        """Write everything a resumed run needs (policy, optimizer and EMA, iteration, history,
+        the reference's digest) to one safetensors file, atomically (rsm.runs)."""
+        from .runs import save_trainer
+
+        save_trainer(self, file)
+
+    @classmethod
+    def load(cls, file: Any, ref: Any, reward: Any = None, *, policy: Any = None,
+             path: Any = None) -> "Trainer":
+        """The trainer saved by `save(file)`, rebuilt around `ref` (checked against the stored
+        digest) and `reward` (optional for rsm.rewards' analytic rewards); stepping it continues
+        bitwise as the run that saved it (rsm.runs.load_trainer)."""
+        from .runs import load_trainer
+
+        return load_trainer(file, ref, reward, policy=policy, path=path)
+
+    def __repr__(self) -> str:
+        from .display import trainer_repr
+
+        return trainer_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .display import trainer_html
+
+        return trainer_html(self)
 
     # ---- conditions --------------------------------------------------------------------------
     def _set_conditions(self, cond: Any, conditions: Any, policy: Any, ref: Any) -> None:
@@ -975,42 +1014,66 @@ def _tensor(x: np.ndarray) -> Any:
     return from_dlpack(np.ascontiguousarray(x))
 
 
-def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: int = 100,
-             batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True,
-             **overrides: Any) -> Run:
+def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", iterations: int | None = None,
+             batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True, *,
+             steps: int | None = None, resume_from: Any = None, save_every: int = 0,
+             save_path: Any = None, log_with: Any = None, log_dir: Any = "runs/rsm",
+             log_every: int = 1, log_config: dict | None = None, sample_every: int = 0,
+             kl_warn: float | None = 50.0, **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
-    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
+    (rsm.methods.names()) for `iterations` iterations (in total: a resumed run continues to it);
+    hyper-parameters of the preset can be overridden by keyword, the sampler's step count as
+    sampler_steps= (steps= is the deprecated alias of iterations=).
     conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
     condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
     classifier-free guidance in the rollouts and the losses. kl_every / kl_samples / kl_grid /
     kl_noise_level set the comparable path-KL column "kl_path" (see Trainer; kl_every=0 turns it
-    off); its network evaluations go to "eval_nfe", not "nfe". Returns Run(policy, history,
-    trainer)."""
+    off); its network evaluations go to "eval_nfe", not "nfe".
+
+    Runs (rsm.runs, rsm.loggers): save_path= writes the trainer file (Trainer.save) at the end
+    and every save_every iterations; resume_from= a trainer file continues that run bitwise;
+    log_with= "csv" | "tensorboard" | "wandb" | fn(row, step) | a list logs every log_every-th
+    history row (to log_dir; log_config: wandb.init's keywords) and, for image models, a grid
+    of samples every sample_every iterations; kl_warn= warns once when kl_path exceeds it
+    (None: never). Returns Run(policy, history, trainer)."""
+    from .runs import RunHooks, restore
+
+    iterations = _guards.iterations_alias(iterations, steps)
     path = overrides.pop("path", None)
     cond = overrides.pop("cond", None)
     conditions = overrides.pop("conditions", None)
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"finetune(): iterations={iterations!r} must be a non-negative int")
     trainer = Trainer(policy, ref, reward, method, path=path, batch_size=batch_size,
                       group_size=group_size, seed=seed, cond=cond, conditions=conditions, **overrides)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"finetune(): steps={steps!r} must be a non-negative int")
+    if resume_from is not None:
+        restore(trainer, resume_from)
+    hooks = RunHooks(trainer, log_with=log_with, log_dir=log_dir, log_every=log_every,
+                     log_config=log_config, sample_every=sample_every, save_every=save_every,
+                     save_path=save_path, kl_warn=kl_warn)
     bar = None
     if progress:
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc=f"finetune {method}", dynamic_ncols=True)
+            bar = tqdm(total=iterations, initial=min(trainer.iteration, iterations),
+                       desc=f"finetune {method}", dynamic_ncols=True)
         except ImportError:  # pragma: no cover
             bar = None
     kl_path = float("nan")   # the bar keeps the last evaluated value between evaluations
+    finished = False
     try:
-        for _ in range(steps):
+        while trainer.iteration < iterations:
             row = trainer.step()
+            hooks.after_step(row)
             if bar is not None:
                 bar.update(1)
                 kl_path = row["kl_path"] if np.isfinite(row["kl_path"]) else kl_path
                 bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3g}",
                                 kl_path=f"{kl_path:.3g}", clip=f"{row['clip_fraction']:.2f}")
+        finished = True
     finally:
+        hooks.close(finished)
         if bar is not None:
             bar.close()
     return Run(policy, trainer.history, trainer)
@@ -1065,9 +1128,9 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     from .models import MLP
 
     dummy = MLP(1, 1, 0, seed=0, temb_dim=2, dtype="float64")
-    cfg = _methods.get(method, **overrides)
+    cfg = _methods.get(method, **_guards.sampler_steps_alias(overrides, "influence"))
     group = cfg["branch"] ** cfg["split"] if cfg["rollout"] == "tree" else 2
-    trainer = Trainer(dummy, dummy, Reward(lambda x, c: np.zeros(len(x)), differentiable=True),
+    trainer = Trainer(dummy, dummy.copy(), Reward(lambda x, c: np.zeros(len(x)), differentiable=True),
                       method, path=path, batch_size=1, group_size=group, **overrides)
     cfg = trainer.cfg
     steps = cfg["steps"]

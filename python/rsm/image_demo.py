@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     for label, method, reward, overrides in runs:
         policy = rsm.Guided(model.copy(), w)
         t0 = time.perf_counter()
-        run_ = rsm.finetune(policy, ref, reward, method=method, steps=args.finetune_steps,
+        run_ = rsm.finetune(policy, ref, reward, method=method, iterations=args.finetune_steps,
                             batch_size=NUM_CLASSES, group_size=args.group_size, seed=args.seed,
                             conditions=finetune_conditions, progress=not args.quiet, kl_every=0,
                             **overrides)

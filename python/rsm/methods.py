@@ -212,12 +212,13 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
     return preset
 
 
-def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]:
+def table(path: Any = None, with_influence: bool = True) -> Any:
     """One row per preset: estimator, objective form, reweighting, clip, KL (and the beta of the
     ODE KL-anchor rows), rollout/branching, and per timestep t (for the preset's own path unless
     `path` is given and matches), read off the engine (rsm.finetune.influence): C1, gamma, the relative trust-region weight C2, the
     first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
-    (RSM-SPEC §4.3). Untrained steps hold None."""
+    (RSM-SPEC §4.3). Untrained steps hold None. The list prints as a table (plain text, or HTML
+    in a notebook, via pandas when installed); .to_pandas() gives a DataFrame."""
     from .finetune import influence
 
     rows = []
@@ -238,4 +239,6 @@ def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]
             rows[-1]["h"] = [round(float(v), 4) for v in info["h"]]
             for key, name in (("C1", "c1"), ("gamma", "gamma"), ("C2", "c2"), ("psi_scale", "psi_scale")):
                 rows[-1][key] = [None if not np.isfinite(v) else float(f"{v:.6g}") for v in info[name]]
-    return rows
+    from .display import Table   # a list of the row dicts that prints as a table
+
+    return Table(rows, columns=[k for k in rows[0] if k not in ("t", "h", "C1", "gamma", "C2", "psi_scale")])

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _C
+from . import _C, guards
 
 _KINDS = {"linear": 0, "quadratic": 1, "distance": 2, "gmm_logpdf": 3, "ring": 4}
 
@@ -31,11 +31,18 @@ class Reward:
             raise TypeError(f"Reward(): fn must be callable, got {type(fn).__name__}")
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"Reward(): nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        guards.check_reward_signature(fn, self.name)
         self.fn = fn
         self.differentiable = bool(differentiable)
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.nonfinite = nonfinite
         self.calls = 0
+
+    def __repr__(self) -> str:
+        from .display import reward_repr
+
+        return reward_repr(self)
 
     def __call__(self, x0: Any, cond: Any = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(rewards float64 [n], grad [n, D] or None, valid mask [n])."""

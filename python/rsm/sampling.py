@@ -70,6 +70,16 @@ class Trajectory:
     def x(self) -> np.ndarray:
         return self.xs[-1]
 
+    def __repr__(self) -> str:   # shapes only, not the arrays (rsm.display)
+        from .display import trajectory_repr
+
+        return trajectory_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .display import trajectory_html
+
+        return trajectory_html(self)
+
     @property
     def steps(self) -> int:
         return len(self.ts) - 1
