@@ -75,7 +75,8 @@ class CSVLogger:
         self._writer.writeheader()
 
     def log(self, row: Mapping[str, Any], step: int) -> None:
-        values = {"step": step, **_scalars(row)}
+        values: dict[str, Any] = {"step": int(step)}
+        values.update((k, v) for k, v in _scalars(row).items() if k != "step")
         if self._writer is None:
             self._start(list(values))
         self._writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else repr(v)

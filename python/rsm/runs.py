@@ -212,6 +212,19 @@ def load_trainer(file: str | os.PathLike, ref: Any, reward: Any = None, *, polic
     return trainer
 
 
+def _cfg_key(option: str) -> str:
+    return "steps" if option == "sampler_steps" else option
+
+
+def _value(info: dict[str, Any], option: str) -> Any:
+    """An option's value in a trainer file: stored when it differs from the preset."""
+    from . import methods
+
+    if option in info["options"]:
+        return info["options"][option]
+    return methods.get(info["method"]).get(_cfg_key(option))
+
+
 def restore(trainer: Any, file: str | os.PathLike) -> None:
     """Put the state saved in `file` into `trainer` (built with the same method, options,
     geometry, seed, reference and conditions, which are checked first): policy parameters,
@@ -226,8 +239,8 @@ def restore(trainer: Any, file: str | os.PathLike) -> None:
     mine = json.loads(json.dumps(_options(trainer), default=_json_default))
     if info["options"] != mine:
         keys = sorted(k for k in set(info["options"]) | set(mine) if info["options"].get(k) != mine.get(k))
-        mismatch.append("options " + ", ".join(f"{k}: file {info['options'].get(k)!r}, trainer "
-                                              f"{mine.get(k)!r}" for k in keys))
+        mismatch.append("options " + ", ".join(
+            f"{k}: file {_value(info, k)!r}, trainer {trainer.cfg.get(_cfg_key(k))!r}" for k in keys))
     if guards.describe_path(trainer.path) != info["path"]:
         mismatch.append(f"path: file {info['path']}, trainer {guards.describe_path(trainer.path)}")
     conditions = _reward_conditions(trainer)
