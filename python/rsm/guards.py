@@ -100,7 +100,7 @@ def path_from_info(info: dict[str, Any]) -> Any:
 
 def resolve_path(method: str, needs: str, path: Any, policy: Any, ref: Any) -> Any:
     """The path a trainer runs on: `path` if given, else the models' recorded path, else the
-    preset's default (flow, or VP linear). Refuses, naming both sides, when the preset needs
+    preset's default (flow for a flow preset, else VP linear). Refuses, naming both sides, when the preset needs
     another path than the models were trained on, when the given path differs from theirs,
     or when policy and ref were trained on different paths."""
     from .paths import FlowPath, VPPath
@@ -123,7 +123,7 @@ def resolve_path(method: str, needs: str, path: Any, policy: Any, ref: Any) -> A
         return path
     if trained is not None:
         return path_from_info(trained)
-    return FlowPath() if needs in ("flow", "any") else VPPath("linear")
+    return FlowPath() if needs == "flow" else VPPath("linear")   # "any": VP linear, as always
 
 
 def _key(info: dict[str, Any]) -> tuple:
