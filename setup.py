@@ -18,7 +18,9 @@ Environment knobs (all optional)
                        nvidia-smi sees, else the fixed list DEFAULT_CUDA_ARCHS below.
   RSM_CUDA_PTX         virtual arch embedded as PTX (JIT for newer GPUs), e.g. "80", or "none";
                        default: the lowest arch of the list.
-  RSM_NATIVE=1|0       -march=native (default 1); 0 for a portable build.
+  RSM_NATIVE=1|0       1: -march=native, tuned for (and only runnable on) this machine's CPU;
+                       0 (default): a portable build that runs on any x86-64 / aarch64 CPU
+                       (measured cost in benchmarks/RESULTS.md, "portable vs native").
   RSM_OPENMP=1|0       OpenMP when the compiler supports it (default 1).
   RSM_SANITIZE=1       AddressSanitizer + UBSan build (-O1 -g), objects in build/asan/.
   RSM_BUILD_JOBS=n     parallel compile jobs (default: the number of CPUs).
@@ -311,7 +313,7 @@ class RsmBuildExt(build_ext):
                  "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
         if openmp:
             flags.append("-fopenmp")
-        if os.environ.get("RSM_NATIVE", "1") != "0":
+        if os.environ.get("RSM_NATIVE", "0") == "1":
             flags.append("-march=native")
         if SANITIZE:
             flags = [f for f in flags if f != "-O3"] + [
@@ -432,10 +434,10 @@ class RsmBuildExt(build_ext):
         self.summary.append("→ BLAS: loaded at run time from scipy-openblas32 (built-in kernel "
                             "otherwise)")
         if native:
-            self.summary.append("→ RSM_NATIVE=1: -march=native (set RSM_NATIVE=0 for a portable "
-                                "build)")
+            self.summary.append("→ RSM_NATIVE=1: -march=native (runs on this CPU model only; "
+                                "the default RSM_NATIVE=0 is portable)")
         else:
-            self.summary.append("→ RSM_NATIVE=0: portable build (no -march=native)")
+            self.summary.append("→ portable build (RSM_NATIVE=1 for -march=native)")
         if SANITIZE:
             self.summary.append("→ RSM_SANITIZE=1: AddressSanitizer + UBSan (-O1 -g)")
         super().build_extensions()
@@ -464,6 +466,7 @@ setup(
     ],
     package_dir={"": "python"},
     packages=["rsm", "rsm.experiments"],
+    package_data={"rsm": ["py.typed"]},
     cmdclass={"build_ext": RsmBuildExt},
     options={"build": {"build_base": os.path.join("build", VARIANT)}},
 )
