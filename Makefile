@@ -142,7 +142,7 @@ format:
 
 # clean: build outputs (the next make rebuilds the extension); distclean: the venvs too.
 clean:
-	rm -rf build dist python/*.egg-info python/rsm/_C.*.so python/rsm/_cuda.*.so \
+	rm -rf build dist python/*.egg-info python/rsm/_C.*.so python/rsm/_C_*.so python/rsm/_cuda.*.so \
 		python/rsm/_build_config.py $(VENV)/.build-stamp $(ASAN_VENV)/.build-stamp \
 		$(BENCH_VENV)/.build-stamp
 	find csrc kernels python tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true

@@ -1,5 +1,5 @@
 """Portable build vs -march=native: the same workloads timed with two builds of rsm, each in its
-own process (one extension per process), interleaved A/B/A/B so that a shared machine's load
+own process (one extension per process), interleaved round by round so that a shared machine's load
 hits both alike; reports the median per-pair ratio portable / native.
 
   mlp-step    _C.pretrain_steps on the 2D MLP (dim 2, width 256, depth 3), batch 256: forward,
@@ -7,8 +7,9 @@ hits both alike; reports the median per-pair ratio portable / native.
   finetune    one rsm.Trainer iteration of rsm-fo and of flow-grpo on the same MLP (16 x 8 samples,
               10 sampler steps): rollout, reward, update
 
-Run: python benchmarks/bench_native.py NATIVE_DIR PORTABLE_DIR [--pairs N]
-(each DIR holds an rsm package: a copy of python/rsm with its built extension)."""
+Run: python benchmarks/bench_native.py BASELINE_DIR OTHER_DIR... [--pairs N]
+(each DIR holds an rsm package: a copy of python/rsm with its built extension; the ratios are
+OTHER / BASELINE per round, time per call, lower is faster)."""
 from __future__ import annotations
 
 import argparse
@@ -58,25 +59,30 @@ def run(directory: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("native")
-    parser.add_argument("portable")
+    parser.add_argument("dirs", nargs="+", help="rsm package directories; the first is the baseline")
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
-    ratios: dict[str, list[float]] = {}
-    times: dict[str, dict[str, list[float]]] = {"native": {}, "portable": {}}
+    base, others = args.dirs[0], args.dirs[1:]
+    times: dict[str, dict[str, list[float]]] = {d: {} for d in args.dirs}
+    flags = {}
     for _ in range(args.pairs):
-        a, b = run(args.native), run(args.portable)
-        assert "-march=native" in a.pop("flags") and "-march=native" not in b.pop("flags")
-        for key in a:
-            ratios.setdefault(key, []).append(b[key] / a[key])
-            times["native"].setdefault(key, []).append(a[key])
-            times["portable"].setdefault(key, []).append(b[key])
-    print(f"| workload | native (median) | portable (median) | portable / native (median of {args.pairs} pairs) | range |")
-    print("|---|---|---|---|---|")
-    for key, r in ratios.items():
-        print(f"| {key} | {statistics.median(times['native'][key]) * 1e3:.3f} ms | "
-              f"{statistics.median(times['portable'][key]) * 1e3:.3f} ms | {statistics.median(r):.3f} | "
-              f"{min(r):.3f} - {max(r):.3f} |")
+        for d in args.dirs:   # interleaved: one run of each build per round
+            out = run(d)
+            flags[d] = out.pop("flags").split("-march=")[-1] if "-march=" in out.get("flags", "") else "(none)"
+            for key, value in out.items():
+                times[d].setdefault(key, []).append(value)
+    label = {d: f"-march={flags[d]}" if flags[d] != "(none)" else "portable (x86-64)" for d in args.dirs}
+    keys = list(times[base])
+    print("| workload | " + " | ".join(f"{label[d]} (median)" for d in args.dirs) + " | " +
+          " | ".join(f"{label[d]} / {label[base]} (median of {args.pairs} rounds)" for d in others) + " |")
+    print("|---" * (1 + len(args.dirs) + len(others)) + "|")
+    for key in keys:
+        cells = [f"{statistics.median(times[d][key]) * 1e3:.2f} ms" for d in args.dirs]
+        ratios = []
+        for d in others:
+            r = [a / b for a, b in zip(times[d][key], times[base][key])]
+            ratios.append(f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
+        print(f"| {key} | " + " | ".join(cells + ratios) + " |")
 
 
 if __name__ == "__main__":

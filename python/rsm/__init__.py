@@ -19,6 +19,56 @@ def _load_blas() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _cpu_features() -> set[str]:
+    """The CPU flags the kernel reports (Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+_V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+def _load_core() -> str:
+    """Put the best build of the C core for this CPU in sys.modules["rsm._C"]: the copies compiled
+    for x86-64-v4 (AVX-512) or x86-64-v3 (AVX2, FMA) when the build made them and the CPU has the
+    features, else the portable baseline. RSM_CPU_VARIANT=baseline|x86_64_v3|x86_64_v4 forces one."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    choice = os.environ.get("RSM_CPU_VARIANT", "auto")
+    if choice == "auto":
+        flags = _cpu_features()
+        order = [v for v, need in (("x86_64_v4", _V4), ("x86_64_v3", _V3)) if need <= flags]
+    else:
+        order = [] if choice == "baseline" else [choice]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for variant in order:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(here, f"_C_{variant}{suffix}")
+            if os.path.exists(path):
+                loader = importlib.machinery.ExtensionFileLoader(f"{__name__}._C", path)
+                spec = importlib.util.spec_from_file_location(f"{__name__}._C", path, loader=loader)
+                assert spec is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[f"{__name__}._C"] = module
+                loader.exec_module(module)
+                return variant
+        if choice != "auto":
+            raise ImportError(f"RSM_CPU_VARIANT={choice}: this build of rsm has no such copy of rsm._C")
+    return "baseline"
+
+
+_CPU_VARIANT = _load_core()
+
 from . import _C  # noqa: E402
 from ._C import Tensor, from_dlpack  # noqa: E402,F401
 
@@ -113,6 +163,8 @@ def build_info() -> dict:
         cuda_available=available,
         cuda_reason=reason,
         native=cfg.get("native"),
+        cpu_variant=_CPU_VARIANT,
+        cpu_variants_built=list(cfg.get("cpu_variants", [])),
         build_summary=list(cfg.get("summary", [])),
     )
     return info

@@ -1,6 +1,0 @@
-"""Type stub of the compiled extension rsm._cuda: its functions and types are typed as Any."""
-from typing import Any
-
-Tensor: Any
-
-def __getattr__(name: str) -> Any: ...
