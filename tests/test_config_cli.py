@@ -104,3 +104,23 @@ def test_info_prints_versions():
                      f"numpy {np.__version__})")
     info = rsm.build_info()
     assert info["rsm_version"] == rsm.__version__ and info["numpy_version"] == np.__version__
+
+
+def test_demo_quick_flags(monkeypatch):
+    """--quick swaps in the small settings for both demos (the demos themselves are timed in the
+    README; the image demo runs end to end in tests/test_image_demo.py)."""
+    from rsm import __main__ as cli
+    from rsm import image_demo
+
+    seen = {}
+    monkeypatch.setattr(cli, "_demo", lambda args: seen.setdefault("demo", args) and 0)
+    monkeypatch.setattr(image_demo, "run", lambda args: seen.setdefault("images", args) and 0)
+    cli.main(["demo", "--quick"])
+    cli.main(["demo", "images", "--quick"])
+    for key, value in cli.QUICK_DEMO.items():
+        assert getattr(seen["demo"], key) == value
+    for key, value in cli.QUICK_IMAGES.items():
+        assert getattr(seen["images"], key) == value
+    seen.clear()
+    cli.main(["demo"])
+    assert seen["demo"].steps == 2500 and seen["demo"].finetune_steps == 60
