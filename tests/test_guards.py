@@ -110,7 +110,7 @@ def test_reward_arity_checked_at_construction():
     def score(x0):
         return np.zeros(len(x0))
 
-    with pytest.raises(TypeError, match=r"reward 'score' has signature score\(x0\).*reward\(x0, cond\)"
+    with pytest.raises(TypeError, match=r"reward 'score' takes \(x0\), but rsm calls rewards as reward\(x0, cond\)"
                                         r".*def score\(x0, cond=None\)"):
         rsm.Reward(score)
     policy, ref = make_models()

@@ -89,10 +89,16 @@ def _options(trainer: Any) -> dict[str, Any]:
 
 
 def _last(trainer: Any) -> str:
+    """The last row's reward and KL, and the last evaluated kl_path (every kl_every rows)."""
     if not len(trainer.history):
         return ""
     row = trainer.history[-1]
-    parts = [f"{k}={_fmt(row[k])}" for k in ("reward_mean", "kl", "kl_path") if k in row]
+    parts = [f"{k}={_fmt(row[k])}" for k in ("reward_mean", "kl") if k in row]
+    for earlier in reversed(trainer.history):
+        value = earlier.get("kl_path", float("nan"))
+        if isinstance(value, float) and not math.isnan(value):
+            parts.append(f"kl_path={_fmt(value)} (iteration {earlier.get('step', '?')})")
+            break
     return ", last: " + ", ".join(parts)
 
 
@@ -113,9 +119,12 @@ def trainer_html(trainer: Any) -> str:
             ["seed", trainer.seed],
             ["options changed", ", ".join(f"{k}={_fmt(v)}" for k, v in opts.items()) or "none"]]
     if len(trainer.history):
-        for k in ("reward_mean", "kl", "kl_path"):
+        for k in ("reward_mean", "kl"):
             if k in trainer.history[-1]:
                 rows.append([f"last {k}", trainer.history[-1][k]])
+        kl = [r for r in trainer.history if not math.isnan(r.get("kl_path", float("nan")))]
+        if kl:
+            rows.append([f"kl_path (iteration {kl[-1].get('step')})", kl[-1]["kl_path"]])
     return table_html(["Trainer", ""], rows)
 
 

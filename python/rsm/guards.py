@@ -202,7 +202,7 @@ def check_reward_signature(fn: Any, name: str) -> None:
         params = [p for p in sig.parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         raise TypeError(
-            f"reward {name!r} has signature {name}{sig}, but rsm calls rewards as reward(x0, cond) "
+            f"reward {name!r} takes {sig}, but rsm calls rewards as reward(x0, cond) "
             f"(cond is None for an unconditional model). It takes {len(params)} positional "
             f"argument(s); define it as def {fname}(x0, cond=None): ... or wrap it: "
             f"rsm.Reward(lambda x0, cond: {fname}(x0))") from None

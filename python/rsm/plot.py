@@ -29,7 +29,7 @@ def _matplotlib() -> tuple[Any, Any]:
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("rsm.plot needs matplotlib: pip install matplotlib "
-                          "(or pip install 'rsm[plot]')") from exc
+                          "(or pip install 'reward-score-matching[plot]')") from exc
     return Figure, FigureCanvasAgg
 
 

@@ -340,7 +340,8 @@ def sample_grid(trainer: Any, n: int = 16) -> np.ndarray | None:
     shape = getattr(trainer.policy, "image_shape", None)
     if shape is None:
         return None
-    cond = trainer._kl_cond(n)
+    c = trainer._conditions   # condition j mod M for sample j, whatever the iteration
+    cond = None if c is None else np.ascontiguousarray(c[np.arange(n) % c.shape[0]])
     if cond is not None and trainer._class_ids:
         cond = np.rint(cond[:, 0]).astype(np.int64)
     x = np.from_dlpack(sample(trainer.policy, n, trainer.path, trainer.deterministic, ts=trainer.ts,
