@@ -4,7 +4,7 @@ import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUTSIDE = ("RSM-SPEC", "DESIGN.md", "shared/", "STYLE.md")
+OUTSIDE = ("RSM-SPEC", "DESIGN.md", "DESIGN §", "shared/", "STYLE.md")
 SCANNED = ("README.md", "python", "csrc", "kernels", "benchmarks", "docs", "examples", "setup.py",
            "Makefile", "pyproject.toml")
 EXTS = (".py", ".c", ".h", ".cu", ".cuh", ".md", ".toml", ".yaml", ".yml", "Makefile")

@@ -1,5 +1,5 @@
 """Reward fine-tuning: rollout -> reward callback -> value-guidance estimate -> RSM objective ->
-backward -> AdamW, one iteration per `Trainer.step()` (RSM-SPEC §4-§7, §9, §12.5).
+backward -> AdamW, one iteration per `Trainer.step()` (THEORY.md §4-§7, §9, §12.5).
 
 Every method reaches the parameters through the one objective of csrc/objective.h: the loss gives
 the cotangent on the model output, the backbone's VJP turns it into parameter gradients.
@@ -11,7 +11,7 @@ the sampler, and the extra Tweedie-point calls of VGG-Flow / Residual nabla-DB a
 the whole update (for every block of training rows: the reference forward once per rollout, the
 policy forward, the objective, the backward; then the optimizer step of each inner epoch) is one
 C call, csrc/train/update.h, with the GIL released. Python builds the group advantages' keys and
-the per-row coefficients each preset gives (`_row_coefficients`, RSM-SPEC §12.6) between the two.
+the per-row coefficients each preset gives (`_row_coefficients`, THEORY.md §12.6) between the two.
 Only DRaFT's pathwise backward through the sampler and the lean adjoint of Adjoint Matching run
 as Python loops over the model's C VJP.
 
@@ -38,7 +38,7 @@ from .sampling import (_core_of, _model_cond, _path_core, _sampler_kind, sample,
 from .training import AdamW, History
 
 _MASK64 = (1 << 64) - 1
-PCPO_ZETA = 4.3152134639895925  # PCPO's flow reweighting constant (RSM-SPEC §6.3.7)
+PCPO_ZETA = 4.3152134639895925  # PCPO's flow reweighting constant (THEORY.md §6.3.7)
 KL_EVAL_SALT = 0x6B6C5F70617468  # "kl_path": keys path_kl's fixed evaluation seed, apart from
                                  # every training draw (small salts in _mix)
 
@@ -93,17 +93,17 @@ class Trainer:
     the batch_size conditions (k * batch_size + j) mod M, cycling through the list. The reward
     receives the condition of every sample: class ids int64 [n] when class ids were given,
     else the vectors [n, cond_dim]. Wrap policy and ref in rsm.Guided for guided rollouts and
-    guided losses (RSM-SPEC §9).
+    guided losses (THEORY.md §9).
 
     KL to the reference, two columns of the history:
       kl       the train-time KL: sum over the rows this method trains (all SDE steps for
                Flow-GRPO, the branch steps of rsm-zo, a random subset for DanceGRPO, none for
-               DRaFT) of 0.5 w_i^2 |u_theta - u_ref|^2, w_i = |K_i| / std_i (RSM-SPEC §11), per
+               DRaFT) of 0.5 w_i^2 |u_theta - u_ref|^2, w_i = |K_i| / std_i (THEORY.md §11), per
                sample, at the rollout states, before the update. It depends on which steps a
                method trains, so it is NOT comparable between methods.
       kl_anchor the same at the ODE KL-anchor rows of the redesigns rsm-zo / rsm-zo-diffusion
                (root states at the steps their budget leaves untrained, trained by the KL only;
-               RSM-SPEC §9.2.5, §9.3; the preset keys kl_anchor*); 0 for every other preset.
+               THEORY.md §9.2.5, §9.3; the preset keys kl_anchor*); 0 for every other preset.
       kl_path  KL(P_theta || P_ref) of the whole discretised path (`path_kl`): every step of one
                fixed SDE, the same for every preset, on fixed evaluation noise. Comparable
                between methods (and along a run). kl_every=k evaluates it at iterations 0, k,
@@ -147,7 +147,7 @@ class Trainer:
         self.stochastic = "sde" if self.path.kind == "flow" else "ddpm"
         self.deterministic = "ode" if self.path.kind == "flow" else "ddim"
         self.det_coef = step_coefficients(self.path, self.ts, self.deterministic)
-        self.pcpo_weight = float(cfg.get("pcpo_weight", 0.0))  # PCPO's DDPM std (RSM-SPEC §6.3.6)
+        self.pcpo_weight = float(cfg.get("pcpo_weight", 0.0))  # PCPO's DDPM std (THEORY.md §6.3.6)
         self.sde = step_coefficients(self.path, self.ts, self.stochastic, noise_level=cfg["noise_level"],
                                      pcpo_weight=self.pcpo_weight)
         self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
@@ -281,7 +281,7 @@ class Trainer:
         """Extra network-evaluation columns of the step (after rollout_nfe), added to nfe."""
         return {}
 
-    # ---- path KL to the reference (evaluation, RSM-SPEC §11) ----------------------------------
+    # ---- path KL to the reference (evaluation, THEORY.md §11) ----------------------------------
     def _set_kl_eval(self, kl_every: Any, kl_samples: Any, kl_grid: Any, kl_noise_level: Any) -> None:
         if isinstance(kl_every, bool) or not isinstance(kl_every, (int, np.integer)) or kl_every < 0:
             raise ValueError(f"Trainer(): kl_every={kl_every!r} must be a non-negative int "
@@ -378,10 +378,10 @@ class Trainer:
 
     def _rollout_branch(self) -> dict[str, Any]:
         """ODE root per condition, then k_i single-step SDE branches from the root state at t_i,
-        each continued by the ODE to t = 0 (stochasticity localisation, RSM-SPEC §9.2.1): one C
+        each continued by the ODE to t = 0 (stochasticity localisation, THEORY.md §9.2.1): one C
         call (csrc/train/rollout.h), which calls the reward once on every branch end. The one
         stochastic step is the method's (PCPO's std when pcpo_weight > 0: the SD1.5 redesign,
-        RSM-SPEC §9.3), the same step self.sde[i] weighs in the loss."""
+        THEORY.md §9.3), the same step self.sde[i] weighs in the loss."""
         from . import _C
 
         cfg, roots = self.cfg, self.batch_size
@@ -453,7 +453,7 @@ class Trainer:
 
     def _kl_anchor_rows(self, root_xs: np.ndarray, budget: list, transition_rows: int,
                         k_avg: float) -> list:
-        """The ODE KL-anchor rows of a branch rollout (RSM-SPEC §9.2.5, §9.3): the root states
+        """The ODE KL-anchor rows of a branch rollout (THEORY.md §9.2.5, §9.3): the root states
         x_{t_i} at the budget's k_i = 0 transitions (i < len(preset budget), never the last
         transition), which no branch trains. With kl_anchor_max_ratio r, at most
         max(1, int(r * transition_rows)) (root, step) pairs, a random subset drawn from the
@@ -487,7 +487,7 @@ class Trainer:
         return rows
 
     def _rollout_tree(self) -> dict[str, Any]:
-        """Branch-GRPO's tree (RSM-SPEC §6.3.8, §7.2): SDE steps everywhere; before each of the
+        """Branch-GRPO's tree (THEORY.md §6.3.8, §7.2): SDE steps everywhere; before each of the
         `split` evenly spaced split steps every node splits into `branch` children, which share
         the node's state (the C sampler's branching). Training rows are the distinct transitions
         (node at t_i -> child at t_{i+1}) of the trained steps less the depth-pruned ones
@@ -610,7 +610,7 @@ class Trainer:
             # ReFL: L = -lambda mean r(x0_hat(u)); at the current outputs its cotangent is
             # -lambda (d x0_hat / du) g / n, written as the RSM loss (1/2)|u - (sg(u) + Psi)|^2
             # with Psi = lambda (d x0_hat / du) g in output units (conv = 1; the gamma -> inf
-            # pathwise limit of RSM-SPEC §6.3.11): its gradient at u = sg(u) is -Psi.
+            # pathwise limit of THEORY.md §6.3.11): its gradient at u = sg(u) is -Psi.
             p_u = float(np.from_dlpack(self.path.x0_hat(np.zeros((1, 1)), np.ones((1, 1)),
                                                         np.full(1, t)))[0, 0])
             psi = (cfg["reward_scale"] * p_u * batch["grad"][row["traj"]]).astype(self.policy.dtype)
@@ -619,7 +619,7 @@ class Trainer:
         if cfg["family"] == "first-order":
             lam = cfg["reward_scale"]
             if cfg["estimator"] == "fo-next" and "discount" in cfg:
-                # SQDF (RSM-SPEC §6.3.2): per row alpha KL_i - gamma_d Q(x'), x' = mu_theta + std z,
+                # SQDF (THEORY.md §6.3.2): per row alpha KL_i - gamma_d Q(x'), x' = mu_theta + std z,
                 # gradient [alpha (mu - mu_ref)/std^2 - gamma_d grad Q(x')] dmu/dtheta, i.e. the
                 # loss (alpha/(2 std^2)) |mu - mu_ref - (std^2 gamma_d/alpha) grad Q|^2; with
                 # mu - mu_ref = K (u - u_ref): C1 = alpha K^2/(2 std^2), Psi = std^2 gamma_d/(alpha K) g
@@ -631,7 +631,7 @@ class Trainer:
                                         w=w, weight=valid * row["weight"])
                 return coef, "score_matching", {"psi": psi}
             if cfg["estimator"] in ("fo-residual", "fo-next"):
-                # forward residual (RSM-SPEC §6.3.3, §12.5): R = kappa (mu - mu_ref)/std^2 - lambda a g
+                # forward residual (THEORY.md §6.3.3, §12.5): R = kappa (mu - mu_ref)/std^2 - lambda a g
                 # with mu - mu_ref = K (eps - eps_ref):
                 #   |R|^2 = (kappa K/std^2)^2 |d eps - lambda a std^2/(kappa K) g|^2,
                 # plus reg |eps - eps_old|^2 = C1 C2 |.|^2 (the trust region toward theta_old).
@@ -661,7 +661,7 @@ class Trainer:
             eta = (1 - t) if cfg["eta"] == "linear" else (1 - t) ** 2
             g = batch["grad_rows"][row["index"]] if cfg["estimator"] == "fo-tweedie" else batch["grad"][row["traj"]]
             # velocity regression written as the RSM loss with conv = 1 (the score difference
-            # scaled into velocity units, RSM-SPEC L6): C1 = 1, gamma Psi = -lambda eta(t) g
+            # scaled into velocity units, THEORY.md §5 L6): C1 = 1, gamma Psi = -lambda eta(t) g
             psi = (-lam * eta * g).astype(self.policy.dtype)
             coef = row_coefficients(n, conv=1.0, c1=1.0, gamma=1.0, kl=0.0, w=w,
                                     weight=valid * row["weight"])
@@ -672,7 +672,7 @@ class Trainer:
         sigma_tilde = std / np.sqrt(dt)
         reweight = cfg.get("reweight", "base")
         term_scale, post, ratio_scale = 1.0, 1.0, 1.0
-        if reweight == "fairclip2":          # RSM-SPEC §9.2.3
+        if reweight == "fairclip2":          # THEORY.md §9.2.3
             term_scale = sigma_tilde**2 * dt
             post = sigma_tilde / (np.sqrt(dt) * sigma_tilde**2 * dt)
             ratio_scale = sigma_tilde**2 * dt
@@ -685,7 +685,7 @@ class Trainer:
             post = 1.0 if cfg["form"] == "matching" else term_scale
             if cfg["form"] != "matching":
                 term_scale = 1.0
-        elif reweight == "pcpo":   # w' = zeta dt in the log-ratio (RSM-SPEC §6.3.7)
+        elif reweight == "pcpo":   # w' = zeta dt in the log-ratio (THEORY.md §6.3.7)
             w_prime = PCPO_ZETA * dt
             if cfg["form"] == "matching":
                 w = w_prime
@@ -712,7 +712,7 @@ class Trainer:
         return coef, cfg["form"], {"noise": row["noise"], "u_old": row["u_old"]}
 
     def normalizer(self, batch: dict) -> float:
-        """The masked-mean denominator of RSM-SPEC §9.2.3: the number of trained rows that carry
+        """The masked-mean denominator of THEORY.md §9.2.3: the number of trained rows that carry
         a signal (valid reward, non-zero-std group), at least 1. Row weights (k_avg / k_i) scale
         the rows but not the denominator."""
         return max(self._signal_rows(batch), 1.0)
@@ -723,7 +723,7 @@ class Trainer:
 
     def _anchor_coefficients(self, row: dict, batch: dict, n: int, normalizer: float,
                              n_batches: int) -> tuple[np.ndarray, str, dict]:
-        """A KL-anchor row (RSM-SPEC §9.2.5, §9.3): no policy term (C1 = 0), only
+        """A KL-anchor row (THEORY.md §9.2.5, §9.3): no policy term (C1 = 0), only
         beta (w^2 / 2) mean|u - u_ref|^2, per row weight k_avg ("k_avg": the row counts in the
         masked mean like a trained transition) or normalizer / (anchor rows x micro-batches)
         ("mean": beta times the micro-batch's mean over its anchor rows, micro-batches averaged)."""
@@ -763,7 +763,7 @@ class Trainer:
             if "u_ref" not in row:
                 row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
             c = self.sde[i]
-            # the train-time KL of this step (history "kl"; RSM-SPEC §11): per sample
+            # the train-time KL of this step (history "kl"; THEORY.md §11): per sample
             # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
             # comparable whole-path KL)
             if anchor:
@@ -975,7 +975,7 @@ class Trainer:
             if cfg["estimator"] == "fo-adjoint":
                 batch["adjoint"] = self._lean_adjoint(batch)
             if cfg["estimator"] == "fo-next":
-                # FO-next (RSM-SPEC §7.1): g = grad_{x'} r(x0_hat(x')) at each row's sampled next
+                # FO-next (THEORY.md §7.1): g = grad_{x'} r(x0_hat(x')) at each row's sampled next
                 # state, through the Tweedie jump of the rollout policy (Residual nabla-DB) or of
                 # the reference (SQDF's training-free soft-Q); one reward call per trained step
                 from .estimators import first_order_next
@@ -1108,7 +1108,7 @@ def check_on_policy(trainer: "Trainer") -> dict[str, Any]:
 
 
 def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.ndarray]:
-    """Per-timestep optimization strength of a preset, from the engine itself (RSM-SPEC §4.3):
+    """Per-timestep optimization strength of a preset, from the engine itself (THEORY.md §4.3):
 
       kappa_i  the factor between the unit estimator (A z = e for zeroth-order rows, g = e for
                first-order rows) and the cotangent dL/du the objective returns at theta = theta_old
@@ -1116,7 +1116,7 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
       n_i      trained rows per root at step i times the per-row multiplier (k_avg / k_i);
       h_i      kappa_i n_i / mean_j(kappa_j n_j)   (the normalized influence metric);
       c1, gamma, c2, conv
-               the per-row coefficients the trainer hands the objective at step i (RSM-SPEC
+               the per-row coefficients the trainer hands the objective at step i (docs/THEORY.md
                §4.1: C1, gamma, the relative trust-region weight C2 — invariant under the change
                of output space — and the output-space conversion factor); NaN where the step
                is not trained;

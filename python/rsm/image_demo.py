@@ -46,7 +46,7 @@ def pretrain_conditional(model: Any, x: np.ndarray, cond: np.ndarray, path: Any,
                          batch_size: int, lr: float, seed: int, cond_dropout: float,
                          progress: bool = False) -> np.ndarray:
     """Flow-matching pretraining of a class-conditional image model with condition dropout (the
-    null condition that classifier-free guidance needs, RSM-SPEC §9); cosine schedule with a short
+    null condition that classifier-free guidance needs, THEORY.md §9); cosine schedule with a short
     warm-up. Shared by this demo and the images-finetune experiment. Returns the loss per step."""
     import rsm
 
@@ -194,7 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cond-dropout", type=float, default=0.1)
     # fine-tuning scale: at w = 1 (the conditional model) the classifier still has room to improve
     # (measured with the DiT after 600 steps: p(target) 0.79 at w = 1, 0.95 at w = 2); with
-    # w > 1 the rollouts and the losses are guided (RSM-SPEC §9)
+    # w > 1 the rollouts and the losses are guided (THEORY.md §9)
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
     parser.add_argument("--sample-steps", type=int, default=20)

@@ -1,4 +1,4 @@
-"""Fine-tuning methods as presets of the one RSM objective (RSM-SPEC §6, §12.6).
+"""Fine-tuning methods as presets of the one RSM objective (THEORY.md §6, §12.6).
 
 A preset is a dict of hyper-parameters read by rsm.Trainer: the rollout (sampler, steps, noise
 level, branching budget), the estimator of the value guidance Psi, and how the objective weighs it
@@ -16,7 +16,7 @@ a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `bran
 mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
 "ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
 
-Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2).
+Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ _COMMON_ZO = {
     "adv_clip": 5.0, "mean_over_dims": True, "train_steps": "all", "inner_epochs": 1,
     "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
     "accumulate": 1,
-    # ODE KL-anchor rows of branch rollouts (RSM-SPEC §9.2.5, §9.3): the root states at the
+    # ODE KL-anchor rows of branch rollouts (THEORY.md §9.2.5, §9.3): the root states at the
     # transitions the budget leaves at k_i = 0 (not the last one), trained only by the KL term
     # kl_anchor (w^2 / 2) mean|u - u_ref|^2. kl_anchor: its beta (None: the preset's "kl");
     # kl_anchor_weight: w, "sampler" (|K_i| / std_i of the step's SDE) or a constant;
@@ -108,7 +108,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                "description": "RSM zeroth-order redesign (flow): localised stochasticity, low-SNR "
                               "budget (lowsnr2), timestep-fair matching hinge, KL on the branch "
                               "rows and ODE-anchor rows at the untrained steps"},
-    # RSM-SPEC §9.3: the branches' single stochastic step uses PCPO's std (w = 4.5, §6.3.6),
+    # THEORY.md §9.3: the branches' single stochastic step uses PCPO's std (w = 4.5, §6.3.6),
     # which also sets the step's mean coefficient K and so the KL weight |K|/std; the hinge
     # uses PCPO's constant log-ratio weight w' = 4.5 / 8.70575 (reweight "base" would use
     # |K|/std of that step instead)
@@ -178,7 +178,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Branching budgets k_0..k_8 of RSM-SPEC §9.2.4 (10-step SD3 grid; transition i = 0 is the noisiest).
+# Branching budgets k_0..k_8 of THEORY.md §9.2.4 (10-step SD3 grid; transition i = 0 is the noisiest).
 BUDGETS: dict[str, list[int]] = {
     "base": [6, 6, 6, 6, 6, 6, 6, 6, 6],
     "highsnr": [3, 3, 4, 5, 6, 7, 7, 8, 11],
@@ -217,7 +217,7 @@ def table(path: Any = None, with_influence: bool = True) -> Any:
     ODE KL-anchor rows), rollout/branching, and per timestep t (for the preset's own path unless
     `path` is given and matches), read off the engine (rsm.finetune.influence): C1, gamma, the relative trust-region weight C2, the
     first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
-    (RSM-SPEC §4.3). Untrained steps hold None. The list prints as a table (plain text, or HTML
+    (THEORY.md §4.3). Untrained steps hold None. The list prints as a table (plain text, or HTML
     in a notebook, via pandas when installed); .to_pandas() gives a DataFrame."""
     from .finetune import influence
 
