@@ -29,7 +29,7 @@ BUILD_INPUTS := setup.py pyproject.toml MANIFEST.in \
 	                             -o -name '*.cuh' \) 2>/dev/null)
 
 PYTEST := -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
-PYTEST_QUICK := -m pytest tests -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+PYTEST_QUICK := -m pytest tests -q -p no:cacheprovider -m "not slow" --quick $(PYTEST_ARGS)
 # pytest exits with 5 when it collected no test: that is a failure here, not a pass.
 define run_pytest
 	rc=0; $(1) $(or $(2),$(PYTEST)) || rc=$$?; \
@@ -85,7 +85,8 @@ demo-images: $(VENV)/.build-stamp
 test: $(VENV)/.build-stamp
 	@$(call run_pytest,$(VENV)/bin/python)
 
-# the tests marked `slow` (long training runs, the wheel build in a clean venv) left out
+# the tests marked `slow` (long training runs, the wheel build in a clean venv) and the long ones
+# listed in tests/quick_skip.txt left out (tests/conftest.py)
 test-quick: $(VENV)/.build-stamp
 	@$(call run_pytest,$(VENV)/bin/python,$(PYTEST_QUICK))
 

@@ -531,7 +531,7 @@ setup(
     ],
     package_dir={"": "python"},
     packages=["rsm", "rsm.experiments"],
-    package_data={"rsm": ["py.typed"]},
+    package_data={"rsm": ["py.typed", "*.pyi"]},
     cmdclass={"build_ext": RsmBuildExt},
     options={"build": {"build_base": os.path.join("build", VARIANT)}},
 )

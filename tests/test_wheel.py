@@ -25,7 +25,8 @@ def test_wheel_installs_in_a_clean_venv(tmp_path):
     wheels = list(dist.glob("reward_score_matching-*.whl"))
     assert len(wheels) == 1, list(dist.iterdir())
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert "rsm/py.typed" in names and any(n.startswith("rsm/_C.") for n in names)
+    assert "rsm/py.typed" in names and "rsm/_C.pyi" in names
+    assert any(n.startswith("rsm/_C.") and n.endswith(".so") for n in names)
     meta = zipfile.ZipFile(wheels[0]).read(
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Name: reward-score-matching" in meta and "License-Expression: MIT" in meta
