@@ -30,9 +30,9 @@ RSM_E(gelu_grad)(real_t x)
 {
     real_t u = (real_t)RSM_GELU_K * (x + (real_t)RSM_GELU_C * x * x * x);
     real_t th = rsm_tanh_real(u);
-    return (real_t)0.5 * ((real_t)1 + th) + (real_t)0.5 * x * ((real_t)1 - th * th) *
-                                                (real_t)RSM_GELU_K *
-                                                ((real_t)1 + (real_t)3 * (real_t)RSM_GELU_C * x * x);
+    return (real_t)0.5 * ((real_t)1 + th) +
+           (real_t)0.5 * x * ((real_t)1 - th * th) * (real_t)RSM_GELU_K *
+               ((real_t)1 + (real_t)3 * (real_t)RSM_GELU_C * x * x);
 }
 
 #endif /* RSM_GELU_H */
