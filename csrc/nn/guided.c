@@ -33,7 +33,7 @@ rsm_guided_forward(rsm_guided *g, const rsm_path *path, int64_t n, const void *x
 {
     rsm_status status = RSM_OK;
     const int64_t D = g->inner.dim, C = g->inner.cond_dim;
-    const size_t item = g->inner.dtype == RSM_F32 ? sizeof(float) : sizeof(double);
+    const size_t item = rsm_dtype_size(g->inner.dtype);
     void *x2 = NULL, *t2 = NULL, *cond2 = NULL, *u2 = NULL;
     RSM_CHECK(C >= 1 && g->null_cond != NULL, RSM_ERR_VALUE,
               "classifier-free guidance needs a conditional model (cond_dim=%lld) and a null "
@@ -77,7 +77,7 @@ rsm_guided_model_backward(void *self, int64_t n, const void *dout, void *dparams
     rsm_guided *g = (rsm_guided *)self;
     rsm_status status = RSM_OK;
     const int64_t D = g->inner.dim;
-    const size_t item = g->inner.dtype == RSM_F32 ? sizeof(float) : sizeof(double);
+    const size_t item = rsm_dtype_size(g->inner.dtype);
     RSM_CHECK(g->inner.backward != NULL, RSM_ERR_VALUE, "the guided model's inner model is not trainable");
     RSM_CHECK(n >= 0, RSM_ERR_VALUE, "n=%lld must be >= 0", (long long)n);
     if (n == 0) return RSM_OK;
