@@ -244,7 +244,7 @@ class GaussianMixtureModel:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._build import __version__
 
     return __version__
 

@@ -1,29 +1,19 @@
-"""Fine-tuning methods as presets of the one RSM objective (RSM-SPEC §6, §12.6).
+"""The method presets: every fine-tuning method as a frozen, typed `Preset` of the one RSM
+objective's hyper-parameters (RSM-SPEC §6, §12.6), with the source it follows.
 
-A preset is a dict of hyper-parameters read by rsm.Trainer: the rollout (sampler, steps, noise
-level, branching budget), the estimator of the value guidance Psi, and how the objective weighs it
-(form, reweighting, clip threshold, KL anchor). Every key can be overridden by keyword in
-rsm.finetune / rsm.Trainer.
-
-Families: "zeroth-order" (black-box rewards: group advantages times the injected noise, through
-the PPO / log-ratio / matching forms of the objective), "first-order" (reward gradients: the RSM
-score-matching form onto s_ref + gamma Psi), "pathwise" (DRaFT: reward back-propagated through the
-sampler, DRaFT-K and ReFL; baselines outside RSM).
-
-Rollouts: "sde" (full stochastic trajectories), "branch" (ODE root + single-step SDE branches with
-a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `branch` children at
-`split` evenly spaced steps; node advantages from the rewards of the node's leaves, fused by their
-mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
-"ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
-
-Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2).
-"""
+A preset names its rollout (sampler, steps, noise level, branching budget), the estimator of the
+value guidance Psi and how the objective weighs it (form, reweighting, clip threshold, KL anchor).
+Every option can be overridden by keyword in rsm.finetune / rsm.Trainer / rsm.methods.get; a
+preset only has the options its family uses (reading another one raises KeyError, overriding it
+ValueError). `Preset` keeps the read access of the dicts it replaces: p["kl"], p.get("alpha"),
+"discount" in p, dict(p) (sequence options read as lists there, as tuples as attributes)."""
 from __future__ import annotations
 
-import copy
-
-import numpy as np
-from typing import Any
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 _COMMON_ZO = {
     "ema_decay": 0.0,
@@ -189,53 +179,184 @@ BUDGETS: dict[str, list[int]] = {
 }
 
 
+class _Unset:
+    """The value of an option a preset does not have."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+_SEQUENCES = ("budget", "depth_pruning")   # stored as tuples (frozen), read as lists via p[...]
+
+
+@dataclass(frozen=True, eq=True)
+class Preset(Mapping):
+    """One fine-tuning method: the validated options the Trainer reads (rsm.methods.get).
+
+    Options a preset does not have hold UNSET and are absent from the mapping view."""
+
+    name: str
+    family: str = UNSET              # "zeroth-order" | "first-order" | "pathwise"
+    path: str = UNSET                # "flow" | "vp" | "any"
+    rollout: str = UNSET             # "sde" | "branch" | "tree" | "ode" | "refl"
+    estimator: str = UNSET           # the value-guidance estimator (coefficient rule)
+    form: str = UNSET                # the objective's form (csrc/objective.h)
+    steps: int = UNSET
+    grid: str = UNSET
+    shift: float = UNSET
+    noise_level: float = UNSET
+    train_steps: Any = UNSET         # "all" | "interior" | "no_last" | fraction | list of steps
+    lr: float = UNSET
+    weight_decay: float = UNSET
+    max_grad_norm: float = UNSET
+    ema_decay: float = UNSET
+    inner_epochs: int = UNSET
+    accumulate: int = UNSET
+    mean_over_dims: bool = UNSET
+    kl: float = UNSET
+    # zeroth order
+    advantage: str = UNSET           # "group" | "center" (REINFORCE)
+    adv_eps: float = UNSET
+    adv_clip: float = UNSET
+    reweight: str = UNSET            # the timestep weighting (coefficients.REWEIGHTS)
+    clip_eps: float = UNSET
+    alpha: float = UNSET
+    shared_noise: bool = UNSET
+    pcpo_weight: float = UNSET
+    loss_weight: float = UNSET
+    budget: tuple = UNSET
+    kl_anchor: Any = UNSET           # float, or None: the preset's kl
+    kl_anchor_weight: Any = UNSET    # "sampler" or a float
+    kl_anchor_reduce: str = UNSET
+    kl_anchor_max_ratio: Any = UNSET
+    # Branch-GRPO trees (rsm.tree)
+    split: int = UNSET
+    branch: int = UNSET
+    fusion: str = UNSET
+    adv_std: str = UNSET
+    depth_pruning: tuple = UNSET
+    depth_pruning_slide: int = UNSET
+    depth_pruning_stop: Any = UNSET
+    width_pruning: int = UNSET
+    width_pruning_ratio: float = UNSET
+    # first order
+    reward_scale: float = UNSET
+    eta: str = UNSET                 # "linear" | "quad"
+    reg: float = UNSET
+    kappa: str = UNSET               # "sigma" | "one"
+    adaptive: str = UNSET            # "sigma" | "alpha_bar_next"
+    tweedie_model: str = UNSET       # "policy" | "ref"
+    discount: float = UNSET
+    # pathwise
+    truncation: int = UNSET
+    late_steps: int = UNSET
+    # documentation
+    description: str = UNSET
+    source: str = UNSET
+
+    def __post_init__(self) -> None:
+        for key in _SEQUENCES:
+            value = getattr(self, key)
+            if isinstance(value, list):
+                object.__setattr__(self, key, tuple(value))
+
+    # ---- read access of the dicts presets were (compatibility) -------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key not in _OPTION_NAMES:
+            raise KeyError(key)
+        value = getattr(self, key)
+        if value is UNSET:
+            raise KeyError(key)
+        return list(value) if key in _SEQUENCES and isinstance(value, tuple) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in _OPTION_NAMES if getattr(self, k) is not UNSET)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def options(self) -> list[str]:
+        """The option names this preset has (overridable), without name/description/source."""
+        return [k for k in self if k not in _DOCUMENTATION]
+
+    def replace(self, **overrides: Any) -> "Preset":
+        """A copy with `overrides` applied; only options the preset has."""
+        unknown = set(overrides) - set(self.options())
+        if unknown:
+            raise ValueError(_unknown_options_message(self, sorted(unknown)))
+        if isinstance(overrides.get("budget"), str):
+            profile = overrides["budget"]
+            if profile not in BUDGETS:
+                raise ValueError(f"unknown budget profile {profile!r}; known: {sorted(BUDGETS)}")
+            overrides["budget"] = list(BUDGETS[profile])
+        return dataclasses.replace(self, **overrides)
+
+    def __repr__(self) -> str:
+        return f"Preset({self.name!r}: {self.family}, {self.rollout}, {self.estimator})"
+
+
+_DOCUMENTATION = ("name", "description", "source")
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Preset))
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_options_message(preset: Preset, unknown: list[str]) -> str:
+    hint = _suggest(unknown[0], preset.options())
+    return (f"method {preset.name!r} has no hyper-parameter(s) {unknown}{hint}; "
+            f"it has {sorted(preset.options())}")
+
+
+# Where each preset comes from (RSM-SPEC sections; the papers named there).
+SOURCES: dict[str, str] = {
+    "flow-grpo": "Flow-GRPO (Liu et al. 2025): GRPO on the flow SDE, KL beta 0.004; RSM-SPEC §6.3.5",
+    "dance-grpo": "DanceGRPO (Xue et al. 2025): no KL, shared initial noise, timestep subsampling; "
+                  "RSM-SPEC §6.3.5",
+    "ddpo": "DDPO (Black et al. 2024): PPO on DDPM transitions; RSM-SPEC §6.3.5",
+    "grpo-guard": "GRPO-Guard (Wang et al., arXiv 2510.22319): RatioNorm, 1/dt; RSM-SPEC §6.3.10",
+    "pcpo": "PCPO-reweight, flow (the paper's code, sd3_train_shared.py): zeta dt; RSM-SPEC §6.3.7",
+    "pcpo-base": "PCPO-base: clip on 1 + log rho; RSM-SPEC §6.3.5",
+    "reinforce-kl": "REINFORCE + KL (DPOK-like); RSM-SPEC §6.3.4",
+    "pcpo-diffusion": "PCPO-reweight, diffusion 'uw-sigma' (the paper's code, sd15_zeroth_order); "
+                      "RSM-SPEC §6.3.6",
+    "branch-grpo": "Branch-GRPO (Li et al., arXiv 2509.06040), the authors' released script's "
+                   "defaults; RSM-SPEC §6.3.8",
+    "tempflow-grpo": "TempFlow-GRPO (He et al., arXiv 2508.04324): branch sampler, budget base, "
+                     "reweight tempflow; RSM-SPEC §6.3.9",
+    "rsm-zo": "RSM zeroth-order redesign, flow (Lee et al., arXiv 2604.17415); RSM-SPEC §9.2",
+    "rsm-zo-diffusion": "RSM zeroth-order redesign, diffusion (Lee et al., arXiv 2604.17415); "
+                        "RSM-SPEC §9.3",
+    "rsm-fo": "RSM first-order redesign, flow (Lee et al., arXiv 2604.17415); RSM-SPEC §9.4",
+    "vgg-flow": "VGG-Flow, pruned (Liu et al., NeurIPS 2025); RSM-SPEC §6.3.1",
+    "rsm-fo-diffusion": "RSM first-order redesign, diffusion (Lee et al., arXiv 2604.17415); "
+                        "RSM-SPEC §9.5",
+    "residual-ndb": "Residual nabla-DB, pruned (Nabla-GFlowNet, Liu et al., ICLR 2025); RSM-SPEC §6.3.3",
+    "sqdf": "SQDF without consistency model / replay buffer (Kang et al., ICLR 2026, arXiv "
+            "2512.04559); RSM-SPEC §6.3.2",
+    "adjoint-matching": "Adjoint Matching, lean adjoint (Domingo-Enrich et al. 2024); RSM-SPEC §6.3.11",
+    "draft": "DRaFT-K (Clark et al. 2024): pathwise; RSM-SPEC §6.3.11",
+    "refl": "ReFL (Xu et al. 2023, ImageReward): one Tweedie jump; RSM-SPEC §6.3.11",
+}
+
+PRESETS: dict[str, Preset] = {name: Preset(name=name, source=SOURCES[name], **options)
+                              for name, options in _PRESETS.items()}
+
+
 def names() -> list[str]:
     """The preset names."""
-    return sorted(_PRESETS)
+    return sorted(PRESETS)
 
 
-def get(name: str, **overrides: Any) -> dict[str, Any]:
-    """A copy of a preset with overrides applied (unknown keys are errors)."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown method {name!r}; known: {names()}")
-    preset = copy.deepcopy(_PRESETS[name])
-    unknown = set(overrides) - set(preset)
-    if unknown:
-        raise ValueError(f"method {name!r} has no hyper-parameter(s) {sorted(unknown)}; "
-                         f"it has {sorted(k for k in preset if k != 'description')}")
-    preset.update(overrides)
-    if isinstance(preset.get("budget"), str):
-        if preset["budget"] not in BUDGETS:
-            raise ValueError(f"unknown budget profile {preset['budget']!r}; known: {sorted(BUDGETS)}")
-        preset["budget"] = list(BUDGETS[preset["budget"]])
-    preset["name"] = name
-    return preset
-
-
-def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]:
-    """One row per preset: estimator, objective form, reweighting, clip, KL (and the beta of the
-    ODE KL-anchor rows), rollout/branching, and per timestep t (for the preset's own path unless
-    `path` is given and matches), read off the engine (rsm.finetune.influence): C1, gamma, the relative trust-region weight C2, the
-    first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
-    (RSM-SPEC §4.3). Untrained steps hold None."""
-    from .finetune import influence
-
-    rows = []
-    for name in names():
-        p = _PRESETS[name]
-        rows.append({"method": name, "family": p["family"], "path": p["path"],
-                     "estimator": p["estimator"], "form": p["form"],
-                     "reweight": p.get("reweight", "-"), "clip": p.get("clip_eps", 0.0),
-                     "kl": p.get("kl", 0.0),
-                     "kl_anchor": p.get("kl", 0.0) if p.get("kl_anchor", 0.0) is None
-                     else p.get("kl_anchor", 0.0),
-                     "rollout": p["rollout"],
-                     "branching": p["rollout"] in ("branch", "tree")})
-        if with_influence:
-            use = path if path is not None and p["path"] in ("any", path.kind) else None
-            info = influence(name, path=use)
-            rows[-1]["t"] = [round(float(v), 4) for v in info["t"]]
-            rows[-1]["h"] = [round(float(v), 4) for v in info["h"]]
-            for key, name in (("C1", "c1"), ("gamma", "gamma"), ("C2", "c2"), ("psi_scale", "psi_scale")):
-                rows[-1][key] = [None if not np.isfinite(v) else float(f"{v:.6g}") for v in info[name]]
-    return rows
+def get(name: str, **overrides: Any) -> Preset:
+    """The preset `name` with overrides applied (unknown names and options are errors)."""
+    if not isinstance(name, str) or name not in PRESETS:
+        hint = _suggest(name, PRESETS) if isinstance(name, str) else ""
+        raise ValueError(f"unknown method {name!r}{hint}; known: {names()}")
+    return PRESETS[name].replace(**overrides)
