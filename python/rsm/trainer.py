@@ -38,7 +38,6 @@ from .methods.batch import Batch
 from .methods.estimates import ESTIMATES, tensor
 from .methods.kl_eval import PathKL
 from .methods.rollouts import ROLLOUTS
-from .methods.rollouts.branch import check_kl_anchor
 from .methods.setting import make_setting, resolve_path
 from .rewards import Reward
 from .sampling import log_prob
@@ -111,6 +110,10 @@ class Trainer:
                  kl_noise_level: float | None = None, **overrides: Any) -> None:
         self.cfg = cfg = get_method(method, **overrides)
         self.method = method
+        for name, model in (("policy", policy), ("ref", ref)):
+            if not all(hasattr(model, a) for a in ("dim", "dtype", "forward", "params")):
+                raise TypeError(f"Trainer(): {name} must be an rsm model (rsm.MLP, rsm.DiT, "
+                                f"rsm.Guided, ...), got {type(model).__name__}")
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
         self.path = resolve_path(cfg, path)
@@ -143,8 +146,6 @@ class Trainer:
                               kl_every, kl_samples, kl_grid, kl_noise_level)
         self.kl_every, self.kl_samples, self.kl_grid = self.kl_eval.every, self.kl_eval.samples, self.kl_eval.grid
         self.kl_noise_level, self.kl_seed = self.kl_eval.noise_level, self.kl_eval.seed
-        if cfg["rollout"] == "branch":
-            check_kl_anchor(cfg)
 
     # ---- one iteration ----------------------------------------------------------------------
     def step(self) -> dict[str, Any]:

@@ -185,10 +185,8 @@ def zeroth_order(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray,
     # anchor still counts; rows with an invalid reward are dropped entirely
     mask = batch["mask"][row["traj"]].astype(np.float64)
     adv = batch["adv"][row["traj"]] * mask
-    reweight = cfg.get("reweight", "base")
-    if reweight not in REWEIGHTS:
-        raise ValueError(f"unknown reweight {reweight!r}")
-    w, term_scale, post, ratio_scale = REWEIGHTS[reweight](cfg, c, w, c["std"] / np.sqrt(c["dt"]))
+    reweight = REWEIGHTS[cfg.get("reweight", "base")]   # the names: presets.REWEIGHT_NAMES
+    w, term_scale, post, ratio_scale = reweight(cfg, c, w, c["std"] / np.sqrt(c["dt"]))
     w_kl = abs(c["K"]) / c["std"]   # the KL anchor always uses the sampler's true weight
     coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
                             post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w_kl,

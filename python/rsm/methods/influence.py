@@ -12,7 +12,6 @@ from ..tree import depth_pruned_steps
 from .batch import Batch
 from .coefficients import RULES
 from .presets import get
-from .rollouts.branch import check_kl_anchor
 from .setting import make_setting, resolve_path
 
 
@@ -68,8 +67,6 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     group = cfg["branch"] ** cfg["split"] if cfg["rollout"] == "tree" else 2
     BatchGeometry.from_method(cfg, 1, group, dim=1,   # the checks a Trainer would make
                               deterministic={i for i, c in enumerate(s.sde) if not c["std"] > 0})
-    if cfg["rollout"] == "branch":
-        check_kl_anchor(cfg)
     steps = cfg["steps"]
     rows_per_root = _rows_per_root(cfg, steps)
     kappa = np.zeros(steps)

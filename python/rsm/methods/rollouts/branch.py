@@ -61,27 +61,6 @@ def rollout(tr: Any) -> Batch:
                  anchor_rows=kl_anchor_rows(tr, root_xs, budget, offset, k_avg))
 
 
-def check_kl_anchor(cfg: Any) -> None:
-    """The KL-anchor keys of a branch preset (rsm.methods), checked before any work."""
-    beta = anchor_beta(cfg)
-    if not (np.isfinite(beta) and beta >= 0):
-        raise ValueError(f"Trainer(): kl_anchor={cfg.get('kl_anchor')!r} must be a finite "
-                         "beta >= 0 (or None: the preset's kl)")
-    weight = cfg.get("kl_anchor_weight", "sampler")
-    if weight != "sampler" and (isinstance(weight, (bool, str)) or
-                                not isinstance(weight, (int, float, np.floating, np.integer)) or
-                                not np.isfinite(weight) or weight <= 0):
-        raise ValueError(f"Trainer(): kl_anchor_weight={weight!r} must be 'sampler' "
-                         "(|K_i| / std_i) or a finite number > 0")
-    if cfg.get("kl_anchor_reduce", "k_avg") not in ("k_avg", "mean"):
-        raise ValueError(f"Trainer(): kl_anchor_reduce={cfg.get('kl_anchor_reduce')!r} must "
-                         "be 'k_avg' or 'mean'")
-    ratio = cfg.get("kl_anchor_max_ratio")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating))
-                              or not 0.0 <= ratio <= 1.0):
-        raise ValueError(f"Trainer(): kl_anchor_max_ratio={ratio!r} must be None or in [0, 1]")
-
-
 def kl_anchor_rows(tr: Any, root_xs: np.ndarray, budget: list, transition_rows: int,
                    k_avg: float) -> list:
     """The ODE KL-anchor rows of a branch rollout (RSM-SPEC §9.2.5, §9.3): the root states
