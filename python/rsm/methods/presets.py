@@ -278,7 +278,7 @@ class Preset(Mapping):
 
     # ---- read access of the dicts presets were (compatibility) -------------------------------
     def __getitem__(self, key: str) -> Any:
-        if key not in _OPTION_NAMES:
+        if key not in _OPTION_SET:
             raise KeyError(key)
         value = getattr(self, key)
         if value is UNSET:
@@ -313,6 +313,7 @@ class Preset(Mapping):
 
 _DOCUMENTATION = ("name", "description", "source")
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Preset))
+_OPTION_SET = frozenset(_OPTION_NAMES)
 
 
 # ---- the vocabulary of checks: (label, value) -> None or raise ---------------------------------
