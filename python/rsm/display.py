@@ -77,69 +77,7 @@ def history_html(history: Sequence[Mapping[str, Any]]) -> str:
                       f"History: {len(history)} rows (last {len(last)} shown; .to_pandas() for all)")
 
 
-# ---- Trainer / Run ---------------------------------------------------------------------------
-
-def _options(trainer: Any) -> dict[str, Any]:
-    from .runs import _options as changed
-
-    try:
-        return changed(trainer)
-    except Exception:  # noqa: BLE001 - a display never raises
-        return {}
-
-
-def _last(trainer: Any) -> str:
-    """The last row's reward and KL, and the last evaluated kl_path (every kl_every rows)."""
-    if not len(trainer.history):
-        return ""
-    row = trainer.history[-1]
-    parts = [f"{k}={_fmt(row[k])}" for k in ("reward_mean", "kl") if k in row]
-    for earlier in reversed(trainer.history):
-        value = earlier.get("kl_path", float("nan"))
-        if isinstance(value, float) and not math.isnan(value):
-            parts.append(f"kl_path={_fmt(value)} (iteration {earlier.get('step', '?')})")
-            break
-    return ", last: " + ", ".join(parts)
-
-
-def trainer_repr(trainer: Any) -> str:
-    opts = _options(trainer)
-    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(opts.items())[:MAX_OPTIONS])
-    more = f", +{len(opts) - MAX_OPTIONS} more" if len(opts) > MAX_OPTIONS else ""
-    return (f"Trainer(method={trainer.method!r}, path={trainer.path!r}, iteration={trainer.iteration}, "
-            f"batch={trainer.batch_size}x{trainer.group_size}, seed={trainer.seed}"
-            f"{', options: ' + shown + more if opts else ''}{_last(trainer)})")
-
-
-def trainer_html(trainer: Any) -> str:
-    opts = _options(trainer)
-    rows = [["method", trainer.method], ["family", str(trainer.cfg.get("family"))],
-            ["path", repr(trainer.path)], ["iteration", trainer.iteration],
-            ["batch x group", f"{trainer.batch_size} x {trainer.group_size}"],
-            ["seed", trainer.seed],
-            ["options changed", ", ".join(f"{k}={_fmt(v)}" for k, v in opts.items()) or "none"]]
-    if len(trainer.history):
-        for k in ("reward_mean", "kl"):
-            if k in trainer.history[-1]:
-                rows.append([f"last {k}", trainer.history[-1][k]])
-        kl = [r for r in trainer.history if not math.isnan(r.get("kl_path", float("nan")))]
-        if kl:
-            rows.append([f"kl_path (iteration {kl[-1].get('step')})", kl[-1]["kl_path"]])
-    return table_html(["Trainer", ""], rows)
-
-
-def run_repr(run: Any) -> str:
-    t = run.trainer
-    return (f"Run(method={t.method!r}, iterations={t.iteration}, policy={type(run.policy).__name__}"
-            f"({getattr(run.policy, 'num_params', '?')} params){_last(t)})")
-
-
-def run_html(run: Any) -> str:
-    return (f"<p><b>Run</b> {html.escape(run.trainer.method)}, {run.trainer.iteration} iterations, "
-            f"policy {html.escape(type(run.policy).__name__)}</p>" + history_html(run.history))
-
-
-# ---- Trajectory / Reward ---------------------------------------------------------------------
+# ---- Trajectory ---------------------------------------------------------------------
 
 def trajectory_repr(traj: Any) -> str:
     kind = traj.sampler.get("kind", traj.sampler.get("name", "")) if isinstance(traj.sampler, dict) else ""
@@ -156,10 +94,19 @@ def trajectory_html(traj: Any) -> str:
     return table_html(["Trajectory", "shape"], rows)
 
 
-def reward_repr(reward: Any) -> str:
-    kind = "differentiable" if reward.differentiable else "black-box"
-    extra = f", kind={reward.kind!r}" if hasattr(reward, "kind") else ""
-    return f"Reward({reward.name!r}, {kind}{extra}, nonfinite={reward.nonfinite!r}, calls={reward.calls})"
+def tile_images(images: Any, gap: int = 1) -> np.ndarray:
+    """images [rows, cols, C, H, W] in [-1, 1] -> one [rows*(H+gap)-gap, cols*(W+gap)-gap, C]
+    array in [0, 1] (gaps white), ready for imshow."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 5 or x.shape[2] not in (1, 3):
+        raise ValueError(f"tile_images(): images must be [rows, cols, C (1 or 3), H, W], got {x.shape}")
+    rows, cols, c, h, w = x.shape
+    out = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c))
+    for i in range(rows):
+        for j in range(cols):
+            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = \
+                np.clip((x[i, j].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
+    return out
 
 
 # ---- tables ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ its output parameterization (velocity for flow, eps for VP), in memory and in it
 unknown path is never guessed: the checks below only refuse what a model is known not to be."""
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from typing import Any
@@ -36,10 +35,8 @@ def _inner(model: Any) -> Any:
 
 def path_info(model: Any) -> dict[str, Any] | None:
     """What `model` is known to be trained for (describe_path), or None when unknown."""
-    from .models import GaussianMixtureModel
-
     model = _inner(model)
-    if isinstance(model, GaussianMixtureModel):
+    if type(model).__name__ == "GaussianMixtureModel":   # the exact model of its own path
         return describe_path(model.path)
     info = getattr(model, "__dict__", {}).get(_ATTR)
     if info is None and getattr(model, "base", None) is not None:   # LoRADiT: its base's
@@ -188,21 +185,4 @@ def iterations_alias(iterations: Any, steps: Any) -> Any:
 
 # ---- rewards ---------------------------------------------------------------------------------
 
-def check_reward_signature(fn: Any, name: str) -> None:
-    """A reward is called as fn(x0, cond): refuse, with the fix, a callable that cannot take
-    two positional arguments (a signature that cannot be read is let through)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(None, None)
-    except TypeError:
-        fname = name if name.isidentifier() else "reward"
-        params = [p for p in sig.parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        raise TypeError(
-            f"reward {name!r} takes {sig}, but rsm calls rewards as reward(x0, cond) "
-            f"(cond is None for an unconditional model). It takes {len(params)} positional "
-            f"argument(s); define it as def {fname}(x0, cond=None): ... or wrap it: "
-            f"rsm.Reward(lambda x0, cond: {fname}(x0))") from None
+from ._reward import check_signature as check_reward_signature  # noqa: E402,F401  (rsm._reward)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .display import tile_images  # noqa: F401  (rsm.plot.tile_images)
+
 __all__ = ["curves", "density_contour", "history", "image_grid", "scatter_compare", "tile_images", "trajectories"]
 
 Limits = float | tuple[float, float] | None
@@ -242,21 +244,6 @@ def trajectories(xs: Any, path: str | os.PathLike | None = None, n_paths: int = 
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def tile_images(images: Any, gap: int = 1) -> np.ndarray:
-    """images [rows, cols, C, H, W] in [-1, 1] -> one [rows*(H+gap)-gap, cols*(W+gap)-gap, C]
-    array in [0, 1] (gaps white), ready for imshow."""
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim != 5 or x.shape[2] not in (1, 3):
-        raise ValueError(f"tile_images(): images must be [rows, cols, C (1 or 3), H, W], got {x.shape}")
-    rows, cols, c, h, w = x.shape
-    out = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c))
-    for i in range(rows):
-        for j in range(cols):
-            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = \
-                np.clip((x[i, j].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
-    return out
 
 
 def image_grid(panels: Mapping[str, Any], path: str | os.PathLike | None = None, title: str | None = None,

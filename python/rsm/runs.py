@@ -12,6 +12,7 @@ for the wall-clock columns)."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import guards
+from .display import MAX_OPTIONS, _fmt, history_html, table_html
 from .training import History
 
 FORMAT = "rsm.Trainer/1"
@@ -131,9 +133,8 @@ def _reward_conditions(trainer: Any) -> np.ndarray | None:
 def save_trainer(trainer: Any, file: str | os.PathLike) -> None:
     """Trainer.save: see the module docstring."""
     from . import io
-    from .finetune import Trainer
 
-    if type(trainer) is not Trainer:
+    if (type(trainer).__name__, type(trainer).__module__) != ("Trainer", "rsm.trainer"):
         raise TypeError(f"Trainer.save(): {type(trainer).__name__} keeps state that Trainer.save "
                         "does not know; save its models and optimizer yourself")
     state = trainer.optimizer.state_dict()
@@ -155,7 +156,7 @@ def save_trainer(trainer: Any, file: str | os.PathLike) -> None:
         "path": guards.describe_path(trainer.path), "policy": _model_spec(trainer.policy),
         "ref_digest": params_digest(trainer.ref), "reward": _reward_spec(trainer.reward),
         "reward_name": trainer.reward.name}
-    from . import __version__
+    from ._build import __version__
 
     meta = {"rsm_class": "Trainer", "rsm_version": __version__,
             "trainer": json.dumps(info, default=_json_default),
@@ -182,14 +183,13 @@ def _read(file: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any
     return tensors, info, history
 
 
-def load_trainer(file: str | os.PathLike, ref: Any, reward: Any = None, *, policy: Any = None,
-                 path: Any = None) -> Any:
+def load_trainer(cls: Any, file: str | os.PathLike, ref: Any, reward: Any = None, *,
+                 policy: Any = None, path: Any = None) -> Any:
     """Trainer.load: rebuild the trainer saved in `file` around `ref` (checked against the
     stored digest) and `reward` (optional for the built-in analytic rewards, which are stored).
     policy=: a model to load the parameters into (default: rebuilt from the file); path=: the
     probability path when the file's cannot be rebuilt (a VP path with your own betas)."""
     from . import rewards as _rewards
-    from .finetune import Trainer
 
     tensors, info, _ = _read(file)
     if reward is None:
@@ -203,7 +203,7 @@ def load_trainer(file: str | os.PathLike, ref: Any, reward: Any = None, *, polic
         guards.copy_path(ref, policy)
     if path is None:
         path = guards.path_from_info(info["path"])
-    trainer = Trainer(policy, ref, reward, info["method"], path=path, batch_size=info["batch_size"],
+    trainer = cls(policy, ref, reward, info["method"], path=path, batch_size=info["batch_size"],
                       group_size=info["group_size"], seed=info["seed"],
                       conditions=tensors.get("conditions"), kl_every=info["kl_every"],
                       kl_samples=info["kl_samples"], kl_grid=tensors["kl_grid"],
@@ -273,6 +273,66 @@ def restore(trainer: Any, file: str | os.PathLike) -> None:
     trainer.history = History(history)
 
 
+# ---- displays of Trainer and Run (notebooks) ---------------------------------------------------------------------------
+
+def _shown_options(trainer: Any) -> dict[str, Any]:
+    try:
+        return _options(trainer)
+    except Exception:  # noqa: BLE001 - a display never raises
+        return {}
+
+
+def _last(trainer: Any) -> str:
+    """The last row's reward and KL, and the last evaluated kl_path (every kl_every rows)."""
+    if not len(trainer.history):
+        return ""
+    row = trainer.history[-1]
+    parts = [f"{k}={_fmt(row[k])}" for k in ("reward_mean", "kl") if k in row]
+    for earlier in reversed(trainer.history):
+        value = earlier.get("kl_path", float("nan"))
+        if isinstance(value, float) and not math.isnan(value):
+            parts.append(f"kl_path={_fmt(value)} (iteration {earlier.get('step', '?')})")
+            break
+    return ", last: " + ", ".join(parts)
+
+
+def trainer_repr(trainer: Any) -> str:
+    opts = _shown_options(trainer)
+    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(opts.items())[:MAX_OPTIONS])
+    more = f", +{len(opts) - MAX_OPTIONS} more" if len(opts) > MAX_OPTIONS else ""
+    return (f"Trainer(method={trainer.method!r}, path={trainer.path!r}, iteration={trainer.iteration}, "
+            f"batch={trainer.batch_size}x{trainer.group_size}, seed={trainer.seed}"
+            f"{', options: ' + shown + more if opts else ''}{_last(trainer)})")
+
+
+def trainer_html(trainer: Any) -> str:
+    opts = _shown_options(trainer)
+    rows = [["method", trainer.method], ["family", str(trainer.cfg.get("family"))],
+            ["path", repr(trainer.path)], ["iteration", trainer.iteration],
+            ["batch x group", f"{trainer.batch_size} x {trainer.group_size}"],
+            ["seed", trainer.seed],
+            ["options changed", ", ".join(f"{k}={_fmt(v)}" for k, v in opts.items()) or "none"]]
+    if len(trainer.history):
+        for k in ("reward_mean", "kl"):
+            if k in trainer.history[-1]:
+                rows.append([f"last {k}", trainer.history[-1][k]])
+        kl = [r for r in trainer.history if not math.isnan(r.get("kl_path", float("nan")))]
+        if kl:
+            rows.append([f"kl_path (iteration {kl[-1].get('step')})", kl[-1]["kl_path"]])
+    return table_html(["Trainer", ""], rows)
+
+
+def run_repr(run: Any) -> str:
+    t = run.trainer
+    return (f"Run(method={t.method!r}, iterations={t.iteration}, policy={type(run.policy).__name__}"
+            f"({getattr(run.policy, 'num_params', '?')} params){_last(t)})")
+
+
+def run_html(run: Any) -> str:
+    return (f"<p><b>Run</b> {html.escape(run.trainer.method)}, {run.trainer.iteration} iterations, "
+            f"policy {html.escape(type(run.policy).__name__)}</p>" + history_html(run.history))
+
+
 # ---- what rsm.finetune does around each iteration ------------------------------------------
 
 class RunHooks:
@@ -334,7 +394,7 @@ class RunHooks:
 def sample_grid(trainer: Any, n: int = 16) -> np.ndarray | None:
     """An image grid [H, W, C] in [0, 1] of n deterministic samples of an image policy (fixed
     noise, the conditions in order), or None for a model that is not an image model."""
-    from .plot import tile_images
+    from .display import tile_images
     from .sampling import sample
 
     shape = getattr(trainer.policy, "image_shape", None)
