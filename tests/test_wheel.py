@@ -50,4 +50,4 @@ def test_wheel_installs_in_a_clean_venv(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     first = out.stdout.splitlines()[0]
     assert first.startswith("rsm 0.1.0 (Python ") and "numpy " in first
-    assert "native: False" in out.stdout   # portable by default
+    assert "native: False" in out.stdout and "cpu_variant: " in out.stdout   # portable by default

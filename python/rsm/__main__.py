@@ -206,12 +206,16 @@ def _info() -> int:
     import rsm
 
     info = rsm.build_info()
-    print(f"rsm {info['rsm_version']} (Python {info['python_version']}, numpy {info['numpy_version']})")
-    for key in sorted(info):
-        if key not in ("rsm_version", "python_version", "numpy_version", "build_summary"):
-            print(f"  {key}: {info[key]}")
-    for line in info.get("build_summary", []):
-        print(f"  | {line}")
+    first = ("cpu_variant", "native", "blas", "openmp", "cuda_built", "cuda_available", "c_flags")
+    lines = [f"rsm {info['rsm_version']} (Python {info['python_version']}, numpy {info['numpy_version']})"]
+    lines += [f"  {key}: {info[key]}" for key in first if key in info]
+    lines += [f"  {key}: {info[key]}" for key in sorted(info) if key not in first and key not in
+              ("rsm_version", "python_version", "numpy_version", "build_summary")]
+    lines += [f"  | {line}" for line in info.get("build_summary", [])]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:   # `rsm info | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
