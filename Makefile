@@ -50,7 +50,7 @@ help:
 	@echo "  make demo       set up .venv (PyPI packages + the extension), then python -m rsm demo"
 	@echo "  make demo-images  the image demo: python -m rsm demo images (digits, CFG, fine-tuning)"
 	@echo "  make test       set up .venv, then run the whole test suite (pytest tests/)"
-	@echo "  make test-quick the suite without the tests marked slow (about 2 minutes on an idle 2-core machine)"
+	@echo "  make test-quick the suite without its slow and longest tests (about 70 s of CPU; tests/quick_skip.txt)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
 	@echo "  make build      rebuild the extension in .venv now (e.g. after changing RSM_* knobs)"
