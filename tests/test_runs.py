@@ -206,3 +206,49 @@ def test_image_sample_grid_logged(tmp_path):
                  log_dir=tmp_path, sample_every=1, kl_every=0)
     pngs = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert pngs == ["samples_000000.png", "samples_000001.png"]
+
+
+def test_tensorboard_and_wandb_adapters(monkeypatch, tmp_path):
+    """The adapters call their package's API (stand-in modules here: neither package is a
+    dependency); a missing package is an ImportError that says what to install."""
+    import sys
+    import types
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("init", str(log_dir)))
+
+        def add_scalar(self, key, value, step):
+            calls.append(("scalar", key, value, step))
+
+        def add_image(self, name, image, step, dataformats):
+            calls.append(("image", name, image.shape, step, dataformats))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # no torch tensorboard
+    monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=Writer))
+    logger = rsm.loggers.make_logger("tensorboard", log_dir=tmp_path)
+    logger.log({"step": 3, "reward_mean": 0.5, "kl_path": float("nan"), "name": "x"}, 3)
+    logger.log_images("samples", np.zeros((4, 4, 1)), 3)
+    logger.close()
+    assert calls == [("init", str(tmp_path)), ("scalar", "reward_mean", 0.5, 3),
+                     ("image", "samples", (4, 4, 1), 3, "HWC"), ("close",)]
+
+    logged = []
+    fake = types.SimpleNamespace(run=None, init=lambda **kw: logged.append(("init", kw)),
+                                 log=lambda d, step: logged.append(("log", d, step)),
+                                 Image=lambda a: ("image", a.shape),
+                                 finish=lambda: logged.append(("finish",)))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = rsm.loggers.make_logger("wandb", config={"project": "p"})
+    logger.log({"step": 1, "reward_mean": 2.0}, 1)
+    logger.close()
+    assert logged == [("init", {"project": "p"}), ("log", {"reward_mean": 2.0}, 1), ("finish",)]
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ImportError, match="pip install wandb"):
+        rsm.loggers.make_logger("wandb")
