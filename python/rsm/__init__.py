@@ -19,6 +19,38 @@ def _load_blas() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _threading_policy() -> dict:
+    """OpenMP's waiting policy, set before libgomp starts (it reads its environment once, when
+    rsm._C loads it). libgomp's default lets a thread that waits at a barrier spin for about
+    300,000 iterations before it sleeps: on a machine where other processes compete for the
+    cores, the spinning threads burn the time slices that the thread everyone waits for needs,
+    and a step runs 10-60x slower. Passive waiting (sleep at once) costs a few microseconds per
+    parallel region on an idle machine and keeps rsm near its fair share of a busy one. Nothing
+    is changed when the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT; the environment is restored
+    after the import (processes started later, and other OpenMP runtimes loaded later, such as
+    torch's, see the user's environment). Returns what was set (for build_info)."""
+    import os
+
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return {}
+    return {"OMP_WAIT_POLICY": "passive"}
+
+
+def _import_core() -> dict:
+    import importlib
+    import os
+
+    policy = _threading_policy()
+    os.environ.update(policy)
+    try:
+        importlib.import_module("._C", __name__)
+    finally:
+        for key in policy:
+            os.environ.pop(key, None)
+    return policy
+
+
+_THREAD_POLICY = _import_core()
 from . import _C  # noqa: E402
 from ._C import Tensor, from_dlpack  # noqa: E402,F401
 
@@ -41,8 +73,20 @@ from . import image_datasets, image_rewards  # noqa: E402,F401  (sklearn / Pillo
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for rsm's CPU loops (OpenMP) and for the BLAS."""
+    """Threads for rsm's CPU loops (OpenMP) and its GEMM tiles (the BLAS itself runs one thread
+    per tile). Results are bitwise the same for every thread count (README, Reproducibility).
+    Default: OMP_NUM_THREADS if set, else the cores this process may run on."""
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"set_num_threads(): n must be an int >= 1, got {n!r}")
     _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads rsm's CPU loops use (set_num_threads, else OMP_NUM_THREADS, else the
+    cores this process may run on)."""
+    return _C.get_num_threads()
 
 
 try:  # written by setup.py at build time (gitignored)
