@@ -137,12 +137,12 @@ RSM_DEFINE_GEMM(rsm_dgemm_builtin, double)
  * splitting by the thread count gave other bits at 3+ threads; with fixed tiles every element of
  * C is computed by the same call on the same operands whatever the number of threads (1, 2, 3,
  * 8 ...), so results are bitwise equal for any thread count on the same build and CPU family.
- * Tiles are multiples of 16 rows (whole microkernel panels), at least 64 rows, and at most 8 per
+ * Tiles are multiples of 16 rows (whole microkernel panels), at least 128 rows, and at most 8 per
  * GEMM (few calls: each one packs op(B) again). The tiles are handed out dynamically: a thread
  * that a busy machine deschedules does not hold the others back, and the bits do not depend on
  * which thread computed a tile. GEMMs under RSM_GEMM_SPLIT_FLOPS stay one call. */
 #define RSM_GEMM_SPLIT_FLOPS 2000000.0
-#define RSM_GEMM_TILE_MIN 64
+#define RSM_GEMM_TILE_MIN 128
 #define RSM_GEMM_TILES_MAX 8
 
 static int64_t
