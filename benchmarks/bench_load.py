@@ -10,20 +10,23 @@ bench_finetune.py:
                   vs bench_finetune.torch_iteration
 
 Load levels: 0, 1 and 2 busy processes (`python -c "while True: pass"`), started and stopped by
-this script. At each level, each variant runs in its own fresh process (so every OpenMP runtime
-starts with its own environment), twice, alternating (A B C A B C), and the median is kept:
+this script. Each variant runs in its own fresh process (so every OpenMP runtime starts with its
+own environment) and measures each workload at the levels in turn, interleaved (0 1 2 0 1 2:
+`--rounds N`, default 2; the median is kept), so that the other tenants of a shared machine weigh
+on all levels alike:
 
   rsm            rsm as installed: its threading policy (passive OpenMP waiting, set when rsm._C
                  loads unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT)
   rsm-spin       rsm with libgomp's default waiting (GOMP_SPINCOUNT=300000): rsm before the
                  policy
   torch          PyTorch eager as a user runs it (its own defaults)
+  torch-passive  PyTorch eager with OMP_WAIT_POLICY=passive (what the policy does for torch)
 
 All use their default thread count (the cores this process may use). Reported: ms per step,
 and the ratio of each level to the idle level of the same variant, and rsm vs torch at the same
 load. The machine may be shared: the 1-minute load average before each level is printed.
 
-Run: python benchmarks/bench_load.py [--quick] [--json PATH]"""
+Run: python benchmarks/bench_load.py [--quick] [--rounds N] [--levels 0,1,2] [--json PATH]"""
 from __future__ import annotations
 
 import json
@@ -35,24 +38,43 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("pretrain step B=256", "ODE sampler 20 steps B=256", "fine-tuning iteration flow-grpo 64x16")
-VARIANTS = {"rsm": {}, "rsm-spin": {"GOMP_SPINCOUNT": "300000"}, "torch": {}}
+VARIANTS = {"rsm": {}, "rsm-spin": {"GOMP_SPINCOUNT": "300000"}, "torch": {},
+            "torch-passive": {"OMP_WAIT_POLICY": "passive"}}
 
 
 # ---- worker: one variant, every workload, one process -------------------------------------------
 
-def _measure(fn, min_sample_s, repeats):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-6)
-    inner = max(1, int(min_sample_s / once))
+def _measure(fn, once, min_sample_s, budget_s, max_samples=5):
+    """Median seconds per call: samples of `inner` calls (about min_sample_s each, from `once`, the
+    duration of a warm call) until at least 2 samples (1 when a call takes over 2 s) and budget_s
+    seconds, at most max_samples (a step that a loaded machine slows down 100x must not hold the
+    benchmark for an hour)."""
+    inner = max(1, int(min_sample_s / max(once, 1e-6)))
+    least = 1 if once > 2.0 else 2
     samples = []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    while len(samples) < max_samples and (len(samples) < least or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         for _ in range(inner):
             fn()
         samples.append((time.perf_counter() - t0) / inner)
     return statistics.median(samples)
+
+
+class _Busy:
+    """Keeps `n` busy processes (python -c "while True: pass") running; set(n) adds or stops some."""
+
+    def __init__(self):
+        self.procs = []
+
+    def set(self, n: int) -> None:
+        while len(self.procs) < n:
+            self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        while len(self.procs) > n:
+            p = self.procs.pop()
+            p.kill()
+            p.wait()
+        time.sleep(0.5)
 
 
 def _rsm_workloads():
@@ -127,34 +149,40 @@ def _torch_workloads():
     return {WORKLOADS[0]: (pretrain, 1), WORKLOADS[1]: (ode, 1), WORKLOADS[2]: (finetune, 1)}
 
 
-def worker(variant: str, quick: bool) -> None:
+def worker(variant: str, quick: bool, levels, rounds: int) -> None:
+    """Every workload at every load level, the levels interleaved (0 1 2 0 1 2 ...) so that the
+    other tenants of a shared machine weigh on all of them alike; prints {workload: {level: s}}."""
     sys.path.insert(0, HERE)
-    work = _torch_workloads() if variant == "torch" else _rsm_workloads()
+    work = _torch_workloads() if variant.startswith("torch") else _rsm_workloads()
+    busy = _Busy()
     out = {}
-    for name, (fn, per_call) in work.items():
-        out[name] = _measure(fn, 0.1 if quick else 0.25, 3 if quick else 5) / per_call
+    try:
+        for name, (fn, per_call) in work.items():
+            fn()  # warm-up
+            t0 = time.perf_counter()
+            fn()
+            once = time.perf_counter() - t0
+            samples = {lv: [] for lv in levels}
+            for _ in range(rounds):
+                for lv in levels:
+                    busy.set(lv)
+                    samples[lv].append(_measure(fn, once, 0.1 if quick else 0.2, 0.5 if quick else 1.0))
+            busy.set(0)
+            out[name] = {str(lv): statistics.median(v) / per_call for lv, v in samples.items()}
+    finally:
+        busy.set(0)
     print(json.dumps(out))
 
 
 # ---- driver -------------------------------------------------------------------------------------
 
-def _busy(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.kill()
-    for p in procs:
-        p.wait()
-
-
-def _run_variant(variant: str, quick: bool) -> dict:
+def _run_variant(variant: str, quick: bool, levels, rounds) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                             "OMP_NUM_THREADS")}
     env.update(VARIANTS[variant])
-    args = [sys.executable, os.path.abspath(__file__), "--worker", variant] + (["--quick"] if quick else [])
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    args = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--rounds", str(rounds),
+            "--levels", ",".join(map(str, levels))] + (["--quick"] if quick else [])
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise SystemExit(f"{variant} worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,48 +190,40 @@ def _run_variant(variant: str, quick: bool) -> dict:
 
 def main() -> int:
     quick = "--quick" in sys.argv
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else (1 if quick else 2)
+    levels = (tuple(int(v) for v in sys.argv[sys.argv.index("--levels") + 1].split(","))
+              if "--levels" in sys.argv else (0, 1, 2))
     if "--worker" in sys.argv:
-        worker(sys.argv[sys.argv.index("--worker") + 1], quick)
+        worker(sys.argv[sys.argv.index("--worker") + 1], quick, levels, rounds)
         return 0
-    levels = (0, 1, 2)
-    rounds = 1 if quick else 2
-    results = {}  # (level, variant) -> {workload: seconds}
-    loads = {}
-    for level in levels:
-        procs = _busy(level)
-        try:
-            time.sleep(1.0)
-            loads[level] = os.getloadavg()[0]
-            samples = {v: [] for v in VARIANTS}
-            for _ in range(rounds):
-                for v in VARIANTS:
-                    samples[v].append(_run_variant(v, quick))
-                    print(f"  busy={level} {v}: " + ", ".join(
-                        f"{k.split()[0]} {1e3 * s:.1f} ms" for k, s in samples[v][-1].items()), flush=True)
-            for v in VARIANTS:
-                results[(level, v)] = {w: statistics.median(s[w] for s in samples[v]) for w in WORKLOADS}
-        finally:
-            _stop(procs)
+    load_before = os.getloadavg()[0]
+    results = {}
+    for v in VARIANTS:
+        results[v] = _run_variant(v, quick, levels, rounds)
+        print(f"  {v}: " + "; ".join(f"{w.split()[0]} " + ", ".join(f"{lv} busy {1e3 * s:.1f} ms" for lv, s in r.items())
+                                     for w, r in results[v].items()), flush=True)
     cores = len(os.sched_getaffinity(0))
-    print(f"\n### Step time under load ({cores} cores; load average before each level: "
-          + ", ".join(f"{lv} busy: {loads[lv]:.1f}" for lv in levels) + ")\n")
-    print("| workload | variant | idle ms | 1 busy ms (x idle) | 2 busy ms (x idle) |")
-    print("|---|---|---|---|---|")
+    print(f"\n### Step time under load ({cores} cores; load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after; levels interleaved, {rounds} round(s), medians)\n")
+    print("| workload | variant | " + " | ".join(f"{lv} busy ms" + (" (x 0 busy)" if lv else "") for lv in levels) + " |")
+    print("|---|---|" + "---|" * len(levels))
     for w in WORKLOADS:
         for v in VARIANTS:
-            base = results[(0, v)][w]
-            cells = [f"{1e3 * base:.1f}"] + [f"{1e3 * results[(lv, v)][w]:.1f} ({results[(lv, v)][w] / base:.2f}x)"
-                                             for lv in levels[1:]]
+            r = results[v][w]
+            base = r[str(levels[0])]
+            cells = [f"{1e3 * r[str(lv)]:.1f}" + (f" ({r[str(lv)] / base:.2f}x)" if lv != levels[0] else "")
+                     for lv in levels]
             print(f"| {w} | {v} | " + " | ".join(cells) + " |")
-    print("\n| workload | torch / rsm idle | 1 busy | 2 busy | torch / rsm-spin idle | 1 busy | 2 busy |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| workload | " + " | ".join(f"torch / rsm, {lv} busy" for lv in levels) + " | "
+          + " | ".join(f"rsm-spin / rsm, {lv} busy" for lv in levels) + " |")
+    print("|---|" + "---|" * (2 * len(levels)))
     for w in WORKLOADS:
-        r = [results[(lv, "torch")][w] / results[(lv, "rsm")][w] for lv in levels]
-        s = [results[(lv, "torch")][w] / results[(lv, "rsm-spin")][w] for lv in levels]
-        print(f"| {w} | " + " | ".join(f"{x:.2f}x" for x in r + s) + " |")
+        cells = [results["torch"][w][str(lv)] / results["rsm"][w][str(lv)] for lv in levels]
+        cells += [results["rsm-spin"][w][str(lv)] / results["rsm"][w][str(lv)] for lv in levels]
+        print(f"| {w} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
     if "--json" in sys.argv:
         with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-            json.dump({"loads": loads, "results": {f"{lv}/{v}": r for (lv, v), r in results.items()}}, f, indent=1)
+            json.dump({"load_before": load_before, "results": results}, f, indent=1)
     return 0
 
 

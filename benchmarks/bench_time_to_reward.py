@@ -80,14 +80,14 @@ def gradient_check(base) -> dict:
     return out
 
 
-def run(method, base, center, level, seed, max_iters):
+def run(method, base, center, level, seed, max_iters, hold=HOLD, **overrides):
     """Iterations until the evaluation reaches `level` (or max_iters), then HOLD more."""
     reward = rsm.rewards.quadratic(center)
     score = quad(center)
     policy = base.copy()
     name = method.split()[1]
     trainer = rsm.Trainer(policy, base, reward, name, batch_size=PROMPTS, group_size=GROUP, seed=seed,
-                          kl_every=0)
+                          kl_every=0, **overrides)
     if method.startswith("torch"):
         twin = FlowGrpoTwin(trainer, center)
         gen = torch.Generator().manual_seed(seed)
@@ -117,7 +117,7 @@ def run(method, base, center, level, seed, max_iters):
     curve = [eval_now()]
     reached = None
     it = 0
-    while it < max_iters and (reached is None or it < reached["iters"] + HOLD):
+    while it < max_iters and (reached is None or it < reached["iters"] + hold):
         c0, w0 = time.process_time(), time.perf_counter()
         nfe += step()
         cpu += time.process_time() - c0
@@ -139,8 +139,49 @@ def summarize(runs):
     return {"hits": len(hit), "median": med, "range": rng}
 
 
+ZO_ABLATIONS = {
+    "preset": {},
+    "lr 3e-4": {"lr": 3e-4},
+    "lr 1e-4": {"lr": 1e-4},
+    "no KL-anchor rows": {"kl_anchor": 0.0},
+    "no KL (beta 0, anchors 0)": {"kl": 0.0, "kl_anchor": 0.0},
+    "KL beta 0.04": {"kl": 0.04},
+    "budget [3,3,4,6]": {"budget": [3, 3, 4, 6, 0, 0, 0, 0, 0]},
+    "budget [4]*9 (every step)": {"budget": [4] * 9},
+    "reweight base (no fair clip)": {"reweight": "base"},
+    "max_grad_norm 0.1": {"max_grad_norm": 0.1},
+}
+
+
+def ablate_zo(max_iters: int, seeds=(0, 1)) -> None:
+    """rsm-zo with one preset key changed at a time, on two of the tasks (seeds 0, 1): where it
+    reaches the level, its best and last evaluation reward (collapse = last far below best)."""
+    print("\n| task | rsm-zo variant | reached (iteration per seed) | best | last |\n|---|---|---|---|---|")
+    for task in ("between-modes", "far-outside"):
+        means, std, center = TASKS[task]
+        base = rsm.MLP(2, WIDTH, DEPTH, seed=0)
+        rsm.pretrain(base, mixture(means, std), rsm.FlowPath(), steps=1500, batch_size=256, lr=2e-3,
+                     warmup_steps=50, progress=False)
+        x = np.from_dlpack(rsm.sample(base, EVAL_N, rsm.FlowPath(), "ode", steps=EVAL_STEPS, seed=EVAL_SEED))
+        level = 0.4 * quad(center)(x)
+        for label, over in ZO_ABLATIONS.items():
+            runs = []
+            for seed in seeds:
+                res = run("rsm rsm-zo", base, center, level, seed, max_iters, hold=max_iters, **over)
+                runs.append(res)
+            its = [next((i for i, v in enumerate(r["curve"]) if v >= level), None) for r in runs]
+            reached = ", ".join(str(i) if i is not None else "-" for i in its)
+            best = ", ".join(f"{r['best']:.2f}" for r in runs)
+            last = ", ".join(f"{r['final']:.2f}" for r in runs)
+            print(f"| {task} | {label} | {reached} | {best} | {last} |", flush=True)
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
+    if "--ablate-zo" in sys.argv:
+        rsm.set_num_threads(1)
+        ablate_zo(12 if quick else 30)
+        return 0
     rsm.set_num_threads(1)
     torch.set_num_threads(1)
     seeds = (0,) if quick else (0, 1, 2)
