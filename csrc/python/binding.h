@@ -183,12 +183,15 @@ PyObject *rsm_py_model_backward_method(PyObject *self, PyObject *args);
  * activations (NULL if it has none); -1 with an exception set otherwise. */
 int rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
                      PyThread_type_lock *lock);
-/* Checked (x, t, cond) of a model with dimension dim and cond_dim; cond may be omitted when
- * cond_optional (the DiT: every row the null class). New references or NULL. */
-int rsm_py_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
-                        int64_t cond_dim, int cond_optional, PyObject *x_obj, PyObject *t_obj,
-                        PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
-                        rsm_py_tensor **cond);
+/* The cond argument of a model with `cond_dim` over `rows` rows: None -> NULL (whether the model
+ * needs a condition is the core's check, with its message); else a finite [rows, cond_dim] array
+ * of `dtype` (a new reference), an error for an unconditional model. */
+int rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim,
+                    int64_t rows, PyObject *cond_obj, rsm_py_tensor **cond);
+/* Checked (x[n, dim], t[n], cond) of `model` (new references or NULL). */
+int rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model,
+                        PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x,
+                        rsm_py_tensor **t, rsm_py_tensor **cond);
 
 /* ---- other core objects as arguments (path_py.c, optim_py.c, objective_py.c) ---------------- */
 

@@ -79,8 +79,8 @@ rsm_gmm_py_call(rsm_py_gmm *self, PyObject *args, int posterior)
     rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *a = NULL, *b = NULL;
     PyObject *result = NULL;
     rsm_dtype dtype = self->gmm.dtype;
-    if (rsm_py_model_inputs(module, func, dtype, self->gmm.dim, 0, 0, x_obj, t_obj, Py_None, &x,
-                            &t, &cond) < 0)
+    rsm_model model = rsm_gmm_as_model(&self->gmm);
+    if (rsm_py_model_inputs(module, func, &model, x_obj, t_obj, Py_None, &x, &t, &cond) < 0)
         goto done;
     a = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
     b = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
@@ -93,7 +93,6 @@ rsm_gmm_py_call(rsm_py_gmm *self, PyObject *args, int posterior)
                                    rsm_py_tensor_data(t), rsm_py_tensor_data(a),
                                    rsm_py_tensor_data(b));
     } else {
-        rsm_model model = rsm_gmm_as_model(&self->gmm);
         status = model.forward(model.self, path, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
                                NULL, rsm_py_tensor_data(a));
     }

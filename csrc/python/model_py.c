@@ -109,31 +109,34 @@ rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *m
 /* ---- the inputs of a model ----------------------------------------------------------------- */
 
 int
-rsm_py_model_inputs(PyObject *module, const char *func, rsm_dtype dtype, int64_t dim,
-                 int64_t cond_dim, int cond_optional, PyObject *x_obj, PyObject *t_obj,
-                 PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t, rsm_py_tensor **cond)
+rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim,
+                int64_t rows, PyObject *cond_obj, rsm_py_tensor **cond)
 {
-    *x = rsm_py_matrix_arg(module, x_obj, func, "x", dtype, -1, dim);
+    *cond = NULL;
+    if (cond_obj == NULL || cond_obj == Py_None) return 0; /* a conditional model: the core says */
+    if (cond_dim == 0) {
+        rsm_py_raisef(PyExc_ValueError, func,
+                      "cond was given but the model is unconditional (cond_dim=0)");
+        return -1;
+    }
+    *cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", dtype, rows, cond_dim);
+    if (!*cond || rsm_py_check_finite(*cond, dtype, func, "cond") < 0) return -1;
+    return 0;
+}
+
+int
+rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model, PyObject *x_obj,
+                    PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
+                    rsm_py_tensor **cond)
+{
+    const rsm_dtype dtype = model->dtype;
+    *x = rsm_py_matrix_arg(module, x_obj, func, "x", dtype, -1, model->dim);
     if (!*x) return -1;
     int64_t n = (*x)->t.shape[0];
     if (rsm_py_check_finite(*x, dtype, func, "x") < 0) return -1;
     *t = rsm_py_vector_arg(module, t_obj, func, "t", dtype, n);
     if (!*t || rsm_py_check_times(*t, dtype, func, "t") < 0) return -1;
-    if (cond_obj != Py_None && cond_obj != NULL) {
-        if (cond_dim == 0) {
-            rsm_py_raisef(PyExc_ValueError, func,
-                          "cond was given but the model is unconditional (cond_dim=0)");
-            return -1;
-        }
-        *cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", dtype, n, cond_dim);
-        if (!*cond || rsm_py_check_finite(*cond, dtype, func, "cond") < 0) return -1;
-    } else if (cond_dim > 0 && !cond_optional) {
-        rsm_py_raisef(PyExc_ValueError, func,
-                      "the model is conditional (cond_dim=%lld): cond of shape [n, %lld] is required",
-                      (long long)cond_dim, (long long)cond_dim);
-        return -1;
-    }
-    return 0;
+    return rsm_py_cond_arg(module, func, dtype, model->cond_dim, n, cond_obj, cond);
 }
 
 /* ---- forward / vjp / backward through the vtable, under the lock ---------------------------- */
@@ -156,8 +159,7 @@ rsm_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock l
                              "keep=True needs a trainable model (MLP, DiT)");
     rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *out = NULL;
     PyObject *result = NULL;
-    if (rsm_py_model_inputs(module, "forward", model->dtype, model->dim, model->cond_dim,
-                         model->cond_optional, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
+    if (rsm_py_model_inputs(module, "forward", model, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
         goto done;
     out = rsm_py_tensor_new(module, model->dtype, 2, x->t.shape, 0);
     if (!out) goto done;
@@ -206,8 +208,7 @@ rsm_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
                   *dparams = NULL;
     PyObject *result = NULL;
     const rsm_dtype dtype = model->dtype;
-    if (rsm_py_model_inputs(module, "vjp", dtype, model->dim, model->cond_dim, model->cond_optional,
-                         x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
+    if (rsm_py_model_inputs(module, "vjp", model, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
         goto done;
     int64_t n = x->t.shape[0], num_params = model->num_params;
     cot = rsm_py_matrix_arg(module, cot_obj, "vjp", "cotangent", dtype, n, model->dim);

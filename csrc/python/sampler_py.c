@@ -89,38 +89,21 @@ rsm_sampler_args_parse(PyObject *module, const char *func, const char *sampler, 
     return 0;
 }
 
-/* The prior and condition arguments of a rollout over `rows` rows (`rows_name` in messages):
- * x_init [rows, D] and cond [rows, C], each None or finite; cond is required by a conditional
- * model without condition dropout. New references in *x_init / *cond (NULL for None); -1 with an
- * exception set otherwise. */
+/* The prior and condition arguments of a rollout over `rows` rows: x_init [rows, D] and
+ * cond [rows, C], each None or finite (whether a model needs cond: the core's check). New
+ * references in *x_init / *cond (NULL for None); -1 with an exception set otherwise. */
 static int
 rsm_rollout_inputs(PyObject *module, const char *func, const rsm_model *model, int64_t rows,
-                   const char *rows_name, PyObject *x_init_obj, PyObject *cond_obj,
-                   rsm_py_tensor **x_init, rsm_py_tensor **cond)
+                   PyObject *x_init_obj, PyObject *cond_obj, rsm_py_tensor **x_init,
+                   rsm_py_tensor **cond)
 {
     *x_init = *cond = NULL;
     if (x_init_obj != Py_None) {
         *x_init = rsm_py_matrix_arg(module, x_init_obj, func, "x_init", model->dtype, rows,
-                                 model->dim);
+                                    model->dim);
         if (!*x_init || rsm_py_check_finite(*x_init, model->dtype, func, "x_init") < 0) return -1;
     }
-    if (cond_obj != Py_None) {
-        if (model->cond_dim == 0) {
-            rsm_py_raisef(PyExc_ValueError, func,
-                          "cond was given but the model is unconditional (cond_dim=0)");
-            return -1;
-        }
-        *cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", model->dtype, rows,
-                               model->cond_dim);
-        if (!*cond || rsm_py_check_finite(*cond, model->dtype, func, "cond") < 0) return -1;
-    } else if (model->cond_dim > 0 && !model->cond_optional) {
-        rsm_py_raisef(PyExc_ValueError, func,
-                      "the model is conditional (cond_dim=%lld): cond of shape [%s, %lld] is "
-                      "required",
-                      (long long)model->cond_dim, rows_name, (long long)model->cond_dim);
-        return -1;
-    }
-    return 0;
+    return rsm_py_cond_arg(module, func, model->dtype, model->cond_dim, rows, cond_obj, cond);
 }
 
 static PyObject *
@@ -170,7 +153,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     const rsm_dtype dtype = model.dtype;
     const int64_t D = model.dim, S = sa.cfg.steps;
-    if (rsm_rollout_inputs(module, func, &model, n, "n", x_init_obj, cond_obj, &x_init, &cond) < 0)
+    if (rsm_rollout_inputs(module, func, &model, n, x_init_obj, cond_obj, &x_init, &cond) < 0)
         goto done;
     const int64_t N = rsm_sampler_final_rows(&sa.cfg, n);
     if (N > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
@@ -308,7 +291,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
         rsm_py_raise(status, func);
         goto done;
     }
-    if (rsm_rollout_inputs(module, func, &model, roots, "roots", x_init_obj, cond_obj, &x_init,
+    if (rsm_rollout_inputs(module, func, &model, roots, x_init_obj, cond_obj, &x_init,
                            &cond) < 0)
         goto done;
     const int64_t R = rsm_branch_rows(&bc, roots);
@@ -401,14 +384,7 @@ rsm_py_transition_log_prob(PyObject *module, PyObject *args, PyObject *kwargs)
     int64_t n = x->t.shape[0];
     x_next = rsm_py_matrix_arg(module, x_next_obj, func, "x_next", dtype, n, model.dim);
     if (!x_next || rsm_py_check_finite(x_next, dtype, func, "x_next") < 0) goto done;
-    if (cond_obj != Py_None) {
-        if (model.cond_dim == 0) {
-            rsm_py_raisef(PyExc_ValueError, func, "cond was given but the model is unconditional");
-            goto done;
-        }
-        cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", dtype, n, model.cond_dim);
-        if (!cond || rsm_py_check_finite(cond, dtype, func, "cond") < 0) goto done;
-    }
+    if (rsm_py_cond_arg(module, func, dtype, model.cond_dim, n, cond_obj, &cond) < 0) goto done;
     lp = rsm_py_tensor_new(module, dtype, 1, &n, 0);
     mean = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
     out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);

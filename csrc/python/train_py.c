@@ -61,15 +61,9 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *result = NULL;
     data = rsm_py_matrix_arg(module, data_obj, func, "data", model.dtype, -1, model.dim);
     if (!data || rsm_py_check_finite(data, model.dtype, func, "data") < 0) goto done;
-    if (cond_obj != Py_None) {
-        if (model.cond_dim == 0) {
-            rsm_py_raisef(PyExc_ValueError, func, "cond was given but the model is unconditional");
-            goto done;
-        }
-        cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", model.dtype, data->t.shape[0],
-                              model.cond_dim);
-        if (!cond || rsm_py_check_finite(cond, model.dtype, func, "cond") < 0) goto done;
-    }
+    if (rsm_py_cond_arg(module, func, model.dtype, model.cond_dim, data->t.shape[0], cond_obj,
+                        &cond) < 0)
+        goto done;
     if (null_obj != Py_None) {
         null_cond = rsm_py_vector_arg(module, null_obj, func, "null_cond", model.dtype, model.cond_dim);
         if (!null_cond || rsm_py_check_finite(null_cond, model.dtype, func, "null_cond") < 0) goto done;
