@@ -12,10 +12,13 @@ rsm_py_parse_real_dtype(PyObject *obj, const char *func, rsm_dtype *out)
 {
     const char *name = obj ? PyUnicode_AsUTF8(obj) : "float32";
     if (!name) return -1;
-    if (strcmp(name, "float32") == 0) *out = RSM_F32;
-    else if (strcmp(name, "float64") == 0) *out = RSM_F64;
+    if (strcmp(name, "float32") == 0)
+        *out = RSM_F32;
+    else if (strcmp(name, "float64") == 0)
+        *out = RSM_F64;
     else {
-        rsm_py_raisef(PyExc_ValueError, func, "dtype must be 'float32' or 'float64', got '%s'", name);
+        rsm_py_raisef(PyExc_ValueError, func, "dtype must be 'float32' or 'float64', got '%s'",
+                      name);
         return -1;
     }
     return 0;
@@ -24,7 +27,7 @@ rsm_py_parse_real_dtype(PyObject *obj, const char *func, rsm_dtype *out)
 /* A [rows, cols] argument; rows / cols < 0 mean any (the message then says n / d). */
 rsm_py_tensor *
 rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func, const char *name,
-               rsm_dtype dtype, int64_t rows, int64_t cols)
+                  rsm_dtype dtype, int64_t rows, int64_t cols)
 {
     rsm_py_tensor *t = rsm_py_tensor_arg(module, obj, func, name, dtype);
     if (!t) return NULL;
@@ -48,7 +51,7 @@ rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func, const char 
 
 rsm_py_tensor *
 rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func, const char *name,
-               rsm_dtype dtype, int64_t len)
+                  rsm_dtype dtype, int64_t len)
 {
     rsm_py_tensor *t = rsm_py_tensor_arg(module, obj, func, name, dtype);
     if (!t) return NULL;
@@ -72,8 +75,8 @@ rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const ch
                                     : ((double *)rsm_py_tensor_data(t))[i];
         if (!(v >= 0.0 && v <= 1.0)) {
             rsm_py_raisef(PyExc_ValueError, func,
-                          "%s[%lld]=%g: times must be finite and in [0, 1] (t = 1 is noise)",
-                          name, (long long)i, v);
+                          "%s[%lld]=%g: times must be finite and in [0, 1] (t = 1 is noise)", name,
+                          (long long)i, v);
             return -1;
         }
     }
@@ -95,7 +98,6 @@ rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const c
     }
     return 0;
 }
-
 
 rsm_py_tensor *
 rsm_py_real_arg(PyObject *module, PyObject *obj, const char *func, const char *name)

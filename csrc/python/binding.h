@@ -36,13 +36,13 @@
 #include "../train/rollout.h"
 
 typedef struct rsm_module_state {
-    PyTypeObject *tensor_type;   /* rsm.Tensor (tensor_py.c) */
-    PyTypeObject *mlp_type;      /* rsm._C.MLPCore (mlp_py.c) */
-    PyTypeObject *gmm_type;      /* rsm._C.GaussianMixtureCore (gmm_py.c) */
-    PyTypeObject *path_type;     /* rsm._C.PathCore (path_py.c) */
-    PyTypeObject *adamw_type;    /* rsm._C.AdamWCore (optim_py.c) */
-    PyTypeObject *dit_type;      /* rsm._C.DiTCore (dit_py.c) */
-    PyTypeObject *guided_type;   /* rsm._C.GuidedCore (guided_py.c) */
+    PyTypeObject *tensor_type; /* rsm.Tensor (tensor_py.c) */
+    PyTypeObject *mlp_type;    /* rsm._C.MLPCore (mlp_py.c) */
+    PyTypeObject *gmm_type;    /* rsm._C.GaussianMixtureCore (gmm_py.c) */
+    PyTypeObject *path_type;   /* rsm._C.PathCore (path_py.c) */
+    PyTypeObject *adamw_type;  /* rsm._C.AdamWCore (optim_py.c) */
+    PyTypeObject *dit_type;    /* rsm._C.DiTCore (dit_py.c) */
+    PyTypeObject *guided_type; /* rsm._C.GuidedCore (guided_py.c) */
 } rsm_module_state;
 
 /* ---- the module (module.c) ----------------------------------------------------------------- */
@@ -80,11 +80,10 @@ int rsm_py_debug_exec(PyObject *module);
 /* ---- rsm.Tensor (tensor_py.c) ------------------------------------------------------------- */
 
 typedef struct rsm_py_tensor {
-    PyObject_HEAD
-    rsm_tensor t;          /* the view: data, device, dtype, shape, strides */
-    void *own_data;        /* rsm_malloc'd buffer owned by this object, or NULL */
-    PyObject *base;        /* an object kept alive by this view (e.g. a model for .params), or NULL */
-    void *managed;         /* an imported DLManagedTensor(Versioned) whose deleter we call, or NULL */
+    PyObject_HEAD rsm_tensor t; /* the view: data, device, dtype, shape, strides */
+    void *own_data;             /* rsm_malloc'd buffer owned by this object, or NULL */
+    PyObject *base; /* an object kept alive by this view (e.g. a model for .params), or NULL */
+    void *managed;  /* an imported DLManagedTensor(Versioned) whose deleter we call, or NULL */
     int managed_versioned; /* 1 if `managed` is a DLManagedTensorVersioned */
     PyObject *weakreflist;
 } rsm_py_tensor;
@@ -127,8 +126,7 @@ rsm_py_tensor *rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *fu
 rsm_py_tensor *rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func,
                                  const char *name, rsm_dtype dtype, int64_t len);
 /* A float32 or float64 argument (the dtype of whatever was passed). */
-rsm_py_tensor *rsm_py_real_arg(PyObject *module, PyObject *obj, const char *func,
-                               const char *name);
+rsm_py_tensor *rsm_py_real_arg(PyObject *module, PyObject *obj, const char *func, const char *name);
 /* Every value finite and in [0, 1] (times; t = 1 is noise) / every value finite. */
 int rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
 int rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
@@ -145,8 +143,8 @@ typedef struct rsm_py_model_ops {
     int reinit;       /* __init__ may run again on an initialised object (it frees the old core) */
     /* The core vtable of an initialised model; *lock is preset to the model's own lock (a
      * guided model replaces it by its inner model's). 0, or -1 with an exception set. */
-    int (*as_model)(PyObject *module, struct rsm_py_model *self, const char *func,
-                    rsm_model *model, PyThread_type_lock *lock);
+    int (*as_model)(PyObject *module, struct rsm_py_model *self, const char *func, rsm_model *model,
+                    PyThread_type_lock *lock);
     /* Free the core state if `initialised`, and drop the references the object owns. */
     void (*release)(struct rsm_py_model *self);
     /* Visit / clear the Python references the object owns (NULL: none). */
@@ -155,9 +153,8 @@ typedef struct rsm_py_model_ops {
 } rsm_py_model_ops;
 
 typedef struct rsm_py_model {
-    PyObject_HEAD
-    const rsm_py_model_ops *ops; /* set by __init__ */
-    PyThread_type_lock lock;     /* guards the activations while the GIL is released, or NULL */
+    PyObject_HEAD const rsm_py_model_ops *ops; /* set by __init__ */
+    PyThread_type_lock lock; /* guards the activations while the GIL is released, or NULL */
     int initialised;
 } rsm_py_model;
 
@@ -189,9 +186,9 @@ int rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_mode
 int rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim,
                     int64_t rows, PyObject *cond_obj, rsm_py_tensor **cond);
 /* Checked (x[n, dim], t[n], cond) of `model` (new references or NULL). */
-int rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model,
-                        PyObject *x_obj, PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x,
-                        rsm_py_tensor **t, rsm_py_tensor **cond);
+int rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model, PyObject *x_obj,
+                        PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
+                        rsm_py_tensor **cond);
 
 /* ---- other core objects as arguments (path_py.c, optim_py.c, objective_py.c) ---------------- */
 
@@ -210,14 +207,15 @@ int rsm_py_parse_form(const char *name, const char *func, const char *what,
 /* ---- a Python reward callable as the rollouts' reward hook (reward_py.c) --------------------- */
 typedef struct rsm_py_reward_callback {
     rsm_reward_hook hook;
-    PyObject *callable;        /* borrowed: reward(x0), or NULL (no reward) */
-    PyObject *x0;              /* borrowed: the rsm.Tensor over the buffer the rollout fills */
-    PyThread_type_lock lock;   /* the model's lock, or NULL */
-    int lock_held;             /* `lock` is held (rsm_py_reward_lock_model); the hook lets go */
-    PyObject *result;          /* new reference: what the callable returned */
+    PyObject *callable;      /* borrowed: reward(x0), or NULL (no reward) */
+    PyObject *x0;            /* borrowed: the rsm.Tensor over the buffer the rollout fills */
+    PyThread_type_lock lock; /* the model's lock, or NULL */
+    int lock_held;           /* `lock` is held (rsm_py_reward_lock_model); the hook lets go */
+    PyObject *result;        /* new reference: what the callable returned */
     PyObject *exc_type, *exc_value, *exc_tb; /* what it raised */
 } rsm_py_reward_callback;
-void rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0, PyThread_type_lock lock);
+void rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0,
+                        PyThread_type_lock lock);
 /* Without the interpreter lock, around the rollout: take the model's lock / give it back unless
  * the hook already did. */
 void rsm_py_reward_lock_model(rsm_py_reward_callback *r);

@@ -31,8 +31,10 @@ rsm_py_gemm(PyObject *module, PyObject *args)
         Py_DECREF(a);
         return NULL;
     }
-    int64_t m = trans_a ? a->t.shape[1] : a->t.shape[0], k = trans_a ? a->t.shape[0] : a->t.shape[1];
-    int64_t kb = trans_b ? b->t.shape[1] : b->t.shape[0], n = trans_b ? b->t.shape[0] : b->t.shape[1];
+    int64_t m = trans_a ? a->t.shape[1] : a->t.shape[0],
+            k = trans_a ? a->t.shape[0] : a->t.shape[1];
+    int64_t kb = trans_b ? b->t.shape[1] : b->t.shape[0],
+            n = trans_b ? b->t.shape[0] : b->t.shape[1];
     rsm_py_tensor *c = NULL;
     if (k != kb) {
         rsm_py_raisef(PyExc_ValueError, "gemm", "inner dimensions differ: %lld vs %lld",
@@ -120,8 +122,10 @@ done:
 }
 
 static PyMethodDef rsm_debug_methods[] = {
-    {"gemm", rsm_py_gemm, METH_VARARGS, "gemm(a, b, trans_a=False, trans_b=False, builtin=False) -> op(a) @ op(b) [benchmark hook]"},
-    {"dit_op", rsm_py_dit_op, METH_VARARGS, "dit_op(name, sizes, inputs, cotangent) -> (out, grads) [test hook]"},
+    {"gemm", rsm_py_gemm, METH_VARARGS,
+     "gemm(a, b, trans_a=False, trans_b=False, builtin=False) -> op(a) @ op(b) [benchmark hook]"},
+    {"dit_op", rsm_py_dit_op, METH_VARARGS,
+     "dit_op(name, sizes, inputs, cotangent) -> (out, grads) [test hook]"},
     {NULL, NULL, 0, NULL},
 };
 

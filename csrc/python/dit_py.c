@@ -42,8 +42,8 @@ rsm_dit_traverse(rsm_py_model *self, visitproc visit, void *arg)
     return 0;
 }
 
-static const rsm_py_model_ops rsm_dit_ops = {"DiT", 0, rsm_dit_as_model_op, rsm_dit_release,
-                                             rsm_dit_traverse, NULL};
+static const rsm_py_model_ops rsm_dit_ops = {
+    "DiT", 0, rsm_dit_as_model_op, rsm_dit_release, rsm_dit_traverse, NULL};
 
 static int
 rsm_dit_targets(PyObject *obj, int *targets)
@@ -56,8 +56,10 @@ rsm_dit_targets(PyObject *obj, int *targets)
         const char *name = PyUnicode_Check(PySequence_Fast_GET_ITEM(seq, i))
                                ? PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i))
                                : NULL;
-        if (name && strcmp(name, "attn") == 0) *targets |= RSM_DIT_LORA_ATTN;
-        else if (name && strcmp(name, "mlp") == 0) *targets |= RSM_DIT_LORA_MLP;
+        if (name && strcmp(name, "attn") == 0)
+            *targets |= RSM_DIT_LORA_ATTN;
+        else if (name && strcmp(name, "mlp") == 0)
+            *targets |= RSM_DIT_LORA_MLP;
         else {
             Py_DECREF(seq);
             PyErr_Clear();
@@ -75,9 +77,9 @@ rsm_dit_targets(PyObject *obj, int *targets)
 static int
 rsm_dit_py_init(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"image_size", "channels", "patch", "width", "depth", "heads",
-                             "num_classes", "temb_dim", "dtype", "seed", "checkpoint", "base",
-                             "rank", "alpha", "targets", NULL};
+    static char *kwlist[] = {"image_size",  "channels", "patch",   "width", "depth",      "heads",
+                             "num_classes", "temb_dim", "dtype",   "seed",  "checkpoint", "base",
+                             "rank",        "alpha",    "targets", NULL};
     long long image_size = 0, channels = 0, patch = 1, width = 0, depth = 0, heads = 1,
               num_classes = 0, temb_dim = 64, rank = 0;
     unsigned long long seed = 0;
@@ -110,8 +112,8 @@ rsm_dit_py_init(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
     } else {
         rsm_dtype dtype;
         if (rsm_py_parse_real_dtype(dtype_obj, "DiT", &dtype) < 0) return -1;
-        rsm_dit_config config = {image_size, channels, patch, width, depth, heads, num_classes,
-                                 temb_dim, checkpoint, dtype};
+        rsm_dit_config config = {image_size, channels,    patch,    width,      depth,
+                                 heads,      num_classes, temb_dim, checkpoint, dtype};
         status = rsm_dit_init(&self->dit, config, (uint64_t)seed);
         if (status != RSM_OK) {
             rsm_py_raise(status, "DiT");
@@ -168,13 +170,12 @@ static PyObject *
 rsm_dit_py_get_config(rsm_py_dit *self, void *closure)
 {
     const rsm_dit_config *c = &self->dit.config;
-    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:O,s:s}", "image_size",
-                         (long long)c->image_size, "channels", (long long)c->channels, "patch",
-                         (long long)c->patch, "width", (long long)c->width, "depth",
-                         (long long)c->depth, "heads", (long long)c->heads, "num_classes",
-                         (long long)c->num_classes, "temb_dim", (long long)c->temb_dim,
-                         "checkpoint", c->checkpoint ? Py_True : Py_False, "dtype",
-                         rsm_dtype_name(c->dtype));
+    return Py_BuildValue(
+        "{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:O,s:s}", "image_size", (long long)c->image_size,
+        "channels", (long long)c->channels, "patch", (long long)c->patch, "width",
+        (long long)c->width, "depth", (long long)c->depth, "heads", (long long)c->heads,
+        "num_classes", (long long)c->num_classes, "temb_dim", (long long)c->temb_dim, "checkpoint",
+        c->checkpoint ? Py_True : Py_False, "dtype", rsm_dtype_name(c->dtype));
 }
 
 static PyObject *
@@ -190,12 +191,11 @@ rsm_dit_py_get_layout(rsm_py_dit *self, void *closure)
         (long long)l->temb_w2, "temb_b2", (long long)l->temb_b2, "class_emb",
         (long long)l->class_emb, "block0", (long long)l->block0, "block_size",
         (long long)l->block_size, "ada_w", (long long)l->ada_w, "ada_b", (long long)l->ada_b,
-        "qkv_w", (long long)l->qkv_w, "qkv_b", (long long)l->qkv_b, "proj_w",
-        (long long)l->proj_w, "proj_b", (long long)l->proj_b, "fc1_w", (long long)l->fc1_w,
-        "fc1_b", (long long)l->fc1_b, "fc2_w", (long long)l->fc2_w, "fc2_b", (long long)l->fc2_b,
-        "final_ada_w", (long long)l->final_ada_w, "final_ada_b", (long long)l->final_ada_b,
-        "out_w", (long long)l->out_w, "out_b", (long long)l->out_b, "num_params",
-        (long long)l->num_params);
+        "qkv_w", (long long)l->qkv_w, "qkv_b", (long long)l->qkv_b, "proj_w", (long long)l->proj_w,
+        "proj_b", (long long)l->proj_b, "fc1_w", (long long)l->fc1_w, "fc1_b", (long long)l->fc1_b,
+        "fc2_w", (long long)l->fc2_w, "fc2_b", (long long)l->fc2_b, "final_ada_w",
+        (long long)l->final_ada_w, "final_ada_b", (long long)l->final_ada_b, "out_w",
+        (long long)l->out_w, "out_b", (long long)l->out_b, "num_params", (long long)l->num_params);
 }
 
 static PyObject *
@@ -237,21 +237,29 @@ rsm_dit_py_set_checkpoint(rsm_py_dit *self, PyObject *value, void *closure)
 }
 
 static PyMethodDef rsm_dit_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method, METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None, keep=False)"},
-    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS, "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
-    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS, "backward(cotangent, token) -> (dx, dparams)"},
-    {"activation_bytes", (PyCFunction)rsm_dit_py_activation_bytes, METH_O, "activation_bytes(n): bytes of activations saved by a forward of n rows"},
-    {"reset_parameters", (PyCFunction)rsm_dit_py_reset_parameters, METH_O, "reset_parameters(seed)"},
+    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
+     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None, keep=False)"},
+    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS,
+     "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
+    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,
+     "backward(cotangent, token) -> (dx, dparams)"},
+    {"activation_bytes", (PyCFunction)rsm_dit_py_activation_bytes, METH_O,
+     "activation_bytes(n): bytes of activations saved by a forward of n rows"},
+    {"reset_parameters", (PyCFunction)rsm_dit_py_reset_parameters, METH_O,
+     "reset_parameters(seed)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef rsm_dit_getset[] = {
-    {"params", (getter)rsm_dit_py_get_params, NULL, "trainable flat parameters (writable zero-copy view): the adapters of a LoRA model", NULL},
-    {"base_params", (getter)rsm_dit_py_get_base_params, NULL, "base flat parameters (read-only for a LoRA model)", NULL},
+    {"params", (getter)rsm_dit_py_get_params, NULL,
+     "trainable flat parameters (writable zero-copy view): the adapters of a LoRA model", NULL},
+    {"base_params", (getter)rsm_dit_py_get_base_params, NULL,
+     "base flat parameters (read-only for a LoRA model)", NULL},
     {"config", (getter)rsm_dit_py_get_config, NULL, "configuration", NULL},
     {"layout", (getter)rsm_dit_py_get_layout, NULL, "offsets in the flat parameter buffer", NULL},
     {"lora", (getter)rsm_dit_py_get_lora, NULL, "LoRA layout, or None", NULL},
-    {"checkpoint", (getter)rsm_dit_py_get_checkpoint, (setter)rsm_dit_py_set_checkpoint, "gradient checkpointing", NULL},
+    {"checkpoint", (getter)rsm_dit_py_get_checkpoint, (setter)rsm_dit_py_set_checkpoint,
+     "gradient checkpointing", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -262,7 +270,9 @@ static PyType_Slot rsm_dit_slots[] = {
     {Py_tp_clear, rsm_py_model_clear},
     {Py_tp_methods, rsm_dit_methods},
     {Py_tp_getset, rsm_dit_getset},
-    {Py_tp_doc, "DiTCore(image_size, channels, patch, width, depth, heads, num_classes, temb_dim=64, dtype='float32', seed=0, checkpoint=False) or DiTCore(base=core, rank=, alpha=, targets=, seed=)"},
+    {Py_tp_doc, "DiTCore(image_size, channels, patch, width, depth, heads, num_classes, "
+                "temb_dim=64, dtype='float32', seed=0, checkpoint=False) or DiTCore(base=core, "
+                "rank=, alpha=, targets=, seed=)"},
     {0, NULL},
 };
 

@@ -26,8 +26,8 @@ rsm_gmm_release(rsm_py_model *self)
 }
 
 /* reinit: __init__ may run again (it replaces the mixture) */
-static const rsm_py_model_ops rsm_gmm_ops = {"GaussianMixture", 1, rsm_gmm_as_model_op,
-                                             rsm_gmm_release, NULL, NULL};
+static const rsm_py_model_ops rsm_gmm_ops = {"GaussianMixture", 1,    rsm_gmm_as_model_op,
+                                             rsm_gmm_release,   NULL, NULL};
 
 static int
 rsm_gmm_py_init(rsm_py_gmm *self, PyObject *args, PyObject *kwargs)
@@ -52,8 +52,9 @@ rsm_gmm_py_init(rsm_py_gmm *self, PyObject *args, PyObject *kwargs)
     if (stds && weights) {
         rsm_gmm_release(&self->model);
         self->model.initialised = 0;
-        rsm_status status = rsm_gmm_init(&self->gmm, K, means->t.shape[1], rsm_py_tensor_data(means),
-                                         rsm_py_tensor_data(stds), rsm_py_tensor_data(weights), dtype);
+        rsm_status status =
+            rsm_gmm_init(&self->gmm, K, means->t.shape[1], rsm_py_tensor_data(means),
+                         rsm_py_tensor_data(stds), rsm_py_tensor_data(weights), dtype);
         if (status != RSM_OK)
             rsm_py_raise(status, func);
         else
@@ -89,9 +90,9 @@ rsm_gmm_py_call(rsm_py_gmm *self, PyObject *args, int posterior)
     int64_t n = x->t.shape[0];
     Py_BEGIN_ALLOW_THREADS
     if (posterior) {
-        status = rsm_gmm_posterior(&self->gmm, path, n, rsm_py_tensor_data(x),
-                                   rsm_py_tensor_data(t), rsm_py_tensor_data(a),
-                                   rsm_py_tensor_data(b));
+        status =
+            rsm_gmm_posterior(&self->gmm, path, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
+                              rsm_py_tensor_data(a), rsm_py_tensor_data(b));
     } else {
         status = model.forward(model.self, path, n, rsm_py_tensor_data(x), rsm_py_tensor_data(t),
                                NULL, rsm_py_tensor_data(a));
@@ -129,8 +130,10 @@ rsm_gmm_py_get_dim(rsm_py_gmm *self, void *closure)
 }
 
 static PyMethodDef rsm_gmm_methods[] = {
-    {"forward", (PyCFunction)rsm_gmm_py_forward, METH_VARARGS, "forward(path, x, t) -> native output"},
-    {"posterior", (PyCFunction)rsm_gmm_py_posterior, METH_VARARGS, "posterior(path, x, t) -> (x0_hat, eps_hat)"},
+    {"forward", (PyCFunction)rsm_gmm_py_forward, METH_VARARGS,
+     "forward(path, x, t) -> native output"},
+    {"posterior", (PyCFunction)rsm_gmm_py_posterior, METH_VARARGS,
+     "posterior(path, x, t) -> (x0_hat, eps_hat)"},
     {NULL, NULL, 0, NULL},
 };
 

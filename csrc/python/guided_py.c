@@ -22,7 +22,7 @@ typedef struct {
     PyObject *inner;          /* the inner model core (MLPCore, ...) */
     rsm_py_tensor *null_cond; /* [cond_dim] of the inner dtype */
     double scale;
-    rsm_guided guided;        /* refreshed from `inner` before every use */
+    rsm_guided guided; /* refreshed from `inner` before every use */
 } rsm_py_guided;
 
 /* The guided model's vtable, its inner model resolved now; the lock is the inner model's. */
@@ -63,9 +63,8 @@ rsm_guided_traverse(rsm_py_model *obj, visitproc visit, void *arg)
     return 0;
 }
 
-static const rsm_py_model_ops rsm_guided_ops = {"Guided", 0, rsm_guided_as_model_op,
-                                                rsm_guided_release, rsm_guided_traverse,
-                                                rsm_guided_clear};
+static const rsm_py_model_ops rsm_guided_ops = {
+    "Guided", 0, rsm_guided_as_model_op, rsm_guided_release, rsm_guided_traverse, rsm_guided_clear};
 
 static int
 rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
@@ -93,8 +92,8 @@ rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
         rsm_py_raisef(PyExc_ValueError, "Guided", "scale=%g must be finite", scale);
         return -1;
     }
-    rsm_py_tensor *null_cond = rsm_py_tensor_arg(module, null_obj, "Guided", "null_cond",
-                                                 model.dtype);
+    rsm_py_tensor *null_cond =
+        rsm_py_tensor_arg(module, null_obj, "Guided", "null_cond", model.dtype);
     if (!null_cond) return -1;
     if (null_cond->t.ndim != 1 || null_cond->t.shape[0] != model.cond_dim) {
         rsm_py_raisef(PyExc_ValueError, "Guided", "null_cond must have shape [%lld]",
@@ -141,8 +140,8 @@ rsm_guided_py_get_null_cond(rsm_py_guided *self, void *closure)
 }
 
 static PyMethodDef rsm_guided_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method, METH_VARARGS | METH_KEYWORDS,
-     "forward(x, t, cond) -> guided output"},
+    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
+     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond) -> guided output"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -199,8 +198,8 @@ rsm_py_guidance_combine(PyObject *module, PyObject *args)
     int64_t shape[2] = {u2->t.shape[0] / 2, u2->t.shape[1]};
     out = rsm_py_tensor_new(module, rsm_tensor_dtype(&u2->t), 2, shape, 0);
     if (out)
-        rsm_guided_combine(rsm_tensor_dtype(&u2->t), shape[0] * shape[1], scale, rsm_py_tensor_data(u2),
-                           rsm_py_tensor_data(out));
+        rsm_guided_combine(rsm_tensor_dtype(&u2->t), shape[0] * shape[1], scale,
+                           rsm_py_tensor_data(u2), rsm_py_tensor_data(out));
 done:
     Py_DECREF(u2);
     return (PyObject *)out;
@@ -235,7 +234,8 @@ static PyMethodDef rsm_guidance_functions[] = {
 int
 rsm_py_guided_exec(PyObject *module)
 {
-    if (rsm_py_add_type(module, &rsm_guided_spec, &rsm_state(module)->guided_type, "GuidedCore") < 0)
+    if (rsm_py_add_type(module, &rsm_guided_spec, &rsm_state(module)->guided_type, "GuidedCore") <
+        0)
         return -1;
     return PyModule_AddFunctions(module, rsm_guidance_functions);
 }

@@ -25,13 +25,14 @@ rsm_mlp_release(rsm_py_model *self)
     if (self->initialised) rsm_mlp_free(&((rsm_py_mlp *)self)->mlp);
 }
 
-static const rsm_py_model_ops rsm_mlp_ops = {"MLP", 0, rsm_mlp_as_model_op, rsm_mlp_release,
-                                             NULL, NULL};
+static const rsm_py_model_ops rsm_mlp_ops = {"MLP",           0,    rsm_mlp_as_model_op,
+                                             rsm_mlp_release, NULL, NULL};
 
 static int
 rsm_mlp_py_init(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"dim", "hidden", "depth", "cond_dim", "temb_dim", "dtype", "seed", NULL};
+    static char *kwlist[] = {"dim",      "hidden", "depth", "cond_dim",
+                             "temb_dim", "dtype",  "seed",  NULL};
     long long dim, hidden = 256, depth = 3, cond_dim = 0, temb_dim = 64;
     unsigned long long seed = 0;
     PyObject *dtype_obj = NULL;
@@ -92,15 +93,20 @@ rsm_mlp_py_reset_parameters(rsm_py_mlp *self, PyObject *arg)
 }
 
 static PyMethodDef rsm_mlp_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method, METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None)"},
-    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS, "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
-    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS, "backward(cotangent, token) -> (dx, dparams)"},
-    {"reset_parameters", (PyCFunction)rsm_mlp_py_reset_parameters, METH_O, "reset_parameters(seed)"},
+    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
+     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None)"},
+    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS,
+     "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
+    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,
+     "backward(cotangent, token) -> (dx, dparams)"},
+    {"reset_parameters", (PyCFunction)rsm_mlp_py_reset_parameters, METH_O,
+     "reset_parameters(seed)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef rsm_mlp_getset[] = {
-    {"params", (getter)rsm_mlp_py_get_params, NULL, "flat parameters (writable zero-copy view)", NULL},
+    {"params", (getter)rsm_mlp_py_get_params, NULL, "flat parameters (writable zero-copy view)",
+     NULL},
     {"config", (getter)rsm_mlp_py_get_config, NULL, "configuration", NULL},
     {"layout", (getter)rsm_mlp_py_get_layout, NULL, "offsets in the flat parameter buffer", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -113,7 +119,8 @@ static PyType_Slot rsm_mlp_slots[] = {
     {Py_tp_clear, rsm_py_model_clear},
     {Py_tp_methods, rsm_mlp_methods},
     {Py_tp_getset, rsm_mlp_getset},
-    {Py_tp_doc, "MLPCore(dim, hidden=256, depth=3, cond_dim=0, temb_dim=64, dtype='float32', seed=0)"},
+    {Py_tp_doc,
+     "MLPCore(dim, hidden=256, depth=3, cond_dim=0, temb_dim=64, dtype='float32', seed=0)"},
     {0, NULL},
 };
 

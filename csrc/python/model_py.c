@@ -94,8 +94,7 @@ rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *m
                  PyThread_type_lock *lock)
 {
     rsm_module_state *state = rsm_state(module);
-    PyTypeObject *types[] = {state->mlp_type, state->dit_type, state->gmm_type,
-                             state->guided_type};
+    PyTypeObject *types[] = {state->mlp_type, state->dit_type, state->gmm_type, state->guided_type};
     *lock = NULL;
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
         if (types[i] && PyObject_TypeCheck(obj, types[i]))
@@ -109,8 +108,8 @@ rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *m
 /* ---- the inputs of a model ----------------------------------------------------------------- */
 
 int
-rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim,
-                int64_t rows, PyObject *cond_obj, rsm_py_tensor **cond)
+rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim, int64_t rows,
+                PyObject *cond_obj, rsm_py_tensor **cond)
 {
     *cond = NULL;
     if (cond_obj == NULL || cond_obj == Py_None) return 0; /* a conditional model: the core says */
@@ -141,12 +140,11 @@ rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model, 
 
 /* ---- forward / vjp / backward through the vtable, under the lock ---------------------------- */
 
-
 /* forward(x, t, cond=None, keep=False) -> Tensor[n, dim], or (Tensor, token) with keep=True:
  * the token names the activations this forward saved, for backward(cotangent, token). */
 static PyObject *
-rsm_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
-                     PyObject *args, PyObject *kwargs)
+rsm_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock lock, PyObject *args,
+                  PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "t", "cond", "keep", NULL};
     PyObject *x_obj, *t_obj, *cond_obj = Py_None;
@@ -194,8 +192,8 @@ done:
 /* vjp(x, t, cotangent, cond=None) -> (out, dx, dparams): out = forward(x, t, cond),
  * dx = (d out / dx)^T cotangent, dparams = (d out / d params)^T cotangent (flat). */
 static PyObject *
-rsm_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
-                 PyObject *args, PyObject *kwargs)
+rsm_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock, PyObject *args,
+              PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "t", "cotangent", "cond", NULL};
     PyObject *x_obj, *t_obj, *cot_obj, *cond_obj = Py_None;
@@ -203,7 +201,8 @@ rsm_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
                                      &cond_obj))
         return NULL;
     if (!model->backward)
-        return rsm_py_raisef(PyExc_TypeError, "vjp", "the model has no parameters to differentiate");
+        return rsm_py_raisef(PyExc_TypeError, "vjp",
+                             "the model has no parameters to differentiate");
     rsm_py_tensor *x = NULL, *t = NULL, *cond = NULL, *cot = NULL, *out = NULL, *dx = NULL,
                   *dparams = NULL;
     PyObject *result = NULL;
@@ -248,16 +247,17 @@ done:
  * a sampler, another thread) invalidates the token: RuntimeError instead of a wrong gradient. */
 static PyObject *
 rsm_model_backward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
-                      PyObject *args)
+                   PyObject *args)
 {
     PyObject *cot_obj;
     unsigned long long token;
     if (!PyArg_ParseTuple(args, "OK", &cot_obj, &token)) return NULL;
     if (!model->backward || !model->generation)
-        return rsm_py_raisef(PyExc_TypeError, "backward", "the model has no parameters to differentiate");
+        return rsm_py_raisef(PyExc_TypeError, "backward",
+                             "the model has no parameters to differentiate");
     const rsm_dtype dtype = model->dtype;
-    rsm_py_tensor *cot = rsm_py_matrix_arg(module, cot_obj, "backward", "cotangent", dtype, -1,
-                                        model->dim);
+    rsm_py_tensor *cot =
+        rsm_py_matrix_arg(module, cot_obj, "backward", "cotangent", dtype, -1, model->dim);
     if (!cot) return NULL;
     if (rsm_py_check_finite(cot, dtype, "backward", "cotangent") < 0) {
         Py_DECREF(cot);

@@ -7,15 +7,14 @@
 #include "../optim.h"
 
 typedef struct {
-    PyObject_HEAD
-    rsm_adamw opt;
+    PyObject_HEAD rsm_adamw opt;
     int initialised;
 } rsm_py_adamw;
 
 static int
 rsm_adamw_py_init(rsm_py_adamw *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"params", "lr", "beta1", "beta2", "eps", "weight_decay",
+    static char *kwlist[] = {"params",        "lr",        "beta1", "beta2", "eps", "weight_decay",
                              "max_grad_norm", "ema_decay", NULL};
     PyObject *params_obj;
     rsm_adamw_config c = {1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0};
@@ -65,21 +64,27 @@ rsm_adamw_py_step(rsm_py_adamw *self, PyObject *args, PyObject *kwargs)
         return NULL;
     if (isnan(lr)) lr = self->opt.config.lr;
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    rsm_py_tensor *params = rsm_py_tensor_out_arg(module, params_obj, "step", "params", self->opt.dtype);
+    rsm_py_tensor *params =
+        rsm_py_tensor_out_arg(module, params_obj, "step", "params", self->opt.dtype);
     if (!params) return NULL;
-    rsm_py_tensor *grads = rsm_py_tensor_out_arg(module, grads_obj, "step", "grads", self->opt.dtype);
+    rsm_py_tensor *grads =
+        rsm_py_tensor_out_arg(module, grads_obj, "step", "grads", self->opt.dtype);
     if (!grads) {
         Py_DECREF(params);
         return NULL;
     }
     PyObject *result = NULL;
     if (params->t.ndim != 1 || rsm_tensor_numel(&params->t) != self->opt.num_params) {
-        rsm_py_raisef(PyExc_ValueError, "step", "params must have shape [%lld], got %d dimensions "
-                      "and %lld elements", (long long)self->opt.num_params, (int)params->t.ndim,
+        rsm_py_raisef(PyExc_ValueError, "step",
+                      "params must have shape [%lld], got %d dimensions "
+                      "and %lld elements",
+                      (long long)self->opt.num_params, (int)params->t.ndim,
                       (long long)rsm_tensor_numel(&params->t));
     } else if (grads->t.ndim != 1 || rsm_tensor_numel(&grads->t) != self->opt.num_params) {
-        rsm_py_raisef(PyExc_ValueError, "step", "grads must have shape [%lld], got %d dimensions "
-                      "and %lld elements", (long long)self->opt.num_params, (int)grads->t.ndim,
+        rsm_py_raisef(PyExc_ValueError, "step",
+                      "grads must have shape [%lld], got %d dimensions "
+                      "and %lld elements",
+                      (long long)self->opt.num_params, (int)grads->t.ndim,
                       (long long)rsm_tensor_numel(&grads->t));
     } else {
         double norm = 0.0;
@@ -154,7 +159,8 @@ rsm_adamw_py_get_config(rsm_py_adamw *self, void *closure)
 }
 
 static PyMethodDef rsm_adamw_methods[] = {
-    {"step", (PyCFunction)(void (*)(void))rsm_adamw_py_step, METH_VARARGS | METH_KEYWORDS, "step(params, grads, lr=None) -> grad norm"},
+    {"step", (PyCFunction)(void (*)(void))rsm_adamw_py_step, METH_VARARGS | METH_KEYWORDS,
+     "step(params, grads, lr=None) -> grad norm"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -162,7 +168,8 @@ static PyGetSetDef rsm_adamw_getset[] = {
     {"m", (getter)rsm_adamw_py_get_m, NULL, "first moments (view)", NULL},
     {"v", (getter)rsm_adamw_py_get_v, NULL, "second moments (view)", NULL},
     {"ema", (getter)rsm_adamw_py_get_ema, NULL, "EMA parameters (view) or None", NULL},
-    {"step_count", (getter)rsm_adamw_py_get_step, (setter)rsm_adamw_py_set_step, "completed steps", NULL},
+    {"step_count", (getter)rsm_adamw_py_get_step, (setter)rsm_adamw_py_set_step, "completed steps",
+     NULL},
     {"config", (getter)rsm_adamw_py_get_config, NULL, "hyper-parameters", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -178,7 +185,6 @@ static PyType_Slot rsm_adamw_slots[] = {
 
 static PyType_Spec rsm_adamw_spec = {"rsm._C.AdamWCore", sizeof(rsm_py_adamw), 0,
                                      Py_TPFLAGS_DEFAULT, rsm_adamw_slots};
-
 
 rsm_adamw *
 rsm_py_adamw_arg(PyObject *module, PyObject *obj, const char *func, const char *argname)

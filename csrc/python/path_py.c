@@ -5,8 +5,7 @@
 #include <string.h>
 
 typedef struct {
-    PyObject_HEAD
-    rsm_path path;
+    PyObject_HEAD rsm_path path;
 } rsm_py_path;
 
 static int
@@ -30,8 +29,8 @@ rsm_path_py_init(rsm_py_path *self, PyObject *args, PyObject *kwargs)
             status = rsm_path_init_vp(&self->path, RSM_VP_COSINE, 0, 0);
         } else if (strcmp(schedule, "discrete") == 0) {
             PyObject *module = rsm_module_of_type(Py_TYPE(self));
-            rsm_py_tensor *b = module ? rsm_py_tensor_arg(module, betas, "VPPath", "betas", RSM_F64)
-                                      : NULL;
+            rsm_py_tensor *b =
+                module ? rsm_py_tensor_arg(module, betas, "VPPath", "betas", RSM_F64) : NULL;
             if (!b) return -1;
             status = rsm_path_init_vp_discrete(&self->path, rsm_tensor_numel(&b->t),
                                                (const double *)rsm_py_tensor_data(b));
@@ -113,13 +112,18 @@ rsm_path_py_get_native(rsm_py_path *self, void *closure)
 static int
 rsm_parse_param(const char *name, rsm_param *out)
 {
-    if (strcmp(name, "eps") == 0 || strcmp(name, "epsilon") == 0) *out = RSM_PARAM_EPS;
-    else if (strcmp(name, "velocity") == 0 || strcmp(name, "v") == 0) *out = RSM_PARAM_VELOCITY;
-    else if (strcmp(name, "x0") == 0) *out = RSM_PARAM_X0;
-    else if (strcmp(name, "score") == 0) *out = RSM_PARAM_SCORE;
+    if (strcmp(name, "eps") == 0 || strcmp(name, "epsilon") == 0)
+        *out = RSM_PARAM_EPS;
+    else if (strcmp(name, "velocity") == 0 || strcmp(name, "v") == 0)
+        *out = RSM_PARAM_VELOCITY;
+    else if (strcmp(name, "x0") == 0)
+        *out = RSM_PARAM_X0;
+    else if (strcmp(name, "score") == 0)
+        *out = RSM_PARAM_SCORE;
     else {
         rsm_py_raisef(PyExc_ValueError, "convert",
-                      "parameterization must be 'eps', 'velocity', 'x0' or 'score', got '%s'", name);
+                      "parameterization must be 'eps', 'velocity', 'x0' or 'score', got '%s'",
+                      name);
         return -1;
     }
     return 0;
@@ -179,8 +183,7 @@ rsm_path_py_convert(rsm_py_path *self, PyObject *args)
 {
     const char *src_name, *dst_name;
     PyObject *x_obj, *u_obj, *t_obj, *dtype_obj;
-    if (!PyArg_ParseTuple(args, "ssOOOO", &src_name, &dst_name, &x_obj, &u_obj, &t_obj,
-                          &dtype_obj))
+    if (!PyArg_ParseTuple(args, "ssOOOO", &src_name, &dst_name, &x_obj, &u_obj, &t_obj, &dtype_obj))
         return NULL;
     rsm_param src, dst;
     if (rsm_parse_param(src_name, &src) < 0 || rsm_parse_param(dst_name, &dst) < 0) return NULL;
@@ -204,16 +207,20 @@ rsm_path_py_get_kind(rsm_py_path *self, void *closure)
 }
 
 static PyMethodDef rsm_path_methods[] = {
-    {"coef", (PyCFunction)rsm_path_py_coef, METH_O, "coef(t) -> dict(alpha, sigma, dalpha, dsigma, alpha_bar)"},
-    {"coefs", (PyCFunction)rsm_path_py_coefs, METH_O, "coefs(t float64 [n]) -> float64 [n, 5] (alpha, sigma, dalpha, dsigma, alpha_bar)"},
-    {"convert", (PyCFunction)rsm_path_py_convert, METH_VARARGS, "convert(src, dst, x, u, t, dtype)"},
+    {"coef", (PyCFunction)rsm_path_py_coef, METH_O,
+     "coef(t) -> dict(alpha, sigma, dalpha, dsigma, alpha_bar)"},
+    {"coefs", (PyCFunction)rsm_path_py_coefs, METH_O,
+     "coefs(t float64 [n]) -> float64 [n, 5] (alpha, sigma, dalpha, dsigma, alpha_bar)"},
+    {"convert", (PyCFunction)rsm_path_py_convert, METH_VARARGS,
+     "convert(src, dst, x, u, t, dtype)"},
     {"noise", (PyCFunction)rsm_path_py_noise, METH_VARARGS, "noise(x0, eps, t, dtype) -> x_t"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef rsm_path_getset[] = {
     {"kind", (getter)rsm_path_py_get_kind, NULL, "'flow' or 'vp'", NULL},
-    {"native_param", (getter)rsm_path_py_get_native, NULL, "native output parameterization (rsm_param code: 0 eps, 1 velocity, 2 x0, 3 score)", NULL},
+    {"native_param", (getter)rsm_path_py_get_native, NULL,
+     "native output parameterization (rsm_param code: 0 eps, 1 velocity, 2 x0, 3 score)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -229,7 +236,6 @@ static PyType_Slot rsm_path_slots[] = {
 static PyType_Spec rsm_path_spec = {"rsm._C.PathCore", sizeof(rsm_py_path), 0,
                                     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, rsm_path_slots};
 
-
 const rsm_path *
 rsm_py_path_arg(PyObject *module, PyObject *obj, const char *func, const char *argname)
 {
@@ -240,7 +246,6 @@ rsm_py_path_arg(PyObject *module, PyObject *obj, const char *func, const char *a
     }
     return &((rsm_py_path *)obj)->path;
 }
-
 
 int
 rsm_py_path_exec(PyObject *module)

@@ -51,7 +51,8 @@ rsm_py_reward_call(void *ctx, int64_t rows, int64_t dim, const void *x0)
 }
 
 void
-rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0, PyThread_type_lock lock)
+rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0,
+                   PyThread_type_lock lock)
 {
     memset(r, 0, sizeof(*r));
     r->hook.fn = rsm_py_reward_call;
@@ -118,9 +119,9 @@ rsm_py_reward(PyObject *module, PyObject *args)
         grad = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
         if (!grad) goto done;
     }
-    rsm_status status = rsm_reward_eval((rsm_reward_kind)kind, RSM_PY_PTR(params),
-                                        rsm_tensor_numel(&params->t), n, dim, dtype, RSM_PY_PTR(x),
-                                        RSM_PY_PTR(rewards), RSM_PY_PTR(grad));
+    rsm_status status =
+        rsm_reward_eval((rsm_reward_kind)kind, RSM_PY_PTR(params), rsm_tensor_numel(&params->t), n,
+                        dim, dtype, RSM_PY_PTR(x), RSM_PY_PTR(rewards), RSM_PY_PTR(grad));
     if (status != RSM_OK) {
         rsm_py_raise(status, "reward");
         goto done;
@@ -135,7 +136,8 @@ done:
 }
 
 static PyMethodDef rsm_reward_methods[] = {
-    {"reward", rsm_py_reward, METH_VARARGS, "reward(kind, params, x, with_grad) -> (rewards, grad)"},
+    {"reward", rsm_py_reward, METH_VARARGS,
+     "reward(kind, params, x, with_grad) -> (rewards, grad)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -40,11 +40,15 @@ rsm_py_random(PyObject *module, PyObject *args)
     if (!out) return NULL;
     void *data = rsm_py_tensor_data(out);
     if (strcmp(kind, "normal") == 0) {
-        if (dtype == RSM_F32) rsm_fill_normal_f32(seed, stream, offset, n, data);
-        else rsm_fill_normal_f64(seed, stream, offset, n, data);
+        if (dtype == RSM_F32)
+            rsm_fill_normal_f32(seed, stream, offset, n, data);
+        else
+            rsm_fill_normal_f64(seed, stream, offset, n, data);
     } else if (strcmp(kind, "uniform") == 0) {
-        if (dtype == RSM_F32) rsm_fill_uniform_f32(seed, stream, offset, n, data);
-        else rsm_fill_uniform_f64(seed, stream, offset, n, data);
+        if (dtype == RSM_F32)
+            rsm_fill_uniform_f32(seed, stream, offset, n, data);
+        else
+            rsm_fill_uniform_f64(seed, stream, offset, n, data);
     } else {
         Py_DECREF(out);
         return rsm_py_raisef(PyExc_ValueError, "random",

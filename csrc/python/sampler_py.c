@@ -12,10 +12,14 @@
 static int
 rsm_parse_sampler(const char *name, const char *func, rsm_sampler_kind *kind)
 {
-    if (strcmp(name, "euler") == 0 || strcmp(name, "ode") == 0) *kind = RSM_SAMPLER_EULER;
-    else if (strcmp(name, "heun") == 0) *kind = RSM_SAMPLER_HEUN;
-    else if (strcmp(name, "sde") == 0) *kind = RSM_SAMPLER_SDE;
-    else if (strcmp(name, "ddim") == 0) *kind = RSM_SAMPLER_DDIM;
+    if (strcmp(name, "euler") == 0 || strcmp(name, "ode") == 0)
+        *kind = RSM_SAMPLER_EULER;
+    else if (strcmp(name, "heun") == 0)
+        *kind = RSM_SAMPLER_HEUN;
+    else if (strcmp(name, "sde") == 0)
+        *kind = RSM_SAMPLER_SDE;
+    else if (strcmp(name, "ddim") == 0)
+        *kind = RSM_SAMPLER_DDIM;
     else {
         rsm_py_raisef(PyExc_ValueError, func,
                       "sampler must be 'euler', 'heun', 'sde' or 'ddim', got '%s'", name);
@@ -42,9 +46,9 @@ rsm_sampler_args_clear(rsm_py_sampler_args *a)
 
 static int
 rsm_sampler_args_parse(PyObject *module, const char *func, const char *sampler, PyObject *ts_obj,
-                       double noise_level, double eta, long long window_begin,
-                       long long window_end, PyObject *branch_obj, long long branch_factor,
-                       unsigned long long seed, rsm_py_sampler_args *a)
+                       double noise_level, double eta, long long window_begin, long long window_end,
+                       PyObject *branch_obj, long long branch_factor, unsigned long long seed,
+                       rsm_py_sampler_args *a)
 {
     memset(a, 0, sizeof(*a));
     if (rsm_parse_sampler(sampler, func, &a->cfg.kind) < 0) return -1;
@@ -99,8 +103,8 @@ rsm_rollout_inputs(PyObject *module, const char *func, const rsm_model *model, i
 {
     *x_init = *cond = NULL;
     if (x_init_obj != Py_None) {
-        *x_init = rsm_py_matrix_arg(module, x_init_obj, func, "x_init", model->dtype, rows,
-                                    model->dim);
+        *x_init =
+            rsm_py_matrix_arg(module, x_init_obj, func, "x_init", model->dtype, rows, model->dim);
         if (!*x_init || rsm_py_check_finite(*x_init, model->dtype, func, "x_init") < 0) return -1;
     }
     return rsm_py_cond_arg(module, func, model->dtype, model->cond_dim, rows, cond_obj, cond);
@@ -109,23 +113,36 @@ rsm_rollout_inputs(PyObject *module, const char *func, const rsm_model *model, i
 static PyObject *
 rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"model", "path", "n", "sampler", "ts", "noise_level", "eta", "seed",
-                             "x_init", "cond", "window_begin", "window_end", "branch_steps",
-                             "branch_factor", "return_trajectory", "pcpo_weight", "reward",
+    static char *kwlist[] = {"model",
+                             "path",
+                             "n",
+                             "sampler",
+                             "ts",
+                             "noise_level",
+                             "eta",
+                             "seed",
+                             "x_init",
+                             "cond",
+                             "window_begin",
+                             "window_end",
+                             "branch_steps",
+                             "branch_factor",
+                             "return_trajectory",
+                             "pcpo_weight",
+                             "reward",
                              NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_init_obj = Py_None, *cond_obj = Py_None,
-                                            *branch_obj = Py_None, *reward_obj = Py_None;
+                                             *branch_obj = Py_None, *reward_obj = Py_None;
     long long n, window_begin = 0, window_end = -1, branch_factor = 1;
     const char *sampler;
     double noise_level = 0.7, eta = 1.0;
     unsigned long long seed = 0;
     int return_trajectory = 0;
     double pcpo_weight = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLpdO", kwlist, &model_obj,
-                                     &path_obj, &n, &sampler, &ts_obj, &noise_level, &eta, &seed,
-                                     &x_init_obj, &cond_obj, &window_begin, &window_end,
-                                     &branch_obj, &branch_factor, &return_trajectory,
-                                     &pcpo_weight, &reward_obj))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOLsO|ddKOOLLOLpdO", kwlist, &model_obj, &path_obj, &n, &sampler,
+            &ts_obj, &noise_level, &eta, &seed, &x_init_obj, &cond_obj, &window_begin, &window_end,
+            &branch_obj, &branch_factor, &return_trajectory, &pcpo_weight, &reward_obj))
         return NULL;
     const char *func = "sample";
     if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
@@ -186,18 +203,18 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     rsm_py_reward_lock_model(&reward);
     if (dtype == RSM_F32) {
-        rsm_trajectory_f32 tr = {RSM_PY_PTR(x_final), RSM_PY_PTR(xs), RSM_PY_PTR(means), RSM_PY_PTR(stds),
-                                 RSM_PY_PTR(log_probs), RSM_PY_PTR(noises), RSM_PY_PTR(outputs),
-                                 RSM_PY_PTR(rows), 0};
-        status = rsm_rollout_f32(&model, path, &sa.cfg, n, RSM_PY_PTR(x_init), RSM_PY_PTR(cond), &tr,
-                                 rsm_py_reward_hook(&reward));
+        rsm_trajectory_f32 tr = {RSM_PY_PTR(x_final), RSM_PY_PTR(xs),        RSM_PY_PTR(means),
+                                 RSM_PY_PTR(stds),    RSM_PY_PTR(log_probs), RSM_PY_PTR(noises),
+                                 RSM_PY_PTR(outputs), RSM_PY_PTR(rows),      0};
+        status = rsm_rollout_f32(&model, path, &sa.cfg, n, RSM_PY_PTR(x_init), RSM_PY_PTR(cond),
+                                 &tr, rsm_py_reward_hook(&reward));
         nfe = tr.nfe;
     } else {
-        rsm_trajectory_f64 tr = {RSM_PY_PTR(x_final), RSM_PY_PTR(xs), RSM_PY_PTR(means), RSM_PY_PTR(stds),
-                                 RSM_PY_PTR(log_probs), RSM_PY_PTR(noises), RSM_PY_PTR(outputs),
-                                 RSM_PY_PTR(rows), 0};
-        status = rsm_rollout_f64(&model, path, &sa.cfg, n, RSM_PY_PTR(x_init), RSM_PY_PTR(cond), &tr,
-                                 rsm_py_reward_hook(&reward));
+        rsm_trajectory_f64 tr = {RSM_PY_PTR(x_final), RSM_PY_PTR(xs),        RSM_PY_PTR(means),
+                                 RSM_PY_PTR(stds),    RSM_PY_PTR(log_probs), RSM_PY_PTR(noises),
+                                 RSM_PY_PTR(outputs), RSM_PY_PTR(rows),      0};
+        status = rsm_rollout_f64(&model, path, &sa.cfg, n, RSM_PY_PTR(x_init), RSM_PY_PTR(cond),
+                                 &tr, rsm_py_reward_hook(&reward));
         nfe = tr.nfe;
     }
     rsm_py_reward_unlock_model(&reward);
@@ -209,9 +226,8 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     if (return_trajectory) {
         result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:L,s:O}", "x", x_final, "xs",
                                xs, "ts", sa.ts, "means", means, "stds", stds, "log_probs",
-                               log_probs, "noises", noises, "outputs", outputs, "rows", rows,
-                               "nfe", (long long)nfe, "reward",
-                               reward.result ? reward.result : Py_None);
+                               log_probs, "noises", noises, "outputs", outputs, "rows", rows, "nfe",
+                               (long long)nfe, "reward", reward.result ? reward.result : Py_None);
     } else {
         result = Py_BuildValue("{s:O,s:L,s:O}", "x", x_final, "nfe", (long long)nfe, "reward",
                                reward.result ? reward.result : Py_None);
@@ -235,25 +251,26 @@ done:
 /* branch_rollout(model, path, ts, roots, root_sampler, branch_sampler, budget, branch_seeds,
  *                seed=0, root_eta=0, branch_eta=1, noise_level=0.7, pcpo_weight=0, x_init=None,
  *                cond=None, reward=None) -> dict(root_xs, x_next, outputs, noises, log_probs, x0,
- *                nfe, reward): the ODE root + single-step branches of rollout.h, then reward(x0). */
+ *                nfe, reward): the ODE root + single-step branches of rollout.h, then reward(x0).
+ */
 static PyObject *
 rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"model", "path", "ts", "roots", "root_sampler", "branch_sampler",
-                             "budget", "branch_seeds", "seed", "root_eta", "branch_eta",
-                             "noise_level", "pcpo_weight", "x_init", "cond", "reward", NULL};
-    PyObject *model_obj, *path_obj, *ts_obj, *budget_obj, *seeds_obj, *x_init_obj = Py_None,
-                                                                   *cond_obj = Py_None,
-                                                                   *reward_obj = Py_None;
+    static char *kwlist[] = {
+        "model",          "path",        "ts",           "roots",  "root_sampler",
+        "branch_sampler", "budget",      "branch_seeds", "seed",   "root_eta",
+        "branch_eta",     "noise_level", "pcpo_weight",  "x_init", "cond",
+        "reward",         NULL};
+    PyObject *model_obj, *path_obj, *ts_obj, *budget_obj, *seeds_obj,
+        *x_init_obj = Py_None, *cond_obj = Py_None, *reward_obj = Py_None;
     long long roots;
     const char *root_name, *branch_name;
     unsigned long long seed = 0;
     double root_eta = 0.0, branch_eta = 1.0, noise_level = 0.7, pcpo_weight = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOLssOO|KddddOOO", kwlist, &model_obj,
-                                     &path_obj, &ts_obj, &roots, &root_name, &branch_name,
-                                     &budget_obj, &seeds_obj, &seed, &root_eta, &branch_eta,
-                                     &noise_level, &pcpo_weight, &x_init_obj, &cond_obj,
-                                     &reward_obj))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOLssOO|KddddOOO", kwlist, &model_obj, &path_obj, &ts_obj, &roots,
+            &root_name, &branch_name, &budget_obj, &seeds_obj, &seed, &root_eta, &branch_eta,
+            &noise_level, &pcpo_weight, &x_init_obj, &cond_obj, &reward_obj))
         return NULL;
     const char *func = "branch_rollout";
     if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
@@ -291,8 +308,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
         rsm_py_raise(status, func);
         goto done;
     }
-    if (rsm_rollout_inputs(module, func, &model, roots, x_init_obj, cond_obj, &x_init,
-                           &cond) < 0)
+    if (rsm_rollout_inputs(module, func, &model, roots, x_init_obj, cond_obj, &x_init, &cond) < 0)
         goto done;
     const int64_t R = rsm_branch_rows(&bc, roots);
     if (R > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
@@ -313,25 +329,35 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     rsm_py_reward_lock_model(&reward);
     if (dtype == RSM_F32) {
-        rsm_branch_out_f32 out = {RSM_PY_PTR(root_xs), RSM_PY_PTR(x_next), RSM_PY_PTR(outputs),
-                                  RSM_PY_PTR(noises), RSM_PY_PTR(log_probs), RSM_PY_PTR(x0), 0};
-        status = rsm_branch_rollout_f32(&model, path, &bc, roots, RSM_PY_PTR(x_init), RSM_PY_PTR(cond),
-                                        &out, rsm_py_reward_hook(&reward));
+        rsm_branch_out_f32 out = {RSM_PY_PTR(root_xs),
+                                  RSM_PY_PTR(x_next),
+                                  RSM_PY_PTR(outputs),
+                                  RSM_PY_PTR(noises),
+                                  RSM_PY_PTR(log_probs),
+                                  RSM_PY_PTR(x0),
+                                  0};
+        status = rsm_branch_rollout_f32(&model, path, &bc, roots, RSM_PY_PTR(x_init),
+                                        RSM_PY_PTR(cond), &out, rsm_py_reward_hook(&reward));
         nfe = out.nfe;
     } else {
-        rsm_branch_out_f64 out = {RSM_PY_PTR(root_xs), RSM_PY_PTR(x_next), RSM_PY_PTR(outputs),
-                                  RSM_PY_PTR(noises), RSM_PY_PTR(log_probs), RSM_PY_PTR(x0), 0};
-        status = rsm_branch_rollout_f64(&model, path, &bc, roots, RSM_PY_PTR(x_init), RSM_PY_PTR(cond),
-                                        &out, rsm_py_reward_hook(&reward));
+        rsm_branch_out_f64 out = {RSM_PY_PTR(root_xs),
+                                  RSM_PY_PTR(x_next),
+                                  RSM_PY_PTR(outputs),
+                                  RSM_PY_PTR(noises),
+                                  RSM_PY_PTR(log_probs),
+                                  RSM_PY_PTR(x0),
+                                  0};
+        status = rsm_branch_rollout_f64(&model, path, &bc, roots, RSM_PY_PTR(x_init),
+                                        RSM_PY_PTR(cond), &out, rsm_py_reward_hook(&reward));
         nfe = out.nfe;
     }
     rsm_py_reward_unlock_model(&reward);
     Py_END_ALLOW_THREADS
     if (rsm_py_reward_finish(&reward, status, func) == 0)
-        result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:L,s:O}", "root_xs", root_xs, "x_next",
-                               x_next, "outputs", outputs, "noises", noises, "log_probs",
-                               log_probs, "x0", x0, "nfe", (long long)nfe, "reward",
-                               reward.result ? reward.result : Py_None);
+        result =
+            Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:L,s:O}", "root_xs", root_xs, "x_next", x_next,
+                          "outputs", outputs, "noises", noises, "log_probs", log_probs, "x0", x0,
+                          "nfe", (long long)nfe, "reward", reward.result ? reward.result : Py_None);
     rsm_py_reward_clear(&reward);
 done:
     rsm_sampler_args_clear(&root_args);
@@ -354,9 +380,9 @@ done:
 static PyObject *
 rsm_py_transition_log_prob(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"model", "path", "sampler", "ts", "step", "x", "x_next",
-                             "noise_level", "eta", "cond", "window_begin", "window_end",
-                             "pcpo_weight", NULL};
+    static char *kwlist[] = {
+        "model",       "path", "sampler", "ts",           "step",       "x",           "x_next",
+        "noise_level", "eta",  "cond",    "window_begin", "window_end", "pcpo_weight", NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_obj, *x_next_obj, *cond_obj = Py_None;
     const char *sampler;
     long long step, window_begin = 0, window_end = -1;
@@ -418,12 +444,13 @@ done:
     return result;
 }
 
-/* step_coefficients(path, sampler, ts, noise_level, eta, window_begin, window_end) -> list of dicts */
+/* step_coefficients(path, sampler, ts, noise_level, eta, window_begin, window_end) -> list of dicts
+ */
 static PyObject *
 rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path", "sampler", "ts", "noise_level", "eta", "window_begin",
-                             "window_end", "pcpo_weight", NULL};
+    static char *kwlist[] = {"path",         "sampler",    "ts",          "noise_level", "eta",
+                             "window_begin", "window_end", "pcpo_weight", NULL};
     PyObject *path_obj, *ts_obj;
     const char *sampler;
     double noise_level = 0.7, eta = 1.0, pcpo_weight = 0.0;
@@ -451,9 +478,9 @@ rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
         rsm_step_coef s = rsm_sampler_step_coef(path, &sa.cfg, i);
         PyObject *d = Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:d,s:O,s:O,s:d,s:d,s:d,s:d}", "t", s.t,
                                     "t_next", s.t_next, "dt", s.dt, "A", s.A, "K", s.K, "std",
-                                    s.std, "stochastic", s.stochastic ? Py_True : Py_False,
-                                    "heun", s.heun ? Py_True : Py_False, "v_x", s.v_x, "v_u",
-                                    s.v_u, "v_x_next", s.v_x_next, "v_u_next", s.v_u_next);
+                                    s.std, "stochastic", s.stochastic ? Py_True : Py_False, "heun",
+                                    s.heun ? Py_True : Py_False, "v_x", s.v_x, "v_u", s.v_u,
+                                    "v_x_next", s.v_x_next, "v_u_next", s.v_u_next);
         if (!d) {
             Py_CLEAR(list);
             break;
@@ -465,11 +492,15 @@ rsm_py_step_coefficients(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyMethodDef rsm_sampler_methods[] = {
-    {"sample", (PyCFunction)(void (*)(void))rsm_py_sample, METH_VARARGS | METH_KEYWORDS, "sample(...) -> dict"},
-    {"branch_rollout", (PyCFunction)(void (*)(void))rsm_py_branch_rollout, METH_VARARGS | METH_KEYWORDS,
+    {"sample", (PyCFunction)(void (*)(void))rsm_py_sample, METH_VARARGS | METH_KEYWORDS,
+     "sample(...) -> dict"},
+    {"branch_rollout", (PyCFunction)(void (*)(void))rsm_py_branch_rollout,
+     METH_VARARGS | METH_KEYWORDS,
      "branch_rollout(...) -> dict: ODE root + single-step branches, then reward(x0) (rollout.h)"},
-    {"transition_log_prob", (PyCFunction)(void (*)(void))rsm_py_transition_log_prob, METH_VARARGS | METH_KEYWORDS, "transition_log_prob(...) -> (log_prob, mean, output)"},
-    {"step_coefficients", (PyCFunction)(void (*)(void))rsm_py_step_coefficients, METH_VARARGS | METH_KEYWORDS, "per-step (A, K, std) of a sampler"},
+    {"transition_log_prob", (PyCFunction)(void (*)(void))rsm_py_transition_log_prob,
+     METH_VARARGS | METH_KEYWORDS, "transition_log_prob(...) -> (log_prob, mean, output)"},
+    {"step_coefficients", (PyCFunction)(void (*)(void))rsm_py_step_coefficients,
+     METH_VARARGS | METH_KEYWORDS, "per-step (A, K, std) of a sampler"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,18 +33,18 @@
 static PyObject *
 rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"model", "opt", "path", "data", "cond", "batch_size", "t_min",
-                             "t_max", "lr", "warmup_steps", "seed", "first_step", "num_steps",
-                             "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", NULL};
+    static char *kwlist[] = {
+        "model",     "opt",         "path",         "data",         "cond",      "batch_size",
+        "t_min",     "t_max",       "lr",           "warmup_steps", "seed",      "first_step",
+        "num_steps", "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", NULL};
     PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj, *null_obj = Py_None;
     long long batch_size, warmup_steps, first_step, num_steps, decay_steps = 0;
     double t_min, t_max, lr, min_lr_ratio = 0.0, cond_dropout = 0.0;
     unsigned long long seed;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO", kwlist, &model_obj,
-                                     &opt_obj, &path_obj, &data_obj, &cond_obj, &batch_size,
-                                     &t_min, &t_max, &lr, &warmup_steps, &seed, &first_step,
-                                     &num_steps, &decay_steps, &min_lr_ratio, &cond_dropout,
-                                     &null_obj))
+                                     &opt_obj, &path_obj, &data_obj, &cond_obj, &batch_size, &t_min,
+                                     &t_max, &lr, &warmup_steps, &seed, &first_step, &num_steps,
+                                     &decay_steps, &min_lr_ratio, &cond_dropout, &null_obj))
         return NULL;
     const char *func = "pretrain";
     rsm_model model;
@@ -65,8 +65,10 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
                         &cond) < 0)
         goto done;
     if (null_obj != Py_None) {
-        null_cond = rsm_py_vector_arg(module, null_obj, func, "null_cond", model.dtype, model.cond_dim);
-        if (!null_cond || rsm_py_check_finite(null_cond, model.dtype, func, "null_cond") < 0) goto done;
+        null_cond =
+            rsm_py_vector_arg(module, null_obj, func, "null_cond", model.dtype, model.cond_dim);
+        if (!null_cond || rsm_py_check_finite(null_cond, model.dtype, func, "null_cond") < 0)
+            goto done;
     }
     int64_t steps = num_steps > 0 ? num_steps : 0;
     int64_t num_params = model.num_params;
@@ -74,15 +76,17 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     norms = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
     grads = rsm_py_tensor_new(module, model.dtype, 1, &num_params, 0);
     if (!losses || !norms || !grads) goto done;
-    rsm_pretrain_config cfg = {batch_size, t_min, t_max, lr, warmup_steps, decay_steps,
-                               min_lr_ratio, (uint64_t)seed, cond_dropout,
-                               null_cond ? rsm_py_tensor_data(null_cond) : NULL};
+    rsm_pretrain_config cfg = {batch_size,   t_min,
+                               t_max,        lr,
+                               warmup_steps, decay_steps,
+                               min_lr_ratio, (uint64_t)seed,
+                               cond_dropout, null_cond ? rsm_py_tensor_data(null_cond) : NULL};
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
     if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
-    status = rsm_pretrain_steps(&model, opt, path, &cfg,
-                                rsm_py_tensor_data(data), cond ? rsm_py_tensor_data(cond) : NULL,
-                                data->t.shape[0], first_step, num_steps, rsm_py_tensor_data(grads),
+    status = rsm_pretrain_steps(&model, opt, path, &cfg, rsm_py_tensor_data(data),
+                                cond ? rsm_py_tensor_data(cond) : NULL, data->t.shape[0],
+                                first_step, num_steps, rsm_py_tensor_data(grads),
                                 rsm_py_tensor_data(losses), rsm_py_tensor_data(norms));
     if (lock) PyThread_release_lock(lock);
     Py_END_ALLOW_THREADS
@@ -183,8 +187,8 @@ rsm_update_number(PyObject *dict, const char *key, const char *func, int64_t b, 
     double v = obj ? PyFloat_AsDouble(obj) : NAN;
     if (!obj || (v == -1.0 && PyErr_Occurred())) {
         PyErr_Clear();
-        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld]['%s'] must be a number",
-                      (long long)b, key);
+        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld]['%s'] must be a number", (long long)b,
+                      key);
         return -1;
     }
     *value = v;
@@ -213,8 +217,8 @@ rsm_update_parse_block(PyObject *module, PyObject *dict, const char *func, int64
     blk->x = data;
     blk->rows = n;
     if (policy->cond_dim > 0) {
-        if (rsm_update_array(module, dict, "cond", func, b, dtype, &n, policy->cond_dim, 1, 0,
-                             refs, &data) < 0)
+        if (rsm_update_array(module, dict, "cond", func, b, dtype, &n, policy->cond_dim, 1, 0, refs,
+                             &data) < 0)
             return -1;
         blk->cond = data;
     }
@@ -263,8 +267,9 @@ rsm_update_lock(PyThread_type_lock a, PyThread_type_lock b, int acquire)
 static PyObject *
 rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"policy", "ref", "path", "blocks", "normalizer", "linear_only",
-                             "mean_over_dims", "opt", "epochs", "lr", NULL};
+    static char *kwlist[] = {
+        "policy",         "ref", "path",   "blocks", "normalizer", "linear_only",
+        "mean_over_dims", "opt", "epochs", "lr",     NULL};
     PyObject *policy_obj, *ref_obj, *path_obj, *blocks_obj, *opt_obj = Py_None;
     double normalizer, lr = NAN;
     int linear_only = 0, mean_over_dims = 0;
@@ -338,7 +343,8 @@ rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
         rsm_py_raise(status, func);
         goto done;
     }
-    double *l = rsm_py_tensor_data(loss), *k = rsm_py_tensor_data(kl), *c = rsm_py_tensor_data(clip);
+    double *l = rsm_py_tensor_data(loss), *k = rsm_py_tensor_data(kl),
+           *c = rsm_py_tensor_data(clip);
     for (int64_t i = 0; i < E * nblocks; i++) {
         l[i] = stats[i].loss;
         k[i] = stats[i].kl;
@@ -366,9 +372,9 @@ done:
 }
 
 static PyMethodDef rsm_train_methods[] = {
-    {"pretrain_steps", (PyCFunction)(void (*)(void))rsm_py_pretrain_steps, METH_VARARGS | METH_KEYWORDS, "pretraining steps"},
-    {"train_update", (PyCFunction)(void (*)(void))rsm_py_train_update,
-     METH_VARARGS | METH_KEYWORDS,
+    {"pretrain_steps", (PyCFunction)(void (*)(void))rsm_py_pretrain_steps,
+     METH_VARARGS | METH_KEYWORDS, "pretraining steps"},
+    {"train_update", (PyCFunction)(void (*)(void))rsm_py_train_update, METH_VARARGS | METH_KEYWORDS,
      "train_update(policy, ref, path, blocks, normalizer, linear_only=False, "
      "mean_over_dims=False, opt=None, epochs=0, lr=nan) -> dict: the fine-tuning update"},
     {NULL, NULL, 0, NULL},
