@@ -50,8 +50,7 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     rsm_model model;
     PyThread_type_lock lock;
     if (rsm_py_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
-    if (!model.backward)
-        return rsm_py_raisef(PyExc_TypeError, func, "model must be an rsm.MLP or rsm.DiT");
+    /* a model without parameters (the mixture): the core's TypeError says so */
     rsm_adamw *opt = rsm_py_adamw_arg(module, opt_obj, func, "opt");
     if (!opt) return NULL;
     const rsm_path *path = rsm_py_path_arg(module, path_obj, func, "path");
