@@ -153,6 +153,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     rsm_model model;
     PyThread_type_lock lock;
     if (rsm_py_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
+    /* the outputs are sized from n before the core runs (the core checks n again, same message) */
     if (n < 1) return rsm_py_raisef(PyExc_ValueError, func, "n=%lld must be >= 1", n);
     rsm_py_sampler_args sa;
     PyObject *result = NULL;
@@ -281,6 +282,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
     rsm_model model;
     PyThread_type_lock lock;
     if (rsm_py_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
+    /* the outputs are sized from roots before the core runs (the core checks it again) */
     if (roots < 1) return rsm_py_raisef(PyExc_ValueError, func, "roots=%lld must be >= 1", roots);
     rsm_py_sampler_args root_args, branch_args;
     memset(&branch_args, 0, sizeof(branch_args));
