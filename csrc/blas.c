@@ -134,9 +134,11 @@ RSM_DEFINE_GEMM(rsm_dgemm_builtin, double)
  * Thread-count invariance: the rows of C are cut into TILES whose size depends on the shape
  * (m, n, k) only, never on the thread count, and each tile is one single-threaded BLAS call.
  * OpenBLAS may take another code path (and another summation order) for another row count, so
- * splitting by the thread count gave other bits at 3+ threads; with fixed tiles every element of
- * C is computed by the same call on the same operands whatever the number of threads (1, 2, 3,
- * 8 ...), so results are bitwise equal for any thread count on the same build and CPU family.
+ * splitting by the thread count gave other bits at 2, 3 or 8 threads for some shapes (NN
+ * products whose width is not a multiple of 16, e.g. 512x120x120); with fixed tiles every
+ * element of C is computed by the same call on the same operands whatever the number of threads
+ * (1, 2, 3, 8 ...), so results are bitwise equal for any thread count on the same build and CPU
+ * family.
  * Tiles are multiples of 16 rows (whole microkernel panels), at least 128 rows, and at most 8 per
  * GEMM (few calls: each one packs op(B) again). The tiles are handed out dynamically: a thread
  * that a busy machine deschedules does not hold the others back, and the bits do not depend on
