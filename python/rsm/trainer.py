@@ -123,6 +123,10 @@ class Trainer:
         if cfg["family"] in ("first-order", "pathwise") and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"Trainer(): seed={seed!r} must be an int in [0, 2**64), got {type(seed).__name__}")
+        if not 0 <= seed < 2**64:   # larger seeds would alias smaller ones in the 64-bit streams
+            raise ValueError(f"Trainer(): seed={seed!r} must be an int in [0, 2**64)")
         self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
         self._set_conditions(cond, conditions, policy, ref)
         self.setting = s = make_setting(cfg, self.path, policy.dtype)
