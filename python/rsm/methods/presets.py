@@ -275,6 +275,17 @@ class Preset(Mapping):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    @property
+    def needs_reward_gradient(self) -> bool:
+        """First-order and pathwise methods read d r / d x0: the reward must be differentiable."""
+        return self.family in ("first-order", "pathwise")
+
+    @property
+    def through_sampler(self) -> bool:
+        """DRaFT: the update differentiates through the sampler (rsm.methods.pathwise), not
+        through the objective's C update."""
+        return self.estimator == "pathwise"
+
     def options(self) -> list[str]:
         """The option names this preset has (overridable), without name/description/source."""
         return [k for k in self if k not in _DOCUMENTATION]
