@@ -142,3 +142,22 @@ def test_the_name_tables_agree_with_the_rules():
     assert set(options.REWEIGHT_NAMES) == set(coefficients.REWEIGHTS)
     assert set(options.ETA_NAMES) == set(coefficients.ETAS)
     assert set(options.ROLLOUT_KINDS) == set(ROLLOUTS)
+
+
+def test_a_rollout_batch_is_typed_and_keeps_the_dict_access():
+    model = rsm.MLP(2, 8, 1, seed=0)
+    trainer = rsm.Trainer(model, model.copy(), rsm.rewards.quadratic([0, 0]), "flow-grpo",
+                          batch_size=2, group_size=2, kl_every=0)
+    batch = trainer.rollout()
+    assert isinstance(batch, rsm.methods.Batch)
+    assert batch["x0"] is batch.x0 and batch.get("row_valid", "absent") == "absent"
+    assert "adv" in batch and "tree" not in batch and "scored" not in batch   # popped by rollout()
+    assert batch["keys"] is batch.groups and "keys" in dict(batch)         # the old key's name
+    batch["note"] = 1                      # what a Trainer subclass records goes to `extra`
+    assert batch.extra == {"note": 1} and batch.pop("note") == 1 and "note" not in batch
+    copy = batch.copy()
+    copy.rows.append({})
+    assert len(copy.rows) == len(batch.rows) + 1 and copy.x0 is batch.x0
+    assert {"x0", "rows", "rewards", "valid", "adv", "mask"} <= set(dict(batch))
+    with pytest.raises(KeyError):
+        batch["no_such_field"]
