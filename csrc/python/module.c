@@ -81,6 +81,14 @@ rsm_py_set_num_threads(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
+rsm_py_get_num_threads(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromLong(rsm_get_num_threads());
+}
+
+static PyObject *
 rsm_py_build_info(PyObject *module, PyObject *unused)
 {
     (void)module;
@@ -114,19 +122,33 @@ rsm_py_build_info(PyObject *module, PyObject *unused)
 static PyMethodDef rsm_module_methods[] = {
     {"load_blas", rsm_py_load_blas, METH_O, "load_blas(path): use this CBLAS library for GEMMs."},
     {"set_num_threads", rsm_py_set_num_threads, METH_O, "set_num_threads(n): threads for rsm's CPU loops and BLAS."},
+    {"get_num_threads", rsm_py_get_num_threads, METH_NOARGS, "get_num_threads() -> threads of rsm's CPU loops."},
     {"build_info", rsm_py_build_info, METH_NOARGS, "build_info() -> dict of what this build found."},
     {NULL, NULL, 0, NULL},
 };
 
+int
+rsm_py_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot, const char *name)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
+    if (!type) return -1;
+    *slot = (PyTypeObject *)type; /* the state owns this reference */
+    return PyModule_AddObjectRef(module, name, type);
+}
+
+/* Each file of the binding adds its part: tensors first (every other part converts to them),
+ * then the types, then the functions. */
 static int
 rsm_module_exec(PyObject *module)
 {
-    if (rsm_py_tensor_exec(module) < 0) return -1;
-    if (rsm_py_compute_exec(module) < 0) return -1;
-    if (rsm_py_objective_exec(module) < 0) return -1;
-    if (rsm_py_dit_exec(module) < 0) return -1;
-    if (rsm_py_guidance_exec(module) < 0) return -1;
-    if (rsm_py_update_exec(module) < 0) return -1;
+    int (*const parts[])(PyObject *) = {
+        rsm_py_tensor_exec, rsm_py_path_exec,    rsm_py_mlp_exec,       rsm_py_gmm_exec,
+        rsm_py_dit_exec,    rsm_py_guided_exec,  rsm_py_optim_exec,     rsm_py_sampler_exec,
+        rsm_py_reward_exec, rsm_py_objective_exec, rsm_py_train_exec,   rsm_py_rng_exec,
+        rsm_py_debug_exec,
+    };
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        if (parts[i](module) < 0) return -1;
     return 0;
 }
 
