@@ -346,7 +346,9 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
              batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True,
              **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
-    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
+    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword: the
+    options of rsm.methods.Preset that the preset has (rsm.methods.get(method).options(); each is
+    typed and checked when the preset is built, rsm.methods.options).
     conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
     condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
     classifier-free guidance in the rollouts and the losses. kl_every / kl_samples / kl_grid /
