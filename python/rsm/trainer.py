@@ -392,7 +392,9 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", iterati
              kl_warn: float | None = 50.0, **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
     (rsm.methods.names()) for `iterations` iterations (in total: a resumed run continues to it);
-    hyper-parameters of the preset can be overridden by keyword, the sampler's step count as
+    hyper-parameters of the preset can be overridden by keyword: the options of
+    rsm.methods.Preset that the preset has (rsm.methods.get(method).options(); each is typed and
+    checked when the preset is built, rsm.methods.options), the sampler's step count as
     sampler_steps= (steps= is the deprecated alias of iterations=).
     conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
     condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
