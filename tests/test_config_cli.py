@@ -30,7 +30,9 @@ logging: {{log_with: csv, dir: {tmp_path}/run, kl_every: 2, progress: false}}
 
 
 def _cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.join(ROOT, "python")}
+    # the same interpreter imports the same rsm as this process (no PYTHONPATH: under make
+    # test-asan that would load the source tree's other build and other bits)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "rsm", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
 

@@ -20,6 +20,10 @@ def _mypy(target, cache):
     env = {**os.environ, "MYPYPATH": os.path.join(ROOT, "python")}
     return subprocess.run([sys.executable, "-m", "mypy", "--python-version", "3.10",
                            "--ignore-missing-imports", "--cache-dir", str(cache),
+                           # the user's script is checked against rsm's signatures; rsm's own
+                           # internals are not this test's subject (errors there are silenced
+                           # the same way whether rsm is an editable install or a copy)
+                           "--follow-imports", "silent",
                            "--no-error-summary", str(target)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
