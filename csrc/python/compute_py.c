@@ -1004,7 +1004,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"model", "path", "n", "sampler", "ts", "noise_level", "eta", "seed",
                              "x_init", "cond", "window_begin", "window_end", "branch_steps",
                              "branch_factor", "return_trajectory", "pcpo_weight", "reward",
-                             NULL};
+                             "row_offset", NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_init_obj = Py_None, *cond_obj = Py_None,
                                             *branch_obj = Py_None, *reward_obj = Py_None;
     long long n, window_begin = 0, window_end = -1, branch_factor = 1;
@@ -1013,11 +1013,12 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     unsigned long long seed = 0;
     int return_trajectory = 0;
     double pcpo_weight = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLpdO", kwlist, &model_obj,
+    long long row_offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLsO|ddKOOLLOLpdOL", kwlist, &model_obj,
                                      &path_obj, &n, &sampler, &ts_obj, &noise_level, &eta, &seed,
                                      &x_init_obj, &cond_obj, &window_begin, &window_end,
                                      &branch_obj, &branch_factor, &return_trajectory,
-                                     &pcpo_weight, &reward_obj))
+                                     &pcpo_weight, &reward_obj, &row_offset))
         return NULL;
     const char *func = "sample";
     if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
@@ -1040,6 +1041,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
                                window_end, branch_obj, branch_factor, seed, &sa) < 0)
         goto done;
     sa.cfg.pcpo_weight = pcpo_weight;
+    sa.cfg.row_offset = row_offset;
     rsm_status status = rsm_sampler_check(path, &sa.cfg);
     if (status != RSM_OK) {
         rsm_py_raise(status, func);
@@ -1136,7 +1138,8 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "path", "ts", "roots", "root_sampler", "branch_sampler",
                              "budget", "branch_seeds", "seed", "root_eta", "branch_eta",
-                             "noise_level", "pcpo_weight", "x_init", "cond", "reward", NULL};
+                             "noise_level", "pcpo_weight", "x_init", "cond", "reward",
+                             "row_offset", NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *budget_obj, *seeds_obj, *x_init_obj = Py_None,
                                                                    *cond_obj = Py_None,
                                                                    *reward_obj = Py_None;
@@ -1144,11 +1147,12 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
     const char *root_name, *branch_name;
     unsigned long long seed = 0;
     double root_eta = 0.0, branch_eta = 1.0, noise_level = 0.7, pcpo_weight = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOLssOO|KddddOOO", kwlist, &model_obj,
+    long long row_offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOLssOO|KddddOOOL", kwlist, &model_obj,
                                      &path_obj, &ts_obj, &roots, &root_name, &branch_name,
                                      &budget_obj, &seeds_obj, &seed, &root_eta, &branch_eta,
                                      &noise_level, &pcpo_weight, &x_init_obj, &cond_obj,
-                                     &reward_obj))
+                                     &reward_obj, &row_offset))
         return NULL;
     const char *func = "branch_rollout";
     if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
@@ -1172,6 +1176,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
                                Py_None, 1, 0, &branch_args) < 0)
         goto done;
     branch_args.cfg.pcpo_weight = pcpo_weight;
+    root_args.cfg.row_offset = row_offset;
     const int64_t S = root_args.cfg.steps, D = model.dim;
     const rsm_dtype dtype = model.dtype;
     budget = rsm_vector_arg(module, budget_obj, func, "budget", RSM_I64, S);
@@ -1553,16 +1558,18 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"model", "opt", "path", "data", "cond", "batch_size", "t_min",
                              "t_max", "lr", "warmup_steps", "seed", "first_step", "num_steps",
-                             "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", NULL};
+                             "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", "grad_rows",
+                             NULL};
     PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj, *null_obj = Py_None;
+    long long grad_rows[2] = {-1, -1}; /* data parallelism: the gradient of a batch slice */
     long long batch_size, warmup_steps, first_step, num_steps, decay_steps = 0;
     double t_min, t_max, lr, min_lr_ratio = 0.0, cond_dropout = 0.0;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO", kwlist, &model_obj,
-                                     &opt_obj, &path_obj, &data_obj, &cond_obj, &batch_size,
-                                     &t_min, &t_max, &lr, &warmup_steps, &seed, &first_step,
-                                     &num_steps, &decay_steps, &min_lr_ratio, &cond_dropout,
-                                     &null_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO(LL)", kwlist,
+                                     &model_obj, &opt_obj, &path_obj, &data_obj, &cond_obj,
+                                     &batch_size, &t_min, &t_max, &lr, &warmup_steps, &seed,
+                                     &first_step, &num_steps, &decay_steps, &min_lr_ratio,
+                                     &cond_dropout, &null_obj, &grad_rows[0], &grad_rows[1]))
         return NULL;
     const char *func = "pretrain";
     rsm_module_state *state = rsm_state(module);
@@ -1604,19 +1611,28 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
                                min_lr_ratio, (uint64_t)seed, cond_dropout,
                                null_cond ? rsm_py_tensor_data(null_cond) : NULL};
     rsm_status status;
+    double slice_loss = 0.0;
+    const int slice = grad_rows[0] >= 0; /* (loss share, gradient) of rows [a, b), no step */
     Py_BEGIN_ALLOW_THREADS
     if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
-    status = rsm_pretrain_steps(&model, &opt->opt, &((rsm_py_path *)path_obj)->path, &cfg,
-                                rsm_py_tensor_data(data), cond ? rsm_py_tensor_data(cond) : NULL,
-                                data->t.shape[0], first_step, num_steps, rsm_py_tensor_data(grads),
-                                rsm_py_tensor_data(losses), rsm_py_tensor_data(norms));
+    if (slice)
+        status = rsm_pretrain_grad(&model, &((rsm_py_path *)path_obj)->path, &cfg,
+                                   rsm_py_tensor_data(data), cond ? rsm_py_tensor_data(cond) : NULL,
+                                   data->t.shape[0], first_step, grad_rows[0], grad_rows[1],
+                                   rsm_py_tensor_data(grads), &slice_loss);
+    else
+        status = rsm_pretrain_steps(&model, &opt->opt, &((rsm_py_path *)path_obj)->path, &cfg,
+                                    rsm_py_tensor_data(data), cond ? rsm_py_tensor_data(cond) : NULL,
+                                    data->t.shape[0], first_step, num_steps,
+                                    rsm_py_tensor_data(grads), rsm_py_tensor_data(losses),
+                                    rsm_py_tensor_data(norms));
     if (lock) PyThread_release_lock(lock);
     Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
         rsm_py_raise(status, func);
         goto done;
     }
-    result = Py_BuildValue("(OO)", losses, norms);
+    result = slice ? Py_BuildValue("(dO)", slice_loss, grads) : Py_BuildValue("(OO)", losses, norms);
 done:
     Py_XDECREF(data);
     Py_XDECREF(cond);
