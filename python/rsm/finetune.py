@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed as _dist
 from . import kl as _kl
 from . import methods as _methods
 from .geometry import BatchGeometry, trained_steps, tree_split_steps
@@ -111,8 +112,10 @@ class Trainer:
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
                  cond: Any = None, conditions: Any = None, kl_every: int = 5,
                  kl_samples: int | None = None, kl_grid: Any = None,
-                 kl_noise_level: float | None = None, **overrides: Any) -> None:
+                 kl_noise_level: float | None = None, comm: Any = None,
+                 dp_tiles: int | None = None, dp_exact: bool = True, **overrides: Any) -> None:
         self.cfg = _methods.get(method, **overrides)
+        self._dp = None
         self.method = method
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
@@ -152,6 +155,8 @@ class Trainer:
         self._set_kl_eval(kl_every, kl_samples, kl_grid, kl_noise_level)
         if cfg["rollout"] == "branch":
             self._check_kl_anchor()
+        # data parallelism (rsm.distributed): None, or this rank's share of the groups
+        self._dp = _dist.trainer_setup(self, comm, dp_tiles, dp_exact)
 
     # ---- conditions --------------------------------------------------------------------------
     def _set_conditions(self, cond: Any, conditions: Any, policy: Any, ref: Any) -> None:
@@ -182,16 +187,23 @@ class Trainer:
         self._conditions = as_cond(arr, arr.shape[0], cond_dim, policy.dtype, "finetune", name=name,
                                    num_classes=num_classes_of(policy))
 
+    def _groups(self) -> tuple[int, int]:
+        """(first, count): the groups (conditions, roots) this process rolls out: all of them,
+        or its share under data parallelism (rsm.distributed)."""
+        return (0, self.batch_size) if self._dp is None else self._dp.groups
+
     @property
     def cond(self) -> np.ndarray | None:
-        """The conditions of the current iteration, [batch_size, cond_dim] in the model layout."""
+        """The conditions of the current iteration, [batch_size, cond_dim] in the model layout
+        (under data parallelism: this rank's groups only)."""
         c = self._conditions
         if c is None:
             return None
-        if c.shape[0] == self.batch_size:
+        first, count = self._groups()
+        if c.shape[0] == self.batch_size and count == self.batch_size:
             return c
         # one block of conditions per rollout micro-batch (gradient accumulation): draw index
-        idx = (self._draw * self.batch_size + np.arange(self.batch_size)) % c.shape[0]
+        idx = (self._draw * self.batch_size + first + np.arange(count)) % c.shape[0]
         return np.ascontiguousarray(c[idx])
 
     def reward_cond(self, cond_rows: np.ndarray | None) -> Any:
@@ -212,6 +224,8 @@ class Trainer:
         """One iteration: `accumulate` rollout micro-batches (each with its reward calls), then
         `inner_epochs` optimizer steps on their summed gradient. A failing reward leaves the
         policy and the optimizer untouched (nothing is updated before every rollout is scored)."""
+        if self._dp is not None:
+            return _dist.trainer_step(self)
         evaluation = self._kl_path_columns()   # before the clock: evaluation is not training time
         start = time.perf_counter()
         k = self.geometry.accumulate
@@ -232,6 +246,14 @@ class Trainer:
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
         self.history.append(row)
         return row
+
+    def save_checkpoint(self, path: str) -> None:
+        """Policy, optimizer, iteration and history in one file (rank 0 writes under data
+        parallelism); load_checkpoint resumes exactly, under any world size."""
+        _dist.save_trainer(self, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        _dist.load_trainer(self, path)
 
     # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
     def _step_scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -316,19 +338,22 @@ class Trainer:
 
     def _rollout_sde(self) -> dict[str, Any]:
         """Full SDE trajectories (Flow-GRPO, DDPO, DanceGRPO): every step trainable."""
-        cfg, n = self.cfg, self.batch_size * self.group_size
+        first, groups = self._groups()
+        cfg, n = self.cfg, groups * self.group_size
         cond = self._cond_rows(self.group_size)
         x_init = None
         if cfg.get("shared_noise", False):  # DanceGRPO: one initial noise per group
             from . import _C
 
-            z = np.from_dlpack(_C.random("normal", _mix(self.seed, self._draw, 7), 0, 0,
-                                         self.batch_size * self.policy.dim, self.policy.dtype))
-            x_init = np.repeat(z.reshape(self.batch_size, self.policy.dim), self.group_size, axis=0)
+            z = np.from_dlpack(_C.random("normal", _mix(self.seed, self._draw, 7), 0,
+                                         first * self.policy.dim, groups * self.policy.dim,
+                                         self.policy.dtype))
+            x_init = np.repeat(z.reshape(groups, self.policy.dim), self.group_size, axis=0)
         traj = sample(self.policy, n, self.path, self.stochastic, ts=self.ts,
                       noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
                       cond=cond, x_init=x_init, return_trajectory=True,
-                      pcpo_weight=self.pcpo_weight, reward=self._reward_hook(cond))
+                      pcpo_weight=self.pcpo_weight, reward=self._reward_hook(cond),
+                      row_offset=first * self.group_size)
         steps = self._train_steps(traj.steps)
         rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
                  "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0,
@@ -345,8 +370,8 @@ class Trainer:
         RSM-SPEC §9.3), the same step self.sde[i] weighs in the loss."""
         from . import _C
 
-        cfg, roots = self.cfg, self.batch_size
-        cond_root = self.cond
+        first, roots = self._groups()
+        cfg, cond_root = self.cfg, self.cond
         steps = cfg["steps"]
         budget = list(cfg["budget"]) + [0] * (steps - len(cfg["budget"]))
         active = [k for k in budget if k > 0]
@@ -364,7 +389,7 @@ class Trainer:
                                 branch_eta=sto_eta, noise_level=float(cfg["noise_level"]),
                                 pcpo_weight=self.pcpo_weight,
                                 cond=_model_cond(self.policy, cond_root, roots, "finetune"),
-                                reward=self._reward_hook(cond_x0))
+                                reward=self._reward_hook(cond_x0), row_offset=first)
         root_xs = np.from_dlpack(out["root_xs"])
         x_next, u_old, noise, log_prob = (np.from_dlpack(out[k]) for k in
                                           ("x_next", "outputs", "noises", "log_probs"))
@@ -425,7 +450,7 @@ class Trainer:
             return []
         last = min(len(cfg["budget"]), cfg["steps"] - 1)
         steps = [i for i in range(last) if budget[i] == 0 and self.sde[i]["std"] > 0]
-        keep = np.ones((len(steps), self.batch_size), dtype=bool)   # (anchor step, root)
+        keep = np.ones((len(steps), self._groups()[1]), dtype=bool)   # (anchor step, root)
         ratio = cfg.get("kl_anchor_max_ratio")
         if ratio is not None and keep.size:
             target = max(int(transition_rows * ratio), 1) if ratio > 0 else 0
