@@ -35,7 +35,8 @@ def pretrain(comm, opts, out):
         kw["checkpoint"] = opts["checkpoint"]
     hist = rsm.pretrain(model, data, rsm.FlowPath(), steps=arg(opts, "steps", 4), batch_size=16,
                         lr=1e-2, seed=3, progress=False, comm=comm, dp_tiles=arg(opts, "tiles", 4),
-                        dp_exact=bool(arg(opts, "exact", 1)), lr_schedule="cosine", warmup_steps=1,
+                        dp_exact=bool(arg(opts, "exact", 1)),
+                        lr_schedule=opts.get("schedule", "cosine"), warmup_steps=1,
                         **kw)
     if arg(opts, "die_at_end", 0) and comm.rank == 1:
         os._exit(3)
