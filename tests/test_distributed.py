@@ -164,8 +164,9 @@ def test_dp_arguments_are_checked():
                      dp_tiles=5, progress=False)
 
 
-# ---- multi-process runs ---------------------------------------------------------------------
+# ---- multi-process runs (marked multiprocess: left out of make test-asan) --------------------
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pretrain_world_size_invariance(backend, tmp_path):
     _, (ref,) = launch(backend, 1, "pretrain", tmp_path / "w1")
@@ -181,6 +182,7 @@ def test_pretrain_world_size_invariance(backend, tmp_path):
         assert_same(ref32, r)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pretrain_checkpoint_across_world_sizes(backend, tmp_path):
     common = ("steps=5", "schedule=constant")
@@ -196,6 +198,7 @@ def test_pretrain_checkpoint_across_world_sizes(backend, tmp_path):
             assert np.array_equal(r["loss"], full["loss"][2:])
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method,worlds,extra", [("flow-grpo", (2,), ()),
                                                   ("rsm-zo", (2, 4), ("epochs=2",))])
@@ -208,6 +211,7 @@ def test_finetune_world_size_invariance(backend, method, worlds, extra, tmp_path
             assert_same(ref, r)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_finetune_checkpoint_across_world_sizes(backend, tmp_path):
     _, (full,) = launch(backend, 1, "finetune", tmp_path / "full", "method=rsm-zo", "iterations=3")
@@ -225,6 +229,7 @@ def test_finetune_checkpoint_across_world_sizes(backend, tmp_path):
                 assert np.array_equal(r[key], full[key]), key
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scenario,opt,names", [("pretrain", "bad_hidden=1", "num_params"),
                                                 ("finetune", "bad_method=1", "method")])
@@ -238,6 +243,7 @@ def test_mismatched_ranks_are_refused(backend, scenario, opt, names, tmp_path):
     assert time.monotonic() - start < 120
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dying_rank_stops_the_others(backend, tmp_path):
     """Rank 1 exits in its second reward call (mid-iteration): rank 0 must not hang."""
@@ -249,6 +255,7 @@ def test_dying_rank_stops_the_others(backend, tmp_path):
     assert time.monotonic() - start < 150
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hung_rank_times_out(backend, tmp_path):
     """Rank 1 stops answering (sleeps 60 s) while rank 0 waits in an all-reduce with a 3 s

@@ -11,6 +11,7 @@ import pytest
 import rsm
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.multiprocess
 from ray import cloudpickle  # noqa: E402  (Ray's own copy pickles the actors' arguments)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the factories below travel by value
