@@ -108,29 +108,37 @@ def test_tiled_gradient_is_exact_and_order_free():
     assert np.array_equal(tg.reduce(), ref)
 
 
-def test_pretrain_world1_matches_plain_within_rounding():
+# the data-parallel path at world size 1 vs the plain path: relative to max |param| (measured
+# 3e-16 / 9e-16 in float64, 2e-7 / 5e-7 in float32, pretraining / fine-tuning)
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pretrain_world1_matches_plain_within_rounding(dtype):
     """The data-parallel path at world size 1 (tiles) vs the plain one-backward path: the same
-    draws, a different summation order of the per-row gradients, so equal up to rounding:
-    float64 within 1e-12 relative after 6 AdamW steps."""
+    draws, a different summation order of the per-row gradients, so equal up to rounding
+    (TOLERANCE) after 6 AdamW steps."""
     rng = np.random.default_rng(0)
-    data = rng.normal(size=(64, 2))
+    data = rng.normal(size=(64, 2)).astype(dtype)
     runs = []
     for comm in (None, distributed.Communicator()):
-        model = rsm.MLP(2, 16, 2, seed=1, temb_dim=4, dtype="float64")
+        model = rsm.MLP(2, 16, 2, seed=1, temb_dim=4, dtype=dtype)
         hist = rsm.pretrain(model, data, rsm.FlowPath(), steps=6, batch_size=16, lr=1e-2, seed=3,
                             progress=False, comm=comm, dp_tiles=4)
-        runs.append((np.array(np.from_dlpack(model.params)), hist.column("loss")))
+        runs.append((np.array(np.from_dlpack(model.params), dtype=np.float64), hist.column("loss")))
     (p0, l0), (p1, l1) = runs
     scale = np.abs(p0).max()
-    assert np.abs(p0 - p1).max() <= 1e-12 * scale
-    assert np.allclose(l0, l1, rtol=1e-12, atol=0)
-    assert not np.array_equal(p0, rsm.MLP(2, 16, 2, seed=1, temb_dim=4, dtype="float64").params)
+    assert np.abs(p0 - p1).max() <= TOLERANCE[dtype] * scale
+    assert np.allclose(l0, l1, rtol=100 * TOLERANCE[dtype], atol=0)
+    start = np.from_dlpack(rsm.MLP(2, 16, 2, seed=1, temb_dim=4, dtype=dtype).params)
+    assert np.abs(p0 - start).max() > 1e3 * TOLERANCE[dtype] * scale   # it did train
 
 
-def test_finetune_world1_matches_plain_within_rounding():
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_finetune_world1_matches_plain_within_rounding(dtype):
     runs = []
     for comm in (None, distributed.Communicator()):
-        policy = rsm.MLP(2, 16, 2, seed=1, temb_dim=4, dtype="float64")
+        policy = rsm.MLP(2, 16, 2, seed=1, temb_dim=4, dtype=dtype)
         ref = policy.copy()
 
         def reward(x, cond):
@@ -139,11 +147,11 @@ def test_finetune_world1_matches_plain_within_rounding():
         kw = {} if comm is None else {"comm": comm, "dp_tiles": 4}
         run = rsm.finetune(policy, ref, reward, "flow-grpo", steps=3, batch_size=4, group_size=4,
                            seed=5, progress=False, kl_every=0, lr=1e-2, **kw)
-        runs.append((np.array(np.from_dlpack(policy.params)), run.history))
+        runs.append((np.array(np.from_dlpack(policy.params), dtype=np.float64), run.history))
     (p0, h0), (p1, h1) = runs
-    assert np.abs(p0 - p1).max() <= 1e-12 * np.abs(p0).max()
+    assert np.abs(p0 - p1).max() <= TOLERANCE[dtype] * np.abs(p0).max()
     for key in ("reward_mean", "reward_std", "loss", "kl", "grad_norm"):
-        assert np.allclose(h0.column(key), h1.column(key), rtol=1e-9, atol=1e-15), key
+        assert np.allclose(h0.column(key), h1.column(key), rtol=1e3 * TOLERANCE[dtype], atol=1e-15), key
 
 
 def test_dp_arguments_are_checked():
