@@ -481,6 +481,12 @@ def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool) -> TrainerSh
                              "rsm.distributed.init() with several ranks)")
         return None
     cfg, method = trainer.cfg, trainer.method
+    from .finetune import Trainer
+
+    kind = type(trainer)
+    if kind.step is not Trainer.step or kind.rollout is not Trainer.rollout:
+        raise NotImplementedError(f"Trainer(): {kind.__name__} changes the iteration (its own "
+                                  "step/rollout); data parallelism runs rsm.Trainer itself")
     if cfg["family"] != "zeroth-order" or cfg["rollout"] not in _DP_ROLLOUTS:
         raise NotImplementedError(
             f"Trainer(): data parallelism runs the zeroth-order presets with SDE or branch "
