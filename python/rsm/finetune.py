@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import distributed as _dist
+from . import dp_finetune as _parallel
 from . import kl as _kl
 from . import methods as _methods
 from .geometry import BatchGeometry, trained_steps, tree_split_steps
@@ -156,7 +156,7 @@ class Trainer:
         if cfg["rollout"] == "branch":
             self._check_kl_anchor()
         # data parallelism (rsm.distributed): None, or this rank's share of the groups
-        self._dp = _dist.trainer_setup(self, comm, dp_tiles, dp_exact)
+        self._dp = _parallel.trainer_setup(self, comm, dp_tiles, dp_exact)
 
     # ---- conditions --------------------------------------------------------------------------
     def _set_conditions(self, cond: Any, conditions: Any, policy: Any, ref: Any) -> None:
@@ -225,7 +225,7 @@ class Trainer:
         `inner_epochs` optimizer steps on their summed gradient. A failing reward leaves the
         policy and the optimizer untouched (nothing is updated before every rollout is scored)."""
         if self._dp is not None:
-            return _dist.trainer_step(self)
+            return _parallel.trainer_step(self)
         evaluation = self._kl_path_columns()   # before the clock: evaluation is not training time
         start = time.perf_counter()
         k = self.geometry.accumulate
@@ -250,10 +250,10 @@ class Trainer:
     def save_checkpoint(self, path: str) -> None:
         """Policy, optimizer, iteration and history in one file (rank 0 writes under data
         parallelism); load_checkpoint resumes exactly, under any world size."""
-        _dist.save_trainer(self, path)
+        _parallel.save_trainer(self, path)
 
     def load_checkpoint(self, path: str) -> None:
-        _dist.load_trainer(self, path)
+        _parallel.load_trainer(self, path)
 
     # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
     def _step_scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:

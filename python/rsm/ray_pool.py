@@ -39,7 +39,7 @@ class _RewardActor:
     def score(self, x: np.ndarray, cond: Any) -> Any:
         import os
 
-        from . import from_dlpack
+        from ._C import from_dlpack
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         out = self.fn(from_dlpack(np.ascontiguousarray(x)), cond)
