@@ -403,15 +403,15 @@ def pretrain_loop(comm: Communicator, model: Any, optimizer: Any, path: Any, dat
                   cond: Any, *, batch_size: int, t_min: float, t_max: float, lr: float,
                   warmup_steps: int, seed: int, first: int, steps: int, decay: int,
                   min_lr_ratio: float, cond_dropout: float, null_cond: Any, tiles: int,
-                  exact: bool, verify_every: int, on_step: Callable[[int, float, float, float], None]) -> None:
+                  exact: bool, verify_every: int, schedule: Callable[[int], float],
+                  on_step: Callable[[int, float, float, float], None]) -> None:
     """Steps [first, steps) of rsm.pretrain, data-parallel: tile t = batch rows
     [t B / T, (t + 1) B / T); each rank computes its tiles' gradients (the C slice gradient, which
     draws exactly the rows' batch indices, times and noise of the whole batch), the tiles are
     reduced (TiledGradient), then every rank takes the same AdamW step. on_step(step, loss,
     grad_norm, lr) after each step; verify_every = k > 0 checks every k steps that all ranks hold
-    the same parameters."""
+    the same parameters; schedule(step) is the step's learning rate."""
     from . import _C
-    from .training import _schedule_lr
 
     check_config(comm, {"what": "pretrain", "model_class": type(model).__name__,
                         "model_config": model.config, "num_params": model.num_params,
@@ -434,7 +434,7 @@ def pretrain_loop(comm: Communicator, model: Any, optimizer: Any, path: Any, dat
             losses[t] = loss
         total = grads.reduce()
         losses = reduce_scalars(comm, losses)
-        step_lr = _schedule_lr(lr, k, warmup_steps, decay, min_lr_ratio)
+        step_lr = schedule(k)
         norm = optimizer.step(total, lr=step_lr)
         if verify_every and (k + 1) % verify_every == 0:
             check_same(comm, model.params, f"parameters after step {k}")

@@ -13,6 +13,8 @@ import numpy as np
 
 from .distributed import (Communicator, TiledGradient, check_config, check_same, check_tiles,
                           reduce_scalars, resolve, save_checkpoint, tile_range)
+from .methods import update as blocks
+from .methods.coefficients import anchor_beta
 
 
 _DP_ROLLOUTS = ("sde", "branch")
@@ -32,9 +34,10 @@ class TrainerShard:
         self.groups = (self.tiles.start * self.per_tile, len(self.tiles) * self.per_tile)
 
 
-def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool) -> TrainerShard | None:
-    """Validate a data-parallel Trainer (rsm.Trainer(comm=...)) and return its shard; None when
-    it runs in one process. The ranks' configurations are compared (check_config)."""
+def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool, base: type) -> TrainerShard | None:
+    """Validate a data-parallel Trainer (rsm.Trainer(comm=...); base: rsm.Trainer itself) and
+    return its shard; None when it runs in one process. The ranks' configurations are compared
+    (check_config)."""
     comm = resolve(comm)
     if comm is None:
         if tiles is not None:
@@ -42,10 +45,8 @@ def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool) -> TrainerSh
                              "rsm.distributed.init() with several ranks)")
         return None
     cfg, method = trainer.cfg, trainer.method
-    from .finetune import Trainer
-
     kind = type(trainer)
-    if kind.step is not Trainer.step or kind.rollout is not Trainer.rollout:
+    if kind.step is not base.step or kind.rollout is not base.rollout:
         raise NotImplementedError(f"Trainer(): {kind.__name__} changes the iteration (its own "
                                   "step/rollout); data parallelism runs rsm.Trainer itself")
     if cfg["family"] != "zeroth-order" or cfg["rollout"] not in _DP_ROLLOUTS:
@@ -53,7 +54,7 @@ def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool) -> TrainerSh
             f"Trainer(): data parallelism runs the zeroth-order presets with SDE or branch "
             f"rollouts (flow-grpo, dance-grpo, ddpo, grpo-guard, pcpo, rsm-zo, ...); {method!r} "
             f"({cfg['family']}, rollout {cfg['rollout']!r}) runs in one process only")
-    if cfg["rollout"] == "branch" and trainer._kl_anchor_beta() > 0 and (
+    if cfg["rollout"] == "branch" and anchor_beta(cfg) > 0 and (
             cfg.get("kl_anchor_reduce", "k_avg") == "mean" or cfg.get("kl_anchor_max_ratio") is not None):
         raise NotImplementedError(f"Trainer(): {method!r}: kl_anchor_reduce='mean' and "
                                   "kl_anchor_max_ratio are not data-parallel yet (they count "
@@ -64,7 +65,7 @@ def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool) -> TrainerSh
         raise ValueError(f"Trainer(): dp_tiles={tiles} is smaller than the world size "
                          f"{comm.world_size}: every rank needs at least one tile of groups")
     policy = trainer.policy
-    check_config(comm, {"what": "finetune", "method": method, "preset": trainer.cfg,
+    check_config(comm, {"what": "finetune", "method": method, "preset": dict(trainer.cfg),
                         "policy_class": type(policy).__name__, "policy_config": policy.config,
                         "num_params": policy.num_params, "dtype": policy.dtype,
                         "ref_num_params": trainer.ref.num_params, "batch_size": B,
@@ -97,7 +98,9 @@ def _tile_batch(shard: TrainerShard, batch: dict, tile: int) -> dict:
         group = keys[r["traj"]] % count   # sde: the condition; branch: the root (keys + i roots)
         rows.append(_select(r, (group >= g0) & (group < g1)))
     anchors = [_select(r, slice(g0, g1)) for r in batch.get("anchor_rows", [])]   # one per root
-    return {**batch, "rows": rows, "anchor_rows": anchors}
+    tile = batch.copy()
+    tile.rows, tile.anchor_rows = rows, anchors
+    return tile
 
 
 def _fixed_sum(values: Any) -> float:
@@ -112,7 +115,7 @@ def _dp_update(trainer: Any, batches: list) -> dict:
     gradients reduced exactly (TiledGradient) under the global normalizer; all or nothing."""
     shard, comm, cfg = trainer._dp, trainer._dp.comm, trainer.cfg
     epochs, T, k = int(cfg["inner_epochs"]), shard.num_tiles, len(batches)
-    counts = reduce_scalars(comm, [sum(trainer._signal_rows(b) for b in batches),
+    counts = reduce_scalars(comm, [sum(blocks.signal_rows(b) for b in batches),
                                    sum(len(r["traj"]) for b in batches for r in b["rows"])])
     normalizer = max(float(counts[0]), 1.0)
     tiles = [(j * T + t, _tile_batch(shard, b, t)) for j, b in enumerate(batches) for t in shard.tiles]
@@ -127,9 +130,10 @@ def _dp_update(trainer: Any, batches: list) -> dict:
             values = np.zeros((k * T, 3 + len(steps)))   # loss, kl, kl_anchor, clip per step
             nfe = 0
             for index, tb in tiles:
-                per_batch, out = trainer._run_update([tb], normalizer, epochs=0)
-                st = trainer._block_stats([tb], per_batch, np.from_dlpack(out["loss"]),
-                                          np.from_dlpack(out["kl"]), np.from_dlpack(out["clip_fraction"]))
+                per_batch, out = blocks.run(policy, trainer.ref, opt, trainer.setting, [tb],
+                                            normalizer, epochs=0)
+                st = blocks.block_stats(cfg, [tb], per_batch, np.from_dlpack(out["loss"]),
+                                        np.from_dlpack(out["kl"]), np.from_dlpack(out["clip_fraction"]))
                 grads.add(index, out["grads"])
                 values[index, :3] = st["loss"], st["kl"], st["kl_anchor"]
                 for s, v in st["clip_fraction_per_step"].items():
@@ -160,7 +164,7 @@ def trainer_step(trainer: Any) -> dict:
     update reduces the gradient over the ranks, and the history row (reward statistics over the
     whole batch, counts summed, times the slowest rank's) is the same on every rank."""
     comm = trainer._dp.comm
-    evaluation = trainer._kl_path_columns()
+    evaluation = trainer.kl_eval.columns(trainer.iteration)
     start = time.perf_counter()
     batches = [trainer.rollout(micro=j) for j in range(trainer.geometry.accumulate)]
     scores = [trainer._step_scores(b) for b in batches]
@@ -169,7 +173,7 @@ def trainer_step(trainer: Any) -> dict:
     stats = _dp_update(trainer, batches)
     trainer.iteration += 1
     extra_nfe = trainer._step_extra_nfe()
-    rollout_nfe = sum(int(b["nfe"]) + int(b.get("adjoint_nfe", 0)) for b in batches)
+    rollout_nfe = sum(int(b.nfe) + int(b.adjoint_nfe) for b in batches)
     rollout_nfe = int(reduce_scalars(comm, [rollout_nfe])[0])
     ok = rewards[valid]
     # exactly rounded sums: the statistics do not depend on how the rows were spread
@@ -179,7 +183,7 @@ def trainer_step(trainer: Any) -> dict:
                                        evaluation["eval_seconds"]])).max(axis=0)
     row = {"step": trainer.iteration - 1, "reward_mean": mean, "reward_std": std,
            "skipped_rows": int((~valid).sum()),
-           "reward_calls": sum(b.get("reward_calls", 1) for b in batches),
+           "reward_calls": sum(b.reward_calls for b in batches),
            "rollout_nfe": rollout_nfe, **extra_nfe, "seconds": float(seconds[0]), **stats,
            **evaluation, "eval_seconds": float(seconds[1])}
     row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())

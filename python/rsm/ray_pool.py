@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .rewards import Reward, RewardError
+from ._reward import Reward, RewardError
 
 
 class _RewardActor:

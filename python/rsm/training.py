@@ -307,7 +307,10 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
                                 decay=steps if lr_schedule == "cosine" else 0,
                                 min_lr_ratio=min_lr_ratio, cond_dropout=cond_dropout,
                                 null_cond=null_cond, tiles=dp_tiles, exact=bool(dp_exact),
-                                verify_every=dp_verify_every, on_step=on_step)
+                                verify_every=dp_verify_every, on_step=on_step,
+                                schedule=lambda step: _schedule_lr(
+                                    lr, step, warmup_steps, steps if lr_schedule == "cosine" else 0,
+                                    min_lr_ratio))
         finally:
             if bar is not None:
                 bar.close()
