@@ -213,7 +213,7 @@ def test_pretrain_checkpoint_across_world_sizes(backend, tmp_path):
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method,worlds,extra", [("flow-grpo", (2,), ()),
+@pytest.mark.parametrize("method,worlds,extra", [("flow-grpo", (2,), ()), ("dance-grpo", (2,), ()),
                                                   ("rsm-zo", (2, 4), ("epochs=2",))])
 def test_finetune_world_size_invariance(backend, method, worlds, extra, tmp_path):
     _, (ref,) = launch(backend, 1, "finetune", tmp_path / "w1", f"method={method}", *extra)

@@ -94,3 +94,22 @@ def test_trainer_step_through_the_pool(local_ray):
         rows[where + "_params"] = np.array(np.from_dlpack(policy.params))
     assert rows["local"]["reward_mean"] == rows["ray"]["reward_mean"]
     assert np.array_equal(rows["local_params"], rows["ray_params"])
+
+
+def failing_factory():
+    def fn(x, cond):
+        raise RuntimeError("scorer out of memory")
+    return fn
+
+
+def test_failing_reward_leaves_the_trainer_untouched(local_ray):
+    policy = rsm.MLP(2, 8, 1, seed=0, temb_dim=4, dtype="float64")
+    before = np.array(np.from_dlpack(policy.params))
+    with rsm.rewards.RayPool(failing_factory, num_workers=1, retries=1, timeout=120) as pool:
+        trainer = rsm.Trainer(policy, policy.copy(), pool, "flow-grpo", batch_size=2, group_size=2,
+                              seed=0, kl_every=0, steps=3)
+        with pytest.raises(rsm.rewards.RewardError, match=r"(?s)reward 'failing_factory' failed on rows \[0, 4\) after 1 retries.*out of memory"):
+            trainer.step()
+        assert pool.restarts == 1
+    assert np.array_equal(np.from_dlpack(policy.params), before)
+    assert trainer.iteration == 0 and trainer.optimizer.step_count == 0 and len(trainer.history) == 0
