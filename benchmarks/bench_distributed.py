@@ -64,8 +64,6 @@ def _finetune_setup(comm):
 
 
 def worker(what: str, backend: str, threads: int, rounds: int, out: str) -> None:
-    import numpy as np
-
     import rsm
     from rsm import distributed
 

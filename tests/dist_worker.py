@@ -1,7 +1,6 @@
 """One rank of a data-parallel test run (tests/test_distributed.py starts it under mpiexec or
 torchrun, or as a plain process): runs a scenario and writes what the test compares to
 OUT.rank<r>.npz. Usage: python tests/dist_worker.py BACKEND SCENARIO OUT [key=value ...]."""
-import json
 import os
 import sys
 import time
