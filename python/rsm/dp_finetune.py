@@ -92,7 +92,7 @@ def _tile_batch(shard: TrainerShard, batch: dict, tile: int) -> dict:
     first, count = shard.groups
     g0 = tile * shard.per_tile - first
     g1 = g0 + shard.per_tile
-    keys = np.asarray(batch["keys"], dtype=np.int64)
+    keys = np.asarray(batch.groups, dtype=np.int64)   # group id of every sample
     rows = []
     for r in batch["rows"]:
         group = keys[r["traj"]] % count   # sde: the condition; branch: the root (keys + i roots)
