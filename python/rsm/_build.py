@@ -28,8 +28,21 @@ _BLAS_ERROR = _load_blas()
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for rsm's CPU loops (OpenMP) and for the BLAS."""
+    """Threads for rsm's CPU loops (OpenMP) and its GEMM tiles (the BLAS itself runs one thread
+    per tile). Results are bitwise the same for every thread count (README, Threads, busy
+    machines and reproducibility). Default: OMP_NUM_THREADS if set, else the cores this process
+    may run on."""
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"set_num_threads(): n must be an int >= 1, got {n!r}")
     _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads rsm's CPU loops use (set_num_threads, else OMP_NUM_THREADS, else the
+    cores this process may run on)."""
+    return _C.get_num_threads()
 
 
 try:  # written by setup.py at build time (gitignored)
@@ -64,8 +77,19 @@ def cuda_available() -> bool:
 
 
 def build_info() -> dict:
-    """What this build of rsm found and uses: compiler, flags, OpenMP, BLAS, CUDA."""
-    info = dict(_C.build_info())
+    """What this build of rsm found and uses: versions (rsm, Python, numpy), the copy of the C
+    core this CPU runs, compiler, flags, OpenMP, BLAS, CUDA."""
+    import platform
+    import sys
+
+    import numpy
+
+    from . import _cpu
+
+    info = {"rsm_version": __version__, "python_version": platform.python_version(),
+            "python": sys.executable, "numpy_version": numpy.__version__,
+            "platform": platform.platform(), "cpu_variant": _cpu.LOADED}
+    info.update(_C.build_info())
     if _BLAS_ERROR:
         info["blas_error"] = _BLAS_ERROR
     cfg = _BUILD_CONFIG
@@ -78,6 +102,7 @@ def build_info() -> dict:
         cuda_available=available,
         cuda_reason=reason,
         native=cfg.get("native"),
+        cpu_variants_built=list(cfg.get("cpu_variants", [])),
         build_summary=list(cfg.get("summary", [])),
     )
     return info
