@@ -63,9 +63,9 @@ def finetune(comm, opts, out):
         x = np.from_dlpack(x)
         return -np.sum((x - 1.0) ** 2, axis=1)
 
-    overrides = {"steps": 4, "kl_every": 0, "lr": 1e-2}
+    overrides = {"sampler_steps": 4, "kl_every": 0, "lr": 1e-2}
     if method == "rsm-zo":
-        overrides.update(steps=6, budget=[2, 2, 0, 0, 0])
+        overrides.update(sampler_steps=6, budget=[2, 2, 0, 0, 0])
     if "epochs" in opts:
         overrides["inner_epochs"] = int(opts["epochs"])
     trainer = rsm.Trainer(policy, ref, reward, method, batch_size=4, group_size=4, seed=5,

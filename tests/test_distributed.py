@@ -145,7 +145,7 @@ def test_finetune_world1_matches_plain_within_rounding(dtype):
             return -np.sum((np.from_dlpack(x) - 1.0) ** 2, axis=1)
 
         kw = {} if comm is None else {"comm": comm, "dp_tiles": 4}
-        run = rsm.finetune(policy, ref, reward, "flow-grpo", steps=3, batch_size=4, group_size=4,
+        run = rsm.finetune(policy, ref, reward, "flow-grpo", iterations=3, batch_size=4, group_size=4,
                            seed=5, progress=False, kl_every=0, lr=1e-2, **kw)
         runs.append((np.array(np.from_dlpack(policy.params), dtype=np.float64), run.history))
     (p0, h0), (p1, h1) = runs

@@ -87,7 +87,7 @@ def test_trainer_step_through_the_pool(local_ray):
         reward = (rsm.rewards.RayPool(plain_factory, num_workers=2, timeout=120) if where == "ray"
                   else rsm.Reward(plain_factory()))
         trainer = rsm.Trainer(policy, policy.copy(), reward, "flow-grpo", batch_size=2, group_size=4,
-                              seed=0, kl_every=0, steps=4)
+                              seed=0, kl_every=0, sampler_steps=4)
         rows[where] = trainer.step()
         if where == "ray":
             reward.close()
@@ -107,7 +107,7 @@ def test_failing_reward_leaves_the_trainer_untouched(local_ray):
     before = np.array(np.from_dlpack(policy.params))
     with rsm.rewards.RayPool(failing_factory, num_workers=1, retries=1, timeout=120) as pool:
         trainer = rsm.Trainer(policy, policy.copy(), pool, "flow-grpo", batch_size=2, group_size=2,
-                              seed=0, kl_every=0, steps=3)
+                              seed=0, kl_every=0, sampler_steps=3)
         with pytest.raises(rsm.rewards.RewardError, match=r"(?s)reward 'failing_factory' failed on rows \[0, 4\) after 1 retries.*out of memory"):
             trainer.step()
         assert pool.restarts == 1
