@@ -19,7 +19,10 @@ VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
 DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib scikit-learn pillow pyyaml mypy \
-	"setuptools>=77" wheel
+	"setuptools>=77" wheel mpi4py mpich ray
+# torch for `make test-torch` (the torch.distributed backend's tests; a multi-GB download from
+# PyPI with its CUDA libraries, or TORCH_INDEX=https://download.pytorch.org/whl/cpu for ~200 MB)
+TORCH_VENV := .venv-torch
 PIP_FLAGS := --disable-pip-version-check -q
 
 # Everything the extension is built from: a change here rebuilds it. The directories are listed
@@ -43,7 +46,7 @@ define print_summary
 	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
 endef
 
-.PHONY: help demo demo-images test test-quick test-asan bench build clean distclean format
+.PHONY: help demo demo-images test test-quick test-torch test-asan bench build clean distclean format
 
 help:
 	@echo "rsm make targets:"
@@ -51,6 +54,7 @@ help:
 	@echo "  make demo-images  the image demo: python -m rsm demo images (digits, CFG, fine-tuning)"
 	@echo "  make test       set up .venv, then run the whole test suite (pytest tests/)"
 	@echo "  make test-quick the suite without its slow and longest tests (about 70 s of CPU; tests/quick_skip.txt)"
+	@echo "  make test-torch the distributed tests under torch.distributed/gloo (.venv-torch: .venv + torch)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
 	@echo "  make build      rebuild the extension in .venv now (e.g. after changing RSM_* knobs)"
@@ -90,6 +94,23 @@ test: $(VENV)/.build-stamp
 test-quick: $(VENV)/.build-stamp
 	@$(call run_pytest,$(VENV)/bin/python,$(PYTEST_QUICK))
 
+# ---- .venv-torch: the torch.distributed backend (gloo) ------------------------------------------
+# tests/test_distributed.py runs its torch cases when torch imports (skipped in `make test`).
+
+$(TORCH_VENV)/.deps-stamp: pyproject.toml
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) $(DEPS)
+	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	touch $@
+
+$(TORCH_VENV)/.build-stamp: $(TORCH_VENV)/.deps-stamp $(BUILD_INPUTS) $(shell find python -name '*.py' 2>/dev/null)
+	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation --no-deps --force-reinstall .
+	touch $@
+
+test-torch: $(TORCH_VENV)/.build-stamp
+	cd /tmp && $(abspath $(TORCH_VENV))/bin/python -m pytest $(abspath tests/test_distributed.py) \
+		-q -p no:cacheprovider -k torch $(PYTEST_ARGS)
+
 # ---- .venv-asan: AddressSanitizer + UBSan --------------------------------------------------------
 # A regular (not editable) install, so that the instrumented extension never replaces the one in
 # python/rsm; objects go to build/asan/. CUDA is left out (nvcc code is not instrumented anyway).
@@ -97,6 +118,8 @@ test-quick: $(VENV)/.build-stamp
 # detection on, OMP_NUM_THREADS=2 and OPENBLAS_NUM_THREADS=1, and judges the reports: any
 # ASan/UBSan error fails; a leak fails when its stack has an rsm frame (interpreter leaks at exit
 # are ignored; tests/lsan.supp suppresses the usual ones). Logs: build/asan/logs/.
+# Tests marked `multiprocess` (mpiexec, torchrun, Ray: launchers and daemons that would inherit
+# the preloaded libasan) are left out too; the C paths they drive are the same as in-process.
 # Tests marked `slow` (long training runs whose C paths the fast tests already cover) are left
 # out here: under the sanitizers they take minutes and check convergence, not memory.
 
@@ -113,7 +136,7 @@ $(ASAN_VENV)/.build-stamp: $(ASAN_VENV)/.deps-stamp $(BUILD_INPUTS) $(shell find
 	touch $@
 
 test-asan: $(ASAN_VENV)/.build-stamp
-	$(ASAN_VENV)/bin/python .ci/asan_pytest.py tests -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(ASAN_VENV)/bin/python .ci/asan_pytest.py tests -q -p no:cacheprovider -m "not slow and not multiprocess" $(PYTEST_ARGS)
 
 # ---- .venv-bench: .venv + torch (CPU use only) -------------------------------------------------
 
@@ -145,8 +168,8 @@ format:
 clean:
 	rm -rf build dist python/*.egg-info python/rsm/_C.*.so python/rsm/_C_*.so python/rsm/_cuda.*.so \
 		python/rsm/_build_config.py $(VENV)/.build-stamp $(ASAN_VENV)/.build-stamp \
-		$(BENCH_VENV)/.build-stamp
+		$(BENCH_VENV)/.build-stamp $(TORCH_VENV)/.build-stamp
 	find csrc kernels python tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true
 
 distclean: clean
-	rm -rf $(VENV) $(ASAN_VENV) $(BENCH_VENV)
+	rm -rf $(VENV) $(ASAN_VENV) $(BENCH_VENV) $(TORCH_VENV)

@@ -137,7 +137,11 @@
     X(rsm_status, P(rsm_pretrain_steps_f32, rsm_pretrain_steps_f64),                              \
       (const rsm_model *model, rsm_adamw *opt, const rsm_path *path,                              \
        const rsm_pretrain_config *cfg, const R *data, const R *data_cond, int64_t n_data,         \
-       int64_t first_step, int64_t num_steps, R *grads, double *losses, double *grad_norms))
+       int64_t first_step, int64_t num_steps, R *grads, double *losses, double *grad_norms))    \
+    X(rsm_status, P(rsm_pretrain_grad_f32, rsm_pretrain_grad_f64),                                \
+      (const rsm_model *model, const rsm_path *path, const rsm_pretrain_config *cfg,              \
+       const R *data, const R *data_cond, int64_t n_data, int64_t step, int64_t row_begin,        \
+       int64_t row_end, R *grads, double *loss))
 
 /* The whole list (precision_f*.c check it against the definitions). */
 #define RSM_REAL_API(X, R, P)                                                                      \

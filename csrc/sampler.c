@@ -7,6 +7,8 @@ rsm_status
 rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg)
 {
     RSM_CHECK(cfg->steps >= 1, RSM_ERR_VALUE, "steps=%lld must be >= 1", (long long)cfg->steps);
+    RSM_CHECK(cfg->row_offset >= 0, RSM_ERR_VALUE, "row_offset=%lld must be >= 0",
+              (long long)cfg->row_offset);
     RSM_CHECK(cfg->kind >= RSM_SAMPLER_EULER && cfg->kind <= RSM_SAMPLER_DDIM, RSM_ERR_VALUE,
               "unknown sampler kind %d", (int)cfg->kind);
     for (int64_t i = 0; i <= cfg->steps; i++) RSM_TRY(rsm_path_check_time(path, cfg->ts[i]));

@@ -50,6 +50,11 @@ typedef struct rsm_sampler_config {
     int64_t branch_factor;
     uint64_t seed;
     double pcpo_weight;     /* DDIM: > 0 replaces the step std by PCPO's (THEORY.md §6.3.6) */
+    /* Data parallelism: the global index of row 0. Row r draws the prior and step noise of row
+     * row_offset + r of a run over all rows (after a split into b children, of row
+     * (row_offset + r / b) b + r % b), so a shard of the rows reproduces its rows of the whole
+     * run bitwise. 0 for a run of its own. */
+    int64_t row_offset;
 } rsm_sampler_config;
 
 /* The Gaussian step i: mu = A x + K u, std; stochastic = std > 0. */

@@ -84,7 +84,8 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
     if (x_init) {
         memcpy(x, x_init, (size_t)(n * D) * sizeof(real_t));
     } else {
-        RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_PRIOR, 0, 0), 0, n * D, x);
+        RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_PRIOR, 0, 0),
+                           (uint64_t)(cfg->row_offset * D), n * D, x);
     }
     if (C > 0) memcpy(c_buf, cond, (size_t)(n * C) * sizeof(real_t));
     int64_t n_cur = n, next_branch = 0;
@@ -121,8 +122,8 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
             }
         } else {
             if (s.stochastic)
-                RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_STEP, (uint64_t)i, 0), 0,
-                                   n_cur * D, z);
+                RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_STEP, (uint64_t)i, 0),
+                                   (uint64_t)(cfg->row_offset * (n_cur / n) * D), n_cur * D, z);
             for (int64_t k = 0; k < n_cur * D; k++) {
                 mean[k] = RSM_T(step_mean)(s.A, s.K, x[k], u[k]);
                 if (s.stochastic) {

@@ -130,6 +130,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
                              "return_trajectory",
                              "pcpo_weight",
                              "reward",
+                             "row_offset",
                              NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *x_init_obj = Py_None, *cond_obj = Py_None,
                                              *branch_obj = Py_None, *reward_obj = Py_None;
@@ -139,10 +140,12 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     unsigned long long seed = 0;
     int return_trajectory = 0;
     double pcpo_weight = 0.0;
+    long long row_offset = 0; /* data parallelism: the global index of row 0 (sampler.h) */
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOLsO|ddKOOLLOLpdO", kwlist, &model_obj, &path_obj, &n, &sampler,
+            args, kwargs, "OOLsO|ddKOOLLOLpdOL", kwlist, &model_obj, &path_obj, &n, &sampler,
             &ts_obj, &noise_level, &eta, &seed, &x_init_obj, &cond_obj, &window_begin, &window_end,
-            &branch_obj, &branch_factor, &return_trajectory, &pcpo_weight, &reward_obj))
+            &branch_obj, &branch_factor, &return_trajectory, &pcpo_weight, &reward_obj,
+            &row_offset))
         return NULL;
     const char *func = "sample";
     if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
@@ -164,6 +167,7 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
                                window_end, branch_obj, branch_factor, seed, &sa) < 0)
         goto done;
     sa.cfg.pcpo_weight = pcpo_weight;
+    sa.cfg.row_offset = row_offset;
     rsm_status status = rsm_sampler_check(path, &sa.cfg);
     if (status != RSM_OK) {
         rsm_py_raise(status, func);
@@ -261,17 +265,18 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
         "model",          "path",        "ts",           "roots",  "root_sampler",
         "branch_sampler", "budget",      "branch_seeds", "seed",   "root_eta",
         "branch_eta",     "noise_level", "pcpo_weight",  "x_init", "cond",
-        "reward",         NULL};
+        "reward",         "row_offset",  NULL};
     PyObject *model_obj, *path_obj, *ts_obj, *budget_obj, *seeds_obj,
         *x_init_obj = Py_None, *cond_obj = Py_None, *reward_obj = Py_None;
     long long roots;
     const char *root_name, *branch_name;
     unsigned long long seed = 0;
     double root_eta = 0.0, branch_eta = 1.0, noise_level = 0.7, pcpo_weight = 0.0;
+    long long row_offset = 0; /* data parallelism: the global index of root 0 */
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOLssOO|KddddOOO", kwlist, &model_obj, &path_obj, &ts_obj, &roots,
+            args, kwargs, "OOOLssOO|KddddOOOL", kwlist, &model_obj, &path_obj, &ts_obj, &roots,
             &root_name, &branch_name, &budget_obj, &seeds_obj, &seed, &root_eta, &branch_eta,
-            &noise_level, &pcpo_weight, &x_init_obj, &cond_obj, &reward_obj))
+            &noise_level, &pcpo_weight, &x_init_obj, &cond_obj, &reward_obj, &row_offset))
         return NULL;
     const char *func = "branch_rollout";
     if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
@@ -296,6 +301,7 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
                                Py_None, 1, 0, &branch_args) < 0)
         goto done;
     branch_args.cfg.pcpo_weight = pcpo_weight;
+    root_args.cfg.row_offset = row_offset;
     const int64_t S = root_args.cfg.steps, D = model.dim;
     const rsm_dtype dtype = model.dtype;
     budget = rsm_py_vector_arg(module, budget_obj, func, "budget", RSM_I64, S);

@@ -29,22 +29,27 @@
 /* ---- pretraining -------------------------------------------------------------------------- */
 
 /* pretrain_steps(model, opt, path, data, cond, batch_size, t_min, t_max, lr, warmup_steps, seed,
- *                first_step, num_steps) -> (losses, grad_norms) as float64 tensors */
+ *                first_step, num_steps) -> (losses, grad_norms) as float64 tensors;
+ * grad_rows=(a, b) (data parallelism): no step, the (loss share, gradient) of rows [a, b) of
+ * step first_step's batch (rsm_pretrain_grad) */
 static PyObject *
 rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {
         "model",     "opt",         "path",         "data",         "cond",      "batch_size",
         "t_min",     "t_max",       "lr",           "warmup_steps", "seed",      "first_step",
-        "num_steps", "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", NULL};
+        "num_steps", "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", "grad_rows",
+        NULL};
     PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj, *null_obj = Py_None;
+    long long grad_rows[2] = {-1, -1};
     long long batch_size, warmup_steps, first_step, num_steps, decay_steps = 0;
     double t_min, t_max, lr, min_lr_ratio = 0.0, cond_dropout = 0.0;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO", kwlist, &model_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO(LL)", kwlist, &model_obj,
                                      &opt_obj, &path_obj, &data_obj, &cond_obj, &batch_size, &t_min,
                                      &t_max, &lr, &warmup_steps, &seed, &first_step, &num_steps,
-                                     &decay_steps, &min_lr_ratio, &cond_dropout, &null_obj))
+                                     &decay_steps, &min_lr_ratio, &cond_dropout, &null_obj,
+                                     &grad_rows[0], &grad_rows[1]))
         return NULL;
     const char *func = "pretrain";
     rsm_model model;
@@ -81,19 +86,28 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
                                min_lr_ratio, (uint64_t)seed,
                                cond_dropout, null_cond ? rsm_py_tensor_data(null_cond) : NULL};
     rsm_status status;
+    double slice_loss = 0.0;
+    const int slice = grad_rows[0] >= 0;
     Py_BEGIN_ALLOW_THREADS
     if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
-    status = rsm_pretrain_steps(&model, opt, path, &cfg, rsm_py_tensor_data(data),
-                                cond ? rsm_py_tensor_data(cond) : NULL, data->t.shape[0],
-                                first_step, num_steps, rsm_py_tensor_data(grads),
-                                rsm_py_tensor_data(losses), rsm_py_tensor_data(norms));
+    if (slice)
+        status = rsm_pretrain_grad(&model, path, &cfg, rsm_py_tensor_data(data),
+                                   cond ? rsm_py_tensor_data(cond) : NULL, data->t.shape[0],
+                                   first_step, grad_rows[0], grad_rows[1],
+                                   rsm_py_tensor_data(grads), &slice_loss);
+    else
+        status = rsm_pretrain_steps(&model, opt, path, &cfg, rsm_py_tensor_data(data),
+                                    cond ? rsm_py_tensor_data(cond) : NULL, data->t.shape[0],
+                                    first_step, num_steps, rsm_py_tensor_data(grads),
+                                    rsm_py_tensor_data(losses), rsm_py_tensor_data(norms));
     if (lock) PyThread_release_lock(lock);
     Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
         rsm_py_raise(status, func);
         goto done;
     }
-    result = Py_BuildValue("(OO)", losses, norms);
+    result = slice ? Py_BuildValue("(dO)", slice_loss, grads)
+                   : Py_BuildValue("(OO)", losses, norms);
 done:
     Py_XDECREF(data);
     Py_XDECREF(cond);

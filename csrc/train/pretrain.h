@@ -45,4 +45,13 @@ rsm_status rsm_pretrain_steps(const rsm_model *model, rsm_adamw *opt, const rsm_
                               const void *data_cond, int64_t n_data, int64_t first_step,
                               int64_t num_steps, void *grads, double *losses, double *grad_norms);
 
+/* Data parallelism: the gradient (into grads[num_params], overwritten) and the loss share
+ * (squared error / (batch_size dim)) of rows [row_begin, row_end) of step `step`'s batch, no
+ * optimizer step. Row r draws exactly what it draws in the whole batch (the streams are offset
+ * by row_begin), so slices computed anywhere add up to the batch's gradient. */
+rsm_status rsm_pretrain_grad(const rsm_model *model, const rsm_path *path,
+                             const rsm_pretrain_config *cfg, const void *data,
+                             const void *data_cond, int64_t n_data, int64_t step,
+                             int64_t row_begin, int64_t row_end, void *grads, double *loss);
+
 #endif /* RSM_PRETRAIN_H */

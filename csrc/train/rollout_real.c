@@ -80,6 +80,7 @@ RSM_T(branch_rollout)(const rsm_model *model, const rsm_path *path, const rsm_br
         sub.window_begin = 0;
         sub.window_end = 1;
         sub.seed = cfg->branch_seeds[i];
+        sub.row_offset = cfg->root.row_offset * k; /* root j's branches: rows j k .. j k + k - 1 */
         RSM_T(trajectory) tr = {0};
         tr.x_final = out->x0 + offset * D;
         tr.xs = xs;

@@ -67,7 +67,12 @@ def gmm_logpdf(means: Any, stds: Any, weights: Any) -> AnalyticReward:
 
 def __getattr__(name: str):
     """The image rewards (rsm.image_rewards) are reachable here too: rsm.rewards.jpeg_compressibility,
-    rsm.rewards.digit_probability, rsm.rewards.geneval, ... (imported on first use)."""
+    rsm.rewards.digit_probability, rsm.rewards.geneval, ... (imported on first use); so is
+    rsm.rewards.RayPool (a reward served by Ray actors, rsm.ray_pool)."""
+    if name == "RayPool":   # reward workers on Ray (rsm.ray_pool; Ray imported on use)
+        from .ray_pool import RayPool
+
+        return RayPool
     from . import image_rewards
 
     if name in image_rewards.__all__:

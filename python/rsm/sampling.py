@@ -171,7 +171,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
            return_trajectory: bool = False, x_init: Any = None, grid: str | None = None,
            shift: float = 3.0, ts: Any = None, sde_window: tuple[int, int] | None = None,
            branch_steps: Sequence[int] | None = None, branch_factor: int = 1,
-           pcpo_weight: float = 0.0, reward: Any = None) -> Any:
+           pcpo_weight: float = 0.0, reward: Any = None, row_offset: int = 0) -> Any:
     """Draw n samples from `model` along `path`.
 
     sampler: "ode"/"euler" and "heun" (probability-flow ODE), "sde" (Flow-GRPO's SDE with noise
@@ -184,6 +184,8 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     samples x[N, D] (an rsm.Tensor over the returned buffer; the interpreter lock is held only
     during the call); what it returns is Trajectory.reward, or the second item of (x, reward)
     without return_trajectory; what it raises propagates unchanged.
+    row_offset=a: these n rows are rows a .. a + n - 1 of a larger run with the same seed (their
+    prior and step noise are those rows' draws): data-parallel shards (rsm.distributed).
     Returns x[N, D] (an rsm.Tensor), or a Trajectory with return_trajectory=True.
     """
     core = _core_of(model)
@@ -207,9 +209,10 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     branch = list(branch_steps) if branch_steps is not None else None
     cond = _model_cond(model, cond, n, "sample")
     # reward: checked by _C.sample ("sample(): reward must be callable or None, got ...")
+    row_offset = positive_int(row_offset, "sample", "row_offset", minimum=0)
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
-                    bool(return_trajectory), float(pcpo_weight), reward)
+                    bool(return_trajectory), float(pcpo_weight), reward, row_offset)
     if not return_trajectory:
         return out["x"] if reward is None else (out["x"], out["reward"])
     config = {"kind": kind, "noise_level": float(noise_level), "eta": eta_value,

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import dp_finetune as _parallel
 from . import guards as _guards
 from . import kl as _kl
 from ._args import as_cond, num_classes_of
@@ -118,10 +119,12 @@ class Trainer:
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
                  cond: Any = None, conditions: Any = None, kl_every: int = 5,
                  kl_samples: int | None = None, kl_grid: Any = None,
-                 kl_noise_level: float | None = None, **overrides: Any) -> None:
+                 kl_noise_level: float | None = None, comm: Any = None,
+                 dp_tiles: int | None = None, dp_exact: bool = True, **overrides: Any) -> None:
         overrides = _guards.sampler_steps_alias(overrides, "Trainer")
         self.cfg = cfg = get_method(method, **overrides)
         self.method = method
+        self._dp = None   # data parallelism (rsm.dp_finetune): this rank's share of the groups
         for name, model in (("policy", policy), ("ref", ref)):
             if not all(hasattr(model, a) for a in ("dim", "dtype", "forward", "params")):
                 raise TypeError(f"Trainer(): {name} must be an rsm model (rsm.MLP, rsm.DiT, "
@@ -164,6 +167,8 @@ class Trainer:
                               kl_every, kl_samples, kl_grid, kl_noise_level)
         self.kl_every, self.kl_samples, self.kl_grid = self.kl_eval.every, self.kl_eval.samples, self.kl_eval.grid
         self.kl_noise_level, self.kl_seed = self.kl_eval.noise_level, self.kl_eval.seed
+        # comm= (or an initialised rsm.distributed with several ranks): data-parallel iterations
+        self._dp = _parallel.trainer_setup(self, comm, dp_tiles, dp_exact, Trainer)
 
     # ---- files and display (rsm.runs) -------------------------------------------------------
     def save(self, file: Any) -> None:
@@ -198,7 +203,10 @@ class Trainer:
         """One iteration: `accumulate` rollout micro-batches (each: rollout, reward, advantages or
         estimates), then `inner_epochs` optimizer steps on their summed gradient (coefficients,
         the C update). A failing reward leaves the policy and the optimizer untouched (nothing
-        is updated before every rollout is scored)."""
+        is updated before every rollout is scored). Under data parallelism (comm=), each rank
+        rolls out its groups and the gradient is reduced over the ranks (rsm.dp_finetune)."""
+        if self._dp is not None:
+            return _parallel.trainer_step(self)
         evaluation = self.kl_eval.columns(self.iteration)   # before the clock: not training time
         start = time.perf_counter()
         batches = [self.rollout(micro=j) for j in range(self.geometry.accumulate)]
@@ -284,6 +292,14 @@ class Trainer:
         the rows but not the denominator."""
         return max(blocks.signal_rows(batch), 1.0)
 
+    def save_checkpoint(self, path: str) -> None:
+        """Policy, optimizer, iteration and history in one file (rank 0 writes under data
+        parallelism); load_checkpoint resumes exactly, under any world size."""
+        _parallel.save_trainer(self, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        _parallel.load_trainer(self, path)
+
     # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
     def _step_scores(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(rewards, valid) of a rollout's own samples, for the history's reward statistics."""
@@ -346,16 +362,23 @@ class Trainer:
         self._conditions = as_cond(arr, arr.shape[0], cond_dim, policy.dtype, "finetune", name=name,
                                    num_classes=num_classes_of(policy))
 
+    def _groups(self) -> tuple[int, int]:
+        """(first, count): the groups (conditions, roots) this process rolls out: all of them,
+        or its share under data parallelism (rsm.dp_finetune)."""
+        return (0, self.batch_size) if self._dp is None else self._dp.groups
+
     @property
     def cond(self) -> np.ndarray | None:
-        """The conditions of the current iteration, [batch_size, cond_dim] in the model layout."""
+        """The conditions of the current iteration, [batch_size, cond_dim] in the model layout
+        (under data parallelism: this rank's groups only)."""
         c = self._conditions
         if c is None:
             return None
-        if c.shape[0] == self.batch_size:
+        first, count = self._groups()
+        if c.shape[0] == self.batch_size and count == self.batch_size:
             return c
         # one block of conditions per rollout micro-batch (gradient accumulation): draw index
-        idx = (self._draw * self.batch_size + np.arange(self.batch_size)) % c.shape[0]
+        idx = (self._draw * self.batch_size + first + np.arange(count)) % c.shape[0]
         return np.ascontiguousarray(c[idx])
 
     def reward_cond(self, cond_rows: np.ndarray | None) -> Any:

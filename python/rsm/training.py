@@ -205,7 +205,9 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
              weight_decay: float = 0.0, max_grad_norm: float = 1.0, ema_decay: float = 0.0,
              optimizer: AdamW | None = None, log_every: int | None = None,
              checkpoint: str | None = None, checkpoint_every: int | None = None,
-             resume: str | None = None, cond_dropout: float = 0.0, null_cond: Any = None) -> History:
+             resume: str | None = None, cond_dropout: float = 0.0, null_cond: Any = None,
+             comm: Any = None, dp_tiles: int | None = None, dp_exact: bool = True,
+             dp_verify_every: int = 1) -> History:
     """Pretrain `model` on data[N, dim] by flow matching (FlowPath: velocity regression) or
     denoising score matching (VPPath: eps regression), in C, with AdamW.
 
@@ -219,7 +221,16 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     (cond_dim 1), class ids [N]. cond_dropout=p replaces a row's condition by the null condition
     with probability p (drawn in C from (seed, step)), so the same network also learns the
     unconditional model that classifier-free guidance (rsm.Guided) needs; null_cond defaults to
-    rsm.guidance.null_condition(model) (the null class id, or zeros)."""
+    rsm.guidance.null_condition(model) (the null class id, or zeros).
+
+    Data parallelism (rsm.distributed): comm= a communicator (or None under an initialised one
+    with several ranks) splits every batch into dp_tiles fixed slices (default gcd(batch_size,
+    8)) spread over the ranks; the gradient is reduced exactly, so the parameters are bitwise
+    the same for every world size (and checked equal on all ranks every dp_verify_every steps;
+    0: never). dp_exact=False all-reduces one summed gradient instead (less traffic, equal only
+    up to rounding). The data-parallel run at world size 1 differs from the plain run (one
+    backward over the whole batch) by float rounding only. Rank 0 writes the checkpoints; a
+    checkpoint resumes under any world size."""
     # Everything is validated before the model, the optimizer or a file is touched.
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"pretrain(): lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
@@ -268,6 +279,13 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     t_max = finite_float(t_max, "pretrain", "t_max")
     if checkpoint is not None or resume is not None:
         from . import io  # noqa: F401  (fail now, not after training, when it is missing)
+    from . import distributed as _dist
+
+    comm = _dist.resolve(comm)
+    if comm is not None:
+        dp_tiles = _dist.check_tiles(math.gcd(batch_size, 8) if dp_tiles is None else dp_tiles,
+                                     batch_size, "pretrain", "batch_size")
+        dp_verify_every = positive_int(dp_verify_every, "pretrain", "dp_verify_every", minimum=0)
     if optimizer is None:
         optimizer = AdamW(model, lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                           ema_decay=ema_decay)
@@ -286,6 +304,31 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     history = History()
     start = time.perf_counter()
     k = first
+    if comm is not None:
+        def on_step(step, loss, norm, step_lr):
+            history.append({"step": step, "loss": loss, "grad_norm": norm, "lr": step_lr,
+                            "seconds": time.perf_counter() - start})
+            if bar is not None:
+                bar.update(1)
+            if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                _dist.save_checkpoint(comm, lambda: save_checkpoint(checkpoint, model, optimizer,
+                                                                    step=step + 1))
+
+        try:
+            _dist.pretrain_loop(comm, model, optimizer, path, data, cond, batch_size=batch_size,
+                                t_min=t_min, t_max=t_max, lr=lr, warmup_steps=warmup_steps,
+                                seed=int(seed), first=first, steps=steps,
+                                decay=steps if lr_schedule == "cosine" else 0,
+                                min_lr_ratio=min_lr_ratio, cond_dropout=cond_dropout,
+                                null_cond=null_cond, tiles=dp_tiles, exact=bool(dp_exact),
+                                verify_every=dp_verify_every, on_step=on_step,
+                                schedule=lambda step: _schedule_lr(
+                                    lr, step, warmup_steps, steps if lr_schedule == "cosine" else 0,
+                                    min_lr_ratio))
+        finally:
+            if bar is not None:
+                bar.close()
+        k = max(first, steps)
     try:
         while k < steps:
             chunk = min(log_every, steps - k)
@@ -314,7 +357,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
         if bar is not None:
             bar.close()
     if checkpoint:
-        save_checkpoint(checkpoint, model, optimizer, step=k)
+        _dist.save_checkpoint(comm, lambda: save_checkpoint(checkpoint, model, optimizer, step=k))
     if not all(math.isfinite(r["loss"]) for r in history):
         raise FloatingPointError("pretrain(): the loss became non-finite; lower lr")
     return history

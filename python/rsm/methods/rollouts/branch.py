@@ -18,8 +18,8 @@ from ..coefficients import anchor_beta
 
 
 def rollout(tr: Any) -> Batch:
-    cfg, roots = tr.cfg, tr.batch_size
-    cond_root = tr.cond
+    first, roots = tr._groups()   # all roots, or a data-parallel rank's (rsm.dp_finetune)
+    cfg, cond_root = tr.cfg, tr.cond
     steps = cfg["steps"]
     budget = list(cfg["budget"]) + [0] * (steps - len(cfg["budget"]))
     active = [k for k in budget if k > 0]
@@ -37,7 +37,7 @@ def rollout(tr: Any) -> Batch:
                             branch_eta=sto_eta, noise_level=float(cfg["noise_level"]),
                             pcpo_weight=tr.pcpo_weight,
                             cond=_model_cond(tr.policy, cond_root, roots, "finetune"),
-                            reward=tr._reward_hook(cond_x0))
+                            reward=tr._reward_hook(cond_x0), row_offset=first)
     root_xs = np.from_dlpack(out["root_xs"])
     x_next, u_old, noise, log_prob = (np.from_dlpack(out[k]) for k in
                                       ("x_next", "outputs", "noises", "log_probs"))
@@ -74,7 +74,7 @@ def kl_anchor_rows(tr: Any, root_xs: np.ndarray, budget: list, transition_rows: 
         return []
     last = min(len(cfg["budget"]), cfg["steps"] - 1)
     steps = [i for i in range(last) if budget[i] == 0 and tr.sde[i]["std"] > 0]
-    keep = np.ones((len(steps), tr.batch_size), dtype=bool)   # (anchor step, root)
+    keep = np.ones((len(steps), tr._groups()[1]), dtype=bool)   # (anchor step, root)
     ratio = cfg.get("kl_anchor_max_ratio")
     if ratio is not None and keep.size:
         target = max(int(transition_rows * ratio), 1) if ratio > 0 else 0
