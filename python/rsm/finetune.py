@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import conventions as _conv
 from . import kl as _kl
 from . import methods as _methods
 from .geometry import BatchGeometry, trained_steps, tree_split_steps
@@ -116,8 +117,8 @@ class Trainer:
         self.method = method
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
-        if path is None:
-            path = FlowPath() if self.cfg["path"] == "flow" else VPPath("linear")
+        if path is None:   # the preset's vp_schedule (DDPO: SD1.x's scaled_linear table)
+            path = FlowPath() if self.cfg["path"] == "flow" else VPPath(self.cfg.get("vp_schedule", "linear"))
         self.path = path
         if self.cfg["path"] not in ("any", self.path.kind):
             raise ValueError(f"method {method!r} runs on the {self.cfg['path']} path; got {self.path!r}")
@@ -134,6 +135,11 @@ class Trainer:
         # The stochastic sampler of the method's path: Flow-GRPO's SDE (flow) or DDPM (VP). Its
         # steps define w_i = |K_i| / std_i for the ratio forms and for every method's KL report.
         self.stochastic = "sde" if self.path.kind == "flow" else "ddpm"
+        if self.path.kind == "flow" and cfg.get("sde_sigma", "flow-grpo") == "constant":
+            self.stochastic = "sde-const"    # DanceGRPO: s~ = noise_level at every t
+        # DDPO's per-prompt reward statistics, kept across iterations (rsm.conventions)
+        self.tracker = (_conv.PromptTracker(cfg["adv_buffer_size"], cfg["adv_min_count"])
+                        if cfg.get("adv_tracker") == "per_prompt" else None)
         self.deterministic = "ode" if self.path.kind == "flow" else "ddim"
         self.det_coef = step_coefficients(self.path, self.ts, self.deterministic)
         self.pcpo_weight = float(cfg.get("pcpo_weight", 0.0))  # PCPO's DDPM std (RSM-SPEC §6.3.6)
@@ -220,6 +226,9 @@ class Trainer:
         rewards = np.concatenate([r for r, _ in scores])
         valid = np.concatenate([v for _, v in scores])
         stats = self.update(batches)
+        if self.tracker is not None:   # the step succeeded: its rewards enter the buffers
+            for b in batches:
+                self.tracker.commit(b.get("tracker_update"))
         self.iteration += 1
         extra_nfe = self._step_extra_nfe()
         row = {"step": self.iteration - 1,
@@ -252,8 +261,8 @@ class Trainer:
             kl_samples = min(256, self.batch_size * self.group_size)
         self.kl_samples = _kl.check_samples(kl_samples, "Trainer", "kl_samples")
         self.kl_grid = self.ts if kl_grid is None else _kl.check_grid(kl_grid, "Trainer", "kl_grid")
-        if kl_noise_level is None:
-            kl_noise_level = self.cfg["noise_level"]
+        if kl_noise_level is None:   # a constant-s~ preset (dance-grpo): Flow-GRPO's a = 0.7
+            kl_noise_level = (self.cfg["noise_level"] if self.stochastic != "sde-const" else 0.7)
         self.kl_noise_level = _kl.check_noise_level(kl_noise_level, "Trainer", "kl_noise_level")
         # one seed for every evaluation: common random numbers along the run and across methods
         self.kl_seed = _mix(self.seed, 0, KL_EVAL_SALT)
@@ -284,7 +293,7 @@ class Trainer:
                        noise_level: float | None = None) -> tuple[np.ndarray, int]:
         """rsm.kl.path_kl_terms with the trainer's sampler and conditions; None: the defaults."""
         return _kl.path_kl_terms(self.policy, self.ref, self.path, self.kl_grid if ts is None else ts,
-                                 n, sampler=self.stochastic,
+                                 n, sampler="sde" if self.stochastic == "sde-const" else self.stochastic,
                                  noise_level=self.kl_noise_level if noise_level is None else noise_level,
                                  seed=self.kl_seed if seed is None else seed, cond=self._kl_cond(n))
 
@@ -310,6 +319,24 @@ class Trainer:
             return sorted(int(i) for i in np.argsort(u[: steps - 1])[:count])
         return spec
 
+    def _sample_steps(self, n: int, steps: int) -> np.ndarray | None:
+        """timestep_subset 'per_sample' with a fractional train_steps f (DanceGRPO): a boolean
+        [n, steps] selection, each sample its own int(f (S - 1)) steps among 0..S-2 (the first
+        entries of a per-sample random permutation, seeded from the rollout's own stream);
+        None otherwise."""
+        spec = trained_steps(self.cfg.get("train_steps", "all"), steps)
+        if not isinstance(spec, float) or self.cfg.get("timestep_subset") != "per_sample":
+            return None
+        from . import _C
+
+        count = _conv.subset_count(spec, steps, per_sample=True)
+        u = np.from_dlpack(_C.random("uniform", _mix(self.seed, self._draw, 19), 0, 0,
+                                     n * (steps - 1), "float64")).reshape(n, steps - 1)
+        chosen = np.zeros((n, steps), dtype=bool)
+        order = np.argsort(u, axis=1, kind="stable")[:, :count]
+        chosen[np.arange(n)[:, None], order] = True
+        return chosen
+
     def _cond_rows(self, repeat: int) -> Any:
         cond = self.cond
         return None if cond is None else np.ascontiguousarray(np.repeat(cond, repeat, axis=0))
@@ -329,11 +356,19 @@ class Trainer:
                       noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
                       cond=cond, x_init=x_init, return_trajectory=True,
                       pcpo_weight=self.pcpo_weight, reward=self._reward_hook(cond))
-        steps = self._train_steps(traj.steps)
-        rows = [{"step": i, "x": traj.xs[i], "x_next": traj.xs[i + 1], "u_old": traj.outputs[i],
-                 "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0,
-                 "log_prob": traj.log_probs[i].astype(np.float64), "grid": self.ts, "grid_step": i}
-                for i in steps if traj.stds[i] > 0]
+        chosen = self._sample_steps(n, traj.steps)   # [n, S] or None (all samples)
+        steps = range(traj.steps) if chosen is not None else self._train_steps(traj.steps)
+        rows = []
+        for i in steps:
+            if not traj.stds[i] > 0 or (chosen is not None and not chosen[:, i].any()):
+                continue
+            idx = np.arange(n) if chosen is None else np.flatnonzero(chosen[:, i])
+            pick = (lambda a: a) if chosen is None else (lambda a: np.ascontiguousarray(a[idx]))
+            rows.append({"step": i, "x": pick(traj.xs[i]), "x_next": pick(traj.xs[i + 1]),
+                         "u_old": pick(traj.outputs[i]), "noise": pick(traj.noises[i]),
+                         "traj": idx, "cond": None if cond is None else pick(cond), "weight": 1.0,
+                         "log_prob": pick(traj.log_probs[i]).astype(np.float64), "grid": self.ts,
+                         "grid_step": i})
         return {"x0": traj.x, "keys": np.arange(n) // self.group_size, "rows": rows,
                 "nfe": traj.nfe, "cond_x0": cond, "states": traj.xs, "scored": traj.reward}
 
@@ -494,7 +529,7 @@ class Trainer:
     def _tree_advantages(self, batch: dict, rewards: np.ndarray, valid: np.ndarray):
         """Node advantages of a Branch-GRPO tree (rsm.tree): node rewards fused from the valid
         leaves ("fusion": mean of the descendant leaves, or the authors' path-probability
-        weighting), normalised among the nodes of the same (root, depth) ("adv_std"; clipped,
+        weighting), normalised among the nodes of the same (root, depth) ("adv_ddof"; clipped,
         zero-std masked); then width pruning drops transitions after the last split from
         batch["rows"]. Returns (adv, mask, node_valid) over all nodes (ids offsets[d] + j)."""
         from .tree import depth_advantages, fuse_rewards, width_kept
@@ -504,7 +539,7 @@ class Trainer:
                                        tree["edge_log_prob"])
         adv, mask = depth_advantages(node_r, node_ok, tree["roots"], eps=cfg["adv_eps"],
                                      adv_clip=cfg["adv_clip"],
-                                     adv_std=cfg.get("adv_std", "population"))
+                                     adv_std="sample" if cfg.get("adv_ddof", 0) else "population")
         node_ok = np.concatenate(node_ok)
         rows = batch["rows"]
         if cfg.get("width_pruning", 0) and rows:
@@ -667,8 +702,11 @@ class Trainer:
         elif reweight != "base":
             raise ValueError(f"unknown reweight {reweight!r}")
         w_kl = abs(c["K"]) / std   # the KL anchor always uses the sampler's true weight
+        if cfg.get("zero_std", "mask") == "drop":   # Flow-GRPO: the sample leaves the batch
+            valid = valid * mask
         coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
-                                post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w_kl,
+                                post=post, clip_eps=cfg["clip_eps"],
+                                kl=cfg["kl"] * _conv.kl_factor(cfg, dt), w_kl=w_kl,
                                 weight=valid * row["weight"])
         return coef, cfg["form"], {"noise": row["noise"], "u_old": row["u_old"]}
 
@@ -889,6 +927,15 @@ class Trainer:
         reward, reward_cond = self.reward, self.reward_cond(cond_x0)
         return lambda x0: reward(x0, reward_cond)
 
+    def _prompt_ids(self, n: int) -> np.ndarray:
+        """The prompt of every sample of an SDE rollout for per-prompt trackers: the index of its
+        condition in the conditions list (the same prompt across iterations), 0 for all samples
+        of an unconditional model (one prompt)."""
+        if self._conditions is None:
+            return np.zeros(n, dtype=np.int64)
+        idx = (self._draw * self.batch_size + np.arange(self.batch_size)) % self._conditions.shape[0]
+        return np.repeat(idx, n // self.batch_size)
+
     def _rollout_rows(self, score: bool = True) -> dict[str, Any]:
         """The preset's rollout; score=False: without the reward call (batch["scored"] None)."""
         self._score_rollouts = score
@@ -925,9 +972,13 @@ class Trainer:
             keys = np.asarray(batch["keys"], dtype=np.int64).copy()
             keys[~valid] = -1 - np.flatnonzero(~valid)
             center = cfg.get("advantage") == "center"   # REINFORCE: (r - mean_g) / alpha
-            adv, mask = group_advantages(np.where(valid, rewards, 0.0), keys,
-                                         eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"],
-                                         center_only=center)
+            if center or _conv.is_legacy(cfg):
+                adv, mask = group_advantages(np.where(valid, rewards, 0.0), keys,
+                                             eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"],
+                                             center_only=center)
+            else:   # the released conventions (rsm.conventions): batch std, ddof, trackers
+                adv, mask, batch["tracker_update"] = _conv.group_advantages(
+                    rewards, keys, valid, cfg, self.tracker, self._prompt_ids(len(rewards)))
             if center:
                 adv = adv / cfg["alpha"]
             batch["adv"], batch["mask"] = adv, mask & valid

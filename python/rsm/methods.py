@@ -16,6 +16,15 @@ a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `bran
 mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
 "ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
 
+Released configurations (issue 15): "flow-grpo", "ddpo" and "dance-grpo" default to their
+authors' released training scripts (rsm.conventions.SOURCES: repository, commit, files): path,
+grid, SDE noise, trained steps, advantage statistics, zero-std rule, KL denominator. Every such
+convention is an explicit key (rsm.conventions: adv_std, adv_ddof, adv_eps, adv_tracker,
+zero_std, kl_denominator, timestep_subset, sde_sigma, vp_schedule) with one meaning across
+presets; rsm's earlier (RSM-paper) forms stay available as values of those keys, and as the
+variant preset "flow-grpo-exact" (the exact Gaussian KL, group std and the masked mean of
+RSM-SPEC §9.2.3, on which the paper's comparisons were run).
+
 Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2).
 """
 from __future__ import annotations
@@ -24,6 +33,8 @@ import copy
 
 import numpy as np
 from typing import Any
+
+from . import conventions as _conv
 
 _COMMON_ZO = {
     "ema_decay": 0.0,
@@ -41,6 +52,10 @@ _COMMON_ZO = {
     # of the micro-batch's transition rows, a seeded random subset (None: all of them)
     "kl_anchor": 0.0, "kl_anchor_weight": "sampler", "kl_anchor_reduce": "k_avg",
     "kl_anchor_max_ratio": None,
+    # the released-code conventions (rsm.conventions), at rsm's earlier values; sde_sigma:
+    # "flow-grpo" (s~ = a sqrt(t/(1-t))) or "constant" (s~ = a, DanceGRPO), the flow SDE's noise;
+    # vp_schedule: the VPPath schedule a Trainer builds when no path is given
+    **_conv.RSM_DEFAULTS, "sde_sigma": "flow-grpo", "vp_schedule": "linear",
 }
 
 _COMMON_FO = {
@@ -52,16 +67,39 @@ _COMMON_FO = {
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # ---- zeroth order: full stochastic trajectories (Table 1 rows REINFORCE+KL, PPO/GRPO/PCPO)
+    # released train_sd3.py + config/grpo.py (geneval_sd3): global std, samples with A = 0
+    # dropped (KL rows too), KL / (2 s~^2) with beta 0.04, the first int(0.99 S) steps
     "flow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
-                  "train_steps": "no_last", "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.004,
-                  "description": "Flow-GRPO: GRPO on Flow-GRPO's SDE, PPO ratio clip, KL beta"},
-    "dance-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                  "train_steps": "no_last", "form": "ppo", "reweight": "base", "clip_eps": 1e-4,
+                  "kl": 0.04, "adv_std": "batch", "zero_std": "drop", "kl_denominator": "released",
+                  "description": "Flow-GRPO as released: GRPO on Flow-GRPO's SDE, group mean / "
+                                 "batch std advantages, zero-advantage samples dropped, PPO ratio "
+                                 "clip, KL beta |mu - mu_ref|^2 / (2 s~^2)"},
+    # the paper's / rsm's earlier form: exact Gaussian KL (its beta 0.004 ~ 0.04 dt on the
+    # 10-step grid), group std, the masked mean of RSM-SPEC §9.2.3 (zero-std groups keep their
+    # KL rows); the Figs. 3-6 runs of docs/RESULTS.md used it
+    "flow-grpo-exact": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                        "train_steps": "no_last", "form": "ppo", "reweight": "base",
+                        "clip_eps": 1e-4, "kl": 0.004,
+                        "description": "Flow-GRPO in rsm's exact form: group std, masked mean, "
+                                       "exact Gaussian KL |mu - mu_ref|^2 / (2 std^2)"},
+    # released train_grpo_flux.py + finetune_flux_grpo.sh: s~ = eta = 0.3 constant on the shifted
+    # grid (16 steps), per-sample random 0.6 of the steps 0..S-2, torch.std (ddof 1) + 1e-8
+    "dance-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 16, "grid": "shift",
                    "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
-                   "shared_noise": True, "train_steps": 0.6,
-                   "description": "DanceGRPO: no KL, one initial noise per group, timestep subsampling"},
-    "ddpo": {**_COMMON_ZO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
-             "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
-             "description": "DDPO (PPO on DDPM transitions, no KL)"},
+                   "shared_noise": True, "train_steps": 0.6, "timestep_subset": "per_sample",
+                   "sde_sigma": "constant", "noise_level": 0.3, "adv_ddof": 1, "adv_eps": 1e-8,
+                   "zero_std": "keep",
+                   "description": "DanceGRPO as released: constant s~ = eta SDE, no KL, one "
+                                  "initial noise per group, per-sample timestep subsets"},
+    # released scripts/train.py + config/dgx.py (compressibility): SD1.x scaled_linear table on
+    # the leading grid (every step stochastic), eta = 1, per-prompt tracker (16, 16), std + 1e-6
+    "ddpo": {**_COMMON_ZO, "path": "vp", "rollout": "sde", "steps": 50, "grid": "leading",
+             "vp_schedule": "scaled_linear", "form": "ppo", "reweight": "base", "clip_eps": 1e-4,
+             "kl": 0.0, "adv_tracker": "per_prompt", "adv_buffer_size": 16, "adv_min_count": 16,
+             "adv_eps": 1e-6, "zero_std": "keep",
+             "description": "DDPO as released (PPO on DDPM transitions of SD1.x's scaled_linear "
+                            "table, leading grid, per-prompt reward tracker, no KL)"},
     "grpo-guard": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
                    "train_steps": "no_last", "form": "ppo", "reweight": "guard", "clip_eps": 1e-4, "kl": 0.0,
                    "description": "GRPO-Guard: RatioNorm (linear part of log rho, x std), 1/dt"},
@@ -85,10 +123,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
                     "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
                     "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3, "branch": 2,
-                    # rsm.tree: reward fusion "mean" | "path_prob", depth-wise std "population" |
-                    # "sample", depth pruning (child depths, sliding window), width pruning 0/1/2;
-                    # defaults = the authors' released script (no weighting, no pruning)
-                    "fusion": "mean", "adv_std": "population", "depth_pruning": [],
+                    # rsm.tree: reward fusion "mean" | "path_prob", depth-wise std with adv_ddof
+                    # 0 (population) | 1 (sample), depth pruning (child depths, sliding window),
+                    # width pruning 0/1/2; defaults = the authors' released script (no
+                    # weighting, no pruning)
+                    "fusion": "mean", "adv_ddof": 0, "depth_pruning": [],
                     "depth_pruning_slide": 0, "depth_pruning_stop": None, "width_pruning": 0,
                     "width_pruning_ratio": 0.5,
                     "description": "Branch-GRPO: SDE tree (split points x branch children, shared "
@@ -189,6 +228,12 @@ BUDGETS: dict[str, list[int]] = {
 }
 
 
+# the released-code conventions shown by table() ("-": not a zeroth-order preset)
+_TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
+                      "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
+                      "steps")
+
+
 def names() -> list[str]:
     """The preset names."""
     return sorted(_PRESETS)
@@ -204,11 +249,13 @@ def get(name: str, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"method {name!r} has no hyper-parameter(s) {sorted(unknown)}; "
                          f"it has {sorted(k for k in preset if k != 'description')}")
     preset.update(overrides)
+    _conv.check(preset, name)
     if isinstance(preset.get("budget"), str):
         if preset["budget"] not in BUDGETS:
             raise ValueError(f"unknown budget profile {preset['budget']!r}; known: {sorted(BUDGETS)}")
         preset["budget"] = list(BUDGETS[preset["budget"]])
     preset["name"] = name
+    preset["source"] = _conv.source_of(name)
     return preset
 
 
@@ -230,7 +277,9 @@ def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]
                      "kl_anchor": p.get("kl", 0.0) if p.get("kl_anchor", 0.0) is None
                      else p.get("kl_anchor", 0.0),
                      "rollout": p["rollout"],
-                     "branching": p["rollout"] in ("branch", "tree")})
+                     "branching": p["rollout"] in ("branch", "tree"),
+                     **{k: p.get(k, "-") for k in _TABLE_CONVENTIONS},
+                     "source": _conv.source_of(name)})
         if with_influence:
             use = path if path is not None and p["path"] in ("any", path.kind) else None
             info = influence(name, path=use)

@@ -24,8 +24,8 @@ Fusion ("fusion"):
   training script runs with it off (--tree_prob_weighted false), i.e. "mean", rsm's default.
 
 Depth-wise advantages: the nodes of one root at one depth form a group; A = clip((r - mean) /
-(std + eps), +-adv_clip). "adv_std" = "population" (RSM-SPEC §7.2, rsm's group statistics) or
-"sample" (the authors' torch.std, Bessel-corrected). Zero-std groups (e.g. a lone root) get A = 0
+(std + eps), +-adv_clip). The preset key adv_ddof (rsm.conventions) = 0: "population" (RSM-SPEC
+§7.2, rsm's group statistics) or 1: "sample" (the authors' torch.std, Bessel-corrected). Zero-std groups (e.g. a lone root) get A = 0
 and carry no signal. (The authors use eps = 1e-8 and call a std below 1e-6 zero.)
 
 Depth pruning ("depth_pruning": child depths d, i.e. steps d - 1): those transitions are dropped
@@ -61,8 +61,7 @@ def check_options(cfg: dict, steps: int) -> None:
     """Raise ValueError naming the option for invalid Branch-GRPO tree options of a preset."""
     if cfg.get("fusion", "mean") not in FUSIONS:
         raise ValueError(f"finetune(): fusion={cfg['fusion']!r} must be one of {FUSIONS}")
-    if cfg.get("adv_std", "population") not in ADV_STDS:
-        raise ValueError(f"finetune(): adv_std={cfg['adv_std']!r} must be one of {ADV_STDS}")
+    # the depth-wise std's ddof is the preset key adv_ddof (rsm.conventions, checked there)
     depths = cfg.get("depth_pruning", [])
     if not isinstance(depths, (list, tuple)) or not all(
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 1 <= d <= steps
