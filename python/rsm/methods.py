@@ -231,7 +231,7 @@ BUDGETS: dict[str, list[int]] = {
 # the released-code conventions shown by table() ("-": not a zeroth-order preset)
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
-                      "steps")
+                      "steps", "vp_schedule")
 
 
 def names() -> list[str]:
