@@ -347,3 +347,98 @@ def test_dance_grpo_gradient_equals_released_train_grpo_flux(perturb):
     g_rel, adv = dance_released_grad(policy, states, u_old, calls[-1], G, pairs, trainer.ts, cfg)
     np.testing.assert_allclose(batch["adv"], adv, rtol=1e-13, atol=1e-13)
     assert rel_err(g_rsm, g_rel) <= RTOL, rel_err(g_rsm, g_rel)
+
+
+# ---- batch-level conventions over an iteration's micro-batches (accumulate > 1) -------------
+
+def test_batch_std_and_tracker_span_the_iterations_micro_batches():
+    """The released scripts normalise over an epoch's samples at once (Flow-GRPO's global std
+    over every gathered reward; DDPO's tracker updated once with all of them): with accumulate =
+    2 the two micro-batches' advantages are those of their concatenation, and step() commits
+    the tracker once."""
+    policy, ref = make_models(0)
+    reward, calls = reward_recorder(quantised)
+    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=3, group_size=3, steps=4,
+                          accumulate=2, seed=4)
+    batches = [trainer.rollout(micro=j) for j in range(2)]
+    trainer.batch_advantages(batches)
+    r = np.concatenate(calls[-2:])
+    prompts = np.arange(18) // 3
+    adv = np.empty(18)
+    for p in range(6):
+        sel = prompts == p
+        adv[sel] = (r[sel] - r[sel].mean()) / (r.std() + 1e-4)
+    got = np.concatenate([b["adv"] for b in batches])
+    np.testing.assert_allclose(got, np.clip(adv, -5, 5), rtol=1e-14, atol=1e-15)
+    np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), adv != 0)
+    # DDPO: one prompt, buffer 16, min_count 12: 2 x 8 = 16 rewards reach min_count together
+    reward, calls = reward_recorder(lambda x: -np.sum((x - 0.3) ** 2, axis=1))
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, steps=3,
+                          accumulate=2, adv_min_count=12, seed=4)
+    trainer.step()
+    tracker = DDPOTracker(16, 12)
+    prompts = np.zeros(16, dtype=int)
+    expected = tracker.update(prompts, np.concatenate(calls[-2:]))
+    both = np.concatenate(calls[-2:])
+    np.testing.assert_allclose(expected, (both - both.mean()) / (both.std() + 1e-6), rtol=1e-14)
+    assert trainer.tracker.state() == {0: list(tracker.stats[0])}
+    batches = [trainer.rollout(micro=j) for j in range(2)]
+    trainer.batch_advantages(batches)
+    expected = tracker.update(prompts, np.concatenate(calls[-2:]))
+    np.testing.assert_allclose(np.concatenate([b["adv"] for b in batches]), np.clip(expected, -5, 5),
+                               rtol=1e-13, atol=1e-13)
+
+
+def test_contradictory_or_unknown_conventions_are_refused_naming_them():
+    policy, ref = make_models(0)
+    cases = [
+        ("ddpo", {"adv_std": "batch"}, r"adv_std='batch' contradicts adv_tracker='per_prompt'"),
+        ("ddpo", {"zero_std": "drop"}, r"zero_std='drop' contradicts adv_tracker='per_prompt'"),
+        ("flow-grpo", {"adv_std": "global"}, r"adv_std='global' must be one of"),
+        ("flow-grpo", {"adv_ddof": 2}, r"adv_ddof=2"),
+        ("flow-grpo", {"kl_denominator": "approx"}, r"kl_denominator='approx'"),
+        ("flow-grpo", {"zero_std": "skip"}, r"zero_std='skip'"),
+        ("flow-grpo", {"adv_eps": -1.0}, r"adv_eps=-1.0"),
+        ("dance-grpo", {"timestep_subset": "per_step"}, r"timestep_subset='per_step'"),
+        ("dance-grpo", {"sde_sigma": "linear"}, r"sde_sigma='linear'"),
+        ("ddpo", {"adv_buffer_size": 0}, r"adv_buffer_size=0"),
+        ("ddpo", {"vp_schedule": "quadratic"}, r"vp_schedule='quadratic'"),
+        ("rsm-zo", {"zero_std": "drop"}, r"zero_std='drop' is not supported by rollout='branch'"),
+        ("reinforce-kl", {"adv_tracker": "per_prompt", "zero_std": "keep"},
+         r"advantage='center' contradicts adv_tracker='per_prompt'"),
+        ("dance-grpo", {"train_steps": 0.1, "steps": 8}, r"int\(0.1 x 7\) = 0 steps"),
+    ]
+    before = np.from_dlpack(policy.params).copy()
+    for method, opts, message in cases:
+        with pytest.raises(ValueError, match=message):
+            rsm.Trainer(policy, ref, rsm.rewards.quadratic([0.0, 0.0]), method, batch_size=2,
+                        group_size=4, **opts)
+    np.testing.assert_array_equal(np.from_dlpack(policy.params), before)
+
+
+def test_methods_table_and_get_show_the_conventions_and_their_source():
+    rows = {r["method"]: r for r in rsm.methods.table(with_influence=False)}
+    assert rows["flow-grpo"]["source"].startswith("yifan123/flow_grpo@ac4c86e8cae0")
+    assert rows["ddpo"]["source"].startswith("kvablack/ddpo-pytorch@1958463f0201")
+    assert rows["dance-grpo"]["source"].startswith("XueZeyue/DanceGRPO@15cc71d53cc2")
+    assert rows["flow-grpo-exact"]["source"] == "-"
+    for key in ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std", "kl_denominator",
+                "timestep_subset", "sde_sigma"):
+        assert key in rows["flow-grpo"], key
+    assert (rows["flow-grpo"]["zero_std"], rows["ddpo"]["adv_tracker"], rows["dance-grpo"]["sde_sigma"]) \
+        == ("drop", "per_prompt", "constant")
+    assert rsm.methods.get("dance-grpo")["source"] == rows["dance-grpo"]["source"]
+    assert rsm.conventions.SOURCES["flow-grpo"]["commit"] == "ac4c86e8cae021841f1fde853d340e0db67690dd"
+
+
+def test_sde_const_sampler_is_dance_grpos_step():
+    """The 'sde-const' sampler's recorded means and stds are DanceGRPO's flux_step."""
+    policy, _ = make_models(2)
+    ts = dance_grid(6)
+    traj = rsm.sample(policy, 5, rsm.FlowPath(), "sde-const", ts=ts, noise_level=0.3, seed=1,
+                      return_trajectory=True)
+    for i in range(6):
+        cx, cv, std = dance_step(ts, i, 0.3)
+        x = traj.xs[i]
+        np.testing.assert_allclose(traj.means[i], cx * x + cv * fwd(policy, x, ts[i]), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(traj.stds[i], std, rtol=1e-13)

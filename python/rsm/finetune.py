@@ -222,6 +222,7 @@ class Trainer:
         start = time.perf_counter()
         k = self.geometry.accumulate
         batches = [self.rollout(micro=j) for j in range(k)]
+        self.batch_advantages(batches)
         scores = [self._step_scores(b) for b in batches]
         rewards = np.concatenate([r for r, _ in scores])
         valid = np.concatenate([v for _, v in scores])
@@ -241,6 +242,33 @@ class Trainer:
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
         self.history.append(row)
         return row
+
+    def batch_advantages(self, batches: list) -> None:
+        """The advantages of one iteration's rollout micro-batches (accumulate > 1) under the
+        batch-level conventions of rsm.conventions, in place: the batch std and DDPO's tracker
+        see all the iteration's rewards at once, as the released scripts see an epoch's (one
+        tracker update with every reward; one std over them). Per-group conventions and a
+        single micro-batch are left as rollout() computed them."""
+        cfg = self.cfg
+        if len(batches) < 2 or "adv_keys" not in batches[0]:
+            return
+        if cfg.get("adv_std") != "batch" and cfg.get("adv_tracker") is None:
+            return
+        offset, keys = 0, []
+        for b in batches:   # groups stay apart across micro-batches (invalid rows: own keys)
+            k = b["adv_keys"]
+            keys.append(np.where(k >= 0, k + offset, k - offset))
+            offset += int(np.abs(k).max()) + 1
+        adv, mask, pending = _conv.group_advantages(
+            np.concatenate([b["rewards"] for b in batches]), np.concatenate(keys),
+            np.concatenate([b["valid"] for b in batches]), cfg, self.tracker,
+            np.concatenate([b["prompts"] for b in batches]))
+        start = 0
+        for j, b in enumerate(batches):
+            n = len(b["rewards"])
+            b["adv"], b["mask"] = adv[start:start + n], mask[start:start + n]
+            b["tracker_update"] = pending if j == 0 else None   # committed once
+            start += n
 
     # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
     def _step_scores(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -977,8 +1005,9 @@ class Trainer:
                                              eps=cfg["adv_eps"], adv_clip=cfg["adv_clip"],
                                              center_only=center)
             else:   # the released conventions (rsm.conventions): batch std, ddof, trackers
+                batch["adv_keys"], batch["prompts"] = keys, self._prompt_ids(len(rewards))
                 adv, mask, batch["tracker_update"] = _conv.group_advantages(
-                    rewards, keys, valid, cfg, self.tracker, self._prompt_ids(len(rewards)))
+                    rewards, keys, valid, cfg, self.tracker, batch["prompts"])
             if center:
                 adv = adv / cfg["alpha"]
             batch["adv"], batch["mask"] = adv, mask & valid
