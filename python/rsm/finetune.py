@@ -1174,7 +1174,8 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
         if trained is None:
             spec = cfg["train_steps"]
             if isinstance(spec, float):  # expected rows per step of a random subset of 0..S-2
-                frac = max(1, int(round(spec * (steps - 1)))) / (steps - 1)
+                per_sample = cfg.get("timestep_subset") == "per_sample"
+                frac = _conv.subset_count(spec, steps, per_sample) / (steps - 1)
                 rows_per_root = [frac] * (steps - 1) + [0.0]
             else:
                 rows_per_root = [1.0 if i in spec else 0.0 for i in range(steps)]
