@@ -1117,8 +1117,10 @@ def test_refl_gradient_is_the_one_step_pathwise_reward_gradient(path_kind):
     policy, ref = make_models(21)
     center, scale, lam = [1.0, -0.5], 0.7, 1.3
     path = rsm.FlowPath() if path_kind == "flow" else rsm.VPPath("linear")
+    # rsm's earlier loss -lambda r (reward_hinge=None; the released hinge: tests/test_released.py)
     trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "refl", path=path,
-                          batch_size=2, group_size=3, steps=8, late_steps=3, reward_scale=lam)
+                          batch_size=2, group_size=3, steps=8, late_steps=3, reward_scale=lam,
+                          reward_hinge=None, grid="uniform")
     batch = trainer.rollout()
     (row,) = batch["rows"]
     assert 8 - 3 <= row["step"] < 8

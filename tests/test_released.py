@@ -442,3 +442,50 @@ def test_sde_const_sampler_is_dance_grpos_step():
         x = traj.xs[i]
         np.testing.assert_allclose(traj.means[i], cx * x + cv * fwd(policy, x, ts[i]), rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(traj.stds[i], std, rtol=1e-13)
+
+
+# ---- ReFL (THUDM/ImageReward, ImageReward/ReFL.py, scripts/train_refl.sh) ----------------------
+
+def test_refl_gradient_equals_released_refl_py():
+    """ReFL.py: SD1.x's DDPMScheduler with set_timesteps(S) ('leading', steps_offset 1), a random
+    step mid among the last late_steps, ancestral steps before it, one network call at
+    timesteps[mid], pred_original_sample = (x - sqrt(1 - abar) eps) / sqrt(abar), loss
+    relu(2 - r).mean() * scale. The gradient in u: -scale 1[r < 2] (-sqrt(1 - abar) /
+    sqrt(abar)) g / n, chained through the VJP."""
+    policy, ref = make_models(3)
+    scale = 0.7
+    def fn(x, c):
+        x = np.from_dlpack(x)
+        return (2.0 + 0.1 * (x[:, 0] + 18.0) - 0.001 * x[:, 1] ** 2,
+                np.stack([np.full(len(x), 0.1), -0.002 * x[:, 1]], axis=1))
+    reward = rsm.Reward(fn, differentiable=True)
+    S, late = 8, 3
+    trainer = rsm.Trainer(policy, ref, reward, "refl", batch_size=4, group_size=3, steps=S,
+                          late_steps=late, reward_scale=scale, seed=1)
+    cfg = trainer.cfg
+    assert trainer.path.schedule == "scaled_linear" and cfg["grid"] == "leading"
+    assert cfg["refl_sampler"] == "stochastic" and cfg["reward_hinge"] == 2.0
+    assert rsm.methods.get("refl")["steps"] == 40 and rsm.methods.get("refl")["late_steps"] == 10
+    ks = np.arange(S)[::-1] * (1000 // S) + 1
+    np.testing.assert_allclose(trainer.ts[:-1], ks / 1000, rtol=0, atol=0)
+    batch = trainer.rollout()
+    (row,) = batch["rows"]
+    mid = row["step"]
+    assert S - late <= mid <= S - 1
+    x = row["x"]
+    abar = sd_alphas_cumprod()[ks[mid]]
+    u = fwd(policy, x, trainer.ts[mid])
+    x0_hat = (x - np.sqrt(1 - abar) * u) / np.sqrt(abar)
+    r, g = fn(x0_hat, None)
+    assert (r < 2).any() and (r >= 2).any()           # the hinge is active for some samples only
+    cot = -scale * (r < 2)[:, None] * (-np.sqrt(1 - abar) / np.sqrt(abar)) * g / len(r)
+    g_rel = chain(policy, [(x, trainer.ts[mid], cot)])
+    g_rsm, stats = trainer.loss_and_grad(batch)
+    assert rel_err(g_rsm, g_rel) <= RTOL, rel_err(g_rsm, g_rel)
+    assert stats["loss"] == pytest.approx(scale * np.maximum(2 - r, 0).mean(), rel=1e-12)
+    # the mid step is uniform among the last late_steps, redrawn per iteration
+    mids = set()
+    for it in range(12):
+        trainer.iteration = it
+        mids.add(trainer.rollout()["rows"][0]["step"])
+    assert mids == set(range(S - late, S))

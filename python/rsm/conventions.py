@@ -33,6 +33,11 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
     sde_sigma      the flow SDE's noise s~: "flow-grpo" (a sqrt(t / (1 - t)), Flow-GRPO's) or
                    "constant" (s~ = a = noise_level at every t, DanceGRPO's eta: sampler
                    "sde-const")
+    refl_sampler   ReFL's rollout down to its late step: "stochastic" (the released ReFL: the
+                   path's ancestral sampler, DDPMScheduler.step on VP) or "deterministic" (ODE /
+                   DDIM, rsm's earlier form)
+    reward_hinge   ReFL's loss: None (-lambda r) or h (the released lambda relu(h - r), h = 2 on
+                   ImageReward's scale: samples with r >= h carry no gradient)
     vp_schedule    the VPPath schedule a Trainer builds when it is given no path ("linear": rsm's
                    continuous VP; "scaled_linear": SD1.x's discrete table, DDPO's base model)
 
@@ -51,6 +56,7 @@ TIMESTEP_SUBSET = ("per_rollout", "per_sample")
 ADV_TRACKER = (None, "per_prompt")
 SDE_SIGMA = ("flow-grpo", "constant")
 VP_SCHEDULES = ("linear", "cosine", "scaled_linear", "ddpm_linear")
+REFL_SAMPLER = ("deterministic", "stochastic")
 
 # The convention keys and rsm's earlier (RSM-paper) values, which every zeroth-order preset
 # without a released counterpart keeps.
@@ -63,6 +69,7 @@ RSM_DEFAULTS: dict[str, Any] = {
 FLOW_GRPO = "github.com/yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd"
 DDPO = "github.com/kvablack/ddpo-pytorch@1958463f020112c9a7bc85768d296daacc2e1b4b"
 DANCE_GRPO = "github.com/XueZeyue/DanceGRPO@15cc71d53cc2e6e18a68ee607d5fb6ba9a99e344"
+REFL = "github.com/THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb"
 
 SOURCES: dict[str, dict[str, Any]] = {
     "flow-grpo": {
@@ -103,6 +110,28 @@ SOURCES: dict[str, dict[str, Any]] = {
                  "(init_same_noise); PPO clip 1e-4, advantages clamped to +-5; no KL; loss = "
                  "mean over rows; lr 1e-5, weight decay 1e-4, grad-norm clip 1.0.",
     },
+    "refl": {
+        "repository": "THUDM/ImageReward", "commit": REFL.split("@")[1],
+        "files": ["ImageReward/ReFL.py", "scripts/train_refl.sh"],
+        "notes": "SD1.4 DDPMScheduler (scaled_linear, 'leading' + steps_offset 1, fixed_small "
+                 "variance: DDPM's posterior std), set_timesteps(40); per batch a random step "
+                 "mid in 30..39: ancestral steps 0..mid-1 without gradient, then one network "
+                 "call at timesteps[mid] and its pred_original_sample (Tweedie); loss "
+                 "relu(2 - r).mean() * grad_scale (1e-3); lr 1e-5, grad-norm clip 1, EMA. The "
+                 "hinge at 2 is on ImageReward's score scale.",
+    },
+}
+
+# Presets named after published methods whose released code could not be read here (recorded
+# so the table says so rather than implying fidelity).
+UNVERIFIED: dict[str, str] = {
+    "tempflow-grpo": "github.com/Shredded-Pork/TempFlow-GRPO@afe6d339d480 holds the paper and "
+                     "figures only (no training code): the preset follows the paper",
+    "grpo-guard": "no release of the diffusion GRPO-Guard found in the index (hxm2023/GRPO-Guard "
+                  "is an unrelated project): the preset follows the paper",
+    "branch-grpo": "the indexed TianyangLiu-Work/BranchGRPO is an LLM project; the tree options "
+                   "follow the authors' script as read by an earlier session (rsm.tree), not "
+                   "re-verified here",
 }
 
 
@@ -110,7 +139,7 @@ def source_of(name: str) -> str:
     """'repository@commit: files' of a preset that follows released code, else '-'."""
     s = SOURCES.get(name)
     if s is None:
-        return "-"
+        return "unverified: " + UNVERIFIED[name] if name in UNVERIFIED else "-"
     return f"{s['repository']}@{s['commit'][:12]}: {', '.join(f.split(' ')[0] for f in s['files'])}"
 
 
@@ -129,6 +158,11 @@ def check(cfg: dict, method: str = "") -> None:
     one_of("adv_tracker", ADV_TRACKER)
     one_of("sde_sigma", SDE_SIGMA)
     one_of("vp_schedule", VP_SCHEDULES)
+    one_of("refl_sampler", REFL_SAMPLER)
+    hinge = cfg.get("reward_hinge")
+    if hinge is not None and (isinstance(hinge, bool) or not isinstance(hinge, (int, float, np.floating))
+                              or not np.isfinite(hinge)):
+        raise ValueError(f"{where}reward_hinge={hinge!r} must be None or a finite number")
     ddof = cfg.get("adv_ddof", 0)
     if isinstance(ddof, bool) or ddof not in (0, 1):
         raise ValueError(f"{where}adv_ddof={ddof!r} must be 0 (population std) or 1 (unbiased)")
@@ -258,6 +292,21 @@ class PromptTracker:
     def state(self) -> dict:
         """A copy of the buffers (prompt -> list of rewards)."""
         return {k: list(v) for k, v in self.buffers.items()}
+
+
+def hinge_active(cfg: dict, rewards: np.ndarray) -> np.ndarray:
+    """1.0 where ReFL's hinge relu(h - r) has a gradient (r < h), else 0.0; all 1.0 without."""
+    h = cfg.get("reward_hinge")
+    if h is None:
+        return np.ones(len(rewards))
+    return (np.asarray(rewards) < h).astype(np.float64)
+
+
+def hinge_loss(cfg: dict, rewards: np.ndarray) -> np.ndarray:
+    """Per-sample ReFL loss before the scale: relu(h - r), or -r without a hinge."""
+    h = cfg.get("reward_hinge")
+    r = np.asarray(rewards, dtype=np.float64)
+    return -r if h is None else np.maximum(h - r, 0.0)
 
 
 def kl_factor(cfg: dict, dt: float) -> float:

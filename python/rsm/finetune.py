@@ -597,8 +597,12 @@ class Trainer:
         u01 = float(np.from_dlpack(_C.random("uniform", _mix(self.seed, self._draw, 13), 0, 0, 1, "float64"))[0])
         i = steps - late + min(int(u01 * late), late - 1)
         cond = self._cond_rows(self.group_size)
-        traj = sample(self.policy, n, self.path, self.deterministic, ts=self.ts[: i + 1], cond=cond,
-                      seed=_mix(self.seed, self._draw), return_trajectory=True)
+        # refl_sampler: "stochastic" (the released ReFL: DDPMScheduler.step, ancestral) or
+        # "deterministic" (the path's ODE / DDIM)
+        sampler = self.stochastic if cfg.get("refl_sampler") == "stochastic" else self.deterministic
+        traj = sample(self.policy, n, self.path, sampler, ts=self.ts[: i + 1], cond=cond,
+                      noise_level=cfg["noise_level"], seed=_mix(self.seed, self._draw),
+                      return_trajectory=True)
         x = np.ascontiguousarray(traj.x)
         u = np.from_dlpack(self.policy.forward(x, self.ts[i], cond))
         x0_hat = np.from_dlpack(self.path.x0_hat(x, u, np.full(n, self.ts[i])))
@@ -638,7 +642,12 @@ class Trainer:
             p_u = float(np.from_dlpack(self.path.x0_hat(np.zeros((1, 1)), np.ones((1, 1)),
                                                         np.full(1, t)))[0, 0])
             psi = (cfg["reward_scale"] * p_u * batch["grad"][row["traj"]]).astype(self.policy.dtype)
-            coef = row_coefficients(n, conv=1.0, c1=0.5, gamma=1.0, w=w, weight=valid * row["weight"])
+            # the released hinge relu(h - r): samples at or above h carry no gradient but stay
+            # in the batch mean
+            active = (_conv.hinge_active(cfg, batch["rewards"][row["traj"]]) if "rewards" in batch
+                      else 1.0)   # influence(): synthetic rows, no rewards
+            coef = row_coefficients(n, conv=1.0, c1=0.5, gamma=1.0, w=w,
+                                    weight=valid * row["weight"] * active)
             return coef, "score_matching", {"psi": psi, "anchor_current": True}
         if cfg["family"] == "first-order":
             lam = cfg["reward_scale"]
@@ -837,9 +846,10 @@ class Trainer:
             stats["loss"] += float(sum(loss[j] for j in anchors))
             rows = range(k, k + len(b["rows"]))
             k += len(blocks)
-            if self.cfg["estimator"] == "refl":  # ReFL's own loss, -lambda mean r(x0_hat)
-                ok = b["valid"]
-                stats["loss"] += float(-self.cfg["reward_scale"] * b["rewards"][ok].mean()) if ok.any() else 0.0
+            if self.cfg["estimator"] == "refl":  # ReFL's own loss, lambda mean relu(h - r(x0_hat))
+                ok = b["valid"]                  # (or -lambda mean r without a hinge)
+                stats["loss"] += (float(self.cfg["reward_scale"] * _conv.hinge_loss(self.cfg, b["rewards"][ok]).mean())
+                                  if ok.any() else 0.0)
             else:
                 stats["loss"] += float(sum(loss[j] for j in rows))
             stats["kl"] += float(sum(kl[j] for j in rows)) / len(batches)

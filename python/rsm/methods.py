@@ -14,13 +14,15 @@ Rollouts: "sde" (full stochastic trajectories), "branch" (ODE root + single-step
 a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `branch` children at
 `split` evenly spaced steps; node advantages from the rewards of the node's leaves, fused by their
 mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
-"ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
+"ode" (first-order), "refl" (the ancestral sampler, or the ODE, down to a random late step, one
+Tweedie jump).
 
-Released configurations (issue 15): "flow-grpo", "ddpo" and "dance-grpo" default to their
-authors' released training scripts (rsm.conventions.SOURCES: repository, commit, files): path,
-grid, SDE noise, trained steps, advantage statistics, zero-std rule, KL denominator. Every such
-convention is an explicit key (rsm.conventions: adv_std, adv_ddof, adv_eps, adv_tracker,
-zero_std, kl_denominator, timestep_subset, sde_sigma, vp_schedule) with one meaning across
+Released configurations (issue 15): "flow-grpo", "ddpo", "dance-grpo" and "refl" default to
+their authors' released training scripts (rsm.conventions.SOURCES: repository, commit, files):
+path, grid, SDE noise, trained steps, advantage statistics, zero-std rule, KL denominator, ReFL's
+sampler and hinge. Every such convention is an explicit key (rsm.conventions: adv_std, adv_ddof,
+adv_eps, adv_tracker, zero_std, kl_denominator, timestep_subset, sde_sigma, vp_schedule,
+refl_sampler, reward_hinge) with one meaning across
 presets; rsm's earlier (RSM-paper) forms stay available as values of those keys, and as the
 variant preset "flow-grpo-exact" (the exact Gaussian KL, group std and the masked mean of
 RSM-SPEC §9.2.3, on which the paper's comparisons were run).
@@ -206,14 +208,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
               "inner_epochs": 1, "accumulate": 1, "lr": 1e-3, "max_grad_norm": 1.0,
               "weight_decay": 0.0,
               "description": "DRaFT-K: backpropagate the reward through the last K ODE steps"},
-    "refl": {"ema_decay": 0.0, "family": "pathwise", "path": "any", "rollout": "refl", "steps": 20,
-             "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "refl",
-             "form": "score_matching", "late_steps": 5, "reward_scale": 1.0, "kl": 0.0,
+    # released ImageReward/ReFL.py: 40 DDPM steps of SD1.x's table on the leading grid, the
+    # ancestral sampler down to a random step among the last 10, hinge relu(2 - r)
+    "refl": {"ema_decay": 0.0, "family": "pathwise", "path": "any", "rollout": "refl", "steps": 40,
+             "grid": "leading", "vp_schedule": "scaled_linear", "refl_sampler": "stochastic",
+             "reward_hinge": 2.0, "shift": 3.0, "noise_level": 0.7, "estimator": "refl",
+             "form": "score_matching", "late_steps": 10, "reward_scale": 1.0, "kl": 0.0,
              "mean_over_dims": False, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
              "max_grad_norm": 1.0, "weight_decay": 0.0,
-             "description": "ReFL: ODE to a random step among the last late_steps, one Tweedie "
-                            "jump x0_hat, loss -lambda r(x0_hat) back-propagated through that "
-                            "single network call"},
+             "description": "ReFL as released: ancestral sampling to a random step among the "
+                            "last late_steps, one Tweedie jump x0_hat, loss lambda relu(h - "
+                            "r(x0_hat)) back-propagated through that single network call"},
 }
 
 
@@ -231,7 +236,7 @@ BUDGETS: dict[str, list[int]] = {
 # the released-code conventions shown by table() ("-": not a zeroth-order preset)
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
-                      "steps", "vp_schedule")
+                      "steps", "vp_schedule", "refl_sampler", "reward_hinge")
 
 
 def names() -> list[str]:
