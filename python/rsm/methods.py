@@ -215,7 +215,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
              "reward_hinge": 2.0, "shift": 3.0, "noise_level": 0.7, "estimator": "refl",
              "form": "score_matching", "late_steps": 10, "reward_scale": 1.0, "kl": 0.0,
              "mean_over_dims": False, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
-             "max_grad_norm": 1.0, "weight_decay": 0.0,
+             "max_grad_norm": 1.0, "weight_decay": 1e-2,   # ReFL.py adam_weight_decay
              "description": "ReFL as released: ancestral sampling to a random step among the "
                             "last late_steps, one Tweedie jump x0_hat, loss lambda relu(h - "
                             "r(x0_hat)) back-propagated through that single network call"},
