@@ -403,7 +403,7 @@ def test_contradictory_or_unknown_conventions_are_refused_naming_them():
         ("dance-grpo", {"sde_sigma": "linear"}, r"sde_sigma='linear'"),
         ("ddpo", {"adv_buffer_size": 0}, r"adv_buffer_size=0"),
         ("ddpo", {"vp_schedule": "quadratic"}, r"vp_schedule='quadratic'"),
-        ("rsm-zo", {"zero_std": "drop"}, r"zero_std='drop' is not supported by rollout='branch'"),
+        ("rsm-zo", {"zero_std": "drop"}, r"zero_std='drop' contradicts rollout='branch'"),
         ("reinforce-kl", {"adv_tracker": "per_prompt", "zero_std": "keep"},
          r"advantage='center' contradicts adv_tracker='per_prompt'"),
         ("dance-grpo", {"train_steps": 0.1, "steps": 8}, r"int\(0.1 x 7\) = 0 steps"),
@@ -418,10 +418,12 @@ def test_contradictory_or_unknown_conventions_are_refused_naming_them():
 
 def test_methods_table_and_get_show_the_conventions_and_their_source():
     rows = {r["method"]: r for r in rsm.methods.table(with_influence=False)}
-    assert rows["flow-grpo"]["source"].startswith("yifan123/flow_grpo@ac4c86e8cae0")
-    assert rows["ddpo"]["source"].startswith("kvablack/ddpo-pytorch@1958463f0201")
-    assert rows["dance-grpo"]["source"].startswith("XueZeyue/DanceGRPO@15cc71d53cc2")
-    assert rows["flow-grpo-exact"]["source"] == "-"
+    assert "yifan123/flow_grpo@ac4c86e8cae0: scripts/train_sd3.py" in rows["flow-grpo"]["source"]
+    assert "kvablack/ddpo-pytorch@1958463f0201: scripts/train.py" in rows["ddpo"]["source"]
+    assert "XueZeyue/DanceGRPO@15cc71d53cc2: fastvideo/train_grpo_flux.py" in rows["dance-grpo"]["source"]
+    assert "THUDM/ImageReward@c1392c6dd0fd: ImageReward/ReFL.py" in rows["refl"]["source"]
+    assert "exact form" in rows["flow-grpo-exact"]["source"]
+    assert "unverified" in rows["tempflow-grpo"]["source"]
     for key in ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std", "kl_denominator",
                 "timestep_subset", "sde_sigma"):
         assert key in rows["flow-grpo"], key

@@ -41,7 +41,9 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
     vp_schedule    the VPPath schedule a Trainer builds when it is given no path ("linear": rsm's
                    continuous VP; "scaled_linear": SD1.x's discrete table, DDPO's base model)
 
-SOURCES records, per preset, the repository, commit and files whose defaults it follows."""
+SOURCES records, per preset, the repository, commit and files whose defaults it follows. The keys
+are options of rsm.methods.Preset, validated there (values and contradictions, naming both
+keys); this module holds their numerics."""
 from __future__ import annotations
 
 from collections import deque
@@ -141,54 +143,6 @@ def source_of(name: str) -> str:
     if s is None:
         return "unverified: " + UNVERIFIED[name] if name in UNVERIFIED else "-"
     return f"{s['repository']}@{s['commit'][:12]}: {', '.join(f.split(' ')[0] for f in s['files'])}"
-
-
-def check(cfg: dict, method: str = "") -> None:
-    """Validate the convention keys of a preset (with overrides); contradictions name both keys."""
-    where = f"method {method!r}: " if method else ""
-
-    def one_of(key: str, allowed: tuple) -> None:
-        if key in cfg and cfg[key] not in allowed:
-            raise ValueError(f"{where}{key}={cfg[key]!r} must be one of {list(allowed)}")
-
-    one_of("adv_std", ADV_STD)
-    one_of("zero_std", ZERO_STD)
-    one_of("kl_denominator", KL_DENOMINATOR)
-    one_of("timestep_subset", TIMESTEP_SUBSET)
-    one_of("adv_tracker", ADV_TRACKER)
-    one_of("sde_sigma", SDE_SIGMA)
-    one_of("vp_schedule", VP_SCHEDULES)
-    one_of("refl_sampler", REFL_SAMPLER)
-    hinge = cfg.get("reward_hinge")
-    if hinge is not None and (isinstance(hinge, bool) or not isinstance(hinge, (int, float, np.floating))
-                              or not np.isfinite(hinge)):
-        raise ValueError(f"{where}reward_hinge={hinge!r} must be None or a finite number")
-    ddof = cfg.get("adv_ddof", 0)
-    if isinstance(ddof, bool) or ddof not in (0, 1):
-        raise ValueError(f"{where}adv_ddof={ddof!r} must be 0 (population std) or 1 (unbiased)")
-    eps = cfg.get("adv_eps", 1e-4)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"{where}adv_eps={eps!r} must be a finite number >= 0")
-    for key in ("adv_buffer_size", "adv_min_count"):
-        v = cfg.get(key, 1)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{where}{key}={v!r} must be an int >= 1")
-    if cfg.get("adv_tracker") == "per_prompt":
-        if cfg.get("adv_std", "group") == "batch":
-            raise ValueError(f"{where}adv_std='batch' contradicts adv_tracker='per_prompt' (the "
-                             "tracker normalises by each prompt's buffered std); choose one")
-        if cfg.get("zero_std", "keep") != "keep":
-            raise ValueError(f"{where}zero_std={cfg['zero_std']!r} contradicts "
-                             "adv_tracker='per_prompt' (DDPO's tracker has no zero-std case: "
-                             "use zero_std='keep')")
-        if cfg.get("advantage", "group") == "center":
-            raise ValueError(f"{where}advantage='center' contradicts adv_tracker='per_prompt'")
-    if cfg.get("family") == "zeroth-order" and cfg.get("rollout") in ("tree", "branch"):
-        for key, legacy in (("adv_tracker", None), ("zero_std", "mask"), ("adv_std", "group")):
-            if cfg.get(key, legacy) != legacy:
-                raise ValueError(f"{where}{key}={cfg[key]!r} is not supported by rollout="
-                                 f"{cfg['rollout']!r} (its advantages are per (root, step) / "
-                                 f"(root, depth)); keep {key}={legacy!r}")
 
 
 def is_legacy(cfg: dict) -> bool:
