@@ -491,3 +491,25 @@ def test_refl_gradient_equals_released_refl_py():
         trainer.iteration = it
         mids.add(trainer.rollout()["rows"][0]["step"])
     assert mids == set(range(S - late, S))
+
+
+def test_failed_step_leaves_the_tracker_unchanged():
+    """The tracker's buffers change only when a step succeeds (the reward raising at iteration 1
+    leaves the buffers of iteration 0, the policy and the optimizer as they were)."""
+    policy, ref = make_models(1)
+    calls = []
+
+    def reward(x, c):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("reward server down")
+        return -np.sum(np.from_dlpack(x) ** 2, axis=1)
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, steps=3)
+    trainer.step()
+    state, params = trainer.tracker.state(), np.from_dlpack(policy.params).copy()
+    with pytest.raises(RuntimeError, match="reward server down"):
+        trainer.step()
+    assert trainer.tracker.state() == state and len(state[0]) == 8
+    np.testing.assert_array_equal(np.from_dlpack(policy.params), params)
+    trainer.step()                       # the next step goes on from the same buffers
+    assert len(trainer.tracker.state()[0]) == 16
