@@ -237,9 +237,8 @@ class PromptTracker:
         return adv, pending
 
     def commit(self, pending: dict | None) -> None:
-        """Append a batch's rewards (the pending update of `advantages`) to the buffers; micro-
-        batches of one iteration commit one after the other, each computed from the buffers
-        as they were at the start of the iteration."""
+        """Append an iteration's rewards (the pending update of `advantages`, computed over all
+        its micro-batches by Trainer.batch_advantages) to the buffers, in batch order."""
         for key, values in (pending or {}).items():
             self.buffers.setdefault(key, deque(maxlen=self.buffer_size)).extend(values)
 
