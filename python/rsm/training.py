@@ -218,6 +218,8 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     lr = finite_float(lr, "pretrain", "lr", 0.0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"pretrain(): seed must be a non-negative int, got {seed!r}")
+    # kept in Python: it names the type passed, where the core can only say "the model has no
+    # parameters to train" (the binding no longer repeats either)
     if getattr(model, "_core", None) is None or not isinstance(model._core, (_C.MLPCore, _C.DiTCore)):
         raise TypeError(f"pretrain(): model must be an rsm.MLP or rsm.DiT, got {type(model).__name__}")
     if getattr(model, "image_shape", None) is not None and len(getattr(data, "shape", ())) == 4:
