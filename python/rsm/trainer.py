@@ -121,9 +121,13 @@ class Trainer:
         if policy.dim != ref.dim:
             raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
         self.geometry = BatchGeometry.from_method(cfg, batch_size, group_size, dim=policy.dim)
-        if cfg["family"] in ("first-order", "pathwise") and not self.reward.differentiable:
+        if cfg.needs_reward_gradient and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"Trainer(): seed={seed!r} must be an int in [0, 2**64), got {type(seed).__name__}")
+        if not 0 <= seed < 2**64:   # larger seeds would alias smaller ones in the 64-bit streams
+            raise ValueError(f"Trainer(): seed={seed!r} must be an int in [0, 2**64)")
         self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
         self._set_conditions(cond, conditions, policy, ref)
         self.setting = s = make_setting(cfg, self.path, policy.dtype)
@@ -252,7 +256,7 @@ class Trainer:
         epochs = int(cfg["inner_epochs"])
         normalizer = max(sum(blocks.signal_rows(b) for b in batches), 1.0)
         stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
-        if self._pathwise():
+        if cfg.through_sampler:
             return pathwise.draft_update(self.policy, self.optimizer, self.setting, batches, stats)
         per_batch, out = blocks.run(self.policy, self.ref, self.optimizer, self.setting, batches,
                                     normalizer, epochs)
@@ -270,7 +274,7 @@ class Trainer:
     def loss_and_grad(self, batch: Batch, normalizer: float | None = None) -> tuple[np.ndarray, dict]:
         """The objective over all training rows of `batch` at the current policy parameters:
         (flat parameter gradient, stats). Nothing is updated."""
-        if self._pathwise():
+        if self.cfg.through_sampler:
             return pathwise.draft_grad(self.policy, self.setting, batch)
         normalizer = self.normalizer(batch) if normalizer is None else normalizer
         per_batch, out = blocks.run(self.policy, self.ref, self.optimizer, self.setting, [batch],
@@ -285,10 +289,6 @@ class Trainer:
         a signal (valid reward, non-zero-std group), at least 1. Row weights (k_avg / k_i) scale
         the rows but not the denominator."""
         return max(blocks.signal_rows(batch), 1.0)
-
-    def _pathwise(self) -> bool:
-        """DRaFT: the update differentiates through the sampler, not through the objective."""
-        return self.cfg["family"] == "pathwise" and self.cfg["estimator"] == "pathwise"
 
     # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
     def _step_scores(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:

@@ -22,14 +22,14 @@ def tensor(x: np.ndarray) -> Any:
 
 
 def group(tr: Any, batch: Batch) -> None:
-    """zo-group / zo-branch: advantages normalised within each group (batch.keys). Rows with an
+    """zo-group / zo-branch: advantages normalised within each group (batch.groups). Rows with an
     invalid reward get groups of their own, so they do not bias the statistics of the valid rows
     of their group; REINFORCE (advantage "center"): (r - mean_g) / alpha. The released-code
     conventions (rsm.conventions: batch std, ddof, DDPO's per-prompt tracker, zero-std rules)
     are computed in numpy; rsm's earlier ones by the C rsm_group_advantages, bitwise as before.
     A tracker is not changed here: batch["tracker_update"] is committed by Trainer.step."""
     cfg, valid = tr.cfg, batch.valid
-    keys = np.asarray(batch.keys, dtype=np.int64).copy()
+    keys = np.asarray(batch.groups, dtype=np.int64).copy()
     keys[~valid] = -1 - np.flatnonzero(~valid)
     center = cfg.get("advantage") == "center"
     if not center and not _conv.is_legacy(cfg):

@@ -40,5 +40,5 @@ def rollout(tr: Any) -> Batch:
                      "cond": None if cond is None else pick(cond), "weight": 1.0,
                      "log_prob": pick(traj.log_probs[i]).astype(np.float64), "grid": tr.ts,
                      "grid_step": i})
-    return Batch(x0=traj.x, keys=np.arange(n) // tr.group_size, rows=rows, nfe=traj.nfe,
+    return Batch(x0=traj.x, groups=np.arange(n) // tr.group_size, rows=rows, nfe=traj.nfe,
                  cond_x0=cond, states=traj.xs, scored=traj.reward)
