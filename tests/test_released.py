@@ -123,7 +123,7 @@ def quantised(x0):
 def test_flow_grpo_gradient_equals_released_train_sd3(perturb):
     policy, ref = make_models(0)
     reward, calls = reward_recorder(quantised)
-    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=6, group_size=3, steps=6,
+    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=6, group_size=3, sampler_steps=6,
                           clip_eps=0.05, seed=3)
     cfg = trainer.cfg
     assert (cfg["adv_std"], cfg["zero_std"], cfg["kl_denominator"]) == ("batch", "drop", "released")
@@ -167,7 +167,7 @@ def test_flow_grpo_each_released_convention_changes_the_gradient():
     variants = [{"adv_std": "group"}, {"zero_std": "mask"}, {"kl_denominator": "exact", "kl": 0.04},
                 {"train_steps": "all"}]
     effects = convention_effects("flow-grpo", variants, quantised, batch_size=6, group_size=3,
-                                 steps=6, clip_eps=0.05, seed=3)
+                                 sampler_steps=6, clip_eps=0.05, seed=3)
     assert all(e > 1e-3 for e in effects), effects
     exact = rsm.methods.get("flow-grpo-exact")
     assert (exact["adv_std"], exact["zero_std"], exact["kl_denominator"], exact["kl"]) == \
@@ -233,7 +233,7 @@ def test_ddpo_gradient_equals_released_train_py_with_tracker_buffers(perturb):
     policy, ref = make_models(1)
     reward, calls = reward_recorder(lambda x: -np.sum((x - 0.3) ** 2, axis=1))
     S = 5
-    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, steps=S,
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, sampler_steps=S,
                           clip_eps=0.05, seed=5)
     cfg = trainer.cfg
     assert trainer.path.schedule == "scaled_linear" and cfg["grid"] == "leading"
@@ -266,7 +266,7 @@ def test_ddpo_tracker_keys_prompts_by_condition():
     np.from_dlpack(policy.params)[:] = 0.25 * np.random.default_rng(0).standard_normal(policy.num_params)
     ref = policy.copy()
     reward, calls = reward_recorder(lambda x: x[:, 0] - x[:, 1] ** 2)
-    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=3, steps=3,
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=3, sampler_steps=3,
                           conditions=np.array([0, 1, 2]), adv_buffer_size=4, adv_min_count=4)
     tracker = DDPOTracker(4, 4)
     for it in range(3):
@@ -322,7 +322,7 @@ def test_dance_grpo_gradient_equals_released_train_grpo_flux(perturb):
     policy, ref = make_models(2)
     reward, calls = reward_recorder(lambda x: np.sin(2 * x[:, 0]) + x[:, 1])
     S, G = 8, 4
-    trainer = rsm.Trainer(policy, ref, reward, "dance-grpo", batch_size=3, group_size=G, steps=S,
+    trainer = rsm.Trainer(policy, ref, reward, "dance-grpo", batch_size=3, group_size=G, sampler_steps=S,
                           clip_eps=0.05, seed=2)
     cfg = trainer.cfg
     assert cfg["sde_sigma"] == "constant" and cfg["noise_level"] == 0.3 and cfg["grid"] == "shift"
@@ -358,7 +358,7 @@ def test_batch_std_and_tracker_span_the_iterations_micro_batches():
     the tracker once."""
     policy, ref = make_models(0)
     reward, calls = reward_recorder(quantised)
-    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=3, group_size=3, steps=4,
+    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=3, group_size=3, sampler_steps=4,
                           accumulate=2, seed=4)
     batches = [trainer.rollout(micro=j) for j in range(2)]
     trainer.batch_advantages(batches)
@@ -373,7 +373,7 @@ def test_batch_std_and_tracker_span_the_iterations_micro_batches():
     np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), adv != 0)
     # DDPO: one prompt, buffer 16, min_count 12: 2 x 8 = 16 rewards reach min_count together
     reward, calls = reward_recorder(lambda x: -np.sum((x - 0.3) ** 2, axis=1))
-    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, steps=3,
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, sampler_steps=3,
                           accumulate=2, adv_min_count=12, seed=4)
     trainer.step()
     tracker = DDPOTracker(16, 12)
@@ -406,7 +406,7 @@ def test_contradictory_or_unknown_conventions_are_refused_naming_them():
         ("rsm-zo", {"zero_std": "drop"}, r"zero_std='drop' contradicts rollout='branch'"),
         ("reinforce-kl", {"adv_tracker": "per_prompt", "zero_std": "keep"},
          r"advantage='center' contradicts adv_tracker='per_prompt'"),
-        ("dance-grpo", {"train_steps": 0.1, "steps": 8}, r"int\(0.1 x 7\) = 0 steps"),
+        ("dance-grpo", {"train_steps": 0.1, "sampler_steps": 8}, r"int\(0.1 x 7\) = 0 steps"),
     ]
     before = np.from_dlpack(policy.params).copy()
     for method, opts, message in cases:
@@ -462,7 +462,7 @@ def test_refl_gradient_equals_released_refl_py():
                 np.stack([np.full(len(x), 0.1), -0.002 * x[:, 1]], axis=1))
     reward = rsm.Reward(fn, differentiable=True)
     S, late = 8, 3
-    trainer = rsm.Trainer(policy, ref, reward, "refl", batch_size=4, group_size=3, steps=S,
+    trainer = rsm.Trainer(policy, ref, reward, "refl", batch_size=4, group_size=3, sampler_steps=S,
                           late_steps=late, reward_scale=scale, seed=1)
     cfg = trainer.cfg
     assert trainer.path.schedule == "scaled_linear" and cfg["grid"] == "leading"
@@ -504,7 +504,7 @@ def test_failed_step_leaves_the_tracker_unchanged():
         if len(calls) == 2:
             raise RuntimeError("reward server down")
         return -np.sum(np.from_dlpack(x) ** 2, axis=1)
-    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, steps=3)
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, sampler_steps=3)
     trainer.step()
     state, params = trainer.tracker.state(), np.from_dlpack(policy.params).copy()
     with pytest.raises(RuntimeError, match="reward server down"):
@@ -513,3 +513,19 @@ def test_failed_step_leaves_the_tracker_unchanged():
     np.testing.assert_array_equal(np.from_dlpack(policy.params), params)
     trainer.step()                       # the next step goes on from the same buffers
     assert len(trainer.tracker.state()[0]) == 16
+
+
+def test_tracker_buffers_survive_save_and_load(tmp_path):
+    """Trainer.save / Trainer.load keep DDPO's buffers: the resumed run continues bitwise."""
+    policy, ref = make_models(1)
+    reward = rsm.rewards.quadratic([0.3, -0.2])
+    trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, sampler_steps=3,
+                          kl_every=0)
+    trainer.step()
+    trainer.save(tmp_path / "run.safetensors")
+    resumed = rsm.Trainer.load(tmp_path / "run.safetensors", ref, reward)
+    assert resumed.tracker.state() == trainer.tracker.state() and len(trainer.tracker.state()[0]) == 8
+    a, b = trainer.step(), resumed.step()
+    assert a["loss"] == b["loss"] and a["reward_mean"] == b["reward_mean"]
+    np.testing.assert_array_equal(np.from_dlpack(trainer.policy.params),
+                                  np.from_dlpack(resumed.policy.params))

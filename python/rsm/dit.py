@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C, guards
 from ._args import as_times, positive_int, rows_of
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
@@ -244,6 +244,7 @@ class DiT(_DiTCompute):
                     c["num_classes"], self.seed, c["dtype"], checkpoint=c["checkpoint"],
                     temb_dim=c["temb_dim"])
         np.from_dlpack(other.params)[...] = np.from_dlpack(self.params)
+        guards.copy_path(self, other)
         return other
 
     def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
@@ -252,7 +253,7 @@ class DiT(_DiTCompute):
         from ._build import __version__
 
         meta = {"rsm_class": "DiT", "rsm_version": __version__, "config": json.dumps(self.config),
-                "seed": str(self.seed)}
+                "seed": str(self.seed), **guards.path_metadata(self)}
         if metadata:
             meta.update({str(k): str(v) for k, v in metadata.items()})
         io.save_file(self.named_params(), path, metadata=meta)
@@ -272,6 +273,7 @@ class DiT(_DiTCompute):
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"load(): {path} has no valid DiT config in its metadata ({exc})") from None
         _fill(model.named_params(), tensors, path, prefix)
+        guards.restore_path(model, meta)
         return model
 
 
@@ -375,7 +377,8 @@ class LoRADiT(_DiTCompute):
         meta = {"rsm_class": "LoRADiT", "rsm_version": __version__,
                 "config": json.dumps(self.base.config), "seed": str(self.base.seed),
                 "lora": json.dumps({"rank": self.rank, "alpha": self.alpha,
-                                    "targets": list(self.targets), "seed": self.seed})}
+                                    "targets": list(self.targets), "seed": self.seed}),
+                **guards.path_metadata(self)}
         if metadata:
             meta.update({str(k): str(v) for k, v in metadata.items()})
         io.save_file(tensors, path, metadata=meta)
