@@ -13,7 +13,7 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                                  iterations; with fewer than `adv_min_count` rewards buffered
                                  the whole batch's mean and std are used instead
     zero_std       what happens to samples that carry no signal:
-                   "mask"  rsm's masked mean (RSM-SPEC §9.2.3): zero-std groups get A = 0, no
+                   "mask"  rsm's masked mean (THEORY.md §9.2.3): zero-std groups get A = 0, no
                            policy term and no place in the normaliser; their KL rows still count
                    "drop"  Flow-GRPO: every sample whose advantage is exactly 0 (all samples of a
                            zero-std group, and any sample exactly at its group's mean) is removed
@@ -21,7 +21,7 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                    "keep"  DDPO / DanceGRPO: no special case, A = (r - mean) / (std + eps) and
                            every sample is a row of the mean
     kl_denominator "exact"     the Gaussian KL of the step, |mu - mu_ref|^2 / (2 std^2),
-                               std^2 = s~^2 dt (rsm's form, RSM-SPEC §11)
+                               std^2 = s~^2 dt (rsm's form, THEORY.md §11)
                    "released"  Flow-GRPO's train_sd3.py: |mu - mu_ref|^2 / (2 s~^2), s~ = std /
                                sqrt(dt), i.e. dt times the exact KL (its beta is 10x rsm's on a
                                10-step grid for the same pull)

@@ -24,7 +24,7 @@ denominator, ReFL's sampler and hinge. Each such convention is an explicit optio
 meaning across presets (adv_std, adv_ddof, adv_eps, adv_tracker, zero_std, kl_denominator,
 timestep_subset, sde_sigma, vp_schedule, refl_sampler, reward_hinge); rsm's earlier
 (RSM-paper) forms stay available as values of those options, and as the variant preset
-"flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of RSM-SPEC §9.2.3).
+"flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of THEORY.md §9.2.3).
 
 Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 
@@ -59,6 +59,7 @@ __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
                       "steps", "vp_schedule", "refl_sampler", "reward_hinge")
+_PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
 
 
 def table(path: Any = None, with_influence: bool = True) -> Any:
@@ -91,4 +92,8 @@ def table(path: Any = None, with_influence: bool = True) -> Any:
                 rows[-1][key] = [None if not np.isfinite(v) else float(f"{v:.6g}") for v in info[name]]
     from ..display import Table   # a list of the row dicts that prints as a table
 
-    return Table(rows, columns=[k for k in rows[0] if k not in ("t", "h", "C1", "gamma", "C2", "psi_scale")])
+    # the per-timestep lists, the source and most conventions stay in the row dicts, out of the
+    # printed columns (a line under 200 characters); table()[i][key] reads every one
+    hidden = ("t", "h", "C1", "gamma", "C2", "psi_scale", "source") + tuple(
+        k for k in _TABLE_CONVENTIONS if k not in _PRINTED_CONVENTIONS)
+    return Table(rows, columns=[k for k in rows[0] if k not in hidden])

@@ -61,7 +61,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                                  "batch std advantages, zero-advantage samples dropped, PPO ratio "
                                  "clip, KL beta |mu - mu_ref|^2 / (2 s~^2)"},
     # the paper's / rsm's earlier form: exact Gaussian KL (its beta 0.004 ~ 0.04 dt on the
-    # 10-step grid), group std, the masked mean of RSM-SPEC §9.2.3 (zero-std groups keep their
+    # 10-step grid), group std, the masked mean of THEORY.md §9.2.3 (zero-std groups keep their
     # KL rows); the Figs. 3-6 runs of docs/RESULTS.md used it
     "flow-grpo-exact": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
                         "train_steps": "no_last", "form": "ppo", "reweight": "base",
@@ -394,15 +394,15 @@ SOURCES: dict[str, str] = {
 }
 
 SOURCES["flow-grpo"] = ("Flow-GRPO (Liu et al. 2025) as released: " + _conv.source_of("flow-grpo")
-                        + "; RSM-SPEC §6.3.5")
-SOURCES["flow-grpo-exact"] = ("Flow-GRPO in rsm's exact form (group std, masked mean RSM-SPEC "
-                              "§9.2.3, exact Gaussian KL, beta 0.004); RSM-SPEC §6.3.5")
+                        + "; THEORY.md §6.3.5")
+SOURCES["flow-grpo-exact"] = ("Flow-GRPO in rsm's exact form (group std, masked mean THEORY.md "
+                              "§9.2.3, exact Gaussian KL, beta 0.004); THEORY.md §6.3.5")
 SOURCES["dance-grpo"] = ("DanceGRPO (Xue et al. 2025) as released: " + _conv.source_of("dance-grpo")
-                         + "; RSM-SPEC §6.3.5")
+                         + "; THEORY.md §6.3.5")
 SOURCES["ddpo"] = ("DDPO (Black et al. 2024) as released: " + _conv.source_of("ddpo")
-                   + "; RSM-SPEC §6.3.5")
+                   + "; THEORY.md §6.3.5")
 SOURCES["refl"] = ("ReFL (Xu et al. 2023) as released: " + _conv.source_of("refl")
-                   + "; RSM-SPEC §6.3.11")
+                   + "; THEORY.md §6.3.11")
 for _name in _conv.UNVERIFIED:
     SOURCES[_name] += "; " + _conv.source_of(_name)
 
