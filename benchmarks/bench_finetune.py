@@ -195,8 +195,10 @@ def main() -> int:
     # ---- Flow-GRPO
     policy, ref = models()
     reward = rsm.rewards.quadratic([2.0, 0.0])
-    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=PROMPTS, group_size=GROUP,
-                          lr=LR, kl_every=0)
+    # the twin below is Flow-GRPO in rsm's exact form (group std, exact KL with beta 0.004):
+    # since issue 15 that is the preset flow-grpo-exact ("flow-grpo" follows the released script)
+    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo-exact", batch_size=PROMPTS,
+                          group_size=GROUP, lr=LR, kl_every=0)
     ts = trainer.ts
     coef = [(c["A"], -c["K"], c["std"]) for c in rsm.step_coefficients(trainer.path, ts, "sde", noise_level=A)]
     tp, tr = twin_of(policy), twin_of(ref)

@@ -9,7 +9,7 @@ rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg)
     RSM_CHECK(cfg->steps >= 1, RSM_ERR_VALUE, "steps=%lld must be >= 1", (long long)cfg->steps);
     RSM_CHECK(cfg->row_offset >= 0, RSM_ERR_VALUE, "row_offset=%lld must be >= 0",
               (long long)cfg->row_offset);
-    RSM_CHECK(cfg->kind >= RSM_SAMPLER_EULER && cfg->kind <= RSM_SAMPLER_DDIM, RSM_ERR_VALUE,
+    RSM_CHECK(cfg->kind >= RSM_SAMPLER_EULER && cfg->kind <= RSM_SAMPLER_SDE_CONST, RSM_ERR_VALUE,
               "unknown sampler kind %d", (int)cfg->kind);
     for (int64_t i = 0; i <= cfg->steps; i++) RSM_TRY(rsm_path_check_time(path, cfg->ts[i]));
     for (int64_t i = 0; i < cfg->steps; i++) {
@@ -17,6 +17,9 @@ rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg)
                   "time grid must decrease strictly: ts[%lld]=%g, ts[%lld]=%g", (long long)i,
                   cfg->ts[i], (long long)(i + 1), cfg->ts[i + 1]);
     }
+    if (cfg->kind == RSM_SAMPLER_SDE_CONST)
+        RSM_CHECK(isfinite(cfg->noise_level) && cfg->noise_level >= 0, RSM_ERR_VALUE,
+                  "noise_level=%g must be finite and >= 0", cfg->noise_level);
     if (cfg->kind == RSM_SAMPLER_SDE) {
         RSM_CHECK(isfinite(cfg->noise_level) && cfg->noise_level >= 0, RSM_ERR_VALUE,
                   "noise_level=%g must be finite and >= 0", cfg->noise_level);
@@ -108,12 +111,16 @@ rsm_sampler_step_coef(const rsm_path *path, const rsm_sampler_config *cfg, int64
         rsm_velocity_coef(path, s.t_next, &s.v_x_next, &s.v_u_next);
         s.heun = isfinite(s.v_x_next) && isfinite(s.v_u_next);
         break;
-    case RSM_SAMPLER_SDE: {
+    case RSM_SAMPLER_SDE:
+    case RSM_SAMPLER_SDE_CONST: {
         if (!in_window) break;
         /* Flow-GRPO: sigma~ = a sqrt(t / (1 - t*)), t* = t except at t = 1 where 1 - t* uses the
-         * second grid point (its t_max), so that the first step's std equals a * sqrt(dt/(1-ts[1])). */
+         * second grid point (its t_max), so that the first step's std equals a * sqrt(dt/(1-ts[1])).
+         * DanceGRPO (SDE_CONST): sigma~ = a at every t. */
         double t_star = s.t >= 1.0 ? cfg->ts[1] : s.t;
-        double sde_sigma = cfg->noise_level * sqrt(s.t / (1.0 - t_star));
+        double sde_sigma = cfg->kind == RSM_SAMPLER_SDE_CONST
+                               ? cfg->noise_level
+                               : cfg->noise_level * sqrt(s.t / (1.0 - t_star));
         rsm_path_coef c = rsm_path_coef_at(path, s.t);
         rsm_param_map m = rsm_param_map_at(rsm_path_native_param(path), c);
         /* mu = x - dt [v - (sigma~^2 / 2) score], score = -eps_hat / sigma */

@@ -11,6 +11,7 @@
  *   HEUN  : second-order ODE (Euler on the last step into t = 0 for VP)  (deterministic)
  *   SDE   : Flow-GRPO's SDE, x' = x - dt [v - (s~^2 / 2) score] + s~ sqrt(dt) z,
  *           s~ = a sqrt(t / (1 - t*)), t* = t except t* = ts[1] when t = 1 (Flow-GRPO's t_max)
+ *   SDE_CONST: the same SDE with a constant s~ = a (DanceGRPO's flux_step, its eta)
  *   DDIM  : x' = alpha' x0_hat + sqrt(sigma'^2 - s^2) eps_hat + s z,
  *           s^2 = eta^2 (sigma'^2 / sigma^2) (1 - alpha^2 / alpha'^2); eta = 1 is DDPM's
  *           posterior variance, eta = 0 deterministic DDIM. Written for any path (alpha, sigma).
@@ -34,14 +35,15 @@ typedef enum rsm_sampler_kind {
     RSM_SAMPLER_EULER = 0,
     RSM_SAMPLER_HEUN = 1,
     RSM_SAMPLER_SDE = 2,
-    RSM_SAMPLER_DDIM = 3
+    RSM_SAMPLER_DDIM = 3,
+    RSM_SAMPLER_SDE_CONST = 4
 } rsm_sampler_kind;
 
 typedef struct rsm_sampler_config {
     rsm_sampler_kind kind;
     int64_t steps;          /* number of transitions S */
     const double *ts;       /* [S + 1], strictly decreasing, in [0, 1] */
-    double noise_level;     /* SDE: a (Flow-GRPO's 0.7) */
+    double noise_level;     /* SDE: a (Flow-GRPO's 0.7); SDE_CONST: s~ (DanceGRPO's eta) */
     double eta;             /* DDIM: eta in [0, 1] */
     int64_t window_begin;   /* stochastic only on steps [window_begin, window_end); */
     int64_t window_end;     /* deterministic (ODE / eta = 0) elsewhere */

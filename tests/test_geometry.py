@@ -21,9 +21,14 @@ def test_geometry_counts():
     assert tree.timesteps == 9 and tree.rows_per_rollout == 2 * (3 * 2 + 3 * 4 + 3 * 8)
     policy, ref = make_models()
     trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0, 0]), "ddpo", batch_size=2,
-                          group_size=3, steps=6)
+                          group_size=3, steps=6, vp_schedule="linear")
     assert trainer.geometry.timesteps == 5     # VP's last step into t = 0 is deterministic
     assert "2 conditions x 3 samples x 5 timesteps" in str(trainer.geometry)
+    # DDPO's released SD1.x table (the preset's default): abar(0) = abar[0] < 1, every step
+    # stochastic and trained
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0, 0]), "ddpo", batch_size=2,
+                          group_size=3, steps=6)
+    assert trainer.path.schedule == "scaled_linear" and trainer.geometry.timesteps == 6
 
 
 def never_called(x, cond):
@@ -33,7 +38,7 @@ def never_called(x, cond):
 @pytest.mark.parametrize("method,kwargs,message", [
     ("branch-grpo", {"group_size": 6}, r"branch=2 \*\* split=3 = 8 leaves per root, but group_size=6"),
     ("branch-grpo", {"split": 5, "steps": 4, "group_size": 32}, r"split=5 .*steps=4"),
-    ("refl", {"late_steps": 20}, r"late_steps=20 .*steps - 1 = 19"),
+    ("refl", {"late_steps": 40}, r"late_steps=40 .*steps - 1 = 39"),
     ("draft", {"truncation": 30}, r"truncation=30 exceeds the steps=20"),
     ("refl", {"inner_epochs": 2}, r"inner_epochs=2 must be 1"),
     ("flow-grpo", {"train_steps": [0, 7], "steps": 5}, r"train_steps=\[0, 7\] .*steps=5"),

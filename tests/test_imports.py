@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["rsm._C", "rsm._cuda", "rsm._cpu", "rsm._build", "rsm._build_config", "rsm._args",
               "rsm._reward", "rsm.io"]),
     ("numerics", ["rsm.paths", "rsm.models", "rsm.dit", "rsm.guidance", "rsm.sampling",
-                  "rsm.training", "rsm.kl", "rsm.objective", "rsm.tree", "rsm.geometry",
+                  "rsm.training", "rsm.kl", "rsm.objective", "rsm.tree", "rsm.conventions", "rsm.geometry",
                   "rsm.estimators", "rsm.cuda", "rsm.rewards", "rsm.image_rewards", "rsm.datasets",
                   "rsm.image_datasets", "rsm.metrics", "rsm.guards", "rsm.display", "rsm.loggers",
                   "rsm.distributed", "rsm.ray_pool"]),

@@ -76,7 +76,9 @@ def test_flow_grpo_equals_ppo_surrogate_with_kl(perturb):
     policy, ref = make_models(0)
     reward = rsm.rewards.quadratic([1.0, -1.0])
     beta, eps, a = 0.3, 0.02, 0.7
-    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=3, group_size=4,
+    # rsm's exact form (exact Gaussian KL, group std, masked mean): since issue 15 the variant
+    # preset flow-grpo-exact; "flow-grpo" follows the released script (tests/test_released.py)
+    trainer = rsm.Trainer(policy, ref, reward, "flow-grpo-exact", batch_size=3, group_size=4,
                           kl=beta, clip_eps=eps, steps=4, grid="uniform")
     batch = trainer.rollout()
     if perturb:  # a later inner epoch: the policy has moved away from the rollout policy
@@ -365,7 +367,8 @@ def ratio_preset_gradients(method, path_kind, perturb, **overrides):
 @pytest.mark.parametrize("perturb", [False, True], ids=["theta=theta_old", "theta!=theta_old"])
 @pytest.mark.parametrize("method,path_kind,overrides", [
     ("ddpo", "vp", {"clip_eps": 0.05}),
-    ("dance-grpo", "flow", {"clip_eps": 0.05, "train_steps": "all"}),
+    ("dance-grpo", "flow", {"clip_eps": 0.05, "train_steps": "all", "sde_sigma": "flow-grpo",
+                            "noise_level": 0.7}),
     ("grpo-guard", "flow", {"clip_eps": 0.01}),
     ("pcpo", "flow", {"clip_eps": 0.05}),
     ("pcpo-base", "flow", {"clip_eps": 0.05, "kl": 0.1}),
@@ -380,8 +383,10 @@ def test_ratio_presets_equal_their_original_objectives(method, path_kind, overri
 
 def test_dance_grpo_shares_initial_noise_and_subsamples_steps():
     policy, ref = make_models(4)
+    # rsm's earlier one subset per rollout (timestep_subset="per_rollout"); the released
+    # per-sample subsets are tested in tests/test_released.py
     trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic([0, 0]), "dance-grpo", batch_size=3,
-                          group_size=4, steps=10, train_steps=0.5)
+                          group_size=4, steps=10, train_steps=0.5, timestep_subset="per_rollout")
     batch = trainer.rollout()
     steps = [r["step"] for r in batch["rows"]]
     # half of the 9 trainable transitions (the step into t = 0 is never trained), rounded
@@ -919,8 +924,8 @@ def branch_grpo_reference(rows, leaf_reward, roots, splits, steps, a, ts, *, fus
 
 @pytest.mark.parametrize("opts", [
     {"fusion": "path_prob"},
-    {"fusion": "path_prob", "adv_std": "sample", "width_pruning": 1},
-    {"adv_std": "sample", "depth_pruning": [2], "width_pruning": 2, "width_pruning_ratio": 0.4},
+    {"fusion": "path_prob", "adv_ddof": 1, "width_pruning": 1},
+    {"adv_ddof": 1, "depth_pruning": [2], "width_pruning": 2, "width_pruning_ratio": 0.4},
     {"fusion": "path_prob", "depth_pruning": [6, 7], "depth_pruning_slide": 1, "depth_pruning_stop": 5},
 ], ids=["path_prob", "path_prob-sample_std-width1", "sample_std-depth-width2", "depth_slide"])
 def test_branch_grpo_fusion_and_pruning_equal_the_authors_objective(opts):
@@ -947,7 +952,8 @@ def test_branch_grpo_fusion_and_pruning_equal_the_authors_objective(opts):
         depths = [d - 1 for d in depths]
     adv, signal, kept = branch_grpo_reference(
         whole["rows"], quadratic_reward(whole["x0"], center), roots, splits, steps, a, ts,
-        fusion=opts.get("fusion", "mean"), adv_std=opts.get("adv_std", "population"), depths=depths,
+        fusion=opts.get("fusion", "mean"),
+        adv_std="sample" if opts.get("adv_ddof", 0) else "population", depths=depths,
         width=opts.get("width_pruning", 0), ratio=opts.get("width_pruning_ratio", 0.5),
         trained=range(steps - 1))
     offsets = batch["tree"]["offsets"]
@@ -1006,6 +1012,7 @@ def test_branch_grpo_options_fusion_weights_and_pruning_rules():
     assert tree.depth_pruned_steps({"depth_pruning": [3]}, [0], 100) == {2}
     policy, ref = make_models(0)
     for knob, value, msg in (("fusion", "max", "fusion"), ("adv_std", "unbiased", "adv_std"),
+                             ("adv_ddof", 2, "adv_ddof"), ("zero_std", "drop", "zero_std.*tree"),
                              ("depth_pruning", [0], "depth_pruning"), ("depth_pruning", [11], "depth_pruning"),
                              ("depth_pruning_slide", -1, "depth_pruning_slide"),
                              ("width_pruning", 3, "width_pruning"),
@@ -1112,8 +1119,10 @@ def test_refl_gradient_is_the_one_step_pathwise_reward_gradient(path_kind):
     policy, ref = make_models(21)
     center, scale, lam = [1.0, -0.5], 0.7, 1.3
     path = rsm.FlowPath() if path_kind == "flow" else rsm.VPPath("linear")
+    # rsm's earlier loss -lambda r (reward_hinge=None; the released hinge: tests/test_released.py)
     trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "refl", path=path,
-                          batch_size=2, group_size=3, steps=8, late_steps=3, reward_scale=lam)
+                          batch_size=2, group_size=3, steps=8, late_steps=3, reward_scale=lam,
+                          reward_hinge=None, grid="uniform")
     batch = trainer.rollout()
     (row,) = batch["rows"]
     assert 8 - 3 <= row["step"] < 8

@@ -72,11 +72,14 @@ def test_zero_at_the_reference(method):
     assert trainer.path_kl() > 0.0
 
 
-@pytest.mark.parametrize("method,cond_dim", [("flow-grpo", 0), ("ddpo", 0), ("rsm-zo", 2)])
-def test_matches_an_independent_numpy_computation(method, cond_dim):
+@pytest.mark.parametrize("method,cond_dim,overrides", [
+    ("flow-grpo", 0, {}), ("ddpo", 0, {}), ("ddpo", 0, {"vp_schedule": "linear", "steps": 20}),
+    ("rsm-zo", 2, {})], ids=["flow-grpo", "ddpo", "ddpo-linear-vp", "rsm-zo"])
+def test_matches_an_independent_numpy_computation(method, cond_dim, overrides):
     policy, ref = make_models(3, cond_dim)
     conditions = None if cond_dim == 0 else np.array([[1.0, 0.0], [0.0, -1.0], [0.5, 0.5]])
-    trainer = rsm.Trainer(policy, ref, REWARD, method, batch_size=3, group_size=4, conditions=conditions)
+    trainer = rsm.Trainer(policy, ref, REWARD, method, batch_size=3, group_size=4,
+                          conditions=conditions, **overrides)
     n = 40
     cond = None if conditions is None else conditions[np.arange(n) % 3]
     want = numpy_path_kl(trainer, n, cond)
@@ -84,8 +87,12 @@ def test_matches_an_independent_numpy_computation(method, cond_dim):
     assert want.sum() > 1e-4
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
     assert abs(trainer.path_kl(n) - want.sum()) <= 1e-10 * want.sum()
-    if trainer.path.kind == "vp":   # DDPM into t = 0 is deterministic: no term
+    if trainer.path.kind == "vp" and not trainer.path.discrete:
+        # DDPM into t = 0 on the continuous schedule (abar(0) = 1) is deterministic: no term
         assert got[-1] == 0.0 and trainer.sde[-1]["std"] == 0.0
+    elif trainer.path.kind == "vp":
+        # DDPO's SD1.x table: abar(0) = abar[0] < 1, the last step is stochastic too
+        assert got[-1] > 0.0 and trainer.sde[-1]["std"] > 0.0
 
 
 @pytest.mark.parametrize("method", ["flow-grpo", "adjoint-matching", "ddpo"])
@@ -126,12 +133,17 @@ def test_same_value_for_every_preset_with_the_same_parameters():
 
     base, flow = value("flow-grpo")
     assert base > 0
-    for method in ("rsm-zo", "tempflow-grpo", "branch-grpo", "dance-grpo", "grpo-guard", "pcpo"):
+    for method in ("rsm-zo", "tempflow-grpo", "branch-grpo", "grpo-guard", "pcpo",
+                   "flow-grpo-exact"):
         assert value(method)[0] == base, method
-    for method in ("rsm-fo", "draft", "adjoint-matching"):
+    # dance-grpo rolls out on its own grid with a constant-s~ SDE; its kl_path is Flow-GRPO's
+    # SDE at a = 0.7 (the default for a constant-s~ preset), here on the SD3 grid
+    for method in ("rsm-fo", "draft", "adjoint-matching", "dance-grpo"):
         assert value(method, kl_grid=flow.ts, kl_noise_level=0.7)[0] == base, method
-    vp, _ = value("ddpo")
-    assert vp > 0
+    assert value("dance-grpo", kl_grid=flow.ts)[0] == base
+    # ddpo's released default is SD1.x's table on the leading grid: compare on rsm's linear VP
+    vp, _ = value("ddpo", vp_schedule="linear", grid="uniform", steps=20)
+    assert vp > 0 and value("ddpo")[0] != vp
     for method in ("pcpo-diffusion", "rsm-zo-diffusion", "rsm-fo-diffusion"):
         assert value(method)[0] == vp, method
     # the train-time column sums different rows for the two methods

@@ -18,11 +18,14 @@ rsm_parse_sampler(const char *name, const char *func, rsm_sampler_kind *kind)
         *kind = RSM_SAMPLER_HEUN;
     else if (strcmp(name, "sde") == 0)
         *kind = RSM_SAMPLER_SDE;
+    else if (strcmp(name, "sde-const") == 0)   /* DanceGRPO: s~ = noise_level at every t */
+        *kind = RSM_SAMPLER_SDE_CONST;
     else if (strcmp(name, "ddim") == 0)
         *kind = RSM_SAMPLER_DDIM;
     else {
         rsm_py_raisef(PyExc_ValueError, func,
-                      "sampler must be 'euler', 'heun', 'sde' or 'ddim', got '%s'", name);
+                      "sampler must be 'euler', 'heun', 'sde', 'sde-const' or 'ddim', got '%s'",
+                      name);
         return -1;
     }
     return 0;

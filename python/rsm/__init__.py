@@ -50,7 +50,7 @@ from .models import MLP, GaussianMixtureModel, load  # noqa: E402,F401
 from .dit import DiT, LoRADiT, lora  # noqa: E402,F401
 from .sampling import Trajectory, sample, log_prob, time_grid, step_coefficients  # noqa: E402,F401
 from .training import AdamW, History, pretrain, save_checkpoint, load_checkpoint  # noqa: E402,F401
-from . import kl  # noqa: E402,F401
+from . import kl, conventions  # noqa: E402,F401
 from . import objective, rewards, methods, datasets, metrics, io, estimators  # noqa: E402,F401
 from .rewards import Reward  # noqa: E402,F401
 from .geometry import BatchGeometry  # noqa: E402,F401

@@ -13,6 +13,7 @@ import numpy as np
 
 from .distributed import (Communicator, TiledGradient, check_config, check_same, check_tiles,
                           reduce_scalars, resolve, save_checkpoint, tile_range)
+from . import conventions as _conv
 from .methods import update as blocks
 from .methods.coefficients import anchor_beta
 
@@ -96,7 +97,9 @@ def _tile_batch(shard: TrainerShard, batch: dict, tile: int) -> dict:
     rows = []
     for r in batch["rows"]:
         group = keys[r["traj"]] % count   # sde: the condition; branch: the root (keys + i roots)
-        rows.append(_select(r, (group >= g0) & (group < g1)))
+        sel = (group >= g0) & (group < g1)
+        if sel.any():   # per-sample step subsets (DanceGRPO) can leave a tile without a step
+            rows.append(_select(r, sel))
     anchors = [_select(r, slice(g0, g1)) for r in batch.get("anchor_rows", [])]   # one per root
     tile = batch.copy()
     tile.rows, tile.anchor_rows = rows, anchors
@@ -159,6 +162,35 @@ def _dp_update(trainer: Any, batches: list) -> dict:
     return stats
 
 
+def _global_advantages(trainer: Any, batches: list) -> None:
+    """The batch-level advantage conventions (rsm.conventions: a batch-wide std, DDPO's
+    per-prompt tracker) see the whole batch, as in one process: every rank gathers the batch's
+    rewards, group keys and validity in rank order (the single process's order: ranks own
+    consecutive groups), computes the same advantages and keeps its own rows; the tracker's
+    pending update is then the same on every rank (committed after the update)."""
+    cfg = trainer.cfg
+    if "adv_keys" not in batches[0] or (cfg.get("adv_std") != "batch"
+                                        and cfg.get("adv_tracker") is None):
+        return
+    if len(batches) != 1:
+        raise NotImplementedError(f"Trainer(): accumulate={len(batches)} with adv_std="
+                                  f"{cfg.get('adv_std')!r} / adv_tracker={cfg.get('adv_tracker')!r}"
+                                  " is not data-parallel yet; use accumulate=1")
+    comm, b = trainer._dp.comm, batches[0]
+    first, _ = trainer._groups()
+    row0 = first * trainer.group_size
+    keys = np.asarray(b["adv_keys"], dtype=np.int64)   # local: group ids, -1 - row if invalid
+    keys = np.where(keys >= 0, keys + first, keys - row0)
+    rewards = comm.allgatherv(np.asarray(b.rewards, dtype=np.float64))
+    keys = comm.allgatherv(keys)
+    valid = comm.allgatherv(np.asarray(b.valid, dtype=np.uint8)).astype(bool)
+    prompts = trainer._prompt_ids(rewards.shape[0])
+    adv, mask, pending = _conv.group_advantages(rewards, keys, valid, cfg, trainer.tracker, prompts)
+    n = len(b.rewards)
+    b.adv, b.mask = adv[row0:row0 + n], mask[row0:row0 + n] & b.valid
+    b["tracker_update"] = pending
+
+
 def trainer_step(trainer: Any) -> dict:
     """Trainer.step under data parallelism: each rank rolls out and scores its groups, the
     update reduces the gradient over the ranks, and the history row (reward statistics over the
@@ -167,10 +199,14 @@ def trainer_step(trainer: Any) -> dict:
     evaluation = trainer.kl_eval.columns(trainer.iteration)
     start = time.perf_counter()
     batches = [trainer.rollout(micro=j) for j in range(trainer.geometry.accumulate)]
+    _global_advantages(trainer, batches)
     scores = [trainer._step_scores(b) for b in batches]
     rewards = comm.allgatherv(np.concatenate([r for r, _ in scores]).astype(np.float64))
     valid = comm.allgatherv(np.concatenate([v for _, v in scores]).astype(np.uint8)).astype(bool)
     stats = _dp_update(trainer, batches)
+    if trainer.tracker is not None:   # the step succeeded: the same update on every rank
+        for b in batches:
+            trainer.tracker.commit(b.get("tracker_update"))
     trainer.iteration += 1
     extra_nfe = trainer._step_extra_nfe()
     rollout_nfe = sum(int(b.nfe) + int(b.adjoint_nfe) for b in batches)

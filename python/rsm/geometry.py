@@ -170,8 +170,17 @@ class BatchGeometry:
                 spec = list(range(steps - trunc, steps))
             if isinstance(spec, list) and rollout == "sde":
                 spec = [i for i in spec if i not in set(deterministic)]
-            timesteps = (max(1, int(round(spec * (steps - 1)))) if isinstance(spec, float)
-                         else len(spec))
+            if isinstance(spec, float):
+                from .conventions import subset_count
+
+                per_sample = cfg.get("timestep_subset", "per_rollout") == "per_sample"
+                timesteps = subset_count(spec, steps, per_sample)
+                if timesteps < 1:
+                    raise ValueError(f"finetune(): train_steps={spec} with timestep_subset="
+                                     f"'per_sample' trains int({spec} x {steps - 1}) = 0 steps "
+                                     "per sample; raise train_steps or steps")
+            else:
+                timesteps = len(spec)
             rows = conditions * group * timesteps
             samples = conditions * group
         if samples * dim >= _MAX_ELEMENTS:

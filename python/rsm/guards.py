@@ -95,9 +95,11 @@ def path_from_info(info: dict[str, Any]) -> Any:
     return VPPath(schedule)
 
 
-def resolve_path(method: str, needs: str, path: Any, policy: Any, ref: Any) -> Any:
+def resolve_path(method: str, needs: str, path: Any, policy: Any, ref: Any,
+                 vp_schedule: str = "linear") -> Any:
     """The path a trainer runs on: `path` if given, else the models' recorded path, else the
-    preset's default (flow for a flow preset, else VP linear). Refuses, naming both sides, when the preset needs
+    preset's default (flow for a flow preset, else VP with the preset's vp_schedule: "linear",
+    or DDPO's / ReFL's SD1.x "scaled_linear"). Refuses, naming both sides, when the preset needs
     another path than the models were trained on, when the given path differs from theirs,
     or when policy and ref were trained on different paths."""
     from .paths import FlowPath, VPPath
@@ -120,7 +122,7 @@ def resolve_path(method: str, needs: str, path: Any, policy: Any, ref: Any) -> A
         return path
     if trained is not None:
         return path_from_info(trained)
-    return FlowPath() if needs == "flow" else VPPath("linear")   # "any": VP linear, as always
+    return FlowPath() if needs == "flow" else VPPath(vp_schedule)   # "any": VP too
 
 
 def _key(info: dict[str, Any]) -> tuple:

@@ -156,6 +156,8 @@ def save_trainer(trainer: Any, file: str | os.PathLike) -> None:
         "path": guards.describe_path(trainer.path), "policy": _model_spec(trainer.policy),
         "ref_digest": params_digest(trainer.ref), "reward": _reward_spec(trainer.reward),
         "reward_name": trainer.reward.name}
+    if getattr(trainer, "tracker", None) is not None:   # DDPO's per-prompt reward buffers
+        info["tracker"] = {str(k): v for k, v in trainer.tracker.state().items()}
     from ._build import __version__
 
     meta = {"rsm_class": "Trainer", "rsm_version": __version__,
@@ -269,6 +271,9 @@ def restore(trainer: Any, file: str | os.PathLike) -> None:
     trainer.optimizer.load_state_dict(state)
     trainer.iteration = int(info["iteration"])
     trainer._draw = trainer.iteration * trainer.geometry.accumulate
+    if trainer.tracker is not None:   # the buffers as saved (prompt ids are ints)
+        for key, values in info.get("tracker", {}).items():
+            trainer.tracker.commit({int(key): [float(v) for v in values]})
     trainer.reward.calls = int(info.get("reward_calls", 0))
     trainer.history = History(history)
 

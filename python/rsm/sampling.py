@@ -10,7 +10,7 @@ import numpy as np
 from . import _C
 from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of
 
-SAMPLERS = ("ode", "euler", "heun", "sde", "ddim", "ddpm")
+SAMPLERS = ("ode", "euler", "heun", "sde", "sde-const", "ddim", "ddpm")
 
 
 def time_grid(steps: int, path: Any = None, grid: str = "uniform", shift: float = 3.0,
@@ -175,7 +175,8 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     """Draw n samples from `model` along `path`.
 
     sampler: "ode"/"euler" and "heun" (probability-flow ODE), "sde" (Flow-GRPO's SDE with noise
-    level a = noise_level), "ddim" (eta, default 0) and "ddpm" (DDIM with eta = 1).
+    level a = noise_level), "sde-const" (the same SDE with a constant s~ = noise_level:
+    DanceGRPO's flux_step, its eta), "ddim" (eta, default 0) and "ddpm" (DDIM with eta = 1).
     ts (or grid/shift) sets the time grid (see time_grid; discrete VP schedules default to
     "leading"). sde_window=(i, j) keeps the steps i..j-1 stochastic and the rest deterministic.
     branch_steps/branch_factor split every row into branch_factor children before each listed step.

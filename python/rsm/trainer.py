@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import conventions as _conv
 from . import dp_finetune as _parallel
 from . import guards as _guards
 from . import kl as _kl
@@ -133,7 +134,8 @@ class Trainer:
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
         # the models' recorded path decides (a preset for another path is refused, rsm.guards)
-        self.path = resolve_path(cfg, _guards.resolve_path(method, cfg["path"], path, policy, ref))
+        self.path = resolve_path(cfg, _guards.resolve_path(method, cfg["path"], path, policy, ref,
+                                                           cfg.get("vp_schedule", "linear")))
         if policy.dim != ref.dim:
             raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
         self.geometry = BatchGeometry.from_method(cfg, batch_size, group_size, dim=policy.dim)
@@ -152,6 +154,9 @@ class Trainer:
         # deterministic one, with their step coefficients; PCPO's DDPM std (THEORY.md §6.3.6)
         self.ts, self.stochastic, self.deterministic = s.ts, s.stochastic, s.deterministic
         self.sde, self.det_coef, self.pcpo_weight = s.sde, s.det_coef, s.pcpo_weight
+        # DDPO's per-prompt reward statistics, kept across iterations (rsm.conventions)
+        self.tracker = (_conv.PromptTracker(cfg["adv_buffer_size"], cfg["adv_min_count"])
+                        if cfg.get("adv_tracker") == "per_prompt" else None)
         self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                                max_grad_norm=cfg["max_grad_norm"], ema_decay=cfg.get("ema_decay", 0.0))
         # the geometry again, now counting only the steps that are stochastic on this path
@@ -162,8 +167,12 @@ class Trainer:
         self._draw = 0   # index of the rollout micro-batch: keys every rollout's random streams
         self._score_rollouts = True   # False only inside check_on_policy's _rollout_rows(score=False)
         self.history = History()
-        self.kl_eval = PathKL(policy, ref, self.path, self.stochastic, self._conditions, self.seed,
-                              self.batch_size * self.group_size, self.ts, cfg["noise_level"],
+        # kl_path is Flow-GRPO's SDE (or DDPM) whatever the preset rolls out with; a constant-s~
+        # preset (dance-grpo) evaluates it at Flow-GRPO's a = 0.7
+        const = self.stochastic == "sde-const"
+        self.kl_eval = PathKL(policy, ref, self.path, "sde" if const else self.stochastic,
+                              self._conditions, self.seed, self.batch_size * self.group_size,
+                              self.ts, 0.7 if const else cfg["noise_level"],
                               kl_every, kl_samples, kl_grid, kl_noise_level)
         self.kl_every, self.kl_samples, self.kl_grid = self.kl_eval.every, self.kl_eval.samples, self.kl_eval.grid
         self.kl_noise_level, self.kl_seed = self.kl_eval.noise_level, self.kl_eval.seed
@@ -210,10 +219,14 @@ class Trainer:
         evaluation = self.kl_eval.columns(self.iteration)   # before the clock: not training time
         start = time.perf_counter()
         batches = [self.rollout(micro=j) for j in range(self.geometry.accumulate)]
+        self.batch_advantages(batches)
         scores = [self._step_scores(b) for b in batches]
         rewards = np.concatenate([r for r, _ in scores])
         valid = np.concatenate([v for _, v in scores])
         stats = self.update(batches)
+        if self.tracker is not None:   # the step succeeded: its rewards enter the buffers
+            for b in batches:
+                self.tracker.commit(b.get("tracker_update"))
         self.iteration += 1
         extra_nfe = self._step_extra_nfe()
         row = {"step": self.iteration - 1,
@@ -226,6 +239,42 @@ class Trainer:
         row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
         self.history.append(row)
         return row
+
+    def batch_advantages(self, batches: list) -> None:
+        """The advantages of one iteration's rollout micro-batches (accumulate > 1) under the
+        batch-level conventions of rsm.conventions, in place: the batch std and DDPO's tracker
+        see all the iteration's rewards at once, as the released scripts see an epoch's (one
+        tracker update with every reward, one std over them). Per-group conventions and a
+        single micro-batch are left as rollout() computed them."""
+        cfg = self.cfg
+        if len(batches) < 2 or "adv_keys" not in batches[0]:
+            return
+        if cfg.get("adv_std") != "batch" and cfg.get("adv_tracker") is None:
+            return
+        offset, keys = 0, []
+        for b in batches:   # groups stay apart across micro-batches (invalid rows: own keys)
+            k = b["adv_keys"]
+            keys.append(np.where(k >= 0, k + offset, k - offset))
+            offset += int(np.abs(k).max()) + 1
+        adv, mask, pending = _conv.group_advantages(
+            np.concatenate([b.rewards for b in batches]), np.concatenate(keys),
+            np.concatenate([b.valid for b in batches]), cfg, self.tracker,
+            np.concatenate([b["prompts"] for b in batches]))
+        start = 0
+        for j, b in enumerate(batches):
+            n = len(b.rewards)
+            b.adv, b.mask = adv[start:start + n], mask[start:start + n] & b.valid
+            b["tracker_update"] = pending if j == 0 else None   # committed once
+            start += n
+
+    def _prompt_ids(self, n: int) -> np.ndarray:
+        """The prompt of every sample of an SDE rollout for per-prompt trackers: the index of its
+        condition in the conditions list (the same prompt across iterations), 0 for all samples
+        of an unconditional model (one prompt)."""
+        if self._conditions is None:
+            return np.zeros(n, dtype=np.int64)
+        idx = (self._draw * self.batch_size + np.arange(self.batch_size)) % self._conditions.shape[0]
+        return np.repeat(idx, n // self.batch_size)
 
     def rollout(self, micro: int = 0) -> Batch:
         """One rollout with rewards and advantages (or reward gradients), as step() would use it:

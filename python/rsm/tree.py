@@ -24,8 +24,8 @@ Fusion ("fusion"):
   training script runs with it off (--tree_prob_weighted false), i.e. "mean", rsm's default.
 
 Depth-wise advantages: the nodes of one root at one depth form a group; A = clip((r - mean) /
-(std + eps), +-adv_clip). "adv_std" = "population" (THEORY.md §7.2, rsm's group statistics) or
-"sample" (the authors' torch.std, Bessel-corrected). Zero-std groups (e.g. a lone root) get A = 0
+(std + eps), +-adv_clip). The preset key adv_ddof (rsm.conventions) = 0: "population" (THEORY.md
+§7.2, rsm's group statistics) or 1: "sample" (the authors' torch.std, Bessel-corrected). Zero-std groups (e.g. a lone root) get A = 0
 and carry no signal. (The authors use eps = 1e-8 and call a std below 1e-6 zero.)
 
 Depth pruning ("depth_pruning": child depths d, i.e. steps d - 1): those transitions are dropped

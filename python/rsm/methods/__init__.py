@@ -14,7 +14,17 @@ Rollouts: "sde" (full stochastic trajectories), "branch" (ODE root + single-step
 a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `branch` children at
 `split` evenly spaced steps; node advantages from the rewards of the node's leaves, fused by their
 mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
-"ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
+"ode" (first-order), "refl" (the ancestral sampler, or the ODE, down to a random late step, one
+Tweedie jump).
+
+Released configurations (issue 15): "flow-grpo", "ddpo", "dance-grpo" and "refl" default to
+their authors' released training scripts (rsm.conventions.SOURCES: repository, commit, files;
+docs/RELEASED.md): path, grid, SDE noise, trained steps, advantage statistics, zero-std rule, KL
+denominator, ReFL's sampler and hinge. Each such convention is an explicit option with one
+meaning across presets (adv_std, adv_ddof, adv_eps, adv_tracker, zero_std, kl_denominator,
+timestep_subset, sde_sigma, vp_schedule, refl_sampler, reward_hinge); rsm's earlier
+(RSM-paper) forms stay available as values of those options, and as the variant preset
+"flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of THEORY.md §9.2.3).
 
 Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 
@@ -45,9 +55,17 @@ from .presets import BUDGETS, PRESETS, SOURCES, Preset, get, names
 __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence", "names", "table"]
 
 
+# the released-code conventions table() shows ("-": an option the preset does not have)
+_TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
+                      "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
+                      "steps", "vp_schedule", "refl_sampler", "reward_hinge")
+_PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
+
+
 def table(path: Any = None, with_influence: bool = True) -> Any:
     """One row per preset: estimator, objective form, reweighting, clip, KL (and the beta of the
-    ODE KL-anchor rows), rollout/branching, and per timestep t (for the preset's own path unless
+    ODE KL-anchor rows), rollout/branching, the released-code conventions (rsm.conventions) and
+    the source the preset follows, and per timestep t (for the preset's own path unless
     `path` is given and matches), read off the engine (rsm.methods.influence): C1, gamma, the relative trust-region weight C2, the
     first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
     (THEORY.md §4.3). Untrained steps hold None. The list prints as a table (plain text, or HTML
@@ -62,7 +80,9 @@ def table(path: Any = None, with_influence: bool = True) -> Any:
                      "kl_anchor": p.get("kl", 0.0) if p.get("kl_anchor", 0.0) is None
                      else p.get("kl_anchor", 0.0),
                      "rollout": p["rollout"],
-                     "branching": p["rollout"] in ("branch", "tree")})
+                     "branching": p["rollout"] in ("branch", "tree"),
+                     **{k: p.get(k, "-") for k in _TABLE_CONVENTIONS},
+                     "source": p["source"]})
         if with_influence:
             use = path if path is not None and p["path"] in ("any", path.kind) else None
             info = influence(name, path=use)
@@ -72,4 +92,8 @@ def table(path: Any = None, with_influence: bool = True) -> Any:
                 rows[-1][key] = [None if not np.isfinite(v) else float(f"{v:.6g}") for v in info[name]]
     from ..display import Table   # a list of the row dicts that prints as a table
 
-    return Table(rows, columns=[k for k in rows[0] if k not in ("t", "h", "C1", "gamma", "C2", "psi_scale")])
+    # the per-timestep lists, the source and most conventions stay in the row dicts, out of the
+    # printed columns (a line under 200 characters); table()[i][key] reads every one
+    hidden = ("t", "h", "C1", "gamma", "C2", "psi_scale", "source") + tuple(
+        k for k in _TABLE_CONVENTIONS if k not in _PRINTED_CONVENTIONS)
+    return Table(rows, columns=[k for k in rows[0] if k not in hidden])

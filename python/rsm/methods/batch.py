@@ -39,6 +39,11 @@ class Batch:
     # ---- advantages / estimates (rsm.methods.estimates)
     adv: np.ndarray | None = None       # zeroth order: advantage per sample (tree: per node)
     mask: np.ndarray | None = None      # rows carrying a training signal
+    # the released-code conventions (rsm.conventions, numpy advantages): group keys with the
+    # invalid rows apart, prompt ids for DDPO's tracker, the tracker update Trainer.step commits
+    adv_keys: np.ndarray | None = None
+    prompts: np.ndarray | None = None
+    tracker_update: dict | None = None
     row_valid: np.ndarray | None = None  # trees: nodes with a valid leaf below
     grad: np.ndarray | None = None      # first order: reward gradient at x0, 0 where invalid
     grad_rows: list | None = None       # per-row reward gradients (fo-next, fo-tweedie)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import conventions as _conv
 from ..objective import row_coefficients
 from .presets import Preset
 from .setting import Setting
@@ -44,6 +45,11 @@ def refl(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, di
     p_u = float(np.from_dlpack(s.path.x0_hat(np.zeros((1, 1)), np.ones((1, 1)),
                                              np.full(1, c["t"])))[0, 0])
     psi = (s.cfg["reward_scale"] * p_u * batch["grad"][row["traj"]]).astype(s.dtype)
+    # the released hinge relu(h - r) (reward_hinge): samples at or above h carry no gradient
+    # but stay in the batch mean (influence()'s synthetic rows have no rewards)
+    rewards = batch.get("rewards")
+    if rewards is not None:
+        weight = weight * _conv.hinge_active(s.cfg, rewards[row["traj"]])
     coef = row_coefficients(n, conv=1.0, c1=0.5, gamma=1.0, w=w, weight=weight)
     return coef, "score_matching", {"psi": psi, "anchor_current": True}
 
@@ -182,15 +188,18 @@ def zeroth_order(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray,
     cfg = s.cfg
     c, w, weight = _weights(s, row, batch)
     # rows without signal (zero-std group) keep A = 0: no policy gradient, but their KL
-    # anchor still counts; rows with an invalid reward are dropped entirely
+    # anchor still counts (zero_std "mask"); rows with an invalid reward are dropped entirely,
+    # and so are the no-signal rows with zero_std "drop" (Flow-GRPO: the sample leaves the batch)
     mask = batch["mask"][row["traj"]].astype(np.float64)
+    if cfg.get("zero_std", "mask") == "drop":
+        weight = weight * mask
     adv = batch["adv"][row["traj"]] * mask
     reweight = REWEIGHTS[cfg.get("reweight", "base")]   # the names: presets.REWEIGHT_NAMES
     w, term_scale, post, ratio_scale = reweight(cfg, c, w, c["std"] / np.sqrt(c["dt"]))
     w_kl = abs(c["K"]) / c["std"]   # the KL anchor always uses the sampler's true weight
     coef = row_coefficients(n, adv=adv, w=w, ratio_scale=ratio_scale, term_scale=term_scale,
-                            post=post, clip_eps=cfg["clip_eps"], kl=cfg["kl"], w_kl=w_kl,
-                            weight=weight)
+                            post=post, clip_eps=cfg["clip_eps"],
+                            kl=cfg["kl"] * _conv.kl_factor(cfg, c["dt"]), w_kl=w_kl, weight=weight)
     return coef, cfg["form"], {"noise": row["noise"], "u_old": row["u_old"]}
 
 

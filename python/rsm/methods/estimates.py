@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import conventions as _conv
 from .._C import from_dlpack
 from ..estimators import first_order_next
 from ..objective import group_advantages
@@ -23,11 +24,20 @@ def tensor(x: np.ndarray) -> Any:
 def group(tr: Any, batch: Batch) -> None:
     """zo-group / zo-branch: advantages normalised within each group (batch.groups). Rows with an
     invalid reward get groups of their own, so they do not bias the statistics of the valid rows
-    of their group; REINFORCE (advantage "center"): (r - mean_g) / alpha."""
+    of their group; REINFORCE (advantage "center"): (r - mean_g) / alpha. The released-code
+    conventions (rsm.conventions: batch std, ddof, DDPO's per-prompt tracker, zero-std rules)
+    are computed in numpy; rsm's earlier ones by the C rsm_group_advantages, bitwise as before.
+    A tracker is not changed here: batch["tracker_update"] is committed by Trainer.step."""
     cfg, valid = tr.cfg, batch.valid
     keys = np.asarray(batch.groups, dtype=np.int64).copy()
     keys[~valid] = -1 - np.flatnonzero(~valid)
     center = cfg.get("advantage") == "center"
+    if not center and not _conv.is_legacy(cfg):
+        batch["adv_keys"], batch["prompts"] = keys, tr._prompt_ids(len(keys))
+        adv, mask, batch["tracker_update"] = _conv.group_advantages(
+            batch.rewards, keys, valid, cfg, tr.tracker, batch["prompts"])
+        batch.adv, batch.mask = adv, mask & valid
+        return
     adv, mask = group_advantages(np.where(valid, batch.rewards, 0.0), keys, eps=cfg["adv_eps"],
                                  adv_clip=cfg["adv_clip"], center_only=center)
     if center:
@@ -38,14 +48,15 @@ def group(tr: Any, batch: Batch) -> None:
 def tree(tr: Any, batch: Batch) -> None:
     """zo-tree, node advantages of a Branch-GRPO tree (rsm.tree): node rewards fused from the
     valid leaves ("fusion": mean of the descendant leaves, or the authors' path-probability
-    weighting), normalised among the nodes of the same (root, depth) ("adv_std"; clipped,
+    weighting), normalised among the nodes of the same (root, depth) ("adv_ddof"; clipped,
     zero-std masked); then width pruning drops transitions after the last split from
     batch.rows. adv, mask and row_valid are over all nodes (ids offsets[d] + j)."""
     cfg, t, valid = tr.cfg, batch.tree, batch.valid
     node_r, node_ok = fuse_rewards(t["distinct"], np.where(valid, batch.rewards, 0.0), valid,
                                    cfg.get("fusion", "mean"), t["edge_log_prob"])
     adv, mask = depth_advantages(node_r, node_ok, t["roots"], eps=cfg["adv_eps"],
-                                 adv_clip=cfg["adv_clip"], adv_std=cfg.get("adv_std", "population"))
+                                 adv_clip=cfg["adv_clip"],
+                                 adv_std="sample" if cfg.get("adv_ddof", 0) else "population")
     node_ok = np.concatenate(node_ok)
     rows = batch.rows
     if cfg.get("width_pruning", 0) and rows:

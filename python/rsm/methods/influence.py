@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import conventions as _conv
 from ..geometry import BatchGeometry, trained_steps, tree_split_steps
 from ..objective import ROW_FIELDS, objective
 from ..tree import depth_pruned_steps
@@ -37,7 +38,8 @@ def _rows_per_root(cfg: Any, steps: int) -> list[float]:
         trained = set(named[spec])
         return [1.0 if i in trained else 0.0 for i in range(steps)]
     if isinstance(spec, float):  # expected rows per step of a random subset of 0..S-2
-        frac = max(1, int(round(spec * (steps - 1)))) / (steps - 1)
+        per_sample = cfg.get("timestep_subset") == "per_sample"   # DanceGRPO: int(f (S - 1))
+        frac = _conv.subset_count(spec, steps, per_sample) / (steps - 1)
         return [frac] * (steps - 1) + [0.0]
     return [1.0 if i in spec else 0.0 for i in range(steps)]
 

@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import conventions as _conv
 from ..objective import FORMS
-from ..tree import ADV_STDS, FUSIONS
+from ..tree import FUSIONS
 
 
 class _Unset:
@@ -177,13 +178,20 @@ OPTIONS: dict[str, Check] = {
     "kl_anchor_reduce": one_of("k_avg", "mean"),
     "kl_anchor_max_ratio": optional(number(0.0, 1.0)),
     "split": integer(1), "branch": integer(2), "fusion": one_of(*FUSIONS),
-    "adv_std": one_of(*ADV_STDS), "depth_pruning": ints(0), "depth_pruning_slide": integer(0),
+    "depth_pruning": ints(0), "depth_pruning_slide": integer(0),
     "depth_pruning_stop": optional(integer(0)), "width_pruning": one_of(0, 1, 2),
     "width_pruning_ratio": number(0.0, 1.0, low_open=True),
     "reward_scale": number(), "eta": one_of(*ETA_NAMES), "reg": number(0.0),
     "kappa": one_of("sigma", "one"), "adaptive": one_of("sigma", "alpha_bar_next"),
     "tweedie_model": one_of("policy", "ref"), "discount": number(0.0, 1.0),
     "truncation": integer(1), "late_steps": integer(1),
+    # rsm.conventions (issue 15): the released code's conventions
+    "adv_std": one_of(*_conv.ADV_STD), "adv_ddof": one_of(0, 1),
+    "adv_tracker": one_of(*_conv.ADV_TRACKER), "adv_buffer_size": integer(1),
+    "adv_min_count": integer(1), "zero_std": one_of(*_conv.ZERO_STD),
+    "kl_denominator": one_of(*_conv.KL_DENOMINATOR), "timestep_subset": one_of(*_conv.TIMESTEP_SUBSET),
+    "sde_sigma": one_of(*_conv.SDE_SIGMA), "vp_schedule": one_of(*_conv.VP_SCHEDULES),
+    "refl_sampler": one_of(*_conv.REFL_SAMPLER), "reward_hinge": optional(number()),
 }
 
 
@@ -212,6 +220,20 @@ def check_combination(p: Any) -> None:
                          "preset does not have")
     if p.kl_anchor is not UNSET and p.kl_anchor != 0.0 and p.rollout != "branch":
         refuse("kl_anchor", "rollout", "KL-anchor rows exist in branch rollouts only")
+    # the released-code conventions (rsm.conventions)
+    if p.adv_tracker == "per_prompt":
+        if p.adv_std == "batch":
+            refuse("adv_std", "adv_tracker", "the tracker normalises by each prompt's buffered std")
+        if p.zero_std is not UNSET and p.zero_std != "keep":
+            refuse("zero_std", "adv_tracker", "DDPO's tracker has no zero-std case: use "
+                                              "zero_std='keep'")
+        if p.advantage == "center":
+            refuse("advantage", "adv_tracker", "REINFORCE centres without statistics")
+    if p.rollout in ("branch", "tree"):
+        for key, earlier in (("adv_tracker", None), ("zero_std", "mask"), ("adv_std", "group")):
+            if getattr(p, key) is not UNSET and getattr(p, key) != earlier:
+                refuse(key, "rollout", f"its advantages are per (root, step) / (root, depth); "
+                                       f"keep {key}={earlier!r}")
 
 
 def suggest(word: str, choices: Any) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from .. import conventions as _conv
 from .options import OPTIONS, UNSET, check_combination, suggest
 
 _COMMON_ZO = {
@@ -32,6 +33,10 @@ _COMMON_ZO = {
     # of the micro-batch's transition rows, a seeded random subset (None: all of them)
     "kl_anchor": 0.0, "kl_anchor_weight": "sampler", "kl_anchor_reduce": "k_avg",
     "kl_anchor_max_ratio": None,
+    # the released-code conventions (rsm.conventions, issue 15), at rsm's earlier values;
+    # sde_sigma: "flow-grpo" (s~ = a sqrt(t/(1-t))) or "constant" (s~ = a, DanceGRPO), the flow
+    # SDE's noise; vp_schedule: the VPPath schedule a Trainer builds when no path is given
+    **_conv.RSM_DEFAULTS, "sde_sigma": "flow-grpo", "vp_schedule": "linear",
 }
 
 _COMMON_FO = {
@@ -47,16 +52,39 @@ _RESIDUAL = {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": 
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # ---- zeroth order: full stochastic trajectories (Table 1 rows REINFORCE+KL, PPO/GRPO/PCPO)
+    # released train_sd3.py + config/grpo.py (geneval_sd3): global std, samples with A = 0
+    # dropped (KL rows too), KL / (2 s~^2) with beta 0.04, the first int(0.99 S) steps
     "flow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
-                  "train_steps": "no_last", "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.004,
-                  "description": "Flow-GRPO: GRPO on Flow-GRPO's SDE, PPO ratio clip, KL beta"},
-    "dance-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                  "train_steps": "no_last", "form": "ppo", "reweight": "base", "clip_eps": 1e-4,
+                  "kl": 0.04, "adv_std": "batch", "zero_std": "drop", "kl_denominator": "released",
+                  "description": "Flow-GRPO as released: GRPO on Flow-GRPO's SDE, group mean / "
+                                 "batch std advantages, zero-advantage samples dropped, PPO ratio "
+                                 "clip, KL beta |mu - mu_ref|^2 / (2 s~^2)"},
+    # the paper's / rsm's earlier form: exact Gaussian KL (its beta 0.004 ~ 0.04 dt on the
+    # 10-step grid), group std, the masked mean of THEORY.md §9.2.3 (zero-std groups keep their
+    # KL rows); the Figs. 3-6 runs of docs/RESULTS.md used it
+    "flow-grpo-exact": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
+                        "train_steps": "no_last", "form": "ppo", "reweight": "base",
+                        "clip_eps": 1e-4, "kl": 0.004,
+                        "description": "Flow-GRPO in rsm's exact form: group std, masked mean, "
+                                       "exact Gaussian KL |mu - mu_ref|^2 / (2 std^2)"},
+    # released train_grpo_flux.py + finetune_flux_grpo.sh: s~ = eta = 0.3 constant on the shifted
+    # grid (16 steps), per-sample random 0.6 of the steps 0..S-2, torch.std (ddof 1) + 1e-8
+    "dance-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 16, "grid": "shift",
                    "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
-                   "shared_noise": True, "train_steps": 0.6,
-                   "description": "DanceGRPO: no KL, one initial noise per group, timestep subsampling"},
-    "ddpo": {**_COMMON_ZO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
-             "form": "ppo", "reweight": "base", "clip_eps": 1e-4, "kl": 0.0,
-             "description": "DDPO (PPO on DDPM transitions, no KL)"},
+                   "shared_noise": True, "train_steps": 0.6, "timestep_subset": "per_sample",
+                   "sde_sigma": "constant", "noise_level": 0.3, "adv_ddof": 1, "adv_eps": 1e-8,
+                   "zero_std": "keep",
+                   "description": "DanceGRPO as released: constant s~ = eta SDE, no KL, one "
+                                  "initial noise per group, per-sample timestep subsets"},
+    # released scripts/train.py + config/dgx.py (compressibility): SD1.x scaled_linear table on
+    # the leading grid (every step stochastic), eta = 1, per-prompt tracker (16, 16), std + 1e-6
+    "ddpo": {**_COMMON_ZO, "path": "vp", "rollout": "sde", "steps": 50, "grid": "leading",
+             "vp_schedule": "scaled_linear", "form": "ppo", "reweight": "base", "clip_eps": 1e-4,
+             "kl": 0.0, "adv_tracker": "per_prompt", "adv_buffer_size": 16, "adv_min_count": 16,
+             "adv_eps": 1e-6, "zero_std": "keep",
+             "description": "DDPO as released (PPO on DDPM transitions of SD1.x's scaled_linear "
+                            "table, leading grid, per-prompt reward tracker, no KL)"},
     "grpo-guard": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 10, "grid": "sd3",
                    "train_steps": "no_last", "form": "ppo", "reweight": "guard", "clip_eps": 1e-4, "kl": 0.0,
                    "description": "GRPO-Guard: RatioNorm (linear part of log rho, x std), 1/dt"},
@@ -80,10 +108,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
                     "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
                     "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3, "branch": 2,
-                    # rsm.tree: reward fusion "mean" | "path_prob", depth-wise std "population" |
-                    # "sample", depth pruning (child depths, sliding window), width pruning 0/1/2;
-                    # defaults = the authors' released script (no weighting, no pruning)
-                    "fusion": "mean", "adv_std": "population", "depth_pruning": [],
+                    # rsm.tree: reward fusion "mean" | "path_prob", depth-wise std with adv_ddof
+                    # 0 (population) | 1 (sample), depth pruning (child depths, sliding window),
+                    # width pruning 0/1/2; defaults = the authors' released script (no
+                    # weighting, no pruning)
+                    "fusion": "mean", "adv_ddof": 0, "depth_pruning": [],
                     "depth_pruning_slide": 0, "depth_pruning_stop": None, "width_pruning": 0,
                     "width_pruning_ratio": 0.5,
                     "description": "Branch-GRPO: SDE tree (split points x branch children, shared "
@@ -159,14 +188,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
               "inner_epochs": 1, "accumulate": 1, "lr": 1e-3, "max_grad_norm": 1.0,
               "weight_decay": 0.0,
               "description": "DRaFT-K: backpropagate the reward through the last K ODE steps"},
-    "refl": {"ema_decay": 0.0, "family": "pathwise", "path": "any", "rollout": "refl", "steps": 20,
-             "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "refl",
-             "form": "score_matching", "late_steps": 5, "reward_scale": 1.0, "kl": 0.0,
+    # released ImageReward/ReFL.py: 40 DDPM steps of SD1.x's table on the leading grid, the
+    # ancestral sampler down to a random step among the last 10, hinge relu(2 - r)
+    "refl": {"ema_decay": 0.0, "family": "pathwise", "path": "any", "rollout": "refl", "steps": 40,
+             "grid": "leading", "vp_schedule": "scaled_linear", "refl_sampler": "stochastic",
+             "reward_hinge": 2.0, "shift": 3.0, "noise_level": 0.7, "estimator": "refl",
+             "form": "score_matching", "late_steps": 10, "reward_scale": 1.0, "kl": 0.0,
              "mean_over_dims": False, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
-             "max_grad_norm": 1.0, "weight_decay": 0.0,
-             "description": "ReFL: ODE to a random step among the last late_steps, one Tweedie "
-                            "jump x0_hat, loss -lambda r(x0_hat) back-propagated through that "
-                            "single network call"},
+             "max_grad_norm": 1.0, "weight_decay": 1e-2,   # ReFL.py adam_weight_decay
+             "description": "ReFL as released: ancestral sampling to a random step among the "
+                            "last late_steps, one Tweedie jump x0_hat, loss lambda relu(h - "
+                            "r(x0_hat)) back-propagated through that single network call"},
 }
 
 
@@ -224,11 +256,21 @@ class Preset(Mapping):
     kl_anchor_weight: Any = UNSET    # "sampler" or a float
     kl_anchor_reduce: str = UNSET
     kl_anchor_max_ratio: Any = UNSET
+    # the released code's conventions (rsm.conventions, issue 15)
+    adv_std: str = UNSET             # "group" | "batch"
+    adv_ddof: int = UNSET            # 0 | 1 (also Branch-GRPO's depth-wise std)
+    adv_tracker: Any = UNSET         # None | "per_prompt" (DDPO's PerPromptStatTracker)
+    adv_buffer_size: int = UNSET
+    adv_min_count: int = UNSET
+    zero_std: str = UNSET            # "mask" | "drop" | "keep"
+    kl_denominator: str = UNSET      # "exact" | "released"
+    timestep_subset: str = UNSET     # "per_rollout" | "per_sample"
+    sde_sigma: str = UNSET           # "flow-grpo" | "constant"
+    vp_schedule: str = UNSET         # the VPPath schedule when no path is given
     # Branch-GRPO trees (rsm.tree)
     split: int = UNSET
     branch: int = UNSET
     fusion: str = UNSET
-    adv_std: str = UNSET
     depth_pruning: tuple = UNSET
     depth_pruning_slide: int = UNSET
     depth_pruning_stop: Any = UNSET
@@ -245,6 +287,8 @@ class Preset(Mapping):
     # pathwise
     truncation: int = UNSET
     late_steps: int = UNSET
+    refl_sampler: str = UNSET        # "stochastic" (released ReFL) | "deterministic"
+    reward_hinge: Any = UNSET        # None | h: ReFL's relu(h - r)
     # documentation
     description: str = UNSET
     source: str = UNSET
@@ -348,6 +392,19 @@ SOURCES: dict[str, str] = {
     "draft": "DRaFT-K (Clark et al. 2024): pathwise; THEORY.md §6.3.11",
     "refl": "ReFL (Xu et al. 2023, ImageReward): one Tweedie jump; THEORY.md §6.3.11",
 }
+
+SOURCES["flow-grpo"] = ("Flow-GRPO (Liu et al. 2025) as released: " + _conv.source_of("flow-grpo")
+                        + "; THEORY.md §6.3.5")
+SOURCES["flow-grpo-exact"] = ("Flow-GRPO in rsm's exact form (group std, masked mean THEORY.md "
+                              "§9.2.3, exact Gaussian KL, beta 0.004); THEORY.md §6.3.5")
+SOURCES["dance-grpo"] = ("DanceGRPO (Xue et al. 2025) as released: " + _conv.source_of("dance-grpo")
+                         + "; THEORY.md §6.3.5")
+SOURCES["ddpo"] = ("DDPO (Black et al. 2024) as released: " + _conv.source_of("ddpo")
+                   + "; THEORY.md §6.3.5")
+SOURCES["refl"] = ("ReFL (Xu et al. 2023) as released: " + _conv.source_of("refl")
+                   + "; THEORY.md §6.3.11")
+for _name in _conv.UNVERIFIED:
+    SOURCES[_name] += "; " + _conv.source_of(_name)
 
 PRESETS: dict[str, Preset] = {name: Preset(name=name, source=SOURCES[name], **options)
                               for name, options in _PRESETS.items()}

@@ -19,7 +19,8 @@ class Setting:
     cfg: Preset
     path: Any
     ts: np.ndarray            # the time grid, steps + 1 points from t = 1 to 0
-    stochastic: str           # the path's stochastic sampler: "sde" (flow) | "ddpm" (VP)
+    stochastic: str           # the path's stochastic sampler: "sde" (flow; "sde-const" with the
+                              # preset's sde_sigma "constant", DanceGRPO) | "ddpm" (VP)
     deterministic: str        # "ode" (flow) | "ddim" (VP)
     sde: list                 # step coefficients of the stochastic sampler: w_i = |K_i| / std_i
     det_coef: list            # step coefficients of the deterministic sampler (DRaFT, VGG-Flow g_phi)
@@ -28,9 +29,10 @@ class Setting:
 
 
 def resolve_path(cfg: Preset, path: Any) -> Any:
-    """The path a preset runs on: `path`, or the preset's default (flow; VP linear), checked."""
+    """The path a preset runs on: `path`, or the preset's default (flow; VP with the preset's
+    vp_schedule, "linear" unless it says otherwise: DDPO's SD1.x "scaled_linear"), checked."""
     if path is None:
-        path = FlowPath() if cfg["path"] == "flow" else VPPath("linear")
+        path = FlowPath() if cfg["path"] == "flow" else VPPath(cfg.get("vp_schedule", "linear"))
     if cfg["path"] not in ("any", path.kind):
         raise ValueError(f"method {cfg['name']!r} runs on the {cfg['path']} path; got {path!r}")
     return path
@@ -40,6 +42,8 @@ def make_setting(cfg: Preset, path: Any, dtype: str) -> Setting:
     """The Setting of preset `cfg` on `path` (resolved) for a policy of `dtype`."""
     ts = time_grid(cfg["steps"], path, cfg["grid"], cfg["shift"])
     stochastic = "sde" if path.kind == "flow" else "ddpm"
+    if path.kind == "flow" and cfg.get("sde_sigma", "flow-grpo") == "constant":
+        stochastic = "sde-const"   # DanceGRPO: s~ = noise_level at every t
     deterministic = "ode" if path.kind == "flow" else "ddim"
     pcpo_weight = float(cfg.get("pcpo_weight", 0.0))
     return Setting(cfg=cfg, path=path, ts=ts, stochastic=stochastic, deterministic=deterministic,

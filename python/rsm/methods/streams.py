@@ -8,6 +8,7 @@ collide. The salts in one place:
   11       the random subset of trained steps (train_steps as a fraction)
   13       ReFL's random late step
   17       the random subset of KL-anchor rows (kl_anchor_max_ratio)
+  19       the per-sample random subsets of trained steps (timestep_subset "per_sample")
   KL_EVAL  path_kl's fixed evaluation seed (with draw index 0), apart from every training draw"""
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ SHARED_NOISE = 7
 TRAIN_STEPS = 11
 REFL_STEP = 13
 KL_ANCHOR_ROWS = 17
+SAMPLE_STEPS = 19
 KL_EVAL = 0x6B6C5F70617468  # "kl_path"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import _C
+from .. import conventions as _conv
 from ..sampling import _model_cond
 from .coefficients import RULES, anchor_kl_weight, kl_anchor
 from .setting import Setting
@@ -85,9 +86,10 @@ def block_stats(cfg: Any, batches: list, per_batch: list, loss: Any, kl: Any, cl
         stats["loss"] += float(sum(loss[j] for j in anchors))
         rows = range(k, k + len(b["rows"]))
         k += len(bl)
-        if cfg["estimator"] == "refl":  # ReFL's own loss, -lambda mean r(x0_hat)
+        if cfg["estimator"] == "refl":  # ReFL's own loss, lambda mean relu(h - r(x0_hat)) (or -r)
             ok = b["valid"]
-            stats["loss"] += float(-cfg["reward_scale"] * b["rewards"][ok].mean()) if ok.any() else 0.0
+            stats["loss"] += (float(cfg["reward_scale"] * _conv.hinge_loss(cfg, b["rewards"][ok]).mean())
+                              if ok.any() else 0.0)
         else:
             stats["loss"] += float(sum(loss[j] for j in rows))
         stats["kl"] += float(sum(kl[j] for j in rows)) / len(batches)

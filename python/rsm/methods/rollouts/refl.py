@@ -1,5 +1,5 @@
-"""ReFL: the ODE from t = 1 down to a random step i among the last `late_steps` (one i per
-rollout, seeded), then one Tweedie jump x0_hat(x_{t_i}, u(x_{t_i})); the reward is taken at x0_hat
+"""ReFL: the ancestral sampler (refl_sampler "stochastic", the released ReFL) or the ODE from
+t = 1 down to a random step i among the last `late_steps` (one i per rollout, seeded), then one Tweedie jump x0_hat(x_{t_i}, u(x_{t_i})); the reward is taken at x0_hat
 (by Trainer.rollout, after this) and the training row is that single network call."""
 from __future__ import annotations
 
@@ -20,8 +20,12 @@ def rollout(tr: Any) -> Batch:
                                        0, 0, 1, "float64"))[0])
     i = steps - late + min(int(u01 * late), late - 1)
     cond = tr._cond_rows(tr.group_size)
-    traj = sample(tr.policy, n, tr.path, tr.deterministic, ts=tr.ts[: i + 1], cond=cond,
-                  seed=streams.mix(tr.seed, tr._draw), return_trajectory=True)
+    # refl_sampler: "stochastic" (the released ReFL: DDPMScheduler.step, ancestral) or
+    # "deterministic" (the path's ODE / DDIM)
+    sampler = tr.stochastic if cfg.get("refl_sampler") == "stochastic" else tr.deterministic
+    traj = sample(tr.policy, n, tr.path, sampler, ts=tr.ts[: i + 1], cond=cond,
+                  noise_level=cfg["noise_level"], seed=streams.mix(tr.seed, tr._draw),
+                  return_trajectory=True)
     x = np.ascontiguousarray(traj.x)
     u = np.from_dlpack(tr.policy.forward(x, tr.ts[i], cond))
     x0_hat = np.from_dlpack(tr.path.x0_hat(x, u, np.full(n, tr.ts[i])))

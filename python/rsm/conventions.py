@@ -1,0 +1,275 @@
+"""The training conventions of the peers' released code, as explicit, validated preset options
+(issue 15): one name per convention across presets, the released scripts as the defaults of the
+presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
+
+    adv_std        "group"   the std of the sample's own group (or tracker buffer)
+                   "batch"   the std of every valid reward of the rollout batch (Flow-GRPO's
+                             `sample.global_std = True`)
+    adv_ddof       0 (population std, numpy's default) or 1 (torch.std's unbiased default)
+    adv_eps        added to the std before dividing
+    adv_tracker    None          group statistics of this batch only (GRPO)
+                   "per_prompt"  DDPO's PerPromptStatTracker: a buffer of the last
+                                 `adv_buffer_size` rewards per prompt (condition), kept across
+                                 iterations; with fewer than `adv_min_count` rewards buffered
+                                 the whole batch's mean and std are used instead
+    zero_std       what happens to samples that carry no signal:
+                   "mask"  rsm's masked mean (THEORY.md §9.2.3): zero-std groups get A = 0, no
+                           policy term and no place in the normaliser; their KL rows still count
+                   "drop"  Flow-GRPO: every sample whose advantage is exactly 0 (all samples of a
+                           zero-std group, and any sample exactly at its group's mean) is removed
+                           from the batch, KL rows and normaliser included
+                   "keep"  DDPO / DanceGRPO: no special case, A = (r - mean) / (std + eps) and
+                           every sample is a row of the mean
+    kl_denominator "exact"     the Gaussian KL of the step, |mu - mu_ref|^2 / (2 std^2),
+                               std^2 = s~^2 dt (rsm's form, THEORY.md §11)
+                   "released"  Flow-GRPO's train_sd3.py: |mu - mu_ref|^2 / (2 s~^2), s~ = std /
+                               sqrt(dt), i.e. dt times the exact KL (its beta is 10x rsm's on a
+                               10-step grid for the same pull)
+    timestep_subset with a fractional train_steps f (ignored otherwise):
+                   "per_rollout"  one random subset of max(1, round(f (S - 1))) of the steps
+                                  0..S-2, shared by the rollout's samples (rsm's earlier form)
+                   "per_sample"   DanceGRPO: every sample its own random int(f (S - 1)) steps
+                                  among 0..S-2 (a per-sample permutation, its first entries)
+    sde_sigma      the flow SDE's noise s~: "flow-grpo" (a sqrt(t / (1 - t)), Flow-GRPO's) or
+                   "constant" (s~ = a = noise_level at every t, DanceGRPO's eta: sampler
+                   "sde-const")
+    refl_sampler   ReFL's rollout down to its late step: "stochastic" (the released ReFL: the
+                   path's ancestral sampler, DDPMScheduler.step on VP) or "deterministic" (ODE /
+                   DDIM, rsm's earlier form)
+    reward_hinge   ReFL's loss: None (-lambda r) or h (the released lambda relu(h - r), h = 2 on
+                   ImageReward's scale: samples with r >= h carry no gradient)
+    vp_schedule    the VPPath schedule a Trainer builds when it is given no path ("linear": rsm's
+                   continuous VP; "scaled_linear": SD1.x's discrete table, DDPO's base model)
+
+SOURCES records, per preset, the repository, commit and files whose defaults it follows. The keys
+are options of rsm.methods.Preset, validated there (values and contradictions, naming both
+keys); this module holds their numerics."""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+ADV_STD = ("group", "batch")
+ZERO_STD = ("mask", "drop", "keep")
+KL_DENOMINATOR = ("exact", "released")
+TIMESTEP_SUBSET = ("per_rollout", "per_sample")
+ADV_TRACKER = (None, "per_prompt")
+SDE_SIGMA = ("flow-grpo", "constant")
+VP_SCHEDULES = ("linear", "cosine", "scaled_linear", "ddpm_linear")
+REFL_SAMPLER = ("deterministic", "stochastic")
+
+# The convention keys and rsm's earlier (RSM-paper) values, which every zeroth-order preset
+# without a released counterpart keeps.
+RSM_DEFAULTS: dict[str, Any] = {
+    "adv_std": "group", "adv_ddof": 0, "adv_tracker": None, "adv_buffer_size": 16,
+    "adv_min_count": 16, "zero_std": "mask", "kl_denominator": "exact",
+    "timestep_subset": "per_rollout",
+}
+
+FLOW_GRPO = "github.com/yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd"
+DDPO = "github.com/kvablack/ddpo-pytorch@1958463f020112c9a7bc85768d296daacc2e1b4b"
+DANCE_GRPO = "github.com/XueZeyue/DanceGRPO@15cc71d53cc2e6e18a68ee607d5fb6ba9a99e344"
+REFL = "github.com/THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb"
+
+SOURCES: dict[str, dict[str, Any]] = {
+    "flow-grpo": {
+        "repository": "yifan123/flow_grpo", "commit": FLOW_GRPO.split("@")[1],
+        "files": ["scripts/train_sd3.py", "config/grpo.py (geneval_sd3)", "config/base.py",
+                  "flow_grpo/stat_tracking.py", "flow_grpo/diffusers_patch/sd3_sde_with_logprob.py"],
+        "notes": "SD3.5 FlowMatchEuler grid (shift 3, 10 steps), s~ = 0.7 sqrt(t/(1-t)) (t_max = "
+                 "sigmas[1] at t = 1); timestep_fraction 0.99 -> the first int(0.99 S) = S - 1 "
+                 "steps; PerPromptStatTracker(global_std=True): group mean, std of the whole "
+                 "batch (ddof 0) + 1e-4, cleared every epoch; samples with A == 0 dropped; PPO "
+                 "clip 1e-4 on the per-element-mean log-prob, advantages clamped to +-5; KL "
+                 "mean_d|mu - mu_ref|^2 / (2 s~^2), beta 0.04; loss = mean over samples, "
+                 "accumulated over steps and micro-batches (mean over rows); lr 3e-4, weight "
+                 "decay 1e-4, grad-norm clip 1.0, EMA on. Not reproduced: two optimizer steps "
+                 "per epoch (gradient_accumulation_steps = num_batches_per_epoch / 2) and the "
+                 "padding of the kept samples to a multiple of num_batches_per_epoch.",
+    },
+    "ddpo": {
+        "repository": "kvablack/ddpo-pytorch", "commit": DDPO.split("@")[1],
+        "files": ["scripts/train.py", "config/base.py", "config/dgx.py (compressibility)",
+                  "ddpo_pytorch/stat_tracking.py", "ddpo_pytorch/diffusers_patch/ddim_with_logprob.py"],
+        "notes": "SD1.x DDIMScheduler: scaled_linear betas (0.00085, 0.012, 1000), 'leading' "
+                 "spacing with steps_offset 1, final alpha_bar = alpha_bar[0]; 50 steps, eta = "
+                 "1 (DDPM's posterior std), every step stochastic and trained; PerPromptStatTracker"
+                 "(buffer_size=16, min_count=16): std ddof 0 + 1e-6, batch statistics while a "
+                 "prompt has fewer than min_count rewards; no zero-std special case; PPO clip "
+                 "1e-4 on the per-element-mean log-prob, advantages clamped to +-5; no KL; loss "
+                 "= mean over rows; lr 3e-4, weight decay 1e-4, grad-norm clip 1.0.",
+    },
+    "dance-grpo": {
+        "repository": "XueZeyue/DanceGRPO", "commit": DANCE_GRPO.split("@")[1],
+        "files": ["fastvideo/train_grpo_flux.py", "scripts/finetune/finetune_flux_grpo.sh"],
+        "notes": "grid shift(linspace(1, 0, S + 1)) with shift 3 (16 steps in the script); "
+                 "flux_step: s~ = eta = 0.3 constant, std = eta sqrt(dt), the same SDE mean as "
+                 "Flow-GRPO's; the last step never trained; per sample a random permutation of "
+                 "steps 0..S-2, its first int(0.6 (S - 1)); group advantages with torch.std "
+                 "(ddof 1) + 1e-8, no zero-std special case; one initial noise per group "
+                 "(init_same_noise); PPO clip 1e-4, advantages clamped to +-5; no KL; loss = "
+                 "mean over rows; lr 1e-5, weight decay 1e-4, grad-norm clip 1.0.",
+    },
+    "refl": {
+        "repository": "THUDM/ImageReward", "commit": REFL.split("@")[1],
+        "files": ["ImageReward/ReFL.py", "scripts/train_refl.sh"],
+        "notes": "SD1.4 DDPMScheduler (scaled_linear, 'leading' + steps_offset 1, fixed_small "
+                 "variance: DDPM's posterior std), set_timesteps(40); per batch a random step "
+                 "mid in 30..39: ancestral steps 0..mid-1 without gradient, then one network "
+                 "call at timesteps[mid] and its pred_original_sample (Tweedie); loss "
+                 "relu(2 - r).mean() * grad_scale (1e-3); lr 1e-5, grad-norm clip 1, EMA. The "
+                 "hinge at 2 is on ImageReward's score scale.",
+    },
+}
+
+# Presets named after published methods whose released code could not be read here (recorded
+# so the table says so rather than implying fidelity).
+UNVERIFIED: dict[str, str] = {
+    "tempflow-grpo": "github.com/Shredded-Pork/TempFlow-GRPO@afe6d339d480 holds the paper and "
+                     "figures only (no training code): the preset follows the paper",
+    "grpo-guard": "no release of the diffusion GRPO-Guard found in the index (hxm2023/GRPO-Guard "
+                  "is an unrelated project): the preset follows the paper",
+    "branch-grpo": "the indexed TianyangLiu-Work/BranchGRPO is an LLM project; the tree options "
+                   "follow the authors' script as read by an earlier session (rsm.tree), not "
+                   "re-verified here",
+}
+
+
+def source_of(name: str) -> str:
+    """'repository@commit: files' of a preset that follows released code, else '-'."""
+    s = SOURCES.get(name)
+    if s is None:
+        return "unverified: " + UNVERIFIED[name] if name in UNVERIFIED else "-"
+    return f"{s['repository']}@{s['commit'][:12]}: {', '.join(f.split(' ')[0] for f in s['files'])}"
+
+
+def is_legacy(cfg: dict) -> bool:
+    """True when the preset's advantage conventions are rsm's earlier ones (the C
+    rsm_group_advantages path, bitwise as before)."""
+    return (cfg.get("adv_std", "group") == "group" and cfg.get("adv_ddof", 0) == 0
+            and cfg.get("adv_tracker") is None and cfg.get("zero_std", "mask") == "mask")
+
+
+def _std(x: np.ndarray, ddof: int) -> float:
+    """numpy's std with ddof; one value and ddof 1 gives NaN in torch, 0 here (no signal)."""
+    if x.size <= ddof:
+        return 0.0
+    return float(np.std(x, ddof=ddof))
+
+
+def group_advantages(rewards: np.ndarray, keys: np.ndarray, valid: np.ndarray, cfg: dict,
+                     tracker: "PromptTracker | None" = None,
+                     prompts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Advantages A and the signal mask of one rollout batch under the preset's conventions
+    (float64). rewards[n], keys[n] (group ids), valid[n]; invalid rewards take no part in any
+    statistic and get A = 0, mask False. With adv_tracker='per_prompt', `tracker` holds the
+    buffers and prompts[n] the prompt ids; the tracker is NOT changed: the returned pending
+    update is committed by PromptTracker.commit once the step succeeds.
+    Returns (A clipped to +-adv_clip (0: no clip), mask, pending tracker update or None)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    n = rewards.shape[0]
+    valid = np.asarray(valid, dtype=bool)
+    ddof, eps = int(cfg.get("adv_ddof", 0)), float(cfg["adv_eps"])
+    adv = np.zeros(n)
+    pending = None
+    if cfg.get("adv_tracker") == "per_prompt":
+        if tracker is None or prompts is None:
+            raise ValueError("group_advantages(): adv_tracker='per_prompt' needs a tracker and prompts")
+        adv_v, pending = tracker.advantages(np.asarray(prompts)[valid], rewards[valid], eps, ddof)
+        adv[valid] = adv_v
+    else:
+        keys = np.asarray(keys)
+        batch_std = _std(rewards[valid], ddof) if cfg.get("adv_std", "group") == "batch" else None
+        for k in np.unique(keys[valid]):
+            sel = valid & (keys == k)
+            r = rewards[sel]
+            std = _std(r, ddof) if batch_std is None else batch_std
+            adv[sel] = (r - np.mean(r)) / (std + eps)
+    zero = cfg.get("zero_std", "mask")
+    if zero == "drop":
+        mask = valid & (adv != 0.0)
+    elif zero == "keep":
+        mask = valid.copy()
+    else:  # "mask": zero-std groups carry no signal
+        mask = valid.copy()
+        keys = np.asarray(keys)
+        for k in np.unique(keys[valid]):
+            sel = valid & (keys == k)
+            if np.all(rewards[sel] == rewards[sel][0]):
+                mask[sel] = False
+                adv[sel] = 0.0
+    clip = float(cfg.get("adv_clip", 0.0))
+    if clip > 0:
+        adv = np.clip(adv, -clip, clip)
+    return adv, mask, pending
+
+
+class PromptTracker:
+    """DDPO's per-prompt statistics (ddpo_pytorch/stat_tracking.py, read not copied): for each
+    prompt a buffer of its last `buffer_size` rewards, kept across iterations. A batch's
+    advantages: each prompt's rewards are appended to its buffer (in batch order); with at least
+    `min_count` buffered, A = (r - mean(buffer)) / (std(buffer) + eps), else the batch's mean and
+    std (over all prompts) are used."""
+
+    def __init__(self, buffer_size: int, min_count: int) -> None:
+        self.buffer_size, self.min_count = int(buffer_size), int(min_count)
+        self.buffers: dict[Any, deque] = {}
+
+    def advantages(self, prompts: np.ndarray, rewards: np.ndarray, eps: float,
+                   ddof: int = 0) -> tuple[np.ndarray, dict]:
+        """(A[n], pending buffers) without changing the tracker."""
+        adv = np.zeros(rewards.shape[0])
+        pending = {}
+        for p in np.unique(prompts):
+            sel = prompts == p
+            key = p.item() if hasattr(p, "item") else p
+            buf = deque(self.buffers.get(key, ()), maxlen=self.buffer_size)
+            buf.extend(rewards[sel].tolist())
+            pending[key] = rewards[sel].tolist()
+            if len(buf) < self.min_count:
+                mean, std = np.mean(rewards), _std(rewards, ddof)
+            else:
+                values = np.asarray(buf, dtype=np.float64)
+                mean, std = np.mean(values), _std(values, ddof)
+            adv[sel] = (rewards[sel] - mean) / (std + eps)
+        return adv, pending
+
+    def commit(self, pending: dict | None) -> None:
+        """Append an iteration's rewards (the pending update of `advantages`, computed over all
+        its micro-batches by Trainer.batch_advantages) to the buffers, in batch order."""
+        for key, values in (pending or {}).items():
+            self.buffers.setdefault(key, deque(maxlen=self.buffer_size)).extend(values)
+
+    def state(self) -> dict:
+        """A copy of the buffers (prompt -> list of rewards)."""
+        return {k: list(v) for k, v in self.buffers.items()}
+
+
+def hinge_active(cfg: dict, rewards: np.ndarray) -> np.ndarray:
+    """1.0 where ReFL's hinge relu(h - r) has a gradient (r < h), else 0.0; all 1.0 without."""
+    h = cfg.get("reward_hinge")
+    if h is None:
+        return np.ones(len(rewards))
+    return (np.asarray(rewards) < h).astype(np.float64)
+
+
+def hinge_loss(cfg: dict, rewards: np.ndarray) -> np.ndarray:
+    """Per-sample ReFL loss before the scale: relu(h - r), or -r without a hinge."""
+    h = cfg.get("reward_hinge")
+    r = np.asarray(rewards, dtype=np.float64)
+    return -r if h is None else np.maximum(h - r, 0.0)
+
+
+def kl_factor(cfg: dict, dt: float) -> float:
+    """The factor on the exact step KL that gives the preset's KL term: 1 ("exact") or dt
+    ("released": Flow-GRPO divides by 2 s~^2 = 2 std^2 / dt)."""
+    return float(dt) if cfg.get("kl_denominator", "exact") == "released" else 1.0
+
+
+def subset_count(fraction: float, steps: int, per_sample: bool) -> int:
+    """Trained steps per sample (or rollout) of a fractional train_steps among 0..S-2."""
+    if per_sample:   # DanceGRPO: int(len(timesteps) * timestep_fraction)
+        return int((steps - 1) * fraction)
+    return max(1, int(round(fraction * (steps - 1))))
