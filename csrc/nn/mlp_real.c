@@ -8,6 +8,7 @@
  */
 #include "real.h"
 #include "mlp.h"
+#include "../checked.h"
 #include "../rng.h"
 #include "time_embedding.h"
 
@@ -40,8 +41,14 @@ RSM_T(mlp_reserve)(rsm_mlp *mlp, int64_t rows)
     if (rows <= mlp->acts_rows) return RSM_OK;
     const rsm_mlp_config *c = &mlp->config;
     int64_t H = c->hidden, L = c->depth, I = mlp->layout.in_dim;
-    size_t acts = (size_t)rows * (size_t)(I + (L + 1) * H + 2 * L * H + H);
-    size_t scratch = (size_t)rows * (size_t)(3 * H + I);
+    /* per row: inp I, h (L + 1) H, pre and act L H each, feat H; scratch 3 H + I */
+    int ok = 1;
+    int64_t per_row = rsm_size_add(rsm_size_mul(rsm_size_add(rsm_size_mul(3, L, &ok), 2, &ok), H, &ok),
+                                   I, &ok);
+    size_t acts, scratch;
+    RSM_TRY(rsm_size_bytes(rsm_size_mul(rows, per_row, &ok), ok, 1, "the MLP's activations", &acts));
+    RSM_TRY(rsm_size_bytes(rsm_size_mul(rows, rsm_size_add(rsm_size_mul(3, H, &ok), I, &ok), &ok), ok,
+                           1, "the MLP's backward scratch", &scratch));
     real_t *new_acts = (real_t *)rsm_malloc(acts * sizeof(real_t));
     real_t *new_scratch = (real_t *)rsm_malloc(scratch * sizeof(real_t));
     if (!new_acts || !new_scratch) {

@@ -1049,9 +1049,10 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     const int64_t D = model.dim, S = sa.cfg.steps;
     if (rsm_rollout_inputs(module, func, &model, n, "n", x_init_obj, cond_obj, &x_init, &cond) < 0)
         goto done;
-    const int64_t N = rsm_sampler_final_rows(&sa.cfg, n);
-    if (N > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
-        rsm_py_raisef(PyExc_ValueError, func, "branching gives %lld rows: too many", (long long)N);
+    int64_t N;
+    status = rsm_sampler_final_rows(&sa.cfg, n, D, &N);
+    if (status != RSM_OK) {
+        rsm_py_raise(status, func);
         goto done;
     }
     int64_t shape_final[2] = {N, D};
@@ -1189,9 +1190,10 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
     if (rsm_rollout_inputs(module, func, &model, roots, "roots", x_init_obj, cond_obj, &x_init,
                            &cond) < 0)
         goto done;
-    const int64_t R = rsm_branch_rows(&bc, roots);
-    if (R > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
-        rsm_py_raisef(PyExc_ValueError, func, "the budget gives %lld rows: too many", (long long)R);
+    int64_t R;
+    status = rsm_branch_rows(&bc, roots, D, &R);
+    if (status != RSM_OK) {
+        rsm_py_raise(status, func);
         goto done;
     }
     int64_t shape_root[3] = {S + 1, roots, D}, shape_rows[2] = {R, D};

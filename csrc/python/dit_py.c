@@ -175,7 +175,11 @@ rsm_dit_py_activation_bytes(rsm_py_dit *self, PyObject *arg)
     if (PyErr_Occurred()) return NULL;
     if (rsm_dit_ready(self, "activation_bytes") < 0) return NULL;
     if (n < 0) return rsm_py_raisef(PyExc_ValueError, "activation_bytes", "n=%lld must be >= 0", n);
-    return PyLong_FromLongLong(rsm_dit_activation_bytes(&self->dit, n));
+    int64_t bytes = rsm_dit_activation_bytes(&self->dit, n);
+    if (bytes < 0)
+        return rsm_py_raisef(PyExc_ValueError, "activation_bytes",
+                             "n=%lld rows need more activations than any buffer rsm allocates", n);
+    return PyLong_FromLongLong(bytes);
 }
 
 static PyObject *

@@ -1,5 +1,6 @@
 /* pretrain.c: validation and dtype dispatch of pretraining (loop in pretrain_real.c). */
 #include "pretrain.h"
+#include "../checked.h"
 
 #include <math.h>
 
@@ -36,8 +37,15 @@ rsm_pretrain_steps(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
                    int64_t n_data, int64_t first_step, int64_t num_steps, void *grads,
                    double *losses, double *grad_norms)
 {
-    RSM_CHECK(cfg->batch_size >= 1, RSM_ERR_VALUE, "batch_size=%lld must be >= 1",
-              (long long)cfg->batch_size);
+    RSM_TRY(rsm_check_size_arg("batch_size", cfg->batch_size, 1));
+    {
+        int ok = 1; /* the batch's [B, D] and [B, cond_dim] buffers */
+        int64_t width = model->dim > model->cond_dim ? model->dim : model->cond_dim;
+        RSM_CHECK(rsm_size_within(rsm_size_mul(cfg->batch_size, width, &ok), ok), RSM_ERR_VALUE,
+                  "batch_size=%lld rows of dim=%lld are more than 2^%d values: batch_size is too "
+                  "large (see csrc/checked.h)",
+                  (long long)cfg->batch_size, (long long)width, RSM_MAX_ELEMS_LOG2);
+    }
     RSM_CHECK(n_data >= 1, RSM_ERR_VALUE, "data has %lld rows, needs >= 1", (long long)n_data);
     RSM_CHECK(num_steps >= 0 && first_step >= 0, RSM_ERR_VALUE, "invalid step range");
     RSM_CHECK(isfinite(cfg->t_min) && isfinite(cfg->t_max) && 0 <= cfg->t_min &&
