@@ -45,7 +45,9 @@ __all__ = [
 
 
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed))
+    from ._args import seed_int
+
+    return np.random.Generator(np.random.PCG64(seed_int(seed, "sample")))
 
 
 def _check_n(n: Any) -> int:

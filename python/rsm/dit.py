@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import as_times, positive_int, rows_of
+from ._args import as_times, positive_int, rows_of, seed_int
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
 
@@ -219,8 +219,7 @@ class DiT(_DiTCompute):
             raise ValueError(f"DiT(): heads={heads} does not divide width={width}")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"DiT(): dtype must be 'float32' or 'float64', got {dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"DiT(): seed must be a non-negative int, got {seed!r}")
+        seed = seed_int(seed, "DiT")
         self._core = _C.DiTCore(image_size, channels, patch, width, depth, heads, num_classes,
                                 temb_dim, dtype, int(seed), bool(checkpoint))
         self.seed = int(seed)
@@ -308,8 +307,7 @@ class LoRADiT(_DiTCompute):
         targets = tuple(targets)
         if not targets or any(t not in ("attn", "mlp") for t in targets):
             raise ValueError(f"lora(): targets must name 'attn' and/or 'mlp', got {targets!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"lora(): seed must be a non-negative int, got {seed!r}")
+        seed = seed_int(seed, "lora")
         self.base = base
         self.rank, self.alpha, self.targets, self.seed = rank, alpha, targets, int(seed)
         self._core = _C.DiTCore(base=base._core, rank=rank, alpha=alpha, targets=list(targets), seed=int(seed))

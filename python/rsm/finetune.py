@@ -30,7 +30,7 @@ from . import kl as _kl
 from . import methods as _methods
 from .geometry import BatchGeometry, trained_steps, tree_split_steps
 from .objective import ROW_FIELDS, group_advantages, objective, row_coefficients
-from ._args import as_cond, num_classes_of
+from ._args import as_cond, num_classes_of, seed_int
 from .paths import FlowPath, VPPath
 from .rewards import Reward
 from .sampling import (_core_of, _model_cond, _path_core, _sampler_kind, sample,
@@ -127,7 +127,8 @@ class Trainer:
         if self.cfg["family"] in ("first-order", "pathwise") and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
-        self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
+        self.batch_size, self.group_size = int(batch_size), int(group_size)
+        self.seed = seed_int(seed, "Trainer")
         self._set_conditions(cond, conditions, policy, ref)
         cfg = self.cfg
         self.ts = time_grid(cfg["steps"], self.path, cfg["grid"], cfg["shift"])

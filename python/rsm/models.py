@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import as_times, positive_int, rows_of
+from ._args import as_times, positive_int, rows_of, seed_int
 
 
 class MLP:
@@ -30,8 +30,7 @@ class MLP:
         positive_int(temb_dim, "MLP", "temb_dim", minimum=2)
         if dtype not in ("float32", "float64"):
             raise ValueError(f"MLP(): dtype must be 'float32' or 'float64', got {dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"MLP(): seed must be a non-negative int, got {seed!r}")
+        seed = seed_int(seed, "MLP")
         self._core = _C.MLPCore(dim, hidden, depth, cond_dim, temb_dim, dtype, int(seed))
         self.seed = int(seed)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._args import finite_float, positive_int, rows_of
+from ._args import finite_float, positive_int, rows_of, seed_int
 from .sampling import _model_cond
 
 
@@ -216,8 +216,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     steps = positive_int(steps, "pretrain", "steps", minimum=0)
     batch_size = positive_int(batch_size, "pretrain", "batch_size")
     lr = finite_float(lr, "pretrain", "lr", 0.0)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"pretrain(): seed must be a non-negative int, got {seed!r}")
+    seed = seed_int(seed, "pretrain")
     if getattr(model, "_core", None) is None or not isinstance(model._core, (_C.MLPCore, _C.DiTCore)):
         raise TypeError(f"pretrain(): model must be an rsm.MLP or rsm.DiT, got {type(model).__name__}")
     if getattr(model, "image_shape", None) is not None and len(getattr(data, "shape", ())) == 4:
