@@ -18,7 +18,7 @@ TORCH_INDEX ?=
 VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
-DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib scikit-learn pillow "setuptools>=77" wheel
+DEPS := numpy scipy-openblas32 tqdm pytest hypothesis safetensors matplotlib scikit-learn pillow "setuptools>=77" wheel
 PIP_FLAGS := --disable-pip-version-check -q
 
 # Everything the extension is built from: a change here rebuilds it. The directories are listed
@@ -41,7 +41,7 @@ define print_summary
 	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
 endef
 
-.PHONY: help demo demo-images test test-asan bench build clean distclean format
+.PHONY: help demo demo-images test test-asan fuzz bench build clean distclean format
 
 help:
 	@echo "rsm make targets:"
@@ -49,6 +49,7 @@ help:
 	@echo "  make demo-images  the image demo: python -m rsm demo images (digits, CFG, fine-tuning)"
 	@echo "  make test       set up .venv, then run the test suite (pytest tests/)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
+	@echo "  make fuzz       fuzz the model/checkpoint loaders and the DLPack importer for FUZZ_SECONDS"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
 	@echo "  make build      rebuild the extension in .venv now (e.g. after changing RSM_* knobs)"
 	@echo "  make format     clang-format -i on csrc/ and kernels/"
@@ -82,6 +83,14 @@ demo-images: $(VENV)/.build-stamp
 test: $(VENV)/.build-stamp
 	@$(call run_pytest,$(VENV)/bin/python)
 
+# ---- fuzzing: tests/fuzz_harness.py for FUZZ_SECONDS (make test runs its corpus and a short run) -
+# Random (not derandomized) Hypothesis cases, each in a forked child; prints the counts as JSON;
+# failing inputs go to build/fuzz-failures/ (add them to tests/fuzz_corpus/ once fixed).
+FUZZ_SECONDS ?= 600
+
+fuzz: $(VENV)/.build-stamp
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(VENV)/bin/python tests/fuzz_harness.py --seconds $(FUZZ_SECONDS)
+
 # ---- .venv-asan: AddressSanitizer + UBSan --------------------------------------------------------
 # A regular (not editable) install, so that the instrumented extension never replaces the one in
 # python/rsm; objects go to build/asan/. CUDA is left out (nvcc code is not instrumented anyway).
@@ -90,7 +99,9 @@ test: $(VENV)/.build-stamp
 # ASan/UBSan error fails; a leak fails when its stack has an rsm frame (interpreter leaks at exit
 # are ignored; tests/lsan.supp suppresses the usual ones). Logs: build/asan/logs/.
 # Tests marked `slow` (long training runs whose C paths the fast tests already cover) are left
-# out here: under the sanitizers they take minutes and check convergence, not memory.
+# out here: under the sanitizers they take minutes and check convergence, not memory. The fuzz
+# corpus and the short fuzz run (tests/test_fuzz.py) are included: their forked children inherit
+# the sanitizer environment, so a memory error in any case fails the run.
 
 $(ASAN_VENV)/.deps-stamp: pyproject.toml
 	$(PYTHON) -m venv $(ASAN_VENV)

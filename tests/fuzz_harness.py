@@ -317,6 +317,8 @@ def run_forked(target: str, payload: bytes, workdir: str) -> tuple[int, str]:
             fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            # Python-level streams too (pytest replaces sys.stdout/stderr with capture objects)
+            sys.stdout = sys.stderr = open(fd, "w", buffering=1, errors="replace", closefd=False)
             signal.alarm(TIMEOUT_S)
             code = CASES[target](payload, workdir)
         except BaseException:  # noqa: BLE001 - everything not documented is the finding
@@ -562,7 +564,7 @@ class Tally:
     def __init__(self, save: str | None) -> None:
         self.counts: dict[str, dict[str, int]] = {t: {} for t in TARGETS}
         self.failures: list[dict] = []
-        self.save = save
+        self.save = save or None
 
     def record(self, target: str, name: str, payload: bytes, code: int, output: str) -> bool:
         what = describe(code)
