@@ -23,6 +23,12 @@ from .io import CheckpointError, parse_json
 MAX_CONFIG_BYTES = 65_536
 #: Steps are int64 counters in the C core (AdamW's bias correction, the Philox stream of a step).
 STEP_LIMIT = 2**63
+#: A file's parameters are bounded by its own bytes (their shapes are checked against its tensors),
+#: but a DiT also allocates what its config alone implies: the fixed positional table [T, W] and
+#: images of C*S*S values. Loading a file may allocate at most this many elements for data the
+#: file does not hold: 2**28 (1 GiB of float32), over 50x the table of DiT-XL/2 at 512px (T = 4096,
+#: W = 1152), so no real model is refused and a 1 KB file cannot run up gigabytes.
+MAX_DERIVED_ELEMS = 2**28
 
 
 # ---- scalars from a file's metadata ---------------------------------------------------------
@@ -108,6 +114,14 @@ def dit_config(c: Mapping, where: str, num_tensors: int) -> dict:
     if out["image_size"] % out["patch"] or out["width"] % out["heads"] or out["temb_dim"] % 2:
         raise CheckpointError(f"{where}: config needs patch | image_size, heads | width and an even "
                               f"temb_dim, got {out}")
+    tokens = (out["image_size"] // out["patch"]) ** 2
+    for what, elems in (("image_size (the positional table tokens x width)", tokens * out["width"]),
+                        ("image_size (channels x image_size^2 values per image)",
+                         out["channels"] * out["image_size"] ** 2)):
+        if elems > MAX_DERIVED_ELEMS:
+            raise CheckpointError(f"{where}: config image_size={out['image_size']}, patch={out['patch']}, "
+                                  f"channels={out['channels']}, width={out['width']}: {what} needs {elems} "
+                                  f"elements, more than a file may imply (2**28)")
     need = 10 * out["depth"] + 11
     if need > num_tensors:
         raise CheckpointError(f"{where}: config depth={out['depth']} needs {need} tensors, the file has {num_tensors}")
