@@ -9,9 +9,9 @@
 
 /* defined in dit_real.c, once per real type */
 #define RSM_DIT_DECLARE(suffix, real_t)                                                            \
-    void rsm_dit_init_params_##suffix(const rsm_dit *dit, uint64_t seed);                          \
+    rsm_status rsm_dit_init_params_##suffix(const rsm_dit *dit, uint64_t seed);                    \
     void rsm_dit_init_pos_##suffix(const rsm_dit *dit);                                            \
-    void rsm_dit_init_lora_##suffix(const rsm_dit *dit, uint64_t seed);                            \
+    rsm_status rsm_dit_init_lora_##suffix(const rsm_dit *dit, uint64_t seed);                      \
     int64_t rsm_dit_activation_elems_##suffix(const rsm_dit *dit, int64_t n);                      \
     rsm_status rsm_dit_forward_##suffix(rsm_dit *dit, int64_t n, const real_t *x, const real_t *t, \
                                         const real_t *cond, real_t *out);                          \
@@ -134,8 +134,9 @@ rsm_dit_init(rsm_dit *dit, rsm_dit_config config, uint64_t seed)
         rsm_dit_init_pos_f32(dit);
     else
         rsm_dit_init_pos_f64(dit);
-    rsm_dit_reset_parameters(dit, seed);
-    return RSM_OK;
+    rsm_status status = rsm_dit_reset_parameters(dit, seed);
+    if (status != RSM_OK) rsm_dit_free(dit);
+    return status;
 }
 
 rsm_status
@@ -190,26 +191,18 @@ rsm_dit_init_lora(rsm_dit *dit, const rsm_dit *base, int64_t rank, double alpha,
         rsm_dit_free(dit);
         return rsm_fail(RSM_ERR_MEMORY, "cannot allocate LoRA adapters");
     }
-    if (base->config.dtype == RSM_F32)
-        rsm_dit_init_lora_f32(dit, seed);
-    else
-        rsm_dit_init_lora_f64(dit, seed);
-    return RSM_OK;
+    rsm_status status = base->config.dtype == RSM_F32 ? rsm_dit_init_lora_f32(dit, seed)
+                                                      : rsm_dit_init_lora_f64(dit, seed);
+    if (status != RSM_OK) rsm_dit_free(dit);
+    return status;
 }
 
-void
+rsm_status
 rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed)
 {
-    if (dit->lora.rank > 0) {
-        if (dit->config.dtype == RSM_F32)
-            rsm_dit_init_lora_f32(dit, seed);
-        else
-            rsm_dit_init_lora_f64(dit, seed);
-    } else if (dit->config.dtype == RSM_F32) {
-        rsm_dit_init_params_f32(dit, seed);
-    } else {
-        rsm_dit_init_params_f64(dit, seed);
-    }
+    const int f32 = dit->config.dtype == RSM_F32;
+    if (dit->lora.rank > 0) return f32 ? rsm_dit_init_lora_f32(dit, seed) : rsm_dit_init_lora_f64(dit, seed);
+    return f32 ? rsm_dit_init_params_f32(dit, seed) : rsm_dit_init_params_f64(dit, seed);
 }
 
 void

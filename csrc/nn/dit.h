@@ -107,7 +107,8 @@ rsm_status rsm_dit_init(rsm_dit *dit, rsm_dit_config config, uint64_t seed);
 rsm_status rsm_dit_init_lora(rsm_dit *dit, const rsm_dit *base, int64_t rank, double alpha,
                              int targets, uint64_t seed);
 void rsm_dit_free(rsm_dit *dit);
-void rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed);
+/* RSM_ERR_MEMORY, with the parameters unchanged, when the draws cannot be allocated. */
+rsm_status rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed);
 
 /* The parameters a backward differentiates: the adapters of a LoRA DiT, else the base. */
 void *rsm_dit_trainable(const rsm_dit *dit);

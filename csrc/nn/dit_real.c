@@ -221,7 +221,7 @@ RSM_T(dit_xavier)(real_t *w, const double *u, int64_t out, int64_t in)
     for (int64_t k = 0; k < out * in; k++) w[k] = (real_t)((2.0 * u[k] - 1.0) * bound);
 }
 
-void
+rsm_status
 RSM_T(dit_init_params)(const rsm_dit *dit, uint64_t seed)
 {
     const rsm_dit_config *c = &dit->config;
@@ -232,10 +232,11 @@ RSM_T(dit_init_params)(const rsm_dit *dit, uint64_t seed)
      * sizes of the others' init rules */
     double *u = (double *)malloc((size_t)l->num_params * sizeof(double));
     double *z = (double *)malloc((size_t)l->num_params * sizeof(double));
-    if (!u || !z) {
+    if (!u || !z) { /* refused before anything is written */
         free(u);
         free(z);
-        return;
+        return rsm_fail(RSM_ERR_MEMORY, "cannot allocate the initialisation draws of %lld parameters",
+                        (long long)l->num_params);
     }
     rsm_fill_uniform_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 0, 0), 0, l->num_params, u);
     rsm_fill_normal_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 1, 0), 0, l->num_params, z);
@@ -254,10 +255,11 @@ RSM_T(dit_init_params)(const rsm_dit *dit, uint64_t seed)
     }
     free(u);
     free(z);
+    return RSM_OK;
 }
 
 /* A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
-void
+rsm_status
 RSM_T(dit_init_lora)(const rsm_dit *dit, uint64_t seed)
 {
     const rsm_dit_lora *lo = &dit->lora;
@@ -265,7 +267,8 @@ RSM_T(dit_init_lora)(const rsm_dit *dit, uint64_t seed)
     int64_t W = dit->config.width;
     const int64_t in[RSM_DIT_LINEARS] = {W, W, W, 4 * W};
     double *u = (double *)malloc((size_t)(lo->num_params > 0 ? lo->num_params : 1) * sizeof(double));
-    if (!u) return;
+    RSM_CHECK(u != NULL, RSM_ERR_MEMORY, "cannot allocate the initialisation draws of %lld adapters",
+              (long long)lo->num_params);
     rsm_fill_uniform_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 2, 0), 0, lo->num_params, u);
     memset(p, 0, (size_t)lo->num_params * sizeof(real_t));
     for (int64_t b = 0; b < dit->config.depth; b++)
@@ -277,6 +280,7 @@ RSM_T(dit_init_lora)(const rsm_dit *dit, uint64_t seed)
                 p[o + e] = (real_t)((2.0 * u[o + e] - 1.0) * bound);
         }
     free(u);
+    return RSM_OK;
 }
 
 /* ---- linear layers with optional LoRA adapters ----------------------------------------------- */

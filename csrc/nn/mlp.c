@@ -7,8 +7,8 @@
 #include <string.h>
 
 /* defined in mlp_real.c, once per real type */
-void rsm_mlp_init_params_f32(const rsm_mlp *mlp, uint64_t seed);
-void rsm_mlp_init_params_f64(const rsm_mlp *mlp, uint64_t seed);
+rsm_status rsm_mlp_init_params_f32(const rsm_mlp *mlp, uint64_t seed);
+rsm_status rsm_mlp_init_params_f64(const rsm_mlp *mlp, uint64_t seed);
 rsm_status rsm_mlp_forward_f32(rsm_mlp *mlp, int64_t n, const float *x, const float *t,
                                const float *cond, float *out);
 rsm_status rsm_mlp_forward_f64(rsm_mlp *mlp, int64_t n, const double *x, const double *t,
@@ -65,17 +65,16 @@ rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed)
     mlp->params = rsm_calloc((size_t)mlp->layout.num_params * rsm_dtype_size(config.dtype));
     RSM_CHECK(mlp->params != NULL, RSM_ERR_MEMORY, "cannot allocate %lld parameters",
               (long long)mlp->layout.num_params);
-    rsm_mlp_reset_parameters(mlp, seed);
-    return RSM_OK;
+    rsm_status status = rsm_mlp_reset_parameters(mlp, seed);
+    if (status != RSM_OK) rsm_mlp_free(mlp);
+    return status;
 }
 
-void
+rsm_status
 rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed)
 {
-    if (mlp->config.dtype == RSM_F32)
-        rsm_mlp_init_params_f32(mlp, seed);
-    else
-        rsm_mlp_init_params_f64(mlp, seed);
+    if (mlp->config.dtype == RSM_F32) return rsm_mlp_init_params_f32(mlp, seed);
+    return rsm_mlp_init_params_f64(mlp, seed);
 }
 
 void

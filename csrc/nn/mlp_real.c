@@ -65,7 +65,7 @@ RSM_T(mlp_reserve)(rsm_mlp *mlp, int64_t rows)
     return RSM_OK;
 }
 
-void
+rsm_status
 RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
 {
     const rsm_mlp_config *c = &mlp->config;
@@ -75,7 +75,9 @@ RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
     /* One uniform stream for all parameters, in flat order; U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
      * torch.nn.Linear's default. The output layer is zero (see mlp.h). */
     double *u = (double *)malloc((size_t)l->num_params * sizeof(double));
-    if (!u) return; /* the params stay zero; callers allocated params already, so this is rare */
+    /* refused before anything is written: a failed re-draw leaves the parameters as they were */
+    RSM_CHECK(u != NULL, RSM_ERR_MEMORY, "cannot allocate the initialisation draws of %lld parameters",
+              (long long)l->num_params);
     rsm_fill_uniform_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 0, 0), 0, l->num_params, u);
     for (int64_t k = 0; k < l->out_w; k++) {
         int64_t fan_in;
@@ -89,6 +91,7 @@ RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
     }
     for (int64_t k = l->out_w; k < l->num_params; k++) p[k] = 0;
     free(u);
+    return RSM_OK;
 }
 
 /* Sinusoidal embedding of t in [0, 1] (Vaswani et al. / DDPM): with half = temb_dim / 2 and

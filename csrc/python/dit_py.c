@@ -189,8 +189,9 @@ rsm_dit_py_reset_parameters(rsm_py_dit *self, PyObject *arg)
     if (PyErr_Occurred()) return NULL;
     if (rsm_dit_ready(self, "reset_parameters") < 0) return NULL;
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    rsm_dit_reset_parameters(&self->dit, (uint64_t)seed);
+    rsm_status status = rsm_dit_reset_parameters(&self->dit, (uint64_t)seed);
     PyThread_release_lock(self->lock);
+    if (status != RSM_OK) return rsm_py_raise(status, "reset_parameters");
     Py_RETURN_NONE;
 }
 
