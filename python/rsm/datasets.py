@@ -51,8 +51,10 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def _check_n(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"sample(): n must be a non-negative int, got {n!r}")
+    from ._args import MAX_SIZE
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_SIZE:
+        raise ValueError(f"sample(): n must be an int in [0, 2**40], got {n!r}")
     return int(n)
 
 
