@@ -54,7 +54,7 @@ def _check_n(n: Any) -> int:
     from ._args import MAX_SIZE
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_SIZE:
-        raise ValueError(f"sample(): n must be an int in [0, 2**40], got {n!r}")
+        raise ValueError(f"sample(): n must be a non-negative int, at most 2**40, got {n!r}")
     return int(n)
 
 
