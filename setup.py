@@ -463,7 +463,7 @@ setup(
         Extension("rsm._cuda", sources=cuda_c_sources(), include_dirs=["csrc", "kernels"]),
     ],
     package_dir={"": "python"},
-    packages=["rsm", "rsm.experiments"],
+    packages=["rsm", "rsm.experiments", "rsm.methods", "rsm.methods.rollouts"],
     cmdclass={"build_ext": RsmBuildExt},
     options={"build": {"build_base": os.path.join("build", VARIANT)}},
 )

@@ -112,7 +112,7 @@ def test_on_policy_ratios_are_exactly_one(toy, method):
     recorded rows gives the rollout's outputs bitwise, so every importance ratio is exactly 1."""
     trainer = rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0.0, 0.0]), method,
                           batch_size=4, group_size=4)
-    batch = getattr(trainer, "_rollout_" + trainer.cfg["rollout"])()
+    batch = trainer._rollout_rows(score=False)   # the preset's rollout kind, no reward call
     for row in batch["rows"]:
         u = np.from_dlpack(trainer.policy.forward(row["x"], trainer.ts[row["step"]]))
         np.testing.assert_array_equal(u, row["u_old"])
@@ -221,14 +221,14 @@ def test_check_on_policy_is_exact(toy, method):
 def test_check_on_policy_detects_a_changed_policy(toy):
     trainer = rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0.0, 0.0]), "flow-grpo",
                           batch_size=2, group_size=2)
-    original = trainer._rollout_sde
+    original = trainer._rollout_rows
 
-    def drifting():
-        batch = original()
+    def drifting(score=True):
+        batch = original(score)
         np.from_dlpack(trainer.policy.params)[:] += 1e-3  # the policy moves after sampling
         return batch
 
-    trainer._rollout_sde = drifting
+    trainer._rollout_rows = drifting
     with pytest.raises(AssertionError, match="differ"):
         rsm.check_on_policy(trainer)
 

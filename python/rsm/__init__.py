@@ -1,28 +1,10 @@
 """rsm: Reward Score Matching, reward-based fine-tuning of diffusion and flow models."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-
-def _load_blas() -> str | None:
-    """Hand the OpenBLAS of the scipy-openblas32 wheel to the C core (dlopen'ed there)."""
-    try:
-        import os
-
-        import scipy_openblas32
-
-        lib_dir = scipy_openblas32.get_lib_dir()
-        path = os.path.join(lib_dir, scipy_openblas32.get_library(fullname=True))
-        _C.load_blas(path)
-        return None
-    except Exception as exc:  # no wheel, or a broken one: the built-in kernel is used
-        return f"{type(exc).__name__}: {exc}"
-
-
 from . import _C  # noqa: E402
 from ._C import Tensor, from_dlpack  # noqa: E402,F401
-
-_BLAS_ERROR = _load_blas()
+from ._build import (__version__, _BLAS_ERROR, _BUILD_CONFIG, _cuda_status,  # noqa: E402,F401
+                     build_info, cuda_available, set_num_threads)
 
 from . import paths, models, dit, sampling, training  # noqa: E402
 from .paths import FlowPath, VPPath  # noqa: E402,F401
@@ -34,63 +16,11 @@ from . import kl  # noqa: E402,F401
 from . import objective, rewards, methods, datasets, metrics, io, estimators  # noqa: E402,F401
 from .rewards import Reward  # noqa: E402,F401
 from .geometry import BatchGeometry  # noqa: E402,F401
-from .finetune import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
+# the compatibility module rsm.finetune is loaded first, so that the function below, not the
+# module, is what rsm.finetune names (a later `import rsm.finetune` leaves the attribute alone)
+from . import finetune as _finetune_module  # noqa: E402,F401
+from .trainer import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
 from . import guidance  # noqa: E402,F401
 from .guidance import Guided  # noqa: E402,F401
 from . import image_datasets, image_rewards  # noqa: E402,F401  (sklearn / Pillow imported on use)
 
-
-def set_num_threads(n: int) -> None:
-    """Threads for rsm's CPU loops (OpenMP) and for the BLAS."""
-    _C.set_num_threads(int(n))
-
-
-try:  # written by setup.py at build time (gitignored)
-    from ._build_config import CONFIG as _BUILD_CONFIG
-except ImportError:  # pragma: no cover - a tree built without setup.py
-    _BUILD_CONFIG = {}
-
-_CUDA_STATUS: tuple[bool, str] | None = None
-
-
-def _cuda_status() -> tuple[bool, str]:
-    """(available, reason): imports rsm._cuda on first use; cached."""
-    global _CUDA_STATUS
-    if _CUDA_STATUS is None:
-        if not _BUILD_CONFIG.get("cuda_built", False):
-            why = _BUILD_CONFIG.get("cuda_error") or "unknown"
-            _CUDA_STATUS = (False, f"rsm was built without CUDA ({why})")
-        else:
-            try:
-                from . import _cuda
-            except ImportError as exc:  # e.g. libcublas missing at run time
-                _CUDA_STATUS = (False, f"cannot load rsm._cuda: {exc}")
-            else:
-                count, reason = _cuda.device_count()
-                _CUDA_STATUS = (count > 0, reason if count == 0 else f"{count} device(s)")
-    return _CUDA_STATUS
-
-
-def cuda_available() -> bool:
-    """True when rsm was built with CUDA and a CUDA device is usable (build_info() says why not)."""
-    return _cuda_status()[0]
-
-
-def build_info() -> dict:
-    """What this build of rsm found and uses: compiler, flags, OpenMP, BLAS, CUDA."""
-    info = dict(_C.build_info())
-    if _BLAS_ERROR:
-        info["blas_error"] = _BLAS_ERROR
-    cfg = _BUILD_CONFIG
-    available, reason = _cuda_status()
-    info.update(
-        cuda_built=bool(cfg.get("cuda_built", False)),
-        cuda_archs=cfg.get("cuda_archs"),
-        nvcc=cfg.get("nvcc"),
-        nvcc_path=cfg.get("nvcc_path"),
-        cuda_available=available,
-        cuda_reason=reason,
-        native=cfg.get("native"),
-        build_summary=list(cfg.get("summary", [])),
-    )
-    return info

@@ -166,14 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="pretrain and sample a 2D flow model (the default demo); "
                                        "`demo images`: the digits image demo")
-    demo.add_argument("--steps", type=int, default=2500)
-    demo.add_argument("--batch-size", type=int, default=256)
-    demo.add_argument("--lr", type=float, default=2e-3)
-    demo.add_argument("--train-size", type=int, default=50_000)
-    demo.add_argument("--eval-size", type=int, default=4000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="results/demo")
-    demo.add_argument("--finetune-steps", type=int, default=60)
+    for flag, kind, default in (("--steps", int, 2500), ("--batch-size", int, 256), ("--lr", float, 2e-3),
+                                ("--train-size", int, 50_000), ("--eval-size", int, 4000),
+                                ("--seed", int, 0), ("--out", str, "results/demo"),
+                                ("--finetune-steps", int, 60)):
+        demo.add_argument(flag, type=kind, default=default)
     demo.add_argument("--quiet", action="store_true")
     sub.add_parser("info", help="print what this build found")
     args = parser.parse_args(argv)

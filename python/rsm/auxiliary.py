@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ._args import positive_int, seed_int
-from .finetune import Trainer
+from .trainer import Trainer
 from .training import AdamW
 
 __all__ = ["ValueGradientNet", "ResidualNet", "ReplayBuffer", "AuxTrainer",
@@ -184,7 +184,7 @@ class ReplayBuffer:
                              "valid": batch["valid"].copy(), "mask": batch["mask"].copy()})
         if not chosen:
             return batch
-        out = dict(batch)
+        out = batch.copy()
         rows = list(batch["rows"])
         grads, valid, mask = [batch["grad"]], [batch["valid"]], [batch["mask"]]
         offset = batch["grad"].shape[0]

@@ -38,7 +38,7 @@ _PARAM_CODES = {"eps": 0, "velocity": 1, "x0": 2, "score": 3}
 
 def _mod():
     """rsm._cuda, or RuntimeError with the reason CUDA is not usable."""
-    from . import _cuda_status
+    from ._build import _cuda_status
     available, reason = _cuda_status()
     if not available:
         raise RuntimeError(f"rsm.cuda: CUDA is not available: {reason}")
@@ -47,7 +47,7 @@ def _mod():
 
 
 def is_available() -> bool:
-    from . import cuda_available
+    from ._build import cuda_available
     return cuda_available()
 
 

@@ -247,9 +247,9 @@ class DiT(_DiTCompute):
     def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
         """Write the model to a safetensors file (named tensors + config), atomically."""
         from . import io
-        from .models import _version
+        from ._build import __version__
 
-        meta = {"rsm_class": "DiT", "rsm_version": _version(), "config": json.dumps(self.config),
+        meta = {"rsm_class": "DiT", "rsm_version": __version__, "config": json.dumps(self.config),
                 "seed": str(self.seed)}
         if metadata:
             meta.update({str(k): str(v) for k, v in metadata.items()})
@@ -368,11 +368,11 @@ class LoRADiT(_DiTCompute):
     def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
         """Write base weights ("base.*") and adapters to one safetensors file."""
         from . import io
-        from .models import _version
+        from ._build import __version__
 
         tensors = {f"base.{k}": v for k, v in self.base.named_params().items()}
         tensors.update(self.named_params())
-        meta = {"rsm_class": "LoRADiT", "rsm_version": _version(),
+        meta = {"rsm_class": "LoRADiT", "rsm_version": __version__,
                 "config": json.dumps(self.base.config), "seed": str(self.base.seed),
                 "lora": json.dumps({"rank": self.rank, "alpha": self.alpha,
                                     "targets": list(self.targets), "seed": self.seed})}

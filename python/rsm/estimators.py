@@ -327,7 +327,7 @@ def exact_value_gradient(mixture: Any, path: Any, x: Any, t: float, reward_grad:
 
 
 def _as_tensor(x: np.ndarray) -> Any:
-    from . import from_dlpack
+    from ._C import from_dlpack
 
     return from_dlpack(np.ascontiguousarray(x))
 

@@ -180,14 +180,10 @@ def _plot(fn) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="dit", choices=("dit", "mlp"))
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--patch", type=int, default=2)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--cond-dropout", type=float, default=0.1)
+    for flag, kind, default in (("--steps", int, 1500), ("--batch-size", int, 128), ("--lr", float, 2e-3),
+                                ("--patch", int, 2), ("--width", int, 64), ("--depth", int, 4),
+                                ("--heads", int, 4), ("--cond-dropout", float, 0.1)):
+        parser.add_argument(flag, type=kind, default=default)
     # fine-tuning scale: at w = 1 (the conditional model) the classifier still has room to improve
     # (measured with the DiT after 600 steps: p(target) 0.79 at w = 1, 0.95 at w = 2); with
     # w > 1 the rollouts and the losses are guided (RSM-SPEC §9)

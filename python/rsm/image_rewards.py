@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .rewards import Reward
+from ._reward import Reward
 
 __all__ = ["as_images", "to_uint8", "jpeg_size_kb", "jpeg_compressibility", "jpeg_incompressibility",
            "digit_classifier", "digit_probability", "ShapeChecker", "geneval", "RSMClassifier",

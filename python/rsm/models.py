@@ -39,21 +39,11 @@ class MLP:
     def config(self) -> dict:
         return dict(self._core.config)
 
-    @property
-    def dim(self) -> int:
-        return self._core.config["dim"]
-
-    @property
-    def cond_dim(self) -> int:
-        return self._core.config["cond_dim"]
-
-    @property
-    def dtype(self) -> str:
-        return self._core.config["dtype"]
-
-    @property
-    def num_params(self) -> int:
-        return self._core.layout["num_params"]
+    dim = property(lambda self: self._core.config["dim"], doc="State dimension D (int).")
+    cond_dim = property(lambda self: self._core.config["cond_dim"],
+                        doc="Condition dimension (int; 0: unconditional).")
+    dtype = property(lambda self: self._core.config["dtype"], doc="'float32' or 'float64'.")
+    num_params = property(lambda self: self._core.layout["num_params"], doc="Parameter count (int).")
 
     @property
     def params(self) -> _C.Tensor:
@@ -238,7 +228,7 @@ class GaussianMixtureModel:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._build import __version__
 
     return __version__
 

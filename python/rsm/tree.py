@@ -7,7 +7,7 @@ github.com/Fredreic1849/BranchGRPO, fastvideo/train_branchgrpo_flux.py (read, no
 compute_node_rewards_from_leaves, compute_hierarchical_advantages_by_depth and the pruning block
 of train_one_step_tree.
 
-Layout (rsm.Trainer._rollout_tree): every root grows the same tree; at depth d = 0..S (d = the
+Layout (rsm.methods.rollouts.tree): every root grows the same tree; at depth d = 0..S (d = the
 number of steps taken) the distinct nodes of all roots are numbered j = 0..distinct[d] - 1, root
 major; the transition taken at step i leads into a node at depth i + 1, so a training row "node j
 at depth i + 1" is that transition. A split step i gives node j at depth i the children

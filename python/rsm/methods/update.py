@@ -1,0 +1,98 @@
+"""The update blocks: every training row of a rollout as one block of the C update
+(csrc/train/update.h, one `_C.train_update` call over all blocks, the GIL released): the states,
+the per-row objective coefficients the preset's rule gives (rsm.methods.coefficients) and what
+the form reads; then the step statistics from the per-block results."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _C
+from ..sampling import _model_cond
+from .coefficients import RULES, anchor_kl_weight, kl_anchor
+from .setting import Setting
+
+
+def signal_rows(batch: Any) -> float:
+    """The trained rows that carry a signal (valid reward, non-zero-std group)."""
+    return sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
+
+
+def blocks(policy: Any, s: Setting, batch: Any, normalizer: float = 1.0,
+           n_batches: int = 1) -> list[dict]:
+    """The blocks of the C update, one per training row of `batch` and then one per KL-anchor
+    row (branch rollouts). The reference outputs' buffer lives in the row, so the reference is
+    evaluated once per rollout however many inner epochs and calls follow."""
+    rule = RULES[s.cfg["estimator"]]
+    out = []
+    for row in batch["rows"] + batch.get("anchor_rows", []):
+        i = row["step"]
+        x = np.ascontiguousarray(row["x"], dtype=policy.dtype)
+        n = x.shape[0]
+        anchor = bool(row.get("anchor", False))
+        if anchor:
+            coef, form, extra = kl_anchor(s, row, batch, n, normalizer, n_batches)
+        else:
+            coef, form, extra = rule(s, row, batch, n)
+        if "u_ref" not in row:
+            row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
+        c = s.sde[i]
+        # the train-time KL of this step (history "kl"; RSM-SPEC §11): per sample
+        # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
+        # comparable whole-path KL)
+        if anchor:
+            w = anchor_kl_weight(s, i)
+        else:
+            w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
+        out.append({"form": form, "anchor": anchor, "t": float(s.ts[i]), "x": x,
+                    "cond": _model_cond(policy, row["cond"], n, "finetune"), "coef": coef,
+                    "u_old": extra.get("u_old"), "psi": extra.get("psi"),
+                    "noise": extra.get("noise"), "u_ref": row["u_ref"],
+                    "ref_ready": row["u_ref_ready"],
+                    # ReFL anchors on the current outputs themselves (stop-gradient)
+                    "anchor_current": bool(extra.get("anchor_current", False)),
+                    "kl_report": 0.5 * w * w})
+    return out
+
+
+def run(policy: Any, ref: Any, optimizer: Any, s: Setting, batches: list, normalizer: float,
+        epochs: int) -> tuple[list, dict]:
+    """One C call over the training rows of all `batches`: the gradient (epochs = 0) or
+    `epochs` optimizer steps (all or nothing). Returns (blocks per batch, the C result)."""
+    per_batch = [blocks(policy, s, b, normalizer, len(batches)) for b in batches]
+    flat = [blk for bl in per_batch for blk in bl]
+    result = _C.train_update(policy._core, ref._core, s.path._core, flat, float(normalizer),
+                             linear_only=s.cfg.get("reweight") == "guard",
+                             mean_over_dims=bool(s.cfg["mean_over_dims"]),
+                             opt=optimizer._core if epochs else None, epochs=int(epochs),
+                             lr=optimizer.config["lr"])
+    for b in batches:   # the reference outputs are now in every row's buffer
+        for row in b["rows"] + b.get("anchor_rows", []):
+            row["u_ref_ready"] = True
+    return per_batch, result
+
+
+def block_stats(cfg: Any, batches: list, per_batch: list, loss: Any, kl: Any, clip: Any) -> dict:
+    """The step statistics of one epoch from the per-block loss, KL and clip fractions."""
+    stats = {"loss": 0.0, "kl": 0.0, "kl_anchor": 0.0, "clip_fraction_per_step": {}}
+    k = 0
+    for b, bl in zip(batches, per_batch):
+        # the KL-anchor blocks follow the row blocks: their loss counts, their KL is reported
+        # apart ("kl_anchor") and they clip nothing
+        anchors = range(k + len(b["rows"]), k + len(bl))
+        stats["kl_anchor"] += float(sum(kl[j] for j in anchors)) / len(batches)
+        stats["loss"] += float(sum(loss[j] for j in anchors))
+        rows = range(k, k + len(b["rows"]))
+        k += len(bl)
+        if cfg["estimator"] == "refl":  # ReFL's own loss, -lambda mean r(x0_hat)
+            ok = b["valid"]
+            stats["loss"] += float(-cfg["reward_scale"] * b["rewards"][ok].mean()) if ok.any() else 0.0
+        else:
+            stats["loss"] += float(sum(loss[j] for j in rows))
+        stats["kl"] += float(sum(kl[j] for j in rows)) / len(batches)
+        for j, row in zip(rows, b["rows"]):
+            stats["clip_fraction_per_step"].setdefault(row["step"], []).append(float(clip[j]))
+    stats["clip_fraction_per_step"] = {st: float(np.mean(v))
+                                       for st, v in stats["clip_fraction_per_step"].items()}
+    return stats
