@@ -31,6 +31,7 @@
 
 #include <stdint.h>
 
+#include "real_api.h"
 #include "status.h"
 
 typedef enum rsm_objective_form {
@@ -71,18 +72,10 @@ typedef struct rsm_objective_stats {
     double kl;            /* weighted mean of the KL anchor term (without the kl factor) */
 } rsm_objective_stats;
 
-/* u, u_old, u_ref, psi, noise: [R, D] arrays (NULL where the form does not read them);
- * cotangent[R, D] receives dL/du (=); log_ratio[R] and active[R] may be NULL. */
-rsm_status rsm_objective_f32(const rsm_objective_config *cfg, int64_t rows, int64_t dim,
-                             const rsm_objective_row *coef, const float *u, const float *u_old,
-                             const float *u_ref, const float *psi, const float *noise,
-                             float *cotangent, double *log_ratio, uint8_t *active,
-                             rsm_objective_stats *stats);
-rsm_status rsm_objective_f64(const rsm_objective_config *cfg, int64_t rows, int64_t dim,
-                             const rsm_objective_row *coef, const double *u, const double *u_old,
-                             const double *u_ref, const double *psi, const double *noise,
-                             double *cotangent, double *log_ratio, uint8_t *active,
-                             rsm_objective_stats *stats);
+/* rsm_objective_f32/_f64 (objective_real.c), declared by real_api.h: u, u_old, u_ref, psi, noise
+ * are [R, D] arrays (NULL where the form does not read them); cotangent[R, D] receives dL/du (=);
+ * log_ratio[R] and active[R] may be NULL. */
+RSM_DECLARE_REAL_API(RSM_API_OBJECTIVE)
 
 /* Group-normalised advantages (RSM-SPEC §7.2, Flow-GRPO's per-prompt stat tracker):
  *   A_r = clip((r_r - mean_g) / (std_g + eps), -adv_clip, adv_clip), std = population std,

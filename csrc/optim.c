@@ -57,7 +57,5 @@ rsm_adamw_free(rsm_adamw *opt)
 rsm_status
 rsm_adamw_step(rsm_adamw *opt, void *params, void *grads, double lr, double *grad_norm)
 {
-    if (opt->dtype == RSM_F32)
-        return rsm_adamw_step_f32(opt, (float *)params, (float *)grads, lr, grad_norm);
-    return rsm_adamw_step_f64(opt, (double *)params, (double *)grads, lr, grad_norm);
+    return RSM_REAL_CALL(opt->dtype, adamw_step, opt, params, grads, lr, grad_norm);
 }

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "real_api.h"
 #include "status.h"
 #include "tensor.h"
 
@@ -37,9 +38,7 @@ void rsm_adamw_free(rsm_adamw *opt);
  * gradient norm before clipping. A non-finite norm is RSM_ERR_NUMERIC and changes nothing. */
 rsm_status rsm_adamw_step(rsm_adamw *opt, void *params, void *grads, double lr,
                           double *grad_norm);
-rsm_status rsm_adamw_step_f32(rsm_adamw *opt, float *params, float *grads, double lr,
-                              double *grad_norm);
-rsm_status rsm_adamw_step_f64(rsm_adamw *opt, double *params, double *grads, double lr,
-                              double *grad_norm);
+/* its precisions rsm_adamw_step_f32/_f64 (optim_real.c), declared by real_api.h */
+RSM_DECLARE_REAL_API(RSM_API_OPTIM)
 
 #endif /* RSM_OPTIM_H */

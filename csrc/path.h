@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common.h"
+#include "real_api.h"
 #include "status.h"
 
 typedef enum rsm_path_kind { RSM_PATH_FLOW = 0, RSM_PATH_VP = 1 } rsm_path_kind;
@@ -102,17 +103,9 @@ rsm_param_convert_elem(rsm_param to, rsm_path_coef c, rsm_param_map m, double x,
 }
 
 /* Conversions of whole arrays (csrc/path_real.c), n rows of `dim` values with per-row times t[n]:
- * out = the `to` parameterization of the prediction given as `from`. In place is allowed. */
-rsm_status rsm_path_convert_f32(const rsm_path *path, rsm_param from, rsm_param to, int64_t n,
-                                int64_t dim, const float *t, const float *x, const float *u,
-                                float *out);
-rsm_status rsm_path_convert_f64(const rsm_path *path, rsm_param from, rsm_param to, int64_t n,
-                                int64_t dim, const double *t, const double *x, const double *u,
-                                double *out);
-/* x_t = alpha(t) x0 + sigma(t) eps, per-row t. */
-rsm_status rsm_path_noise_f32(const rsm_path *path, int64_t n, int64_t dim, const float *t,
-                              const float *x0, const float *eps, float *xt);
-rsm_status rsm_path_noise_f64(const rsm_path *path, int64_t n, int64_t dim, const double *t,
-                              const double *x0, const double *eps, double *xt);
+ * rsm_path_convert_f32/_f64 (out = the `to` parameterization of the prediction given as `from`;
+ * in place is allowed) and rsm_path_noise_f32/_f64 (x_t = alpha(t) x0 + sigma(t) eps), declared
+ * by real_api.h's list. */
+RSM_DECLARE_REAL_API(RSM_API_PATH)
 
 #endif /* RSM_PATH_H */

@@ -1,5 +1,6 @@
-/* precision_f32.c: instantiates every numeric template (*_real.c) in float32. */
+/* precision_f32.c: instantiates every numeric template (*_real.c) in float32 (see real.h). */
 #define RSM_REAL_BITS 32
+#include "rng_real.c"
 #include "ops/linear_real.c"
 #include "path_real.c"
 #include "ops/gelu_real.c"
@@ -14,3 +15,7 @@
 #include "nn/guided_real.c"
 #include "train/update_real.c"
 #include "train/rollout_real.c"
+
+/* every entry of real_api.h's list, declared again: the compiler checks each against its
+ * definition above */
+RSM_DECLARE_REAL_API(RSM_REAL_API)

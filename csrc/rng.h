@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "common.h"
+#include "real_api.h"
 
 #define RSM_PHILOX_M0 0xD2511F53u
 #define RSM_PHILOX_M1 0xCD9E8D57u
@@ -108,11 +109,9 @@ rsm_stream_id(uint64_t purpose, uint64_t a, uint64_t b)
     return (purpose << 56) | ((a & 0xFFFFFFFull) << 28) | (b & 0xFFFFFFFull);
 }
 
-/* Host fills (csrc/rng.c): element i of the output is element offset + i of (seed, stream). */
-void rsm_fill_normal_f32(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, float *out);
-void rsm_fill_normal_f64(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, double *out);
-void rsm_fill_uniform_f64(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, double *out);
-void rsm_fill_uniform_f32(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, float *out);
+/* Host fills (csrc/rng_real.c): element i of the output is element offset + i of (seed, stream);
+ * rsm_fill_normal_f32/_f64 and rsm_fill_uniform_f32/_f64 (in (0, 1)), declared by real_api.h. */
+RSM_DECLARE_REAL_API(RSM_API_RNG)
 /* Integers uniform in [0, bound) (bias < bound / 2^32). */
 void rsm_fill_index(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, int64_t bound,
                     int64_t *out);

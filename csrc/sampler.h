@@ -27,6 +27,7 @@
 
 #include "nn/model.h"
 #include "path.h"
+#include "real_api.h"
 #include "status.h"
 
 typedef enum rsm_sampler_kind {
@@ -70,42 +71,28 @@ rsm_step_coef rsm_sampler_step_coef(const rsm_path *path, const rsm_sampler_conf
 rsm_status rsm_sampler_final_rows(const rsm_sampler_config *cfg, int64_t n, int64_t dim,
                                   int64_t *rows);
 
-/* Outputs of a sampling run; every pointer except x_final may be NULL. N = final rows. */
+/* Outputs of a sampling run; every pointer except x_final may be NULL. N = final rows. The
+ * fields once, for real_t = R: rsm_trajectory_f32 and rsm_trajectory_f64 below. */
+#define RSM_TRAJECTORY_FIELDS(R)                                                                   \
+    R *x_final;   /* [N, D] */                                                                     \
+    R *xs;        /* [S + 1, N, D] states, xs[0] = prior draw at ts[0] */                          \
+    R *means;     /* [S, N, D] transition means */                                                 \
+    R *stds;      /* [S] */                                                                        \
+    R *log_probs; /* [S, N] */                                                                     \
+    R *noises;    /* [S, N, D] the z of each step (0 when deterministic) */                        \
+    R *outputs;   /* [S, N, D] network outputs u at each step (theta^dagger's) */                  \
+    int64_t *rows; /* [S + 1] distinct rows alive at each state (branching) */                     \
+    int64_t nfe;   /* network evaluations (rows x calls) */
 typedef struct rsm_trajectory_f32 {
-    float *x_final;     /* [N, D] */
-    float *xs;          /* [S + 1, N, D] states, xs[0] = prior draw at ts[0] */
-    float *means;       /* [S, N, D] transition means */
-    float *stds;        /* [S] */
-    float *log_probs;   /* [S, N] */
-    float *noises;      /* [S, N, D] the z of each step (0 when deterministic) */
-    float *outputs;     /* [S, N, D] network outputs u at each step (theta^dagger's) */
-    int64_t *rows;      /* [S + 1] distinct rows alive at each state (branching) */
-    int64_t nfe;        /* network evaluations (rows x calls) */
+    RSM_TRAJECTORY_FIELDS(float)
 } rsm_trajectory_f32;
-
 typedef struct rsm_trajectory_f64 {
-    double *x_final, *xs, *means, *stds, *log_probs, *noises, *outputs;
-    int64_t *rows;
-    int64_t nfe;
+    RSM_TRAJECTORY_FIELDS(double)
 } rsm_trajectory_f64;
 
-/* x_init[n, D] (NULL: draw N(0, I) from (seed, RSM_STREAM_PRIOR)), cond[n, C] or NULL. */
-rsm_status rsm_sample_f32(const rsm_model *model, const rsm_path *path,
-                          const rsm_sampler_config *cfg, int64_t n, const float *x_init,
-                          const float *cond, rsm_trajectory_f32 *out);
-rsm_status rsm_sample_f64(const rsm_model *model, const rsm_path *path,
-                          const rsm_sampler_config *cfg, int64_t n, const double *x_init,
-                          const double *cond, rsm_trajectory_f64 *out);
-
-/* The policy-ratio primitive: log pi_model(x_next | x) of step `step` for n rows, with the same
- * mean and density code as sampling. mean_out[n, D] and output_out[n, D] may be NULL. */
-rsm_status rsm_transition_log_prob_f32(const rsm_model *model, const rsm_path *path,
-                                       const rsm_sampler_config *cfg, int64_t step, int64_t n,
-                                       const float *x, const float *x_next, const float *cond,
-                                       float *log_prob, float *mean_out, float *output_out);
-rsm_status rsm_transition_log_prob_f64(const rsm_model *model, const rsm_path *path,
-                                       const rsm_sampler_config *cfg, int64_t step, int64_t n,
-                                       const double *x, const double *x_next, const double *cond,
-                                       double *log_prob, double *mean_out, double *output_out);
+/* rsm_sample_f32/_f64 (x_init[n, D], NULL: draw N(0, I) from (seed, RSM_STREAM_PRIOR); cond[n, C]
+ * or NULL) and rsm_transition_log_prob_f32/_f64 (the policy-ratio primitive: log pi(x_next | x)
+ * of one step with the same mean and density code as sampling), declared by real_api.h. */
+RSM_DECLARE_REAL_API(RSM_API_SAMPLER)
 
 #endif /* RSM_SAMPLER_H */

@@ -79,7 +79,8 @@ launched(const char *what)
 
 }  // namespace rsm_cuda
 
-/* Call body with `real` = float or double for dtype 0 / 1. */
+/* Call body with `real` = float or double for dtype 0 / 1: the kernels' one dtype dispatch (the
+ * C core's is RSM_REAL_CALL, csrc/real_api.h). */
 #define RSM_DISPATCH_REAL(dtype, what, ...)                                                    \
     do {                                                                                       \
         if ((dtype) == 0) {                                                                    \

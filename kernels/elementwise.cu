@@ -1,6 +1,6 @@
 /* elementwise.cu: Philox random numbers, activations and the EMA, one thread per element (or per
  * Philox block) in grid-stride loops. The per-element bodies are the CPU's (csrc/rng.h,
- * csrc/ops/activation.h, csrc/ops/adamw.h). */
+ * csrc/ops/activation.h, csrc/ops/adamw.h), instantiated here for `real` (see csrc/real.h). */
 #include "common.cuh"
 
 #include "rng.h"
@@ -42,18 +42,13 @@ fill_u32_kernel(uint64_t seed, uint64_t stream_id, uint64_t offset, int64_t n, u
     }
 }
 
-__device__ inline float silu(float x) { return rsm_silu_f32(x); }
-__device__ inline double silu(double x) { return rsm_silu_f64(x); }
-__device__ inline float silu_grad(float x) { return rsm_silu_grad_f32(x); }
-__device__ inline double silu_grad(double x) { return rsm_silu_grad_f64(x); }
-
 template <typename real>
 __global__ void
 silu_forward_kernel(int64_t n, const real *x, real *y)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = silu(x[i]);
+        y[i] = rsm_silu<real>(x[i]);
 }
 
 template <typename real>
@@ -62,11 +57,8 @@ silu_backward_kernel(int64_t n, const real *dy, const real *x, real *dx)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        dx[i] = dy[i] * silu_grad(x[i]);
+        dx[i] = dy[i] * rsm_silu_grad<real>(x[i]);
 }
-
-__device__ inline float ema_update(float d, float omd, float e, float p) { return rsm_ema_update_f32(d, omd, e, p); }
-__device__ inline double ema_update(double d, double omd, double e, double p) { return rsm_ema_update_f64(d, omd, e, p); }
 
 template <typename real>
 __global__ void
@@ -74,7 +66,7 @@ ema_kernel(int64_t n, real decay, real one_minus_decay, real *ema, const real *p
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        ema[i] = ema_update(decay, one_minus_decay, ema[i], params[i]);
+        ema[i] = rsm_ema_update<real>(decay, one_minus_decay, ema[i], params[i]);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 /* optim.cu: AdamW with global gradient-norm clipping and the EMA, on the device (csrc/optim.h,
  * optim_real.c). The norm is a two-pass reduction in double with a grid that depends only on n
  * (deterministic run to run); the update reads the norm on the device, so a step needs no host
- * round trip. The per-element update is csrc/ops/adamw.h's. */
+ * round trip. The per-element update is csrc/ops/adamw.h's, instantiated for `real`. */
 #include "common.cuh"
 
 #include "ops/adamw.h"
@@ -29,21 +29,9 @@ norm_final_kernel(int blocks, const double *partial, double *norm)
     if (threadIdx.x == 0) norm[0] = sqrt(sum);
 }
 
-__device__ inline void
-update(rsm_adamw_consts_f32 k, float *p, float *g, float *m, float *v, float *e, int64_t i)
-{
-    rsm_adamw_update_f32(k, p, g, m, v, e, i);
-}
-
-__device__ inline void
-update(rsm_adamw_consts_f64 k, double *p, double *g, double *m, double *v, double *e, int64_t i)
-{
-    rsm_adamw_update_f64(k, p, g, m, v, e, i);
-}
-
-template <typename real, typename consts>
+template <typename real>
 __global__ void
-adamw_kernel(int64_t n, consts k, double max_grad_norm, const double *norm, real *params,
+adamw_kernel(int64_t n, rsm_adamw_consts<real> k, double max_grad_norm, const double *norm, real *params,
              real *grads, real *m, real *v, real *ema)
 {
     const double nv = norm[0];
@@ -51,14 +39,14 @@ adamw_kernel(int64_t n, consts k, double max_grad_norm, const double *norm, real
     k.clip = (real)rsm_adamw_clip_scale(max_grad_norm, nv);
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        update(k, params, grads, m, v, ema, i);
+        rsm_adamw_update<real>(k, params, grads, m, v, ema, i);
 }
 
-template <typename real, typename consts>
-consts
+template <typename real>
+rsm_adamw_consts<real>
 make_consts(const double c[10])
 {
-    consts k;
+    rsm_adamw_consts<real> k;
     k.clip = 1;
     k.step_size = (real)c[0];
     k.inv_sqrt_bc2 = (real)c[1];
@@ -106,16 +94,10 @@ rsm_cuda_adamw_update(int dtype, int64_t n, const double c[10], double max_grad_
 {
     if (n <= 0) return 0;
     cudaStream_t s = pick_stream(stream);
-    if (dtype == 0) {
-        adamw_kernel<float, rsm_adamw_consts_f32><<<grid_for(n), kThreads, 0, s>>>(
-            n, make_consts<float, rsm_adamw_consts_f32>(c), max_grad_norm, norm, (float *)params,
-            (float *)grads, (float *)m, (float *)v, (float *)ema);
-    } else if (dtype == 1) {
-        adamw_kernel<double, rsm_adamw_consts_f64><<<grid_for(n), kThreads, 0, s>>>(
-            n, make_consts<double, rsm_adamw_consts_f64>(c), max_grad_norm, norm,
-            (double *)params, (double *)grads, (double *)m, (double *)v, (double *)ema);
-    } else {
-        return fail(1, "adamw_update: dtype code %d", dtype);
-    }
+    RSM_DISPATCH_REAL(dtype, "adamw_update", {
+        adamw_kernel<real><<<grid_for(n), kThreads, 0, s>>>(
+            n, make_consts<real>(c), max_grad_norm, norm, (real *)params, (real *)grads, (real *)m,
+            (real *)v, (real *)ema);
+    });
     return launched("adamw_update");
 }

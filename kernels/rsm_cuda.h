@@ -7,7 +7,8 @@
  * (NULL: rsm's own stream of the current device, see rsm_cuda_stream). Arrays are C-contiguous.
  * Every kernel's per-element math comes from the csrc/ headers shared with the CPU loops
  * (RSM_HOST_DEVICE): rng.h, ops/activation.h, ops/sampler_step.h, ops/objective_elem.h,
- * ops/adamw.h, path.h.
+ * ops/adamw.h, path.h; the ones over real_t are templates the kernels instantiate for their
+ * `real` (the precision scheme: csrc/real.h).
  */
 #ifndef RSM_CUDA_H
 #define RSM_CUDA_H

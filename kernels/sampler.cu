@@ -2,7 +2,8 @@
  * RSM-SPEC §2.3): one warp per row draws z from the step's Philox stream (element k = r D + d,
  * the CPU's indexing), writes mean = A x + K u, x_next = mean + std z and the noise, and reduces
  * ((x_next - mean) / std)^2 over the row for log pi(x_next | x). The per-element bodies are
- * csrc/ops/sampler_step.h's. The row sum is a warp tree in double (the CPU sums sequentially):
+ * csrc/ops/sampler_step.h's,
+ * instantiated for `real`. The row sum is a warp tree in double (the CPU sums sequentially):
  * log-probs agree to rounding, not bitwise. */
 #include "common.cuh"
 
@@ -15,12 +16,6 @@ using rsm_cuda::kRowsPerBlock;
 using rsm_cuda::kWarp;
 using rsm_cuda::warp_sum;
 
-__device__ inline float step_mean(double A, double K, float x, float u) { return rsm_step_mean_f32(A, K, x, u); }
-__device__ inline double step_mean(double A, double K, double x, double u) { return rsm_step_mean_f64(A, K, x, u); }
-__device__ inline float step_next(float m, double s, float z) { return rsm_step_next_f32(m, s, z); }
-__device__ inline double step_next(double m, double s, double z) { return rsm_step_next_f64(m, s, z); }
-__device__ inline double step_sq(float xn, float m, double s) { return rsm_step_sq_f32(xn, m, s); }
-__device__ inline double step_sq(double xn, double m, double s) { return rsm_step_sq_f64(xn, m, s); }
 
 template <typename real>
 __global__ void
@@ -35,15 +30,15 @@ step_kernel(double A, double K, double std, int stochastic, uint64_t seed, uint6
         double sq = 0.0;
         for (int64_t d = lane; d < dim; d += kWarp) {
             const int64_t k = r * dim + d;
-            real mean = step_mean(A, K, x[k], u[k]);
+            real mean = rsm_step_mean<real>(A, K, x[k], u[k]);
             real z = 0;
             if (stochastic) {
                 double zs[4];
                 rsm_philox_normals4(seed, stream_id, (uint64_t)k >> 2, zs);
                 z = (real)zs[k & 3];
             }
-            real next = stochastic ? step_next(mean, std, z) : mean;
-            if (stochastic) sq += step_sq(next, mean, std);
+            real next = stochastic ? rsm_step_next<real>(mean, std, z) : mean;
+            if (stochastic) sq += rsm_step_sq<real>(next, mean, std);
             x_next[k] = next;
             if (mean_out) mean_out[k] = mean;
             if (noise_out) noise_out[k] = z;
@@ -67,8 +62,8 @@ log_prob_kernel(double A, double K, double std, int64_t rows, int64_t dim, const
         double sq = 0.0;
         for (int64_t d = lane; d < dim; d += kWarp) {
             const int64_t k = r * dim + d;
-            real mean = step_mean(A, K, x[k], u[k]);
-            sq += step_sq(x_next[k], mean, std);
+            real mean = rsm_step_mean<real>(A, K, x[k], u[k]);
+            sq += rsm_step_sq<real>(x_next[k], mean, std);
             if (mean_out) mean_out[k] = mean;
         }
         sq = warp_sum(sq);
@@ -76,10 +71,6 @@ log_prob_kernel(double A, double K, double std, int64_t rows, int64_t dim, const
     }
 }
 
-__device__ inline float heun_predict(double dt, double vx, double vu, float x, float u) { return rsm_heun_predict_f32(dt, vx, vu, x, u); }
-__device__ inline double heun_predict(double dt, double vx, double vu, double x, double u) { return rsm_heun_predict_f64(dt, vx, vu, x, u); }
-__device__ inline float heun_mean(double dt, double a, double b, double c, double d, float x, float u, float xe, float u2) { return rsm_heun_mean_f32(dt, a, b, c, d, x, u, xe, u2); }
-__device__ inline double heun_mean(double dt, double a, double b, double c, double d, double x, double u, double xe, double u2) { return rsm_heun_mean_f64(dt, a, b, c, d, x, u, xe, u2); }
 
 template <typename real>
 __global__ void
@@ -88,7 +79,7 @@ heun_predict_kernel(double dt, double vx, double vu, int64_t n, const real *x, c
 {
     for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
          k += (int64_t)gridDim.x * blockDim.x)
-        xe[k] = heun_predict(dt, vx, vu, x[k], u[k]);
+        xe[k] = rsm_heun_predict<real>(dt, vx, vu, x[k], u[k]);
 }
 
 template <typename real>
@@ -98,7 +89,7 @@ heun_mean_kernel(double dt, double vx, double vu, double vxn, double vun, int64_
 {
     for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < n;
          k += (int64_t)gridDim.x * blockDim.x)
-        out[k] = heun_mean(dt, vx, vu, vxn, vun, x[k], u[k], xe[k], u2[k]);
+        out[k] = rsm_heun_mean<real>(dt, vx, vu, vxn, vun, x[k], u[k], xe[k], u2[k]);
 }
 
 unsigned

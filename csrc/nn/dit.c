@@ -7,22 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* defined in dit_real.c, once per real type */
-#define RSM_DIT_DECLARE(suffix, real_t)                                                            \
-    rsm_status rsm_dit_init_params_##suffix(const rsm_dit *dit, uint64_t seed);                    \
-    void rsm_dit_init_pos_##suffix(const rsm_dit *dit);                                            \
-    rsm_status rsm_dit_init_lora_##suffix(const rsm_dit *dit, uint64_t seed);                      \
-    int64_t rsm_dit_activation_elems_##suffix(const rsm_dit *dit, int64_t n);                      \
-    rsm_status rsm_dit_forward_##suffix(rsm_dit *dit, int64_t n, const real_t *x, const real_t *t, \
-                                        const real_t *cond, real_t *out);                          \
-    rsm_status rsm_dit_backward_##suffix(rsm_dit *dit, int64_t n, const real_t *dout,              \
-                                         real_t *dparams, real_t *dx);                             \
-    rsm_status rsm_dit_op_##suffix(const char *name, const int64_t *sizes,                         \
-                                   const real_t *const *inputs, const real_t *dout, real_t *out,   \
-                                   real_t *const *grads);
-RSM_DIT_DECLARE(f32, float)
-RSM_DIT_DECLARE(f64, double)
-
 /* The layout with every size overflow-checked (csrc/checked.h): M(a, b) = a * b, A(a, b) = a + b. */
 #define M(a, b) rsm_size_mul((a), (b), &ok)
 #define A(a, b) rsm_size_add((a), (b), &ok)
@@ -130,10 +114,7 @@ rsm_dit_init(rsm_dit *dit, rsm_dit_config config, uint64_t seed)
                         (long long)num_params);
     }
     dit->owns_params = 1;
-    if (config.dtype == RSM_F32)
-        rsm_dit_init_pos_f32(dit);
-    else
-        rsm_dit_init_pos_f64(dit);
+    RSM_REAL_CALL(config.dtype, dit_init_pos, dit);
     rsm_status status = rsm_dit_reset_parameters(dit, seed);
     if (status != RSM_OK) rsm_dit_free(dit);
     return status;
@@ -191,8 +172,7 @@ rsm_dit_init_lora(rsm_dit *dit, const rsm_dit *base, int64_t rank, double alpha,
         rsm_dit_free(dit);
         return rsm_fail(RSM_ERR_MEMORY, "cannot allocate LoRA adapters");
     }
-    rsm_status status = base->config.dtype == RSM_F32 ? rsm_dit_init_lora_f32(dit, seed)
-                                                      : rsm_dit_init_lora_f64(dit, seed);
+    rsm_status status = RSM_REAL_CALL(base->config.dtype, dit_init_lora, dit, seed);
     if (status != RSM_OK) rsm_dit_free(dit);
     return status;
 }
@@ -200,9 +180,8 @@ rsm_dit_init_lora(rsm_dit *dit, const rsm_dit *base, int64_t rank, double alpha,
 rsm_status
 rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed)
 {
-    const int f32 = dit->config.dtype == RSM_F32;
-    if (dit->lora.rank > 0) return f32 ? rsm_dit_init_lora_f32(dit, seed) : rsm_dit_init_lora_f64(dit, seed);
-    return f32 ? rsm_dit_init_params_f32(dit, seed) : rsm_dit_init_params_f64(dit, seed);
+    if (dit->lora.rank > 0) return RSM_REAL_CALL(dit->config.dtype, dit_init_lora, dit, seed);
+    return RSM_REAL_CALL(dit->config.dtype, dit_init_params, dit, seed);
 }
 
 void
@@ -231,8 +210,7 @@ rsm_dit_num_trainable(const rsm_dit *dit)
 int64_t
 rsm_dit_activation_bytes(const rsm_dit *dit, int64_t n)
 {
-    int64_t elems = dit->config.dtype == RSM_F32 ? rsm_dit_activation_elems_f32(dit, n)
-                                                 : rsm_dit_activation_elems_f64(dit, n);
+    int64_t elems = RSM_REAL_CALL(dit->config.dtype, dit_activation_elems, dit, n);
     return elems < 0 ? -1 : elems * (int64_t)rsm_dtype_size(dit->config.dtype);
 }
 
@@ -242,13 +220,8 @@ rsm_dit_forward(rsm_dit *dit, int64_t n, const void *x, const void *t, const voi
     RSM_CHECK(n >= 0, RSM_ERR_VALUE, "batch size n=%lld must be >= 0", (long long)n);
     dit->generation += 1;
     dit->saved_rows = -1; /* no valid activations until this forward succeeds */
-    rsm_status status;
-    if (dit->config.dtype == RSM_F32)
-        status = rsm_dit_forward_f32(dit, n, (const float *)x, (const float *)t,
-                                     (const float *)cond, (float *)out);
-    else
-        status = rsm_dit_forward_f64(dit, n, (const double *)x, (const double *)t,
-                                     (const double *)cond, (double *)out);
+    rsm_status status =
+        RSM_REAL_CALL(dit->config.dtype, dit_forward, dit, n, x, t, cond, out);
     if (status == RSM_OK) dit->saved_rows = n;
     return status;
 }
@@ -258,9 +231,7 @@ rsm_dit_backward(rsm_dit *dit, int64_t n, const void *dout, void *dparams, void 
 {
     RSM_CHECK(n == dit->saved_rows, RSM_ERR_INTERNAL,
               "backward of %lld rows without a matching forward", (long long)n);
-    if (dit->config.dtype == RSM_F32)
-        return rsm_dit_backward_f32(dit, n, (const float *)dout, (float *)dparams, (float *)dx);
-    return rsm_dit_backward_f64(dit, n, (const double *)dout, (double *)dparams, (double *)dx);
+    return RSM_REAL_CALL(dit->config.dtype, dit_backward, dit, n, dout, dparams, dx);
 }
 
 static rsm_status

@@ -33,6 +33,7 @@
 
 #include <stdint.h>
 
+#include "../real_api.h"
 #include "../status.h"
 #include "../tensor.h"
 #include "model.h"
@@ -125,9 +126,9 @@ rsm_status rsm_dit_forward(rsm_dit *dit, int64_t n, const void *x, const void *t
 rsm_status rsm_dit_backward(rsm_dit *dit, int64_t n, const void *dout, void *dparams, void *dx);
 rsm_model rsm_dit_as_model(rsm_dit *dit);
 
-/* Test hook: forward and backward of one op in float64 (name: "layernorm", "modulate",
- * "gated_residual", "attention", "gelu", "patchify"); see dit.c for the argument packing. */
-rsm_status rsm_dit_op_f64(const char *name, const int64_t *sizes, const double *const *inputs,
-                          const double *dout, double *out, double *const *grads);
+/* dit_real.c's entry points in both precisions (list: real_api.h), among them the test hook
+ * rsm_dit_op_f64: forward and backward of one op (name: "layernorm", "modulate",
+ * "gated_residual", "attention", "gelu", "patchify"), argument packing in dit_real.c. */
+RSM_DECLARE_REAL_API(RSM_API_DIT)
 
 #endif /* RSM_DIT_H */

@@ -1,33 +1,22 @@
 /* guided.c: the guided model (see guided.h): dtype dispatch and the stacked inner forward. */
 #include "guided.h"
 
+#include "../real_api.h"
 #include "../tensor.h"
 
-void rsm_guided_combine_f32(int64_t m, double scale, const float *u2, float *out);
-void rsm_guided_combine_f64(int64_t m, double scale, const double *u2, double *out);
-void rsm_guided_split_f32(int64_t m, double scale, const float *dout, float *du2);
-void rsm_guided_split_f64(int64_t m, double scale, const double *dout, double *du2);
-void rsm_guided_sum_halves_f32(int64_t m, const float *dx2, float *dx);
-void rsm_guided_sum_halves_f64(int64_t m, const double *dx2, double *dx);
-void rsm_guided_stack_f32(int64_t n, int64_t dim, int64_t cond_dim, const float *null_cond,
-                          const float *x, const float *t, const float *cond, float *x2, float *t2,
-                          float *cond2);
-void rsm_guided_stack_f64(int64_t n, int64_t dim, int64_t cond_dim, const double *null_cond,
-                          const double *x, const double *t, const double *cond, double *x2,
-                          double *t2, double *cond2);
+/* rsm_guided_combine/split/stack/sum_halves_f32/_f64, defined in guided_real.c */
+RSM_DECLARE_REAL_API(RSM_API_GUIDED)
 
 void
 rsm_guided_combine(rsm_dtype dtype, int64_t m, double scale, const void *u2, void *out)
 {
-    if (dtype == RSM_F32) rsm_guided_combine_f32(m, scale, (const float *)u2, (float *)out);
-    else rsm_guided_combine_f64(m, scale, (const double *)u2, (double *)out);
+    RSM_REAL_CALL(dtype, guided_combine, m, scale, u2, out);
 }
 
 void
 rsm_guided_split(rsm_dtype dtype, int64_t m, double scale, const void *dout, void *du2)
 {
-    if (dtype == RSM_F32) rsm_guided_split_f32(m, scale, (const float *)dout, (float *)du2);
-    else rsm_guided_split_f64(m, scale, (const double *)dout, (double *)du2);
+    RSM_REAL_CALL(dtype, guided_split, m, scale, dout, du2);
 }
 
 void
@@ -35,14 +24,7 @@ rsm_guided_stack(const rsm_guided *g, int64_t n, const void *x, const void *t, c
                  void *x2, void *t2, void *cond2)
 {
     const int64_t D = g->inner.dim, C = g->inner.cond_dim;
-    if (g->inner.dtype == RSM_F32)
-        rsm_guided_stack_f32(n, D, C, (const float *)g->null_cond, (const float *)x,
-                             (const float *)t, (const float *)cond, (float *)x2, (float *)t2,
-                             (float *)cond2);
-    else
-        rsm_guided_stack_f64(n, D, C, (const double *)g->null_cond, (const double *)x,
-                             (const double *)t, (const double *)cond, (double *)x2, (double *)t2,
-                             (double *)cond2);
+    RSM_REAL_CALL(g->inner.dtype, guided_stack, n, D, C, g->null_cond, x, t, cond, x2, t2, cond2);
 }
 
 rsm_status
@@ -51,7 +33,7 @@ rsm_guided_forward(rsm_guided *g, const rsm_path *path, int64_t n, const void *x
 {
     rsm_status status = RSM_OK;
     const int64_t D = g->inner.dim, C = g->inner.cond_dim;
-    const size_t item = g->inner.dtype == RSM_F32 ? sizeof(float) : sizeof(double);
+    const size_t item = rsm_dtype_size(g->inner.dtype);
     void *x2 = NULL, *t2 = NULL, *cond2 = NULL, *u2 = NULL;
     RSM_CHECK(C >= 1 && g->null_cond != NULL, RSM_ERR_VALUE,
               "classifier-free guidance needs a conditional model (cond_dim=%lld) and a null "
@@ -95,7 +77,7 @@ rsm_guided_model_backward(void *self, int64_t n, const void *dout, void *dparams
     rsm_guided *g = (rsm_guided *)self;
     rsm_status status = RSM_OK;
     const int64_t D = g->inner.dim;
-    const size_t item = g->inner.dtype == RSM_F32 ? sizeof(float) : sizeof(double);
+    const size_t item = rsm_dtype_size(g->inner.dtype);
     RSM_CHECK(g->inner.backward != NULL, RSM_ERR_VALUE, "the guided model's inner model is not trainable");
     RSM_CHECK(n >= 0, RSM_ERR_VALUE, "n=%lld must be >= 0", (long long)n);
     if (n == 0) return RSM_OK;
@@ -105,12 +87,7 @@ rsm_guided_model_backward(void *self, int64_t n, const void *dout, void *dparams
                    "cannot allocate the stacked cotangent of %lld rows", (long long)(2 * n));
     rsm_guided_split(g->inner.dtype, n * D, g->scale, dout, du2);
     RSM_TRY_GOTO(g->inner.backward(g->inner.self, 2 * n, du2, dparams, dx2));
-    if (dx) {
-        if (g->inner.dtype == RSM_F32)
-            rsm_guided_sum_halves_f32(n * D, (const float *)dx2, (float *)dx);
-        else
-            rsm_guided_sum_halves_f64(n * D, (const double *)dx2, (double *)dx);
-    }
+    if (dx) RSM_REAL_CALL(g->inner.dtype, guided_sum_halves, n * D, dx2, dx);
 fail:
     rsm_free(du2);
     rsm_free(dx2);

@@ -6,17 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* defined in mlp_real.c, once per real type */
-rsm_status rsm_mlp_init_params_f32(const rsm_mlp *mlp, uint64_t seed);
-rsm_status rsm_mlp_init_params_f64(const rsm_mlp *mlp, uint64_t seed);
-rsm_status rsm_mlp_forward_f32(rsm_mlp *mlp, int64_t n, const float *x, const float *t,
-                               const float *cond, float *out);
-rsm_status rsm_mlp_forward_f64(rsm_mlp *mlp, int64_t n, const double *x, const double *t,
-                               const double *cond, double *out);
-rsm_status rsm_mlp_backward_f32(rsm_mlp *mlp, int64_t n, const float *dout, float *dparams,
-                                float *dx);
-rsm_status rsm_mlp_backward_f64(rsm_mlp *mlp, int64_t n, const double *dout, double *dparams,
-                                double *dx);
+#include "../real_api.h"
+
+/* rsm_mlp_init_params/forward/backward_f32/_f64, defined in mlp_real.c (list: real_api.h) */
+RSM_DECLARE_REAL_API(RSM_API_MLP)
 
 rsm_status
 rsm_mlp_layout_of(rsm_mlp_config c, rsm_mlp_layout *out)
@@ -73,8 +66,7 @@ rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed)
 rsm_status
 rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed)
 {
-    if (mlp->config.dtype == RSM_F32) return rsm_mlp_init_params_f32(mlp, seed);
-    return rsm_mlp_init_params_f64(mlp, seed);
+    return RSM_REAL_CALL(mlp->config.dtype, mlp_init_params, mlp, seed);
 }
 
 void
@@ -96,19 +88,13 @@ rsm_mlp_forward(rsm_mlp *mlp, int64_t n, const void *x, const void *t, const voi
               (long long)mlp->config.cond_dim);
     mlp->generation += 1;
     mlp->saved_rows = n;
-    if (mlp->config.dtype == RSM_F32)
-        return rsm_mlp_forward_f32(mlp, n, (const float *)x, (const float *)t,
-                                   (const float *)cond, (float *)out);
-    return rsm_mlp_forward_f64(mlp, n, (const double *)x, (const double *)t,
-                               (const double *)cond, (double *)out);
+    return RSM_REAL_CALL(mlp->config.dtype, mlp_forward, mlp, n, x, t, cond, out);
 }
 
 rsm_status
 rsm_mlp_backward(rsm_mlp *mlp, int64_t n, const void *dout, void *dparams, void *dx)
 {
-    if (mlp->config.dtype == RSM_F32)
-        return rsm_mlp_backward_f32(mlp, n, (const float *)dout, (float *)dparams, (float *)dx);
-    return rsm_mlp_backward_f64(mlp, n, (const double *)dout, (double *)dparams, (double *)dx);
+    return RSM_REAL_CALL(mlp->config.dtype, mlp_backward, mlp, n, dout, dparams, dx);
 }
 
 static rsm_status

@@ -12,13 +12,7 @@
  */
 #include "real.h"
 #include "../blas.h"
-#include "activation.h"
-
-#if RSM_REAL_BITS == 32
-#define RSM_ATTN_EXP rsm_expf
-#else
-#define RSM_ATTN_EXP exp
-#endif
+#include "real_math.h"
 
 /* o[n*T, W] and probs[n, heads, T, T] from qkv[n*T, 3W]. */
 static void
@@ -39,7 +33,7 @@ RSM_T(attention_forward)(real_t *o, real_t *probs, const real_t *qkv, int64_t n,
             for (int64_t j = 1; j < T; j++) m = row[j] > m ? row[j] : m;
             real_t sum = 0;
             for (int64_t j = 0; j < T; j++) {
-                row[j] = RSM_ATTN_EXP(row[j] - m);
+                row[j] = rsm_exp_real(row[j] - m);
                 sum += row[j];
             }
             real_t inv = 1 / sum;
@@ -115,4 +109,3 @@ RSM_T(patchify_backward)(real_t *x, const real_t *tok, int64_t n, int64_t C, int
             }
 }
 
-#undef RSM_ATTN_EXP

@@ -1,16 +1,26 @@
-/* binding.h: what the files of the CPython binding (rsm._C) share.
+/* binding.h: what the files of the CPython binding (rsm._C) share; the one header of the binding.
  *
  * The binding is thin: it parses arguments, converts tensors (DLPack in and out), maps rsm_status
  * to Python exceptions and wraps Python callables. Numerical work happens in the C core (csrc/),
- * with the GIL released around it.
+ * with the GIL released around it. Every .c file here includes this header and core headers;
+ * no .c file includes another .c file (tests/test_includes.py checks it).
  *
- * Files:  module.c      module definition, multi-phase init, module state, errors, build_info
- *         tensor_py.c   the rsm.Tensor type, from_dlpack, __dlpack__ (DLPack producer/consumer)
- *         compute_py.c  models, paths, samplers, optimizers, pretraining entry points
- *         objective_py.c  the RSM objective and group advantages
- *         dit_py.c      the DiT backbone (DiTCore), LoRA, and the op test hook
- *         guidance_py.c classifier-free guidance: the guided model core and its combination
- *         update_py.c   the fine-tuning update (objective, backward, optimizer steps in one call)
+ * Files, one concept each:
+ *   module.c       module definition, multi-phase init, module state, errors, build_info
+ *   args.c         argument conversion helpers: dtype names, shaped real arrays, finite values
+ *   tensor_py.c    the rsm.Tensor type, from_dlpack, __dlpack__ (DLPack producer/consumer)
+ *   model_py.c     the one model-type machinery over the core's vtable (nn/model.h): init, lock,
+ *                  dealloc, forward / vjp / backward, and the model argument of every entry point
+ *   mlp_py.c       MLPCore          dit_py.c     DiTCore (and its LoRA form)
+ *   guided_py.c    GuidedCore and the guidance combination    gmm_py.c   GaussianMixtureCore
+ *   path_py.c      PathCore (schedules, parameterization changes, noising)
+ *   sampler_py.c   sample, branch_rollout, transition_log_prob, step_coefficients
+ *   reward_py.c    a Python reward callable as the rollouts' reward hook; the analytic rewards
+ *   objective_py.c the RSM objective and group advantages
+ *   optim_py.c     AdamWCore
+ *   train_py.c     pretrain_steps and train_update (the fine-tuning update)
+ *   rng_py.c       the counter-based random numbers (philox, random, stream_id)
+ *   debug_py.c     test and benchmark hooks, not API (gemm, dit_op)
  */
 #ifndef RSM_BINDING_H
 #define RSM_BINDING_H
@@ -18,24 +28,32 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "../nn/model.h"
+#include "../objective.h"
+#include "../path.h"
 #include "../status.h"
 #include "../tensor.h"
+#include "../train/rollout.h"
 
 typedef struct rsm_module_state {
-    PyTypeObject *tensor_type;   /* rsm.Tensor (tensor_py.c) */
-    PyTypeObject *mlp_type;      /* rsm._C.MLPCore (compute_py.c) */
-    PyTypeObject *gmm_type;      /* rsm._C.GaussianMixtureCore (compute_py.c) */
-    PyTypeObject *path_type;     /* rsm._C.PathCore (compute_py.c) */
-    PyTypeObject *adamw_type;    /* rsm._C.AdamWCore (compute_py.c) */
-    PyTypeObject *dit_type;      /* rsm._C.DiTCore (dit_py.c) */
-    PyTypeObject *guided_type;   /* rsm._C.GuidedCore (guidance_py.c) */
+    PyTypeObject *tensor_type; /* rsm.Tensor (tensor_py.c) */
+    PyTypeObject *mlp_type;    /* rsm._C.MLPCore (mlp_py.c) */
+    PyTypeObject *gmm_type;    /* rsm._C.GaussianMixtureCore (gmm_py.c) */
+    PyTypeObject *path_type;   /* rsm._C.PathCore (path_py.c) */
+    PyTypeObject *adamw_type;  /* rsm._C.AdamWCore (optim_py.c) */
+    PyTypeObject *dit_type;    /* rsm._C.DiTCore (dit_py.c) */
+    PyTypeObject *guided_type; /* rsm._C.GuidedCore (guided_py.c) */
 } rsm_module_state;
+
+/* ---- the module (module.c) ----------------------------------------------------------------- */
 
 extern PyModuleDef rsm_module_def;
 
 rsm_module_state *rsm_state(PyObject *module);
 /* The rsm._C module from an instance of one of its heap types. */
 PyObject *rsm_module_of_type(PyTypeObject *type);
+/* Create the heap type of `spec`, keep it in *slot (module state) and add it as `name`. */
+int rsm_py_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot, const char *name);
 
 /* Raise the Python exception that matches `status`, with the core's last message prefixed by
  * "func(): ". Returns NULL so callers can `return rsm_py_raise(...)`. RSM_ERR_CALLBACK keeps the
@@ -44,19 +62,31 @@ PyObject *rsm_py_raise(rsm_status status, const char *func);
 /* Same, with an explicit message (printf-style); the message is prefixed by "func(): ". */
 PyObject *rsm_py_raisef(PyObject *exc_type, const char *func, const char *fmt, ...);
 
+/* Each file's part of the module: its types and functions (called by module.c's exec slot). */
+int rsm_py_tensor_exec(PyObject *module);
+int rsm_py_path_exec(PyObject *module);
+int rsm_py_mlp_exec(PyObject *module);
+int rsm_py_gmm_exec(PyObject *module);
+int rsm_py_dit_exec(PyObject *module);
+int rsm_py_guided_exec(PyObject *module);
+int rsm_py_sampler_exec(PyObject *module);
+int rsm_py_reward_exec(PyObject *module);
+int rsm_py_objective_exec(PyObject *module);
+int rsm_py_optim_exec(PyObject *module);
+int rsm_py_train_exec(PyObject *module);
+int rsm_py_rng_exec(PyObject *module);
+int rsm_py_debug_exec(PyObject *module);
+
 /* ---- rsm.Tensor (tensor_py.c) ------------------------------------------------------------- */
 
 typedef struct rsm_py_tensor {
-    PyObject_HEAD
-    rsm_tensor t;          /* the view: data, device, dtype, shape, strides */
-    void *own_data;        /* rsm_malloc'd buffer owned by this object, or NULL */
-    PyObject *base;        /* an object kept alive by this view (e.g. a model for .params), or NULL */
-    void *managed;         /* an imported DLManagedTensor(Versioned) whose deleter we call, or NULL */
+    PyObject_HEAD rsm_tensor t; /* the view: data, device, dtype, shape, strides */
+    void *own_data;             /* rsm_malloc'd buffer owned by this object, or NULL */
+    PyObject *base; /* an object kept alive by this view (e.g. a model for .params), or NULL */
+    void *managed;  /* an imported DLManagedTensor(Versioned) whose deleter we call, or NULL */
     int managed_versioned; /* 1 if `managed` is a DLManagedTensorVersioned */
     PyObject *weakreflist;
 } rsm_py_tensor;
-
-int rsm_py_tensor_exec(PyObject *module);
 
 /* A new, owned, C-contiguous CPU tensor (uninitialised memory; zeroed if `zero`). */
 rsm_py_tensor *rsm_py_tensor_new(PyObject *module, rsm_dtype dtype, int32_t ndim,
@@ -80,73 +110,112 @@ rsm_py_tensor_data(rsm_py_tensor *self)
 {
     return rsm_tensor_ptr(&self->t);
 }
+/* The data of an optional tensor (NULL for none). */
+#define RSM_PY_PTR(t) ((t) ? rsm_py_tensor_data(t) : NULL)
 
-/* ---- compute entry points (compute_py.c) -------------------------------------------------- */
-int rsm_py_compute_exec(PyObject *module);
-/* The dtype argument of a model constructor ('float32' / 'float64'). */
-int rsm_py_parse_model_dtype(PyObject *obj, const char *func, rsm_dtype *out);
+/* ---- argument conversion (args.c) ----------------------------------------------------------
+ * Type conversion with messages that name the function and the argument. What the core checks
+ * itself (a value's range, a configuration's consistency) is left to the core's status message. */
 
-struct rsm_adamw;
-struct rsm_path;
-/* An AdamWCore / PathCore argument -> its C object (borrowed); NULL with a TypeError naming
- * `argname` otherwise. */
-struct rsm_adamw *rsm_py_adamw_arg(PyObject *module, PyObject *obj, const char *func,
-                                   const char *argname);
-const struct rsm_path *rsm_py_path_arg(PyObject *module, PyObject *obj, const char *func,
-                                       const char *argname);
+/* 'float32' / 'float64' (obj NULL: float32); a ValueError naming `func` otherwise. */
+int rsm_py_parse_real_dtype(PyObject *obj, const char *func, rsm_dtype *out);
+/* A [rows, cols] argument of `dtype`; rows / cols < 0 mean any. */
+rsm_py_tensor *rsm_py_matrix_arg(PyObject *module, PyObject *obj, const char *func,
+                                 const char *name, rsm_dtype dtype, int64_t rows, int64_t cols);
+/* A [len] argument of `dtype`; len < 0 means any. */
+rsm_py_tensor *rsm_py_vector_arg(PyObject *module, PyObject *obj, const char *func,
+                                 const char *name, rsm_dtype dtype, int64_t len);
+/* A float32 or float64 argument (the dtype of whatever was passed). */
+rsm_py_tensor *rsm_py_real_arg(PyObject *module, PyObject *obj, const char *func, const char *name);
+/* Every value finite and in [0, 1] (times; t = 1 is noise) / every value finite. */
+int rsm_py_check_times(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
+int rsm_py_check_finite(rsm_py_tensor *t, rsm_dtype dtype, const char *func, const char *name);
 
-/* ---- the DiT (dit_py.c) --------------------------------------------------------------------- */
-int rsm_py_dit_exec(PyObject *module);
-struct rsm_model;
-/* obj a DiTCore: fill *model (vtable) and *lock, return 1; not a DiTCore: 0; error: -1. */
-int rsm_py_dit_model(PyObject *module, PyObject *obj, const char *func, struct rsm_model *model,
-                     PyThread_type_lock *lock);
+/* ---- the model types (model_py.c; mlp_py.c, dit_py.c, guided_py.c, gmm_py.c) ---------------
+ * Every model core is an rsm_py_model followed by its core struct. The shared machinery runs
+ * init bookkeeping, the lock, dealloc / traverse / clear and the forward / vjp / backward methods
+ * through the core's vtable; a model file supplies its ops (below), its constructor and its
+ * specific getters. */
 
-#include "../nn/model.h"
+struct rsm_py_model;
+typedef struct rsm_py_model_ops {
+    const char *name; /* the constructor's name in messages ("MLP", "DiT", ...) */
+    int reinit;       /* __init__ may run again on an initialised object (it frees the old core) */
+    /* The core vtable of an initialised model; *lock is preset to the model's own lock (a
+     * guided model replaces it by its inner model's). 0, or -1 with an exception set. */
+    int (*as_model)(PyObject *module, struct rsm_py_model *self, const char *func, rsm_model *model,
+                    PyThread_type_lock *lock);
+    /* Free the core state if `initialised`, and drop the references the object owns. */
+    void (*release)(struct rsm_py_model *self);
+    /* Visit / clear the Python references the object owns (NULL: none). */
+    int (*traverse)(struct rsm_py_model *self, visitproc visit, void *arg);
+    int (*clear)(struct rsm_py_model *self);
+} rsm_py_model_ops;
+
+typedef struct rsm_py_model {
+    PyObject_HEAD const rsm_py_model_ops *ops; /* set by __init__ */
+    PyThread_type_lock lock; /* guards the activations while the GIL is released, or NULL */
+    int initialised;
+} rsm_py_model;
+
+/* At the start of a model's __init__: set its ops; an initialised object is a RuntimeError
+ * "<name>(): already initialised" unless ops->reinit. */
+int rsm_py_model_init_begin(rsm_py_model *self, const rsm_py_model_ops *ops);
+/* After the core state is initialised: the lock (if `with_lock`), then initialised = 1. On
+ * failure the core state is released. */
+int rsm_py_model_init_end(rsm_py_model *self, int with_lock);
+/* The slots every model type shares. */
+void rsm_py_model_dealloc(PyObject *self);
+int rsm_py_model_traverse(PyObject *self, visitproc visit, void *arg);
+int rsm_py_model_clear(PyObject *self);
+/* RuntimeError "func(): the model is not initialised" unless it is. */
+int rsm_py_model_ready(rsm_py_model *self, const char *func);
+/* The methods every model core may list: forward(x, t, cond=None, keep=False),
+ * vjp(x, t, cotangent, cond=None), backward(cotangent, token). */
+PyObject *rsm_py_model_forward_method(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *rsm_py_model_vjp_method(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *rsm_py_model_backward_method(PyObject *self, PyObject *args);
 
 /* A model argument (any model core of this module) -> its vtable, plus the lock that guards its
  * activations (NULL if it has none); -1 with an exception set otherwise. */
 int rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
                      PyThread_type_lock *lock);
-/* The forward / vjp / backward methods every model core shares, run through `model`'s vtable
- * under `lock` (compute_py.c): forward(x, t, cond=None, keep=False), vjp(x, t, cotangent,
- * cond=None), backward(cotangent, token). */
-PyObject *rsm_py_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
-                               PyObject *args, PyObject *kwargs);
-PyObject *rsm_py_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
-                           PyObject *args, PyObject *kwargs);
-PyObject *rsm_py_model_backward(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
-                                PyObject *args);
+/* The cond argument of a model with `cond_dim` over `rows` rows: None -> NULL (whether the model
+ * needs a condition is the core's check, with its message); else a finite [rows, cond_dim] array
+ * of `dtype` (a new reference), an error for an unconditional model. */
+int rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim,
+                    int64_t rows, PyObject *cond_obj, rsm_py_tensor **cond);
+/* Checked (x[n, dim], t[n], cond) of `model` (new references or NULL). */
+int rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model, PyObject *x_obj,
+                        PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
+                        rsm_py_tensor **cond);
 
-/* ---- classifier-free guidance (guidance_py.c) ---------------------------------------------- */
-int rsm_py_guidance_exec(PyObject *module);
-/* A GuidedCore -> the guided model's vtable (its inner model resolved now) and the inner lock. */
-int rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
-                        PyThread_type_lock *lock);
+/* ---- other core objects as arguments (path_py.c, optim_py.c, objective_py.c) ---------------- */
 
-/* ---- the RSM objective (objective_py.c) ---------------------------------------------------- */
-int rsm_py_objective_exec(PyObject *module);
-#include "../objective.h"
+struct rsm_adamw;
+/* An AdamWCore / PathCore argument -> its C object (borrowed); NULL with a TypeError naming
+ * `argname` otherwise. */
+struct rsm_adamw *rsm_py_adamw_arg(PyObject *module, PyObject *obj, const char *func,
+                                   const char *argname);
+const rsm_path *rsm_py_path_arg(PyObject *module, PyObject *obj, const char *func,
+                                const char *argname);
 /* The objective form named `name` ('score_matching', 'ppo', 'log_ratio', 'matching'); a
  * ValueError naming `func` and the argument `what` otherwise. */
 int rsm_py_parse_form(const char *name, const char *func, const char *what,
                       rsm_objective_form *form);
 
-/* ---- the fine-tuning update (update_py.c) --------------------------------------------------- */
-int rsm_py_update_exec(PyObject *module);
-
 /* ---- a Python reward callable as the rollouts' reward hook (reward_py.c) --------------------- */
-#include "../train/rollout.h"
 typedef struct rsm_py_reward_callback {
     rsm_reward_hook hook;
-    PyObject *callable;        /* borrowed: reward(x0), or NULL (no reward) */
-    PyObject *x0;              /* borrowed: the rsm.Tensor over the buffer the rollout fills */
-    PyThread_type_lock lock;   /* the model's lock, or NULL */
-    int lock_held;             /* `lock` is held (rsm_py_reward_lock_model); the hook lets go */
-    PyObject *result;          /* new reference: what the callable returned */
+    PyObject *callable;      /* borrowed: reward(x0), or NULL (no reward) */
+    PyObject *x0;            /* borrowed: the rsm.Tensor over the buffer the rollout fills */
+    PyThread_type_lock lock; /* the model's lock, or NULL */
+    int lock_held;           /* `lock` is held (rsm_py_reward_lock_model); the hook lets go */
+    PyObject *result;        /* new reference: what the callable returned */
     PyObject *exc_type, *exc_value, *exc_tb; /* what it raised */
 } rsm_py_reward_callback;
-void rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0, PyThread_type_lock lock);
+void rsm_py_reward_init(rsm_py_reward_callback *r, PyObject *callable, PyObject *x0,
+                        PyThread_type_lock lock);
 /* Without the interpreter lock, around the rollout: take the model's lock / give it back unless
  * the hook already did. */
 void rsm_py_reward_lock_model(rsm_py_reward_callback *r);

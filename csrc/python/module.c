@@ -118,15 +118,28 @@ static PyMethodDef rsm_module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+int
+rsm_py_add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot, const char *name)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
+    if (!type) return -1;
+    *slot = (PyTypeObject *)type; /* the state owns this reference */
+    return PyModule_AddObjectRef(module, name, type);
+}
+
+/* Each file of the binding adds its part: tensors first (every other part converts to them),
+ * then the types, then the functions. */
 static int
 rsm_module_exec(PyObject *module)
 {
-    if (rsm_py_tensor_exec(module) < 0) return -1;
-    if (rsm_py_compute_exec(module) < 0) return -1;
-    if (rsm_py_objective_exec(module) < 0) return -1;
-    if (rsm_py_dit_exec(module) < 0) return -1;
-    if (rsm_py_guidance_exec(module) < 0) return -1;
-    if (rsm_py_update_exec(module) < 0) return -1;
+    int (*const parts[])(PyObject *) = {
+        rsm_py_tensor_exec, rsm_py_path_exec,    rsm_py_mlp_exec,       rsm_py_gmm_exec,
+        rsm_py_dit_exec,    rsm_py_guided_exec,  rsm_py_optim_exec,     rsm_py_sampler_exec,
+        rsm_py_reward_exec, rsm_py_objective_exec, rsm_py_train_exec,   rsm_py_rng_exec,
+        rsm_py_debug_exec,
+    };
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        if (parts[i](module) < 0) return -1;
     return 0;
 }
 

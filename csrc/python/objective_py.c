@@ -14,10 +14,14 @@ _Static_assert(sizeof(rsm_objective_row) == RSM_OBJECTIVE_ROW_FIELDS * sizeof(do
 int
 rsm_py_parse_form(const char *name, const char *func, const char *what, rsm_objective_form *form)
 {
-    if (strcmp(name, "score_matching") == 0) *form = RSM_FORM_SCORE_MATCHING;
-    else if (strcmp(name, "ppo") == 0) *form = RSM_FORM_PPO;
-    else if (strcmp(name, "log_ratio") == 0) *form = RSM_FORM_LOG_RATIO;
-    else if (strcmp(name, "matching") == 0) *form = RSM_FORM_MATCHING;
+    if (strcmp(name, "score_matching") == 0)
+        *form = RSM_FORM_SCORE_MATCHING;
+    else if (strcmp(name, "ppo") == 0)
+        *form = RSM_FORM_PPO;
+    else if (strcmp(name, "log_ratio") == 0)
+        *form = RSM_FORM_LOG_RATIO;
+    else if (strcmp(name, "matching") == 0)
+        *form = RSM_FORM_MATCHING;
     else {
         rsm_py_raisef(PyExc_ValueError, func,
                       "%s must be 'score_matching', 'ppo', 'log_ratio' or 'matching', got '%s'",
@@ -52,8 +56,9 @@ rsm_optional_rows(PyObject *module, PyObject *obj, const char *name, rsm_dtype d
 static PyObject *
 rsm_py_objective(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"form", "u", "u_old", "u_ref", "psi", "noise", "coef", "anchor_old",
-                             "linear_only", "mean_over_dims", "normalizer", NULL};
+    static char *kwlist[] = {"form",       "u",    "u_old",      "u_ref",       "psi",
+                             "noise",      "coef", "anchor_old", "linear_only", "mean_over_dims",
+                             "normalizer", NULL};
     const char *form_name;
     PyObject *u_obj, *u_old_obj, *u_ref_obj, *psi_obj, *noise_obj, *coef_obj;
     int anchor_old = 0, linear_only = 0, mean_over_dims = 0;
@@ -69,18 +74,12 @@ rsm_py_objective(PyObject *module, PyObject *args, PyObject *kwargs)
     cfg.mean_over_dims = mean_over_dims;
     cfg.normalizer = normalizer;
     PyObject *result = NULL;
-    rsm_py_tensor *u = NULL, *u_old = NULL, *u_ref = NULL, *psi = NULL, *noise = NULL,
-                  *coef = NULL, *cot = NULL, *log_ratio = NULL, *active = NULL;
+    rsm_py_tensor *u = NULL, *u_old = NULL, *u_ref = NULL, *psi = NULL, *noise = NULL, *coef = NULL,
+                  *cot = NULL, *log_ratio = NULL, *active = NULL;
     /* the dtype of u decides the precision */
-    rsm_py_tensor *probe = rsm_py_tensor_arg(module, u_obj, "objective", "u", RSM_F32);
-    rsm_dtype dtype = RSM_F32;
-    if (!probe) {
-        PyErr_Clear();
-        probe = rsm_py_tensor_arg(module, u_obj, "objective", "u", RSM_F64);
-        dtype = RSM_F64;
-        if (!probe) return NULL;
-    }
-    u = probe;
+    u = rsm_py_real_arg(module, u_obj, "objective", "u");
+    if (!u) return NULL;
+    const rsm_dtype dtype = rsm_tensor_dtype(&u->t);
     if (u->t.ndim != 2) {
         rsm_py_raisef(PyExc_ValueError, "objective", "u must have shape [rows, dim]");
         goto done;
@@ -93,7 +92,8 @@ rsm_py_objective(PyObject *module, PyObject *args, PyObject *kwargs)
         goto done;
     coef = rsm_py_tensor_arg(module, coef_obj, "objective", "coef", RSM_F64);
     if (!coef) goto done;
-    if (coef->t.ndim != 2 || coef->t.shape[0] != R || coef->t.shape[1] != RSM_OBJECTIVE_ROW_FIELDS) {
+    if (coef->t.ndim != 2 || coef->t.shape[0] != R ||
+        coef->t.shape[1] != RSM_OBJECTIVE_ROW_FIELDS) {
         rsm_py_raisef(PyExc_ValueError, "objective", "coef must have shape [%lld, %d]",
                       (long long)R, RSM_OBJECTIVE_ROW_FIELDS);
         goto done;
@@ -105,16 +105,17 @@ rsm_py_objective(PyObject *module, PyObject *args, PyObject *kwargs)
     if (!cot || !log_ratio || !active) goto done;
     rsm_objective_stats stats = {0};
     rsm_status status;
-#define RSM_P(t) ((t) ? rsm_py_tensor_data(t) : NULL)
     Py_BEGIN_ALLOW_THREADS
     if (dtype == RSM_F32)
-        status = rsm_objective_f32(&cfg, R, D, (const rsm_objective_row *)RSM_P(coef), RSM_P(u),
-                                   RSM_P(u_old), RSM_P(u_ref), RSM_P(psi), RSM_P(noise),
-                                   RSM_P(cot), RSM_P(log_ratio), RSM_P(active), &stats);
+        status = rsm_objective_f32(&cfg, R, D, (const rsm_objective_row *)RSM_PY_PTR(coef),
+                                   RSM_PY_PTR(u), RSM_PY_PTR(u_old), RSM_PY_PTR(u_ref),
+                                   RSM_PY_PTR(psi), RSM_PY_PTR(noise), RSM_PY_PTR(cot),
+                                   RSM_PY_PTR(log_ratio), RSM_PY_PTR(active), &stats);
     else
-        status = rsm_objective_f64(&cfg, R, D, (const rsm_objective_row *)RSM_P(coef), RSM_P(u),
-                                   RSM_P(u_old), RSM_P(u_ref), RSM_P(psi), RSM_P(noise),
-                                   RSM_P(cot), RSM_P(log_ratio), RSM_P(active), &stats);
+        status = rsm_objective_f64(&cfg, R, D, (const rsm_objective_row *)RSM_PY_PTR(coef),
+                                   RSM_PY_PTR(u), RSM_PY_PTR(u_old), RSM_PY_PTR(u_ref),
+                                   RSM_PY_PTR(psi), RSM_PY_PTR(noise), RSM_PY_PTR(cot),
+                                   RSM_PY_PTR(log_ratio), RSM_PY_PTR(active), &stats);
     Py_END_ALLOW_THREADS
     if (status != RSM_OK) {
         rsm_py_raise(status, "objective");
@@ -147,7 +148,8 @@ rsm_py_group_advantages(PyObject *module, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|Oddp", kwlist, &rewards_obj, &keys_obj, &eps,
                                      &adv_clip, &center_only))
         return NULL;
-    rsm_py_tensor *rewards = rsm_py_tensor_arg(module, rewards_obj, "group_advantages", "rewards", RSM_F64);
+    rsm_py_tensor *rewards =
+        rsm_py_tensor_arg(module, rewards_obj, "group_advantages", "rewards", RSM_F64);
     if (!rewards) return NULL;
     rsm_py_tensor *keys = NULL, *adv = NULL, *mask = NULL;
     PyObject *result = NULL;
@@ -160,15 +162,17 @@ rsm_py_group_advantages(PyObject *module, PyObject *args, PyObject *kwargs)
         keys = rsm_py_tensor_arg(module, keys_obj, "group_advantages", "keys", RSM_I64);
         if (!keys) goto done;
         if (keys->t.ndim != 1 || keys->t.shape[0] != R) {
-            rsm_py_raisef(PyExc_ValueError, "group_advantages", "keys must have shape [%lld]", (long long)R);
+            rsm_py_raisef(PyExc_ValueError, "group_advantages", "keys must have shape [%lld]",
+                          (long long)R);
             goto done;
         }
     }
     adv = rsm_py_tensor_new(module, RSM_F64, 1, &R, 0);
     mask = rsm_py_tensor_new(module, RSM_BOOL, 1, &R, 0);
     if (!adv || !mask) goto done;
-    rsm_status status = rsm_group_advantages(R, RSM_P(rewards), RSM_P(keys), eps, adv_clip,
-                                             center_only, RSM_P(adv), RSM_P(mask));
+    rsm_status status =
+        rsm_group_advantages(R, RSM_PY_PTR(rewards), RSM_PY_PTR(keys), eps, adv_clip, center_only,
+                             RSM_PY_PTR(adv), RSM_PY_PTR(mask));
     if (status != RSM_OK) {
         rsm_py_raise(status, "group_advantages");
         goto done;
@@ -190,72 +194,8 @@ static PyMethodDef rsm_objective_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int rsm_py_reward_exec(PyObject *module);
-
 int
 rsm_py_objective_exec(PyObject *module)
 {
-    if (PyModule_AddFunctions(module, rsm_objective_methods) < 0) return -1;
-    return rsm_py_reward_exec(module);
-}
-
-/* ---- analytic rewards ---------------------------------------------------------------------- */
-#include "../reward.h"
-
-/* reward(kind, params[float64], x, with_grad) -> (rewards[n] float64, grad[n, D] or None) */
-static PyObject *
-rsm_py_reward(PyObject *module, PyObject *args)
-{
-    int kind, with_grad = 0;
-    PyObject *params_obj, *x_obj;
-    if (!PyArg_ParseTuple(args, "iOO|p", &kind, &params_obj, &x_obj, &with_grad)) return NULL;
-    if (kind < RSM_REWARD_LINEAR || kind > RSM_REWARD_RING)
-        return rsm_py_raisef(PyExc_ValueError, "reward", "unknown reward kind %d", kind);
-    rsm_py_tensor *params = rsm_py_tensor_arg(module, params_obj, "reward", "params", RSM_F64);
-    if (!params) return NULL;
-    rsm_py_tensor *x = rsm_py_tensor_arg(module, x_obj, "reward", "x", RSM_F32);
-    if (!x) {
-        PyErr_Clear();
-        x = rsm_py_tensor_arg(module, x_obj, "reward", "x", RSM_F64);
-    }
-    PyObject *result = NULL;
-    rsm_py_tensor *rewards = NULL, *grad = NULL;
-    if (!x) goto done;
-    if (x->t.ndim != 2) {
-        rsm_py_raisef(PyExc_ValueError, "reward", "x must have shape [n, d]");
-        goto done;
-    }
-    int64_t n = x->t.shape[0], dim = x->t.shape[1];
-    rsm_dtype dtype = rsm_tensor_dtype(&x->t);
-    rewards = rsm_py_tensor_new(module, RSM_F64, 1, &n, 0);
-    if (!rewards) goto done;
-    if (with_grad) {
-        grad = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
-        if (!grad) goto done;
-    }
-    rsm_status status = rsm_reward_eval((rsm_reward_kind)kind, RSM_P(params),
-                                        rsm_tensor_numel(&params->t), n, dim, dtype, RSM_P(x),
-                                        RSM_P(rewards), RSM_P(grad));
-    if (status != RSM_OK) {
-        rsm_py_raise(status, "reward");
-        goto done;
-    }
-    result = Py_BuildValue("(OO)", rewards, grad ? (PyObject *)grad : Py_None);
-done:
-    Py_XDECREF(params);
-    Py_XDECREF(x);
-    Py_XDECREF(rewards);
-    Py_XDECREF(grad);
-    return result;
-}
-
-static PyMethodDef rsm_reward_methods[] = {
-    {"reward", rsm_py_reward, METH_VARARGS, "reward(kind, params, x, with_grad) -> (rewards, grad)"},
-    {NULL, NULL, 0, NULL},
-};
-
-int
-rsm_py_reward_exec(PyObject *module)
-{
-    return PyModule_AddFunctions(module, rsm_reward_methods);
+    return PyModule_AddFunctions(module, rsm_objective_methods);
 }

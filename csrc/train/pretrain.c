@@ -4,16 +4,10 @@
 
 #include <math.h>
 
-rsm_status rsm_pretrain_steps_f32(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
-                                  const rsm_pretrain_config *cfg, const float *data,
-                                  const float *data_cond, int64_t n_data, int64_t first_step,
-                                  int64_t num_steps, float *grads, double *losses,
-                                  double *grad_norms);
-rsm_status rsm_pretrain_steps_f64(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
-                                  const rsm_pretrain_config *cfg, const double *data,
-                                  const double *data_cond, int64_t n_data, int64_t first_step,
-                                  int64_t num_steps, double *grads, double *losses,
-                                  double *grad_norms);
+#include "../real_api.h"
+
+/* rsm_pretrain_steps_f32/_f64, defined in pretrain_real.c */
+RSM_DECLARE_REAL_API(RSM_API_PRETRAIN)
 
 double
 rsm_pretrain_lr(const rsm_pretrain_config *cfg, int64_t step)
@@ -65,11 +59,6 @@ rsm_pretrain_steps(const rsm_model *model, rsm_adamw *opt, const rsm_path *path,
     RSM_CHECK(opt->num_params == model->num_params && opt->dtype == model->dtype,
               RSM_ERR_VALUE, "the optimizer was made for another model (%lld parameters)",
               (long long)opt->num_params);
-    if (model->dtype == RSM_F32)
-        return rsm_pretrain_steps_f32(model, opt, path, cfg, (const float *)data,
-                                      (const float *)data_cond, n_data, first_step, num_steps,
-                                      (float *)grads, losses, grad_norms);
-    return rsm_pretrain_steps_f64(model, opt, path, cfg, (const double *)data,
-                                  (const double *)data_cond, n_data, first_step, num_steps,
-                                  (double *)grads, losses, grad_norms);
+    return RSM_REAL_CALL(model->dtype, pretrain_steps, model, opt, path, cfg, data, data_cond,
+                         n_data, first_step, num_steps, grads, losses, grad_norms);
 }

@@ -28,6 +28,7 @@
 
 #include "../nn/model.h"
 #include "../path.h"
+#include "../real_api.h"
 #include "../sampler.h"
 #include "../status.h"
 
@@ -39,15 +40,6 @@ typedef struct rsm_reward_hook {
     void *ctx;
 } rsm_reward_hook;
 
-/* rsm_sample_* (sampler.h), then reward->fn(ctx, N, D, out->x_final) unless reward is NULL. */
-rsm_status rsm_rollout_f32(const rsm_model *model, const rsm_path *path,
-                           const rsm_sampler_config *cfg, int64_t n, const float *x_init,
-                           const float *cond, rsm_trajectory_f32 *out,
-                           const rsm_reward_hook *reward);
-rsm_status rsm_rollout_f64(const rsm_model *model, const rsm_path *path,
-                           const rsm_sampler_config *cfg, int64_t n, const double *x_init,
-                           const double *cond, rsm_trajectory_f64 *out,
-                           const rsm_reward_hook *reward);
 
 typedef struct rsm_branch_config {
     rsm_sampler_config root;      /* deterministic, over ts[0..S]; its seed draws the prior */
@@ -64,31 +56,27 @@ typedef struct rsm_branch_config {
 rsm_status rsm_branch_rows(const rsm_branch_config *cfg, int64_t roots, int64_t dim, int64_t *rows);
 rsm_status rsm_branch_check(const rsm_path *path, const rsm_branch_config *cfg);
 
-/* Outputs of a branch rollout; R = branch rows. Every pointer must be set. */
+/* Outputs of a branch rollout; R = branch rows. Every pointer must be set. The fields once, for
+ * real_t = T: rsm_branch_out_f32 and rsm_branch_out_f64 below. */
+#define RSM_BRANCH_OUT_FIELDS(T)                                                                   \
+    T *root_xs;   /* [S + 1, roots, D] the root trajectory, root_xs[0] = prior */                  \
+    T *x_next;    /* [R, D] each branch's state after its stochastic step */                       \
+    T *outputs;   /* [R, D] the network output u_old at the branch's start state */                \
+    T *noises;    /* [R, D] the z of the stochastic step */                                        \
+    T *log_probs; /* [R] log pi_old(x_next | x_{t_i}) */                                           \
+    T *x0;        /* [R, D] the branch ends */                                                     \
+    int64_t nfe;
 typedef struct rsm_branch_out_f32 {
-    float *root_xs;    /* [S + 1, roots, D] the root trajectory, root_xs[0] = prior */
-    float *x_next;     /* [R, D] each branch's state after its stochastic step */
-    float *outputs;    /* [R, D] the network output u_old at the branch's start state */
-    float *noises;     /* [R, D] the z of the stochastic step */
-    float *log_probs;  /* [R] log pi_old(x_next | x_{t_i}) */
-    float *x0;         /* [R, D] the branch ends */
-    int64_t nfe;
+    RSM_BRANCH_OUT_FIELDS(float)
 } rsm_branch_out_f32;
-
 typedef struct rsm_branch_out_f64 {
-    double *root_xs, *x_next, *outputs, *noises, *log_probs, *x0;
-    int64_t nfe;
+    RSM_BRANCH_OUT_FIELDS(double)
 } rsm_branch_out_f64;
 
-/* x_init: [roots, D] prior or NULL (drawn from the root sampler's seed); cond: [roots, C] or
- * NULL (each branch row takes its root's condition). */
-rsm_status rsm_branch_rollout_f32(const rsm_model *model, const rsm_path *path,
-                                  const rsm_branch_config *cfg, int64_t roots, const float *x_init,
-                                  const float *cond, rsm_branch_out_f32 *out,
-                                  const rsm_reward_hook *reward);
-rsm_status rsm_branch_rollout_f64(const rsm_model *model, const rsm_path *path,
-                                  const rsm_branch_config *cfg, int64_t roots,
-                                  const double *x_init, const double *cond,
-                                  rsm_branch_out_f64 *out, const rsm_reward_hook *reward);
+/* rsm_rollout_f32/_f64 (rsm_sample_*, then reward->fn(ctx, N, D, out->x_final) unless reward is
+ * NULL) and rsm_branch_rollout_f32/_f64 (x_init: [roots, D] prior or NULL, drawn from the root
+ * sampler's seed; cond: [roots, C] or NULL, each branch row takes its root's condition), declared
+ * by real_api.h. */
+RSM_DECLARE_REAL_API(RSM_API_ROLLOUT)
 
 #endif /* RSM_ROLLOUT_H */

@@ -3,20 +3,10 @@
 
 #include <math.h>
 
-rsm_status rsm_update_gradient_f32(const rsm_update_config *, const rsm_path *, const rsm_model *,
-                                   const rsm_model *, int64_t, rsm_update_block *, float *,
-                                   rsm_update_block_stats *, int64_t *);
-rsm_status rsm_update_gradient_f64(const rsm_update_config *, const rsm_path *, const rsm_model *,
-                                   const rsm_model *, int64_t, rsm_update_block *, double *,
-                                   rsm_update_block_stats *, int64_t *);
-rsm_status rsm_update_steps_f32(const rsm_update_config *, const rsm_path *, const rsm_model *,
-                                const rsm_model *, rsm_adamw *, double, int64_t, int64_t,
-                                rsm_update_block *, float *, rsm_update_block_stats *, double *,
-                                int64_t *);
-rsm_status rsm_update_steps_f64(const rsm_update_config *, const rsm_path *, const rsm_model *,
-                                const rsm_model *, rsm_adamw *, double, int64_t, int64_t,
-                                rsm_update_block *, double *, rsm_update_block_stats *, double *,
-                                int64_t *);
+#include "../real_api.h"
+
+/* rsm_update_gradient/steps_f32/_f64, defined in update_real.c */
+RSM_DECLARE_REAL_API(RSM_API_UPDATE)
 
 static rsm_status
 rsm_update_check(const rsm_update_config *cfg, const rsm_model *policy, const rsm_model *ref,
@@ -54,11 +44,8 @@ rsm_update_gradient(const rsm_update_config *cfg, const rsm_path *path, const rs
                     rsm_update_block_stats *stats, int64_t *nfe)
 {
     RSM_TRY(rsm_update_check(cfg, policy, ref, nblocks, blocks));
-    if (policy->dtype == RSM_F32)
-        return rsm_update_gradient_f32(cfg, path, policy, ref, nblocks, blocks, (float *)grads,
-                                       stats, nfe);
-    return rsm_update_gradient_f64(cfg, path, policy, ref, nblocks, blocks, (double *)grads, stats,
-                                   nfe);
+    return RSM_REAL_CALL(policy->dtype, update_gradient, cfg, path, policy, ref, nblocks, blocks,
+                         grads, stats, nfe);
 }
 
 rsm_status
@@ -73,9 +60,6 @@ rsm_update_steps(const rsm_update_config *cfg, const rsm_path *path, const rsm_m
               (long long)opt->num_params, (long long)policy->num_params);
     RSM_CHECK(epochs >= 1, RSM_ERR_VALUE, "epochs=%lld must be >= 1", (long long)epochs);
     RSM_CHECK(isfinite(lr) && lr >= 0, RSM_ERR_VALUE, "lr=%g must be finite and >= 0", lr);
-    if (policy->dtype == RSM_F32)
-        return rsm_update_steps_f32(cfg, path, policy, ref, opt, lr, epochs, nblocks, blocks,
-                                    (float *)grads, stats, grad_norms, nfe);
-    return rsm_update_steps_f64(cfg, path, policy, ref, opt, lr, epochs, nblocks, blocks,
-                                (double *)grads, stats, grad_norms, nfe);
+    return RSM_REAL_CALL(policy->dtype, update_steps, cfg, path, policy, ref, opt, lr, epochs,
+                         nblocks, blocks, grads, stats, grad_norms, nfe);
 }

@@ -195,8 +195,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     window_begin, window_end = (0, ts.shape[0] - 1) if sde_window is None else sde_window
     branch = list(branch_steps) if branch_steps is not None else None
     cond = _model_cond(model, cond, n, "sample")
-    if reward is not None and not callable(reward):
-        raise TypeError(f"sample(): reward must be callable or None, got {type(reward).__name__}")
+    # reward: checked by _C.sample ("sample(): reward must be callable or None, got ...")
     out = _C.sample(core, path_core, n, kind, ts, float(noise_level), eta_value, int(seed),
                     x_init, cond, int(window_begin), int(window_end), branch, int(branch_factor),
                     bool(return_trajectory), float(pcpo_weight), reward)

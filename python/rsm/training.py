@@ -217,6 +217,8 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     batch_size = positive_int(batch_size, "pretrain", "batch_size")
     lr = finite_float(lr, "pretrain", "lr", 0.0)
     seed = seed_int(seed, "pretrain")
+    # kept in Python: it names the type passed, where the core can only say "the model has no
+    # parameters to train" (the binding no longer repeats either)
     if getattr(model, "_core", None) is None or not isinstance(model._core, (_C.MLPCore, _C.DiTCore)):
         raise TypeError(f"pretrain(): model must be an rsm.MLP or rsm.DiT, got {type(model).__name__}")
     if getattr(model, "image_shape", None) is not None and len(getattr(data, "shape", ())) == 4:

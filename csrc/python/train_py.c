@@ -1,5 +1,9 @@
-/* update_py.c: binding of the fine-tuning update (csrc/train/update.h).
+/* train_py.c: the binding of the training entry points: pretraining (csrc/train/pretrain.h) and
+ * the fine-tuning update (csrc/train/update.h).
  *
+ *   pretrain_steps(model, opt, path, data, cond, batch_size, t_min, t_max, lr, warmup_steps,
+ *                  seed, first_step, num_steps, decay_steps=0, min_lr_ratio=0, cond_dropout=0,
+ *                  null_cond=None) -> (losses, grad_norms)
  *   train_update(policy, ref, path, blocks, normalizer, linear_only=False, mean_over_dims=False,
  *                opt=None, epochs=0, lr=nan) -> dict
  *
@@ -18,7 +22,89 @@
 #include <math.h>
 #include <string.h>
 
+#include "../optim.h"
+#include "../train/pretrain.h"
 #include "../train/update.h"
+
+/* ---- pretraining -------------------------------------------------------------------------- */
+
+/* pretrain_steps(model, opt, path, data, cond, batch_size, t_min, t_max, lr, warmup_steps, seed,
+ *                first_step, num_steps) -> (losses, grad_norms) as float64 tensors */
+static PyObject *
+rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {
+        "model",     "opt",         "path",         "data",         "cond",      "batch_size",
+        "t_min",     "t_max",       "lr",           "warmup_steps", "seed",      "first_step",
+        "num_steps", "decay_steps", "min_lr_ratio", "cond_dropout", "null_cond", NULL};
+    PyObject *model_obj, *opt_obj, *path_obj, *data_obj, *cond_obj, *null_obj = Py_None;
+    long long batch_size, warmup_steps, first_step, num_steps, decay_steps = 0;
+    double t_min, t_max, lr, min_lr_ratio = 0.0, cond_dropout = 0.0;
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOLdddLKLL|LddO", kwlist, &model_obj,
+                                     &opt_obj, &path_obj, &data_obj, &cond_obj, &batch_size, &t_min,
+                                     &t_max, &lr, &warmup_steps, &seed, &first_step, &num_steps,
+                                     &decay_steps, &min_lr_ratio, &cond_dropout, &null_obj))
+        return NULL;
+    const char *func = "pretrain";
+    rsm_model model;
+    PyThread_type_lock lock;
+    if (rsm_py_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
+    /* a model without parameters (the mixture): the core's TypeError says so */
+    rsm_adamw *opt = rsm_py_adamw_arg(module, opt_obj, func, "opt");
+    if (!opt) return NULL;
+    const rsm_path *path = rsm_py_path_arg(module, path_obj, func, "path");
+    if (!path) return NULL;
+    rsm_py_tensor *data = NULL, *cond = NULL, *losses = NULL, *norms = NULL, *grads = NULL,
+                  *null_cond = NULL;
+    PyObject *result = NULL;
+    data = rsm_py_matrix_arg(module, data_obj, func, "data", model.dtype, -1, model.dim);
+    if (!data || rsm_py_check_finite(data, model.dtype, func, "data") < 0) goto done;
+    if (rsm_py_cond_arg(module, func, model.dtype, model.cond_dim, data->t.shape[0], cond_obj,
+                        &cond) < 0)
+        goto done;
+    if (null_obj != Py_None) {
+        null_cond =
+            rsm_py_vector_arg(module, null_obj, func, "null_cond", model.dtype, model.cond_dim);
+        if (!null_cond || rsm_py_check_finite(null_cond, model.dtype, func, "null_cond") < 0)
+            goto done;
+    }
+    int64_t steps = num_steps > 0 ? num_steps : 0;
+    int64_t num_params = model.num_params;
+    losses = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
+    norms = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
+    grads = rsm_py_tensor_new(module, model.dtype, 1, &num_params, 0);
+    if (!losses || !norms || !grads) goto done;
+    rsm_pretrain_config cfg = {batch_size,   t_min,
+                               t_max,        lr,
+                               warmup_steps, decay_steps,
+                               min_lr_ratio, (uint64_t)seed,
+                               cond_dropout, null_cond ? rsm_py_tensor_data(null_cond) : NULL};
+    rsm_status status;
+    Py_BEGIN_ALLOW_THREADS
+    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    status = rsm_pretrain_steps(&model, opt, path, &cfg, rsm_py_tensor_data(data),
+                                cond ? rsm_py_tensor_data(cond) : NULL, data->t.shape[0],
+                                first_step, num_steps, rsm_py_tensor_data(grads),
+                                rsm_py_tensor_data(losses), rsm_py_tensor_data(norms));
+    if (lock) PyThread_release_lock(lock);
+    Py_END_ALLOW_THREADS
+    if (status != RSM_OK) {
+        rsm_py_raise(status, func);
+        goto done;
+    }
+    result = Py_BuildValue("(OO)", losses, norms);
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(cond);
+    Py_XDECREF(losses);
+    Py_XDECREF(norms);
+    Py_XDECREF(grads);
+    Py_XDECREF(null_cond);
+    return result;
+}
+
+/* ---- the fine-tuning update ----------------------------------------------------------------- */
 
 #define RSM_UPDATE_ARRAYS 7 /* x, cond, coef, u_old, psi, noise, u_ref */
 
@@ -100,8 +186,8 @@ rsm_update_number(PyObject *dict, const char *key, const char *func, int64_t b, 
     double v = obj ? PyFloat_AsDouble(obj) : NAN;
     if (!obj || (v == -1.0 && PyErr_Occurred())) {
         PyErr_Clear();
-        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld]['%s'] must be a number",
-                      (long long)b, key);
+        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld]['%s'] must be a number", (long long)b,
+                      key);
         return -1;
     }
     *value = v;
@@ -130,8 +216,8 @@ rsm_update_parse_block(PyObject *module, PyObject *dict, const char *func, int64
     blk->x = data;
     blk->rows = n;
     if (policy->cond_dim > 0) {
-        if (rsm_update_array(module, dict, "cond", func, b, dtype, &n, policy->cond_dim, 1, 0,
-                             refs, &data) < 0)
+        if (rsm_update_array(module, dict, "cond", func, b, dtype, &n, policy->cond_dim, 1, 0, refs,
+                             &data) < 0)
             return -1;
         blk->cond = data;
     }
@@ -180,8 +266,9 @@ rsm_update_lock(PyThread_type_lock a, PyThread_type_lock b, int acquire)
 static PyObject *
 rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"policy", "ref", "path", "blocks", "normalizer", "linear_only",
-                             "mean_over_dims", "opt", "epochs", "lr", NULL};
+    static char *kwlist[] = {
+        "policy",         "ref", "path",   "blocks", "normalizer", "linear_only",
+        "mean_over_dims", "opt", "epochs", "lr",     NULL};
     PyObject *policy_obj, *ref_obj, *path_obj, *blocks_obj, *opt_obj = Py_None;
     double normalizer, lr = NAN;
     int linear_only = 0, mean_over_dims = 0;
@@ -255,7 +342,8 @@ rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
         rsm_py_raise(status, func);
         goto done;
     }
-    double *l = rsm_py_tensor_data(loss), *k = rsm_py_tensor_data(kl), *c = rsm_py_tensor_data(clip);
+    double *l = rsm_py_tensor_data(loss), *k = rsm_py_tensor_data(kl),
+           *c = rsm_py_tensor_data(clip);
     for (int64_t i = 0; i < E * nblocks; i++) {
         l[i] = stats[i].loss;
         k[i] = stats[i].kl;
@@ -282,16 +370,17 @@ done:
     return result;
 }
 
-static PyMethodDef rsm_update_methods[] = {
-    {"train_update", (PyCFunction)(void (*)(void))rsm_py_train_update,
-     METH_VARARGS | METH_KEYWORDS,
+static PyMethodDef rsm_train_methods[] = {
+    {"pretrain_steps", (PyCFunction)(void (*)(void))rsm_py_pretrain_steps,
+     METH_VARARGS | METH_KEYWORDS, "pretraining steps"},
+    {"train_update", (PyCFunction)(void (*)(void))rsm_py_train_update, METH_VARARGS | METH_KEYWORDS,
      "train_update(policy, ref, path, blocks, normalizer, linear_only=False, "
      "mean_over_dims=False, opt=None, epochs=0, lr=nan) -> dict: the fine-tuning update"},
     {NULL, NULL, 0, NULL},
 };
 
 int
-rsm_py_update_exec(PyObject *module)
+rsm_py_train_exec(PyObject *module)
 {
-    return PyModule_AddFunctions(module, rsm_update_methods);
+    return PyModule_AddFunctions(module, rsm_train_methods);
 }

@@ -1,8 +1,9 @@
-/* guidance_py.c: the binding of classifier-free guidance (csrc/nn/guided.h).
+/* guided_py.c: the binding of classifier-free guidance (csrc/nn/guided.h).
  *
- *   GuidedCore(inner, scale, null_cond)   a model core usable wherever a model core is (sample,
- *                                         transition_log_prob): the C sampler calls its guided
- *                                         forward, so guided sampling is the ordinary sampler
+ *   GuidedCore(inner, scale, null_cond)   a model core (model_py.c) usable wherever a model core
+ *                                         is (sample, transition_log_prob): the C sampler calls
+ *                                         its guided forward, so guided sampling is the ordinary
+ *                                         sampler; it runs under its inner model's lock
  *   guidance_combine(u2, scale)           [2n, D] -> [n, D]  (the forward combination)
  *   guidance_split(dout, scale)           [n, D] -> [2n, D]  (its backward)
  *
@@ -13,18 +14,57 @@
 #include "binding.h"
 
 #include <math.h>
-#include <string.h>
 
 #include "../nn/guided.h"
 
 typedef struct {
-    PyObject_HEAD
+    rsm_py_model model;
     PyObject *inner;          /* the inner model core (MLPCore, ...) */
     rsm_py_tensor *null_cond; /* [cond_dim] of the inner dtype */
     double scale;
-    rsm_guided guided;        /* refreshed from `inner` before every use */
-    int initialised;
+    rsm_guided guided; /* refreshed from `inner` before every use */
 } rsm_py_guided;
+
+/* The guided model's vtable, its inner model resolved now; the lock is the inner model's. */
+static int
+rsm_guided_as_model_op(PyObject *module, rsm_py_model *obj, const char *func, rsm_model *model,
+                       PyThread_type_lock *lock)
+{
+    rsm_py_guided *self = (rsm_py_guided *)obj;
+    if (rsm_py_model_arg(module, self->inner, func, &self->guided.inner, lock) < 0) return -1;
+    self->guided.scale = self->scale;
+    self->guided.null_cond = rsm_py_tensor_data(self->null_cond);
+    *model = rsm_guided_as_model(&self->guided);
+    return 0;
+}
+
+static int
+rsm_guided_clear(rsm_py_model *obj)
+{
+    rsm_py_guided *self = (rsm_py_guided *)obj;
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->null_cond);
+    obj->initialised = 0;
+    return 0;
+}
+
+static void
+rsm_guided_release(rsm_py_model *obj)
+{
+    rsm_guided_clear(obj);
+}
+
+static int
+rsm_guided_traverse(rsm_py_model *obj, visitproc visit, void *arg)
+{
+    rsm_py_guided *self = (rsm_py_guided *)obj;
+    Py_VISIT(self->inner);
+    Py_VISIT((PyObject *)self->null_cond);
+    return 0;
+}
+
+static const rsm_py_model_ops rsm_guided_ops = {
+    "Guided", 0, rsm_guided_as_model_op, rsm_guided_release, rsm_guided_traverse, rsm_guided_clear};
 
 static int
 rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
@@ -34,10 +74,7 @@ rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
     double scale;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OdO", kwlist, &inner, &scale, &null_obj))
         return -1;
-    if (self->initialised) {
-        PyErr_SetString(PyExc_RuntimeError, "Guided(): already initialised");
-        return -1;
-    }
+    if (rsm_py_model_init_begin(&self->model, &rsm_guided_ops) < 0) return -1;
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
     if (PyObject_TypeCheck(inner, rsm_state(module)->guided_type)) {
         rsm_py_raisef(PyExc_TypeError, "Guided", "model is already guided");
@@ -55,8 +92,8 @@ rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
         rsm_py_raisef(PyExc_ValueError, "Guided", "scale=%g must be finite", scale);
         return -1;
     }
-    rsm_py_tensor *null_cond = rsm_py_tensor_arg(module, null_obj, "Guided", "null_cond",
-                                                 model.dtype);
+    rsm_py_tensor *null_cond =
+        rsm_py_tensor_arg(module, null_obj, "Guided", "null_cond", model.dtype);
     if (!null_cond) return -1;
     if (null_cond->t.ndim != 1 || null_cond->t.shape[0] != model.cond_dim) {
         rsm_py_raisef(PyExc_ValueError, "Guided", "null_cond must have shape [%lld]",
@@ -78,65 +115,7 @@ rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
     self->inner = inner;
     self->null_cond = null_cond;
     self->scale = scale;
-    self->initialised = 1;
-    return 0;
-}
-
-static void
-rsm_guided_py_dealloc(rsm_py_guided *self)
-{
-    PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->inner);
-    Py_CLEAR(self->null_cond);
-    type->tp_free((PyObject *)self);
-    Py_DECREF(type);
-}
-
-static int
-rsm_guided_py_traverse(rsm_py_guided *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->inner);
-    Py_VISIT((PyObject *)self->null_cond);
-    return 0;
-}
-
-static int
-rsm_guided_py_clear(rsm_py_guided *self)
-{
-    Py_CLEAR(self->inner);
-    Py_CLEAR(self->null_cond);
-    self->initialised = 0;
-    return 0;
-}
-
-int
-rsm_py_guided_model(PyObject *module, PyObject *obj, const char *func, rsm_model *model,
-                    PyThread_type_lock *lock)
-{
-    rsm_py_guided *self = (rsm_py_guided *)obj;
-    if (!self->initialised) {
-        rsm_py_raisef(PyExc_RuntimeError, func, "the guided model is not initialised");
-        return -1;
-    }
-    if (rsm_py_model_arg(module, self->inner, func, &self->guided.inner, lock) < 0) return -1;
-    self->guided.scale = self->scale;
-    self->guided.null_cond = rsm_py_tensor_data(self->null_cond);
-    *model = rsm_guided_as_model(&self->guided);
-    return 0;
-}
-
-/* forward(x, t, cond) -> Tensor[n, dim]: the guided output (the sampler's code path). cond is
- * required: the vtable's cond_optional is 0, the null condition being the unconditional pass. */
-static PyObject *
-rsm_guided_py_forward(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
-{
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    rsm_model model;
-    PyThread_type_lock lock;
-    if (rsm_py_guided_model(module, (PyObject *)self, "forward", &model, &lock) < 0) return NULL;
-    return rsm_py_model_forward(module, &model, lock, args, kwargs);
+    return rsm_py_model_init_end(&self->model, 0);
 }
 
 static PyObject *
@@ -161,8 +140,8 @@ rsm_guided_py_get_null_cond(rsm_py_guided *self, void *closure)
 }
 
 static PyMethodDef rsm_guided_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_guided_py_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(x, t, cond) -> guided output"},
+    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
+     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond) -> guided output"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -175,9 +154,9 @@ static PyGetSetDef rsm_guided_getset[] = {
 
 static PyType_Slot rsm_guided_slots[] = {
     {Py_tp_init, rsm_guided_py_init},
-    {Py_tp_dealloc, rsm_guided_py_dealloc},
-    {Py_tp_traverse, rsm_guided_py_traverse},
-    {Py_tp_clear, rsm_guided_py_clear},
+    {Py_tp_dealloc, rsm_py_model_dealloc},
+    {Py_tp_traverse, rsm_py_model_traverse},
+    {Py_tp_clear, rsm_py_model_clear},
     {Py_tp_methods, rsm_guided_methods},
     {Py_tp_getset, rsm_guided_getset},
     {Py_tp_doc, "GuidedCore(inner, scale, null_cond[cond_dim])"},
@@ -191,18 +170,11 @@ static PyType_Spec rsm_guided_spec = {"rsm._C.GuidedCore", sizeof(rsm_py_guided)
 static rsm_py_tensor *
 rsm_any_real_matrix(PyObject *module, PyObject *obj, const char *func, const char *name)
 {
-    rsm_py_tensor *t = rsm_py_tensor_arg(module, obj, func, name, RSM_F32);
-    if (!t) {
-        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return NULL;
-        PyErr_Clear();
-        t = rsm_py_tensor_arg(module, obj, func, name, RSM_F64);
-        if (!t) return NULL;
-    }
-    if (t->t.ndim != 2) {
+    rsm_py_tensor *t = rsm_py_real_arg(module, obj, func, name);
+    if (t && t->t.ndim != 2) {
         rsm_py_raisef(PyExc_ValueError, func, "%s must be a matrix [rows, dim], got %d dimensions",
                       name, (int)t->t.ndim);
-        Py_DECREF(t);
-        return NULL;
+        Py_CLEAR(t);
     }
     return t;
 }
@@ -226,8 +198,8 @@ rsm_py_guidance_combine(PyObject *module, PyObject *args)
     int64_t shape[2] = {u2->t.shape[0] / 2, u2->t.shape[1]};
     out = rsm_py_tensor_new(module, rsm_tensor_dtype(&u2->t), 2, shape, 0);
     if (out)
-        rsm_guided_combine(rsm_tensor_dtype(&u2->t), shape[0] * shape[1], scale, rsm_py_tensor_data(u2),
-                           rsm_py_tensor_data(out));
+        rsm_guided_combine(rsm_tensor_dtype(&u2->t), shape[0] * shape[1], scale,
+                           rsm_py_tensor_data(u2), rsm_py_tensor_data(out));
 done:
     Py_DECREF(u2);
     return (PyObject *)out;
@@ -260,12 +232,10 @@ static PyMethodDef rsm_guidance_functions[] = {
 };
 
 int
-rsm_py_guidance_exec(PyObject *module)
+rsm_py_guided_exec(PyObject *module)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &rsm_guided_spec, NULL);
-    if (!type) return -1;
-    rsm_state(module)->guided_type = (PyTypeObject *)type;
-    if (PyModule_AddObjectRef(module, "GuidedCore", type) < 0) return -1;
-    if (PyModule_AddFunctions(module, rsm_guidance_functions) < 0) return -1;
-    return 0;
+    if (rsm_py_add_type(module, &rsm_guided_spec, &rsm_state(module)->guided_type, "GuidedCore") <
+        0)
+        return -1;
+    return PyModule_AddFunctions(module, rsm_guidance_functions);
 }

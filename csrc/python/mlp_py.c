@@ -1,0 +1,135 @@
+/* mlp_py.c: the binding of the MLP backbone (csrc/nn/mlp.h): rsm._C.MLPCore, a model core of
+ * model_py.c (forward / vjp / backward, lock and lifetime there) with its constructor, parameter
+ * view, configuration and layout. */
+#include "binding.h"
+
+#include "../nn/mlp.h"
+
+typedef struct {
+    rsm_py_model model;
+    rsm_mlp mlp;
+} rsm_py_mlp;
+
+static int
+rsm_mlp_as_model_op(PyObject *module, rsm_py_model *self, const char *func, rsm_model *model,
+                    PyThread_type_lock *lock)
+{
+    (void)module, (void)func, (void)lock;
+    *model = rsm_mlp_as_model(&((rsm_py_mlp *)self)->mlp);
+    return 0;
+}
+
+static void
+rsm_mlp_release(rsm_py_model *self)
+{
+    if (self->initialised) rsm_mlp_free(&((rsm_py_mlp *)self)->mlp);
+}
+
+static const rsm_py_model_ops rsm_mlp_ops = {"MLP",           0,    rsm_mlp_as_model_op,
+                                             rsm_mlp_release, NULL, NULL};
+
+static int
+rsm_mlp_py_init(rsm_py_mlp *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"dim",      "hidden", "depth", "cond_dim",
+                             "temb_dim", "dtype",  "seed",  NULL};
+    long long dim, hidden = 256, depth = 3, cond_dim = 0, temb_dim = 64;
+    unsigned long long seed = 0;
+    PyObject *dtype_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L|LLLLOK", kwlist, &dim, &hidden, &depth,
+                                     &cond_dim, &temb_dim, &dtype_obj, &seed))
+        return -1;
+    rsm_dtype dtype;
+    if (rsm_py_parse_real_dtype(dtype_obj, "MLP", &dtype) < 0) return -1;
+    if (rsm_py_model_init_begin(&self->model, &rsm_mlp_ops) < 0) return -1;
+    rsm_mlp_config config = {dim, hidden, depth, cond_dim, temb_dim, dtype};
+    rsm_status status = rsm_mlp_init(&self->mlp, config, (uint64_t)seed);
+    if (status != RSM_OK) {
+        rsm_py_raise(status, "MLP");
+        return -1;
+    }
+    return rsm_py_model_init_end(&self->model, 1);
+}
+
+static PyObject *
+rsm_mlp_py_get_params(rsm_py_mlp *self, void *closure)
+{
+    if (rsm_py_model_ready(&self->model, "params") < 0) return NULL;
+    int64_t n = self->mlp.layout.num_params;
+    PyObject *module = rsm_module_of_type(Py_TYPE(self));
+    return (PyObject *)rsm_py_tensor_view(module, (PyObject *)self, self->mlp.params,
+                                          self->mlp.config.dtype, 1, &n, 0);
+}
+
+static PyObject *
+rsm_mlp_py_get_config(rsm_py_mlp *self, void *closure)
+{
+    const rsm_mlp_config *c = &self->mlp.config;
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:s}", "dim", (long long)c->dim, "hidden",
+                         (long long)c->hidden, "depth", (long long)c->depth, "cond_dim",
+                         (long long)c->cond_dim, "temb_dim", (long long)c->temb_dim, "dtype",
+                         rsm_dtype_name(c->dtype));
+}
+
+static PyObject *
+rsm_mlp_py_get_layout(rsm_py_mlp *self, void *closure)
+{
+    const rsm_mlp_layout *l = &self->mlp.layout;
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "in_dim", (long long)l->in_dim,
+                         "in_w", (long long)l->in_w, "in_b", (long long)l->in_b, "block0",
+                         (long long)l->block0, "block_size", (long long)l->block_size, "out_w",
+                         (long long)l->out_w, "out_b", (long long)l->out_b, "num_params",
+                         (long long)l->num_params);
+}
+
+static PyObject *
+rsm_mlp_py_reset_parameters(rsm_py_mlp *self, PyObject *arg)
+{
+    unsigned long long seed = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (rsm_py_model_ready(&self->model, "reset_parameters") < 0) return NULL;
+    rsm_status status = rsm_mlp_reset_parameters(&self->mlp, (uint64_t)seed);
+    if (status != RSM_OK) return rsm_py_raise(status, "reset_parameters");
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef rsm_mlp_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
+     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None)"},
+    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS,
+     "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
+    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,
+     "backward(cotangent, token) -> (dx, dparams)"},
+    {"reset_parameters", (PyCFunction)rsm_mlp_py_reset_parameters, METH_O,
+     "reset_parameters(seed)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef rsm_mlp_getset[] = {
+    {"params", (getter)rsm_mlp_py_get_params, NULL, "flat parameters (writable zero-copy view)",
+     NULL},
+    {"config", (getter)rsm_mlp_py_get_config, NULL, "configuration", NULL},
+    {"layout", (getter)rsm_mlp_py_get_layout, NULL, "offsets in the flat parameter buffer", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot rsm_mlp_slots[] = {
+    {Py_tp_init, rsm_mlp_py_init},
+    {Py_tp_dealloc, rsm_py_model_dealloc},
+    {Py_tp_traverse, rsm_py_model_traverse},
+    {Py_tp_clear, rsm_py_model_clear},
+    {Py_tp_methods, rsm_mlp_methods},
+    {Py_tp_getset, rsm_mlp_getset},
+    {Py_tp_doc,
+     "MLPCore(dim, hidden=256, depth=3, cond_dim=0, temb_dim=64, dtype='float32', seed=0)"},
+    {0, NULL},
+};
+
+static PyType_Spec rsm_mlp_spec = {"rsm._C.MLPCore", sizeof(rsm_py_mlp), 0,
+                                   Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, rsm_mlp_slots};
+
+int
+rsm_py_mlp_exec(PyObject *module)
+{
+    return rsm_py_add_type(module, &rsm_mlp_spec, &rsm_state(module)->mlp_type, "MLPCore");
+}
