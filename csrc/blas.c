@@ -129,19 +129,31 @@ RSM_DEFINE_GEMM(rsm_dgemm_builtin, double)
 /* Threading: the BLAS runs single-threaded and rsm splits the rows of C over its OpenMP threads.
  * With OpenBLAS's own thread pool next to OpenMP's, the two pools spin against each other on a
  * 2-core machine (measured: a pretraining step took 14.6 ms instead of ~6 ms); one pool avoids
- * that, and each row of C is computed by one thread in a fixed order (deterministic). Chunks are
- * multiples of 16 rows so the BLAS microkernels see whole panels. */
+ * that.
+ *
+ * Thread-count invariance: the rows of C are cut into TILES whose size depends on the shape
+ * (m, n, k) only, never on the thread count, and each tile is one single-threaded BLAS call.
+ * OpenBLAS may take another code path (and another summation order) for another row count, so
+ * splitting by the thread count gave other bits at 2, 3 or 8 threads for some shapes (NN
+ * products whose width is not a multiple of 16, e.g. 512x120x120); with fixed tiles every
+ * element of C is computed by the same call on the same operands whatever the number of threads
+ * (1, 2, 3, 8 ...), so results are bitwise equal for any thread count on the same build and CPU
+ * family.
+ * Tiles are multiples of 16 rows (whole microkernel panels), at least 128 rows, and at most 8 per
+ * GEMM (few calls: each one packs op(B) again). The tiles are handed out dynamically: a thread
+ * that a busy machine deschedules does not hold the others back, and the bits do not depend on
+ * which thread computed a tile. GEMMs under RSM_GEMM_SPLIT_FLOPS stay one call. */
 #define RSM_GEMM_SPLIT_FLOPS 2000000.0
+#define RSM_GEMM_TILE_MIN 128
+#define RSM_GEMM_TILES_MAX 8
 
 static int64_t
-rsm_gemm_chunks(int64_t m, int64_t n, int64_t k)
+rsm_gemm_tile_rows(int64_t m, int64_t n, int64_t k)
 {
-    int threads = rsm_get_num_threads();
-    if (threads <= 1 || 2.0 * (double)m * (double)n * (double)k < RSM_GEMM_SPLIT_FLOPS || m < 32)
-        return 1;
-    int64_t chunks = threads;
-    if (chunks > m / 16) chunks = m / 16;
-    return chunks < 1 ? 1 : chunks;
+    if (2.0 * (double)m * (double)n * (double)k < RSM_GEMM_SPLIT_FLOPS || m <= RSM_GEMM_TILE_MIN)
+        return m;
+    int64_t rows = ((m + RSM_GEMM_TILES_MAX - 1) / RSM_GEMM_TILES_MAX + 15) / 16 * 16;
+    return rows < RSM_GEMM_TILE_MIN ? RSM_GEMM_TILE_MIN : rows;
 }
 
 #define RSM_DEFINE_GEMM_DISPATCH(name, real_t, blas_fn, builtin_fn)                                \
@@ -154,18 +166,19 @@ rsm_gemm_chunks(int64_t m, int64_t n, int64_t k)
             builtin_fn(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);            \
             return;                                                                                \
         }                                                                                          \
-        int64_t chunks = rsm_gemm_chunks(m, n, k);                                                 \
-        int64_t rows_per = ((m + chunks - 1) / chunks + 15) / 16 * 16;                             \
-        _Pragma("omp parallel for schedule(static) num_threads(chunks) if (chunks > 1)")           \
-        for (int64_t chunk = 0; chunk < chunks; chunk++) {                                         \
-            int64_t row0 = chunk * rows_per;                                                       \
+        const int64_t rows_per = rsm_gemm_tile_rows(m, n, k);                                      \
+        const int64_t tiles = (m + rows_per - 1) / rows_per;                                       \
+        int threads = rsm_get_num_threads();                                                       \
+        if (threads > tiles) threads = (int)tiles;                                                 \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)")     \
+        for (int64_t tile = 0; tile < tiles; tile++) {                                             \
+            int64_t row0 = tile * rows_per;                                                        \
             int64_t rows = m - row0 < rows_per ? m - row0 : rows_per;                              \
-            if (rows <= 0) continue;                                                               \
             /* rows row0.. of op(A): A's rows (no transpose) or A's columns (transpose) */         \
-            const real_t *a_chunk = trans_a ? a + row0 : a + row0 * lda;                           \
+            const real_t *a_tile = trans_a ? a + row0 : a + row0 * lda;                            \
             rsm_blas.blas_fn(CBLAS_ROW_MAJOR, trans_a ? CBLAS_TRANS : CBLAS_NO_TRANS,              \
                              trans_b ? CBLAS_TRANS : CBLAS_NO_TRANS, (int)rows, (int)n, (int)k,    \
-                             alpha, a_chunk, (int)lda, b, (int)ldb, beta, c + row0 * ldc,          \
+                             alpha, a_tile, (int)lda, b, (int)ldb, beta, c + row0 * ldc,           \
                              (int)ldc);                                                            \
         }                                                                                          \
     }

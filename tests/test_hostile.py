@@ -392,11 +392,12 @@ def test_load_params_float64_model_keeps_large_values():
 # ---- 4. seeds, rewards, pretrain's up-front checks ----------------------------------------------
 
 
-BAD_SEEDS = [2**64, 2**64 + 5, -1, 1.5, True, "0", None, np.float64(3.0)]
+BAD_SEEDS = [(2**64, ValueError), (2**64 + 5, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+             ("0", TypeError), (None, TypeError), (np.float64(3.0), TypeError)]
 
 
-@pytest.mark.parametrize("seed", BAD_SEEDS)
-def test_seeds_everywhere(seed):
+@pytest.mark.parametrize("seed,exc", BAD_SEEDS)
+def test_seeds_everywhere(seed, exc):
     model = rsm.MLP(2, hidden=8, depth=1)
     opt = trained(model)
     before = state_bytes(model, opt)
@@ -414,7 +415,7 @@ def test_seeds_everywhere(seed):
         "sample": lambda: rsm.datasets.get("two_moons").sample(4, seed=seed),
     }
     for func, call in calls.items():
-        with pytest.raises(ValueError, match="seed") as info:
+        with pytest.raises(exc, match="seed") as info:
             call()
         named = {"finetune": "Trainer", "lora": "lora"}.get(func, func)  # finetune builds a Trainer
         assert f"{named}()" in str(info.value), (func, str(info.value))

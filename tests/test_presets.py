@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rsm
-from rsm.methods import Preset, coefficients, estimates, presets
+from rsm.methods import Preset, coefficients, estimates, options
 from rsm.methods.rollouts import ROLLOUTS
 
 NAN = float("nan")
@@ -69,6 +69,14 @@ def test_the_trainer_refuses_bad_options_before_any_work():
     assert np.array_equal(np.from_dlpack(model.params), before)
 
 
+@pytest.mark.parametrize("seed,exc", [(-1, ValueError), (2**64, ValueError), (1.5, TypeError),
+                                      (True, TypeError), ("0", TypeError)])
+def test_the_trainer_seed_is_an_int_in_the_64_bit_range(seed, exc):
+    model = rsm.MLP(2, 8, 1, seed=0)
+    with pytest.raises(exc, match="seed="):
+        rsm.Trainer(model, model.copy(), rsm.rewards.quadratic([0, 0]), "flow-grpo", seed=seed)
+
+
 @pytest.mark.parametrize("model_arg", ["policy", "ref"])
 def test_a_missing_model_is_refused_naming_it(model_arg):
     model = rsm.MLP(2, 8, 1, seed=0)
@@ -111,7 +119,7 @@ def test_every_preset_is_valid_typed_frozen_and_has_a_source():
         assert p.source and p.description
         with pytest.raises(dataclasses.FrozenInstanceError):
             p.kl = 1.0   # type: ignore[misc]
-        assert set(p.options()) <= set(presets.OPTIONS)
+        assert set(p.options()) <= set(options.OPTIONS)
 
 
 def test_the_dict_read_access_of_the_old_presets_is_kept():
@@ -129,8 +137,27 @@ def test_the_dict_read_access_of_the_old_presets_is_kept():
 
 def test_the_name_tables_agree_with_the_rules():
     """The option vocabulary of presets.py names exactly what the engine dispatches on."""
-    assert set(presets.ESTIMATORS) == set(coefficients.RULES) | {"pathwise"}
-    assert set(presets.ESTIMATORS) == set(estimates.ESTIMATES)
-    assert set(presets.REWEIGHT_NAMES) == set(coefficients.REWEIGHTS)
-    assert set(presets.ETA_NAMES) == set(coefficients.ETAS)
-    assert set(presets.ROLLOUT_KINDS) == set(ROLLOUTS)
+    assert set(options.ESTIMATORS) == set(coefficients.RULES) | {"pathwise"}
+    assert set(options.ESTIMATORS) == set(estimates.ESTIMATES)
+    assert set(options.REWEIGHT_NAMES) == set(coefficients.REWEIGHTS)
+    assert set(options.ETA_NAMES) == set(coefficients.ETAS)
+    assert set(options.ROLLOUT_KINDS) == set(ROLLOUTS)
+
+
+def test_a_rollout_batch_is_typed_and_keeps_the_dict_access():
+    model = rsm.MLP(2, 8, 1, seed=0)
+    trainer = rsm.Trainer(model, model.copy(), rsm.rewards.quadratic([0, 0]), "flow-grpo",
+                          batch_size=2, group_size=2, kl_every=0)
+    batch = trainer.rollout()
+    assert isinstance(batch, rsm.methods.Batch)
+    assert batch["x0"] is batch.x0 and batch.get("row_valid", "absent") == "absent"
+    assert "adv" in batch and "tree" not in batch and "scored" not in batch   # popped by rollout()
+    assert batch["keys"] is batch.groups and "keys" in dict(batch)         # the old key's name
+    batch["note"] = 1                      # what a Trainer subclass records goes to `extra`
+    assert batch.extra == {"note": 1} and batch.pop("note") == 1 and "note" not in batch
+    copy = batch.copy()
+    copy.rows.append({})
+    assert len(copy.rows) == len(batch.rows) + 1 and copy.x0 is batch.x0
+    assert {"x0", "rows", "rewards", "valid", "adv", "mask"} <= set(dict(batch))
+    with pytest.raises(KeyError):
+        batch["no_such_field"]

@@ -81,6 +81,14 @@ rsm_py_set_num_threads(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
+rsm_py_get_num_threads(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromLong(rsm_get_num_threads());
+}
+
+static PyObject *
 rsm_py_build_info(PyObject *module, PyObject *unused)
 {
     (void)module;
@@ -114,6 +122,7 @@ rsm_py_build_info(PyObject *module, PyObject *unused)
 static PyMethodDef rsm_module_methods[] = {
     {"load_blas", rsm_py_load_blas, METH_O, "load_blas(path): use this CBLAS library for GEMMs."},
     {"set_num_threads", rsm_py_set_num_threads, METH_O, "set_num_threads(n): threads for rsm's CPU loops and BLAS."},
+    {"get_num_threads", rsm_py_get_num_threads, METH_NOARGS, "get_num_threads() -> threads of rsm's CPU loops."},
     {"build_info", rsm_py_build_info, METH_NOARGS, "build_info() -> dict of what this build found."},
     {NULL, NULL, 0, NULL},
 };

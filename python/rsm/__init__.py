@@ -1,10 +1,44 @@
 """rsm: Reward Score Matching, reward-based fine-tuning of diffusion and flow models."""
 from __future__ import annotations
 
+
+def _threading_policy() -> dict:
+    """OpenMP's waiting policy, set before libgomp starts (it reads its environment once, when
+    rsm._C loads it). libgomp's default lets a thread that waits at a barrier spin for about
+    300,000 iterations before it sleeps: on a machine where other processes compete for the
+    cores, the spinning threads burn the time slices that the thread everyone waits for needs,
+    and a step runs 10-60x slower. Passive waiting (sleep at once) costs a few microseconds per
+    parallel region on an idle machine and keeps rsm near its fair share of a busy one. Nothing
+    is changed when the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT; the environment is restored
+    after the import (processes started later, and other OpenMP runtimes loaded later, such as
+    torch's, see the user's environment). Returns what was set (for build_info)."""
+    import os
+
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return {}
+    return {"OMP_WAIT_POLICY": "passive"}
+
+
+def _import_core() -> dict:
+    import importlib
+    import os
+
+    policy = _threading_policy()
+    os.environ.update(policy)
+    try:
+        importlib.import_module("._C", __name__)
+    finally:
+        for key in policy:
+            os.environ.pop(key, None)
+    return policy
+
+
+_THREAD_POLICY = _import_core()
+
 from . import _C  # noqa: E402
 from ._C import Tensor, from_dlpack  # noqa: E402,F401
 from ._build import (__version__, _BLAS_ERROR, _BUILD_CONFIG, _cuda_status,  # noqa: E402,F401
-                     build_info, cuda_available, set_num_threads)
+                     build_info, cuda_available, get_num_threads, set_num_threads)
 
 from . import paths, models, dit, sampling, training  # noqa: E402
 from .paths import FlowPath, VPPath  # noqa: E402,F401

@@ -49,10 +49,11 @@ def positive_int(value: Any, func: str, name: str, minimum: int = 1) -> int:
 
 
 def seed_int(value: Any, func: str, name: str = "seed") -> int:
-    """A seed: an int in [0, 2**64) (bool, float and out-of-range ints are refused, not rounded or
-    wrapped: a seed >= 2**64 would alias a smaller one)."""
+    """A seed: an int in [0, 2**64). Another kind (bool, float, str) is a TypeError, an int out of
+    range a ValueError (a seed >= 2**64 would alias a smaller one in the 64-bit streams); never
+    rounded or wrapped."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{func}(): {name} must be an int in [0, 2**64), got {type(value).__name__} {value!r}")
+        raise TypeError(f"{func}(): {name}={value!r} must be an int in [0, 2**64), got {type(value).__name__}")
     if not 0 <= value < SEED_LIMIT:
         raise ValueError(f"{func}(): {name}={value} must be an int in [0, 2**64)")
     return int(value)

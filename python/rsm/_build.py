@@ -28,8 +28,21 @@ _BLAS_ERROR = _load_blas()
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for rsm's CPU loops (OpenMP) and for the BLAS."""
+    """Threads for rsm's CPU loops (OpenMP) and its GEMM tiles (the BLAS itself runs one thread
+    per tile). Results are bitwise the same for every thread count (README, Threads, busy
+    machines and reproducibility). Default: OMP_NUM_THREADS if set, else the cores this process
+    may run on."""
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"set_num_threads(): n must be an int >= 1, got {n!r}")
     _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads rsm's CPU loops use (set_num_threads, else OMP_NUM_THREADS, else the
+    cores this process may run on)."""
+    return _C.get_num_threads()
 
 
 try:  # written by setup.py at build time (gitignored)

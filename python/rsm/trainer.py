@@ -120,7 +120,7 @@ class Trainer:
         if policy.dim != ref.dim:
             raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
         self.geometry = BatchGeometry.from_method(cfg, batch_size, group_size, dim=policy.dim)
-        if cfg["family"] in ("first-order", "pathwise") and not self.reward.differentiable:
+        if cfg.needs_reward_gradient and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
         self.batch_size, self.group_size = int(batch_size), int(group_size)
@@ -205,7 +205,7 @@ class Trainer:
         epochs = int(cfg["inner_epochs"])
         normalizer = max(sum(blocks.signal_rows(b) for b in batches), 1.0)
         stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
-        if self._pathwise():
+        if cfg.through_sampler:
             return pathwise.draft_update(self.policy, self.optimizer, self.setting, batches, stats)
         per_batch, out = blocks.run(self.policy, self.ref, self.optimizer, self.setting, batches,
                                     normalizer, epochs)
@@ -223,7 +223,7 @@ class Trainer:
     def loss_and_grad(self, batch: Batch, normalizer: float | None = None) -> tuple[np.ndarray, dict]:
         """The objective over all training rows of `batch` at the current policy parameters:
         (flat parameter gradient, stats). Nothing is updated."""
-        if self._pathwise():
+        if self.cfg.through_sampler:
             return pathwise.draft_grad(self.policy, self.setting, batch)
         normalizer = self.normalizer(batch) if normalizer is None else normalizer
         per_batch, out = blocks.run(self.policy, self.ref, self.optimizer, self.setting, [batch],
@@ -238,10 +238,6 @@ class Trainer:
         a signal (valid reward, non-zero-std group), at least 1. Row weights (k_avg / k_i) scale
         the rows but not the denominator."""
         return max(blocks.signal_rows(batch), 1.0)
-
-    def _pathwise(self) -> bool:
-        """DRaFT: the update differentiates through the sampler, not through the objective."""
-        return self.cfg["family"] == "pathwise" and self.cfg["estimator"] == "pathwise"
 
     # hooks of step() for subclasses (rsm.auxiliary.AuxTrainer)
     def _step_scores(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -347,7 +343,9 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: 
              batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True,
              **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
-    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword.
+    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword: the
+    options of rsm.methods.Preset that the preset has (rsm.methods.get(method).options(); each is
+    typed and checked when the preset is built, rsm.methods.options).
     conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
     condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
     classifier-free guidance in the rollouts and the losses. kl_every / kl_samples / kl_grid /

@@ -20,6 +20,7 @@ Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary i
 
 The package, one concept per module:
   presets      Preset, the preset table, BUDGETS, names / get
+  options      the option checks (one vocabulary) and the contradictions between options
   batch        Batch, what a rollout returns
   rollouts/    one module per rollout kind (sde, branch, tree, ode, refl), each -> Batch
   estimates    after the reward: advantages (zeroth order) or reward-gradient estimates

@@ -24,7 +24,8 @@ class Batch:
     x0: np.ndarray | None = None        # the samples the reward scores [n, D]
     rows: list = field(default_factory=list)          # training rows (dicts), one per step
     nfe: int = 0                        # network evaluations of the rollout
-    keys: np.ndarray | None = None      # group id of every sample (zeroth-order advantages)
+    groups: np.ndarray | None = None    # group id of every sample (zeroth-order advantages;
+                                        # batch["keys"] in the dict view, its old name)
     cond_x0: np.ndarray | None = None   # conditions of the samples, model layout
     states: list | None = None          # every state of the trajectories (lean adjoint)
     scored: Any = None                  # (rewards, grad, valid) from the C rollout's reward call
@@ -48,17 +49,20 @@ class Batch:
 
     # ---- the dict access of the batches this type replaces -----------------------------------
     def __getitem__(self, key: str) -> Any:
+        key = _ALIASES.get(key, key)
         if key in _FIELDS:
             return getattr(self, key)
         return self.extra[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        key = _ALIASES.get(key, key)
         if key in _FIELDS:
             setattr(self, key, value)
         else:
             self.extra[key] = value
 
     def __contains__(self, key: object) -> bool:
+        key = _ALIASES.get(key, key)   # type: ignore[call-overload]
         if key in _FIELDS:
             return getattr(self, key) is not None   # type: ignore[arg-type]
         return key in self.extra
@@ -68,6 +72,7 @@ class Batch:
 
     def pop(self, key: str, default: Any = None) -> Any:
         value = self.get(key, default)
+        key = _ALIASES.get(key, key)
         if key in _FIELDS:
             setattr(self, key, None)
         else:
@@ -79,7 +84,8 @@ class Batch:
             self[key] = value
 
     def keys(self) -> list[str]:
-        return [k for k in _FIELDS if getattr(self, k) is not None] + list(self.extra)
+        return ([_NAMES.get(k, k) for k in _ORDER if getattr(self, k) is not None]
+                + list(self.extra))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
@@ -90,4 +96,7 @@ class Batch:
                                    extra=dict(self.extra))
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(Batch)) - {"extra"}
+_ORDER = tuple(f.name for f in dataclasses.fields(Batch) if f.name != "extra")
+_FIELDS = frozenset(_ORDER)
+_ALIASES = {"keys": "groups"}                     # dict-view name -> field
+_NAMES = {v: k for k, v in _ALIASES.items()}      # field -> dict-view name

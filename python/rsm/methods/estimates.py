@@ -21,11 +21,11 @@ def tensor(x: np.ndarray) -> Any:
 
 
 def group(tr: Any, batch: Batch) -> None:
-    """zo-group / zo-branch: advantages normalised within each group (batch.keys). Rows with an
+    """zo-group / zo-branch: advantages normalised within each group (batch.groups). Rows with an
     invalid reward get groups of their own, so they do not bias the statistics of the valid rows
     of their group; REINFORCE (advantage "center"): (r - mean_g) / alpha."""
     cfg, valid = tr.cfg, batch.valid
-    keys = np.asarray(batch.keys, dtype=np.int64).copy()
+    keys = np.asarray(batch.groups, dtype=np.int64).copy()
     keys[~valid] = -1 - np.flatnonzero(~valid)
     center = cfg.get("advantage") == "center"
     adv, mask = group_advantages(np.where(valid, batch.rewards, 0.0), keys, eps=cfg["adv_eps"],

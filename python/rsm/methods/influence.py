@@ -75,7 +75,7 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
     for i in range(steps):
         if rows_per_root[i] == 0:
             continue  # not a training step of this method
-        if cfg["family"] == "pathwise" and cfg["estimator"] == "pathwise":
+        if cfg.through_sampler:
             kappa[i] = 1.0 if i >= steps - cfg["truncation"] else 0.0
             continue
         needs_density = cfg["family"] == "zeroth-order" or cfg["estimator"] in ("fo-residual", "fo-next")

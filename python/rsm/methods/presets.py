@@ -10,16 +10,11 @@ ValueError). `Preset` keeps the read access of the dicts it replaces: p["kl"], p
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-import math
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-import numpy as np
-
-from ..objective import FORMS
-from ..tree import ADV_STDS, FUSIONS
+from .options import OPTIONS, UNSET, check_combination, suggest
 
 _COMMON_ZO = {
     "ema_decay": 0.0,
@@ -186,17 +181,6 @@ BUDGETS: dict[str, list[int]] = {
 }
 
 
-class _Unset:
-    """The value of an option a preset does not have."""
-
-    def __repr__(self) -> str:
-        return "<unset>"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Any = _Unset()
 _SEQUENCES = ("budget", "depth_pruning")   # stored as tuples (frozen), read as lists via p[...]
 
 
@@ -274,7 +258,7 @@ class Preset(Mapping):
             value = getattr(self, key)
             if value is not UNSET:
                 OPTIONS[key](f"method {self.name!r}: {key}", value)
-        _check_combination(self)
+        check_combination(self)
 
     # ---- read access of the dicts presets were (compatibility) -------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -290,6 +274,17 @@ class Preset(Mapping):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    @property
+    def needs_reward_gradient(self) -> bool:
+        """First-order and pathwise methods read d r / d x0: the reward must be differentiable."""
+        return self.family in ("first-order", "pathwise")
+
+    @property
+    def through_sampler(self) -> bool:
+        """DRaFT: the update differentiates through the sampler (rsm.methods.pathwise), not
+        through the objective's C update."""
+        return self.estimator == "pathwise"
 
     def options(self) -> list[str]:
         """The option names this preset has (overridable), without name/description/source."""
@@ -314,202 +309,11 @@ class Preset(Mapping):
 _DOCUMENTATION = ("name", "description", "source")
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Preset))
 _OPTION_SET = frozenset(_OPTION_NAMES)
-
-
-# ---- the vocabulary of checks: (label, value) -> None or raise ---------------------------------
-# TypeError: the wrong kind of value (a string or a bool where a number is meant); ValueError:
-# the right kind out of range or not one of the names. `label` names the option.
-Check = Callable[[str, Any], None]
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-
-
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
-def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False) -> Check:
-    """A finite real number in the interval [low, high] (open ends as asked)."""
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-    what = ("a finite number" + (f" in {lo}, {hi}" if low is not None and high is not None else
-                                 f" > {low:g}" if low is not None and low_open else
-                                 f" >= {low:g}" if low is not None else ""))
-
-    def check(label: str, value: Any) -> None:
-        if not _is_number(value):
-            raise TypeError(f"{label}={value!r} must be {what}, got {type(value).__name__}")
-        v = float(value)
-        if (not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low))
-                or (high is not None and (v >= high if high_open else v > high))):
-            raise ValueError(f"{label}={value!r} must be {what}")
-    return check
-
-
-def integer(minimum: int = 1) -> Check:
-    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-
-    def check(label: str, value: Any) -> None:
-        if not _is_int(value):
-            raise TypeError(f"{label}={value!r} must be {what}, got {type(value).__name__}")
-        if value < minimum:
-            raise ValueError(f"{label}={value!r} must be {what}")
-    return check
-
-
-def one_of(*names: Any) -> Check:
-    def check(label: str, value: Any) -> None:
-        if isinstance(value, bool) or value not in names:
-            hint = _suggest(value, [n for n in names if isinstance(n, str)]) if isinstance(value, str) else ""
-            raise ValueError(f"{label}={value!r} must be one of {list(names)}{hint}")
-    return check
-
-
-def boolean(label: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{label}={value!r} must be True or False, got {type(value).__name__}")
-
-
-def text(label: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{label} must be a str, got {type(value).__name__}")
-
-
-def optional(inner: Check) -> Check:
-    """None, or what `inner` accepts."""
-    def check(label: str, value: Any) -> None:
-        if value is not None:
-            inner(label, value)
-    return check
-
-
-def name_or(names: tuple, inner: Check) -> Check:
-    """One of `names`, or what `inner` accepts."""
-    def check(label: str, value: Any) -> None:
-        if isinstance(value, str):
-            one_of(*names)(label, value)
-        else:
-            inner(label, value)
-    return check
-
-
-def ints(minimum: int = 0) -> Check:
-    """A list of ints >= minimum."""
-    def check(label: str, value: Any) -> None:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise TypeError(f"{label}={value!r} must be a list of ints, got {type(value).__name__}")
-        for v in value:
-            if not _is_int(v):
-                raise TypeError(f"{label}={list(value)!r} must be a list of ints >= {minimum}, "
-                                f"got {type(v).__name__} {v!r}")
-            if v < minimum:
-                raise ValueError(f"{label}={list(value)!r} must be a list of ints >= {minimum}")
-    return check
-
-
-def _train_steps(label: str, value: Any) -> None:
-    """A name, a fraction in (0, 1] (a random subset) or a list of step indices; the indices are
-    checked against the steps by rsm.geometry (they depend on `steps`)."""
-    if isinstance(value, str):
-        one_of("all", "interior", "no_last")(label, value)
-    elif _is_number(value) and not _is_int(value):
-        if not (math.isfinite(value) and 0.0 < value <= 1.0):
-            raise ValueError(f"{label}={value!r} must be a fraction in (0, 1]")
-    else:
-        ints(0)(label, value)
-
-
-FAMILIES = ("zeroth-order", "first-order", "pathwise")
-ROLLOUT_KINDS = ("sde", "branch", "tree", "ode", "refl")
-# estimator -> (its family, the rollout kinds that record what it reads)
-ESTIMATORS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "zo-group": ("zeroth-order", ("sde",)),
-    "zo-branch": ("zeroth-order", ("branch",)),
-    "zo-tree": ("zeroth-order", ("tree",)),
-    "fo-terminal": ("first-order", ("ode", "sde")),
-    "fo-tweedie": ("first-order", ("ode", "sde")),
-    "fo-residual": ("first-order", ("sde",)),     # divides by the step's std: stochastic rows
-    "fo-next": ("first-order", ("sde",)),         # reads the sampled next state
-    "fo-adjoint": ("first-order", ("sde",)),      # reads every state of the trajectory
-    "refl": ("pathwise", ("refl",)),
-    "pathwise": ("pathwise", ("ode",)),
-}
-# the objective forms each family's rules produce (csrc/objective.h; "pathwise": DRaFT's own)
-FAMILY_FORMS = {"zeroth-order": ("ppo", "log_ratio", "matching"),
-                "first-order": ("score_matching",), "pathwise": ("score_matching", "pathwise")}
-REWEIGHT_NAMES = ("base", "fairclip2", "fairclip", "tempflow", "pcpo", "constant", "guard")
-ETA_NAMES = ("linear", "quad")
-
-OPTIONS: dict[str, Check] = {
-    "name": text, "description": text, "source": text,
-    "family": one_of(*FAMILIES), "path": one_of("flow", "vp", "any"),
-    "rollout": one_of(*ROLLOUT_KINDS), "estimator": one_of(*ESTIMATORS),
-    "form": one_of(*FORMS, "pathwise"),
-    "steps": integer(1), "grid": one_of("uniform", "shift", "sd3", "leading"),
-    "shift": number(0.0, low_open=True), "noise_level": number(0.0),
-    "train_steps": _train_steps,
-    "lr": number(0.0), "weight_decay": number(0.0), "max_grad_norm": number(0.0),  # 0: no clipping
-    "ema_decay": number(0.0, 1.0, high_open=True),
-    "inner_epochs": integer(1), "accumulate": integer(1), "mean_over_dims": boolean,
-    "kl": number(0.0),
-    "advantage": one_of("group", "center"), "adv_eps": number(0.0), "adv_clip": number(0.0),
-    "reweight": one_of(*REWEIGHT_NAMES), "clip_eps": number(0.0, low_open=True),
-    "alpha": number(0.0, low_open=True), "shared_noise": boolean,
-    "pcpo_weight": number(0.0), "loss_weight": number(0.0, low_open=True),
-    "budget": ints(0),
-    "kl_anchor": optional(number(0.0)),
-    "kl_anchor_weight": name_or(("sampler",), number(0.0, low_open=True)),
-    "kl_anchor_reduce": one_of("k_avg", "mean"),
-    "kl_anchor_max_ratio": optional(number(0.0, 1.0)),
-    "split": integer(1), "branch": integer(2), "fusion": one_of(*FUSIONS),
-    "adv_std": one_of(*ADV_STDS), "depth_pruning": ints(0), "depth_pruning_slide": integer(0),
-    "depth_pruning_stop": optional(integer(0)), "width_pruning": one_of(0, 1, 2),
-    "width_pruning_ratio": number(0.0, 1.0, low_open=True),
-    "reward_scale": number(), "eta": one_of(*ETA_NAMES), "reg": number(0.0),
-    "kappa": one_of("sigma", "one"), "adaptive": one_of("sigma", "alpha_bar_next"),
-    "tweedie_model": one_of("policy", "ref"), "discount": number(0.0, 1.0),
-    "truncation": integer(1), "late_steps": integer(1),
-}
-assert set(OPTIONS) == set(_OPTION_NAMES), set(OPTIONS) ^ set(_OPTION_NAMES)
-
-
-def _check_combination(p: Preset) -> None:
-    """Options that contradict each other; the message names both."""
-    def refuse(a: str, b: str, why: str) -> None:
-        raise ValueError(f"method {p.name!r}: {a}={p[a]!r} contradicts {b}={p[b]!r}: {why}")
-
-    if p.estimator is UNSET:
-        return
-    family, rollouts = ESTIMATORS[p.estimator]
-    if p.family is not UNSET and p.family != family:
-        refuse("estimator", "family", f"the estimator belongs to the {family} family")
-    if p.rollout is not UNSET and p.rollout not in rollouts:
-        refuse("estimator", "rollout", f"the estimator reads what the rollouts {list(rollouts)} record")
-    if p.form is not UNSET and p.form not in FAMILY_FORMS[family]:
-        refuse("form", "estimator", f"{family} estimators train through the forms "
-                                    f"{list(FAMILY_FORMS[family])}")
-    if (p.estimator == "pathwise") != (p.form == "pathwise"):
-        refuse("form", "estimator", "the form 'pathwise' is DRaFT's estimator 'pathwise' and only it")
-    if p.advantage == "center" and p.alpha is UNSET:
-        raise ValueError(f"method {p.name!r}: advantage='center' divides by alpha, which this "
-                         "preset does not have")
-    if p.reweight == "constant" and p.loss_weight is UNSET:
-        raise ValueError(f"method {p.name!r}: reweight='constant' uses loss_weight, which this "
-                         "preset does not have")
-    if p.kl_anchor is not UNSET and p.kl_anchor != 0.0 and p.rollout != "branch":
-        refuse("kl_anchor", "rollout", "KL-anchor rows exist in branch rollouts only")
-
-
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+assert set(OPTIONS) == _OPTION_SET, set(OPTIONS) ^ _OPTION_SET
 
 
 def _unknown_options_message(preset: Preset, unknown: list[str]) -> str:
-    hint = _suggest(unknown[0], preset.options())
+    hint = suggest(unknown[0], preset.options())
     return (f"method {preset.name!r} has no hyper-parameter(s) {unknown}{hint}; "
             f"it has {sorted(preset.options())}")
 
@@ -557,6 +361,6 @@ def names() -> list[str]:
 def get(name: str, **overrides: Any) -> Preset:
     """The preset `name` with overrides applied (unknown names and options are errors)."""
     if not isinstance(name, str) or name not in PRESETS:
-        hint = _suggest(name, PRESETS) if isinstance(name, str) else ""
+        hint = suggest(name, PRESETS) if isinstance(name, str) else ""
         raise ValueError(f"unknown method {name!r}{hint}; known: {names()}")
     return PRESETS[name].replace(**overrides)

@@ -56,7 +56,7 @@ def rollout(tr: Any) -> Batch:
                      "log_prob": log_prob[sel].astype(np.float64),
                      "grid": tr.ts[i:], "grid_step": 0, "window": (0, 1)})
         offset += n_rows
-    return Batch(x0=np.from_dlpack(out["x0"]), keys=np.concatenate(keys), rows=rows,
+    return Batch(x0=np.from_dlpack(out["x0"]), groups=np.concatenate(keys), rows=rows,
                  nfe=int(out["nfe"]), cond_x0=cond_x0, scored=out["reward"],
                  anchor_rows=kl_anchor_rows(tr, root_xs, budget, offset, k_avg))
 

@@ -29,5 +29,5 @@ def rollout(tr: Any) -> Batch:
              "noise": traj.noises[i], "traj": np.arange(n), "cond": cond, "weight": 1.0,
              "log_prob": traj.log_probs[i].astype(np.float64), "grid": tr.ts, "grid_step": i}
             for i in train_steps(tr, traj.steps) if traj.stds[i] > 0]
-    return Batch(x0=traj.x, keys=np.arange(n) // tr.group_size, rows=rows, nfe=traj.nfe,
+    return Batch(x0=traj.x, groups=np.arange(n) // tr.group_size, rows=rows, nfe=traj.nfe,
                  cond_x0=cond, states=traj.xs, scored=traj.reward)
