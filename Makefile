@@ -18,7 +18,8 @@ TORCH_INDEX ?=
 VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
-DEPS := numpy scipy-openblas32 tqdm pytest hypothesis safetensors matplotlib scikit-learn pillow "setuptools>=77" wheel
+DEPS := numpy scipy-openblas32 tqdm pytest hypothesis safetensors matplotlib scikit-learn pillow pyyaml \
+	mypy "setuptools>=77" wheel
 PIP_FLAGS := --disable-pip-version-check -q
 
 # Everything the extension is built from: a change here rebuilds it. The directories are listed
@@ -28,9 +29,10 @@ BUILD_INPUTS := setup.py pyproject.toml MANIFEST.in \
 	                             -o -name '*.cuh' \) 2>/dev/null)
 
 PYTEST := -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+PYTEST_QUICK := -m pytest tests -q -p no:cacheprovider -m "not slow" --quick $(PYTEST_ARGS)
 # pytest exits with 5 when it collected no test: that is a failure here, not a pass.
 define run_pytest
-	rc=0; $(1) $(PYTEST) || rc=$$?; \
+	rc=0; $(1) $(or $(2),$(PYTEST)) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests in tests/" >&2; exit 1; fi; \
 	exit $$rc
 endef
@@ -41,13 +43,14 @@ define print_summary
 	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
 endef
 
-.PHONY: help demo demo-images test test-asan fuzz bench build clean distclean format
+.PHONY: help demo demo-images test test-quick test-asan fuzz bench build clean distclean format
 
 help:
 	@echo "rsm make targets:"
 	@echo "  make demo       set up .venv (PyPI packages + the extension), then python -m rsm demo"
 	@echo "  make demo-images  the image demo: python -m rsm demo images (digits, CFG, fine-tuning)"
-	@echo "  make test       set up .venv, then run the test suite (pytest tests/)"
+	@echo "  make test       set up .venv, then run the whole test suite (pytest tests/)"
+	@echo "  make test-quick the suite without its slow and longest tests (about 70 s of CPU; tests/quick_skip.txt)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
 	@echo "  make fuzz       fuzz the model/checkpoint loaders and the DLPack importer for FUZZ_SECONDS"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
@@ -82,6 +85,11 @@ demo-images: $(VENV)/.build-stamp
 
 test: $(VENV)/.build-stamp
 	@$(call run_pytest,$(VENV)/bin/python)
+
+# the tests marked `slow` (long training runs, the wheel build in a clean venv) and the long ones
+# listed in tests/quick_skip.txt left out (tests/conftest.py)
+test-quick: $(VENV)/.build-stamp
+	@$(call run_pytest,$(VENV)/bin/python,$(PYTEST_QUICK))
 
 # ---- fuzzing: tests/fuzz_harness.py for FUZZ_SECONDS (make test runs its corpus and a short run) -
 # Random (not derandomized) Hypothesis cases, each in a forked child; prints the counts as JSON;
@@ -146,7 +154,7 @@ format:
 
 # clean: build outputs (the next make rebuilds the extension); distclean: the venvs too.
 clean:
-	rm -rf build dist python/*.egg-info python/rsm/_C.*.so python/rsm/_cuda.*.so \
+	rm -rf build dist python/*.egg-info python/rsm/_C.*.so python/rsm/_C_*.so python/rsm/_cuda.*.so \
 		python/rsm/_build_config.py $(VENV)/.build-stamp $(ASAN_VENV)/.build-stamp \
 		$(BENCH_VENV)/.build-stamp
 	find csrc kernels python tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true

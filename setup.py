@@ -18,7 +18,14 @@ Environment knobs (all optional)
                        nvidia-smi sees, else the fixed list DEFAULT_CUDA_ARCHS below.
   RSM_CUDA_PTX         virtual arch embedded as PTX (JIT for newer GPUs), e.g. "80", or "none";
                        default: the lowest arch of the list.
-  RSM_NATIVE=1|0       -march=native (default 1); 0 for a portable build.
+  RSM_NATIVE=1|0       1: -march=native, tuned for (and only runnable on) this machine's CPU;
+                       0 (default): a portable build that runs on any x86-64 / aarch64 CPU,
+                       which on x86-64 also carries copies of rsm._C compiled for x86-64-v3
+                       (AVX2, FMA) and x86-64-v4 (AVX-512); `import rsm` loads the best one the
+                       CPU supports (RSM_CPU_VARIANT=baseline|x86_64_v3|x86_64_v4 forces one).
+                       Measured in benchmarks/RESULTS.md ("portable vs native").
+  RSM_DISPATCH=0       build only the baseline rsm._C (no x86-64-v3/v4 copies; faster builds).
+  RSM_MARCH=arch       -march=arch for a baseline of your choice (e.g. x86-64-v3); no copies.
   RSM_OPENMP=1|0       OpenMP when the compiler supports it (default 1).
   RSM_SANITIZE=1       AddressSanitizer + UBSan build (-O1 -g), objects in build/asan/.
   RSM_BUILD_JOBS=n     parallel compile jobs (default: the number of CPUs).
@@ -48,6 +55,19 @@ from setuptools.command.build_ext import build_ext
 DEFAULT_CUDA_ARCHS = "80;90"
 
 SANITIZE = os.environ.get("RSM_SANITIZE", "0") == "1"
+# CPU-specific copies of rsm._C (same sources, another -march, their own object directory), built
+# next to the portable baseline on x86-64 unless the build is native, sanitized or told not to
+CPU_VARIANTS = {"x86_64_v3": "x86-64-v3", "x86_64_v4": "x86-64-v4"}
+
+
+def cpu_variants():
+    import platform
+
+    if (platform.machine().lower() not in ("x86_64", "amd64") or SANITIZE
+            or os.environ.get("RSM_NATIVE", "0") == "1" or os.environ.get("RSM_MARCH")
+            or os.environ.get("RSM_DISPATCH", "1") == "0"):
+        return []
+    return list(CPU_VARIANTS)
 VARIANT = "asan" if SANITIZE else "release"
 CUDA_ONLY_C = ("csrc/python/cuda_module.c", "csrc/cuda/")
 
@@ -311,8 +331,10 @@ class RsmBuildExt(build_ext):
                  "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
         if openmp:
             flags.append("-fopenmp")
-        if os.environ.get("RSM_NATIVE", "1") != "0":
+        if os.environ.get("RSM_NATIVE", "0") == "1":
             flags.append("-march=native")
+        elif os.environ.get("RSM_MARCH"):
+            flags.append("-march=" + os.environ["RSM_MARCH"])
         if SANITIZE:
             flags = [f for f in flags if f != "-O3"] + [
                 "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
@@ -393,6 +415,32 @@ class RsmBuildExt(build_ext):
         super().run()
         self._finish()
 
+    def _march_supported(self, march):
+        """Whether the C compiler accepts -march=march (x86-64-v3/v4 need GCC 11 / clang 12)."""
+        cc = self.compiler.compiler_so[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "t.c")
+            with open(src, "w") as f:
+                f.write("int main(void) { return 0; }\n")
+            try:
+                out = subprocess.run([cc, "-march=" + march, "-c", src, "-o", os.path.join(tmp, "t.o")],
+                                     capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.SubprocessError):
+                return False
+            return out.returncode == 0
+
+    def build_extension(self, ext):
+        """CPU variants compile into their own object directory (the flags differ)."""
+        variant = ext.name.rpartition("._C_")[2] if "._C_" in ext.name else None
+        if variant not in CPU_VARIANTS:
+            return super().build_extension(ext)
+        saved = self.build_temp
+        self.build_temp = os.path.join(saved, variant)
+        try:
+            return super().build_extension(ext)
+        finally:
+            self.build_temp = saved
+
     def build_extensions(self):
         _install_parallel_compile(self.compiler)
         openmp, how = self._check_openmp()
@@ -401,10 +449,20 @@ class RsmBuildExt(build_ext):
         self.cfg.update(openmp=openmp, openmp_flag=how if openmp else None, native=native,
                         sanitize=SANITIZE, c_flags=" ".join(flags), variant=VARIANT)
         link = (["-fopenmp"] if openmp else []) + (["-fsanitize=address,undefined"] if SANITIZE else [])
-        for ext in self.extensions:
-            ext.extra_compile_args = flags + ['-DRSM_BUILD_CFLAGS="%s"' % " ".join(flags)]
+        built_variants = []
+        for ext in list(self.extensions):
+            ext_flags = flags
+            variant = ext.name.rpartition("._C_")[2] if "._C_" in ext.name else None
+            if variant in CPU_VARIANTS:
+                if not self._march_supported(CPU_VARIANTS[variant]):
+                    self.extensions.remove(ext)
+                    continue
+                ext_flags = flags + ["-march=" + CPU_VARIANTS[variant]]
+                built_variants.append(variant)
+            ext.extra_compile_args = ext_flags + ['-DRSM_BUILD_CFLAGS="%s"' % " ".join(ext_flags)]
             ext.extra_link_args = link + ["-ldl", "-lm"]
             ext.depends = header_depends()
+        self.cfg["cpu_variants"] = built_variants
         cuda_ext = next((e for e in self.extensions if e.name == "rsm._cuda"), None)
         if cuda_ext is not None:
             try:
@@ -432,10 +490,14 @@ class RsmBuildExt(build_ext):
         self.summary.append("→ BLAS: loaded at run time from scipy-openblas32 (built-in kernel "
                             "otherwise)")
         if native:
-            self.summary.append("→ RSM_NATIVE=1: -march=native (set RSM_NATIVE=0 for a portable "
-                                "build)")
+            self.summary.append("→ RSM_NATIVE=1: -march=native (runs on this CPU model only; "
+                                "the default RSM_NATIVE=0 is portable)")
+        elif built_variants:
+            self.summary.append("→ portable build + copies for " + ", ".join(
+                CPU_VARIANTS[v] for v in built_variants) + " (picked at import; RSM_NATIVE=1 for "
+                "-march=native)")
         else:
-            self.summary.append("→ RSM_NATIVE=0: portable build (no -march=native)")
+            self.summary.append("→ portable build (RSM_NATIVE=1 for -march=native)")
         if SANITIZE:
             self.summary.append("→ RSM_SANITIZE=1: AddressSanitizer + UBSan (-O1 -g)")
         super().build_extensions()
@@ -454,16 +516,22 @@ class RsmBuildExt(build_ext):
             if not self.cfg.get("cuda_built"):  # a stale rsm._cuda of an earlier build
                 for stale in glob.glob(os.path.join(d, "_cuda.*")):
                     os.remove(stale)
+            for v in CPU_VARIANTS:   # stale CPU variants of an earlier build
+                if v not in self.cfg.get("cpu_variants", []):
+                    for stale in glob.glob(os.path.join(d, f"_C_{v}.*")):
+                        os.remove(stale)
         _say("rsm build summary:\n  " + "\n  ".join(self.summary))
 
 
 setup(
     ext_modules=[
         Extension("rsm._C", sources=c_sources(), include_dirs=["csrc"]),
+        *[Extension(f"rsm._C_{v}", sources=c_sources(), include_dirs=["csrc"]) for v in cpu_variants()],
         Extension("rsm._cuda", sources=cuda_c_sources(), include_dirs=["csrc", "kernels"]),
     ],
     package_dir={"": "python"},
     packages=["rsm", "rsm.experiments", "rsm.methods", "rsm.methods.rollouts"],
+    package_data={"rsm": ["py.typed", "*.pyi"]},
     cmdclass={"build_ext": RsmBuildExt},
     options={"build": {"build_base": os.path.join("build", VARIANT)}},
 )

@@ -5,7 +5,7 @@ process, same threads), MLP 256x3, the 10-step SD3 grid, a quadratic reward, Ada
   group advantages, PPO ratio clip + KL (beta 0.004) on the 9 trained transitions, backward.
   torch: the rollout under no_grad, then per transition policy forward (with grad), reference
   forward, per-element-mean Gaussian log-probs, PPO + KL, backward; one AdamW step.
-- rsm-zo (the flow redesign, RSM-SPEC §9.2): 64 roots, an ODE root each, k_i single-step SDE
+- rsm-zo (the flow redesign, THEORY.md §9.2): 64 roots, an ODE root each, k_i single-step SDE
   branches from the root state at t_i continued by the ODE to t = 0, group advantages per
   (root, t_i), fairclip2 matching hinge + KL on the branch rows with weights k_avg / k_i, the
   ODE KL-anchor rows at the 5 untrained transitions 4..8 (root states, weight k_avg, §9.2.5),
@@ -35,7 +35,7 @@ from zo_twin import ZoTwin, check  # noqa: E402
 
 PROMPTS, GROUP, A, BETA, EPS, LR = 64, 16, 0.7, 0.004, 1e-4, 1e-4
 CENTER = torch.tensor([2.0, 0.0])
-# lowsnr2 (RSM-SPEC §9.2.4: 6 6 8 10 on the four noisiest transitions) scaled to 16 children per root
+# lowsnr2 (THEORY.md §9.2.4: 6 6 8 10 on the four noisiest transitions) scaled to 16 children per root
 ZO_BUDGET_16 = [3, 3, 4, 6, 0, 0, 0, 0, 0]
 ZO_BUDGET_PRESET = [6, 6, 8, 10, 0, 0, 0, 0, 0]
 # matmul FLOPs of one forward per row (2 x (66x256 + 6 x 256x256 + 256x2))

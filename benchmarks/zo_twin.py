@@ -1,7 +1,7 @@
-"""A PyTorch eager twin of one rsm-zo fine-tuning iteration (the flow redesign, RSM-SPEC §9.2), for
+"""A PyTorch eager twin of one rsm-zo fine-tuning iteration (the flow redesign, THEORY.md §9.2), for
 benchmarks/bench_finetune.py and tests/test_zo_twin.py.
 
-The iteration, written from RSM-SPEC §9.2.1-§9.2.5 (not from python/rsm/finetune.py):
+The iteration, written from THEORY.md §9.2.1-§9.2.5 (not from python/rsm/finetune.py):
 
   rollout (no grad)  an ODE root per condition over the grid ts[0..S]; for every transition i with
                      budget k_i > 0: the root state x_{t_i} repeated k_i times, ONE Flow-GRPO SDE

@@ -1,4 +1,4 @@
-/* objective.h: the RSM objective (RSM-SPEC §4, §5; DESIGN §2 "objective") and the clipped
+/* objective.h: the RSM objective (THEORY.md §4, §5) and the clipped
  * policy-gradient forms it subsumes. Every fine-tuning method reaches the parameters through
  * rsm_objective: it returns the loss and the cotangent dL/du on the model output u, which the
  * backbone's backward turns into parameter gradients.
@@ -9,10 +9,10 @@
  *       l_r = C1 space^2 ( |s_theta - (s_anchor + gamma Psi)|^2 + C2 |s_theta - s_old|^2 )
  *     with scores from outputs by u = conv * s + (terms in x), so s_theta - s_anchor =
  *     (u - u_anchor) / conv; `space` is the factor of the space the norm is measured in
- *     (1 for score space, conv for the output space itself: RSM-SPEC L6), Psi in score units,
+ *     (1 for score space, conv for the output space itself: THEORY.md §5 L6), Psi in score units,
  *     anchor = reference (s_ref) or rollout-time (s_old) outputs.
  *
- *   Ratio forms on the Gaussian step of the sampler (RSM-SPEC §2.3, §5 L4, §9.2.3), with
+ *   Ratio forms on the Gaussian step of the sampler (THEORY.md §2.3, §5 L4, §9.2.3), with
  *   du = u - u_old and   log rho = -w z.du - (w^2 / 2) |du|^2    (w = |K| / std):
  *       PPO         l_r = max(-A rho, -A clip(rho, 1 - eps, 1 + eps)) post
  *       LOG_RATIO   l_r = max(-A (1 + log rho), -A clip(1 + log rho, 1 - eps, 1 + eps)) post
@@ -77,7 +77,7 @@ typedef struct rsm_objective_stats {
  * log_ratio[R] and active[R] may be NULL. */
 RSM_DECLARE_REAL_API(RSM_API_OBJECTIVE)
 
-/* Group-normalised advantages (RSM-SPEC §7.2, Flow-GRPO's per-prompt stat tracker):
+/* Group-normalised advantages (THEORY.md §7.2, Flow-GRPO's per-prompt stat tracker):
  *   A_r = clip((r_r - mean_g) / (std_g + eps), -adv_clip, adv_clip), std = population std,
  * groups by integer key; a group with std == 0 gets A = 0 and mask 0 (no signal). With
  * `center_only` A = r - mean_g (control variate without normalisation). adv_clip <= 0: no clip. */

@@ -1,5 +1,5 @@
 /* path.h: probability paths x_t = alpha(t) x0 + sigma(t) eps, t in [0, 1] (t = 1 noise, t = 0 data),
- * and the conversions among the network parameterizations (RSM-SPEC §2).
+ * and the conversions among the network parameterizations (THEORY.md §2).
  *
  *   rectified flow : alpha = 1 - t, sigma = t; native output velocity v = eps - x0
  *   VP diffusion   : alpha = sqrt(abar(t)), sigma = sqrt(1 - abar(t)); native output eps

@@ -138,7 +138,7 @@ rsm_sampler_step_coef(const rsm_path *path, const rsm_sampler_config *cfg, int64
         double eta = in_window ? cfg->eta : 0.0;
         double var = 0.0;
         if (eta > 0 && cn.alpha > 0 && cfg->pcpo_weight > 0 && c.alpha > 0 && cn.sigma > 0) {
-            /* PCPO's std (RSM-SPEC §6.3.6): the "+" root of (c1 + sqrt(sigma'^2 - s^2)) / s = w */
+            /* PCPO's std (THEORY.md §6.3.6): the "+" root of (c1 + sqrt(sigma'^2 - s^2)) / s = w */
             double w = cfg->pcpo_weight;
             double c1 = c.sigma * cn.alpha / c.alpha;
             /* the discriminant is >= 0 by rsm_sampler_check */

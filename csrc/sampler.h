@@ -1,7 +1,7 @@
-/* sampler.h: reverse-time samplers with exact transition log-probabilities (RSM-SPEC §2).
+/* sampler.h: reverse-time samplers with exact transition log-probabilities (THEORY.md §2).
  *
  * Every stochastic step is Gaussian with a mean affine in the state and the network output
- * (RSM-SPEC §2.3):      x' = mu + std z,   mu = A x + K u,   u = network output (native param.)
+ * (THEORY.md §2.3):      x' = mu + std z,   mu = A x + K u,   u = network output (native param.)
  * and its log-density   log pi(x' | x) = -|x' - mu|^2 / (2 std^2) - D log std - (D/2) log 2 pi
  * is summed over the D dimensions. The sampler and the policy-ratio primitive
  * (rsm_transition_log_prob) compute mu and the log-density with the same functions, so a
@@ -14,7 +14,7 @@
  *   DDIM  : x' = alpha' x0_hat + sqrt(sigma'^2 - s^2) eps_hat + s z,
  *           s^2 = eta^2 (sigma'^2 / sigma^2) (1 - alpha^2 / alpha'^2); eta = 1 is DDPM's
  *           posterior variance, eta = 0 deterministic DDIM. Written for any path (alpha, sigma).
- *           With pcpo_weight = w > 0 the std is PCPO's (RSM-SPEC §6.3.6), times eta:
+ *           With pcpo_weight = w > 0 the std is PCPO's (THEORY.md §6.3.6), times eta:
  *           s = (w c1 + sqrt((1 + w^2) sigma'^2 - c1^2)) / (1 + w^2),  c1 = sigma alpha' / alpha,
  *           the root of (c1 + sqrt(sigma'^2 - s^2)) / s = w (identity T17).
  * Deterministic steps (ODE, eta = 0, steps outside the stochastic window) record std = 0,
@@ -49,7 +49,7 @@ typedef struct rsm_sampler_config {
     int64_t num_branch_steps;    /* branch_factor children */
     int64_t branch_factor;
     uint64_t seed;
-    double pcpo_weight;     /* DDIM: > 0 replaces the step std by PCPO's (RSM-SPEC §6.3.6) */
+    double pcpo_weight;     /* DDIM: > 0 replaces the step std by PCPO's (THEORY.md §6.3.6) */
 } rsm_sampler_config;
 
 /* The Gaussian step i: mu = A x + K u, std; stochastic = std > 0. */

@@ -1,5 +1,5 @@
 /* sampler.cu: the sampler's Gaussian step fused with its log-density (csrc/sampler.h,
- * RSM-SPEC §2.3): one warp per row draws z from the step's Philox stream (element k = r D + d,
+ * THEORY.md §2.3): one warp per row draws z from the step's Philox stream (element k = r D + d,
  * the CPU's indexing), writes mean = A x + K u, x_next = mean + std z and the noise, and reduces
  * ((x_next - mean) / std)^2 over the row for log pi(x_next | x). The per-element bodies are
  * csrc/ops/sampler_step.h's,

@@ -1,4 +1,4 @@
-"""The Flow-GRPO SDE step written independently of the library (RSM-SPEC §2.2), the oracle the
+"""The Flow-GRPO SDE step written independently of the library (THEORY.md §2.2), the oracle the
 preset-equivalence and path-KL tests compare the C sampler's coefficients against."""
 import numpy as np
 

@@ -591,7 +591,8 @@ def test_objects_without_dlpack_are_type_errors():
 def test_tensor_arg_dtype_and_output_rules():
     a = np.zeros((2, 3))
     with pytest.raises(TypeError, match=r"_tensor_arg\(\): x has dtype float64, expected "
-                                        r"float32 \(convert with \.astype\(np\.float32\)\)"):
+                                        r"float32 \(convert it first: x\.astype\(\"float32\"\) in numpy or "
+                                        r"JAX, x\.to\(torch\.float32\) in torch"):
         _C._tensor_arg(a)
     t = _C._tensor_arg(a, "float64")
     assert np.shares_memory(t.numpy(), a)  # contiguous: zero-copy

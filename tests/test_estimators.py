@@ -1,4 +1,4 @@
-"""Value-guidance estimators against the exact Psi on the paper's toy (RSM-SPEC §8, T15), with the
+"""Value-guidance estimators against the exact Psi on the paper's toy (THEORY.md §8, T15), with the
 exact Gaussian-mixture denoiser as the model (no network error)."""
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 import rsm
 from rsm import estimators
 
-T_INDEX, T_TRAIN = 389, 500   # RSM-SPEC §8.1: DDPM T = 500, beta linear 1e-4..0.03, abar_389 = 0.009848
+T_INDEX, T_TRAIN = 389, 500   # THEORY.md §8.1: DDPM T = 500, beta linear 1e-4..0.03, abar_389 = 0.009848
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def toy():
     path = rsm.VPPath("ddpm_linear", beta_start=1e-4, beta_end=0.03, num_train_steps=T_TRAIN)
     model = rsm.GaussianMixtureModel.from_dataset(tri, path, dtype="float64")
     reward = rsm.rewards.linear([-0.5, 0.0], 3.0)
-    # stride-10 grid from 389 to 9, then 0 (RSM-SPEC §8.1)
+    # stride-10 grid from 389 to 9, then 0 (THEORY.md §8.1)
     ts = np.concatenate([np.arange(T_INDEX, 0, -10) / T_TRAIN, [0.0]])
     target = tri.tilted((-0.5, 0.0), 1.0)
     x0 = target.sample(20, seed=42).astype(np.float64)

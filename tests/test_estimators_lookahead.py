@@ -1,5 +1,5 @@
 """The estimators added for the estimator study (Fig. 2): k-step ODE lookahead, partial rollouts
-(first and zeroth order) and Branch-GRPO trees (RSM-SPEC §7.1, §7.2, §8.3, §8.4). Gradients are
+(first and zeroth order) and Branch-GRPO trees (THEORY.md §7.1, §7.2, §8.3, §8.4). Gradients are
 checked against central finite differences of the very map they differentiate (float64), and
 against the exact Psi where a theorem says they must match."""
 import numpy as np
@@ -160,7 +160,7 @@ def test_branching_cost_counts_the_samplers_network_evaluations(split, branch):
     endpoints = roots * branch ** split
     assert traj.x.shape[0] == endpoints
     assert traj.nfe == pytest.approx(E.branching_cost(steps, split, branch) * steps * endpoints)
-    # RSM-SPEC §8.4's NFE factors on 39 steps: (2, 2) 0.75, (3, 2) ~0.583, (4, 2) ~0.469, (2, 4) 0.625
+    # THEORY.md §8.4's NFE factors on 39 steps: (2, 2) 0.75, (3, 2) ~0.583, (4, 2) ~0.469, (2, 4) 0.625
     expected = {(1, 1): 1.0, (2, 2): 0.75, (3, 2): 0.5833, (4, 2): 0.4688, (2, 4): 0.625}[split, branch]
     assert E.branching_cost(36, split, branch) == pytest.approx(expected, abs=2e-3)
 

@@ -1,5 +1,5 @@
 """Fig. 1 experiment (quick mode): h(t) of every preset comes from the engine and shows the
-paper's temporal patterns (RSM-SPEC §4.3, §14)."""
+paper's temporal patterns (THEORY.md §4.3, §14)."""
 import csv
 
 import numpy as np
@@ -49,7 +49,7 @@ def test_rows_are_the_engines_weights(fig1):
 
 def test_flow_grpo_strength_is_its_log_ratio_weight(fig1):
     """Independent of influence(): Flow-GRPO's kappa_i is the base weight w_i = |K_i| / std_i of
-    its SDE steps (RSM-SPEC §2.2, §4.3), trained on every step but the last."""
+    its SDE steps (THEORY.md §2.2, §4.3), trained on every step but the last."""
     _, summary = fig1
     preset = rsm.methods.get("flow-grpo")
     path = rsm.FlowPath()
@@ -108,7 +108,7 @@ def test_table_reports_the_engine_coefficients():
         info = influence(name)
         psi = [v for v in rows[name]["psi_scale"] if v is not None]
         np.testing.assert_allclose(psi, info["psi_scale"][np.isfinite(info["psi_scale"])], rtol=1e-5)
-    # VGG-Flow: Psi = lambda eta(t) g with eta = (1 - t)^2 (RSM-SPEC §6.2 in velocity units)
+    # VGG-Flow: Psi = lambda eta(t) g with eta = (1 - t)^2 (THEORY.md §6.2 in velocity units)
     t = np.asarray(rows["vgg-flow"]["t"])
     lam = rsm.methods.get("vgg-flow")["reward_scale"]
     np.testing.assert_allclose(rows["vgg-flow"]["psi_scale"], lam * (1 - t) ** 2, rtol=1e-4, atol=1e-12)

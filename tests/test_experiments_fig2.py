@@ -1,4 +1,4 @@
-"""Fig. 2 experiment (quick mode): the estimator-quality claims on the exact toy (RSM-SPEC §7.3,
+"""Fig. 2 experiment (quick mode): the estimator-quality claims on the exact toy (THEORY.md §7.3,
 §8, §14), asserted with margins so that a regression in an estimator breaks the suite."""
 import math
 
@@ -72,7 +72,7 @@ def test_tweedie_bias_is_constant_in_n_and_larger_at_low_snr(fig2, kind):
 @pytest.mark.parametrize("kind,snr", CASES)
 def test_localisation_trades_bias_for_variance(fig2, kind, snr):
     """One SDE step then the ODE: lower variance than the full SDE, but it estimates the ODE
-    continuation's value, not Psi (RSM-SPEC §7.2), which shows as a bias at low SNR."""
+    continuation's value, not Psi (THEORY.md §7.2), which shows as a bias at low SNR."""
     _, s = fig2
     loc, cv = rows(s, "zo-localized", kind, snr), rows(s, "zo-cv", kind, snr)
     assert loc[0]["std"] < 0.9 * cv[0]["std"], (loc[0], cv[0])

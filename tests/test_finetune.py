@@ -164,7 +164,7 @@ def mode_weights(x, means):
 
 @pytest.mark.slow
 def test_adjoint_matching_reaches_the_tilted_target(triangle_ref):
-    """The fixed point (RSM-SPEC §8.1): on the 3-gaussian triangle with r(x) = -x1/2 + 3 and
+    """The fixed point (THEORY.md §8.1): on the 3-gaussian triangle with r(x) = -x1/2 + 3 and
     alpha = 1 the tilted target is known in closed form: means shift by (-0.5, 0), weights
     (0.0391, 0.7856, 0.1753), mean (-2.739, -0.821). Adjoint Matching (on target: memoryless
     noise, lean adjoint) moves the samples there from the reference's (1/3, 1/3, 1/3), mean ~0.

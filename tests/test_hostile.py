@@ -464,3 +464,36 @@ def test_pretrain_checks_the_checkpoint_path_before_training(tmp_path):
                          checkpoint=bad, progress=False)
     assert state_bytes(model) == before
     assert os.listdir(tmp_path) == []  # the probe file was removed
+
+
+# ---- 3c. validate, then commit: trainer files (Trainer.load / resume) ----------------------------
+
+
+def test_trainer_file_hostile_metadata_changes_nothing(tmp_path):
+    """A trainer file with an out-of-range optimizer step, counters of the wrong kind or deeply
+    nested metadata is refused before the policy or the optimizer is touched."""
+    from toy_models import make_models
+
+    policy, ref = make_models()
+    reward = rsm.rewards.quadratic([0.0, 0.0])
+    opts = dict(batch_size=4, group_size=4, seed=3, kl_every=0, progress=False)
+    good = tmp_path / "run.safetensors"
+    run = rsm.finetune(policy.copy(), ref, reward, "flow-grpo", iterations=1, save_path=good, **opts)
+    trainer = run.trainer
+    data = good.read_bytes()
+    header, body = fh.split_file(data)
+    info = json.loads(header["__metadata__"]["trainer"])
+    cases = {}
+    for key, value in (("optimizer_step", 2**64), ("optimizer_step", "7"), ("iteration", -1), ("iteration", 1.5)):
+        bad = dict(info, **{key: value})
+        cases[f"{key}={value!r}"] = (with_meta(data, "trainer", json.dumps(bad)), (ValueError, TypeError), key)
+    cases["deep history"] = (with_meta(data, "history", "[" * 1000 + "]" * 1000), CheckpointError, "history")
+    cases["no method"] = (with_meta(data, "trainer", json.dumps({k: v for k, v in info.items() if k != "method"})),
+                          CheckpointError, "method")
+    before = state_bytes(trainer.policy, trainer.optimizer)
+    for name, (payload, exc, field) in cases.items():
+        path = write(tmp_path, "bad.safetensors", payload)
+        with pytest.raises(exc, match=field):
+            rsm.runs.restore(trainer, path)
+        assert state_bytes(trainer.policy, trainer.optimizer) == before, name
+        assert trainer.iteration == 1, name

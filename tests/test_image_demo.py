@@ -30,6 +30,7 @@ def test_image_demo_mlp_backbone(tmp_path, capsys):
     assert os.path.exists(out / "digits_mlp.safetensors")
     pytest.importorskip("matplotlib")
     assert os.path.getsize(out / "samples_pretrained.png") > 0 and os.path.getsize(out / "finetune.png") > 0
+    assert os.path.getsize(out / "finetune_curves.png") > 0
 
 
 def test_image_demo_dit_backbone(tmp_path):

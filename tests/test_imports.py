@@ -32,16 +32,16 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
 
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["rsm._C", "rsm._cuda", "rsm._build", "rsm._build_config", "rsm._args", "rsm._reward",
-              "rsm.io", "rsm._validate"]),
+    ("base", ["rsm._C", "rsm._cuda", "rsm._cpu", "rsm._build", "rsm._build_config", "rsm._args",
+              "rsm._reward", "rsm.io", "rsm._validate"]),
     ("numerics", ["rsm.paths", "rsm.models", "rsm.dit", "rsm.guidance", "rsm.sampling",
                   "rsm.training", "rsm.kl", "rsm.objective", "rsm.tree", "rsm.geometry",
                   "rsm.estimators", "rsm.cuda", "rsm.rewards", "rsm.image_rewards", "rsm.datasets",
-                  "rsm.image_datasets", "rsm.metrics"]),
+                  "rsm.image_datasets", "rsm.metrics", "rsm.guards", "rsm.display", "rsm.loggers"]),
     ("methods", ["rsm.methods", "rsm.methods.*"]),
-    ("loop", ["rsm.trainer", "rsm.auxiliary", "rsm.finetune"]),
+    ("loop", ["rsm.trainer", "rsm.auxiliary", "rsm.finetune", "rsm.runs"]),
     ("facade", ["rsm"]),
-    ("applications", ["rsm.__main__", "rsm.image_demo", "rsm.plot", "rsm.experiments",
+    ("applications", ["rsm.__main__", "rsm.image_demo", "rsm.plot", "rsm.config", "rsm.experiments",
                       "rsm.experiments.*"]),
 ]
 EXTENSIONS = {"rsm._C", "rsm._cuda", "rsm._build_config"}   # not Python source in the tree

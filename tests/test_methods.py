@@ -1,6 +1,6 @@
 """Each implemented preset's parameter gradient equals the gradient of the method's ORIGINAL
-objective, written here independently in numpy (float64) from the formulas of RSM-SPEC §2.2 and
-§9.2.3 / §12.5, on the same recorded rollout (RSM-SPEC §12.3; DESIGN §4: rel. error <= 1e-5).
+objective, written here independently in numpy (float64) from the formulas of THEORY.md §2.2 and
+§9.2.3 / §12.5, on the same recorded rollout (THEORY.md §12.3; relative error <= 1e-5).
 
 How: the original loss is a numpy function of the policy outputs u at the recorded rows; its
 gradient in u is taken by central differences (smooth away from the clip kinks), then chained to
@@ -66,7 +66,7 @@ def with_times(rows, ts):
 
 
 def assert_grad_close(engine, original):
-    # 1e-5 relative (DESIGN §4); central differences in float64 are accurate to ~1e-9 here
+    # 1e-5 relative; central differences in float64 are accurate to ~1e-9 here
     err = np.linalg.norm(engine - original) / max(np.linalg.norm(original), 1e-300)
     assert err <= 1e-5, err
 
@@ -121,7 +121,7 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
     g_engine, _ = trainer.loss_and_grad(batch)
 
     ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
-    # the ODE KL-anchor rows (RSM-SPEC §9.2.5): the root states at the budget's k_i = 0
+    # the ODE KL-anchor rows (THEORY.md §9.2.5): the root states at the budget's k_i = 0
     # transition 2 (transition 4, the last, is never an anchor), every root
     anchors = with_times(batch["anchor_rows"], ts)
     assert [a["step"] for a in anchors] == [2] and len(anchors[0]["x"]) == 2
@@ -138,7 +138,7 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
     u_ref_anchor = outputs(ref, anchors)
 
     def original(us):
-        """RSM-SPEC §9.2.3, reweight fairclip2, loss 'matching', per-element means; + beta KL_anchor
+        """THEORY.md §9.2.3, reweight fairclip2, loss 'matching', per-element means; + beta KL_anchor
         (§9.2.5): mean((mu_theta - mu_ref)^2) / (2 std^2) at the anchor states, weight k_avg."""
         total = 0.0
         for a, u, ur in zip(anchors, us[len(rows):], u_ref_anchor):
@@ -184,7 +184,7 @@ def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
     u_ref = outputs(ref, rows)
 
     def original(us):
-        """RSM-SPEC §12.5 FO (SD3.5, ours): mean || v_theta - (v_ref - lambda (1 - t) g) ||^2."""
+        """THEORY.md §12.5 FO (SD3.5, ours): mean || v_theta - (v_ref - lambda (1 - t) g) ||^2."""
         total, count = 0.0, 0
         for r, u, ur in zip(rows, us, u_ref):
             t = ts[r["step"]]
@@ -211,7 +211,7 @@ def test_methods_registry():
 
 
 def test_kl_anchor_rows_options_errors_and_report():
-    """The ODE KL-anchor keys (RSM-SPEC §9.2.5, §9.3): the presets' values; bad values refused at
+    """The ODE KL-anchor keys (THEORY.md §9.2.5, §9.3): the presets' values; bad values refused at
     construction naming the key; the capped subset is seeded (same seed, same rows; the cap
     max(1, int(ratio x transition rows)) for ratio > 0); ratio 0 or beta 0 keeps none; the
     history's kl_anchor is the closed-form per-sample KL summed over the anchor blocks, 0 while
@@ -298,7 +298,7 @@ def vp_linear_abar(t):
 
 
 def ddpm_step(ts, i):
-    """DDIM eta = 1 (DDPM posterior variance) from RSM-SPEC §2.1: mu = cx x - cu eps, std."""
+    """DDIM eta = 1 (DDPM posterior variance) from THEORY.md §2.1: mu = cx x - cu eps, std."""
     ab, ab_next = vp_linear_abar(ts[i]), vp_linear_abar(ts[i + 1])
     var = (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
     c1 = np.sqrt((1 - ab) * ab_next / ab)
@@ -342,7 +342,7 @@ def ratio_preset_gradients(method, path_kind, perturb, **overrides):
             if method == "grpo-guard":   # RatioNorm: re-centre by mean(delta^2)/(2 std^2), x std
                 log_rho = (log_rho + np.mean((mean - mean_old) ** 2, axis=1) / (2 * std**2)) * std
                 post = 1 / dt
-            elif method == "pcpo":       # log-ratio weight zeta dt instead of w (RSM-SPEC §6.3.7)
+            elif method == "pcpo":       # log-ratio weight zeta dt instead of w (THEORY.md §6.3.7)
                 w = cu / std
                 log_rho = log_rho * (4.3152134639895925 * dt) / w
                 post = 1.0
@@ -471,7 +471,7 @@ def test_rsm_fo_diffusion_equals_forward_residual_with_trust_region():
     u_ref = outputs(ref, rows)
 
     def original(us):
-        """RSM-SPEC §12.5 FO (SD1.5, ours): mean (s (mu - mu_ref)/s^2 - lambda s g)^2 + reg mean (eps - eps_old)^2."""
+        """THEORY.md §12.5 FO (SD1.5, ours): mean (s (mu - mu_ref)/s^2 - lambda s g)^2 + reg mean (eps - eps_old)^2."""
         total, count = 0.0, 0
         for r, u, ur in zip(rows, us, u_ref):
             cx, cu, std = ddpm_step(ts, r["step"])
@@ -516,9 +516,9 @@ def test_draft_gradient_is_the_pathwise_reward_gradient(truncation):
         assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
 
 
-# ---- per-timestep weights (RSM-SPEC §2.2 table, §4.3, §9.2.3; identity T11) -------------------------
+# ---- per-timestep weights (THEORY.md §2.2 table, §4.3, §9.2.3; identity T11) -------------------------
 
-SPEC_TABLE_22 = {  # i = 0..8 of the SD3.5 grid (10 steps, shift 3, a = 0.7), RSM-SPEC §2.2
+SPEC_TABLE_22 = {  # i = 0..8 of the SD3.5 grid (10 steps, shift 3, a = 0.7), THEORY.md §2.2
     "w": [0.0570, 0.0784, 0.1292, 0.1880, 0.2640, 0.3710, 0.5356, 0.8248, 1.4867],
     "pcpo": [0.1721, 0.2019, 0.2402, 0.2905, 0.3586, 0.4536, 0.5924, 0.8062, 1.1613],
     "tempflow": [0.0897, 0.1310, 0.1559, 0.1886, 0.2328, 0.2945, 0.3845, 0.5233, 0.7539],
@@ -529,12 +529,12 @@ SPEC_TABLE_22 = {  # i = 0..8 of the SD3.5 grid (10 steps, shift 3, a = 0.7), RS
     ("flow-grpo", SPEC_TABLE_22["w"]),
     ("pcpo", SPEC_TABLE_22["pcpo"]),
     ("tempflow-grpo", SPEC_TABLE_22["tempflow"]),  # the column is kappa = 2.25 s~ sqrt(dt) w
-    ("grpo-guard", [1.0] + [1.245] * 8),      # 1 + a^2/2, and 1 at t = 1 (RSM-SPEC §9.2.3)
+    ("grpo-guard", [1.0] + [1.245] * 8),      # 1 + a^2/2, and 1 at t = 1 (THEORY.md §9.2.3)
     ("rsm-zo", [1.0] + [1.245] * 8),          # fairclip2 has GRPO-Guard's gradient scale
 ])
 def test_output_space_gradient_weight_kappa_T11(method, expected):
     """kappa_i = |dL/du| per unit A z at theta = theta_old, computed by the engine, against the
-    per-transition columns of RSM-SPEC §2.2 (printed to 4 digits)."""
+    per-transition columns of THEORY.md §2.2 (printed to 4 digits)."""
     from rsm.finetune import influence
 
     kappa = influence(method, budget="base") if method == "rsm-zo" else influence(method)
@@ -555,7 +555,7 @@ def test_normalized_influence_h():
     # first-order: kappa = 2 lambda eta(t) with eta = (1 - t)^2 (VGG-Flow) or (1 - t) (RSM-FO)
     np.testing.assert_allclose(vgg["kappa"], 2 * (1 - t) ** 2, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(fo["kappa"], 2 * (1 - t), rtol=1e-12, atol=1e-15)
-    # the redesign puts more weight on low SNR (large t) than VGG-Flow: RSM-SPEC §9.4
+    # the redesign puts more weight on low SNR (large t) than VGG-Flow: THEORY.md §9.4
     assert fo["h"][1] > vgg["h"][1]
     rows = rsm.methods.table()
     assert all(len(r["h"]) == len(r["t"]) for r in rows)
@@ -579,7 +579,7 @@ def test_clip_events_T12():
 
 
 def test_branching_bookkeeping_T16():
-    """NFE and rows of the ODE-root + single-step-branch rollout (RSM-SPEC §7.4, §9.2.4): per root
+    """NFE and rows of the ODE-root + single-step-branch rollout (THEORY.md §7.4, §9.2.4): per root
     S root steps (our root runs to t = 0, one more than the reference code's 9) + sum_i k_i (S - i)
     branch steps; rows = sum_i k_i; every active timestep gets equal total weight k_i * k_avg/k_i."""
     policy, ref = make_models(9)
@@ -619,7 +619,7 @@ def test_adjoint_matching_equals_its_control_regression():
     """Adjoint Matching's loss in control form, (2(1-t)/t) |v_theta - v_ref + (t/(1-t)) a_t|^2
     (AM with memoryless g^2 = 2t/(1-t), written for rectified flow), with the lean adjoint
     a_S = grad r(x0)/alpha, a_i = (d mu_ref(x_i) / d x_i)^T a_{i+1} recomputed here from finite-
-    difference Jacobians of the reference and the SDE formulas of RSM-SPEC §2.2 (not rsm's VJP)."""
+    difference Jacobians of the reference and the SDE formulas of THEORY.md §2.2 (not rsm's VJP)."""
     policy, ref = make_models(12)
     reward = rsm.rewards.quadratic([1.0, -0.5], scale=0.8)
     alpha = 0.7
@@ -665,7 +665,7 @@ def test_adjoint_matching_equals_its_control_regression():
 
 @pytest.mark.parametrize("variant", ["preset", "base_weight_kl", "perturbed"])
 def test_rsm_zo_diffusion_equals_matching_on_pcpo_branches(variant):
-    """The diffusion zeroth-order redesign (RSM-SPEC §9.3): DDIM root, single-step branches with
+    """The diffusion zeroth-order redesign (THEORY.md §9.3): DDIM root, single-step branches with
     PCPO's std (w = 4.5, §6.3.6), 'matching' hinge with PCPO's constant weight w' = 4.5 / 8.70575,
     per-element means, rows x k_avg / k_i. Checked independently of the engine: each branch step's
     std is PCPO's closed form from the VP schedule, the recorded next state is mu_old + std z and its
@@ -784,7 +784,7 @@ def quadratic_reward(x, center, scale=1.0):
 
 @pytest.mark.parametrize("perturb", [False, True], ids=["theta=theta_old", "theta!=theta_old"])
 def test_branch_grpo_equals_ppo_on_tree_nodes(perturb):
-    """Branch-GRPO (RSM-SPEC §6.3.8, §7.2): a tree of SDE transitions; split points at steps 0 and
+    """Branch-GRPO (THEORY.md §6.3.8, §7.2): a tree of SDE transitions; split points at steps 0 and
     2 (5 steps, split=2, branch=2) so every root has 2, 2, 4, 4 distinct transitions at steps 0..3
     (the step into t = 0 is not trained). The advantage of a transition is that of the child node
     it reaches: the mean reward of the node's leaves, normalised among the nodes of the same root
@@ -1020,7 +1020,7 @@ def test_branch_grpo_options_fusion_weights_and_pruning_rules():
 
 
 def test_sqdf_equals_kl_minus_discounted_soft_q_at_theta_old():
-    """SQDF (RSM-SPEC §6.3.2): per transition alpha KL_i - gamma_d lambda Q(x'), with the next state
+    """SQDF (THEORY.md §6.3.2): per transition alpha KL_i - gamma_d lambda Q(x'), with the next state
     reparameterised x' = mu_theta(x) + std z (z the recorded noise) and the training-free soft-Q
     Q(x') = r(x0_hat_ref(x', t')) (Tweedie of the reference, DDPM's x0 = (x - sqrt(1 - ab) eps) /
     sqrt(ab)), gamma_d = discount^(S-1-i); per-element means (the row divided by D), mean over rows.
@@ -1064,7 +1064,7 @@ def test_sqdf_equals_kl_minus_discounted_soft_q_at_theta_old():
 
 
 def test_residual_ndb_equals_forward_residual_with_next_state_gradient():
-    """Residual nabla-DB, pruned (RSM-SPEC §6.3.3, §9.5): R = kappa (mu_theta - mu_ref)/std^2 -
+    """Residual nabla-DB, pruned (THEORY.md §6.3.3, §9.5): R = kappa (mu_theta - mu_ref)/std^2 -
     lambda alpha_bar(t') g with kappa = 1 and g = grad_{x'} r(x0_hat(x')) at the recorded next
     state through the rollout policy's Tweedie jump (FO-next, recomputed here by differences of
     x' -> r((x' - sqrt(1 - ab') eps_old(x')) / sqrt(ab'))), plus reg |eps_theta - eps_old|^2;
@@ -1149,7 +1149,7 @@ def test_refl_gradient_is_the_one_step_pathwise_reward_gradient(path_kind):
 
 
 def pcpo_std(ts, i, w=4.5):
-    """PCPO's DDPM std (RSM-SPEC §6.3.6): (w c1 + sqrt((1 + w^2)(1 - ab') - c1^2)) / (1 + w^2)."""
+    """PCPO's DDPM std (THEORY.md §6.3.6): (w c1 + sqrt((1 + w^2)(1 - ab') - c1^2)) / (1 + w^2)."""
     ab, ab_next = vp_linear_abar(ts[i]), vp_linear_abar(ts[i + 1])
     c1 = np.sqrt((1 - ab) * ab_next / ab)
     return (w * c1 + np.sqrt((1 + w**2) * (1 - ab_next) - c1**2)) / (1 + w**2), c1
@@ -1172,7 +1172,7 @@ def test_pcpo_sampler_std_T17():
 
 @pytest.mark.parametrize("perturb", [False, True], ids=["theta=theta_old", "theta!=theta_old"])
 def test_pcpo_diffusion_equals_constant_weight_noise_matching(perturb):
-    """PCPO-reweight (diffusion), 'uw-sigma' (RSM-SPEC §6.3.6, §9.3): DDPM trajectories with PCPO's
+    """PCPO-reweight (diffusion), 'uw-sigma' (THEORY.md §6.3.6, §9.3): DDPM trajectories with PCPO's
     std (the recorded next states are mu_old + std_PCPO z, checked), the noise-matching hinge
     max(eps |A| + A T, 0) with T = 1/2 mean((w' d eps)^2) + mean(w' d eps z) and the constant
     w' = 4.5 / 8.70575, averaged over the signal rows; no KL."""
@@ -1222,6 +1222,6 @@ def test_zoo_registry_and_overrides():
     h = influence("pcpo-diffusion")["h"]          # constant w' on every stochastic step: h = 1 there
     trained = h > 0
     assert np.ptp(h[trained]) < 1e-12 and trained.sum() == len(h) - 1
-    sq = influence("sqdf", discount=0.5)            # kappa = (c1 - c2) gamma_d (RSM-SPEC §6.2)
+    sq = influence("sqdf", discount=0.5)            # kappa = (c1 - c2) gamma_d (THEORY.md §6.2)
     assert sq["kappa"][-2] == pytest.approx(abs(rsm.step_coefficients(
         rsm.VPPath("linear"), rsm.time_grid(20), "ddpm")[-2]["K"]) * 0.5, rel=1e-10)

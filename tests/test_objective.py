@@ -1,5 +1,5 @@
 """The RSM objective engine: cotangents against finite differences, and the reduction lemmas of
-RSM-SPEC §5 (L2, L3, L4) as numerical identities on real sampler transitions."""
+THEORY.md §5 (L2, L3, L4) as numerical identities on real sampler transitions."""
 import numpy as np
 import pytest
 
@@ -105,7 +105,7 @@ def flow_transition():
 
 
 def test_log_ratio_identity_T5(flow_transition):
-    """RSM-SPEC §2.3: log pi_theta(x'|x) - log pi_old(x'|x) = -w z.du - (w^2/2)|du|^2, w = |K|/std."""
+    """THEORY.md §2.3: log pi_theta(x'|x) - log pi_old(x'|x) = -w z.du - (w^2/2)|du|^2, w = |K|/std."""
     path, model, other, ts, traj = flow_transition
     i = 3
     x, x_next = traj.xs[i], traj.xs[i + 1]
@@ -156,7 +156,7 @@ def test_matching_and_log_ratio_have_equal_gradients_L4():
 def _flow_row_constants(path, ts, i, noise_level=0.7):
     c = rsm.step_coefficients(path, ts, "sde", noise_level=noise_level)[i]
     t = c["t"]
-    conv = -t / (1 - t)                  # v = conv * s + (x term): RSM-SPEC §2.2
+    conv = -t / (1 - t)                  # v = conv * s + (x term): THEORY.md §2.2
     B = c["K"] * conv                    # d mu / d s
     return conv, B, c["std"], abs(c["K"]) / c["std"]
 
@@ -230,7 +230,7 @@ def test_group_advantages_T14():
         group_advantages([1.0, np.nan])
 
 
-# ---- T8, T9, T13 (RSM-SPEC §12.3): the first-order reductions and GRPO-Guard's RatioNorm ----------
+# ---- T8, T9, T13 (THEORY.md §12.3): the first-order reductions and GRPO-Guard's RatioNorm ----------
 
 def _vp_linear_abar(t):
     """Continuous VP schedule of rsm.VPPath('linear'): beta from 0.1 to 20."""
@@ -240,7 +240,7 @@ def _vp_linear_abar(t):
 @pytest.mark.parametrize("t", [0.9, 0.5, 0.12])
 def test_vgg_flow_velocity_regression_is_score_matching_T8(t):
     """T8: |v_theta - (v_ref - lambda eta g)|^2 == (t/(1-t))^2 |s_theta - s_ref - ((1-t)/t) lambda eta g|^2
-    with s = -(x + (1 - t) v)/t (RSM-SPEC §2.2), and the engine's RSM loss in score units with
+    with s = -(x + (1 - t) v)/t (THEORY.md §2.2), and the engine's RSM loss in score units with
     conv = -t/(1-t), C1 = (t/(1-t))^2 returns the velocity-space loss."""
     rng = np.random.default_rng(int(t * 100))
     n, lam, eta = 5, 0.7, (1 - t) ** 2
@@ -259,7 +259,7 @@ def test_vgg_flow_velocity_regression_is_score_matching_T8(t):
 
 @pytest.mark.parametrize("t,t_next", [(0.8, 0.75), (0.4, 0.35), (0.1, 0.05)])
 def test_residual_db_is_score_matching_T9(t, t_next):
-    """T9 (DDPM step of RSM-SPEC §2.1, written here from alpha_bar): with mu = sqrt(ab') x0_hat +
+    """T9 (DDPM step of THEORY.md §2.1, written here from alpha_bar): with mu = sqrt(ab') x0_hat +
     sqrt(1 - ab' - std^2) eps and s = -eps/sqrt(1 - ab), mu_theta - mu_ref = Omega (s_theta - s_ref),
     Omega = (c1 - c2) sqrt(1 - ab), and
       |kappa (mu_theta - mu_ref)/std^2 - lambda a g|^2 == (kappa Omega/std^2)^2 |s_theta - s_ref - lambda a std^2/(kappa Omega) g|^2,

@@ -1,7 +1,7 @@
 """Trainer.path_kl and the history column "kl_path": the KL between the path measures of the
-policy and the reference under one fixed SDE (RSM-SPEC §2.3, §11), the same for every preset.
+policy and the reference under one fixed SDE (THEORY.md §2.3, §11), the same for every preset.
 
-The sampler coefficients are written here independently (RSM-SPEC §2.1 DDPM, §2.2 Flow-GRPO SDE)
+The sampler coefficients are written here independently (THEORY.md §2.1 DDPM, §2.2 Flow-GRPO SDE)
 and checked against the means the C sampler records, then the KL is recomputed from the recorded
 states with both models' forwards."""
 import numpy as np
@@ -25,7 +25,7 @@ def make_models(seed=0, cond_dim=0):
 
 
 def ddpm_step(path, ts, i):
-    """DDPM (DDIM, eta = 1) step (RSM-SPEC §2.1): mu = sqrt(ab'/ab) x - (c1 - c2) eps."""
+    """DDPM (DDIM, eta = 1) step (THEORY.md §2.1): mu = sqrt(ab'/ab) x - (c1 - c2) eps."""
     ab, ab_next = path.coef(ts[i])["alpha_bar"], path.coef(ts[i + 1])["alpha_bar"]
     var = (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
     c1 = np.sqrt((1 - ab) * ab_next / ab)

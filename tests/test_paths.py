@@ -1,4 +1,4 @@
-"""Probability paths (RSM-SPEC §2.1, §2.2): schedules, coefficients, parameterization conversions
+"""Probability paths (THEORY.md §2.1, §2.2): schedules, coefficients, parameterization conversions
 and Tweedie exactness of the analytic Gaussian-mixture model.
 
 Every expected value is recomputed here in numpy/float64 from the formulas of the spec (or from
@@ -140,7 +140,7 @@ def test_round_trips(kind, pair):
 
 
 def test_flow_identities():
-    """RSM-SPEC §2.2: x0 = x - t v, eps = x + (1 - t) v, s = -(x + (1 - t) v) / t,
+    """THEORY.md §2.2: x0 = x - t v, eps = x + (1 - t) v, s = -(x + (1 - t) v) / t,
     v = -(x + t s) / (1 - t)."""
     path = rsm.FlowPath()
     n, d = len(TIMES), 4
@@ -168,7 +168,7 @@ def test_flow_identities():
 
 @pytest.mark.parametrize("schedule", VP_SCHEDULES)
 def test_vp_identities(schedule):
-    """RSM-SPEC §2.1: s = -eps / sqrt(1 - abar), x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)
+    """THEORY.md §2.1: s = -eps / sqrt(1 - abar), x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)
     = (x + (1 - abar) s) / sqrt(abar); velocity = alpha' x0 + sigma' eps."""
     path = rsm.VPPath(schedule)
     n, d = len(TIMES), 3

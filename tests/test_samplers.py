@@ -1,4 +1,4 @@
-"""Samplers (RSM-SPEC §2.1-§2.3): per-step Gaussian transitions recomputed in numpy from the
+"""Samplers (THEORY.md §2.1-§2.3): per-step Gaussian transitions recomputed in numpy from the
 spec's formulas, the per-step tables of §2.1 and §2.2, exact log-probabilities and the
 policy-ratio primitive, SDE/ODE marginal agreement on an exact Gaussian-mixture model,
 stochastic windows, branching bookkeeping, Heun's order and seeding.
@@ -36,7 +36,7 @@ def np_alpha_bar(schedule, t):
 
 
 def np_flow_sde_step(x, v, t, t_next, t_max, a):
-    """Flow-GRPO SDE step (RSM-SPEC §2.2): sigma~ = a sqrt(t / (1 - t*)), t* = t_max at t = 1;
+    """Flow-GRPO SDE step (THEORY.md §2.2): sigma~ = a sqrt(t / (1 - t*)), t* = t_max at t = 1;
     mean = x (1 - sigma~^2 dt / (2t)) - v (1 + sigma~^2 (1 - t) / (2t)) dt, std = sigma~ sqrt(dt)."""
     dt = t - t_next
     t_star = t_max if t == 1.0 else t
@@ -46,7 +46,7 @@ def np_flow_sde_step(x, v, t, t_next, t_max, a):
 
 
 def np_ddim_step(x, eps, abar, abar_next, eta):
-    """DDIM(eta) step (RSM-SPEC §2.1): sigma_t^2 = eta^2 (1 - abar') / (1 - abar) (1 - abar / abar'),
+    """DDIM(eta) step (THEORY.md §2.1): sigma_t^2 = eta^2 (1 - abar') / (1 - abar) (1 - abar / abar'),
     mean = sqrt(abar') x0_hat + sqrt(1 - abar' - sigma_t^2) eps."""
     var = eta ** 2 * (1 - abar_next) / (1 - abar) * (1 - abar / abar_next)
     x0 = (x - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
@@ -69,7 +69,7 @@ def check_transition(tr, i, mean, std, scale):
     assert np.all(np.abs(tr.means[i] - mean) <= mean_tol), np.abs(tr.means[i] - mean).max()
     assert abs(tr.stds[i] - std) <= 1e-13 * std
     lp = np_gauss_logpdf(tr.xs[i + 1], mean, std)
-    # log-density: 1e-10 relative (RSM-SPEC T5) plus the mean's rounding seen through
+    # log-density: 1e-10 relative (docs/THEORY.md §12.3, T5) plus the mean's rounding seen through
     # d lp / d mean = z / std
     z = (tr.xs[i + 1] - mean) / std
     lp_tol = 1e-10 * np.abs(lp) + 1e-12 + (np.abs(z) * mean_tol / std).sum(-1)
@@ -373,9 +373,9 @@ def test_ddim_eta1_is_ddpm_posterior_variance(schedule):
     np.testing.assert_allclose(half, 0.5 * np.sqrt(var), rtol=1e-12, atol=1e-15)
 
 
-# ---- 7. RSM-SPEC §2.1 table ------------------------------------------------------------------------
+# ---- 7. THEORY.md §2.1 table ------------------------------------------------------------------------
 
-# step idx, t, abar_t, SNR, sigma_t, c1, c2, w_t, Omega_t  (as printed in RSM-SPEC §2.1, eta = 1)
+# step idx, t, abar_t, SNR, sigma_t, c1, c2, w_t, Omega_t  (as printed in THEORY.md §2.1, eta = 1)
 SD15_TABLE = """
 | 0 | 981 | 0.00578 | 0.0058 | 0.4545 | 1.1196 | 0.8867 | 0.5126 | 0.2323 |
 | 10 | 781 | 0.04346 | 0.0454 | 0.3908 | 1.0633 | 0.8922 | 0.4380 | 0.1674 |
@@ -434,9 +434,9 @@ def test_sd15_table():
     assert path.coef(ts[50])["alpha_bar"] == pytest.approx(0.99915, abs=1e-12)  # t' clamped at 0
 
 
-# ---- 8. RSM-SPEC §2.2 table ------------------------------------------------------------------------
+# ---- 8. THEORY.md §2.2 table ------------------------------------------------------------------------
 
-# i, t_i, dt_i, sigma~_i, sigma_step, w_i (as printed in RSM-SPEC §2.2, a = 0.7, shift 3, 10 steps)
+# i, t_i, dt_i, sigma~_i, sigma_step, w_i (as printed in THEORY.md §2.2, a = 0.7, shift 3, 10 steps)
 SD35_TABLE = """
 | 0 | 1.0000 | 0.0399 | 3.5057 | 0.7000 | 0.0570 |
 | 1 | 0.9601 | 0.0468 | 3.4351 | 0.7430 | 0.0784 |
@@ -465,7 +465,7 @@ def test_sd35_table():
         want = dict(t=t, dt=dt, sig=sig, sstep=sstep, w=w)
         for key in want:
             assert printed_close(got[key], want[key]), (i, key, got[key], want[key])
-        # K = -dt (1 + a^2 / 2) for t < 1 (RSM-SPEC §2.2), K = -dt at t = 1
+        # K = -dt (1 + a^2 / 2) for t < 1 (THEORY.md §2.2), K = -dt at t = 1
         k_ref = -s["dt"] * (1.0 if s["t"] == 1.0 else 1 + 0.7 ** 2 / 2)
         assert abs(s["K"] - k_ref) <= 1e-13 * abs(k_ref)
     assert co[0]["std"] == pytest.approx(0.7, abs=1e-15)  # sigma_step(i = 0) = a exactly

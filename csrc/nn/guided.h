@@ -1,4 +1,4 @@
-/* guided.h: classifier-free guidance as a model (Ho & Salimans 2022; RSM-SPEC §9, §12.1 B).
+/* guided.h: classifier-free guidance as a model (Ho & Salimans 2022; THEORY.md §9, §12.1 B).
  *
  * A guided model wraps a conditional model `inner` and a null condition (the "unconditional"
  * input the inner model was trained with by condition dropout: a null class id for the DiT, a

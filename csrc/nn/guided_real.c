@@ -14,7 +14,7 @@ RSM_T(guided_combine)(int64_t m, double scale, const real_t *u2, real_t *out)
         out[i] = (real_t)rsm_cfg_combine((double)u_cond[i], (double)u_uncond[i], scale);
 }
 
-/* du2[2m] = [w dout; (1 - w) dout]: the cotangent reaches both passes (RSM-SPEC §12.1). */
+/* du2[2m] = [w dout; (1 - w) dout]: the cotangent reaches both passes (THEORY.md §12.1). */
 void
 RSM_T(guided_split)(int64_t m, double scale, const real_t *dout, real_t *du2)
 {

@@ -1,5 +1,5 @@
 /* objective_elem.h: per-element and per-row bodies of the RSM objective (csrc/objective.h,
- * RSM-SPEC §4, §5), shared by the CPU loop (objective_real.c) and the CUDA kernel
+ * THEORY.md §4, §5), shared by the CPU loop (objective_real.c) and the CUDA kernel
  * (kernels/objective.cu). Everything is in double whatever the working type, as on the CPU.
  */
 #ifndef RSM_OPS_OBJECTIVE_ELEM_H

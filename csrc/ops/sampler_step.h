@@ -1,5 +1,5 @@
 /* sampler_step.h: per-element bodies of the sampler's Gaussian step and its log-density
- * (RSM-SPEC §2.3), written once over real_t (real.h) and shared by the CPU loop (sampler_real.c)
+ * (THEORY.md §2.3), written once over real_t (real.h) and shared by the CPU loop (sampler_real.c)
  * and the CUDA kernels (kernels/sampler.cu), so the two cannot drift apart.
  *
  *   mu = A x + K u,   x' = mu + std z,

@@ -899,8 +899,10 @@ rsm_py_tensor_arg(PyObject *module, PyObject *obj, const char *func, const char 
     if (got != dtype) {
         Py_DECREF(t);
         return (rsm_py_tensor *)rsm_py_raisef(
-            PyExc_TypeError, func, "%s has dtype %s, expected %s (convert with .astype(np.%s))",
-            argname, rsm_dtype_name(got), rsm_dtype_name(dtype), rsm_dtype_name(dtype));
+            PyExc_TypeError, func, "%s has dtype %s, expected %s (convert it first: x.astype(\"%s\") in numpy or JAX, "
+            "x.to(torch.%s) in torch, or build the model with dtype=\"%s\")",
+            argname, rsm_dtype_name(got), rsm_dtype_name(dtype), rsm_dtype_name(dtype),
+            rsm_dtype_name(dtype), rsm_dtype_name(got));
     }
     if (!rsm_tensor_is_contiguous(&t->t)) {
         rsm_py_tensor *copy = rsm_tensor_copy(module, t);
@@ -920,8 +922,10 @@ rsm_py_tensor_out_arg(PyObject *module, PyObject *obj, const char *func, const c
     if (got != dtype) {
         Py_DECREF(t);
         return (rsm_py_tensor *)rsm_py_raisef(
-            PyExc_TypeError, func, "%s has dtype %s, expected %s (convert with .astype(np.%s))",
-            argname, rsm_dtype_name(got), rsm_dtype_name(dtype), rsm_dtype_name(dtype));
+            PyExc_TypeError, func, "%s has dtype %s, expected %s (convert it first: x.astype(\"%s\") in numpy or JAX, "
+            "x.to(torch.%s) in torch, or build the model with dtype=\"%s\")",
+            argname, rsm_dtype_name(got), rsm_dtype_name(dtype), rsm_dtype_name(dtype),
+            rsm_dtype_name(dtype), rsm_dtype_name(got));
     }
     if (t->t.device.device_type != kDLCPU) {
         Py_DECREF(t);

@@ -1,10 +1,10 @@
-/* rollout.h: the rollout engines of fine-tuning (DESIGN §2 "train"; RSM-SPEC §9.2.1, §12.1 D)
+/* rollout.h: the rollout engines of fine-tuning (THEORY.md §9.2.1, §12.1 D)
  * and the reward callback they call once per batch.
  *
  *   rsm_rollout_*         one sampler run (full SDE / DDPM trajectories, a Branch-GRPO tree, or
  *                         ODE trajectories for first-order methods), then the reward on its final
  *                         samples;
- *   rsm_branch_rollout_*  stochasticity localisation (RSM-SPEC §9.2.1): a deterministic root per
+ *   rsm_branch_rollout_*  stochasticity localisation (THEORY.md §9.2.1): a deterministic root per
  *                         condition over ts[0..S]; for every transition i with budget k_i > 0 the
  *                         root state x_{t_i}, repeated k_i times, takes ONE step of the stochastic
  *                         sampler and is continued by the deterministic one down to ts[S]; then the

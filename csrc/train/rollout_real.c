@@ -62,7 +62,7 @@ RSM_T(branch_rollout)(const rsm_model *model, const rsm_path *path, const rsm_br
     RSM_CHECK_GOTO(root_final && x && c && xs && outputs && noises && log_probs, RSM_ERR_MEMORY,
                    "cannot allocate branch-rollout buffers for %lld rows", (long long)n_max);
 
-    /* pass 1: the deterministic root trajectory (RSM-SPEC §9.2.1) */
+    /* pass 1: the deterministic root trajectory (THEORY.md §9.2.1) */
     RSM_T(trajectory) root = {0};
     root.x_final = root_final;
     root.xs = out->root_xs;

@@ -1,6 +1,6 @@
-/* update.h: the fine-tuning update (DESIGN §2 "train"): the RSM objective of every training row
+/* update.h: the fine-tuning update: the RSM objective of every training row
  * at the current parameters, its backward into one flat gradient, and the optimizer steps of the
- * inner epochs (PPO-style: several steps on one rollout, RSM-SPEC §12.5), in one C call.
+ * inner epochs (PPO-style: several steps on one rollout, THEORY.md §12.5), in one C call.
  *
  * A rollout gives blocks of training rows; a block is one trained transition of the sampler:
  * `rows` states x at the same time t, with the per-row coefficients of the objective (objective.h)
@@ -14,7 +14,7 @@
  *     grads += J_theta(u)^T dL/du    the backbone's backward, accumulated in place
  *
  * then one AdamW step on the summed gradient. Every method of the zoo that trains through the
- * objective reaches the parameters here; the Python layer only builds the blocks (RSM-SPEC §12.6).
+ * objective reaches the parameters here; the Python layer only builds the blocks (THEORY.md §12.6).
  *
  * The reference is evaluated before the policy in every block, so the policy's saved activations
  * are those of its own forward when the backward runs, also when the reference runs the policy's
@@ -45,7 +45,7 @@ typedef struct rsm_update_block {
     int ref_ready;                  /* 1 once u_ref holds them (set by the update) */
     int anchor_current;             /* 1: anchor on the current outputs, stop-gradient (ReFL) */
     double kl_report;               /* (1/2) w^2 of the step: the reported KL is
-                                       kl_report * mean_rows |u - u_ref|^2 (RSM-SPEC §11) */
+                                       kl_report * mean_rows |u - u_ref|^2 (THEORY.md §11) */
 } rsm_update_block;
 
 typedef struct rsm_update_config {

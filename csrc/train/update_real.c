@@ -5,7 +5,7 @@
 #include <string.h>
 
 /* kl_report * mean_rows |u - u_ref|^2: the closed-form KL between the policy's and the
- * reference's Gaussian transitions of this step, per sample (RSM-SPEC §11). */
+ * reference's Gaussian transitions of this step, per sample (THEORY.md §11). */
 static double
 RSM_T(update_block_kl)(const rsm_update_block *b, int64_t dim, const real_t *u, const real_t *u_ref)
 {

@@ -23,10 +23,14 @@ def _import_core() -> dict:
     import importlib
     import os
 
+    from ._cpu import load_core
+
     policy = _threading_policy()
     os.environ.update(policy)
     try:
-        importlib.import_module("._C", __name__)
+        # the rsm._C copy for this CPU (x86-64-v4 / v3, when the build made them), else the baseline
+        if load_core(__name__) == "baseline":
+            importlib.import_module("._C", __name__)
     finally:
         for key in policy:
             os.environ.pop(key, None)
@@ -57,4 +61,17 @@ from .trainer import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
 from . import guidance  # noqa: E402,F401
 from .guidance import Guided  # noqa: E402,F401
 from . import image_datasets, image_rewards  # noqa: E402,F401  (sklearn / Pillow imported on use)
+from . import guards, loggers, runs  # noqa: E402,F401
+
+
+def __getattr__(name: str):
+    """rsm.plot (matplotlib) and rsm.config (a run's config file) load on first use, so that
+    `import rsm` stays fast and needs neither."""
+    if name in ("plot", "config"):
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'rsm' has no attribute {name!r}")
 

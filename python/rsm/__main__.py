@@ -1,6 +1,10 @@
-"""Command line: `python -m rsm demo` (the 2D flow demo), `python -m rsm demo images` (a
-class-conditional image model on 8x8 digits with guidance and fine-tuning; see rsm.image_demo),
-`python -m rsm info` (build info)."""
+"""Command line:
+  python -m rsm demo [--quick]            the 2D flow demo (pretrain, sample, fine-tune, plots)
+  python -m rsm demo images [--quick]     a class-conditional image model on 8x8 digits with
+                                          guidance and fine-tuning (rsm.image_demo)
+  python -m rsm pretrain run.yaml         pretrain the model of a run config (rsm.config)
+  python -m rsm finetune run.yaml [--resume]  fine-tune it, with logging and a trainer file
+  python -m rsm info                      versions and what this build found"""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +79,10 @@ def _demo(args: argparse.Namespace) -> int:
         plot.history(history, ["loss"], loss_png)
         written = [png, loss_png]
         if finetuned:
+            curves_png = os.path.join(out_dir, "finetune_curves.png")
+            plot.curves(finetuned.pop("_histories"), curves_png,
+                        title="fine-tuning: reward and KL to the reference per iteration")
+            written.append(curves_png)
             ft_png = os.path.join(out_dir, "finetune.png")
             plot.scatter_compare(finetuned, ft_png, lim=3.5,
                                  title="fine-tuning toward r(x) = -|x - (2, 0)|^2 / 2 (alpha = 1)")
@@ -108,6 +116,7 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
           f"({args.finetune_steps} iterations of 16 x 8 samples each)")
     panels = {"reference": None}
     rows = []
+    histories = {}
 
     def evaluate(model):
         x = np.from_dlpack(rsm.sample(model, args.eval_size, path, "heun", steps=25,
@@ -121,7 +130,7 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
     for label, method, overrides in runs:
         policy = ref.copy()
         t0 = time.perf_counter()
-        run = rsm.finetune(policy, ref, reward, method=method, steps=args.finetune_steps,
+        run = rsm.finetune(policy, ref, reward, method=method, iterations=args.finetune_steps,
                            batch_size=16, group_size=8, seed=args.seed, progress=not args.quiet,
                            **overrides)
         seconds = time.perf_counter() - t0
@@ -132,10 +141,12 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
         nfe = sum(h["nfe"] for h in run.history)
         rows.append((label, r, kl, ed, seconds, nfe))
         panels[label] = x
+        histories[method] = run.history
     rows.append(("exact tilted target p*", float(reward.value(target_x.astype(np.float64)).mean()),
                  float("nan"), metrics.energy_distance(target.sample(args.eval_size, seed=99), target_x),
                  0.0, 0))
     panels["exact tilted target p*"] = target_x
+    panels["_histories"] = histories
     print()
     print(f"| {'model':<24} | reward | KL to ref | energy dist. to p* | seconds | network evals |")
     print(f"|{'-' * 26}|{'-' * 8}|{'-' * 11}|{'-' * 20}|{'-' * 9}|{'-' * 15}|")
@@ -144,6 +155,19 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
     print("  KL: KL(P_theta || P_ref) of the whole path of Flow-GRPO's SDE (a = 0.7, 10 steps) for the "
           "final policy (Trainer.path_kl, 512 paths).")
     return panels
+
+
+QUICK_DEMO = {"steps": 300, "train_size": 5000, "eval_size": 1000, "finetune_steps": 8}
+QUICK_IMAGES = {"steps": 120, "classifier_steps": 60, "finetune_steps": 3, "eval_per_class": 2,
+                "guidance_scales": [0.0, 1.0], "group_size": 4, "sample_steps": 8}
+
+
+def _quick(args: argparse.Namespace, settings: dict) -> argparse.Namespace:
+    """--quick: small settings (a smoke run of every stage in seconds, not a result)."""
+    if getattr(args, "quick", False):
+        for key, value in settings.items():
+            setattr(args, key, value)
+    return args
 
 
 def _demo_images(argv: list[str]) -> int:
@@ -155,7 +179,44 @@ def _demo_images(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/demo_images")
     parser.add_argument("--quiet", action="store_true")
-    return image_demo.run(parser.parse_args(argv))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings: every stage runs in about a minute (a smoke run, not a result)")
+    return image_demo.run(_quick(parser.parse_args(argv), QUICK_IMAGES))
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from rsm import config
+
+    cfg = config.RunConfig.from_file(args.config)
+    if args.command == "pretrain":
+        out = config.pretrain(cfg)
+        losses = out["history"].column("loss")
+        print(f"pretrained {out['model']} on {cfg.data.dataset} ({len(losses)} steps, loss "
+              f"{losses[:20].mean():.4f} -> {losses[-20:].mean():.4f}); wrote {out['file']}")
+        return 0
+    run = config.finetune(cfg, resume=args.resume)
+    last = run.history[-1] if len(run.history) else {}
+    print(f"fine-tuned with {cfg.method.name}: {run.trainer.iteration} iterations, reward_mean "
+          f"{last.get('reward_mean', float('nan')):.4f}; wrote {cfg.logging.dir}/policy.safetensors, "
+          f"trainer.safetensors" + (", history.csv" if cfg.logging.log_with == "csv" else ""))
+    return 0
+
+
+def _info() -> int:
+    import rsm
+
+    info = rsm.build_info()
+    first = ("cpu_variant", "native", "blas", "openmp", "cuda_built", "cuda_available", "c_flags")
+    lines = [f"rsm {info['rsm_version']} (Python {info['python_version']}, numpy {info['numpy_version']})"]
+    lines += [f"  {key}: {info[key]}" for key in first if key in info]
+    lines += [f"  {key}: {info[key]}" for key in sorted(info) if key not in first and key not in
+              ("rsm_version", "python_version", "numpy_version", "build_summary")]
+    lines += [f"  | {line}" for line in info.get("build_summary", [])]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:   # `rsm info | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,17 +233,23 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--finetune-steps", int, 60)):
         demo.add_argument(flag, type=kind, default=default)
     demo.add_argument("--quiet", action="store_true")
-    sub.add_parser("info", help="print what this build found")
+    demo.add_argument("--quick", action="store_true",
+                      help="tiny settings: the whole demo in well under a minute (a smoke run)")
+    sub.add_parser("info", help="print rsm's, Python's and numpy's versions and what this build found")
+    for name, what in (("pretrain", "pretrain the model of a run config file (YAML or TOML)"),
+                       ("finetune", "fine-tune the model of a run config file (YAML or TOML)")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("config", help="run config file (.yaml/.yml/.toml, see examples/)")
+        if name == "finetune":
+            cmd.add_argument("--resume", action="store_true",
+                             help="continue the run saved in logging.dir/trainer.safetensors")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return _demo(args)
+        return _demo(_quick(args, QUICK_DEMO))
+    if args.command in ("pretrain", "finetune"):
+        return _run_config(args)
     if args.command == "info" or args.command is None:
-        import pprint
-
-        import rsm
-
-        pprint.pprint(rsm.build_info())
-        return 0
+        return _info()
     return 1
 
 

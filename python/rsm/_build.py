@@ -77,8 +77,19 @@ def cuda_available() -> bool:
 
 
 def build_info() -> dict:
-    """What this build of rsm found and uses: compiler, flags, OpenMP, BLAS, CUDA."""
-    info = dict(_C.build_info())
+    """What this build of rsm found and uses: versions (rsm, Python, numpy), the copy of the C
+    core this CPU runs, compiler, flags, OpenMP, BLAS, CUDA."""
+    import platform
+    import sys
+
+    import numpy
+
+    from . import _cpu
+
+    info = {"rsm_version": __version__, "python_version": platform.python_version(),
+            "python": sys.executable, "numpy_version": numpy.__version__,
+            "platform": platform.platform(), "cpu_variant": _cpu.LOADED}
+    info.update(_C.build_info())
     if _BLAS_ERROR:
         info["blas_error"] = _BLAS_ERROR
     cfg = _BUILD_CONFIG
@@ -91,6 +102,7 @@ def build_info() -> dict:
         cuda_available=available,
         cuda_reason=reason,
         native=cfg.get("native"),
+        cpu_variants_built=list(cfg.get("cpu_variants", [])),
         build_summary=list(cfg.get("summary", [])),
     )
     return info

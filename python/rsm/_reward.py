@@ -4,6 +4,7 @@ analytic rewards, and the image rewards forwarded lazily) and rsm.image_rewards,
 build on it (tests/test_imports.py: no import circle)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -26,11 +27,17 @@ class Reward:
             raise TypeError(f"Reward(): fn must be callable, got {type(fn).__name__}")
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"Reward(): nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        check_signature(fn, self.name)
         self.fn = fn
         self.differentiable = bool(differentiable)
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.nonfinite = nonfinite
         self.calls = 0
+
+    def __repr__(self) -> str:
+        kind = "differentiable" if self.differentiable else "black-box"
+        extra = f", kind={self.kind!r}" if hasattr(self, "kind") else ""
+        return f"Reward({self.name!r}, {kind}{extra}, nonfinite={self.nonfinite!r}, calls={self.calls})"
 
     def __call__(self, x0: Any, cond: Any = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(rewards float64 [n], grad [n, D] or None, valid mask [n])."""
@@ -83,3 +90,23 @@ def _as_array(value: Any, name: str, what: str) -> np.ndarray:
         return np.asarray(value)
     except Exception as exc:  # noqa: BLE001
         raise RewardError(f"reward {name!r} returned {what} that is not an array: {exc}") from None
+
+
+def check_signature(fn: Any, name: str) -> None:
+    """A reward is called as fn(x0, cond): refuse, with the fix, a callable that cannot take
+    two positional arguments (a signature that cannot be read is let through)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        fname = name if name.isidentifier() else "reward"
+        params = [p for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        raise TypeError(
+            f"reward {name!r} takes {sig}, but rsm calls rewards as reward(x0, cond) "
+            f"(cond is None for an unconditional model). It takes {len(params)} positional "
+            f"argument(s); define it as def {fname}(x0, cond=None): ... or wrap it: "
+            f"rsm.Reward(lambda x0, cond: {fname}(x0))") from None

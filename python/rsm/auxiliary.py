@@ -1,5 +1,5 @@
 """Auxiliary mechanisms of published first-order methods that the RSM redesigns prune
-(RSM-SPEC §6.3.1, §6.3.3, §10, Figs. 8-11): VGG-Flow's learned value-gradient network g_phi with
+(THEORY.md §6.3.1, §6.3.3, §10, Figs. 8-11): VGG-Flow's learned value-gradient network g_phi with
 its consistency loss, Residual nabla-DB's learned residual h_phi with its forward and backward
 losses, and an offline replay buffer. Each plugs into rsm.Trainer through `AuxTrainer`, so the
 ablations "with / without the mechanism" share every other line of the fine-tuning loop.

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C, guards
 from ._args import as_times, positive_int, rows_of, seed_int
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
@@ -242,6 +242,7 @@ class DiT(_DiTCompute):
                     c["num_classes"], self.seed, c["dtype"], checkpoint=c["checkpoint"],
                     temb_dim=c["temb_dim"])
         np.from_dlpack(other.params)[...] = np.from_dlpack(self.params)
+        guards.copy_path(self, other)
         return other
 
     def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
@@ -250,7 +251,7 @@ class DiT(_DiTCompute):
         from ._build import __version__
 
         meta = {"rsm_class": "DiT", "rsm_version": __version__, "config": json.dumps(self.config),
-                "seed": str(self.seed)}
+                "seed": str(self.seed), **guards.path_metadata(self)}
         if metadata:
             meta.update({str(k): str(v) for k, v in metadata.items()})
         io.save_file(self.named_params(), path, metadata=meta)
@@ -274,12 +275,13 @@ class DiT(_DiTCompute):
         return c, seed, shapes
 
     @classmethod
-    def _build(cls, c: dict, seed: int, tensors: dict, path: str, prefix: str) -> "DiT":
+    def _build(cls, c: dict, seed: int, tensors: dict, path: str, prefix: str, meta: dict) -> "DiT":
         from . import _validate as v
 
         model = v.build(lambda: cls._from_config(c, seed), f"load(): {path}", "DiT")
         for name, view in model.named_params().items():
             view[...] = tensors[prefix + name]
+        guards.restore_path(model, meta)
         return model
 
     @classmethod
@@ -288,7 +290,7 @@ class DiT(_DiTCompute):
 
         c, seed, shapes = cls._checked_config(tensors, meta, path, "")
         v.check_no_extra(tensors, set(shapes), f"load(): {path}")
-        return cls._build(c, seed, tensors, path, "")
+        return cls._build(c, seed, tensors, path, "", meta)
 
 
 class LoRADiT(_DiTCompute):
@@ -375,7 +377,8 @@ class LoRADiT(_DiTCompute):
         meta = {"rsm_class": "LoRADiT", "rsm_version": __version__,
                 "config": json.dumps(self.base.config), "seed": str(self.base.seed),
                 "lora": json.dumps({"rank": self.rank, "alpha": self.alpha,
-                                    "targets": list(self.targets), "seed": self.seed})}
+                                    "targets": list(self.targets), "seed": self.seed}),
+                **guards.path_metadata(self)}
         if metadata:
             meta.update({str(k): str(v) for k, v in metadata.items()})
         io.save_file(tensors, path, metadata=meta)
@@ -391,7 +394,7 @@ class LoRADiT(_DiTCompute):
         adapters = v.lora_shapes(c, lo)
         v.check_tensors(tensors, adapters, where)
         v.check_no_extra(tensors, {"base." + k for k in shapes} | set(adapters), where)
-        base = DiT._build(c, seed, tensors, path, "base.")
+        base = DiT._build(c, seed, tensors, path, "base.", meta)
         policy = v.build(lambda: cls(base, lo["rank"], lo["alpha"], lo["targets"], lo["seed"]), where, "LoRA")
         for name, view in policy.named_params().items():
             view[...] = tensors[name]

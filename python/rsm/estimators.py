@@ -1,9 +1,9 @@
 """Value-guidance estimators Psi_hat(x_t) ~ Psi(x_t) = grad_x log E[exp(r(x0)/alpha) | x_t]
-(RSM-SPEC §3.2, §7), in score units, for diagnostics and the estimator study (Fig. 2).
+(THEORY.md §3.2, §7), in score units, for diagnostics and the estimator study (Fig. 2).
 
 Each estimator takes states x[n, D] at step `step` of a time grid `ts` and returns Psi_hat[n, D];
 they run the C samplers and the model's VJP. `exact_value_gradient` gives the ground truth for
-Gaussian-mixture data with a linear reward (closed form, RSM-SPEC §12.4).
+Gaussian-mixture data with a linear reward (closed form, THEORY.md §12.4).
 
   zeroth_order       (sigma_i / B_i) mean_k A_k z_k / alpha over N continuations from each state:
                      one stochastic step (the z), then the SDE ("sde") or the ODE ("localized",
@@ -105,7 +105,7 @@ def first_order_terminal(model: Any, path: Any, reward: Any, x: Any, ts: Any, st
     return g.reshape(n, n_samples, dim).mean(1) / alpha
 
 
-# ---- estimator-study additions (Fig. 2; RSM-SPEC §7.1, §7.2, §8.2-8.4) ---------------------------
+# ---- estimator-study additions (Fig. 2; THEORY.md §7.1, §7.2, §8.2-8.4) ---------------------------
 #
 #   first_order_lookahead   FO-k-ODE: k probability-flow ODE steps (DDIM eta = 0 on VP, Euler on
 #                           flow) from t to 0, Psi_hat = grad_x r(x0^ODE(x)) / alpha by the adjoint
@@ -114,7 +114,7 @@ def first_order_terminal(model: Any, path: Any, reward: Any, x: Any, ts: Any, st
 #                           ts[end], Tweedie at ts[end], Psi_hat = grad_x mean_n r(x0_hat) / alpha
 #                           through the rollout (noises held fixed) and the network.
 #   zeroth_order_partial    the same rollouts, zeroth order: (std_i/B_i) mean_n (R_n - R_bar) z_n /
-#                           alpha with R = r(x0_hat(x_end)) (ZO lookahead, RSM-SPEC §7.2).
+#                           alpha with R = r(x0_hat(x_end)) (ZO lookahead, THEORY.md §7.2).
 #   zeroth_order_branching  Branch-GRPO trees: N = roots x n_branch^n_split endpoints per state,
 #                           every row split into n_branch children before n_split evenly spaced
 #                           steps (the first at the state itself); control-variate ZO over the
@@ -158,7 +158,7 @@ def _input_vjp(model: Any, x: np.ndarray, t: float, cotangent: np.ndarray) -> np
 
 def _adjoint(model: Any, traj: Any, coefs: list[dict], adjoint: np.ndarray) -> np.ndarray:
     """Pull a cotangent on the last state of `traj` back to its first: every step is
-    x' = A x + K u(x, t) + std z with z held fixed, so a <- A a + J_u^T (K a) (RSM-SPEC §2.3)."""
+    x' = A x + K u(x, t) + std z with z held fixed, so a <- A a + J_u^T (K a) (THEORY.md §2.3)."""
     for j in range(traj.steps - 1, -1, -1):
         c = coefs[j]
         adjoint = c["A"] * adjoint + _input_vjp(model, traj.xs[j], float(traj.ts[j]), c["K"] * adjoint)
@@ -180,7 +180,7 @@ def _even_grid(path: Any, t_start: float, t_end: float, steps: int) -> np.ndarra
 
 def first_order_lookahead(model: Any, path: Any, reward: Any, x: Any, t: float, k: int, *,
                           alpha: float = 1.0) -> np.ndarray:
-    """FO-k-ODE (RSM-SPEC §7.1, toy "SQDF_2stepODE" for k = 2): integrate the probability-flow ODE
+    """FO-k-ODE (THEORY.md §7.1, toy "SQDF_2stepODE" for k = 2): integrate the probability-flow ODE
     from t to 0 in k even steps (DDIM eta = 0 on VP paths, Euler on flow paths; each step is one
     network evaluation, the last lands on x0 = Tweedie of the last state) and return
     grad_x r(x0^ODE(x)) / alpha, the adjoint through the k steps by the model's VJP.
@@ -222,7 +222,7 @@ def _partial_rollouts(model: Any, path: Any, x: np.ndarray, ts: np.ndarray, step
 def first_order_partial(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: int, end: int,
                         n_samples: int, *, alpha: float = 1.0, noise_level: float = 0.7,
                         seed: int = 0) -> np.ndarray:
-    """FO-partial (RSM-SPEC §7.1, toy "lookahead --mode first"): n_samples reparameterised
+    """FO-partial (THEORY.md §7.1, toy "lookahead --mode first"): n_samples reparameterised
     stochastic rollouts (DDPM on VP, Flow-GRPO's SDE on flow) from ts[step] to ts[end], Tweedie
     x0_hat at ts[end], and Psi_hat = grad_x mean_n r(x0_hat(x_end^n)) / alpha, pulled back through
     the Tweedie map, the rollout's steps (noises fixed) and the network by the model's VJP."""
@@ -245,7 +245,7 @@ def first_order_partial(model: Any, path: Any, reward: Any, x: Any, ts: Any, ste
 def zeroth_order_partial(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: int, end: int,
                          n_samples: int, *, alpha: float = 1.0, noise_level: float = 0.7,
                          seed: int = 0) -> np.ndarray:
-    """Zeroth-order lookahead (RSM-SPEC §7.2, toy "lookahead --mode zeroth"): the rollouts of
+    """Zeroth-order lookahead (THEORY.md §7.2, toy "lookahead --mode zeroth"): the rollouts of
     first_order_partial, the return R = r(x0_hat(x_end)) scored at ts[end] instead of at t = 0,
     and Psi_hat = (std_0 / B_0) mean_n (R_n - R_bar) z_n / alpha with z the first step's noise."""
     reward = _reward(reward)
@@ -266,7 +266,7 @@ def _branch_steps(steps: int, n_split: int) -> list[int]:
 
 def branching_cost(steps: int, n_split: int, n_branch: int) -> float:
     """Network evaluations per endpoint of a branching tree over `steps` steps, relative to
-    independent trajectories (RSM-SPEC §8.4: (sum_j n_branch^j segment_j) / (steps E)); 1 for
+    independent trajectories (THEORY.md §8.4: (sum_j n_branch^j segment_j) / (steps E)); 1 for
     (1, 1). Counts exactly what zeroth_order_branching's sampler runs."""
     steps = _check_count(steps, "branching_cost", "steps")
     n_split = _check_count(n_split, "branching_cost", "n_split")
@@ -281,7 +281,7 @@ def branching_cost(steps: int, n_split: int, n_branch: int) -> float:
 def zeroth_order_branching(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: int,
                            n_samples: int, n_split: int, n_branch: int, *, alpha: float = 1.0,
                            noise_level: float = 0.7, seed: int = 0) -> np.ndarray:
-    """Branch-GRPO's estimator (RSM-SPEC §7.2, §8.4): from each state, n_samples / E roots with
+    """Branch-GRPO's estimator (THEORY.md §7.2, §8.4): from each state, n_samples / E roots with
     E = n_branch^n_split endpoints each; every row splits into n_branch children before the
     n_split evenly spaced steps round(j S / n_split) of the S remaining steps (the first split at
     the state itself, so the first step's noises already differ). Psi_hat = (std_0 / B_0)
@@ -319,7 +319,7 @@ def exact_value_gradient(mixture: Any, path: Any, x: Any, t: float, reward_grad:
                          alpha: float = 1.0) -> np.ndarray:
     """Psi(x, t) = grad log p*_t(x) - grad log p_t(x) for p0 an isotropic Gaussian mixture and a
     linear reward with gradient c: p* is the tilted mixture (closed form), both noised by the path's
-    (alpha(t), sigma(t)) (RSM-SPEC §12.4). Exact for the KL-regularised optimum (memoryless)."""
+    (alpha(t), sigma(t)) (THEORY.md §12.4). Exact for the KL-regularised optimum (memoryless)."""
     c = path.coef(t)
     tilted = mixture.tilted(reward_grad, alpha)
     x = np.asarray(x, dtype=np.float64)
@@ -336,7 +336,7 @@ def first_order_next(model: Any, path: Any, reward: Any, x: Any, ts: Any, step: 
                      n_samples: int = 1, *, x_next: Any = None, jacobian: bool = True,
                      alpha: float = 1.0, noise_level: float = 0.7, pcpo_weight: float = 0.0,
                      seed: int = 0, cond: Any = None, reward_cond: Any = None) -> np.ndarray:
-    """FO-next (RSM-SPEC §7.1): Psi_hat(x_t) = g = grad_{x'} r(x0_hat(x')) / alpha at the NEXT
+    """FO-next (THEORY.md §7.1): Psi_hat(x_t) = g = grad_{x'} r(x0_hat(x')) / alpha at the NEXT
     state x' of one stochastic step t_i -> t_{i+1} from x, with Tweedie's x0_hat of `model` at
     t_{i+1} and (jacobian=True) the gradient through the network, averaged over n_samples next
     states. Given x_next[n, D] (the next states a rollout actually sampled: Residual nabla-DB,

@@ -1,4 +1,4 @@
-"""The batch geometry of one fine-tuning iteration as one validated object (RSM-SPEC §9.2.6,
+"""The batch geometry of one fine-tuning iteration as one validated object (THEORY.md §9.2.6,
 §9.3, §9.5): conditions x group size x trained timesteps x inner epochs x gradient accumulation.
 
     rollout micro-batch   `conditions` prompts/roots, each with `group_size` samples (or a
@@ -56,7 +56,7 @@ def trained_steps(spec: Any, steps: int) -> list[int] | float:
 
 def tree_split_steps(steps: int, split: int) -> list[int]:
     """Branch-GRPO's split points: `split` evenly spaced steps from the first one (the toy's
-    {389 - (389 // #split) j}, RSM-SPEC §8.4), i.e. j * (steps // split)."""
+    {389 - (389 // #split) j}, THEORY.md §8.4), i.e. j * (steps // split)."""
     stride = steps // split
     return [j * stride for j in range(split)]
 

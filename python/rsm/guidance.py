@@ -1,4 +1,4 @@
-"""Classifier-free guidance (Ho & Salimans 2022) as a model wrapper (RSM-SPEC §9, §12.1 B).
+"""Classifier-free guidance (Ho & Salimans 2022) as a model wrapper (THEORY.md §9, §12.1 B).
 
     guided = rsm.Guided(model, scale=w)        # model: conditional (cond_dim >= 1)
     x = rsm.sample(guided, n, path, cond=c)    # guided sampling: the ordinary C sampler

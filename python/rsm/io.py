@@ -90,11 +90,12 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_json(text: str | bytes, where: str, field: str, max_bytes: int = MAX_HEADER_BYTES) -> Any:
+def parse_json(text: str | bytes, where: str, field: str, max_bytes: int = MAX_HEADER_BYTES, *,
+               allow_nan: bool = False) -> Any:
     """Parse untrusted JSON (a header, a config in the metadata): at most `max_bytes` long and
-    MAX_JSON_DEPTH deep, no NaN/Infinity, and every parser failure (ValueError for a malformed
-    text or an int of too many digits, RecursionError, MemoryError) raised as CheckpointError
-    naming the file and the field."""
+    MAX_JSON_DEPTH deep, no NaN/Infinity unless allow_nan (a history of floats), and every parser
+    failure (ValueError for a malformed text or an int of too many digits, RecursionError,
+    MemoryError) raised as CheckpointError naming the file and the field."""
     if not isinstance(text, (str, bytes, bytearray)):
         raise CheckpointError(f"{where}: {field} must be a JSON string, got {type(text).__name__}")
     if len(text) > max_bytes:
@@ -102,7 +103,7 @@ def parse_json(text: str | bytes, where: str, field: str, max_bytes: int = MAX_H
     if not json_depth_ok(text):
         raise CheckpointError(f"{where}: {field} nests JSON deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text) if allow_nan else json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{where}: {field} is not valid JSON ({type(exc).__name__}: {exc})") from None
 

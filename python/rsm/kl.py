@@ -1,5 +1,5 @@
 """KL divergence between the path measures of two models under one stochastic sampler
-(RSM-SPEC §2.3, §11): the method-independent "how far has the policy moved" of a fine-tuning run.
+(THEORY.md §2.3, §11): the method-independent "how far has the policy moved" of a fine-tuning run.
 
 Both measures start at the same prior and take Gaussian steps x' = mu(x) + std_i z with the same
 std_i, mu_i(x) = A_i x + K_i u(x, t_i) (rsm.sampling.step_coefficients). The chain rule of KL

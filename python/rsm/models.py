@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C, guards
 from ._args import as_times, positive_int, rows_of, seed_int
 
 
@@ -111,6 +111,7 @@ class MLP:
         other = MLP(c["dim"], c["hidden"], c["depth"], c["cond_dim"], self.seed,
                     temb_dim=c["temb_dim"], dtype=c["dtype"])
         np.from_dlpack(other.params)[...] = np.from_dlpack(self.params)
+        guards.copy_path(self, other)
         return other
 
     def load_params(self, params: Any) -> None:
@@ -126,7 +127,7 @@ class MLP:
         from . import io
 
         meta = {"rsm_class": "MLP", "rsm_version": _version(), "config": json.dumps(self.config),
-                "seed": str(self.seed)}
+                "seed": str(self.seed), **guards.path_metadata(self)}
         if metadata:
             meta.update({str(k): str(v) for k, v in metadata.items()})
         io.save_file(self.named_params(), path, metadata=meta)
@@ -146,6 +147,7 @@ class MLP:
                                     temb_dim=c["temb_dim"], dtype=c["dtype"]), where, "MLP")
         for name, view in model.named_params().items():
             view[...] = tensors[name]
+        guards.restore_path(model, meta)
         return model
 
 

@@ -1,5 +1,5 @@
 """The RSM objective (C engine) from Python: one loss, its cotangent on the model output, and the
-clipped ratio forms it subsumes (RSM-SPEC §4-§5). See csrc/objective.h for the formulas."""
+clipped ratio forms it subsumes (THEORY.md §4-§5). See csrc/objective.h for the formulas."""
 from __future__ import annotations
 
 from typing import Any, Mapping

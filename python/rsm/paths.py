@@ -1,4 +1,4 @@
-"""Probability paths: rectified flow and VP diffusion (RSM-SPEC §2).
+"""Probability paths: rectified flow and VP diffusion (THEORY.md §2).
 
     x_t = alpha(t) x0 + sigma(t) eps,   t = 1 noise, t = 0 data.
 

@@ -4,7 +4,9 @@ image grids (samples per class of an image model).
 matplotlib is optional (`pip install matplotlib`) and imported only inside these functions.  They
 use matplotlib's object-oriented API with the Agg canvas directly (no pyplot), so they never open a
 window, never need a display, and never change the global backend of a notebook that imports rsm.
-Each function writes `path` (creating its directory) and returns it.
+Each function returns the matplotlib Figure (a notebook shows it inline) or, when `path` is
+given, writes it there as a PNG (creating the directory) and returns the path: nothing is saved
+unless asked. `import rsm` does not import matplotlib: rsm.plot loads on first use.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["density_contour", "history", "image_grid", "scatter_compare", "tile_images", "trajectories"]
+from .display import tile_images  # noqa: F401  (rsm.plot.tile_images)
+
+__all__ = ["curves", "density_contour", "history", "image_grid", "scatter_compare", "tile_images", "trajectories"]
 
 Limits = float | tuple[float, float] | None
 
@@ -27,7 +31,7 @@ def _matplotlib() -> tuple[Any, Any]:
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError("rsm.plot needs matplotlib: pip install matplotlib "
-                          "(or pip install 'rsm[plot]')") from exc
+                          "(or pip install 'reward-score-matching[plot]')") from exc
     return Figure, FigureCanvasAgg
 
 
@@ -38,7 +42,10 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: str | os.PathLike) -> str:
+def _save(fig: Any, path: str | os.PathLike | None) -> Any:
+    """The figure itself when path is None, else the path it was written to."""
+    if path is None:
+        return fig
     path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
@@ -96,9 +103,9 @@ def density_contour(ax: Any, log_prob_fn: Callable[[np.ndarray], np.ndarray], li
     return ax.contour(gx, gy, density, levels=levels, **kwargs)
 
 
-def scatter_compare(panels: Mapping[str, Any], path: str | os.PathLike, title: str | None = None,
+def scatter_compare(panels: Mapping[str, Any], path: str | os.PathLike | None = None, title: str | None = None,
                     lim: Limits = None, log_prob_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                    max_points: int | None = 5000, point_size: float | None = None) -> str:
+                    max_points: int | None = 5000, point_size: float | None = None) -> Any:
     """Side-by-side 2D scatter plots, one panel per entry (label -> samples [n, 2]), e.g. data vs
     ODE samples vs SDE samples, on shared square axes; optional density contours in every panel.
     point_size=None scales the markers with the number of points so small samples stay visible."""
@@ -139,8 +146,8 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def history(history: Sequence[Mapping[str, Any]], keys: Sequence[str], path: str | os.PathLike,
-            smooth: int | None = None, log_y: bool = False, title: str | None = None) -> str:
+def history(history: Sequence[Mapping[str, Any]], keys: Sequence[str], path: str | os.PathLike | None = None,
+            smooth: int | None = None, log_y: bool = False, title: str | None = None) -> Any:
     """Training curves: one panel per key, value vs the rows' "step" (or the row index).
 
     history is a list of per-step dicts (e.g. rsm.History).  The raw values are drawn faintly and a
@@ -171,6 +178,38 @@ def history(history: Sequence[Mapping[str, Any]], keys: Sequence[str], path: str
     return _save(fig, path)
 
 
+def curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike | None = None,
+           keys: Sequence[str] = ("reward_mean", "kl", "kl_path"), title: str | None = None) -> Any:
+    """Reward and KL curves of a fine-tuning run (rsm.Run.history or a list of such rows), or of
+    several runs overlaid (a mapping label -> history): one panel per key present in the rows;
+    kl_path is drawn at the iterations that evaluated it."""
+    runs = dict(history) if isinstance(history, Mapping) else {"": history}
+    runs = {label: list(h) for label, h in runs.items()}
+    keys = [k for k in keys if any(k in row for h in runs.values() for row in h)]
+    if not any(runs.values()) or not keys:
+        raise ValueError("curves(): the history has none of the columns " + ", ".join(keys or ["?"]))
+    fig = _new_figure(3.6 * len(keys), 3.0)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for j, (label, rows) in enumerate(runs.items()):
+            steps = np.array([float(row.get("step", n)) for n, row in enumerate(rows)], dtype=np.float64)
+            values = np.array([_scalar(row.get(key)) for row in rows], dtype=np.float64)
+            ok = np.isfinite(values)
+            ax.plot(steps[ok], values[ok], color=f"C{j if len(runs) > 1 else i}",
+                    marker="o" if ok.sum() < 30 else None, markersize=3, linewidth=1.2,
+                    label=label or None)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(runs) > 1 and i == 0:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _scalar(value: Any) -> float:
     try:
         v = float(value)
@@ -179,8 +218,8 @@ def _scalar(value: Any) -> float:
     return v
 
 
-def trajectories(xs: Any, path: str | os.PathLike, n_paths: int = 64, lim: Limits = None,
-                 title: str | None = None) -> str:
+def trajectories(xs: Any, path: str | os.PathLike | None = None, n_paths: int = 64, lim: Limits = None,
+                 title: str | None = None) -> Any:
     """Sample paths: xs [steps+1, n, 2] (the states of a sampler, start first) drawn as lines for the
     first n_paths samples, start points in grey, end points in red, all end points faint behind."""
     xs = np.asarray(xs, dtype=np.float64)
@@ -207,23 +246,8 @@ def trajectories(xs: Any, path: str | os.PathLike, n_paths: int = 64, lim: Limit
     return _save(fig, path)
 
 
-def tile_images(images: Any, gap: int = 1) -> np.ndarray:
-    """images [rows, cols, C, H, W] in [-1, 1] -> one [rows*(H+gap)-gap, cols*(W+gap)-gap, C]
-    array in [0, 1] (gaps white), ready for imshow."""
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim != 5 or x.shape[2] not in (1, 3):
-        raise ValueError(f"tile_images(): images must be [rows, cols, C (1 or 3), H, W], got {x.shape}")
-    rows, cols, c, h, w = x.shape
-    out = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c))
-    for i in range(rows):
-        for j in range(cols):
-            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = \
-                np.clip((x[i, j].transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
-    return out
-
-
-def image_grid(panels: Mapping[str, Any], path: str | os.PathLike, title: str | None = None,
-               row_labels: Sequence[str] | None = None) -> str:
+def image_grid(panels: Mapping[str, Any], path: str | os.PathLike | None = None, title: str | None = None,
+               row_labels: Sequence[str] | None = None) -> Any:
     """Side-by-side image grids, one panel per entry (label -> images [rows, cols, C, H, W] in
     [-1, 1], e.g. rows = classes, cols = samples), grey-scale for C = 1."""
     if not panels:

@@ -37,7 +37,7 @@ class AnalyticReward(Reward):
 
 
 def linear(c: Any, b: float = 0.0) -> AnalyticReward:
-    """r(x) = c.x + b (RSM-SPEC §8.1 uses c = (-0.5, 0), b = 3)."""
+    """r(x) = c.x + b (THEORY.md §8.1 uses c = (-0.5, 0), b = 3)."""
     return AnalyticReward("linear", np.concatenate([np.asarray(c, np.float64).ravel(), [b]]))
 
 

@@ -1,5 +1,5 @@
 """Sampling: ODE (Euler, Heun), Flow-GRPO's SDE, DDIM(eta) and DDPM, with exact transition
-log-probabilities, stochastic windows and branching (RSM-SPEC §2; math in csrc/sampler*.c)."""
+log-probabilities, stochastic windows and branching (THEORY.md §2; math in csrc/sampler*.c)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,9 +21,9 @@ def time_grid(steps: int, path: Any = None, grid: str = "uniform", shift: float 
       "uniform"  linspace(1, 0, steps + 1)
       "shift"    SD3's resolution shift t -> s t / (1 + (s - 1) t) of the uniform grid
       "sd3"      diffusers' FlowMatchEuler grid: shift(linspace(1, shift(1/T), steps)), then 0
-                 (the SD3.5 training grid of RSM-SPEC §2.2 for steps = 10, shift = 3)
+                 (the SD3.5 training grid of THEORY.md §2.2 for steps = 10, shift = 3)
       "leading"  DDIM's "leading" spacing for discrete VP schedules with steps_offset 1:
-                 k_i = (steps - 1 - i) (T // steps) + 1, then 0 (t = k / T; RSM-SPEC §2.1)
+                 k_i = (steps - 1 - i) (T // steps) + 1, then 0 (t = k / T; THEORY.md §2.1)
     """
     steps = positive_int(steps, "time_grid", "steps")
 
@@ -69,6 +69,16 @@ class Trajectory:
     @property
     def x(self) -> np.ndarray:
         return self.xs[-1]
+
+    def __repr__(self) -> str:   # shapes only, not the arrays (rsm.display)
+        from .display import trajectory_repr
+
+        return trajectory_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .display import trajectory_html
+
+        return trajectory_html(self)
 
     @property
     def steps(self) -> int:
@@ -169,7 +179,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     ts (or grid/shift) sets the time grid (see time_grid; discrete VP schedules default to
     "leading"). sde_window=(i, j) keeps the steps i..j-1 stochastic and the rest deterministic.
     branch_steps/branch_factor split every row into branch_factor children before each listed step.
-    pcpo_weight=w > 0 (DDIM/DDPM) replaces the step std by PCPO's (RSM-SPEC §6.3.6, times eta).
+    pcpo_weight=w > 0 (DDIM/DDPM) replaces the step std by PCPO's (THEORY.md §6.3.6, times eta).
     reward: a callable fn(x) that the C sampling call invokes once, at its end, with the final
     samples x[N, D] (an rsm.Tensor over the returned buffer; the interpreter lock is held only
     during the call); what it returns is Trajectory.reward, or the second item of (x, reward)
@@ -236,7 +246,7 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
 def step_coefficients(path: Any, ts: Any, sampler: str = "sde", *, noise_level: float = 0.7,
                       eta: float | None = None, pcpo_weight: float = 0.0) -> list[dict]:
     """Per-step Gaussian coefficients (mu = A x + K u, std) of a sampler on a grid
-    (pcpo_weight > 0: PCPO's DDIM std, RSM-SPEC §6.3.6)."""
+    (pcpo_weight > 0: PCPO's DDIM std, THEORY.md §6.3.6)."""
     kind, eta_value = _sampler_kind(sampler, eta, "step_coefficients")
     ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
     pcpo_weight = finite_float(pcpo_weight, "step_coefficients", "pcpo_weight", 0.0)

@@ -1,5 +1,5 @@
 """Reward fine-tuning: rollout -> reward -> advantages / estimates -> coefficients -> update ->
-history, one iteration per `Trainer.step()` (RSM-SPEC §4-§7, §9, §12.5). The pieces live in
+history, one iteration per `Trainer.step()` (THEORY.md §4-§7, §9, §12.5). The pieces live in
 rsm.methods (presets, rollouts, estimates, coefficient rules, update blocks, pathwise methods,
 path KL); this module holds the loop, the conditions, `finetune` and `check_on_policy`.
 
@@ -13,7 +13,7 @@ the sampler, and the extra Tweedie-point calls of VGG-Flow / Residual nabla-DB a
 the whole update (for every block of training rows: the reference forward once per rollout, the
 policy forward, the objective, the backward; then the optimizer step of each inner epoch) is one
 C call, csrc/train/update.h, with the GIL released. Python builds the group advantages and the
-per-row coefficients each preset gives (rsm.methods.coefficients, RSM-SPEC §12.6) between the
+per-row coefficients each preset gives (rsm.methods.coefficients, THEORY.md §12.6) between the
 two. Only DRaFT's pathwise backward through the sampler and the lean adjoint of Adjoint Matching
 run as Python loops over the model's C VJP (rsm.methods.pathwise).
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import guards as _guards
 from . import kl as _kl
 from ._args import as_cond, num_classes_of, seed_int
 from .geometry import BatchGeometry
@@ -51,6 +52,16 @@ class Run:
     policy: Any
     history: History
     trainer: "Trainer"
+
+    def __repr__(self) -> str:
+        from .runs import run_repr
+
+        return run_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .runs import run_html
+
+        return run_html(self)
 
     def ema_policy(self) -> Any:
         """A copy of the policy with the EMA parameters (needs ema_decay > 0)."""
@@ -79,17 +90,17 @@ class Trainer:
     the batch_size conditions (k * batch_size + j) mod M, cycling through the list. The reward
     receives the condition of every sample: class ids int64 [n] when class ids were given,
     else the vectors [n, cond_dim]. Wrap policy and ref in rsm.Guided for guided rollouts and
-    guided losses (RSM-SPEC §9).
+    guided losses (THEORY.md §9).
 
     KL to the reference, two columns of the history:
       kl       the train-time KL: sum over the rows this method trains (all SDE steps for
                Flow-GRPO, the branch steps of rsm-zo, a random subset for DanceGRPO, none for
-               DRaFT) of 0.5 w_i^2 |u_theta - u_ref|^2, w_i = |K_i| / std_i (RSM-SPEC §11), per
+               DRaFT) of 0.5 w_i^2 |u_theta - u_ref|^2, w_i = |K_i| / std_i (THEORY.md §11), per
                sample, at the rollout states, before the update. It depends on which steps a
                method trains, so it is NOT comparable between methods.
       kl_anchor the same at the ODE KL-anchor rows of the redesigns rsm-zo / rsm-zo-diffusion
                (root states at the steps their budget leaves untrained, trained by the KL only;
-               RSM-SPEC §9.2.5, §9.3; the preset keys kl_anchor*); 0 for every other preset.
+               THEORY.md §9.2.5, §9.3; the preset keys kl_anchor*); 0 for every other preset.
       kl_path  KL(P_theta || P_ref) of the whole discretised path (`path_kl`): every step of one
                fixed SDE, the same for every preset, on fixed evaluation noise. Comparable
                between methods (and along a run). kl_every=k evaluates it at iterations 0, k,
@@ -108,15 +119,18 @@ class Trainer:
                  cond: Any = None, conditions: Any = None, kl_every: int = 5,
                  kl_samples: int | None = None, kl_grid: Any = None,
                  kl_noise_level: float | None = None, **overrides: Any) -> None:
+        overrides = _guards.sampler_steps_alias(overrides, "Trainer")
         self.cfg = cfg = get_method(method, **overrides)
         self.method = method
         for name, model in (("policy", policy), ("ref", ref)):
             if not all(hasattr(model, a) for a in ("dim", "dtype", "forward", "params")):
                 raise TypeError(f"Trainer(): {name} must be an rsm model (rsm.MLP, rsm.DiT, "
                                 f"rsm.Guided, ...), got {type(model).__name__}")
+        _guards.check_distinct(policy, ref)
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
-        self.path = resolve_path(cfg, path)
+        # the models' recorded path decides (a preset for another path is refused, rsm.guards)
+        self.path = resolve_path(cfg, _guards.resolve_path(method, cfg["path"], path, policy, ref))
         if policy.dim != ref.dim:
             raise ValueError(f"policy (dim {policy.dim}) and ref (dim {ref.dim}) differ")
         self.geometry = BatchGeometry.from_method(cfg, batch_size, group_size, dim=policy.dim)
@@ -129,7 +143,7 @@ class Trainer:
         self.setting = s = make_setting(cfg, self.path, policy.dtype)
         # the grid; the path's stochastic sampler (Flow-GRPO's SDE on flow, DDPM on VP; its steps
         # define w_i = |K_i| / std_i for the ratio forms and every method's KL report) and
-        # deterministic one, with their step coefficients; PCPO's DDPM std (RSM-SPEC §6.3.6)
+        # deterministic one, with their step coefficients; PCPO's DDPM std (THEORY.md §6.3.6)
         self.ts, self.stochastic, self.deterministic = s.ts, s.stochastic, s.deterministic
         self.sde, self.det_coef, self.pcpo_weight = s.sde, s.det_coef, s.pcpo_weight
         self.optimizer = AdamW(policy, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
@@ -147,6 +161,34 @@ class Trainer:
                               kl_every, kl_samples, kl_grid, kl_noise_level)
         self.kl_every, self.kl_samples, self.kl_grid = self.kl_eval.every, self.kl_eval.samples, self.kl_eval.grid
         self.kl_noise_level, self.kl_seed = self.kl_eval.noise_level, self.kl_eval.seed
+
+    # ---- files and display (rsm.runs) -------------------------------------------------------
+    def save(self, file: Any) -> None:
+        """Write everything a resumed run needs (policy, optimizer and EMA, iteration, history,
+        the reference's digest) to one safetensors file, atomically (rsm.runs)."""
+        from .runs import save_trainer
+
+        save_trainer(self, file)
+
+    @classmethod
+    def load(cls, file: Any, ref: Any, reward: Any = None, *, policy: Any = None,
+             path: Any = None) -> "Trainer":
+        """The trainer saved by `save(file)`, rebuilt around `ref` (checked against the stored
+        digest) and `reward` (optional for rsm.rewards' analytic rewards); stepping it continues
+        bitwise as the run that saved it (rsm.runs.load_trainer)."""
+        from .runs import load_trainer
+
+        return load_trainer(cls, file, ref, reward, policy=policy, path=path)
+
+    def __repr__(self) -> str:
+        from .runs import trainer_repr
+
+        return trainer_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .runs import trainer_html
+
+        return trainer_html(self)
 
     # ---- one iteration ----------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
@@ -234,7 +276,7 @@ class Trainer:
         return np.from_dlpack(out["grads"]), stats
 
     def normalizer(self, batch: Batch) -> float:
-        """The masked-mean denominator of RSM-SPEC §9.2.3: the number of trained rows that carry
+        """The masked-mean denominator of THEORY.md §9.2.3: the number of trained rows that carry
         a signal (valid reward, non-zero-std group), at least 1. Row weights (k_avg / k_i) scale
         the rows but not the denominator."""
         return max(blocks.signal_rows(batch), 1.0)
@@ -320,7 +362,7 @@ class Trainer:
             return cond_rows
         return np.rint(cond_rows[:, 0]).astype(np.int64)
 
-    # ---- path KL to the reference (evaluation, RSM-SPEC §11; rsm.methods.kl_eval) ------------
+    # ---- path KL to the reference (evaluation, THEORY.md §11; rsm.methods.kl_eval) ------------
     def path_kl(self, n: int | None = None, seed: int | None = None, *, ts: Any = None,
                 noise_level: float | None = None, per_step: bool = False) -> Any:
         """KL(P_theta || P_ref) of the CURRENT policy to the reference over whole discretised
@@ -339,44 +381,68 @@ class Trainer:
         return terms if per_step else float(terms.sum())
 
 
-def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", steps: int = 100,
-             batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True,
-             **overrides: Any) -> Run:
+def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", iterations: int | None = None,
+             batch_size: int = 16, group_size: int = 8, seed: int = 0, progress: bool = True, *,
+             steps: int | None = None, resume_from: Any = None, save_every: int = 0,
+             save_path: Any = None, log_with: Any = None, log_dir: Any = "runs/rsm",
+             log_every: int = 1, log_config: dict | None = None, sample_every: int = 0,
+             kl_warn: float | None = 50.0, **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
-    (rsm.methods.names()); hyper-parameters of the preset can be overridden by keyword: the
-    options of rsm.methods.Preset that the preset has (rsm.methods.get(method).options(); each is
-    typed and checked when the preset is built, rsm.methods.options).
+    (rsm.methods.names()) for `iterations` iterations (in total: a resumed run continues to it);
+    hyper-parameters of the preset can be overridden by keyword: the options of
+    rsm.methods.Preset that the preset has (rsm.methods.get(method).options(); each is typed and
+    checked when the preset is built, rsm.methods.options), the sampler's step count as
+    sampler_steps= (steps= is the deprecated alias of iterations=).
     conditions= (class ids [M] or vectors [M, cond_dim]) fine-tunes a conditional model, one
     condition per group (see Trainer); rsm.Guided(policy, w) / rsm.Guided(ref, w) fine-tune with
     classifier-free guidance in the rollouts and the losses. kl_every / kl_samples / kl_grid /
     kl_noise_level set the comparable path-KL column "kl_path" (see Trainer; kl_every=0 turns it
-    off); its network evaluations go to "eval_nfe", not "nfe". Returns Run(policy, history,
-    trainer)."""
+    off); its network evaluations go to "eval_nfe", not "nfe".
+
+    Runs (rsm.runs, rsm.loggers): save_path= writes the trainer file (Trainer.save) at the end
+    and every save_every iterations; resume_from= a trainer file continues that run bitwise;
+    log_with= "csv" | "tensorboard" | "wandb" | fn(row, step) | a list logs every log_every-th
+    history row (to log_dir; log_config: wandb.init's keywords) and, for image models, a grid
+    of samples every sample_every iterations; kl_warn= warns once when kl_path exceeds it
+    (None: never). Returns Run(policy, history, trainer)."""
+    from .runs import RunHooks, restore
+
+    iterations = _guards.iterations_alias(iterations, steps)
     path = overrides.pop("path", None)
     cond = overrides.pop("cond", None)
     conditions = overrides.pop("conditions", None)
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"finetune(): iterations={iterations!r} must be a non-negative int")
     trainer = Trainer(policy, ref, reward, method, path=path, batch_size=batch_size,
                       group_size=group_size, seed=seed, cond=cond, conditions=conditions, **overrides)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"finetune(): steps={steps!r} must be a non-negative int")
+    if resume_from is not None:
+        restore(trainer, resume_from)
+    hooks = RunHooks(trainer, log_with=log_with, log_dir=log_dir, log_every=log_every,
+                     log_config=log_config, sample_every=sample_every, save_every=save_every,
+                     save_path=save_path, kl_warn=kl_warn)
     bar = None
     if progress:
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc=f"finetune {method}", dynamic_ncols=True)
+            bar = tqdm(total=iterations, initial=min(trainer.iteration, iterations),
+                       desc=f"finetune {method}", dynamic_ncols=True)
         except ImportError:  # pragma: no cover
             bar = None
     kl_path = float("nan")   # the bar keeps the last evaluated value between evaluations
+    finished = False
     try:
-        for _ in range(steps):
+        while trainer.iteration < iterations:
             row = trainer.step()
+            hooks.after_step(row)
             if bar is not None:
                 bar.update(1)
                 kl_path = row["kl_path"] if np.isfinite(row["kl_path"]) else kl_path
                 bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3g}",
                                 kl_path=f"{kl_path:.3g}", clip=f"{row['clip_fraction']:.2f}")
+        finished = True
     finally:
+        hooks.close(finished)
         if bar is not None:
             bar.close()
     return Run(policy, trainer.history, trainer)

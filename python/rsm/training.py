@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C, guards
 from ._args import finite_float, positive_int, rows_of, seed_int
 from .sampling import _model_cond
 
@@ -29,6 +29,16 @@ class History(list):
     def to_numpy(self) -> dict[str, np.ndarray]:
         keys = sorted({k for row in self for k in row})
         return {k: self.column(k) for k in keys}
+
+    def __repr__(self) -> str:   # a few columns of the last rows (rsm.display)
+        from .display import history_repr
+
+        return history_repr(self)
+
+    def _repr_html_(self) -> str:
+        from .display import history_html
+
+        return history_html(self)
 
 
 class AdamW:
@@ -118,7 +128,7 @@ def save_checkpoint(path: str, model: Any, optimizer: AdamW | None = None, step:
     tensors = {f"model.{k}": v for k, v in model.named_params().items()}
     meta = {"rsm_class": "Checkpoint", "model_class": type(model).__name__,
             "config": json.dumps(model.config), "seed": str(getattr(model, "seed", 0)),
-            "step": str(int(step))}
+            "step": str(int(step)), **guards.path_metadata(model)}
     if optimizer is not None:
         state = optimizer.state_dict()
         tensors["optimizer.m"] = state["m"]
@@ -164,6 +174,7 @@ def load_checkpoint(path: str, model: Any, optimizer: AdamW | None = None) -> di
         view[...] = tensors[f"model.{name}"]
     if optimizer is not None:
         optimizer._commit_state(pairs, opt_step)
+    guards.restore_path(model, meta)
     return meta
 
 
@@ -271,6 +282,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     _C.pretrain_steps(model._core, optimizer._core, path._core, data, cond, batch_size,
                       t_min, t_max, lr, warmup_steps, int(seed), 0, 0,
                       cond_dropout=cond_dropout, null_cond=null_cond)
+    guards.record_path(model, path)   # saved with the model and its checkpoints (rsm.guards)
     first = 0
     if resume is not None:
         meta = load_checkpoint(resume, model, optimizer)

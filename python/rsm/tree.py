@@ -1,4 +1,4 @@
-"""Branch-GRPO's tree bookkeeping (RSM-SPEC §6.3.8, §7.2): reward fusion from the leaves up,
+"""Branch-GRPO's tree bookkeeping (THEORY.md §6.3.8, §7.2): reward fusion from the leaves up,
 depth-wise advantages, and the width / depth pruning that decides which transitions reach the loss.
 
 Source: Li et al. 2025, "BranchGRPO: Stable and Efficient GRPO with Structured Branching in
@@ -24,7 +24,7 @@ Fusion ("fusion"):
   training script runs with it off (--tree_prob_weighted false), i.e. "mean", rsm's default.
 
 Depth-wise advantages: the nodes of one root at one depth form a group; A = clip((r - mean) /
-(std + eps), +-adv_clip). "adv_std" = "population" (RSM-SPEC §7.2, rsm's group statistics) or
+(std + eps), +-adv_clip). "adv_std" = "population" (THEORY.md §7.2, rsm's group statistics) or
 "sample" (the authors' torch.std, Bessel-corrected). Zero-std groups (e.g. a lone root) get A = 0
 and carry no signal. (The authors use eps = 1e-8 and call a std below 1e-6 zero.)
 

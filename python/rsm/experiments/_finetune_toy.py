@@ -1,4 +1,4 @@
-"""The 2D fine-tuning toy shared by the Fig. 3-6 and Fig. 8-11 experiments (RSM-SPEC §8, §9, §14).
+"""The 2D fine-tuning toy shared by the Fig. 3-6 and Fig. 8-11 experiments (THEORY.md §8, §9, §14).
 
 Reference: an MLP pretrained on 8 gaussians (flow matching, or denoising on the VP path for the
 diffusion presets). Reward: r(x) = -|x - (2, 0)|^2 / 2, alpha = 1, so the reward-tilted target

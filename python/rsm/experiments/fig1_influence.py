@@ -1,5 +1,5 @@
 """Fig. 1 of the paper, temporal optimization strength: the normalized influence h(t) of every
-method preset (RSM-SPEC §4.3), on the flow path and on the diffusion (VP) path, one panel row per
+method preset (THEORY.md §4.3), on the flow path and on the diffusion (VP) path, one panel row per
 family (zeroth-order, first-order, pathwise).
 
 h(t) is not re-derived here: it is rsm.finetune.influence, i.e. the factor between a unit
@@ -8,7 +8,7 @@ rows per root the trainer would build at that step. Presets written for one path
 are shown on that path only; path-agnostic presets ("any") on both. The VP path is the trainer's
 default (rsm.VPPath("linear")).
 
-The claims checked (RSM-SPEC §14, Fig. 1): (a) successful first-order methods reduce value
+The claims checked (THEORY.md §14, Fig. 1): (a) successful first-order methods reduce value
 guidance at low-SNR timesteps; (b) improved zeroth-order methods reduce it at high-SNR timesteps.
 Summary numbers: the share of a method's total strength sum_i h_i spent at low SNR (SNR(t_i) < 1),
 the mean h over its low-SNR and high-SNR steps (less sensitive to where the grid puts its steps),

@@ -1,10 +1,10 @@
 """Fig. 2 of the paper, estimator quality: RMSE of value-guidance estimators Psi_hat against the
-exact Psi on the paper's toy (RSM-SPEC §8): the 3-Gaussian triangle, linear reward
+exact Psi on the paper's toy (THEORY.md §8): the 3-Gaussian triangle, linear reward
 r(x) = -x_1/2 + 3, alpha = 1, Psi = grad log p*_t - grad log p_t in closed form (§12.4).
 
 Two paths: the paper's DDPM (VP, T = 500, beta linear 1e-4..0.03, stride-10 DDPM sampler) and the
 flow path (x_t = (1-t) x0 + t eps, Flow-GRPO's SDE with a = sqrt 2, the time reversal, so that the
-exact Psi is what the stochastic estimators target, RSM-SPEC §3.2). Two noise levels each: low SNR
+exact Psi is what the stochastic estimators target, THEORY.md §3.2). Two noise levels each: low SNR
 (VP index 389, abar = 0.0098 as in the paper; flow t = 0.9) and high SNR (VP index 100,
 abar = 0.73; flow t = 0.4). Two models: the exact mixture denoiser (no network error) and an MLP
 pretrained here with rsm.pretrain (the paper's setting; cached in the output folder).
@@ -301,7 +301,7 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
                     if len(rows) >= 2:
                         std_slopes[f"{key}/{name}"] = _slope(rows, "std")
                     # variance x network evaluations relative to zo-cv at the same N (< 1: cheaper
-                    # for the same variance; the equal-compute comparison of RSM-SPEC §8.4)
+                    # for the same variance; the equal-compute comparison of THEORY.md §8.4)
                     ratios = [r["std"] ** 2 * r["nfe"] / (reference[r["N"]]["std"] ** 2 * reference[r["N"]]["nfe"])
                               for r in rows if r["N"] in reference]
                     if ratios:

@@ -1,4 +1,4 @@
-"""Figs. 3-6: each baseline against its RSM redesign on the 2D toy (RSM-SPEC §9, §14).
+"""Figs. 3-6: each baseline against its RSM redesign on the 2D toy (THEORY.md §9, §14).
 
 Every method fine-tunes the same pretrained reference toward r(x) = -|x - (2, 0)|^2 / 2 under the
 same network-evaluation budget (per panel), several seeds. At fixed NFE checkpoints the policy is
@@ -9,7 +9,7 @@ excluded), reward calls, and per-timestep clip fractions (Fig. 3c).
 
 Panels
   zo-branch  TempFlow-GRPO vs rsm-zo (timestep-fair matching hinge, fairclip2) for each budget
-             profile of RSM-SPEC §9.2.4 (base, highsnr, highsnr2, lowsnr, lowsnr2 = the preset)
+             profile of THEORY.md §9.2.4 (base, highsnr, highsnr2, lowsnr, lowsnr2 = the preset)
   zo-sde     Flow-GRPO, DanceGRPO, GRPO-Guard, PCPO (+ Branch-GRPO once merged) vs rsm-zo
   fo         pruned VGG-Flow (+ Residual nabla-DB, SQDF, ReFL once merged), Adjoint Matching,
              DRaFT vs rsm-fo (terminal estimator); the Fig. 6 estimator ablation (Tweedie vs
@@ -43,7 +43,7 @@ NAME = "fig3-6-finetune"
 TITLE = "Figs. 3-6: baselines vs RSM redesigns on the 2D toy (reward vs NFE / time / KL, distance to p*)"
 
 # Shared hyper-parameters of a family (so that a pair differs only in what defines the method).
-# Zeroth order: 2 optimizer updates per rollout as in the paper's code (RSM-SPEC §9.2.6), so the
+# Zeroth order: 2 optimizer updates per rollout as in the paper's code (THEORY.md §9.2.6), so the
 # trust region (clip threshold) acts; first order: lambda = 2 / alpha for the terminal estimator
 # with eta = 1 - t, and twice that for eta = (1 - t)^2 (the paper's 3e7 vs 1.5e7, §9.4).
 ZO = {"lr": 1e-3, "inner_epochs": 2}

@@ -1,4 +1,4 @@
-"""Figs. 8-11: the auxiliary mechanisms the RSM redesigns prune (RSM-SPEC §10, §14), on the 2D toy.
+"""Figs. 8-11: the auxiliary mechanisms the RSM redesigns prune (THEORY.md §10, §14), on the 2D toy.
 
   Fig. 8   |g_phi| (VGG-Flow's learned value-gradient refinement) and |h_phi| (Residual nabla-DB's
            learned residual) against the analytic reward-gradient term they refine, along

@@ -1,5 +1,5 @@
 """Figs. 3-6 on images: baselines vs RSM redesigns fine-tuning class-conditional DiTs with LoRA
-adapters and classifier-free-guided rollouts (RSM-SPEC §9, §14; issue 4 "on images", issue 5 "DiT
+adapters and classifier-free-guided rollouts (THEORY.md §9, §14; issue 4 "on images", issue 5 "DiT
 with CFG and LoRA end to end on digits and procedural images with all four reward kinds").
 
 References (pretrained once per run and cached in the output folder; reused when present):

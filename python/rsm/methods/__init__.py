@@ -1,4 +1,4 @@
-"""Fine-tuning methods as presets of the one RSM objective (RSM-SPEC §6, §12.6).
+"""Fine-tuning methods as presets of the one RSM objective (THEORY.md §6, §12.6).
 
 A preset (rsm.methods.Preset, frozen and typed) holds the hyper-parameters rsm.Trainer reads: the rollout (sampler, steps, noise
 level, branching budget), the estimator of the value guidance Psi, and how the objective weighs it
@@ -16,7 +16,7 @@ a budget k_i), "tree" (Branch-GRPO: SDE everywhere, every node splits into `bran
 mean or by path probability, normalised per (root, depth); width/depth pruning, see rsm.tree),
 "ode" (first-order), "refl" (ODE down to a random late step, one Tweedie jump).
 
-Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in RSM-SPEC §6.2).
+Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 
 The package, one concept per module:
   presets      Preset, the preset table, BUDGETS, names / get
@@ -45,12 +45,13 @@ from .presets import BUDGETS, PRESETS, SOURCES, Preset, get, names
 __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence", "names", "table"]
 
 
-def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]:
+def table(path: Any = None, with_influence: bool = True) -> Any:
     """One row per preset: estimator, objective form, reweighting, clip, KL (and the beta of the
     ODE KL-anchor rows), rollout/branching, and per timestep t (for the preset's own path unless
     `path` is given and matches), read off the engine (rsm.methods.influence): C1, gamma, the relative trust-region weight C2, the
     first-order estimator's weight |Psi_hat|/|g| ("psi_scale"), and the normalized influence h(t)
-    (RSM-SPEC §4.3). Untrained steps hold None."""
+    (THEORY.md §4.3). Untrained steps hold None. The list prints as a table (plain text, or HTML
+    in a notebook, via pandas when installed); .to_pandas() gives a DataFrame."""
     rows = []
     for name in names():
         p = PRESETS[name]
@@ -69,4 +70,6 @@ def table(path: Any = None, with_influence: bool = True) -> list[dict[str, Any]]
             rows[-1]["h"] = [round(float(v), 4) for v in info["h"]]
             for key, name in (("C1", "c1"), ("gamma", "gamma"), ("C2", "c2"), ("psi_scale", "psi_scale")):
                 rows[-1][key] = [None if not np.isfinite(v) else float(f"{v:.6g}") for v in info[name]]
-    return rows
+    from ..display import Table   # a list of the row dicts that prints as a table
+
+    return Table(rows, columns=[k for k in rows[0] if k not in ("t", "h", "C1", "gamma", "C2", "psi_scale")])

@@ -1,5 +1,5 @@
 """The coefficient rules: estimator x weighting -> the per-row coefficients of the one objective
-(csrc/objective.h, RSM-SPEC §4.1, §12.6). One pure function per estimator,
+(csrc/objective.h, THEORY.md §4.1, §12.6). One pure function per estimator,
 
     rule(s: Setting, row: dict, batch: Batch, n: int) -> (coef [n, ROW_FIELDS], form, extra)
 
@@ -17,7 +17,7 @@ from ..objective import row_coefficients
 from .presets import Preset
 from .setting import Setting
 
-PCPO_ZETA = 4.3152134639895925  # PCPO's flow reweighting constant (RSM-SPEC §6.3.7)
+PCPO_ZETA = 4.3152134639895925  # PCPO's flow reweighting constant (THEORY.md §6.3.7)
 
 Rule = Callable[[Setting, dict, Any, int], "tuple[np.ndarray, str, dict]"]
 
@@ -39,7 +39,7 @@ def refl(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, di
     """ReFL: L = -lambda mean r(x0_hat(u)); at the current outputs its cotangent is
     -lambda (d x0_hat / du) g / n, written as the RSM loss (1/2)|u - (sg(u) + Psi)|^2 with
     Psi = lambda (d x0_hat / du) g in output units (conv = 1; the gamma -> inf pathwise limit of
-    RSM-SPEC §6.3.11): its gradient at u = sg(u) is -Psi."""
+    THEORY.md §6.3.11): its gradient at u = sg(u) is -Psi."""
     c, w, weight = _weights(s, row, batch)
     p_u = float(np.from_dlpack(s.path.x0_hat(np.zeros((1, 1)), np.ones((1, 1)),
                                              np.full(1, c["t"])))[0, 0])
@@ -58,7 +58,7 @@ ETAS: dict[str, Callable[[float], float]] = {   # the velocity rule's time weigh
 def fo_velocity(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, dict]:
     """fo-terminal (g = grad r(x0) reused at every t) and fo-tweedie (g at the row's Tweedie
     point): velocity regression written as the RSM loss with conv = 1 (the score difference
-    scaled into velocity units, RSM-SPEC L6): C1 = 1, gamma Psi = -lambda eta(t) g."""
+    scaled into velocity units, THEORY.md §5 L6): C1 = 1, gamma Psi = -lambda eta(t) g."""
     c, w, weight = _weights(s, row, batch)
     eta = ETAS[s.cfg["eta"]](c["t"])
     g = (batch["grad_rows"][row["index"]] if s.cfg["estimator"] == "fo-tweedie"
@@ -69,7 +69,7 @@ def fo_velocity(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, 
 
 
 def fo_residual(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, dict]:
-    """Forward residual (RSM-SPEC §6.3.3, §12.5): R = kappa (mu - mu_ref)/std^2 - lambda a g with
+    """Forward residual (THEORY.md §6.3.3, §12.5): R = kappa (mu - mu_ref)/std^2 - lambda a g with
     mu - mu_ref = K (eps - eps_ref):
       |R|^2 = (kappa K/std^2)^2 |d eps - lambda a std^2/(kappa K) g|^2,
     plus reg |eps - eps_old|^2 = C1 C2 |.|^2 (the trust region toward theta_old).
@@ -92,7 +92,7 @@ def fo_residual(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, 
 
 
 def fo_soft_q(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, dict]:
-    """SQDF (RSM-SPEC §6.3.2): per row alpha KL_i - gamma_d Q(x'), x' = mu_theta + std z, gradient
+    """SQDF (THEORY.md §6.3.2): per row alpha KL_i - gamma_d Q(x'), x' = mu_theta + std z, gradient
     [alpha (mu - mu_ref)/std^2 - gamma_d grad Q(x')] dmu/dtheta, i.e. the loss
     (alpha/(2 std^2)) |mu - mu_ref - (std^2 gamma_d/alpha) grad Q|^2; with mu - mu_ref =
     K (u - u_ref): C1 = alpha K^2/(2 std^2), Psi = std^2 gamma_d/(alpha K) g."""
@@ -108,7 +108,7 @@ def fo_soft_q(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, st
 
 
 def fo_next(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, dict]:
-    """FO-next (g at the row's sampled next state, RSM-SPEC §7.1): SQDF's soft-Q loss when the
+    """FO-next (g at the row's sampled next state, THEORY.md §7.1): SQDF's soft-Q loss when the
     preset has a `discount`, else the forward residual of Residual nabla-DB."""
     return (fo_soft_q if "discount" in s.cfg else fo_residual)(s, row, batch, n)
 
@@ -130,7 +130,7 @@ def _base(cfg: Preset, c: dict, w: float, st: float) -> tuple:
     return w, 1.0, 1.0, 1.0
 
 
-def _fairclip2(cfg: Preset, c: dict, w: float, st: float) -> tuple:   # RSM-SPEC §9.2.3
+def _fairclip2(cfg: Preset, c: dict, w: float, st: float) -> tuple:   # THEORY.md §9.2.3
     dt = c["dt"]
     return w, st**2 * dt, st / (np.sqrt(dt) * st**2 * dt), st**2 * dt
 
@@ -201,7 +201,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-# ---- KL-anchor rows (branch rollouts, RSM-SPEC §9.2.5, §9.3) ---------------------------------
+# ---- KL-anchor rows (branch rollouts, THEORY.md §9.2.5, §9.3) ---------------------------------
 def anchor_beta(cfg: Preset) -> float:
     """The KL-anchor rows' beta: kl_anchor, or the preset's kl when kl_anchor is None."""
     beta = cfg.get("kl_anchor", 0.0)

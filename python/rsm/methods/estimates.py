@@ -78,7 +78,7 @@ def adjoint(tr: Any, batch: Batch) -> None:
 
 
 def next_state(tr: Any, batch: Batch) -> None:
-    """fo-next (RSM-SPEC §7.1): g = grad_{x'} r(x0_hat(x')) at each row's sampled next state,
+    """fo-next (THEORY.md §7.1): g = grad_{x'} r(x0_hat(x')) at each row's sampled next state,
     through the Tweedie jump of the rollout policy (Residual nabla-DB) or of the reference (SQDF's
     training-free soft-Q); one reward call per trained step."""
     terminal(tr, batch)

@@ -1,4 +1,4 @@
-"""The per-timestep optimization strength of a preset (RSM-SPEC §4.3), read off the coefficient
+"""The per-timestep optimization strength of a preset (THEORY.md §4.3), read off the coefficient
 rules themselves on synthetic rows: no model, no Trainer."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _rows_per_root(cfg: Any, steps: int) -> list[float]:
 
 
 def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.ndarray]:
-    """Per-timestep optimization strength of a preset, from the engine itself (RSM-SPEC §4.3):
+    """Per-timestep optimization strength of a preset, from the engine itself (THEORY.md §4.3):
 
       kappa_i  the factor between the unit estimator (A z = e for zeroth-order rows, g = e for
                first-order rows) and the cotangent dL/du the objective returns at theta = theta_old
@@ -51,7 +51,7 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
       n_i      trained rows per root at step i times the per-row multiplier (k_avg / k_i);
       h_i      kappa_i n_i / mean_j(kappa_j n_j)   (the normalized influence metric);
       c1, gamma, c2, conv
-               the per-row coefficients the trainer hands the objective at step i (RSM-SPEC
+               the per-row coefficients the trainer hands the objective at step i (docs/THEORY.md
                §4.1: C1, gamma, the relative trust-region weight C2 — invariant under the change
                of output space — and the output-space conversion factor); NaN where the step
                is not trained;
@@ -61,6 +61,8 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
 
     No models are evaluated: the rows are synthetic, the coefficients are the trainer's
     (rsm.methods.coefficients.RULES), on the Setting a Trainer of this preset would have."""
+    if "sampler_steps" in overrides:   # the sampler's step count, as rsm.finetune names it
+        overrides = {**overrides, "steps": overrides.pop("sampler_steps")}
     cfg = get(method, **overrides)
     path = resolve_path(cfg, path)
     s = make_setting(cfg, path, "float64")

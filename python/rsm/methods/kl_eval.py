@@ -1,4 +1,4 @@
-"""The comparable KL column of a fine-tuning run ("kl_path", RSM-SPEC §11): KL(P_theta || P_ref)
+"""The comparable KL column of a fine-tuning run ("kl_path", THEORY.md §11): KL(P_theta || P_ref)
 of the whole discretised path of one fixed SDE, on fixed evaluation noise, every `kl_every`
 iterations (rsm.kl does the computation; this is when, on what, with which seed)."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The method presets: every fine-tuning method as a frozen, typed `Preset` of the one RSM
-objective's hyper-parameters (RSM-SPEC §6, §12.6), with the source it follows.
+objective's hyper-parameters (THEORY.md §6, §12.6), with the source it follows.
 
 A preset names its rollout (sampler, steps, noise level, branching budget), the estimator of the
 value guidance Psi and how the objective weighs it (form, reweighting, clip threshold, KL anchor).
@@ -22,7 +22,7 @@ _COMMON_ZO = {
     "adv_clip": 5.0, "mean_over_dims": True, "train_steps": "all", "inner_epochs": 1,
     "max_grad_norm": 1.0, "weight_decay": 1e-4, "noise_level": 0.7, "shift": 3.0, "lr": 1e-3,
     "accumulate": 1,
-    # ODE KL-anchor rows of branch rollouts (RSM-SPEC §9.2.5, §9.3): the root states at the
+    # ODE KL-anchor rows of branch rollouts (THEORY.md §9.2.5, §9.3): the root states at the
     # transitions the budget leaves at k_i = 0 (not the last one), trained only by the KL term
     # kl_anchor (w^2 / 2) mean|u - u_ref|^2. kl_anchor: its beta (None: the preset's "kl");
     # kl_anchor_weight: w, "sampler" (|K_i| / std_i of the step's SDE) or a constant;
@@ -41,7 +41,7 @@ _COMMON_FO = {
     "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all", "accumulate": 1,
 }
 
-# the forward residual on DDPM rollouts (RSM-SPEC §6.3.3): the diffusion first-order redesign and
+# the forward residual on DDPM rollouts (THEORY.md §6.3.3): the diffusion first-order redesign and
 # Residual nabla-DB differ in kappa, a(t) and where g is taken
 _RESIDUAL = {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform", "reg": 1.0}
 
@@ -103,7 +103,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                "description": "RSM zeroth-order redesign (flow): localised stochasticity, low-SNR "
                               "budget (lowsnr2), timestep-fair matching hinge, KL on the branch "
                               "rows and ODE-anchor rows at the untrained steps"},
-    # RSM-SPEC §9.3: the branches' single stochastic step uses PCPO's std (w = 4.5, §6.3.6),
+    # THEORY.md §9.3: the branches' single stochastic step uses PCPO's std (w = 4.5, §6.3.6),
     # which also sets the step's mean coefficient K and so the KL weight |K|/std; the hinge
     # uses PCPO's constant log-ratio weight w' = 4.5 / 8.70575 (reweight "base" would use
     # |K|/std of that step instead)
@@ -170,7 +170,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Branching budgets k_0..k_8 of RSM-SPEC §9.2.4 (10-step SD3 grid; transition i = 0 is the noisiest).
+# Branching budgets k_0..k_8 of THEORY.md §9.2.4 (10-step SD3 grid; transition i = 0 is the noisiest).
 BUDGETS: dict[str, list[int]] = {
     "base": [6, 6, 6, 6, 6, 6, 6, 6, 6],
     "highsnr": [3, 3, 4, 5, 6, 7, 7, 8, 11],
@@ -318,35 +318,35 @@ def _unknown_options_message(preset: Preset, unknown: list[str]) -> str:
             f"it has {sorted(preset.options())}")
 
 
-# Where each preset comes from (RSM-SPEC sections; the papers named there).
+# Where each preset comes from (docs/THEORY.md sections; the papers named there).
 SOURCES: dict[str, str] = {
-    "flow-grpo": "Flow-GRPO (Liu et al. 2025): GRPO on the flow SDE, KL beta 0.004; RSM-SPEC §6.3.5",
+    "flow-grpo": "Flow-GRPO (Liu et al. 2025): GRPO on the flow SDE, KL beta 0.004; THEORY.md §6.3.5",
     "dance-grpo": "DanceGRPO (Xue et al. 2025): no KL, shared initial noise, timestep subsampling; "
-                  "RSM-SPEC §6.3.5",
-    "ddpo": "DDPO (Black et al. 2024): PPO on DDPM transitions; RSM-SPEC §6.3.5",
-    "grpo-guard": "GRPO-Guard (Wang et al., arXiv 2510.22319): RatioNorm, 1/dt; RSM-SPEC §6.3.10",
-    "pcpo": "PCPO-reweight, flow (the paper's code, sd3_train_shared.py): zeta dt; RSM-SPEC §6.3.7",
-    "pcpo-base": "PCPO-base: clip on 1 + log rho; RSM-SPEC §6.3.5",
-    "reinforce-kl": "REINFORCE + KL (DPOK-like); RSM-SPEC §6.3.4",
+                  "THEORY.md §6.3.5",
+    "ddpo": "DDPO (Black et al. 2024): PPO on DDPM transitions; THEORY.md §6.3.5",
+    "grpo-guard": "GRPO-Guard (Wang et al., arXiv 2510.22319): RatioNorm, 1/dt; THEORY.md §6.3.10",
+    "pcpo": "PCPO-reweight, flow (the paper's code, sd3_train_shared.py): zeta dt; THEORY.md §6.3.7",
+    "pcpo-base": "PCPO-base: clip on 1 + log rho; THEORY.md §6.3.5",
+    "reinforce-kl": "REINFORCE + KL (DPOK-like); THEORY.md §6.3.4",
     "pcpo-diffusion": "PCPO-reweight, diffusion 'uw-sigma' (the paper's code, sd15_zeroth_order); "
-                      "RSM-SPEC §6.3.6",
+                      "THEORY.md §6.3.6",
     "branch-grpo": "Branch-GRPO (Li et al., arXiv 2509.06040), the authors' released script's "
-                   "defaults; RSM-SPEC §6.3.8",
+                   "defaults; THEORY.md §6.3.8",
     "tempflow-grpo": "TempFlow-GRPO (He et al., arXiv 2508.04324): branch sampler, budget base, "
-                     "reweight tempflow; RSM-SPEC §6.3.9",
-    "rsm-zo": "RSM zeroth-order redesign, flow (Lee et al., arXiv 2604.17415); RSM-SPEC §9.2",
+                     "reweight tempflow; THEORY.md §6.3.9",
+    "rsm-zo": "RSM zeroth-order redesign, flow (Lee et al., arXiv 2604.17415); THEORY.md §9.2",
     "rsm-zo-diffusion": "RSM zeroth-order redesign, diffusion (Lee et al., arXiv 2604.17415); "
-                        "RSM-SPEC §9.3",
-    "rsm-fo": "RSM first-order redesign, flow (Lee et al., arXiv 2604.17415); RSM-SPEC §9.4",
-    "vgg-flow": "VGG-Flow, pruned (Liu et al., NeurIPS 2025); RSM-SPEC §6.3.1",
+                        "THEORY.md §9.3",
+    "rsm-fo": "RSM first-order redesign, flow (Lee et al., arXiv 2604.17415); THEORY.md §9.4",
+    "vgg-flow": "VGG-Flow, pruned (Liu et al., NeurIPS 2025); THEORY.md §6.3.1",
     "rsm-fo-diffusion": "RSM first-order redesign, diffusion (Lee et al., arXiv 2604.17415); "
-                        "RSM-SPEC §9.5",
-    "residual-ndb": "Residual nabla-DB, pruned (Nabla-GFlowNet, Liu et al., ICLR 2025); RSM-SPEC §6.3.3",
+                        "THEORY.md §9.5",
+    "residual-ndb": "Residual nabla-DB, pruned (Nabla-GFlowNet, Liu et al., ICLR 2025); THEORY.md §6.3.3",
     "sqdf": "SQDF without consistency model / replay buffer (Kang et al., ICLR 2026, arXiv "
-            "2512.04559); RSM-SPEC §6.3.2",
-    "adjoint-matching": "Adjoint Matching, lean adjoint (Domingo-Enrich et al. 2024); RSM-SPEC §6.3.11",
-    "draft": "DRaFT-K (Clark et al. 2024): pathwise; RSM-SPEC §6.3.11",
-    "refl": "ReFL (Xu et al. 2023, ImageReward): one Tweedie jump; RSM-SPEC §6.3.11",
+            "2512.04559); THEORY.md §6.3.2",
+    "adjoint-matching": "Adjoint Matching, lean adjoint (Domingo-Enrich et al. 2024); THEORY.md §6.3.11",
+    "draft": "DRaFT-K (Clark et al. 2024): pathwise; THEORY.md §6.3.11",
+    "refl": "ReFL (Xu et al. 2023, ImageReward): one Tweedie jump; THEORY.md §6.3.11",
 }
 
 PRESETS: dict[str, Preset] = {name: Preset(name=name, source=SOURCES[name], **options)

@@ -23,7 +23,7 @@ class Setting:
     deterministic: str        # "ode" (flow) | "ddim" (VP)
     sde: list                 # step coefficients of the stochastic sampler: w_i = |K_i| / std_i
     det_coef: list            # step coefficients of the deterministic sampler (DRaFT, VGG-Flow g_phi)
-    pcpo_weight: float        # PCPO's DDPM std weight (RSM-SPEC §6.3.6); 0: the plain sampler
+    pcpo_weight: float        # PCPO's DDPM std weight (THEORY.md §6.3.6); 0: the plain sampler
     dtype: str                # the policy's dtype (Psi is handed to the objective in it)
 
 

@@ -38,7 +38,7 @@ def blocks(policy: Any, s: Setting, batch: Any, normalizer: float = 1.0,
         if "u_ref" not in row:
             row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
         c = s.sde[i]
-        # the train-time KL of this step (history "kl"; RSM-SPEC §11): per sample
+        # the train-time KL of this step (history "kl"; THEORY.md §11): per sample
         # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
         # comparable whole-path KL)
         if anchor:

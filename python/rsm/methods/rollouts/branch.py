@@ -1,8 +1,8 @@
 """Branch rollouts (TempFlow-GRPO, the zeroth-order redesigns rsm-zo / rsm-zo-diffusion): an ODE
 root per condition, then k_i single-step SDE branches from the root state at t_i, each continued
-by the ODE to t = 0 (stochasticity localisation, RSM-SPEC §9.2.1): one C call
+by the ODE to t = 0 (stochasticity localisation, THEORY.md §9.2.1): one C call
 (csrc/train/rollout.h), which calls the reward once on every branch end. The one stochastic step
-is the method's (PCPO's std when pcpo_weight > 0: the SD1.5 redesign, RSM-SPEC §9.3), the same
+is the method's (PCPO's std when pcpo_weight > 0: the SD1.5 redesign, THEORY.md §9.3), the same
 step Setting.sde[i] weighs in the loss. Also the ODE KL-anchor rows at the untrained steps."""
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def rollout(tr: Any) -> Batch:
 
 def kl_anchor_rows(tr: Any, root_xs: np.ndarray, budget: list, transition_rows: int,
                    k_avg: float) -> list:
-    """The ODE KL-anchor rows of a branch rollout (RSM-SPEC §9.2.5, §9.3): the root states
+    """The ODE KL-anchor rows of a branch rollout (THEORY.md §9.2.5, §9.3): the root states
     x_{t_i} at the budget's k_i = 0 transitions (i < len(preset budget), never the last
     transition), which no branch trains. With kl_anchor_max_ratio r, at most
     max(1, int(r * transition_rows)) (root, step) pairs, a random subset drawn from the

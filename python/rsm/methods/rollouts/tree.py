@@ -1,4 +1,4 @@
-"""Branch-GRPO's tree (RSM-SPEC §6.3.8, §7.2): SDE steps everywhere; before each of the `split`
+"""Branch-GRPO's tree (THEORY.md §6.3.8, §7.2): SDE steps everywhere; before each of the `split`
 evenly spaced split steps every node splits into `branch` children, which share the node's state
 (the C sampler's branching), and the reward is called once on the leaves. Training rows are the
 distinct transitions (node at t_i -> child at t_{i+1}) of the trained steps less the
