@@ -18,8 +18,8 @@ TORCH_INDEX ?=
 VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
-DEPS := numpy scipy-openblas32 tqdm pytest safetensors matplotlib scikit-learn pillow pyyaml mypy \
-	"setuptools>=77" wheel mpi4py mpich ray
+DEPS := numpy scipy-openblas32 tqdm pytest hypothesis safetensors matplotlib scikit-learn pillow pyyaml \
+	mypy "setuptools>=77" wheel mpi4py mpich ray
 # torch for `make test-torch` (the torch.distributed backend's tests; a multi-GB download from
 # PyPI with its CUDA libraries, or TORCH_INDEX=https://download.pytorch.org/whl/cpu for ~200 MB)
 TORCH_VENV := .venv-torch
@@ -46,7 +46,7 @@ define print_summary
 	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
 endef
 
-.PHONY: help demo demo-images test test-quick test-torch test-asan bench build clean distclean format
+.PHONY: help demo demo-images test test-quick test-torch test-asan fuzz bench build clean distclean format
 
 help:
 	@echo "rsm make targets:"
@@ -56,6 +56,7 @@ help:
 	@echo "  make test-quick the suite without its slow and longest tests (about 70 s of CPU; tests/quick_skip.txt)"
 	@echo "  make test-torch the distributed tests under torch.distributed/gloo (.venv-torch: .venv + torch)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
+	@echo "  make fuzz       fuzz the model/checkpoint loaders and the DLPack importer for FUZZ_SECONDS"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
 	@echo "  make build      rebuild the extension in .venv now (e.g. after changing RSM_* knobs)"
 	@echo "  make format     clang-format -i on csrc/ and kernels/"
@@ -111,6 +112,14 @@ test-torch: $(TORCH_VENV)/.build-stamp
 	cd /tmp && $(abspath $(TORCH_VENV))/bin/python -m pytest $(abspath tests/test_distributed.py) \
 		-q -p no:cacheprovider -k torch $(PYTEST_ARGS)
 
+# ---- fuzzing: tests/fuzz_harness.py for FUZZ_SECONDS (make test runs its corpus and a short run) -
+# Random (not derandomized) Hypothesis cases, each in a forked child; prints the counts as JSON;
+# failing inputs go to build/fuzz-failures/ (add them to tests/fuzz_corpus/ once fixed).
+FUZZ_SECONDS ?= 600
+
+fuzz: $(VENV)/.build-stamp
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(VENV)/bin/python tests/fuzz_harness.py --seconds $(FUZZ_SECONDS)
+
 # ---- .venv-asan: AddressSanitizer + UBSan --------------------------------------------------------
 # A regular (not editable) install, so that the instrumented extension never replaces the one in
 # python/rsm; objects go to build/asan/. CUDA is left out (nvcc code is not instrumented anyway).
@@ -121,7 +130,9 @@ test-torch: $(TORCH_VENV)/.build-stamp
 # Tests marked `multiprocess` (mpiexec, torchrun, Ray: launchers and daemons that would inherit
 # the preloaded libasan) are left out too; the C paths they drive are the same as in-process.
 # Tests marked `slow` (long training runs whose C paths the fast tests already cover) are left
-# out here: under the sanitizers they take minutes and check convergence, not memory.
+# out here: under the sanitizers they take minutes and check convergence, not memory. The fuzz
+# corpus and the short fuzz run (tests/test_fuzz.py) are included: their forked children inherit
+# the sanitizer environment, so a memory error in any case fails the run.
 
 $(ASAN_VENV)/.deps-stamp: pyproject.toml
 	$(PYTHON) -m venv $(ASAN_VENV)

@@ -83,7 +83,7 @@
 
 /* ---- nn/mlp_real.c (nn/mlp.h) -------------------------------------------------------------- */
 #define RSM_API_MLP(X, R, P)                                                                       \
-    X(void, P(rsm_mlp_init_params_f32, rsm_mlp_init_params_f64),                                  \
+    X(rsm_status, P(rsm_mlp_init_params_f32, rsm_mlp_init_params_f64),                            \
       (const rsm_mlp *mlp, uint64_t seed))                                                         \
     X(rsm_status, P(rsm_mlp_forward_f32, rsm_mlp_forward_f64),                                    \
       (rsm_mlp *mlp, int64_t n, const R *x, const R *t, const R *cond, R *out))                    \
@@ -94,10 +94,11 @@
 /* dit_op: test hook, forward and backward of one op (name: "layernorm", "modulate",
  * "gated_residual", "attention", "gelu", "patchify"); see dit_real.c for the argument packing. */
 #define RSM_API_DIT(X, R, P)                                                                       \
-    X(void, P(rsm_dit_init_params_f32, rsm_dit_init_params_f64),                                  \
+    X(rsm_status, P(rsm_dit_init_params_f32, rsm_dit_init_params_f64),                            \
       (const rsm_dit *dit, uint64_t seed))                                                         \
     X(void, P(rsm_dit_init_pos_f32, rsm_dit_init_pos_f64), (const rsm_dit *dit))                   \
-    X(void, P(rsm_dit_init_lora_f32, rsm_dit_init_lora_f64), (const rsm_dit *dit, uint64_t seed))  \
+    X(rsm_status, P(rsm_dit_init_lora_f32, rsm_dit_init_lora_f64),                                \
+      (const rsm_dit *dit, uint64_t seed))                                                         \
     X(int64_t, P(rsm_dit_activation_elems_f32, rsm_dit_activation_elems_f64),                     \
       (const rsm_dit *dit, int64_t n))                                                             \
     X(rsm_status, P(rsm_dit_forward_f32, rsm_dit_forward_f64),                                    \

@@ -1,5 +1,6 @@
 /* sampler.c: validation and per-step Gaussian coefficients of the samplers (see sampler.h). */
 #include "sampler.h"
+#include "checked.h"
 
 #include <math.h>
 
@@ -68,12 +69,21 @@ rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg)
     return RSM_OK;
 }
 
-int64_t
-rsm_sampler_final_rows(const rsm_sampler_config *cfg, int64_t n)
+rsm_status
+rsm_sampler_final_rows(const rsm_sampler_config *cfg, int64_t n, int64_t dim, int64_t *rows)
 {
-    int64_t rows = n;
-    for (int64_t b = 0; b < cfg->num_branch_steps; b++) rows *= cfg->branch_factor;
-    return rows;
+    int ok = 1;
+    int64_t r = n;
+    for (int64_t b = 0; b < cfg->num_branch_steps; b++) r = rsm_size_mul(r, cfg->branch_factor, &ok);
+    /* the trajectory's [steps + 1, rows, dim] must be a size too */
+    RSM_CHECK(rsm_size_within(rsm_size_mul3(r, dim, cfg->steps + 1, &ok), ok), RSM_ERR_VALUE,
+              "n=%lld rows split by branch_factor=%lld at %lld branch_steps, of dim=%lld over "
+              "%lld steps, are more than 2^%d values: n or branch_factor is too large "
+              "(see csrc/checked.h)",
+              (long long)n, (long long)cfg->branch_factor, (long long)cfg->num_branch_steps,
+              (long long)dim, (long long)cfg->steps, RSM_MAX_ELEMS_LOG2);
+    *rows = r;
+    return RSM_OK;
 }
 
 /* velocity = alpha' x0_hat + sigma' eps_hat, as coefficients on (x, u) */

@@ -73,7 +73,10 @@ rsm_status rsm_sampler_check(const rsm_path *path, const rsm_sampler_config *cfg
 rsm_step_coef rsm_sampler_step_coef(const rsm_path *path, const rsm_sampler_config *cfg,
                                     int64_t step);
 /* Rows after all branch points: n * branch_factor ^ num_branch_steps. */
-int64_t rsm_sampler_final_rows(const rsm_sampler_config *cfg, int64_t n);
+/* Overflow-checked: RSM_ERR_VALUE naming n and branch_factor when rows * dim * (steps + 1) is
+ * above RSM_MAX_ELEMS (csrc/checked.h). */
+rsm_status rsm_sampler_final_rows(const rsm_sampler_config *cfg, int64_t n, int64_t dim,
+                                  int64_t *rows);
 
 /* Outputs of a sampling run; every pointer except x_final may be NULL. N = final rows. The
  * fields once, for real_t = R: rsm_trajectory_f32 and rsm_trajectory_f64 below. */

@@ -62,7 +62,8 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
               "the model is conditional (cond_dim=%lld): cond is required",
               (long long)model->cond_dim);
     const int64_t D = model->dim, C = cond ? model->cond_dim : 0, S = cfg->steps;
-    const int64_t N = rsm_sampler_final_rows(cfg, n);
+    int64_t N;
+    RSM_TRY(rsm_sampler_final_rows(cfg, n, D, &N));
     real_t *x = NULL, *u = NULL, *x_next = NULL, *t_buf = NULL, *c_buf = NULL, *z = NULL;
     real_t *mean = NULL, *x_euler = NULL, *u2 = NULL;
     x = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));

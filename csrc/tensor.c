@@ -1,5 +1,6 @@
 /* tensor.c: dtype tables, contiguity, strided copies and aligned allocation for rsm_tensor. */
 #include "tensor.h"
+#include "checked.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,42 @@ rsm_tensor_numel(const rsm_tensor *t)
     int64_t n = 1;
     for (int32_t i = 0; i < t->ndim; i++) n *= t->shape[i];
     return n;
+}
+
+rsm_status
+rsm_dl_check(const DLTensor *dl)
+{
+    RSM_CHECK(dl->ndim >= 0 && dl->ndim <= RSM_MAX_NDIM, RSM_ERR_BUFFER,
+              "ndim=%d is outside [0, %d]", (int)dl->ndim, RSM_MAX_NDIM);
+    RSM_CHECK(dl->ndim == 0 || dl->shape != NULL, RSM_ERR_BUFFER,
+              "shape is NULL with ndim=%d", (int)dl->ndim);
+    int ok = 1, empty = 0;
+    int64_t numel = 1, extent = 0; /* extent: elements between the first and the farthest one */
+    for (int32_t i = 0; i < dl->ndim; i++) {
+        const int64_t d = dl->shape[i];
+        RSM_CHECK(d >= 0, RSM_ERR_BUFFER, "shape[%d]=%lld is negative", (int)i, (long long)d);
+        numel = rsm_size_mul(numel, d, &ok);
+        RSM_CHECK(ok && numel <= RSM_MAX_ELEMS, RSM_ERR_BUFFER,
+                  "shape[%d]=%lld makes more than 2^%d elements (the shape overflows)", (int)i,
+                  (long long)d, RSM_MAX_ELEMS_LOG2);
+        if (d == 0) empty = 1;
+    }
+    if (empty) return RSM_OK; /* an empty tensor is never read: data and strides do not matter */
+    for (int32_t i = 0; i < dl->ndim && dl->strides != NULL; i++) {
+        const int64_t d = dl->shape[i], s = dl->strides[i];
+        if (d == 1) continue; /* its stride is never used */
+        RSM_CHECK(s > INT64_MIN, RSM_ERR_BUFFER, "strides[%d]=%lld is out of range", (int)i,
+                  (long long)s);
+        extent = rsm_size_add(extent, rsm_size_mul(d - 1, s < 0 ? -s : s, &ok), &ok);
+        RSM_CHECK(ok && extent <= RSM_MAX_ELEMS, RSM_ERR_BUFFER,
+                  "strides[%d]=%lld with shape[%d]=%lld reach more than 2^%d elements", (int)i,
+                  (long long)s, (int)i, (long long)d, RSM_MAX_ELEMS_LOG2);
+    }
+    RSM_CHECK(dl->data != NULL || numel == 0, RSM_ERR_BUFFER,
+              "data is NULL but the shape holds %lld elements", (long long)numel);
+    RSM_CHECK(dl->byte_offset <= (uint64_t)RSM_MAX_ELEMS * 8, RSM_ERR_BUFFER,
+              "byte_offset=%llu is out of range", (unsigned long long)dl->byte_offset);
+    return RSM_OK;
 }
 
 void *

@@ -59,6 +59,12 @@ int64_t rsm_tensor_numel(const rsm_tensor *t);
 void *rsm_tensor_ptr(const rsm_tensor *t);
 /* Compact row-major (C-contiguous), ignoring strides of size-1 dimensions as DLPack allows. */
 int rsm_tensor_is_contiguous(const rsm_tensor *t);
+/* Check every field of a DLTensor a consumer can check before trusting it (RSM_ERR_BUFFER, the
+ * message names the field): ndim in [0, RSM_MAX_NDIM]; shape non-NULL when ndim > 0; every
+ * dimension >= 0; the element count and the byte extent the strides reach overflow-free and at
+ * most RSM_MAX_ELEMS elements (csrc/checked.h); data non-NULL when the tensor is not empty; a
+ * byte_offset that keeps the extent within int64. The dtype is checked by rsm_dtype_from_dl. */
+rsm_status rsm_dl_check(const DLTensor *dl);
 /* Fill shape and row-major strides; data is left to the caller. */
 rsm_status rsm_tensor_init_contiguous(rsm_tensor *t, rsm_dtype dtype, int32_t ndim,
                                       const int64_t *shape);

@@ -266,7 +266,7 @@ def test_non_contiguous_inputs_are_copied(cmodel):
     (dict(steps=-1), ValueError, "steps"),
     (dict(steps=None), TypeError, "steps"),
     (dict(seed=-1), ValueError, "seed"),
-    (dict(seed=1.5), ValueError, "seed"),
+    (dict(seed=1.5), TypeError, "seed"),  # another kind: TypeError, as n=2.0 (rsm._args.seed_int)
     (dict(sampler="rk4"), ValueError, "sampler"),
     (dict(sampler=None), ValueError, "sampler"),
     (dict(grid="cosine"), ValueError, "grid"),

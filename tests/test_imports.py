@@ -5,7 +5,8 @@ The layers, lowest first (a module may import from its own layer and the ones be
 
   base          the C extension (rsm._C, rsm._cuda) and what every module may use: the build
                 and version (_build), argument checks (_args), the Reward type (_reward),
-                safetensors I/O (io)
+                safetensors I/O (io) and the validate-then-commit checks of loaded files
+                (_validate)
   numerics      paths, models and backbones, samplers, training (pretraining, AdamW), the
                 objective, KL, trees, batch geometry, estimators, rewards, data sets, metrics,
                 the CUDA wrappers
@@ -32,7 +33,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["rsm._C", "rsm._cuda", "rsm._cpu", "rsm._build", "rsm._build_config", "rsm._args",
-              "rsm._reward", "rsm.io"]),
+              "rsm._reward", "rsm.io", "rsm._validate"]),
     ("numerics", ["rsm.paths", "rsm.models", "rsm.dit", "rsm.guidance", "rsm.sampling",
                   "rsm.training", "rsm.kl", "rsm.objective", "rsm.tree", "rsm.conventions", "rsm.geometry",
                   "rsm.estimators", "rsm.cuda", "rsm.rewards", "rsm.image_rewards", "rsm.datasets",

@@ -99,19 +99,23 @@ typedef struct rsm_dit {
     int64_t saved_rows;
 } rsm_dit;
 
-rsm_dit_layout rsm_dit_layout_of(rsm_dit_config config);
+/* The offsets of `config`, every size overflow-checked (csrc/checked.h): RSM_ERR_VALUE naming the
+ * argument for a size or a parameter count above RSM_MAX_ELEMS. */
+rsm_status rsm_dit_layout_of(rsm_dit_config config, rsm_dit_layout *out);
 rsm_status rsm_dit_init(rsm_dit *dit, rsm_dit_config config, uint64_t seed);
 /* A LoRA DiT over base's parameters (borrowed: base must outlive it). A ~ U(-1/sqrt(in),
  * 1/sqrt(in)) from (seed), B = 0, so it starts equal to base. */
 rsm_status rsm_dit_init_lora(rsm_dit *dit, const rsm_dit *base, int64_t rank, double alpha,
                              int targets, uint64_t seed);
 void rsm_dit_free(rsm_dit *dit);
-void rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed);
+/* RSM_ERR_MEMORY, with the parameters unchanged, when the draws cannot be allocated. */
+rsm_status rsm_dit_reset_parameters(rsm_dit *dit, uint64_t seed);
 
 /* The parameters a backward differentiates: the adapters of a LoRA DiT, else the base. */
 void *rsm_dit_trainable(const rsm_dit *dit);
 int64_t rsm_dit_num_trainable(const rsm_dit *dit);
-/* Bytes of activations a forward of n rows keeps for the backward (in the current mode). */
+/* Bytes of activations a forward of n rows keeps for the backward (in the current mode); -1 when
+ * that count overflows or exceeds RSM_MAX_ELEMS elements (csrc/checked.h). */
 int64_t rsm_dit_activation_bytes(const rsm_dit *dit, int64_t n);
 
 /* out[n, dim] = DiT(x[n, dim], t[n], cond[n, 1] class ids as reals or NULL). Keeps activations. */

@@ -13,6 +13,7 @@
  */
 #include "real.h"
 #include "dit.h"
+#include "../checked.h"
 #include "../rng.h"
 
 #include <stdlib.h>
@@ -34,28 +35,64 @@ typedef struct {
     real_t *dres, *dm, *dtmp, *dbig, *dqkv, *dprobs, *dtok, *dxa, *dmod, *dsc, *dc, *dtn;
 } RSM_T(dit_scratch);
 
+/* The sizes below are overflow-checked (csrc/checked.h): RSM_SIZE_INVALID when a count overflows,
+ * so dit_reserve refuses the rows instead of allocating a wrapped-around buffer. The pointer
+ * arithmetic of dit_point_* runs only on buffers reserve sized, so it stays plain. */
+#define M(a, b) rsm_size_mul((a), (b), ok)
+#define A(a, b) rsm_size_add((a), (b), ok)
+
 static int64_t
-RSM_T(dit_block_set_size)(const rsm_dit *dit, int64_t n)
+RSM_T(dit_block_set_size)(const rsm_dit *dit, int64_t n, int *ok)
 {
     const rsm_dit_config *c = &dit->config;
-    int64_t T = dit->layout.tokens, W = c->width, NT = n * T;
-    return NT * (W * 18 + 2) + n * c->heads * T * T + RSM_DIT_LINEARS * NT * dit->lora.rank;
+    int64_t T = dit->layout.tokens, W = c->width, NT = M(n, T);
+    return A(A(M(NT, A(M(W, 18), 2)), M(M(n, c->heads), M(T, T))),
+             M(RSM_DIT_LINEARS, M(NT, dit->lora.rank)));
 }
 
 static int64_t
-RSM_T(dit_global_size)(const rsm_dit *dit, int64_t n)
+RSM_T(dit_global_size)(const rsm_dit *dit, int64_t n, int *ok)
 {
     const rsm_dit_config *c = &dit->config;
-    int64_t T = dit->layout.tokens, W = c->width, L = c->depth, NT = n * T;
-    return NT * dit->layout.patch_dim + n * c->temb_dim + 4 * n * W + (L + 1) * NT * W +
-           L * n * 6 * W + n * 2 * W + NT + 2 * NT * W + n;
+    int64_t T = dit->layout.tokens, W = c->width, L = c->depth, NT = M(n, T);
+    /* tok, temb, tpre/tact/c/sc, xs, mods, fmod, rstdf, xhatf/mf, ycls */
+    int64_t total = M(NT, dit->layout.patch_dim);
+    total = A(total, M(n, c->temb_dim));
+    total = A(total, M(4, M(n, W)));
+    total = A(total, M(A(L, 1), M(NT, W)));
+    total = A(total, M(L, M(n, M(6, W))));
+    total = A(total, M(n, M(2, W)));
+    total = A(total, NT);
+    total = A(total, M(2, M(NT, W)));
+    return A(total, n);
 }
+
+static int64_t
+RSM_T(dit_activation_elems_checked)(const rsm_dit *dit, int64_t n, int *ok)
+{
+    int64_t sets = dit->config.checkpoint ? 1 : dit->config.depth;
+    return A(RSM_T(dit_global_size)(dit, n, ok), M(sets, RSM_T(dit_block_set_size)(dit, n, ok)));
+}
+
+static int64_t
+RSM_T(dit_scratch_size)(const rsm_dit *dit, int64_t n, int *ok)
+{
+    const rsm_dit_config *c = &dit->config;
+    int64_t T = dit->layout.tokens, W = c->width, NT = M(n, T);
+    return A(A(M(NT, A(M(10, W), A(dit->layout.patch_dim, dit->lora.rank))),
+               M(M(n, c->heads), M(T, T))),
+             M(n, M(9, W)));
+}
+
+#undef M
+#undef A
 
 int64_t
 RSM_T(dit_activation_elems)(const rsm_dit *dit, int64_t n)
 {
-    int64_t sets = dit->config.checkpoint ? 1 : dit->config.depth;
-    return RSM_T(dit_global_size)(dit, n) + sets * RSM_T(dit_block_set_size)(dit, n);
+    int ok = 1;
+    int64_t elems = RSM_T(dit_activation_elems_checked)(dit, n, &ok);
+    return rsm_size_within(elems, ok) ? elems : -1;
 }
 
 static RSM_T(dit_acts)
@@ -78,7 +115,8 @@ RSM_T(dit_point_acts)(const rsm_dit *dit, int64_t n)
     a.xhatf = a.rstdf + NT;
     a.mf = a.xhatf + NT * W;
     a.blocks = a.mf + NT * W;
-    a.block_stride = c->checkpoint ? 0 : RSM_T(dit_block_set_size)(dit, n);
+    int ok = 1; /* n <= acts_rows: the sizes were checked by dit_reserve */
+    a.block_stride = c->checkpoint ? 0 : RSM_T(dit_block_set_size)(dit, n, &ok);
     return a;
 }
 
@@ -102,15 +140,6 @@ RSM_T(dit_point_block)(const rsm_dit *dit, const RSM_T(dit_acts) *acts, int64_t 
     b.f2 = b.g + NT * 4 * W;
     b.xa = b.f2 + NT * W; /* [4][NT, r] */
     return b;
-}
-
-static int64_t
-RSM_T(dit_scratch_size)(const rsm_dit *dit, int64_t n)
-{
-    const rsm_dit_config *c = &dit->config;
-    int64_t T = dit->layout.tokens, W = c->width, NT = n * T;
-    return NT * (3 * W + 4 * W + 3 * W + dit->layout.patch_dim + dit->lora.rank) +
-           n * c->heads * T * T + n * 9 * W;
 }
 
 static RSM_T(dit_scratch)
@@ -139,8 +168,12 @@ RSM_T(dit_reserve)(rsm_dit *dit, int64_t rows)
 {
     if (rows <= dit->acts_rows && dit->acts_checkpoint == dit->config.checkpoint) return RSM_OK;
     if (rows < dit->acts_rows) rows = dit->acts_rows;
-    size_t acts = (size_t)RSM_T(dit_activation_elems)(dit, rows);
-    size_t scratch = (size_t)RSM_T(dit_scratch_size)(dit, rows);
+    int ok = 1;
+    size_t acts, scratch;
+    RSM_TRY(rsm_size_bytes(RSM_T(dit_activation_elems_checked)(dit, rows, &ok), ok, 1,
+                           "the DiT's activations for these rows", &acts));
+    RSM_TRY(rsm_size_bytes(RSM_T(dit_scratch_size)(dit, rows, &ok), ok, 1,
+                           "the DiT's backward scratch for these rows", &scratch));
     real_t *new_acts = (real_t *)rsm_malloc(acts * sizeof(real_t));
     real_t *new_scratch = (real_t *)rsm_malloc(scratch * sizeof(real_t));
     if (!new_acts || !new_scratch) {
@@ -188,7 +221,7 @@ RSM_T(dit_xavier)(real_t *w, const double *u, int64_t out, int64_t in)
     for (int64_t k = 0; k < out * in; k++) w[k] = (real_t)((2.0 * u[k] - 1.0) * bound);
 }
 
-void
+rsm_status
 RSM_T(dit_init_params)(const rsm_dit *dit, uint64_t seed)
 {
     const rsm_dit_config *c = &dit->config;
@@ -199,10 +232,11 @@ RSM_T(dit_init_params)(const rsm_dit *dit, uint64_t seed)
      * sizes of the others' init rules */
     double *u = (double *)malloc((size_t)l->num_params * sizeof(double));
     double *z = (double *)malloc((size_t)l->num_params * sizeof(double));
-    if (!u || !z) {
+    if (!u || !z) { /* refused before anything is written */
         free(u);
         free(z);
-        return;
+        return rsm_fail(RSM_ERR_MEMORY, "cannot allocate the initialisation draws of %lld parameters",
+                        (long long)l->num_params);
     }
     rsm_fill_uniform_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 0, 0), 0, l->num_params, u);
     rsm_fill_normal_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 1, 0), 0, l->num_params, z);
@@ -221,10 +255,11 @@ RSM_T(dit_init_params)(const rsm_dit *dit, uint64_t seed)
     }
     free(u);
     free(z);
+    return RSM_OK;
 }
 
 /* A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 */
-void
+rsm_status
 RSM_T(dit_init_lora)(const rsm_dit *dit, uint64_t seed)
 {
     const rsm_dit_lora *lo = &dit->lora;
@@ -232,7 +267,8 @@ RSM_T(dit_init_lora)(const rsm_dit *dit, uint64_t seed)
     int64_t W = dit->config.width;
     const int64_t in[RSM_DIT_LINEARS] = {W, W, W, 4 * W};
     double *u = (double *)malloc((size_t)(lo->num_params > 0 ? lo->num_params : 1) * sizeof(double));
-    if (!u) return;
+    RSM_CHECK(u != NULL, RSM_ERR_MEMORY, "cannot allocate the initialisation draws of %lld adapters",
+              (long long)lo->num_params);
     rsm_fill_uniform_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 2, 0), 0, lo->num_params, u);
     memset(p, 0, (size_t)lo->num_params * sizeof(real_t));
     for (int64_t b = 0; b < dit->config.depth; b++)
@@ -244,6 +280,7 @@ RSM_T(dit_init_lora)(const rsm_dit *dit, uint64_t seed)
                 p[o + e] = (real_t)((2.0 * u[o + e] - 1.0) * bound);
         }
     free(u);
+    return RSM_OK;
 }
 
 /* ---- linear layers with optional LoRA adapters ----------------------------------------------- */

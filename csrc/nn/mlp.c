@@ -1,6 +1,8 @@
 /* mlp.c: layout, allocation and dtype dispatch of the MLP backbone (math in mlp_real.c). */
 #include "mlp.h"
 
+#include "../checked.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,19 +11,32 @@
 /* rsm_mlp_init_params/forward/backward_f32/_f64, defined in mlp_real.c (list: real_api.h) */
 RSM_DECLARE_REAL_API(RSM_API_MLP)
 
-rsm_mlp_layout
-rsm_mlp_layout_of(rsm_mlp_config c)
+rsm_status
+rsm_mlp_layout_of(rsm_mlp_config c, rsm_mlp_layout *out)
 {
     rsm_mlp_layout l;
-    l.in_dim = c.dim + c.temb_dim + c.cond_dim;
+    int ok = 1;
+    RSM_TRY(rsm_check_size_arg("dim", c.dim, 1));
+    RSM_TRY(rsm_check_size_arg("hidden", c.hidden, 1));
+    RSM_TRY(rsm_check_size_arg("depth", c.depth, 0));
+    RSM_TRY(rsm_check_size_arg("cond_dim", c.cond_dim, 0));
+    RSM_TRY(rsm_check_size_arg("temb_dim", c.temb_dim, 2));
+    l.in_dim = rsm_size_add(rsm_size_add(c.dim, c.temb_dim, &ok), c.cond_dim, &ok);
     l.in_w = 0;
-    l.in_b = l.in_w + c.hidden * l.in_dim;
-    l.block0 = l.in_b + c.hidden;
-    l.block_size = 2 * c.hidden * c.hidden + 2 * c.hidden;
-    l.out_w = l.block0 + c.depth * l.block_size;
-    l.out_b = l.out_w + c.dim * c.hidden;
-    l.num_params = l.out_b + c.dim;
-    return l;
+    l.in_b = rsm_size_add(l.in_w, rsm_size_mul(c.hidden, l.in_dim, &ok), &ok);
+    l.block0 = rsm_size_add(l.in_b, c.hidden, &ok);
+    l.block_size = rsm_size_mul(2, rsm_size_add(rsm_size_mul(c.hidden, c.hidden, &ok), c.hidden, &ok),
+                                &ok);
+    l.out_w = rsm_size_add(l.block0, rsm_size_mul(c.depth, l.block_size, &ok), &ok);
+    l.out_b = rsm_size_add(l.out_w, rsm_size_mul(c.dim, c.hidden, &ok), &ok);
+    l.num_params = rsm_size_add(l.out_b, c.dim, &ok);
+    RSM_CHECK(rsm_size_within(l.num_params, ok), RSM_ERR_VALUE,
+              "MLP(dim=%lld, hidden=%lld, depth=%lld, cond_dim=%lld, temb_dim=%lld) would have more "
+              "than 2^%d parameters: hidden or depth is too large (see csrc/checked.h)",
+              (long long)c.dim, (long long)c.hidden, (long long)c.depth, (long long)c.cond_dim,
+              (long long)c.temb_dim, RSM_MAX_ELEMS_LOG2);
+    *out = l;
+    return RSM_OK;
 }
 
 rsm_status
@@ -38,19 +53,20 @@ rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed)
               "temb_dim=%lld must be even and >= 2", (long long)config.temb_dim);
     RSM_CHECK(config.dtype == RSM_F32 || config.dtype == RSM_F64, RSM_ERR_TYPE,
               "dtype must be float32 or float64");
+    RSM_TRY(rsm_mlp_layout_of(config, &mlp->layout));
     mlp->config = config;
-    mlp->layout = rsm_mlp_layout_of(config);
     mlp->params = rsm_calloc((size_t)mlp->layout.num_params * rsm_dtype_size(config.dtype));
     RSM_CHECK(mlp->params != NULL, RSM_ERR_MEMORY, "cannot allocate %lld parameters",
               (long long)mlp->layout.num_params);
-    rsm_mlp_reset_parameters(mlp, seed);
-    return RSM_OK;
+    rsm_status status = rsm_mlp_reset_parameters(mlp, seed);
+    if (status != RSM_OK) rsm_mlp_free(mlp);
+    return status;
 }
 
-void
+rsm_status
 rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed)
 {
-    RSM_REAL_CALL(mlp->config.dtype, mlp_init_params, mlp, seed);
+    return RSM_REAL_CALL(mlp->config.dtype, mlp_init_params, mlp, seed);
 }
 
 void

@@ -55,9 +55,12 @@ typedef struct rsm_mlp {
 
 rsm_status rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed);
 void rsm_mlp_free(rsm_mlp *mlp);
-rsm_mlp_layout rsm_mlp_layout_of(rsm_mlp_config config);
-/* Re-draw the parameters from `seed` (same rule as rsm_mlp_init). */
-void rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed);
+/* The offsets of `config`, every size overflow-checked: RSM_ERR_VALUE naming the argument for a size
+ * above RSM_MAX_ELEMS (csrc/checked.h) or a parameter count above it. */
+rsm_status rsm_mlp_layout_of(rsm_mlp_config config, rsm_mlp_layout *out);
+/* Re-draw the parameters from `seed` (same rule as rsm_mlp_init); RSM_ERR_MEMORY, with the
+ * parameters unchanged, when the draws cannot be allocated. */
+rsm_status rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed);
 /* The model vtable of this MLP (forward only; backward is called directly). */
 rsm_model rsm_mlp_as_model(rsm_mlp *mlp);
 

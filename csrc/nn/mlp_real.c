@@ -8,6 +8,7 @@
  */
 #include "real.h"
 #include "mlp.h"
+#include "../checked.h"
 #include "../rng.h"
 #include "time_embedding.h"
 
@@ -40,8 +41,14 @@ RSM_T(mlp_reserve)(rsm_mlp *mlp, int64_t rows)
     if (rows <= mlp->acts_rows) return RSM_OK;
     const rsm_mlp_config *c = &mlp->config;
     int64_t H = c->hidden, L = c->depth, I = mlp->layout.in_dim;
-    size_t acts = (size_t)rows * (size_t)(I + (L + 1) * H + 2 * L * H + H);
-    size_t scratch = (size_t)rows * (size_t)(3 * H + I);
+    /* per row: inp I, h (L + 1) H, pre and act L H each, feat H; scratch 3 H + I */
+    int ok = 1;
+    int64_t per_row = rsm_size_add(rsm_size_mul(rsm_size_add(rsm_size_mul(3, L, &ok), 2, &ok), H, &ok),
+                                   I, &ok);
+    size_t acts, scratch;
+    RSM_TRY(rsm_size_bytes(rsm_size_mul(rows, per_row, &ok), ok, 1, "the MLP's activations", &acts));
+    RSM_TRY(rsm_size_bytes(rsm_size_mul(rows, rsm_size_add(rsm_size_mul(3, H, &ok), I, &ok), &ok), ok,
+                           1, "the MLP's backward scratch", &scratch));
     real_t *new_acts = (real_t *)rsm_malloc(acts * sizeof(real_t));
     real_t *new_scratch = (real_t *)rsm_malloc(scratch * sizeof(real_t));
     if (!new_acts || !new_scratch) {
@@ -58,7 +65,7 @@ RSM_T(mlp_reserve)(rsm_mlp *mlp, int64_t rows)
     return RSM_OK;
 }
 
-void
+rsm_status
 RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
 {
     const rsm_mlp_config *c = &mlp->config;
@@ -68,7 +75,9 @@ RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
     /* One uniform stream for all parameters, in flat order; U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
      * torch.nn.Linear's default. The output layer is zero (see mlp.h). */
     double *u = (double *)malloc((size_t)l->num_params * sizeof(double));
-    if (!u) return; /* the params stay zero; callers allocated params already, so this is rare */
+    /* refused before anything is written: a failed re-draw leaves the parameters as they were */
+    RSM_CHECK(u != NULL, RSM_ERR_MEMORY, "cannot allocate the initialisation draws of %lld parameters",
+              (long long)l->num_params);
     rsm_fill_uniform_f64(seed, rsm_stream_id(RSM_STREAM_INIT, 0, 0), 0, l->num_params, u);
     for (int64_t k = 0; k < l->out_w; k++) {
         int64_t fan_in;
@@ -82,6 +91,7 @@ RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
     }
     for (int64_t k = l->out_w; k < l->num_params; k++) p[k] = 0;
     free(u);
+    return RSM_OK;
 }
 
 /* Sinusoidal embedding of t in [0, 1] (Vaswani et al. / DDPM): with half = temb_dim / 2 and

@@ -130,7 +130,11 @@ rsm_dit_py_activation_bytes(rsm_py_dit *self, PyObject *arg)
     if (PyErr_Occurred()) return NULL;
     if (rsm_py_model_ready(&self->model, "activation_bytes") < 0) return NULL;
     if (n < 0) return rsm_py_raisef(PyExc_ValueError, "activation_bytes", "n=%lld must be >= 0", n);
-    return PyLong_FromLongLong(rsm_dit_activation_bytes(&self->dit, n));
+    int64_t bytes = rsm_dit_activation_bytes(&self->dit, n);
+    if (bytes < 0)
+        return rsm_py_raisef(PyExc_ValueError, "activation_bytes",
+                             "n=%lld rows need more activations than any buffer rsm allocates", n);
+    return PyLong_FromLongLong(bytes);
 }
 
 static PyObject *
@@ -140,8 +144,9 @@ rsm_dit_py_reset_parameters(rsm_py_dit *self, PyObject *arg)
     if (PyErr_Occurred()) return NULL;
     if (rsm_py_model_ready(&self->model, "reset_parameters") < 0) return NULL;
     PyThread_acquire_lock(self->model.lock, WAIT_LOCK);
-    rsm_dit_reset_parameters(&self->dit, (uint64_t)seed);
+    rsm_status status = rsm_dit_reset_parameters(&self->dit, (uint64_t)seed);
     PyThread_release_lock(self->model.lock);
+    if (status != RSM_OK) return rsm_py_raise(status, "reset_parameters");
     Py_RETURN_NONE;
 }
 

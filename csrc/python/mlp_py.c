@@ -88,7 +88,8 @@ rsm_mlp_py_reset_parameters(rsm_py_mlp *self, PyObject *arg)
     unsigned long long seed = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred()) return NULL;
     if (rsm_py_model_ready(&self->model, "reset_parameters") < 0) return NULL;
-    rsm_mlp_reset_parameters(&self->mlp, (uint64_t)seed);
+    rsm_status status = rsm_mlp_reset_parameters(&self->mlp, (uint64_t)seed);
+    if (status != RSM_OK) return rsm_py_raise(status, "reset_parameters");
     Py_RETURN_NONE;
 }
 

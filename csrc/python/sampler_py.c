@@ -180,7 +180,12 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     const int64_t D = model.dim, S = sa.cfg.steps;
     if (rsm_rollout_inputs(module, func, &model, n, x_init_obj, cond_obj, &x_init, &cond) < 0)
         goto done;
-    const int64_t N = rsm_sampler_final_rows(&sa.cfg, n);
+    int64_t N; /* overflow-checked in the core (csrc/checked.h), then the binding's own bound */
+    status = rsm_sampler_final_rows(&sa.cfg, n, D, &N);
+    if (status != RSM_OK) {
+        rsm_py_raise(status, func);
+        goto done;
+    }
     if (N > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
         rsm_py_raisef(PyExc_ValueError, func, "branching gives %lld rows: too many", (long long)N);
         goto done;
@@ -321,7 +326,12 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     if (rsm_rollout_inputs(module, func, &model, roots, x_init_obj, cond_obj, &x_init, &cond) < 0)
         goto done;
-    const int64_t R = rsm_branch_rows(&bc, roots);
+    int64_t R; /* overflow-checked in the core (csrc/checked.h), then the binding's own bound */
+    status = rsm_branch_rows(&bc, roots, D, &R);
+    if (status != RSM_OK) {
+        rsm_py_raise(status, func);
+        goto done;
+    }
     if (R > ((int64_t)1 << 31) / (D > 0 ? D : 1)) {
         rsm_py_raisef(PyExc_ValueError, func, "the budget gives %lld rows: too many", (long long)R);
         goto done;

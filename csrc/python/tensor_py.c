@@ -701,12 +701,11 @@ rsm_import_capsule(PyObject *module, PyObject *capsule, const char *func, const 
             "rsm.cuda.to_host)",
             subject, what);
     }
-    if (dl->ndim < 0 || dl->ndim > RSM_MAX_NDIM) {
-        int ndim = (int)dl->ndim;
+    if (rsm_dl_check(dl) != RSM_OK) { /* NULL pointers, negative or overflowing sizes */
         rsm_managed_delete(managed, versioned);
         return (rsm_py_tensor *)rsm_py_raisef(PyExc_BufferError, func,
-                                              "%s has ndim=%d, rsm supports 0 to %d", subject,
-                                              ndim, RSM_MAX_NDIM);
+                                              "%s is not a valid DLPack tensor: %s", subject,
+                                              rsm_last_error());
     }
 
     rsm_py_tensor *self = rsm_tensor_alloc(module);

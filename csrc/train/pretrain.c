@@ -1,5 +1,6 @@
 /* pretrain.c: validation and dtype dispatch of pretraining (loop in pretrain_real.c). */
 #include "pretrain.h"
+#include "../checked.h"
 
 #include <math.h>
 
@@ -29,8 +30,15 @@ static rsm_status
 pretrain_check(const rsm_model *model, const rsm_pretrain_config *cfg, const void *data_cond,
                int64_t n_data)
 {
-    RSM_CHECK(cfg->batch_size >= 1, RSM_ERR_VALUE, "batch_size=%lld must be >= 1",
-              (long long)cfg->batch_size);
+    RSM_TRY(rsm_check_size_arg("batch_size", cfg->batch_size, 1));
+    {
+        int ok = 1; /* the batch's [B, D] and [B, cond_dim] buffers */
+        int64_t width = model->dim > model->cond_dim ? model->dim : model->cond_dim;
+        RSM_CHECK(rsm_size_within(rsm_size_mul(cfg->batch_size, width, &ok), ok), RSM_ERR_VALUE,
+                  "batch_size=%lld rows of dim=%lld are more than 2^%d values: batch_size is too "
+                  "large (see csrc/checked.h)",
+                  (long long)cfg->batch_size, (long long)width, RSM_MAX_ELEMS_LOG2);
+    }
     RSM_CHECK(n_data >= 1, RSM_ERR_VALUE, "data has %lld rows, needs >= 1", (long long)n_data);
     RSM_CHECK(isfinite(cfg->t_min) && isfinite(cfg->t_max) && 0 <= cfg->t_min &&
                   cfg->t_min < cfg->t_max && cfg->t_max <= 1,

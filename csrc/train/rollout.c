@@ -1,14 +1,32 @@
 /* rollout.c: precision-independent parts of the rollout engines (rollout.h). */
 #include "rollout.h"
+#include "../checked.h"
 
 #include <math.h>
 
-int64_t
-rsm_branch_rows(const rsm_branch_config *cfg, int64_t roots)
+rsm_status
+rsm_branch_rows(const rsm_branch_config *cfg, int64_t roots, int64_t dim, int64_t *rows)
 {
-    int64_t children = 0;
-    for (int64_t i = 0; i < cfg->root.steps; i++) children += cfg->budget[i];
-    return roots * children;
+    int ok = 1;
+    int64_t children = 0, k_max = 0;
+    const int64_t S = cfg->root.steps;
+    for (int64_t i = 0; i < S; i++) {
+        children = rsm_size_add(children, cfg->budget[i], &ok);
+        k_max = cfg->budget[i] > k_max ? cfg->budget[i] : k_max;
+    }
+    const int64_t r = rsm_size_mul(roots, children, &ok);
+    /* the buffers: [R, dim] outputs, and [S + 1, roots * k_max, dim] for the branch trajectory */
+    const int64_t traj = rsm_size_mul3(rsm_size_add(S, 1, &ok), rsm_size_mul(roots, k_max, &ok), dim,
+                                       &ok);
+    RSM_CHECK(rsm_size_within(rsm_size_mul(r, dim, &ok), ok) && rsm_size_within(traj, ok),
+              RSM_ERR_VALUE,
+              "roots=%lld with a budget of %lld branches (at most %lld per step) over %lld steps "
+              "of dim=%lld are more than 2^%d values: roots or the budget is too large "
+              "(see csrc/checked.h)",
+              (long long)roots, (long long)children, (long long)k_max, (long long)S,
+              (long long)dim, RSM_MAX_ELEMS_LOG2);
+    *rows = r;
+    return RSM_OK;
 }
 
 rsm_status

@@ -51,7 +51,9 @@ typedef struct rsm_branch_config {
 
 /* Branch rows: roots * sum_i budget[i]. Rows are transition-major (i ascending) and, within a
  * transition, root-major: root j's children are rows j k_i .. j k_i + k_i - 1 of the block. */
-int64_t rsm_branch_rows(const rsm_branch_config *cfg, int64_t roots);
+/* The rows roots * sum(budget), overflow-checked with the rollout's buffer sizes: RSM_ERR_VALUE
+ * naming roots and the budget above RSM_MAX_ELEMS values (csrc/checked.h). */
+rsm_status rsm_branch_rows(const rsm_branch_config *cfg, int64_t roots, int64_t dim, int64_t *rows);
 rsm_status rsm_branch_check(const rsm_path *path, const rsm_branch_config *cfg);
 
 /* Outputs of a branch rollout; R = branch rows. Every pointer must be set. The fields once, for

@@ -17,7 +17,9 @@ RSM_T(rollout)(const rsm_model *model, const rsm_path *path, const rsm_sampler_c
                const rsm_reward_hook *reward)
 {
     RSM_TRY(RSM_T(sample)(model, path, cfg, n, x_init, cond, out));
-    return RSM_T(rollout_reward)(reward, rsm_sampler_final_rows(cfg, n), model->dim, out->x_final);
+    int64_t rows;
+    RSM_TRY(rsm_sampler_final_rows(cfg, n, model->dim, &rows));
+    return RSM_T(rollout_reward)(reward, rows, model->dim, out->x_final);
 }
 
 /* Copy `rows` rows of `width` into dst, each repeated k times (root j -> rows j k .. j k + k - 1). */
@@ -43,6 +45,9 @@ RSM_T(branch_rollout)(const rsm_model *model, const rsm_path *path, const rsm_br
     const int64_t D = model->dim, C = cond ? model->cond_dim : 0, S = cfg->root.steps;
     int64_t k_max = 0;
     for (int64_t i = 0; i < S; i++) k_max = cfg->budget[i] > k_max ? cfg->budget[i] : k_max;
+    /* sizes are checked by rsm_branch_rows: (S + 1) n_max D <= RSM_MAX_ELEMS */
+    int64_t total_rows;
+    RSM_TRY(rsm_branch_rows(cfg, roots, D, &total_rows));
     const int64_t n_max = roots * k_max;
     real_t *root_final = NULL, *x = NULL, *c = NULL, *xs = NULL, *outputs = NULL, *noises = NULL,
            *log_probs = NULL;

@@ -29,11 +29,33 @@ def as_times(t: Any, n: int, dtype: str, func: str, name: str = "t") -> np.ndarr
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+#: The largest size (a dimension, a depth, a count of rows or parameters) rsm accepts: 2**40, the
+#: bound csrc/checked.h states and explains (far above any real allocation, far below int64's
+#: range). A larger int is refused here, naming the argument, before it reaches C.
+MAX_SIZE = 2**40
+
+#: Seeds key the Philox streams as 64-bit words: every seed is an int in [0, 2**64).
+SEED_LIMIT = 2**64
+
+
 def positive_int(value: Any, func: str, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{func}(): {name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{func}(): {name}={value} must be >= {minimum}")
+    if value > MAX_SIZE:
+        raise ValueError(f"{func}(): {name}={value} is larger than any size rsm accepts (2**40)")
+    return int(value)
+
+
+def seed_int(value: Any, func: str, name: str = "seed") -> int:
+    """A seed: an int in [0, 2**64). Another kind (bool, float, str) is a TypeError, an int out of
+    range a ValueError (a seed >= 2**64 would alias a smaller one in the 64-bit streams); never
+    rounded or wrapped."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{func}(): {name}={value!r} must be an int in [0, 2**64), got {type(value).__name__}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{func}(): {name}={value} must be an int in [0, 2**64)")
     return int(value)
 
 

@@ -50,23 +50,31 @@ class Reward:
                 raise RewardError(f"reward {self.name!r} is differentiable and must return (rewards, grad), "
                                   f"got {type(out).__name__}")
             out, grad = out
-        rewards = _as_array(out, self.name, "rewards")
-        if rewards.shape != (n,):
-            raise RewardError(f"reward {self.name!r} returned rewards of shape {rewards.shape}, expected ({n},)")
-        if not np.issubdtype(rewards.dtype, np.number) or np.issubdtype(rewards.dtype, np.complexfloating):
-            raise RewardError(f"reward {self.name!r} returned dtype {rewards.dtype}, expected real numbers")
-        rewards = rewards.astype(np.float64)
+            if grad is None:
+                raise RewardError(f"reward {self.name!r} is differentiable and must return (rewards, grad) "
+                                  f"with grad an array of shape ({n}, {dim}), got grad=None")
+        rewards = _real_array(out, self.name, "rewards", (n,))
         valid = np.isfinite(rewards)
         if grad is not None:
-            grad = _as_array(grad, self.name, "grad").astype(np.float64)
-            if grad.shape != (n, dim):
-                raise RewardError(f"reward {self.name!r} returned grad of shape {grad.shape}, expected ({n}, {dim})")
+            # validated like the rewards: shape, real dtype, finiteness
+            grad = _real_array(grad, self.name, "grad", (n, dim))
             valid &= np.isfinite(grad).all(axis=1)
         if not valid.all() and self.nonfinite == "raise":
             bad = int(np.flatnonzero(~valid)[0])
             raise RewardError(f"reward {self.name!r} returned a non-finite value at row {bad} "
                               f"({rewards[bad]!r}); pass Reward(..., nonfinite='skip') to drop such rows")
         return rewards, grad, valid
+
+
+def _real_array(value: Any, name: str, what: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A reward's output (`what`: "rewards" or "grad") as float64 of `shape`; RewardError naming
+    the reward for another shape or a non-real dtype (bool, object, complex, strings)."""
+    arr = _as_array(value, name, what)
+    if arr.shape != shape:
+        raise RewardError(f"reward {name!r} returned {what} of shape {arr.shape}, expected {shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise RewardError(f"reward {name!r} returned {what} of dtype {arr.dtype}, expected real numbers")
+    return arr.astype(np.float64)
 
 
 def _as_array(value: Any, name: str, what: str) -> np.ndarray:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ._args import positive_int
+from ._args import positive_int, seed_int
 from .trainer import Trainer
 from .training import AdamW
 
@@ -173,7 +173,7 @@ class ReplayBuffer:
         self.capacity = positive_int(capacity, "ReplayBuffer", "capacity")
         self.replay = positive_int(replay, "ReplayBuffer", "replay", minimum=0)
         self.batches: deque = deque(maxlen=self.capacity)
-        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.rng = np.random.Generator(np.random.PCG64(seed_int(seed, "ReplayBuffer")))
 
     def augment(self, batch: dict) -> dict:
         """A batch with `replay` old rollouts' rows appended (their per-trajectory arrays

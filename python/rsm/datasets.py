@@ -45,12 +45,16 @@ __all__ = [
 
 
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed))
+    from ._args import seed_int
+
+    return np.random.Generator(np.random.PCG64(seed_int(seed, "sample")))
 
 
 def _check_n(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"sample(): n must be a non-negative int, got {n!r}")
+    from ._args import MAX_SIZE
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_SIZE:
+        raise ValueError(f"sample(): n must be a non-negative int, at most 2**40, got {n!r}")
     return int(n)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _C, guards
-from ._args import as_times, positive_int, rows_of
+from ._args import as_times, positive_int, rows_of, seed_int
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
 
@@ -161,12 +161,11 @@ class _DiTCompute:
         return self._core.vjp(x2, as_times(t, n, self.dtype, "vjp"), cotangent, self._cond(cond, n, "vjp"))
 
     def load_params(self, params: Any) -> None:
-        """Copy a flat vector of the trainable parameters into the model."""
-        src = np.asarray(_as_array(params))
-        if src.shape != (self.num_params,):
-            raise ValueError(f"load_params(): params must have shape [{self.num_params}], got {src.shape}")
-        if not np.all(np.isfinite(src)):
-            raise ValueError("load_params(): params contain NaN or inf")
+        """Copy a flat vector of the trainable parameters into the model; checked whole (shape,
+        real dtype, finite in the model's dtype) before anything is written."""
+        from ._validate import real_vector
+
+        src = real_vector(params, self.num_params, self.dtype, "load_params", "params")
         np.from_dlpack(self.params)[...] = src
 
 
@@ -219,8 +218,7 @@ class DiT(_DiTCompute):
             raise ValueError(f"DiT(): heads={heads} does not divide width={width}")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"DiT(): dtype must be 'float32' or 'float64', got {dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"DiT(): seed must be a non-negative int, got {seed!r}")
+        seed = seed_int(seed, "DiT")
         self._core = _C.DiTCore(image_size, channels, patch, width, depth, heads, num_classes,
                                 temb_dim, dtype, int(seed), bool(checkpoint))
         self.seed = int(seed)
@@ -265,31 +263,34 @@ class DiT(_DiTCompute):
                    temb_dim=c["temb_dim"])
 
     @classmethod
-    def _from_file(cls, tensors: dict, meta: dict, path: str, prefix: str = "") -> "DiT":
-        from .io import CheckpointError
+    def _checked_config(cls, tensors: dict, meta: dict, path: str, prefix: str) -> tuple[dict, int, dict]:
+        """(config, seed, tensor shapes) of a DiT file, every tensor checked; nothing allocated."""
+        from . import _validate as v
 
-        try:
-            model = cls._from_config(json.loads(meta["config"]), int(meta.get("seed", 0)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"load(): {path} has no valid DiT config in its metadata ({exc})") from None
-        _fill(model.named_params(), tensors, path, prefix)
+        where = f"load(): {path}"
+        c = v.dit_config(v.meta_json(meta, "config", where), where, len(tensors))
+        seed = v.meta_int(meta, "seed", where, 2**64, default=0)
+        shapes = v.dit_shapes(c)
+        v.check_tensors(tensors, shapes, where, prefix)
+        return c, seed, shapes
+
+    @classmethod
+    def _build(cls, c: dict, seed: int, tensors: dict, path: str, prefix: str, meta: dict) -> "DiT":
+        from . import _validate as v
+
+        model = v.build(lambda: cls._from_config(c, seed), f"load(): {path}", "DiT")
+        for name, view in model.named_params().items():
+            view[...] = tensors[prefix + name]
         guards.restore_path(model, meta)
         return model
 
+    @classmethod
+    def _from_file(cls, tensors: dict, meta: dict, path: str) -> "DiT":
+        from . import _validate as v
 
-def _fill(views: dict, tensors: dict, path: str, prefix: str) -> None:
-    from .io import CheckpointError
-
-    missing = sorted(prefix + k for k in views if prefix + k not in tensors)
-    if missing:
-        raise CheckpointError(f"load(): {path} lacks tensors {missing[:4]}")
-    for name, view in views.items():
-        src = tensors[prefix + name]
-        if tuple(src.shape) != view.shape:
-            raise CheckpointError(f"load(): {path}: tensor {prefix + name!r} has shape {tuple(src.shape)}, expected {view.shape}")
-        if not np.all(np.isfinite(src)):
-            raise CheckpointError(f"load(): {path}: tensor {prefix + name!r} contains NaN or inf")
-        view[...] = src
+        c, seed, shapes = cls._checked_config(tensors, meta, path, "")
+        v.check_no_extra(tensors, set(shapes), f"load(): {path}")
+        return cls._build(c, seed, tensors, path, "", meta)
 
 
 class LoRADiT(_DiTCompute):
@@ -310,8 +311,7 @@ class LoRADiT(_DiTCompute):
         targets = tuple(targets)
         if not targets or any(t not in ("attn", "mlp") for t in targets):
             raise ValueError(f"lora(): targets must name 'attn' and/or 'mlp', got {targets!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"lora(): seed must be a non-negative int, got {seed!r}")
+        seed = seed_int(seed, "lora")
         self.base = base
         self.rank, self.alpha, self.targets, self.seed = rank, alpha, targets, int(seed)
         self._core = _C.DiTCore(base=base._core, rank=rank, alpha=alpha, targets=list(targets), seed=int(seed))
@@ -385,15 +385,19 @@ class LoRADiT(_DiTCompute):
 
     @classmethod
     def _from_file(cls, tensors: dict, meta: dict, path: str) -> "LoRADiT":
-        from .io import CheckpointError
+        from . import _validate as v
 
-        base = DiT._from_file(tensors, meta, path, prefix="base.")
-        try:
-            lo = json.loads(meta["lora"])
-            policy = cls(base, lo["rank"], lo["alpha"], tuple(lo["targets"]), int(lo["seed"]))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"load(): {path} has no valid LoRA config ({exc})") from None
-        _fill(policy.named_params(), tensors, path, "")
+        where = f"load(): {path}"
+        # the base and the adapters checked whole before either is allocated
+        c, seed, shapes = DiT._checked_config(tensors, meta, path, "base.")
+        lo = v.lora_config(v.meta_json(meta, "lora", where), where)
+        adapters = v.lora_shapes(c, lo)
+        v.check_tensors(tensors, adapters, where)
+        v.check_no_extra(tensors, {"base." + k for k in shapes} | set(adapters), where)
+        base = DiT._build(c, seed, tensors, path, "base.", meta)
+        policy = v.build(lambda: cls(base, lo["rank"], lo["alpha"], lo["targets"], lo["seed"]), where, "LoRA")
+        for name, view in policy.named_params().items():
+            view[...] = tensors[name]
         return policy
 
 

@@ -67,12 +67,14 @@ def path_metadata(model: Any) -> dict[str, str]:
 
 def restore_path(model: Any, meta: dict[str, str]) -> None:
     """Set the recorded path from file metadata; absent or unreadable: stays unknown."""
+    from .io import CheckpointError, parse_json
+
     raw = meta.get("rsm_path")
     if not raw:
         return
-    try:
-        info = json.loads(raw)
-    except ValueError:
+    try:  # hostile metadata (deep nesting, huge ints) stays "unknown" too, never raises
+        info = parse_json(raw, "", "rsm_path", 65_536)
+    except CheckpointError:
         return
     if isinstance(info, dict) and info.get("kind") in ("flow", "vp"):
         setattr(_inner(model), _ATTR, info)

@@ -60,9 +60,9 @@ class ImageDataset:
 
 
 def _check_seed(seed: Any, func: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{func}(): seed must be a non-negative int, got {seed!r}")
-    return int(seed)
+    from ._args import seed_int
+
+    return seed_int(seed, func)
 
 
 def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:

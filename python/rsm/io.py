@@ -23,6 +23,7 @@ import json
 import math
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -45,11 +46,66 @@ _TAG_OF: dict[tuple[str, int], str] = {(np.dtype(s).kind, np.dtype(s).itemsize):
 
 #: The safetensors package refuses headers above 100 MB; a larger length means a foreign file.
 MAX_HEADER_BYTES = 100_000_000
+#: The deepest JSON nesting a header (or a JSON string in its metadata) may have. A real header is
+#: 3 deep ({name: {"shape": [..]}}) and an rsm config 1 or 2; the bound keeps a crafted
+#: "[[[[..." from reaching the parser's recursion limit (RecursionError) at all.
+MAX_JSON_DEPTH = 16
+#: The most dimensions a tensor in a file may have (numpy's limit is 32 or 64 by version).
+MAX_NDIM = 32
+#: The largest dimension and element count a tensor may declare: rsm's size bound (2**40,
+#: csrc/checked.h); a larger one cannot be real and numpy cannot even reshape to it.
+MAX_ELEMS = 2**40
 _METADATA_KEY = "__metadata__"
 
 
 class CheckpointError(ValueError):
     """A file that is not a valid safetensors file (truncated, corrupt, or something else entirely)."""
+
+
+def json_depth_ok(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the brackets of JSON `text` nest at most `max_depth` deep (strings skipped), checked
+    in one linear pass before any recursive parser sees the text."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > max_depth:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str | bytes, where: str, field: str, max_bytes: int = MAX_HEADER_BYTES, *,
+               allow_nan: bool = False) -> Any:
+    """Parse untrusted JSON (a header, a config in the metadata): at most `max_bytes` long and
+    MAX_JSON_DEPTH deep, no NaN/Infinity unless allow_nan (a history of floats), and every parser
+    failure (ValueError for a malformed text or an int of too many digits, RecursionError,
+    MemoryError) raised as CheckpointError naming the file and the field."""
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise CheckpointError(f"{where}: {field} must be a JSON string, got {type(text).__name__}")
+    if len(text) > max_bytes:
+        raise CheckpointError(f"{where}: {field} is {len(text)} bytes long, more than {max_bytes}")
+    if not json_depth_ok(text):
+        raise CheckpointError(f"{where}: {field} nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text) if allow_nan else json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{where}: {field} is not valid JSON ({type(exc).__name__}: {exc})") from None
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -163,6 +219,25 @@ def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Map
     _fsync_directory(directory)
 
 
+def check_writable(path: str | os.PathLike, func: str, name: str) -> str:
+    """Fail now, naming the argument, if save_file(..., path) would fail later: path must not be a
+    directory and its directory must exist and accept a new file (tried with the same kind of
+    temporary file save_file writes, removed at once). Returns the path as a str."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{func}(): {name} must be a path (str or os.PathLike), got {type(path).__name__}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{func}(): {name}={path!r} is a directory, expected a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{func}(): {name}={path!r} cannot be written ({exc.strerror})") from None
+    return path
+
+
 def _fsync_directory(directory: str) -> None:
     """Make the rename durable too (POSIX); best effort, a no-op where directories cannot be opened."""
     try:
@@ -207,6 +282,9 @@ def _parse_entry(name: str, spec: Any, where: str) -> _Entry:
         raise CheckpointError(f"{where}: tensor {name!r} has dtype {tag}, which rsm.io cannot load (no numpy dtype)")
     if not isinstance(shape, list) or not all(_is_nonneg_int(d) for d in shape):
         raise CheckpointError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+    if len(shape) > MAX_NDIM or any(d > MAX_ELEMS for d in shape) or math.prod(shape) > MAX_ELEMS:
+        raise CheckpointError(f"{where}: tensor {name!r} has shape {shape!r}: more than {MAX_NDIM} "
+                              f"dimensions or more than 2**40 elements")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_nonneg_int(o) for o in offsets)
             or offsets[0] > offsets[1]):
         raise CheckpointError(f"{where}: tensor {name!r} has invalid data_offsets {offsets!r}")
@@ -236,9 +314,11 @@ def _read_header(f: BinaryIO, file_size: int, where: str) -> tuple[list[_Entry],
         raise CheckpointError(f"truncated: {where} declares a {n}-byte header but only {available} bytes follow "
                               f"the length field")
     try:
-        header = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"not a safetensors file: {where} (header is not valid UTF-8 JSON: {exc})") from exc
+        header = parse_json(head.decode("utf-8"), where, "the header")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"not a safetensors file: {where} (header is not valid UTF-8: {exc})") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"not a safetensors file: {exc}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"not a safetensors file: {where} (header is JSON {type(header).__name__}, "
                               f"not an object)")
@@ -276,6 +356,19 @@ def _decode(raw: bytes | bytearray | memoryview, entry: _Entry) -> np.ndarray:
     return arr.astype(arr.dtype.newbyteorder("="), copy=True)
 
 
+def _open_regular(path: str) -> BinaryIO:
+    """Open a file for reading, refusing what is not a regular file (a device such as /dev/zero
+    or /dev/urandom has no size and never ends, a FIFO blocks): CheckpointError naming it. The
+    check is made before the open (which would block on a FIFO) and again on the open file."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise CheckpointError(f"not a safetensors file: {path} is not a regular file")
+    f = open(path, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise CheckpointError(f"not a safetensors file: {path} is not a regular file")
+    return f
+
+
 def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file: (tensors by name in file order, metadata).
 
@@ -283,7 +376,7 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     starts with "truncated:" for a cut-short file and "not a safetensors file:" for a foreign one.
     A missing file raises FileNotFoundError.  BF16 tensors come back as float32."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         file_size = os.fstat(f.fileno()).st_size
         entries, metadata, start = _read_header(f, file_size, path)
         buffer = bytearray(file_size - start)
@@ -299,6 +392,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` of a safetensors file, reading only the header (validated like load_file,
     including that the data section has exactly the size the header describes)."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         _, metadata, _ = _read_header(f, os.fstat(f.fileno()).st_size, path)
     return metadata

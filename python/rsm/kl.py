@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ._args import seed_int
 from .sampling import _sampler_kind, sample, step_coefficients
 
 
@@ -62,8 +63,7 @@ def path_kl_terms(policy: Any, ref: Any, path: Any, ts: Any, n: int, *, sampler:
     if kind in ("euler", "heun") or (kind == "ddim" and eta == 0.0):
         raise ValueError(f"path_kl(): sampler must be stochastic ('sde', 'ddpm' or 'ddim' with "
                          f"eta > 0), got {sampler!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-        raise ValueError(f"path_kl(): seed={seed!r} must be a non-negative 64-bit int")
+    seed = seed_int(seed, "path_kl")
     traj = sample(policy, n, path, sampler, ts=ts, noise_level=noise_level, seed=int(seed),
                   cond=cond, return_trajectory=True)
     coef = step_coefficients(path, ts, sampler, noise_level=noise_level)

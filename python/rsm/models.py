@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _C, guards
-from ._args import as_times, positive_int, rows_of
+from ._args import as_times, positive_int, rows_of, seed_int
 
 
 class MLP:
@@ -30,8 +30,7 @@ class MLP:
         positive_int(temb_dim, "MLP", "temb_dim", minimum=2)
         if dtype not in ("float32", "float64"):
             raise ValueError(f"MLP(): dtype must be 'float32' or 'float64', got {dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"MLP(): seed must be a non-negative int, got {seed!r}")
+        seed = seed_int(seed, "MLP")
         self._core = _C.MLPCore(dim, hidden, depth, cond_dim, temb_dim, dtype, int(seed))
         self.seed = int(seed)
 
@@ -116,12 +115,11 @@ class MLP:
         return other
 
     def load_params(self, params: Any) -> None:
-        """Copy a flat parameter vector (any DLPack array or sequence) into the model."""
-        src = np.asarray(np.from_dlpack(params) if hasattr(params, "__dlpack__") else params)
-        if src.shape != (self.num_params,):
-            raise ValueError(f"load_params(): params must have shape [{self.num_params}], got {src.shape}")
-        if not np.all(np.isfinite(src)):
-            raise ValueError("load_params(): params contain NaN or inf")
+        """Copy a flat parameter vector (any DLPack array or sequence of reals) into the model;
+        checked whole (shape, real dtype, finite in the model's dtype) before anything is written."""
+        from ._validate import real_vector
+
+        src = real_vector(params, self.num_params, self.dtype, "load_params", "params")
         np.from_dlpack(self.params)[...] = src
 
     def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
@@ -136,23 +134,19 @@ class MLP:
 
     @classmethod
     def _from_file(cls, tensors: dict, meta: dict, path: str) -> "MLP":
-        from .io import CheckpointError
+        from . import _validate as v
 
-        try:
-            c = json.loads(meta["config"])
-            model = cls(c["dim"], c["hidden"], c["depth"], c["cond_dim"], int(meta.get("seed", 0)),
-                        temb_dim=c["temb_dim"], dtype=c["dtype"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"load(): {path} has no valid MLP config in its metadata ({exc})") from None
-        views = model.named_params()
-        missing = sorted(set(views) - set(tensors))
-        if missing:
-            raise CheckpointError(f"load(): {path} lacks tensors {missing[:4]}")
-        for name, view in views.items():
-            src = tensors[name]
-            if tuple(src.shape) != view.shape:
-                raise CheckpointError(f"load(): {path}: tensor {name!r} has shape {tuple(src.shape)}, expected {view.shape}")
-            view[...] = src
+        where = f"load(): {path}"
+        # validate the whole file (config, seed, every tensor), then allocate and fill
+        c = v.mlp_config(v.meta_json(meta, "config", where), where, len(tensors))
+        seed = v.meta_int(meta, "seed", where, 2**64, default=0)
+        shapes = v.mlp_shapes(c)
+        v.check_tensors(tensors, shapes, where)
+        v.check_no_extra(tensors, set(shapes), where)
+        model = v.build(lambda: cls(c["dim"], c["hidden"], c["depth"], c["cond_dim"], seed,
+                                    temb_dim=c["temb_dim"], dtype=c["dtype"]), where, "MLP")
+        for name, view in model.named_params().items():
+            view[...] = tensors[name]
         guards.restore_path(model, meta)
         return model
 
@@ -245,7 +239,7 @@ def load(path: str) -> Any:
     """Load a model written by `model.save(path)` (safetensors)."""
     from . import io
 
-    tensors, meta = io.load_file(path)
+    tensors, meta = io.load_file(path)  # the header and every tensor's bytes checked
     kind = meta.get("rsm_class")
     if kind == "MLP":
         return MLP._from_file(tensors, meta, path)

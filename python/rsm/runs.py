@@ -174,11 +174,19 @@ def _read(file: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any
     if meta.get("rsm_class") != "Trainer":
         raise io.CheckpointError(f"Trainer.load(): {os.fspath(file)} is not a trainer file "
                                  f"(rsm_class={meta.get('rsm_class')!r}); model files load with rsm.load")
-    try:
-        info = json.loads(meta["trainer"])
-        history = json.loads(meta.get("history", "[]"))
-    except (KeyError, ValueError) as exc:
-        raise io.CheckpointError(f"Trainer.load(): {os.fspath(file)} has unreadable metadata ({exc})") from None
+    where = f"Trainer.load(): {os.fspath(file)}"
+    # bounded parses (rsm.io.parse_json: size, depth, no NaN; every parser error a CheckpointError)
+    if "trainer" not in meta:
+        raise io.CheckpointError(f"{where} has unreadable metadata (no 'trainer')")
+    info = io.parse_json(meta["trainer"], where, "metadata 'trainer'", allow_nan=True)
+    history = io.parse_json(meta.get("history", "[]"), where, "metadata 'history'", allow_nan=True)
+    if not isinstance(info, dict) or not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise io.CheckpointError(f"{where} has unreadable metadata (trainer must be an object, history a "
+                                 f"list of objects)")
+    missing = sorted({"method", "options", "batch_size", "group_size", "seed", "kl_every", "kl_samples",
+                      "kl_noise_level", "iteration", "optimizer_step", "path", "policy", "ref_digest"} - set(info))
+    if missing or not isinstance(info.get("options"), dict):
+        raise io.CheckpointError(f"{where} has unreadable metadata (trainer lacks {missing or ['options']})")
     if info.get("format") != FORMAT:
         raise io.CheckpointError(f"Trainer.load(): {os.fspath(file)} has format {info.get('format')!r}, "
                                  f"expected {FORMAT!r}")
@@ -256,25 +264,49 @@ def restore(trainer: Any, file: str | os.PathLike) -> None:
     if digest != info["ref_digest"]:
         raise ValueError(f"resume: the reference model is not the one {name} was trained against "
                          f"(parameter digest {digest[:12]}... vs {info['ref_digest'][:12]}... in the file)")
+    # validate everything (tensors, optimizer state, counters), then commit: nothing changes on a failure
+    from ._validate import STEP_LIMIT, real_vector
+
+    for key in ("policy.params", "optimizer.m", "optimizer.v"):
+        if key not in tensors:
+            raise ValueError(f"resume: {name} has no tensor {key!r}")
     params = tensors["policy.params"]
     if params.shape != (trainer.policy.num_params,):
-        raise ValueError(f"resume: {name} holds {params.shape[0]} policy parameters, the policy has "
-                         f"{trainer.policy.num_params}")
-    state = {"m": tensors["optimizer.m"], "v": tensors["optimizer.v"], "step": int(info["optimizer_step"])}
+        raise ValueError(f"resume: {name} holds {params.shape[0] if params.ndim else 0} policy parameters, "
+                         f"the policy has {trainer.policy.num_params}")
+    state = {"m": tensors["optimizer.m"], "v": tensors["optimizer.v"], "step": info.get("optimizer_step")}
     if trainer.optimizer.ema is not None:
         if "optimizer.ema" not in tensors:
             raise ValueError(f"resume: {name} has no EMA but this trainer keeps one (ema_decay > 0)")
         state["ema"] = tensors["optimizer.ema"]
     if not np.all(np.isfinite(params)):
         raise ValueError(f"resume: {name}: the policy parameters contain NaN or inf")
+    params = real_vector(params, trainer.policy.num_params, trainer.policy.dtype, "resume", "policy.params")
+    try:
+        pairs, opt_step = trainer.optimizer._checked_state(state)
+    except (TypeError, ValueError, KeyError) as exc:  # name the file's fields, not the dict's
+        raise ValueError(f"resume: {name}: invalid optimizer state (optimizer_step / optimizer.m, .v, .ema): "
+                         f"{exc}") from None
+    counters = {}
+    for key, default in (("iteration", None), ("reward_calls", 0)):
+        value = info.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < STEP_LIMIT:
+            raise ValueError(f"resume: {name}: {key}={value!r} must be an int in [0, 2**63)")
+        counters[key] = value
+    tracker_updates = []
+    if trainer.tracker is not None:   # DDPO's per-prompt buffers (prompt ids are ints)
+        try:
+            tracker_updates = [{int(key): [float(v) for v in values]}
+                               for key, values in dict(info.get("tracker", {})).items()]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"resume: {name}: invalid tracker buffers: {exc}") from None
     trainer.policy.load_params(params)
-    trainer.optimizer.load_state_dict(state)
-    trainer.iteration = int(info["iteration"])
+    trainer.optimizer._commit_state(pairs, opt_step)
+    trainer.iteration = counters["iteration"]
     trainer._draw = trainer.iteration * trainer.geometry.accumulate
-    if trainer.tracker is not None:   # the buffers as saved (prompt ids are ints)
-        for key, values in info.get("tracker", {}).items():
-            trainer.tracker.commit({int(key): [float(v) for v in values]})
-    trainer.reward.calls = int(info.get("reward_calls", 0))
+    for update in tracker_updates:   # the buffers as saved, checked above
+        trainer.tracker.commit(update)
+    trainer.reward.calls = counters["reward_calls"]
     trainer.history = History(history)
 
 

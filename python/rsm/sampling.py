@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
-from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of
+from ._args import as_cond, finite_float, num_classes_of, positive_int, rows_of, seed_int
 
 SAMPLERS = ("ode", "euler", "heun", "sde", "sde-const", "ddim", "ddpm")
 
@@ -193,8 +193,7 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     path_core = _path_core(path, "sample")
     n = positive_int(n, "sample", "n")
     steps = positive_int(steps, "sample", "steps")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"sample(): seed must be a non-negative int, got {seed!r}")
+    seed = seed_int(seed, "sample")
     kind, eta_value = _sampler_kind(sampler, eta)
     noise_level = finite_float(noise_level, "sample", "noise_level", 0.0)
     branch_factor = positive_int(branch_factor, "sample", "branch_factor")

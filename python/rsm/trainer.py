@@ -33,7 +33,7 @@ from . import conventions as _conv
 from . import dp_finetune as _parallel
 from . import guards as _guards
 from . import kl as _kl
-from ._args import as_cond, num_classes_of
+from ._args import as_cond, num_classes_of, seed_int
 from .geometry import BatchGeometry
 from .methods import get as get_method
 from .methods import pathwise, update as blocks
@@ -142,11 +142,8 @@ class Trainer:
         if cfg.needs_reward_gradient and not self.reward.differentiable:
             raise ValueError(f"method {method!r} is first-order: the reward must be differentiable "
                              "(rsm.Reward(fn, differentiable=True) returning (rewards, grad))")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"Trainer(): seed={seed!r} must be an int in [0, 2**64), got {type(seed).__name__}")
-        if not 0 <= seed < 2**64:   # larger seeds would alias smaller ones in the 64-bit streams
-            raise ValueError(f"Trainer(): seed={seed!r} must be an int in [0, 2**64)")
-        self.batch_size, self.group_size, self.seed = int(batch_size), int(group_size), int(seed)
+        self.batch_size, self.group_size = int(batch_size), int(group_size)
+        self.seed = seed_int(seed, "Trainer")
         self._set_conditions(cond, conditions, policy, ref)
         self.setting = s = make_setting(cfg, self.path, policy.dtype)
         # the grid; the path's stochastic sampler (Flow-GRPO's SDE on flow, DDPM on VP; its steps

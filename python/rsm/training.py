@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from . import _C, guards
-from ._args import finite_float, positive_int, rows_of
+from ._args import finite_float, positive_int, rows_of, seed_int
 from .sampling import _model_cond
 
 
@@ -84,27 +86,38 @@ class AdamW:
             state["ema"] = np.array(np.from_dlpack(self._core.ema))
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore m, v, ema and the step count; all is checked before anything is written."""
+    def _checked_state(self, state: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """The (destination, value) pairs and the step of a state dict, all checked, nothing written:
+        m, v (and ema) real, finite in the optimizer's dtype, of the parameters' shape, v >= 0 (a
+        second moment); step an int in [0, 2**63) (the C core's int64 counter)."""
+        from ._validate import STEP_LIMIT, real_vector
+
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict(): state must be a dict, got {type(state).__name__}")
         keys = ("m", "v") + (("ema",) if self._core.ema is not None else ())
-        pairs = []
         for key in keys + ("step",):
             if key not in state:
                 raise KeyError(f"load_state_dict(): state has no {key!r}")
+        pairs = []
         for key in keys:
             dst = np.from_dlpack(getattr(self._core, key))
-            src = np.asarray(state[key])
-            if src.shape != dst.shape:
-                raise ValueError(f"load_state_dict(): {key} has shape {src.shape}, expected {dst.shape}")
-            if not np.all(np.isfinite(src)):
-                raise ValueError(f"load_state_dict(): {key} contains NaN or inf")
+            src = real_vector(state[key], dst.shape[0], str(dst.dtype), "load_state_dict", f"state[{key!r}]")
+            if key == "v" and np.any(src < 0):
+                raise ValueError("load_state_dict(): state['v'] (the second moment) has negative entries")
             pairs.append((dst, src))
         step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"load_state_dict(): step must be a non-negative int, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < STEP_LIMIT:
+            raise ValueError(f"load_state_dict(): state['step']={step!r} must be an int in [0, 2**63)")
+        return pairs, int(step)
+
+    def _commit_state(self, pairs: list[tuple[np.ndarray, np.ndarray]], step: int) -> None:
         for dst, src in pairs:
             dst[...] = src
-        self._core.step_count = int(step)
+        self._core.step_count = step
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore m, v, ema and the step count; all is checked before anything is written."""
+        self._commit_state(*self._checked_state(state))
 
 
 def save_checkpoint(path: str, model: Any, optimizer: AdamW | None = None, step: int = 0,
@@ -134,46 +147,33 @@ def load_checkpoint(path: str, model: Any, optimizer: AdamW | None = None) -> di
     Everything is validated before anything is written, so a bad file changes nothing."""
     from . import io
 
-    tensors, meta = io.load_file(path)
+    from . import _validate as v
+
+    where = f"load_checkpoint(): {path}"
+    tensors, meta = io.load_file(path)  # the header and every tensor's bytes checked
     if meta.get("rsm_class") != "Checkpoint":
-        raise io.CheckpointError(f"load_checkpoint(): {path} is not an rsm training checkpoint")
-    try:
-        if int(meta.get("step", 0)) < 0:
-            raise ValueError
-    except ValueError:
-        raise io.CheckpointError(f"load_checkpoint(): {path} has an invalid step {meta.get('step')!r}") from None
+        raise io.CheckpointError(f"{where} is not an rsm training checkpoint")
+    if optimizer is not None and optimizer.model is not model:
+        raise ValueError(f"load_checkpoint(): optimizer was built for another model "
+                         f"({type(optimizer.model).__name__} at {id(optimizer.model):#x})")
+    # validate everything (step counts, every model and optimizer tensor), then commit
+    v.meta_int(meta, "step", where, v.STEP_LIMIT, default=0)
     views = model.named_params()
-    for name, view in views.items():
-        src = tensors.get(f"model.{name}")
-        if src is None or tuple(src.shape) != view.shape:
-            raise io.CheckpointError(f"load_checkpoint(): {path}: model tensor {name!r} missing or of the wrong shape")
+    v.check_tensors(tensors, {name: view.shape for name, view in views.items()}, where, "model.")
     if optimizer is not None:
-        # ema too when the optimizer keeps one, and the step count: a missing or bad one used to
-        # fail in load_state_dict after the model had already been overwritten
         keys = ("m", "v") + (("ema",) if optimizer.ema is not None else ())
-        for key in keys:
-            src = tensors.get(f"optimizer.{key}")
-            if src is None or tuple(src.shape) != (model.num_params,):
-                raise io.CheckpointError(f"load_checkpoint(): {path} has no optimizer state {key!r} for this model")
-        try:
-            opt_step = int(meta.get("optimizer_step", 0))
-        except ValueError:
-            opt_step = -1
-        if opt_step < 0:
-            raise io.CheckpointError(f"load_checkpoint(): {path} has an invalid optimizer_step "
-                                     f"{meta.get('optimizer_step')!r}")
+        shapes = {key: (model.num_params,) for key in keys}
+        v.check_tensors(tensors, shapes, where, "optimizer.")
         state = {key: tensors[f"optimizer.{key}"] for key in keys}
-        state["step"] = opt_step
-        for key in keys:
-            if not np.all(np.isfinite(state[key])):
-                raise io.CheckpointError(f"load_checkpoint(): {path}: optimizer state {key!r} contains NaN or inf")
-    for name in views:
-        if not np.all(np.isfinite(tensors[f"model.{name}"])):
-            raise io.CheckpointError(f"load_checkpoint(): {path}: model tensor {name!r} contains NaN or inf")
+        state["step"] = v.meta_int(meta, "optimizer_step", where, v.STEP_LIMIT, default=0)
+        try:
+            pairs, opt_step = optimizer._checked_state(state)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise io.CheckpointError(f"{where}: invalid optimizer state ({exc})") from None
     for name, view in views.items():
         view[...] = tensors[f"model.{name}"]
     if optimizer is not None:
-        optimizer.load_state_dict(state)
+        optimizer._commit_state(pairs, opt_step)
     guards.restore_path(model, meta)
     return meta
 
@@ -238,8 +238,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     steps = positive_int(steps, "pretrain", "steps", minimum=0)
     batch_size = positive_int(batch_size, "pretrain", "batch_size")
     lr = finite_float(lr, "pretrain", "lr", 0.0)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"pretrain(): seed must be a non-negative int, got {seed!r}")
+    seed = seed_int(seed, "pretrain")
     # kept in Python: it names the type passed, where the core can only say "the model has no
     # parameters to train" (the binding no longer repeats either)
     if getattr(model, "_core", None) is None or not isinstance(model._core, (_C.MLPCore, _C.DiTCore)):
@@ -260,6 +259,11 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
         checkpoint_every = positive_int(checkpoint_every, "pretrain", "checkpoint_every")
     if optimizer is not None and not isinstance(optimizer, AdamW):
         raise TypeError(f"pretrain(): optimizer must be an rsm.AdamW, got {type(optimizer).__name__}")
+    if optimizer is not None and optimizer.model is not model:
+        # identity, not shape: an AdamW of another model of the same size would update this
+        # model's parameters with the other's moments
+        raise ValueError(f"pretrain(): optimizer was built for another model ({type(optimizer.model).__name__} "
+                         f"at {id(optimizer.model):#x}), not for this {type(model).__name__}")
     cond_dropout = finite_float(cond_dropout, "pretrain", "cond_dropout", 0.0)
     if cond_dropout > 1.0:
         raise ValueError(f"pretrain(): cond_dropout={cond_dropout} must be in [0, 1]")
@@ -278,7 +282,10 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
     t_min = finite_float(t_min, "pretrain", "t_min")
     t_max = finite_float(t_max, "pretrain", "t_max")
     if checkpoint is not None or resume is not None:
-        from . import io  # noqa: F401  (fail now, not after training, when it is missing)
+        from . import io  # (fail now, not after training, when it is missing)
+
+        if checkpoint is not None:  # an unwritable path fails now, not after the training
+            checkpoint = io.check_writable(checkpoint, "pretrain", "checkpoint")
     from . import distributed as _dist
 
     comm = _dist.resolve(comm)
