@@ -104,6 +104,7 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
     reward = rsm.rewards.quadratic(center, scale=1.0)
     target = data.tilted_quadratic(center, 1.0, alpha)
     target_x = target.sample(args.eval_size, seed=args.seed + 5)
+    target_reward = float(reward.value(target_x.astype(np.float64)).mean())   # E_p*[r]
     # Hyper-parameters for this toy (model outputs in 2D, not SD3 latents). The zeroth-order
     # redesign uses a high-SNR budget here: on this toy the paper's GenEval profile (lowsnr2)
     # is unstable at this learning rate (measured; see the RSM-objective issue notes).
@@ -130,9 +131,10 @@ def _demo_finetune(args: argparse.Namespace, ref, data, path) -> dict:
     for label, method, overrides in runs:
         policy = ref.copy()
         t0 = time.perf_counter()
+        # target_reward: warn if the batch reward passes p*'s (over-optimisation)
         run = rsm.finetune(policy, ref, reward, method=method, iterations=args.finetune_steps,
                            batch_size=16, group_size=8, seed=args.seed, progress=not args.quiet,
-                           **overrides)
+                           target_reward=target_reward, **overrides)
         seconds = time.perf_counter() - t0
         x, r, ed = evaluate(policy)
         # the final policy's path KL on one SDE for all three methods (Flow-GRPO's 10-step SD3

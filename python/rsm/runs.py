@@ -374,13 +374,14 @@ def run_html(run: Any) -> str:
 
 class RunHooks:
     """Logging (every log_every iterations; sample grids every sample_every for image models),
-    saving (every save_every iterations to save_path, and at the end) and the KL warning
-    (kl_path above kl_warn, once per run)."""
+    saving (every save_every iterations to save_path, and at the end) and two warnings, each
+    once per run: kl_path above kl_warn, and the mean reward past the exact target's
+    (target_reward: E_{p*}[r] where p* is known) by more than two standard errors."""
 
     def __init__(self, trainer: Any, *, log_with: Any = None, log_dir: str | os.PathLike = "runs/rsm",
                  log_every: int = 1, log_config: dict | None = None, sample_every: int = 0,
                  save_every: int = 0, save_path: str | os.PathLike | None = None,
-                 kl_warn: float | None = 50.0) -> None:
+                 kl_warn: float | None = 50.0, target_reward: float | None = None) -> None:
         from ._args import positive_int
         from .loggers import make_logger
 
@@ -397,6 +398,14 @@ class RunHooks:
                 raise ValueError(f"finetune(): kl_warn={kl_warn} must be > 0 (or None: no warning)")
         self.kl_warn = kl_warn
         self._warned = False
+        if target_reward is not None:
+            if isinstance(target_reward, (bool, str)) or not isinstance(target_reward, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(float(target_reward)):
+                raise ValueError(f"finetune(): target_reward={target_reward!r} must be a finite float "
+                                 "(the mean reward under p*) or None")
+            target_reward = float(target_reward)
+        self.target_reward = target_reward
+        self._warned_target = False
         self.log_dir = os.fspath(log_dir)
         self.logger = make_logger(log_with, log_dir=self.log_dir, config=log_config,
                                   resume_from=trainer.iteration)
@@ -418,8 +427,29 @@ class RunHooks:
                 f"(> kl_warn={self.kl_warn:g}). Rewards this far from the reference are often "
                 "reward hacking: look at samples, raise kl=, lower lr=, or stop earlier "
                 "(kl_warn=None silences this)", RuntimeWarning, stacklevel=3)
+        self._check_target(row, k)
         if self.save_every and t.iteration % self.save_every == 0:
             save_trainer(t, self.save_path)
+
+    def _check_target(self, row: dict[str, Any], k: int) -> None:
+        """The mean reward of the batch past E_{p*}[r] by more than two standard errors (the
+        batch's own reward_std / sqrt(rows)): the policy has passed the exact optimum of the
+        KL-regularised objective, which it can only do by paying more KL than that optimum."""
+        if self.target_reward is None or self._warned_target:
+            return
+        mean, std = row.get("reward_mean", float("nan")), row.get("reward_std", float("nan"))
+        count = self.trainer.batch_size * self.trainer.group_size - int(row.get("skipped_rows", 0))
+        if not (math.isfinite(mean) and math.isfinite(std)) or count < 1:
+            return
+        margin = 2.0 * std / math.sqrt(count)
+        if mean > self.target_reward + margin:
+            self._warned_target = True
+            warnings.warn(
+                f"iteration {k}: the mean reward {mean:.4g} is past the exact target's "
+                f"E_p*[r] = {self.target_reward:.4g} (by more than two standard errors, "
+                f"{margin:.2g}): the policy over-optimises the reward relative to p* (a larger "
+                "KL than the objective's optimum). Raise kl= or lower lr= "
+                "(target_reward=None silences this)", RuntimeWarning, stacklevel=3)
 
     def close(self, finished: bool) -> None:
         if finished and self.save_path is not None:

@@ -189,6 +189,11 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
     prior and step noise are those rows' draws): data-parallel shards (rsm.distributed).
     Returns x[N, D] (an rsm.Tensor), or a Trajectory with return_trajectory=True.
     """
+    # Kept at the Python level on purpose (issue 12: one place per argument unless a Python
+    # check says it better): these convert Python values with the API's one vocabulary (a bool or
+    # a float where an int is meant is a TypeError, sizes above 2**40 are refused, seeds are ints
+    # in [0, 2**64)), which the binding's argument parsing cannot (it truncates floats and wraps
+    # seeds); the core still checks every value it uses (grid, window, branching) and names it.
     core = _core_of(model)
     path_core = _path_core(path, "sample")
     n = positive_int(n, "sample", "n")

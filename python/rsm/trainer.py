@@ -458,7 +458,8 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", iterati
              steps: int | None = None, resume_from: Any = None, save_every: int = 0,
              save_path: Any = None, log_with: Any = None, log_dir: Any = "runs/rsm",
              log_every: int = 1, log_config: dict | None = None, sample_every: int = 0,
-             kl_warn: float | None = 50.0, **overrides: Any) -> Run:
+             kl_warn: float | None = 50.0, target_reward: float | None = None,
+             **overrides: Any) -> Run:
     """Fine-tune `policy` toward `reward` while staying close to `ref` with a method preset
     (rsm.methods.names()) for `iterations` iterations (in total: a resumed run continues to it);
     hyper-parameters of the preset can be overridden by keyword: the options of
@@ -476,7 +477,11 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", iterati
     log_with= "csv" | "tensorboard" | "wandb" | fn(row, step) | a list logs every log_every-th
     history row (to log_dir; log_config: wandb.init's keywords) and, for image models, a grid
     of samples every sample_every iterations; kl_warn= warns once when kl_path exceeds it
-    (None: never). Returns Run(policy, history, trainer)."""
+    (None: never); target_reward= (the mean reward under the exact reward-tilted target
+    p* ∝ p_ref exp(r / alpha), where it is known, e.g. from rsm.datasets' tilted mixtures) warns
+    once when the batch's mean reward passes it by more than two standard errors: a policy
+    beyond p* trades more KL than the objective asks for (over-optimisation).
+    Returns Run(policy, history, trainer)."""
     from .runs import RunHooks, restore
 
     iterations = _guards.iterations_alias(iterations, steps)
@@ -491,7 +496,7 @@ def finetune(policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", iterati
         restore(trainer, resume_from)
     hooks = RunHooks(trainer, log_with=log_with, log_dir=log_dir, log_every=log_every,
                      log_config=log_config, sample_every=sample_every, save_every=save_every,
-                     save_path=save_path, kl_warn=kl_warn)
+                     save_path=save_path, kl_warn=kl_warn, target_reward=target_reward)
     bar = None
     if progress:
         try:
