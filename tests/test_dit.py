@@ -376,7 +376,7 @@ def test_finetune_a_lora_dit_runs_unchanged(method):
     policy = rsm.lora(ref, rank=2)
     adapters = np.from_dlpack(policy.params).copy()
     reward = rsm.Reward(lambda x, c: (-np.sum(np.asarray(x) ** 2, 1), -2 * np.asarray(x)), differentiable=True)
-    run = rsm.finetune(policy, ref, reward, method=method, steps=2, batch_size=2, group_size=2,
+    run = rsm.finetune(policy, ref, reward, method=method, iterations=2, batch_size=2, group_size=2,
                        cond=np.array([[0.0], [2.0]]), progress=False)
     assert len(run.history) == 2 and np.isfinite(run.history[-1]["reward_mean"])
     np.testing.assert_array_equal(np.from_dlpack(ref.params), before)

@@ -52,7 +52,7 @@ def test_lora_finetuning_raises_the_target_digit_probability(digits_dit):
     base_before = np.from_dlpack(model.params).copy()
     before = score(model)
     policy = rsm.lora(model, rank=4)
-    rsm.finetune(rsm.Guided(policy, 1.0), rsm.Guided(model, 1.0), reward, method="rsm-zo", steps=20,
+    rsm.finetune(rsm.Guided(policy, 1.0), rsm.Guided(model, 1.0), reward, method="rsm-zo", iterations=20,
                  batch_size=5, group_size=6, conditions=np.arange(10), progress=False, lr=2e-3, seed=1)
     after = score(policy)
     assert after > before + 0.03                     # measured +0.055 to +0.075 over seeds

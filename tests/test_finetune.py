@@ -99,10 +99,10 @@ def test_reward_receives_dlpack_tensor_and_cond(toy):
 
 def test_finetune_is_deterministic(toy):
     reward = rsm.rewards.quadratic([-2.0, 0.0])
-    a = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", steps=3, batch_size=4, seed=5, progress=False)
-    b = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", steps=3, batch_size=4, seed=5, progress=False)
+    a = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", iterations=3, batch_size=4, seed=5, progress=False)
+    b = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", iterations=3, batch_size=4, seed=5, progress=False)
     np.testing.assert_array_equal(np.from_dlpack(a.policy.params), np.from_dlpack(b.policy.params))
-    c = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", steps=3, batch_size=4, seed=6, progress=False)
+    c = rsm.finetune(toy.copy(), toy, reward, "rsm-zo", iterations=3, batch_size=4, seed=6, progress=False)
     assert not np.array_equal(np.from_dlpack(a.policy.params), np.from_dlpack(c.policy.params))
 
 
@@ -127,7 +127,7 @@ def test_first_order_method_improves_a_bounded_reward(toy):
     reward = rsm.rewards.quadratic([-3.0, -np.sqrt(3)], scale=0.5)
     x_ref = np.from_dlpack(rsm.sample(toy, 2000, rsm.FlowPath(), "heun", steps=20, seed=2))
     before = reward.value(x_ref.astype(np.float64)).mean()
-    run = rsm.finetune(toy.copy(), toy, reward, "rsm-fo", steps=40, batch_size=8, group_size=8,
+    run = rsm.finetune(toy.copy(), toy, reward, "rsm-fo", iterations=40, batch_size=8, group_size=8,
                        progress=False, reward_scale=2.0, lr=2e-3)
     x = np.from_dlpack(rsm.sample(run.policy, 2000, rsm.FlowPath(), "heun", steps=20, seed=2))
     after = reward.value(x.astype(np.float64)).mean()
@@ -182,7 +182,7 @@ def test_adjoint_matching_reaches_the_tilted_target(triangle_ref):
     path = rsm.FlowPath()
     x_ref = np.from_dlpack(rsm.sample(ref, 6000, path, "heun", steps=25, seed=1)).astype(np.float64)
     assert np.abs(mode_weights(x_ref, target.means) - 1 / 3).max() < 0.05
-    run = rsm.finetune(ref.copy(), ref, reward, "adjoint-matching", steps=300, batch_size=32,
+    run = rsm.finetune(ref.copy(), ref, reward, "adjoint-matching", iterations=300, batch_size=32,
                        group_size=8, lr=1e-3, ema_decay=0.95, progress=False,
                        kl_every=0)   # the fixed point is checked, not the KL: no evaluation cost
     x = np.from_dlpack(rsm.sample(run.ema_policy(), 6000, path, "sde", steps=40, grid="shift",
@@ -200,7 +200,7 @@ def test_black_box_method_improves_reward_with_finite_kl(triangle_ref, method, k
     reward = rsm.rewards.linear([-0.5, 0.0], 3.0)
     path = rsm.FlowPath()
     before = reward.value(np.from_dlpack(rsm.sample(ref, 4000, path, "heun", steps=25, seed=2)).astype(np.float64)).mean()
-    run = rsm.finetune(ref.copy(), ref, reward, method, steps=60, batch_size=16, group_size=8,
+    run = rsm.finetune(ref.copy(), ref, reward, method, iterations=60, batch_size=16, group_size=8,
                        lr=5e-4, kl=kl, clip_eps=0.2, progress=False)
     after = reward.value(np.from_dlpack(rsm.sample(run.policy, 4000, path, "heun", steps=25, seed=2)).astype(np.float64)).mean()
     assert after > before + 0.3, (before, after)

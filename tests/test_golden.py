@@ -188,7 +188,7 @@ def case_demo_history():
     ref, _ = _pretrained_mlp(rsm.FlowPath())
     digests = []
     for method in ("flow-grpo", "rsm-zo"):
-        run = rsm.finetune(ref.copy(), ref, _reward_fn, method=method, steps=3, batch_size=4,
+        run = rsm.finetune(ref.copy(), ref, _reward_fn, method=method, iterations=3, batch_size=4,
                            group_size=4, seed=1, progress=False, kl_every=2, kl_samples=32)
         cols = [c for c in sorted(run.history[-1]) if c not in ("seconds", "eval_seconds")
                 and isinstance(run.history[-1][c], (int, float, np.floating, np.integer))]

@@ -231,7 +231,7 @@ def test_conditional_finetuning_raises_condition_dependent_reward(guided, class_
         return out
 
     before = score(policy)
-    run = rsm.finetune(policy, ref, _class_up_down, method="flow-grpo", steps=12, batch_size=4,
+    run = rsm.finetune(policy, ref, _class_up_down, method="flow-grpo", iterations=12, batch_size=4,
                        group_size=6, conditions=[0, 1], progress=False, lr=1e-3)
     after = score(run.policy)
     assert after[0] > before[0] + 0.1 and after[1] > before[1] + 0.1   # both classes, opposite ways

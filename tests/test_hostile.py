@@ -410,7 +410,7 @@ def test_seeds_everywhere(seed, exc):
                                          batch_size=2, seed=seed, optimizer=opt, progress=False),
         "Trainer": lambda: rsm.Trainer(model, model.copy(), lambda x, c=None: -np.sum(x**2, 1), seed=seed,
                                        batch_size=2, group_size=2),
-        "finetune": lambda: rsm.finetune(model, model.copy(), lambda x, c=None: -np.sum(x**2, 1), steps=1,
+        "finetune": lambda: rsm.finetune(model, model.copy(), lambda x, c=None: -np.sum(x**2, 1), iterations=1,
                                          seed=seed, batch_size=2, group_size=2, progress=False),
         "sample": lambda: rsm.datasets.get("two_moons").sample(4, seed=seed),
     }

@@ -157,7 +157,7 @@ def test_same_value_for_every_preset_with_the_same_parameters():
 @pytest.mark.parametrize("method", ["flow-grpo", "rsm-zo", "rsm-fo", "ddpo"])
 def test_reporting_does_not_change_the_run(method):
     _, ref = make_models(9)
-    runs = [rsm.finetune(ref.copy(), ref, REWARD, method, steps=3, batch_size=2, group_size=4,
+    runs = [rsm.finetune(ref.copy(), ref, REWARD, method, iterations=3, batch_size=2, group_size=4,
                          seed=4, progress=False, kl_every=every) for every in (1, 2, 0)]
     params = [np.from_dlpack(r.policy.params) for r in runs]
     np.testing.assert_array_equal(params[0], params[2])
@@ -218,7 +218,7 @@ def test_bad_settings_raise_naming_the_argument(name, bad):
     with pytest.raises(ValueError, match=name):
         rsm.Trainer(ref.copy(), ref, REWARD, "flow-grpo", batch_size=2, group_size=4, **{name: bad})
     with pytest.raises(ValueError, match=name):
-        rsm.finetune(ref.copy(), ref, REWARD, "flow-grpo", steps=1, batch_size=2, group_size=4,
+        rsm.finetune(ref.copy(), ref, REWARD, "flow-grpo", iterations=1, batch_size=2, group_size=4,
                      progress=False, **{name: bad})
 
 

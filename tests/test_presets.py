@@ -64,7 +64,7 @@ def test_the_trainer_refuses_bad_options_before_any_work():
     with pytest.raises(TypeError, match="kl="):
         rsm.Trainer(model, model.copy(), rsm.rewards.quadratic([0, 0]), "flow-grpo", kl="0.1")
     with pytest.raises(ValueError, match="adv_eps="):
-        rsm.finetune(model, model.copy(), rsm.rewards.quadratic([0, 0]), "flow-grpo", steps=1,
+        rsm.finetune(model, model.copy(), rsm.rewards.quadratic([0, 0]), "flow-grpo", iterations=1,
                      adv_eps=NAN, progress=False)
     assert np.array_equal(np.from_dlpack(model.params), before)
 
