@@ -161,9 +161,9 @@ def _reward_grad_fn(x0, cond):
 
 def _preset_case(method):
     def run():
-        family = rsm.methods.get(method)["family"]
-        path_name = rsm.methods.get(method).get("path", "flow")
-        path = rsm.VPPath("linear") if path_name == "vp" else rsm.FlowPath()
+        preset = rsm.methods.get(method)
+        family = preset["family"]
+        path = rsm.VPPath("linear") if preset.get("path", "flow") == "vp" else rsm.FlowPath()
         ref, _ = _pretrained_mlp(path)
         policy = ref.copy()
         reward = (rsm.Reward(_reward_grad_fn, differentiable=True) if family != "zeroth-order"

@@ -159,6 +159,19 @@ def _std(x: np.ndarray, ddof: int) -> float:
     return float(np.std(x, ddof=ddof))
 
 
+def assign_advantages(batches: list, adv: np.ndarray, mask: np.ndarray, pending: Any,
+                      start: int = 0) -> None:
+    """Hand batch-level advantages back to the rollout batches they were computed over: the
+    batches' rows are consecutive in adv/mask from `start` (a data-parallel rank's first global
+    row, else 0); each keeps its slice (mask also by its own validity), the tracker's pending
+    update goes to the first batch only, so it is committed once."""
+    for j, b in enumerate(batches):
+        n = len(b.rewards)
+        b.adv, b.mask = adv[start:start + n], mask[start:start + n] & b.valid
+        b["tracker_update"] = pending if j == 0 else None
+        start += n
+
+
 def group_advantages(rewards: np.ndarray, keys: np.ndarray, valid: np.ndarray, cfg: dict,
                      tracker: "PromptTracker | None" = None,
                      prompts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Any]:

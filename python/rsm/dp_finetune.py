@@ -186,9 +186,7 @@ def _global_advantages(trainer: Any, batches: list) -> None:
     valid = comm.allgatherv(np.asarray(b.valid, dtype=np.uint8)).astype(bool)
     prompts = trainer._prompt_ids(rewards.shape[0])
     adv, mask, pending = _conv.group_advantages(rewards, keys, valid, cfg, trainer.tracker, prompts)
-    n = len(b.rewards)
-    b.adv, b.mask = adv[row0:row0 + n], mask[row0:row0 + n] & b.valid
-    b["tracker_update"] = pending
+    _conv.assign_advantages(batches, adv, mask, pending, start=row0)
 
 
 def trainer_step(trainer: Any) -> dict:

@@ -399,8 +399,8 @@ class RunHooks:
         self.kl_warn = kl_warn
         self._warned = False
         if target_reward is not None:
-            if isinstance(target_reward, (bool, str)) or not isinstance(target_reward, (int, float, np.floating, np.integer)) \
-                    or not math.isfinite(float(target_reward)):
+            if isinstance(target_reward, bool) or not isinstance(
+                    target_reward, (int, float, np.integer, np.floating)) or not math.isfinite(target_reward):
                 raise ValueError(f"finetune(): target_reward={target_reward!r} must be a finite float "
                                  "(the mean reward under p*) or None")
             target_reward = float(target_reward)

@@ -257,12 +257,7 @@ class Trainer:
             np.concatenate([b.rewards for b in batches]), np.concatenate(keys),
             np.concatenate([b.valid for b in batches]), cfg, self.tracker,
             np.concatenate([b["prompts"] for b in batches]))
-        start = 0
-        for j, b in enumerate(batches):
-            n = len(b.rewards)
-            b.adv, b.mask = adv[start:start + n], mask[start:start + n] & b.valid
-            b["tracker_update"] = pending if j == 0 else None   # committed once
-            start += n
+        _conv.assign_advantages(batches, adv, mask, pending)
 
     def _prompt_ids(self, n: int) -> np.ndarray:
         """The prompt of every sample of an SDE rollout for per-prompt trackers: the index of its
