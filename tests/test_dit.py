@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rsm
-from gradcheck import EPS, fd_check, fd_params, loss
+from gradcheck import fd_check, fd_params, fd_x, vjp_and_scale
 
 
 CFG = dict(image_size=4, channels=2, patch=2, width=8, depth=2, heads=2, num_classes=3)
@@ -76,10 +76,8 @@ def test_untrained_outputs_zero_and_shapes():
 def test_dparams_match_finite_differences():
     model = randomize(tiny(), 1)
     x, t, cond, cot = inputs(model, seed=2)
-    dx, dparams = model.vjp(x, t, cot, cond)
-    dparams = np.from_dlpack(dparams)
+    dx, dparams, scale = vjp_and_scale(model, x, t, cond, cot)
     index = sample_index(model)
-    _, scale = loss(model, x, t, cond, cot)
     assert_fd(fd_params(model, x, t, cond, cot, index), dparams[index], scale)
     assert np.abs(dparams[index]).max() > 1e-2
 
@@ -87,19 +85,9 @@ def test_dparams_match_finite_differences():
 def test_dx_matches_finite_differences():
     model = randomize(tiny(), 3)
     x, t, cond, cot = inputs(model, seed=4)
-    dx, _ = model.vjp(x, t, cot, cond)
+    dx, _, scale = vjp_and_scale(model, x, t, cond, cot)
     assert dx.shape == x.shape
-    fd = np.empty(x.size)
-    flat = x.ravel()
-    for i in range(x.size):
-        keep = flat[i]
-        flat[i] = keep + EPS
-        lp, _ = loss(model, x, t, cond, cot)
-        flat[i] = keep - EPS
-        lm, scale = loss(model, x, t, cond, cot)
-        flat[i] = keep
-        fd[i] = (lp - lm) / (2 * EPS)
-    assert_fd(fd, np.asarray(dx).ravel(), scale)
+    assert_fd(fd_x(model, x, t, cond, cot).ravel(), dx.ravel(), scale)
 
 
 def test_float32_matches_float64():
@@ -199,24 +187,12 @@ def test_lora_gradients_match_finite_differences(targets):
     ref = randomize(tiny(), 16)
     policy = lora_policy(ref, targets=targets)
     x, t, cond, cot = inputs(ref, seed=17)
-    dx, dparams = policy.vjp(x, t, cot, cond)
-    dparams = np.from_dlpack(dparams)
+    dx, dparams, scale = vjp_and_scale(policy, x, t, cond, cot)
     assert dparams.shape == (policy.num_params,)
-    _, scale = loss(policy, x, t, cond, cot)
     assert_fd(fd_params(policy, x, t, cond, cot, range(policy.num_params)), dparams, scale)
     # the input VJP goes through base + adapters
-    flat = x.ravel()
     idx = np.random.default_rng(0).choice(x.size, 12, replace=False)
-    fd = []
-    for i in idx:
-        keep = flat[i]
-        flat[i] = keep + EPS
-        lp, _ = loss(policy, x, t, cond, cot)
-        flat[i] = keep - EPS
-        lm, _ = loss(policy, x, t, cond, cot)
-        flat[i] = keep
-        fd.append((lp - lm) / (2 * EPS))
-    assert_fd(fd, np.asarray(dx).ravel()[idx], scale)
+    assert_fd(fd_x(policy, x, t, cond, cot, idx), dx.ravel()[idx], scale)
 
 
 def test_lora_merge_equals_unmerged_forward():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rsm
-from toy_models import make_models
+from toy_models import make_models, reward_failing_on_call
 
 
 def test_geometry_counts():
@@ -112,14 +112,7 @@ def test_step_with_accumulation_runs_k_rollouts_and_one_optimizer_step_per_epoch
 
 def test_a_failing_micro_batch_changes_nothing():
     policy, ref = make_models(4)
-    calls = []
-
-    def flaky(x, cond):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("reward server down")
-        return -np.sum(np.from_dlpack(x) ** 2, axis=1)
-
+    flaky = reward_failing_on_call(2)
     trainer = rsm.Trainer(policy, ref, flaky, "flow-grpo", batch_size=2, group_size=4, steps=4,
                           accumulate=2)
     before = np.from_dlpack(policy.params).copy()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import rsm
+from gradcheck import fd_per_row
 from sde_oracle import flow_sde_step
 from toy_models import make_models
 
@@ -168,21 +169,26 @@ def test_rsm_zo_equals_fairclip2_matching_with_kl(perturb):
         assert np.linalg.norm(g_orig - g_no_anchor) > 1e-3 * np.linalg.norm(g_orig)
 
 
-def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
-    policy, ref = make_models(2)
+def first_order_setup(method, seed, move_seed, **options):
+    """A first-order preset on the two-mode reward: one rollout, the policy then moved off the
+    rollout's parameters, the engine's gradient there. Returns (trainer, reward, batch,
+    g_engine, rows with times)."""
+    policy, ref = make_models(seed)
     reward = rsm.rewards.gmm_logpdf([[2.0, 0.0], [-1.0, 1.0]], [0.7, 0.5], [0.3, 0.7])
-    lam = 0.8
-    trainer = rsm.Trainer(policy, ref, reward, "rsm-fo", batch_size=2, group_size=3, steps=5,
-                          reward_scale=lam)
+    trainer = rsm.Trainer(policy, ref, reward, method, batch_size=2, group_size=3, **options)
     batch = trainer.rollout()
-    move_policy(policy, 5)
+    move_policy(policy, move_seed)
     g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    return trainer, reward, batch, g_engine, with_times(batch["rows"], trainer.ts)
+
+
+def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
+    lam = 0.8
+    trainer, reward, batch, g_engine, rows = first_order_setup("rsm-fo", 2, 5, steps=5,
+                                                               reward_scale=lam)
+    policy, ref, ts = trainer.policy, trainer.ref, trainer.ts
     # g = grad r at the END of each trajectory, recomputed independently from the terminal sample
-    x0 = batch["x0"]
-    h = 1e-6
-    g_term = np.stack([(reward.value(x0 + h * e) - reward.value(x0 - h * e)) / (2 * h)
-                       for e in np.eye(2)], axis=1)
+    g_term = fd_per_row(reward.value, batch["x0"])
     u_ref = outputs(ref, rows)
 
     def original(us):
@@ -433,20 +439,14 @@ def test_tempflow_grpo_equals_weighted_ppo_on_branches():
 
 
 def test_vgg_flow_equals_regression_onto_tweedie_gradient():
-    policy, ref = make_models(6)
-    reward = rsm.rewards.gmm_logpdf([[2.0, 0.0], [-1.0, 1.0]], [0.7, 0.5], [0.3, 0.7])
     lam = 0.6
-    trainer = rsm.Trainer(policy, ref, reward, "vgg-flow", batch_size=2, group_size=3, steps=4,
-                          reward_scale=lam)
-    batch = trainer.rollout()
-    move_policy(policy, 8)
-    g_engine, _ = trainer.loss_and_grad(batch)
-    ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
+    trainer, reward, batch, g_engine, rows = first_order_setup("vgg-flow", 6, 8, steps=4,
+                                                               reward_scale=lam)
+    policy, ref, ts = trainer.policy, trainer.ref, trainer.ts
     u_ref = outputs(ref, rows)
-    h = 1e-6
 
     def grad_r(x):
-        return np.stack([(reward.value(x + h * e) - reward.value(x - h * e)) / (2 * h) for e in np.eye(2)], 1)
+        return fd_per_row(reward.value, x)
 
     def original(us):
         total, count = 0.0, 0

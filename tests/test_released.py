@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import rsm
-from toy_models import make_models
+from toy_models import make_models, reward_failing_on_call
 
 RTOL = 1e-9
 
@@ -497,13 +497,7 @@ def test_failed_step_leaves_the_tracker_unchanged():
     """The tracker's buffers change only when a step succeeds (the reward raising at iteration 1
     leaves the buffers of iteration 0, the policy and the optimizer as they were)."""
     policy, ref = make_models(1)
-    calls = []
-
-    def reward(x, c):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("reward server down")
-        return -np.sum(np.from_dlpack(x) ** 2, axis=1)
+    reward = reward_failing_on_call(2)
     trainer = rsm.Trainer(policy, ref, reward, "ddpo", batch_size=2, group_size=4, sampler_steps=3)
     trainer.step()
     state, params = trainer.tracker.state(), np.from_dlpack(policy.params).copy()

@@ -20,6 +20,7 @@ def _mlp(seed=1, dtype="float64", cond_dim=0, scale=0.3):
 
 
 def _block(form, n=6, seed=0, t=0.6, dim=2, dtype=F64, cond=None, **coef_fields):
+    """The keyword arguments of one _C.UpdateBlock (_blocks builds them)."""
     rng = np.random.default_rng(seed)
     coef = row_coefficients(n, **({"adv": rng.standard_normal(n), "w": 1.3, "clip_eps": 0.2,
                                    "kl": 0.1, "weight": rng.uniform(0.5, 1.5, n)}
@@ -33,6 +34,10 @@ def _block(form, n=6, seed=0, t=0.6, dim=2, dtype=F64, cond=None, **coef_fields)
             "noise": rng.standard_normal((n, dim)).astype(dtype) if form != "score_matching" else None,
             "u_ref": np.empty((n, dim), dtype), "ref_ready": False, "anchor_current": False,
             "kl_report": 0.25}
+
+
+def _blocks(fields):
+    return [_C.UpdateBlock(**f) for f in fields]
 
 
 def _composed(policy, ref, blocks, normalizer, mean_over_dims=False):
@@ -59,18 +64,21 @@ def test_gradient_equals_the_composed_pieces(mean_over_dims):
               _block("matching", seed=3, t=0.4), _block("score_matching", seed=4, t=0.3),
               dict(_block("score_matching", seed=5, t=0.2), anchor_current=True)]
     want, want_loss = _composed(policy, ref, blocks, 7.0, mean_over_dims)
-    out = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, blocks, 7.0,
+    built = _blocks(blocks)
+    assert not any(b.ref_ready for b in built)
+    out = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, built, 7.0,
                           mean_over_dims=mean_over_dims)
     got = np.from_dlpack(out["grads"])
     assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
     assert np.allclose(np.from_dlpack(out["loss"]), want_loss, rtol=1e-12, atol=0)
     assert out["nfe"] == 3 * sum(b["x"].shape[0] for b in blocks)   # ref + forward + backward
-    # the reference outputs stay in the caller's buffers; a second call does not recompute them
-    for b in blocks:
+    # the reference outputs stay in the caller's buffers and the blocks say so; a second call
+    # does not recompute them
+    for b, blk in zip(blocks, built):
         u_ref = np.from_dlpack(ref.forward(b["x"], np.full(len(b["x"]), b["t"])))
         assert np.array_equal(b["u_ref"], u_ref)
-        b["ref_ready"] = True
-    again = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, blocks, 7.0,
+        assert blk.ref_ready == 1
+    again = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, built, 7.0,
                             mean_over_dims=mean_over_dims)
     assert np.array_equal(np.from_dlpack(again["grads"]), got)
     assert again["nfe"] == 2 * sum(b["x"].shape[0] for b in blocks)
@@ -79,7 +87,7 @@ def test_gradient_equals_the_composed_pieces(mean_over_dims):
 def test_reported_kl_is_the_closed_form_per_sample_kl():
     policy, ref = _mlp(1), _mlp(2)
     b = _block("ppo", seed=3)
-    out = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, [b], 1.0)
+    out = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, _blocks([b]), 1.0)
     n = len(b["x"])
     u = np.from_dlpack(policy.forward(b["x"], np.full(n, b["t"])))
     want = b["kl_report"] * ((u - b["u_ref"]) ** 2).sum(1).mean()
@@ -92,8 +100,9 @@ def test_ref_may_be_the_policy_itself():
     policy = _mlp(1)
     blocks = [_block("score_matching", seed=s, t=0.2 + 0.2 * s) for s in range(3)]
     same = _C.train_update(policy._core, policy._core, rsm.FlowPath()._core,
-                           [dict(b, u_ref=np.empty_like(b["u_ref"])) for b in blocks], 3.0)
-    copy = _C.train_update(policy._core, policy.copy()._core, rsm.FlowPath()._core, blocks, 3.0)
+                           _blocks([dict(b, u_ref=np.empty_like(b["u_ref"])) for b in blocks]), 3.0)
+    copy = _C.train_update(policy._core, policy.copy()._core, rsm.FlowPath()._core, _blocks(blocks),
+                           3.0)
     assert np.array_equal(np.from_dlpack(same["grads"]), np.from_dlpack(copy["grads"]))
 
 
@@ -103,7 +112,7 @@ def test_epochs_equal_repeated_gradient_and_adamw_steps():
     opt = rsm.AdamW(policy, lr=1e-2, weight_decay=0.01, max_grad_norm=0.5, ema_decay=0.9)
     opt_twin = rsm.AdamW(twin, lr=1e-2, weight_decay=0.01, max_grad_norm=0.5, ema_decay=0.9)
     out = _C.train_update(policy._core, ref._core, rsm.FlowPath()._core,
-                          [dict(b, u_ref=np.empty_like(b["u_ref"])) for b in blocks], 2.0,
+                          _blocks([dict(b, u_ref=np.empty_like(b["u_ref"])) for b in blocks]), 2.0,
                           opt=opt._core, epochs=3, lr=1e-2)
     norms = []
     for _ in range(3):
@@ -129,12 +138,13 @@ def test_a_failing_later_epoch_changes_nothing():
     twin = policy.copy()
     twin_opt = rsm.AdamW(twin, lr=1e-3, ema_decay=0.5)
     twin_opt.load_state_dict(opt.state_dict())
-    _C.train_update(twin._core, ref._core, rsm.FlowPath()._core, [dict(b, u_ref=np.empty_like(b["u_ref"]))],
-                    1.0, opt=twin_opt._core, epochs=1, lr=1e30)
+    _C.train_update(twin._core, ref._core, rsm.FlowPath()._core,
+                    _blocks([dict(b, u_ref=np.empty_like(b["u_ref"]))]), 1.0, opt=twin_opt._core,
+                    epochs=1, lr=1e30)
     assert np.all(np.isfinite(np.from_dlpack(twin.params)))
     assert np.abs(np.from_dlpack(twin.params)).max() > 1e20
     with pytest.raises(FloatingPointError):
-        _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, [b], 1.0,
+        _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, _blocks([b]), 1.0,
                         opt=opt._core, epochs=2, lr=1e30)
     assert np.array_equal(np.from_dlpack(policy.params), before["params"])
     after = opt.state_dict()
@@ -151,28 +161,67 @@ def test_guided_policy_gradient_through_the_c_backward():
     cond = np.random.default_rng(9).standard_normal((6, 2))
     blocks = [_block("score_matching", seed=1, cond=cond), _block("log_ratio", seed=2, cond=cond)]
     want, _ = _composed(guided, ref, blocks, 4.0)
-    out = _C.train_update(guided._core, ref._core, rsm.FlowPath()._core, blocks, 4.0)
+    out = _C.train_update(guided._core, ref._core, rsm.FlowPath()._core, _blocks(blocks), 4.0)
     got = np.from_dlpack(out["grads"])
     assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
 
 
 @pytest.mark.parametrize("change, exc, match", [
-    (dict(form="ratio"), ValueError, r"blocks\[0\]\['form'\] must be"),
-    (dict(x=np.zeros((6, 3))), ValueError, r"blocks\[0\]\['x'\] must have shape \[-1, 2\]"),
-    (dict(coef=np.zeros((5, 14))), ValueError, r"blocks\[0\]\['coef'\] must have shape \[6, 14\]"),
-    (dict(u_old=np.zeros((6, 2), np.float32)), TypeError, r"blocks\[0\]\['u_old'\]"),
-    (dict(t="late"), ValueError, r"blocks\[0\]\['t'\] must be a number"),
-    (dict(u_ref=None), ValueError, r"blocks\[0\]\['u_ref'\] is required"),
-    (dict(t=float("nan")), ValueError, r"t=nan"),
+    (dict(form="ratio"), ValueError, r"UpdateBlock\(\): form must be"),
+    (dict(form=3), TypeError, r"UpdateBlock\(\): form must be a string"),
+    (dict(x=np.zeros(6)), ValueError, r"UpdateBlock\(\): x must have shape \[n, d\]"),
+    (dict(x=np.zeros((6, 2), np.int64)), TypeError, r"x"),
+    (dict(coef=np.zeros((5, 14))), ValueError, r"UpdateBlock\(\): coef must have shape \[6, 14\]"),
+    (dict(u_old=np.zeros((6, 2), np.float32)), TypeError, r"UpdateBlock\(\): u_old"),
+    (dict(noise=np.zeros((6, 3))), ValueError, r"UpdateBlock\(\): noise must have shape \[6, 2\]"),
+    (dict(cond=np.zeros((5, 1))), ValueError, r"UpdateBlock\(\): cond must have shape \[6, d\]"),
+    (dict(u_ref=np.zeros((6, 3))), ValueError, r"UpdateBlock\(\): u_ref must have shape \[6, 2\]"),
+    (dict(u_ref=np.zeros((6, 2))[::-1]), ValueError, r"u_ref"),
+    (dict(t="late"), TypeError, r"UpdateBlock\(\): t must be a number"),
+    (dict(t=None), TypeError, r"UpdateBlock\(\): t must be a number"),
+    (dict(u_ref=None), TypeError, r"UpdateBlock\(\): u_ref is required"),
+    (dict(kl_report="x"), TypeError, r"kl_report"),
 ])
-def test_bad_blocks_raise_naming_the_argument(change, exc, match):
+def test_bad_blocks_raise_naming_the_argument_when_built(change, exc, match):
+    with pytest.raises(exc, match=match):
+        _C.UpdateBlock(**dict(_block("ppo"), **change))
+
+
+def test_update_block_needs_its_keywords():
+    fields = _block("ppo")
+    for name in ("form", "t", "x", "coef", "u_ref"):
+        with pytest.raises(TypeError, match=f"UpdateBlock\\(\\): {name} is required"):
+            _C.UpdateBlock(**{k: v for k, v in fields.items() if k != name})
+    with pytest.raises(TypeError):
+        _C.UpdateBlock(fields["form"])   # keyword arguments only
+    blk = _C.UpdateBlock(**fields)
+    assert (blk.rows, blk.t, blk.kl_report, blk.ref_ready, blk.anchor_current) == (6, 0.6, 0.25, 0, 0)
+    assert np.array_equal(np.from_dlpack(blk.x), fields["x"]) and blk.psi is None
+
+
+@pytest.mark.parametrize("block, exc, match", [
+    (lambda: {}, TypeError, r"train_update\(\): blocks\[0\] must be an rsm._C.UpdateBlock, got dict"),
+    (lambda: _C.UpdateBlock(**_block("ppo", dim=3)), ValueError,
+     r"train_update\(\): blocks\[0\].x must have shape \[n, 2\], got \[n, 3\]"),
+    (lambda: _C.UpdateBlock(**_block("ppo", dtype=np.float32)), TypeError,
+     r"train_update\(\): blocks\[0\].x must be float64"),
+    (lambda: _C.UpdateBlock(**_block("ppo", t=float("nan"))), ValueError, r"t=nan"),
+])
+def test_blocks_that_do_not_fit_the_policy_raise_naming_the_argument(block, exc, match):
     policy, ref = _mlp(1), _mlp(2)
     p0 = np.array(np.from_dlpack(policy.params))
     opt = rsm.AdamW(policy, lr=1e-2)
     with pytest.raises(exc, match=match):
-        _C.train_update(policy._core, ref._core, rsm.FlowPath()._core,
-                        [dict(_block("ppo"), **change)], 1.0, opt=opt._core, epochs=1)
+        _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, [block()], 1.0,
+                        opt=opt._core, epochs=1)
     assert np.array_equal(np.from_dlpack(policy.params), p0) and opt.step_count == 0
+
+
+def test_block_cond_must_fit_a_conditional_policy():
+    policy, ref = _mlp(1, cond_dim=2), _mlp(2, cond_dim=2)
+    b = _C.UpdateBlock(**_block("ppo", cond=np.zeros((6, 3))))
+    with pytest.raises(ValueError, match=r"blocks\[0\].cond must have shape \[n, 2\], got \[n, 3\]"):
+        _C.train_update(policy._core, ref._core, rsm.FlowPath()._core, [b], 1.0)
 
 
 def test_bad_call_arguments():
@@ -184,12 +233,14 @@ def test_bad_call_arguments():
     with pytest.raises(TypeError, match="opt must be an rsm AdamW"):
         _C.train_update(policy._core, ref._core, path, [], 1.0, opt=None, epochs=1)
     with pytest.raises(ValueError, match="normalizer"):
-        _C.train_update(policy._core, ref._core, path, [_block("ppo")], 0.0)
+        _C.train_update(policy._core, ref._core, path, _blocks([_block("ppo")]), 0.0)
     with pytest.raises(ValueError, match="must match the policy"):
-        _C.train_update(policy._core, _mlp(2, dtype="float32")._core, path, [_block("ppo")], 1.0)
+        _C.train_update(policy._core, _mlp(2, dtype="float32")._core, path, _blocks([_block("ppo")]),
+                        1.0)
     bigger = rsm.AdamW(rsm.MLP(2, 8, 1, seed=0, dtype="float64"), lr=1e-2)
     with pytest.raises(ValueError, match="does not belong to the policy"):
-        _C.train_update(policy._core, ref._core, path, [_block("ppo")], 1.0, opt=bigger._core, epochs=1)
+        _C.train_update(policy._core, ref._core, path, _blocks([_block("ppo")]), 1.0, opt=bigger._core,
+                        epochs=1)
     with pytest.raises(TypeError, match="policy must be a trainable model"):
         gmm = rsm.GaussianMixtureModel(np.zeros((1, 2)), np.ones(1), np.ones(1), rsm.FlowPath(), dtype="float64")
         _C.train_update(gmm._core, ref._core, path, [], 1.0)

@@ -18,7 +18,7 @@
  *   reward_py.c    a Python reward callable as the rollouts' reward hook; the analytic rewards
  *   objective_py.c the RSM objective and group advantages
  *   optim_py.c     AdamWCore
- *   train_py.c     pretrain_steps and train_update (the fine-tuning update)
+ *   train_py.c     pretrain_steps, UpdateBlock and train_update (the fine-tuning update)
  *   rng_py.c       the counter-based random numbers (philox, random, stream_id)
  *   debug_py.c     test and benchmark hooks, not API (gemm, dit_op)
  */
@@ -43,6 +43,7 @@ typedef struct rsm_module_state {
     PyTypeObject *adamw_type;  /* rsm._C.AdamWCore (optim_py.c) */
     PyTypeObject *dit_type;    /* rsm._C.DiTCore (dit_py.c) */
     PyTypeObject *guided_type; /* rsm._C.GuidedCore (guided_py.c) */
+    PyTypeObject *update_block_type; /* rsm._C.UpdateBlock (train_py.c) */
 } rsm_module_state;
 
 /* ---- the module (module.c) ----------------------------------------------------------------- */
@@ -175,6 +176,20 @@ int rsm_py_model_ready(rsm_py_model *self, const char *func);
 PyObject *rsm_py_model_forward_method(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *rsm_py_model_vjp_method(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *rsm_py_model_backward_method(PyObject *self, PyObject *args);
+/* The entries every model type lists: its slots (dealloc, traverse, clear) and, for a trainable
+ * core, the three methods above (forward also for the guided core, RSM_PY_MODEL_FORWARD). */
+#define RSM_PY_MODEL_SLOTS                                                                         \
+    {Py_tp_dealloc, rsm_py_model_dealloc}, {Py_tp_traverse, rsm_py_model_traverse},                \
+        {Py_tp_clear, rsm_py_model_clear}
+#define RSM_PY_MODEL_FORWARD(doc)                                                                  \
+    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,                          \
+     METH_VARARGS | METH_KEYWORDS, doc}
+#define RSM_PY_MODEL_METHODS                                                                       \
+    RSM_PY_MODEL_FORWARD("forward(x, t, cond=None, keep=False)"),                                  \
+        {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method,                              \
+         METH_VARARGS | METH_KEYWORDS, "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},   \
+        {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,                      \
+         "backward(cotangent, token) -> (dx, dparams)"}
 
 /* A model argument (any model core of this module) -> its vtable, plus the lock that guards its
  * activations (NULL if it has none); -1 with an exception set otherwise. */

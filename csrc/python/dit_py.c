@@ -242,12 +242,7 @@ rsm_dit_py_set_checkpoint(rsm_py_dit *self, PyObject *value, void *closure)
 }
 
 static PyMethodDef rsm_dit_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
-     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None, keep=False)"},
-    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS,
-     "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
-    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,
-     "backward(cotangent, token) -> (dx, dparams)"},
+    RSM_PY_MODEL_METHODS,
     {"activation_bytes", (PyCFunction)rsm_dit_py_activation_bytes, METH_O,
      "activation_bytes(n): bytes of activations saved by a forward of n rows"},
     {"reset_parameters", (PyCFunction)rsm_dit_py_reset_parameters, METH_O,
@@ -270,9 +265,7 @@ static PyGetSetDef rsm_dit_getset[] = {
 
 static PyType_Slot rsm_dit_slots[] = {
     {Py_tp_init, rsm_dit_py_init},
-    {Py_tp_dealloc, rsm_py_model_dealloc},
-    {Py_tp_traverse, rsm_py_model_traverse},
-    {Py_tp_clear, rsm_py_model_clear},
+    RSM_PY_MODEL_SLOTS,
     {Py_tp_methods, rsm_dit_methods},
     {Py_tp_getset, rsm_dit_getset},
     {Py_tp_doc, "DiTCore(image_size, channels, patch, width, depth, heads, num_classes, "

@@ -144,9 +144,7 @@ static PyGetSetDef rsm_gmm_getset[] = {
 
 static PyType_Slot rsm_gmm_slots[] = {
     {Py_tp_init, rsm_gmm_py_init},
-    {Py_tp_dealloc, rsm_py_model_dealloc},
-    {Py_tp_traverse, rsm_py_model_traverse},
-    {Py_tp_clear, rsm_py_model_clear},
+    RSM_PY_MODEL_SLOTS,
     {Py_tp_methods, rsm_gmm_methods},
     {Py_tp_getset, rsm_gmm_getset},
     {Py_tp_doc, "GaussianMixtureCore(means[K, D], stds[K], weights[K], dtype='float32')"},

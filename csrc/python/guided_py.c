@@ -140,8 +140,7 @@ rsm_guided_py_get_null_cond(rsm_py_guided *self, void *closure)
 }
 
 static PyMethodDef rsm_guided_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
-     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond) -> guided output"},
+    RSM_PY_MODEL_FORWARD("forward(x, t, cond) -> guided output"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -154,9 +153,7 @@ static PyGetSetDef rsm_guided_getset[] = {
 
 static PyType_Slot rsm_guided_slots[] = {
     {Py_tp_init, rsm_guided_py_init},
-    {Py_tp_dealloc, rsm_py_model_dealloc},
-    {Py_tp_traverse, rsm_py_model_traverse},
-    {Py_tp_clear, rsm_py_model_clear},
+    RSM_PY_MODEL_SLOTS,
     {Py_tp_methods, rsm_guided_methods},
     {Py_tp_getset, rsm_guided_getset},
     {Py_tp_doc, "GuidedCore(inner, scale, null_cond[cond_dim])"},
@@ -179,48 +176,49 @@ rsm_any_real_matrix(PyObject *module, PyObject *obj, const char *func, const cha
     return t;
 }
 
-/* guidance_combine(u2[2n, D], scale) -> u[n, D] = u2[n:] + scale (u2[:n] - u2[n:]) */
+/* guidance_combine(u2[2n, D], scale) -> u[n, D] = u2[n:] + scale (u2[:n] - u2[n:]) and its VJP
+ * guidance_split(dout[n, D], scale) -> du2[2n, D] = [scale dout; (1 - scale) dout] */
 static PyObject *
-rsm_py_guidance_combine(PyObject *module, PyObject *args)
+rsm_guidance_op(PyObject *module, PyObject *args, int combine)
 {
-    PyObject *u2_obj;
+    const char *func = combine ? "guidance_combine" : "guidance_split";
+    PyObject *in_obj;
     double scale;
-    if (!PyArg_ParseTuple(args, "Od", &u2_obj, &scale)) return NULL;
-    rsm_py_tensor *u2 = rsm_any_real_matrix(module, u2_obj, "guidance_combine", "u2");
-    if (!u2) return NULL;
+    if (!PyArg_ParseTuple(args, "Od", &in_obj, &scale)) return NULL;
+    rsm_py_tensor *in = rsm_any_real_matrix(module, in_obj, func, combine ? "u2" : "cotangent");
+    if (!in) return NULL;
     rsm_py_tensor *out = NULL;
-    if (u2->t.shape[0] % 2 != 0) {
-        rsm_py_raisef(PyExc_ValueError, "guidance_combine",
+    const int64_t rows = in->t.shape[0], cols = in->t.shape[1];
+    const rsm_dtype dtype = rsm_tensor_dtype(&in->t);
+    if (combine && rows % 2 != 0) {
+        rsm_py_raisef(PyExc_ValueError, func,
                       "u2 must stack [u_cond; u_uncond] (an even number of rows), got %lld",
-                      (long long)u2->t.shape[0]);
+                      (long long)rows);
         goto done;
     }
-    int64_t shape[2] = {u2->t.shape[0] / 2, u2->t.shape[1]};
-    out = rsm_py_tensor_new(module, rsm_tensor_dtype(&u2->t), 2, shape, 0);
-    if (out)
-        rsm_guided_combine(rsm_tensor_dtype(&u2->t), shape[0] * shape[1], scale,
-                           rsm_py_tensor_data(u2), rsm_py_tensor_data(out));
+    int64_t shape[2] = {combine ? rows / 2 : 2 * rows, cols};
+    out = rsm_py_tensor_new(module, dtype, 2, shape, 0);
+    if (out && combine)
+        rsm_guided_combine(dtype, shape[0] * cols, scale, rsm_py_tensor_data(in),
+                           rsm_py_tensor_data(out));
+    else if (out)
+        rsm_guided_split(dtype, rows * cols, scale, rsm_py_tensor_data(in),
+                         rsm_py_tensor_data(out));
 done:
-    Py_DECREF(u2);
+    Py_DECREF(in);
     return (PyObject *)out;
 }
 
-/* guidance_split(dout[n, D], scale) -> du2[2n, D] = [scale dout; (1 - scale) dout] */
+static PyObject *
+rsm_py_guidance_combine(PyObject *module, PyObject *args)
+{
+    return rsm_guidance_op(module, args, 1);
+}
+
 static PyObject *
 rsm_py_guidance_split(PyObject *module, PyObject *args)
 {
-    PyObject *dout_obj;
-    double scale;
-    if (!PyArg_ParseTuple(args, "Od", &dout_obj, &scale)) return NULL;
-    rsm_py_tensor *dout = rsm_any_real_matrix(module, dout_obj, "guidance_split", "cotangent");
-    if (!dout) return NULL;
-    int64_t shape[2] = {2 * dout->t.shape[0], dout->t.shape[1]};
-    rsm_py_tensor *out = rsm_py_tensor_new(module, rsm_tensor_dtype(&dout->t), 2, shape, 0);
-    if (out)
-        rsm_guided_split(rsm_tensor_dtype(&dout->t), dout->t.shape[0] * dout->t.shape[1], scale,
-                         rsm_py_tensor_data(dout), rsm_py_tensor_data(out));
-    Py_DECREF(dout);
-    return (PyObject *)out;
+    return rsm_guidance_op(module, args, 0);
 }
 
 static PyMethodDef rsm_guidance_functions[] = {

@@ -94,12 +94,7 @@ rsm_mlp_py_reset_parameters(rsm_py_mlp *self, PyObject *arg)
 }
 
 static PyMethodDef rsm_mlp_methods[] = {
-    {"forward", (PyCFunction)(void (*)(void))rsm_py_model_forward_method,
-     METH_VARARGS | METH_KEYWORDS, "forward(x, t, cond=None)"},
-    {"vjp", (PyCFunction)(void (*)(void))rsm_py_model_vjp_method, METH_VARARGS | METH_KEYWORDS,
-     "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},
-    {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,
-     "backward(cotangent, token) -> (dx, dparams)"},
+    RSM_PY_MODEL_METHODS,
     {"reset_parameters", (PyCFunction)rsm_mlp_py_reset_parameters, METH_O,
      "reset_parameters(seed)"},
     {NULL, NULL, 0, NULL},
@@ -115,9 +110,7 @@ static PyGetSetDef rsm_mlp_getset[] = {
 
 static PyType_Slot rsm_mlp_slots[] = {
     {Py_tp_init, rsm_mlp_py_init},
-    {Py_tp_dealloc, rsm_py_model_dealloc},
-    {Py_tp_traverse, rsm_py_model_traverse},
-    {Py_tp_clear, rsm_py_model_clear},
+    RSM_PY_MODEL_SLOTS,
     {Py_tp_methods, rsm_mlp_methods},
     {Py_tp_getset, rsm_mlp_getset},
     {Py_tp_doc,

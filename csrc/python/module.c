@@ -163,6 +163,7 @@ rsm_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->adamw_type);
     Py_VISIT(state->dit_type);
     Py_VISIT(state->guided_type);
+    Py_VISIT(state->update_block_type);
     return 0;
 }
 
@@ -177,6 +178,7 @@ rsm_module_clear(PyObject *module)
     Py_CLEAR(state->adamw_type);
     Py_CLEAR(state->dit_type);
     Py_CLEAR(state->guided_type);
+    Py_CLEAR(state->update_block_type);
     return 0;
 }
 

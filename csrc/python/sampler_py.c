@@ -113,6 +113,28 @@ rsm_rollout_inputs(PyObject *module, const char *func, const rsm_model *model, i
     return rsm_py_cond_arg(module, func, model->dtype, model->cond_dim, rows, cond_obj, cond);
 }
 
+/* The arguments every rollout entry point starts with: reward (a callable or None), path and
+ * model (with its lock), and the row count `count_name`=count the outputs are sized from before
+ * the core runs (the core checks it again, with the same message). */
+static int
+rsm_rollout_targets(PyObject *module, const char *func, PyObject *reward_obj, PyObject *path_obj,
+                    PyObject *model_obj, const char *count_name, long long count,
+                    const rsm_path **path, rsm_model *model, PyThread_type_lock *lock)
+{
+    if (reward_obj != Py_None && !PyCallable_Check(reward_obj)) {
+        rsm_py_raisef(PyExc_TypeError, func, "reward must be callable or None, got %s",
+                      Py_TYPE(reward_obj)->tp_name);
+        return -1;
+    }
+    *path = rsm_py_path_arg(module, path_obj, func, "path");
+    if (!*path || rsm_py_model_arg(module, model_obj, func, model, lock) < 0) return -1;
+    if (count < 1) {
+        rsm_py_raisef(PyExc_ValueError, func, "%s=%lld must be >= 1", count_name, count);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -151,16 +173,12 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
             &row_offset))
         return NULL;
     const char *func = "sample";
-    if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
-        return rsm_py_raisef(PyExc_TypeError, func, "reward must be callable or None, got %s",
-                             Py_TYPE(reward_obj)->tp_name);
-    const rsm_path *path = rsm_py_path_arg(module, path_obj, func, "path");
-    if (!path) return NULL;
+    const rsm_path *path;
     rsm_model model;
     PyThread_type_lock lock;
-    if (rsm_py_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
-    /* the outputs are sized from n before the core runs (the core checks n again, same message) */
-    if (n < 1) return rsm_py_raisef(PyExc_ValueError, func, "n=%lld must be >= 1", n);
+    if (rsm_rollout_targets(module, func, reward_obj, path_obj, model_obj, "n", n, &path, &model,
+                            &lock) < 0)
+        return NULL;
     rsm_py_sampler_args sa;
     PyObject *result = NULL;
     rsm_py_tensor *x_init = NULL, *cond = NULL;
@@ -287,16 +305,12 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
             &noise_level, &pcpo_weight, &x_init_obj, &cond_obj, &reward_obj, &row_offset))
         return NULL;
     const char *func = "branch_rollout";
-    if (reward_obj != Py_None && !PyCallable_Check(reward_obj))
-        return rsm_py_raisef(PyExc_TypeError, func, "reward must be callable or None, got %s",
-                             Py_TYPE(reward_obj)->tp_name);
-    const rsm_path *path = rsm_py_path_arg(module, path_obj, func, "path");
-    if (!path) return NULL;
+    const rsm_path *path;
     rsm_model model;
     PyThread_type_lock lock;
-    if (rsm_py_model_arg(module, model_obj, func, &model, &lock) < 0) return NULL;
-    /* the outputs are sized from roots before the core runs (the core checks it again) */
-    if (roots < 1) return rsm_py_raisef(PyExc_ValueError, func, "roots=%lld must be >= 1", roots);
+    if (rsm_rollout_targets(module, func, reward_obj, path_obj, model_obj, "roots", roots, &path,
+                            &model, &lock) < 0)
+        return NULL;
     rsm_py_sampler_args root_args, branch_args;
     memset(&branch_args, 0, sizeof(branch_args));
     PyObject *result = NULL;

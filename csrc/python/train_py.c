@@ -7,11 +7,11 @@
  *   train_update(policy, ref, path, blocks, normalizer, linear_only=False, mean_over_dims=False,
  *                opt=None, epochs=0, lr=nan) -> dict
  *
- * blocks: a sequence of dicts, one per trained transition, with keys
- *   form ('score_matching' | 'ppo' | 'log_ratio' | 'matching'), t (float), x [n, D],
+ * blocks: a sequence of UpdateBlock, one per trained transition, each built with the keyword
+ *   arguments form ('score_matching' | 'ppo' | 'log_ratio' | 'matching'), t (float), x [n, D],
  *   cond ([n, cond_dim] or None), coef [n, 14] float64 (objective rows), u_old, psi, noise
  *   ([n, D] or None), u_ref (a writable [n, D] buffer), ref_ready (bool: u_ref already holds the
- *   reference outputs), anchor_current (bool), kl_report (float).
+ *   reference outputs), anchor_current (bool), kl_report (float), and checked then.
  * epochs = 0: the gradient only (opt must be None) -> dict(grads [P], loss [B], kl [B],
  *   clip_fraction [B], nfe). epochs >= 1: that many optimizer steps of `opt` at `lr` ->
  *   dict(loss [E, B], kl [E, B], clip_fraction [E, B], grad_norms [E], nfe); all or nothing.
@@ -20,7 +20,8 @@
 #include "binding.h"
 
 #include <math.h>
-#include <string.h>
+
+#include "structmember.h"
 
 #include "../optim.h"
 #include "../train/pretrain.h"
@@ -118,143 +119,221 @@ done:
     return result;
 }
 
-/* ---- the fine-tuning update ----------------------------------------------------------------- */
+/* ---- the update block ------------------------------------------------------------------------ */
 
-#define RSM_UPDATE_ARRAYS 7 /* x, cond, coef, u_old, psi, noise, u_ref */
-
+/* rsm._C.UpdateBlock: one block of the update (csrc/train/update.h) as the C struct the core reads.
+ * Its arrays are converted once, when it is built, and their shapes checked against each other
+ * there (messages name the keyword argument); train_update then only checks it against the policy
+ * (dtype, dim, cond_dim) and copies the struct. It holds a reference to every tensor its pointers
+ * point into; after a call that filled u_ref, its ref_ready is 1 (later calls reuse u_ref). */
 typedef struct {
-    rsm_py_tensor *held[RSM_UPDATE_ARRAYS];
-    int count;
-} rsm_block_refs;
+    PyObject_HEAD rsm_update_block blk;
+    rsm_dtype dtype;  /* of x and of every state-shaped array */
+    int64_t dim;      /* x's columns */
+    int64_t cond_dim; /* cond's columns (0 without cond) */
+    PyObject *x, *cond, *coef, *u_old, *psi, *noise, *u_ref; /* rsm.Tensor or None */
+} rsm_py_update_block;
 
-static void
-rsm_block_refs_clear(rsm_block_refs *refs)
-{
-    for (int i = 0; i < refs->count; i++) Py_XDECREF(refs->held[i]);
-    refs->count = 0;
-}
+#define RSM_COEF_COLS ((int64_t)(sizeof(rsm_objective_row) / sizeof(double)))
 
+/* The keyword argument `name` as a [rows, cols] tensor (rows / cols < 0: any) in *slot (None when
+ * absent and optional); `out`: written by the update, so it must be writable (no copy). */
 static int
-rsm_update_form(PyObject *obj, const char *func, int64_t b, rsm_objective_form *form)
+rsm_update_block_array(PyObject *module, PyObject *obj, const char *name, rsm_dtype dtype,
+                       int64_t rows, int64_t cols, int optional, int out, PyObject **slot)
 {
-    const char *name = obj ? PyUnicode_AsUTF8(obj) : NULL;
-    if (!name) {
-        PyErr_Clear();
-        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld]['form'] must be a string",
-                      (long long)b);
-        return -1;
-    }
-    char what[40];
-    snprintf(what, sizeof(what), "blocks[%lld]['form']", (long long)b);
-    return rsm_py_parse_form(name, func, what, form);
-}
-
-/* blocks[b][key] as a [rows, cols] array of dtype (rows < 0: any, set from it); None -> NULL
- * when optional. `out`: must be writable (no copy). */
-static int
-rsm_update_array(PyObject *module, PyObject *dict, const char *key, const char *func, int64_t b,
-                 rsm_dtype dtype, int64_t *rows, int64_t cols, int optional, int out,
-                 rsm_block_refs *refs, void **data)
-{
-    *data = NULL;
-    PyObject *obj = PyDict_GetItemString(dict, key);
-    char name[64];
-    snprintf(name, sizeof(name), "blocks[%lld]['%s']", (long long)b, key);
+    const char *func = "UpdateBlock";
     if (!obj || obj == Py_None) {
-        if (optional) return 0;
-        rsm_py_raisef(PyExc_ValueError, func, "%s is required", name);
-        return -1;
-    }
-    rsm_py_tensor *t = out ? rsm_py_tensor_out_arg(module, obj, func, name, dtype)
-                           : rsm_py_tensor_arg(module, obj, func, name, dtype);
-    if (!t) return -1;
-    refs->held[refs->count++] = t;
-    if (t->t.ndim != 2 || t->t.shape[1] != cols || (*rows >= 0 && t->t.shape[0] != *rows)) {
-        rsm_py_raisef(PyExc_ValueError, func, "%s must have shape [%lld, %lld]", name,
-                      (long long)*rows, (long long)cols);
-        return -1;
-    }
-    *rows = t->t.shape[0];
-    *data = rsm_py_tensor_data(t);
-    return 0;
-}
-
-static int
-rsm_update_flag(PyObject *dict, const char *key, int *value)
-{
-    PyObject *obj = PyDict_GetItemString(dict, key);
-    if (!obj) {
-        *value = 0;
+        if (!optional) {
+            rsm_py_raisef(PyExc_TypeError, func, "%s is required", name);
+            return -1;
+        }
+        *slot = Py_NewRef(Py_None);
         return 0;
     }
-    int v = PyObject_IsTrue(obj);
-    if (v < 0) return -1;
-    *value = v;
+    rsm_py_tensor *t = out ? rsm_py_tensor_out_arg(module, obj, func, name, dtype)
+                           : rsm_py_matrix_arg(module, obj, func, name, dtype, rows, cols);
+    if (!t) return -1;
+    *slot = (PyObject *)t;
+    if (out && (t->t.ndim != 2 || t->t.shape[0] != rows || t->t.shape[1] != cols)) {
+        rsm_py_raisef(PyExc_ValueError, func, "%s must have shape [%lld, %lld] (as x)", name,
+                      (long long)rows, (long long)cols);
+        return -1;
+    }
     return 0;
 }
 
+/* The keyword argument `name` as a double (absent: `absent`). */
 static int
-rsm_update_number(PyObject *dict, const char *key, const char *func, int64_t b, double *value)
+rsm_update_block_number(PyObject *obj, const char *name, double absent, double *value)
 {
-    PyObject *obj = PyDict_GetItemString(dict, key);
-    double v = obj ? PyFloat_AsDouble(obj) : NAN;
-    if (!obj || (v == -1.0 && PyErr_Occurred())) {
+    *value = obj ? PyFloat_AsDouble(obj) : absent;
+    if (*value == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
-        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld]['%s'] must be a number", (long long)b,
-                      key);
+        rsm_py_raisef(PyExc_TypeError, "UpdateBlock", "%s must be a number, got %s", name,
+                      Py_TYPE(obj)->tp_name);
         return -1;
     }
-    *value = v;
     return 0;
 }
 
-static int
-rsm_update_parse_block(PyObject *module, PyObject *dict, const char *func, int64_t b,
-                       const rsm_model *policy, rsm_update_block *blk, rsm_block_refs *refs)
+static void *
+rsm_update_block_data(PyObject *slot)
 {
-    if (!PyDict_Check(dict)) {
-        rsm_py_raisef(PyExc_TypeError, func, "blocks[%lld] must be a dict", (long long)b);
-        return -1;
+    return slot == Py_None ? NULL : rsm_py_tensor_data((rsm_py_tensor *)slot);
+}
+
+/* UpdateBlock(*, form, t, x, coef, u_ref, cond=None, u_old=None, psi=None, noise=None,
+ *             ref_ready=False, anchor_current=False, kl_report=0.0) */
+static PyObject *
+rsm_update_block_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"form",  "t",     "x",         "coef",           "u_ref",
+                             "cond",  "u_old", "psi",       "noise",          "ref_ready",
+                             "anchor_current", "kl_report", NULL};
+    const char *func = "UpdateBlock";
+    PyObject *form = NULL, *t = NULL, *x = NULL, *coef = NULL, *u_ref = NULL, *cond = NULL,
+             *u_old = NULL, *psi = NULL, *noise = NULL, *kl_report = NULL;
+    int ref_ready = 0, anchor_current = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOOOOOppO:UpdateBlock", kwlist, &form, &t,
+                                     &x, &coef, &u_ref, &cond, &u_old, &psi, &noise, &ref_ready,
+                                     &anchor_current, &kl_report))
+        return NULL;
+    if (!form || !t)
+        return rsm_py_raisef(PyExc_TypeError, func, "%s is required", form ? "t" : "form");
+    PyObject *module = rsm_module_of_type(type);
+    rsm_py_update_block *self = (rsm_py_update_block *)PyType_GenericAlloc(type, 0);
+    if (!self) return NULL; /* zeroed: every array slot NULL */
+    rsm_update_block *blk = &self->blk;
+    const char *form_name = PyUnicode_Check(form) ? PyUnicode_AsUTF8(form) : NULL;
+    if (!form_name) {
+        PyErr_Clear();
+        rsm_py_raisef(PyExc_TypeError, func, "form must be a string");
+        goto fail;
     }
-    memset(blk, 0, sizeof(*blk));
-    const rsm_dtype dtype = policy->dtype;
-    const int64_t D = policy->dim;
-    int64_t n = -1;
-    void *data;
-    if (rsm_update_form(PyDict_GetItemString(dict, "form"), func, b, &blk->form) < 0) return -1;
-    if (rsm_update_number(dict, "t", func, b, &blk->t) < 0 ||
-        rsm_update_number(dict, "kl_report", func, b, &blk->kl_report) < 0)
-        return -1;
-    if (rsm_update_array(module, dict, "x", func, b, dtype, &n, D, 0, 0, refs, &data) < 0)
-        return -1;
-    blk->x = data;
+    if (rsm_py_parse_form(form_name, func, "form", &blk->form) < 0) goto fail;
+    /* t and kl_report finite: the core's check */
+    if (rsm_update_block_number(t, "t", NAN, &blk->t) < 0 ||
+        rsm_update_block_number(kl_report, "kl_report", 0.0, &blk->kl_report) < 0)
+        goto fail;
+    if (!x) {
+        rsm_py_raisef(PyExc_TypeError, func, "x is required");
+        goto fail;
+    }
+    /* x fixes the dtype (float32 or float64) and the shape [n, D] every other array follows */
+    rsm_py_tensor *xt = rsm_py_real_arg(module, x, func, "x");
+    if (!xt) goto fail;
+    self->x = (PyObject *)xt;
+    if (xt->t.ndim != 2) {
+        rsm_py_raisef(PyExc_ValueError, func, "x must have shape [n, d], got %d dimensions",
+                      (int)xt->t.ndim);
+        goto fail;
+    }
+    const rsm_dtype dtype = rsm_tensor_dtype(&xt->t);
+    const int64_t n = xt->t.shape[0], D = xt->t.shape[1];
+    if (rsm_update_block_array(module, coef, "coef", RSM_F64, n, RSM_COEF_COLS, 0, 0, &self->coef) < 0 ||
+        rsm_update_block_array(module, u_ref, "u_ref", dtype, n, D, 0, 1, &self->u_ref) < 0 ||
+        rsm_update_block_array(module, cond, "cond", dtype, n, -1, 1, 0, &self->cond) < 0 ||
+        rsm_update_block_array(module, u_old, "u_old", dtype, n, D, 1, 0, &self->u_old) < 0 ||
+        rsm_update_block_array(module, psi, "psi", dtype, n, D, 1, 0, &self->psi) < 0 ||
+        rsm_update_block_array(module, noise, "noise", dtype, n, D, 1, 0, &self->noise) < 0)
+        goto fail;
+    self->dtype = dtype;
+    self->dim = D;
+    self->cond_dim = self->cond == Py_None ? 0 : ((rsm_py_tensor *)self->cond)->t.shape[1];
     blk->rows = n;
-    if (policy->cond_dim > 0) {
-        if (rsm_update_array(module, dict, "cond", func, b, dtype, &n, policy->cond_dim, 1, 0, refs,
-                             &data) < 0)
-            return -1;
-        blk->cond = data;
+    blk->x = rsm_py_tensor_data(xt);
+    blk->cond = rsm_update_block_data(self->cond);
+    blk->coef = (const rsm_objective_row *)rsm_update_block_data(self->coef);
+    blk->u_old = rsm_update_block_data(self->u_old);
+    blk->psi = rsm_update_block_data(self->psi);
+    blk->noise = rsm_update_block_data(self->noise);
+    blk->u_ref = rsm_update_block_data(self->u_ref);
+    blk->ref_ready = ref_ready;
+    blk->anchor_current = anchor_current;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static void
+rsm_update_block_dealloc(rsm_py_update_block *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    Py_XDECREF(self->x);
+    Py_XDECREF(self->cond);
+    Py_XDECREF(self->coef);
+    Py_XDECREF(self->u_old);
+    Py_XDECREF(self->psi);
+    Py_XDECREF(self->noise);
+    Py_XDECREF(self->u_ref);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef rsm_update_block_members[] = {
+    {"x", T_OBJECT, offsetof(rsm_py_update_block, x), READONLY, "states [n, D]"},
+    {"cond", T_OBJECT, offsetof(rsm_py_update_block, cond), READONLY, "conditions [n, C] or None"},
+    {"coef", T_OBJECT, offsetof(rsm_py_update_block, coef), READONLY, "objective rows [n, 14]"},
+    {"u_old", T_OBJECT, offsetof(rsm_py_update_block, u_old), READONLY, "[n, D] or None"},
+    {"psi", T_OBJECT, offsetof(rsm_py_update_block, psi), READONLY, "[n, D] or None"},
+    {"noise", T_OBJECT, offsetof(rsm_py_update_block, noise), READONLY, "[n, D] or None"},
+    {"u_ref", T_OBJECT, offsetof(rsm_py_update_block, u_ref), READONLY, "reference outputs [n, D]"},
+    {"t", T_DOUBLE, offsetof(rsm_py_update_block, blk.t), READONLY, "time of every row"},
+    {"rows", T_LONGLONG, offsetof(rsm_py_update_block, blk.rows), READONLY, "n"},
+    {"kl_report", T_DOUBLE, offsetof(rsm_py_update_block, blk.kl_report), READONLY, "(1/2) w^2"},
+    {"ref_ready", T_INT, offsetof(rsm_py_update_block, blk.ref_ready), READONLY,
+     "1 once u_ref holds the reference outputs"},
+    {"anchor_current", T_INT, offsetof(rsm_py_update_block, blk.anchor_current), READONLY,
+     "1: anchor on the current outputs (ReFL)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot rsm_update_block_slots[] = {
+    {Py_tp_new, rsm_update_block_new},
+    {Py_tp_dealloc, rsm_update_block_dealloc},
+    {Py_tp_members, rsm_update_block_members},
+    {Py_tp_doc, "UpdateBlock(*, form, t, x, coef, u_ref, cond=None, u_old=None, psi=None, "
+                "noise=None, ref_ready=False, anchor_current=False, kl_report=0.0): one block of "
+                "train_update (csrc/train/update.h), checked when built"},
+    {0, NULL},
+};
+
+static PyType_Spec rsm_update_block_spec = {"rsm._C.UpdateBlock", sizeof(rsm_py_update_block), 0,
+                                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+                                            rsm_update_block_slots};
+
+/* blocks[b] as the core's struct: an UpdateBlock of the policy's dtype, dim and cond_dim. */
+static int
+rsm_update_block_arg(PyObject *module, PyObject *obj, const char *func, int64_t b,
+                     const rsm_model *policy, rsm_update_block *blk)
+{
+    if (!PyObject_TypeCheck(obj, rsm_state(module)->update_block_type)) {
+        rsm_py_raisef(PyExc_TypeError, func, "blocks[%lld] must be an rsm._C.UpdateBlock, got %s",
+                      (long long)b, Py_TYPE(obj)->tp_name);
+        return -1;
     }
-    if (rsm_update_array(module, dict, "coef", func, b, RSM_F64, &n,
-                         (int64_t)(sizeof(rsm_objective_row) / sizeof(double)), 0, 0, refs,
-                         &data) < 0)
+    const rsm_py_update_block *ub = (const rsm_py_update_block *)obj;
+    if (ub->dtype != policy->dtype) {
+        rsm_py_raisef(PyExc_TypeError, func, "blocks[%lld].x must be %s (the policy's dtype)",
+                      (long long)b, policy->dtype == RSM_F32 ? "float32" : "float64");
         return -1;
-    blk->coef = (const rsm_objective_row *)data;
-    if (rsm_update_array(module, dict, "u_old", func, b, dtype, &n, D, 1, 0, refs, &data) < 0)
+    }
+    if (ub->dim != policy->dim) {
+        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld].x must have shape [n, %lld], got [n, %lld]",
+                      (long long)b, (long long)policy->dim, (long long)ub->dim);
         return -1;
-    blk->u_old = data;
-    if (rsm_update_array(module, dict, "psi", func, b, dtype, &n, D, 1, 0, refs, &data) < 0)
+    }
+    *blk = ub->blk;
+    /* an unconditional policy reads no condition; a conditional one reads cond_dim columns */
+    if (policy->cond_dim == 0)
+        blk->cond = NULL;
+    else if (blk->cond && ub->cond_dim != policy->cond_dim) {
+        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld].cond must have shape [n, %lld], got [n, %lld]",
+                      (long long)b, (long long)policy->cond_dim, (long long)ub->cond_dim);
         return -1;
-    blk->psi = data;
-    if (rsm_update_array(module, dict, "noise", func, b, dtype, &n, D, 1, 0, refs, &data) < 0)
-        return -1;
-    blk->noise = data;
-    if (rsm_update_array(module, dict, "u_ref", func, b, dtype, &n, D, 0, 1, refs, &data) < 0)
-        return -1;
-    blk->u_ref = data;
-    if (rsm_update_flag(dict, "ref_ready", &blk->ref_ready) < 0 ||
-        rsm_update_flag(dict, "anchor_current", &blk->anchor_current) < 0)
-        return -1;
+    }
     return 0;
 }
 
@@ -310,23 +389,24 @@ rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
     } else if (opt_obj != Py_None) {
         return rsm_py_raisef(PyExc_ValueError, func, "opt is only used with epochs >= 1");
     }
-    PyObject *seq = PySequence_Fast(blocks_obj, "train_update(): blocks must be a sequence");
+    /* a tuple of its own: the blocks (and the arrays they hold) stay alive while the GIL is
+     * released, whatever happens to the caller's list */
+    PyObject *seq = PySequence_Tuple(blocks_obj);
     if (!seq) return NULL;
-    const int64_t nblocks = (int64_t)PySequence_Fast_GET_SIZE(seq);
+    const int64_t nblocks = (int64_t)PyTuple_GET_SIZE(seq);
     const int64_t E = epochs > 0 ? epochs : 1;
     PyObject *result = NULL;
     rsm_update_block *blocks = PyMem_Calloc((size_t)(nblocks > 0 ? nblocks : 1), sizeof(*blocks));
-    rsm_block_refs *refs = PyMem_Calloc((size_t)(nblocks > 0 ? nblocks : 1), sizeof(*refs));
     rsm_update_block_stats *stats =
         PyMem_Calloc((size_t)(E * (nblocks > 0 ? nblocks : 1)), sizeof(*stats));
     rsm_py_tensor *grads = NULL, *loss = NULL, *kl = NULL, *clip = NULL, *norms = NULL;
-    if (!blocks || !refs || !stats) {
+    if (!blocks || !stats) {
         PyErr_NoMemory();
         goto done;
     }
     for (int64_t b = 0; b < nblocks; b++)
-        if (rsm_update_parse_block(module, PySequence_Fast_GET_ITEM(seq, b), func, b, &policy,
-                                   &blocks[b], &refs[b]) < 0)
+        if (rsm_update_block_arg(module, PyTuple_GET_ITEM(seq, b), func, b, &policy, &blocks[b]) <
+            0)
             goto done;
     int64_t num_params = policy.num_params;
     grads = rsm_py_tensor_new(module, policy.dtype, 1, &num_params, 0);
@@ -352,6 +432,9 @@ rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
                                      rsm_py_tensor_data(grads), stats, &nfe);
     rsm_update_lock(policy_lock, ref_lock, 0);
     Py_END_ALLOW_THREADS
+    /* the reference outputs filled by this call stay in the blocks' u_ref buffers */
+    for (int64_t b = 0; b < nblocks; b++)
+        ((rsm_py_update_block *)PyTuple_GET_ITEM(seq, b))->blk.ref_ready = blocks[b].ref_ready;
     if (status != RSM_OK) {
         rsm_py_raise(status, func);
         goto done;
@@ -370,10 +453,7 @@ rsm_py_train_update(PyObject *module, PyObject *args, PyObject *kwargs)
         result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:L}", "grads", grads, "loss", loss, "kl", kl,
                                "clip_fraction", clip, "nfe", (long long)nfe);
 done:
-    if (refs)
-        for (int64_t b = 0; b < nblocks; b++) rsm_block_refs_clear(&refs[b]);
     PyMem_Free(blocks);
-    PyMem_Free(refs);
     PyMem_Free(stats);
     Py_XDECREF(grads);
     Py_XDECREF(loss);
@@ -396,5 +476,8 @@ static PyMethodDef rsm_train_methods[] = {
 int
 rsm_py_train_exec(PyObject *module)
 {
+    if (rsm_py_add_type(module, &rsm_update_block_spec, &rsm_state(module)->update_block_type,
+                        "UpdateBlock") < 0)
+        return -1;
     return PyModule_AddFunctions(module, rsm_train_methods);
 }

@@ -180,7 +180,7 @@ class ReplayBuffer:
         concatenated behind the current ones), then the current rollout is stored."""
         old = list(self.batches)
         chosen = [old[k] for k in self.rng.choice(len(old), size=min(self.replay, len(old)), replace=False)] if old else []
-        self.batches.append({"rows": [dict(r) for r in batch["rows"]], "grad": batch["grad"].copy(),
+        self.batches.append({"rows": [r.copy() for r in batch["rows"]], "grad": batch["grad"].copy(),
                              "valid": batch["valid"].copy(), "mask": batch["mask"].copy()})
         if not chosen:
             return batch
@@ -190,7 +190,7 @@ class ReplayBuffer:
         offset = batch["grad"].shape[0]
         for b in chosen:
             for r in b["rows"]:
-                moved = dict(r)
+                moved = r.copy()
                 moved["traj"] = r["traj"] + offset
                 rows.append(moved)
             grads.append(b["grad"])
@@ -319,7 +319,7 @@ class AuxTrainer(Trainer):
             grads.append(g + h / lam)
             valid.append(batch["valid"][row["traj"]])
             mask.append(batch["mask"][row["traj"]])
-            moved = dict(row)
+            moved = row.copy()
             moved["traj"] = offset + np.arange(len(row["traj"]))
             offset += len(row["traj"])
             rows.append(moved)

@@ -77,8 +77,8 @@ def trainer_setup(trainer: Any, comm: Any, tiles: Any, exact: bool, base: type) 
     return TrainerShard(comm, tiles, B, bool(exact))
 
 
-def _select(row: dict, sel: Any) -> dict:
-    out = dict(row)
+def _select(row: Any, sel: Any) -> Any:
+    out = row.copy()
     for key in _ENTRY_FIELDS:
         if out.get(key) is not None:
             out[key] = np.ascontiguousarray(out[key][sel])

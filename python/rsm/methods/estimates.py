@@ -69,9 +69,9 @@ def tree(tr: Any, batch: Batch) -> None:
             if k.all():
                 pruned.append(r)
             elif k.any():
-                pruned.append({**r, **{f: r[f][k] for f in
-                                       ("x", "x_next", "u_old", "noise", "traj", "log_prob")},
-                               "cond": None if r["cond"] is None else r["cond"][k]})
+                pruned.append(r.replace(**{f: r[f][k] for f in
+                                           ("x", "x_next", "u_old", "noise", "traj", "log_prob")},
+                                        cond=None if r["cond"] is None else r["cond"][k]))
         batch.rows = pruned
     batch.adv, batch.mask, batch.row_valid = adv, mask & node_ok, node_ok
 

@@ -10,7 +10,7 @@ from .. import conventions as _conv
 from ..geometry import BatchGeometry, trained_steps, tree_split_steps
 from ..objective import ROW_FIELDS, objective
 from ..tree import depth_pruned_steps
-from .batch import Batch
+from .batch import Batch, Row
 from .coefficients import RULES
 from .presets import get
 from .setting import make_setting, resolve_path
@@ -88,8 +88,8 @@ def influence(method: str, path: Any = None, **overrides: Any) -> dict[str, np.n
         batch = Batch(mask=np.ones(1, bool), valid=np.ones(1, bool), adv=np.ones(1),
                       grad=one.copy(), grad_rows=[one.copy()] * steps,
                       adjoint={j: one.copy() for j in range(steps)})
-        row = {"step": i, "x": np.zeros((1, 1)), "u_old": np.zeros((1, 1)), "noise": one.copy(),
-               "traj": np.zeros(1, dtype=np.int64), "cond": None, "weight": 1.0, "index": i}
+        row = Row(step=i, x=np.zeros((1, 1)), u_old=np.zeros((1, 1)), noise=one.copy(),
+                  traj=np.zeros(1, dtype=np.int64), index=i)
         coef, form, extra = RULES[cfg["estimator"]](s, row, batch, 1)
         for name in ("c1", "gamma", "c2", "conv"):
             fields[name][i] = coef[0, list(ROW_FIELDS).index(name)]

@@ -1,5 +1,6 @@
 """The update blocks: every training row of a rollout as one block of the C update
-(csrc/train/update.h, one `_C.train_update` call over all blocks, the GIL released): the states,
+(csrc/train/update.h, one `_C.train_update` call over all blocks, the GIL released), each a
+`_C.UpdateBlock` built and checked here once and read by the binding as the core's struct: the states,
 the per-row objective coefficients the preset's rule gives (rsm.methods.coefficients) and what
 the form reads; then the step statistics from the per-block results."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from .. import _C
 from .. import conventions as _conv
 from ..sampling import _model_cond
+from .batch import Row
 from .coefficients import RULES, anchor_kl_weight, kl_anchor
 from .setting import Setting
 
@@ -20,40 +22,54 @@ def signal_rows(batch: Any) -> float:
     return sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
 
 
+def training_rows(batch: Any) -> list[Row]:
+    """The rows of `batch` the update trains, the KL-anchor rows (branch rollouts) last. Rows
+    (and batches) built as dicts, by code written before rsm.methods.batch, keep working: their
+    rows become Rows here, once, in the batch itself, so the reference outputs' buffer the rows
+    carry lasts across calls."""
+    out = []
+    for key in ("rows", "anchor_rows"):
+        rows = batch.get(key) or []
+        if not all(type(r) is Row for r in rows):
+            rows = batch[key] = [Row.of(r) for r in rows]
+        out += rows
+    return out
+
+
 def blocks(policy: Any, s: Setting, batch: Any, normalizer: float = 1.0,
-           n_batches: int = 1) -> list[dict]:
-    """The blocks of the C update, one per training row of `batch` and then one per KL-anchor
-    row (branch rollouts). The reference outputs' buffer lives in the row, so the reference is
-    evaluated once per rollout however many inner epochs and calls follow."""
+           n_batches: int = 1) -> list:
+    """The blocks of the C update (`_C.UpdateBlock`, checked when built), one per training row of
+    `batch` and then one per KL-anchor row (branch rollouts). The reference outputs' buffer lives
+    in the row, so the reference is evaluated once per rollout however many inner epochs and
+    calls follow."""
     rule = RULES[s.cfg["estimator"]]
     out = []
-    for row in batch["rows"] + batch.get("anchor_rows", []):
-        i = row["step"]
-        x = np.ascontiguousarray(row["x"], dtype=policy.dtype)
+    for row in training_rows(batch):
+        i = row.step
+        x = np.ascontiguousarray(row.x, dtype=policy.dtype)
         n = x.shape[0]
-        anchor = bool(row.get("anchor", False))
-        if anchor:
+        if row.anchor:
             coef, form, extra = kl_anchor(s, row, batch, n, normalizer, n_batches)
         else:
             coef, form, extra = rule(s, row, batch, n)
-        if "u_ref" not in row:
-            row["u_ref"], row["u_ref_ready"] = np.empty_like(x), False
+        if row.u_ref is None:
+            row.u_ref, row.u_ref_ready = np.empty_like(x), False
         c = s.sde[i]
         # the train-time KL of this step (history "kl"; THEORY.md §11): per sample
         # (1/2) w^2 |u - u_ref|^2, w = |K| / std, on the trained rows only (kl_path is the
         # comparable whole-path KL)
-        if anchor:
+        if row.anchor:
             w = anchor_kl_weight(s, i)
         else:
             w = abs(c["K"]) / c["std"] if c["std"] > 0 else 0.0
-        out.append({"form": form, "anchor": anchor, "t": float(s.ts[i]), "x": x,
-                    "cond": _model_cond(policy, row["cond"], n, "finetune"), "coef": coef,
-                    "u_old": extra.get("u_old"), "psi": extra.get("psi"),
-                    "noise": extra.get("noise"), "u_ref": row["u_ref"],
-                    "ref_ready": row["u_ref_ready"],
-                    # ReFL anchors on the current outputs themselves (stop-gradient)
-                    "anchor_current": bool(extra.get("anchor_current", False)),
-                    "kl_report": 0.5 * w * w})
+        out.append(_C.UpdateBlock(form=form, t=float(s.ts[i]), x=x,
+                                  cond=_model_cond(policy, row.cond, n, "finetune"), coef=coef,
+                                  u_old=extra.get("u_old"), psi=extra.get("psi"),
+                                  noise=extra.get("noise"), u_ref=row.u_ref,
+                                  ref_ready=bool(row.u_ref_ready),
+                                  # ReFL anchors on the current outputs themselves (stop-gradient)
+                                  anchor_current=bool(extra.get("anchor_current", False)),
+                                  kl_report=0.5 * w * w))
     return out
 
 
@@ -69,8 +85,8 @@ def run(policy: Any, ref: Any, optimizer: Any, s: Setting, batches: list, normal
                              opt=optimizer._core if epochs else None, epochs=int(epochs),
                              lr=optimizer.config["lr"])
     for b in batches:   # the reference outputs are now in every row's buffer
-        for row in b["rows"] + b.get("anchor_rows", []):
-            row["u_ref_ready"] = True
+        for row in training_rows(b):
+            row.u_ref_ready = True
     return per_batch, result
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ... import _C
 from ...sampling import _core_of, _model_cond, _path_core, _sampler_kind
 from .. import streams
-from ..batch import Batch
+from ..batch import Batch, Row
 from ..coefficients import anchor_beta
 
 
@@ -49,12 +49,11 @@ def rollout(tr: Any) -> Batch:
         n_rows = roots * k
         sel = slice(offset, offset + n_rows)
         keys.append(np.arange(n_rows) // k + i * roots)   # group = (root, t_i)
-        rows.append({"step": i, "x": np.repeat(root_xs[i], k, axis=0), "x_next": x_next[sel],
-                     "u_old": u_old[sel], "noise": noise[sel],
-                     "traj": offset + np.arange(n_rows),
-                     "cond": cond_rows[k], "weight": k_avg / k,
-                     "log_prob": log_prob[sel].astype(np.float64),
-                     "grid": tr.ts[i:], "grid_step": 0, "window": (0, 1)})
+        rows.append(Row(step=i, x=np.repeat(root_xs[i], k, axis=0), x_next=x_next[sel],
+                        u_old=u_old[sel], noise=noise[sel], traj=offset + np.arange(n_rows),
+                        cond=cond_rows[k], weight=k_avg / k,
+                        log_prob=log_prob[sel].astype(np.float64),
+                        grid=tr.ts[i:], grid_step=0, window=(0, 1)))
         offset += n_rows
     return Batch(x0=np.from_dlpack(out["x0"]), groups=np.concatenate(keys), rows=rows,
                  nfe=int(out["nfe"]), cond_x0=cond_x0, scored=out["reward"],
@@ -67,7 +66,7 @@ def kl_anchor_rows(tr: Any, root_xs: np.ndarray, budget: list, transition_rows: 
     x_{t_i} at the budget's k_i = 0 transitions (i < len(preset budget), never the last
     transition), which no branch trains. With kl_anchor_max_ratio r, at most
     max(1, int(r * transition_rows)) (root, step) pairs, a random subset drawn from the
-    rollout's own stream. One row dict per anchor step; "weight" is the per-row weight of
+    rollout's own stream. One row per anchor step; "weight" is the per-row weight of
     kl_anchor_reduce "k_avg" (the "mean" weight needs the update's normalizer)."""
     cfg = tr.cfg
     if anchor_beta(cfg) == 0.0:
@@ -89,7 +88,7 @@ def kl_anchor_rows(tr: Any, root_xs: np.ndarray, budget: list, transition_rows: 
     for i, roots in zip(steps, keep):
         if not roots.any():
             continue
-        rows.append({"step": i, "x": np.ascontiguousarray(root_xs[i][roots]),
-                     "cond": None if cond is None else np.ascontiguousarray(cond[roots]),
-                     "weight": k_avg, "anchor": True})
+        rows.append(Row(step=i, x=np.ascontiguousarray(root_xs[i][roots]),
+                        cond=None if cond is None else np.ascontiguousarray(cond[roots]),
+                        weight=k_avg, anchor=True))
     return rows

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...sampling import sample
 from .. import streams
-from ..batch import Batch
+from ..batch import Batch, Row
 from .common import train_steps
 
 
@@ -18,6 +18,6 @@ def rollout(tr: Any) -> Batch:
     traj = sample(tr.policy, n, tr.path, tr.deterministic, ts=tr.ts, cond=cond,
                   seed=streams.mix(tr.seed, tr._draw), return_trajectory=True,
                   reward=tr._reward_hook(cond))
-    rows = [{"step": i, "x": traj.xs[i], "u_old": traj.outputs[i], "traj": np.arange(n),
-             "cond": cond, "weight": 1.0} for i in train_steps(tr, traj.steps)]
+    rows = [Row(step=i, x=traj.xs[i], u_old=traj.outputs[i], traj=np.arange(n), cond=cond)
+            for i in train_steps(tr, traj.steps)]
     return Batch(x0=traj.x, rows=rows, nfe=traj.nfe, cond_x0=cond, scored=traj.reward)

@@ -10,7 +10,7 @@ import numpy as np
 from ..._C import random as _random
 from ...sampling import sample
 from .. import streams
-from ..batch import Batch
+from ..batch import Batch, Row
 
 
 def rollout(tr: Any) -> Batch:
@@ -29,5 +29,5 @@ def rollout(tr: Any) -> Batch:
     x = np.ascontiguousarray(traj.x)
     u = np.from_dlpack(tr.policy.forward(x, tr.ts[i], cond))
     x0_hat = np.from_dlpack(tr.path.x0_hat(x, u, np.full(n, tr.ts[i])))
-    rows = [{"step": i, "x": x, "u_old": u, "traj": np.arange(n), "cond": cond, "weight": 1.0}]
+    rows = [Row(step=i, x=x, u_old=u, traj=np.arange(n), cond=cond)]
     return Batch(x0=np.ascontiguousarray(x0_hat), rows=rows, nfe=traj.nfe + n, cond_x0=cond)

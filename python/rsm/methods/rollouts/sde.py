@@ -10,7 +10,7 @@ import numpy as np
 from ..._C import random as _random
 from ...sampling import sample
 from .. import streams
-from ..batch import Batch
+from ..batch import Batch, Row
 from .common import sample_steps, train_steps
 
 
@@ -38,10 +38,10 @@ def rollout(tr: Any) -> Batch:
         else:
             idx = np.flatnonzero(chosen[:, i])
             pick = (lambda a, idx=idx: np.ascontiguousarray(a[idx]))
-        rows.append({"step": i, "x": pick(traj.xs[i]), "x_next": pick(traj.xs[i + 1]),
-                     "u_old": pick(traj.outputs[i]), "noise": pick(traj.noises[i]), "traj": idx,
-                     "cond": None if cond is None else pick(cond), "weight": 1.0,
-                     "log_prob": pick(traj.log_probs[i]).astype(np.float64), "grid": tr.ts,
-                     "grid_step": i})
+        rows.append(Row(step=i, x=pick(traj.xs[i]), x_next=pick(traj.xs[i + 1]),
+                        u_old=pick(traj.outputs[i]), noise=pick(traj.noises[i]), traj=idx,
+                        cond=None if cond is None else pick(cond),
+                        log_prob=pick(traj.log_probs[i]).astype(np.float64), grid=tr.ts,
+                        grid_step=i))
     return Batch(x0=traj.x, groups=np.arange(n) // tr.group_size, rows=rows, nfe=traj.nfe,
                  cond_x0=cond, states=traj.xs, scored=traj.reward)

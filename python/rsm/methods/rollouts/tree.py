@@ -14,7 +14,7 @@ from ...geometry import tree_split_steps
 from ...sampling import sample
 from ...tree import depth_pruned_steps
 from .. import streams
-from ..batch import Batch
+from ..batch import Batch, Row
 from .common import train_steps
 
 
@@ -44,12 +44,12 @@ def rollout(tr: Any) -> Batch:
         if not traj.stds[i] > 0 or i in pruned:
             continue
         n_nodes, idx = distinct[i + 1], reps[i]
-        rows.append({"step": i, "x": traj.xs[i][idx], "x_next": traj.xs[i + 1][idx],
-                     "u_old": traj.outputs[i][idx], "noise": traj.noises[i][idx],
-                     "traj": offsets[i + 1] + np.arange(n_nodes),
-                     "cond": None if cond_leaf is None else cond_leaf[idx], "weight": 1.0,
-                     "log_prob": traj.log_probs[i][idx].astype(np.float64), "grid": tr.ts,
-                     "grid_step": i})
+        rows.append(Row(step=i, x=traj.xs[i][idx], x_next=traj.xs[i + 1][idx],
+                        u_old=traj.outputs[i][idx], noise=traj.noises[i][idx],
+                        traj=offsets[i + 1] + np.arange(n_nodes),
+                        cond=None if cond_leaf is None else cond_leaf[idx],
+                        log_prob=traj.log_probs[i][idx].astype(np.float64), grid=tr.ts,
+                        grid_step=i))
     return Batch(x0=traj.x, rows=rows, nfe=traj.nfe, cond_x0=cond_leaf, scored=traj.reward,
                  tree={"distinct": distinct, "offsets": offsets, "roots": roots,
                        "splits": splits, "edge_log_prob": edge_log_prob})
