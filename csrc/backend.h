@@ -247,6 +247,11 @@ rsm_backend_or_cpu(const rsm_backend *be)
 #define RSM_OPS(be) RSM_BACKEND_PICK_(be, RSM_REAL_BITS)
 #define RSM_OP(be, name, ...) (RSM_OPS(be)->name((be), __VA_ARGS__))
 
+/* Outside the templates (a dtype chosen at run time, arrays as void *): the op of that
+ * precision, as RSM_REAL_CALL (real_api.h) picks rsm_<name>_f32 / _f64. */
+#define RSM_BACKEND_CALL(be, dtype, name, ...)                                                     \
+    ((dtype) == RSM_F32 ? (be)->f32->name((be), __VA_ARGS__) : (be)->f64->name((be), __VA_ARGS__))
+
 /* Allocation helpers for the loops: bytes = count * size (the caller has bounded count). */
 static inline void *
 rsm_backend_alloc(const rsm_backend *be, size_t count, size_t size)
