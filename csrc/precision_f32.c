@@ -19,3 +19,4 @@
 /* every entry of real_api.h's list, declared again: the compiler checks each against its
  * definition above */
 RSM_DECLARE_REAL_API(RSM_REAL_API)
+#include "backend_cpu_real.c"

@@ -1,24 +1,16 @@
 /* sampler_real.c: the sampling loop and the transition log-prob (template, see sampler.h). */
 #include "real.h"
 #include "sampler.h"
+#include "backend.h"
 #include "rng.h"
-#include "ops/sampler_step.h"
 
 #include <string.h>
 
 #define RSM_TRAJ RSM_T(trajectory)
 
-/* Per-element bodies (mean, next state, log-density terms) are RSM_T(step_mean) etc. of
- * ops/sampler_step.h, shared with the CUDA kernels. */
-
-/* log N(x_next; mean, std^2 I) summed over D (accumulated in double). */
-static double
-RSM_T(gaussian_log_prob)(const real_t *x_next, const real_t *mean, double std, int64_t dim)
-{
-    double sq = 0.0;
-    for (int64_t d = 0; d < dim; d++) sq += RSM_T(step_sq)(x_next[d], mean[d], std);
-    return rsm_step_log_prob(sq, std, dim);
-}
+/* Every array op runs through the model's backend (backend.h; NULL: the CPU), whose
+ * per-element bodies (mean, next state, log-density terms) are ops/sampler_step.h's, shared with
+ * the CUDA kernels. Buffers come from the backend's allocator. */
 
 static rsm_status
 RSM_T(model_forward)(const rsm_model *model, const rsm_path *path, int64_t n, const real_t *x,
@@ -27,28 +19,12 @@ RSM_T(model_forward)(const rsm_model *model, const rsm_path *path, int64_t n, co
     return model->forward(model->self, path, n, x, t, cond, out);
 }
 
-/* Split every live row into `factor` copies in place: row r -> rows r*factor .. r*factor+factor-1.
- * Rows are walked downwards so no source is overwritten before it is copied. */
-static void
-RSM_T(expand_rows)(real_t *rows, int64_t n, int64_t width, int64_t factor)
-{
-    if (width == 0) return;
-    for (int64_t r = n - 1; r >= 0; r--)
-        for (int64_t j = factor - 1; j >= 0; j--)
-            if (r * factor + j != r)
-                memcpy(rows + (r * factor + j) * width, rows + r * width,
-                       (size_t)width * sizeof(real_t));
-}
-
 /* Write n_cur unique rows into a [N, width] slab, each repeated N / n_cur times. */
 static void
-RSM_T(store_rows)(real_t *slab, const real_t *rows, int64_t n_cur, int64_t n_final, int64_t width)
+RSM_T(store_rows)(const rsm_backend *be, real_t *slab, const real_t *rows, int64_t n_cur,
+                  int64_t n_final, int64_t width)
 {
-    int64_t repeat = n_final / n_cur;
-    for (int64_t r = 0; r < n_cur; r++)
-        for (int64_t k = 0; k < repeat; k++)
-            memcpy(slab + (r * repeat + k) * width, rows + r * width,
-                   (size_t)width * sizeof(real_t));
+    RSM_OP(be, repeat_rows, slab, rows, n_cur, width, n_final / n_cur);
 }
 
 rsm_status
@@ -66,29 +42,30 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
     RSM_TRY(rsm_sampler_final_rows(cfg, n, D, &N));
     real_t *x = NULL, *u = NULL, *x_next = NULL, *t_buf = NULL, *c_buf = NULL, *z = NULL;
     real_t *mean = NULL, *x_euler = NULL, *u2 = NULL;
-    x = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
-    u = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
-    x_next = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
-    mean = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
-    z = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
-    t_buf = (real_t *)rsm_malloc((size_t)N * sizeof(real_t));
-    c_buf = (real_t *)rsm_malloc((size_t)(N * (C > 0 ? C : 1)) * sizeof(real_t));
+    const rsm_backend *be = rsm_backend_or_cpu(model->backend);
+    x = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
+    u = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
+    x_next = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
+    mean = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
+    z = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
+    t_buf = (real_t *)rsm_backend_alloc(be, (size_t)N, sizeof(real_t));
+    c_buf = (real_t *)rsm_backend_alloc(be, (size_t)(N * (C > 0 ? C : 1)), sizeof(real_t));
     RSM_CHECK_GOTO(x && u && x_next && mean && z && t_buf && c_buf, RSM_ERR_MEMORY,
                    "cannot allocate sampler buffers for %lld rows", (long long)N);
     if (cfg->kind == RSM_SAMPLER_HEUN) {
-        x_euler = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
-        u2 = (real_t *)rsm_malloc((size_t)(N * D) * sizeof(real_t));
+        x_euler = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
+        u2 = (real_t *)rsm_backend_alloc(be, (size_t)(N * D), sizeof(real_t));
         RSM_CHECK_GOTO(x_euler && u2, RSM_ERR_MEMORY, "cannot allocate Heun buffers");
     }
 
     /* x at ts[0]: the given start or the prior N(0, I) */
     if (x_init) {
-        memcpy(x, x_init, (size_t)(n * D) * sizeof(real_t));
+        be->copy(be, x, x_init, (size_t)(n * D) * sizeof(real_t), RSM_COPY_D2D);
     } else {
-        RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_PRIOR, 0, 0),
-                           (uint64_t)(cfg->row_offset * D), n * D, x);
+        RSM_OP(be, fill_normal, cfg->seed, rsm_stream_id(RSM_STREAM_PRIOR, 0, 0),
+               (uint64_t)(cfg->row_offset * D), n * D, x);
     }
-    if (C > 0) memcpy(c_buf, cond, (size_t)(n * C) * sizeof(real_t));
+    if (C > 0) be->copy(be, c_buf, cond, (size_t)(n * C) * sizeof(real_t), RSM_COPY_D2D);
     int64_t n_cur = n, next_branch = 0;
     out->nfe = 0;
 
@@ -96,77 +73,57 @@ RSM_T(sample)(const rsm_model *model, const rsm_path *path, const rsm_sampler_co
         if (out->rows) out->rows[i] = n_cur; /* distinct states at ts[i], before any split */
         /* branching: every row splits into branch_factor children before step i */
         if (next_branch < cfg->num_branch_steps && cfg->branch_steps[next_branch] == i) {
-            RSM_T(expand_rows)(x, n_cur, D, cfg->branch_factor);
-            RSM_T(expand_rows)(c_buf, n_cur, C, cfg->branch_factor);
+            RSM_OP(be, expand_rows, x, n_cur, D, cfg->branch_factor);
+            RSM_OP(be, expand_rows, c_buf, n_cur, C, cfg->branch_factor);
             n_cur *= cfg->branch_factor;
             next_branch++;
         }
-        if (out->xs) RSM_T(store_rows)(out->xs + i * N * D, x, n_cur, N, D);
+        if (out->xs) RSM_T(store_rows)(be, out->xs + i * N * D, x, n_cur, N, D);
         rsm_step_coef s = rsm_sampler_step_coef(path, cfg, i);
-        for (int64_t r = 0; r < n_cur; r++) t_buf[r] = (real_t)s.t;
+        RSM_OP(be, fill, t_buf, n_cur, s.t);
         RSM_TRY_GOTO(RSM_T(model_forward)(model, path, n_cur, x, t_buf, C ? c_buf : NULL, u));
         out->nfe += n_cur;
 
         if (s.heun) {
             /* Heun: x_e = x - dt v(x, t); x' = x - dt (v(x, t) + v(x_e, t')) / 2 */
-            for (int64_t k = 0; k < n_cur * D; k++)
-                x_euler[k] = RSM_T(heun_predict)(s.dt, s.v_x, s.v_u, x[k], u[k]);
-            for (int64_t r = 0; r < n_cur; r++) t_buf[r] = (real_t)s.t_next;
+            RSM_OP(be, heun_predict, &s, n_cur * D, x, u, x_euler);
+            RSM_OP(be, fill, t_buf, n_cur, s.t_next);
             RSM_TRY_GOTO(
                 RSM_T(model_forward)(model, path, n_cur, x_euler, t_buf, C ? c_buf : NULL, u2));
             out->nfe += n_cur;
-            for (int64_t k = 0; k < n_cur * D; k++) {
-                mean[k] = RSM_T(heun_mean)(s.dt, s.v_x, s.v_u, s.v_x_next, s.v_u_next, x[k], u[k],
-                                           x_euler[k], u2[k]);
-                x_next[k] = mean[k];
-                z[k] = 0;
-            }
+            RSM_OP(be, heun_step, &s, n_cur * D, x, u, x_euler, u2, z, mean, x_next);
         } else {
             if (s.stochastic)
-                RSM_T(fill_normal)(cfg->seed, rsm_stream_id(RSM_STREAM_STEP, (uint64_t)i, 0),
-                                   (uint64_t)(cfg->row_offset * (n_cur / n) * D), n_cur * D, z);
-            for (int64_t k = 0; k < n_cur * D; k++) {
-                mean[k] = RSM_T(step_mean)(s.A, s.K, x[k], u[k]);
-                if (s.stochastic) {
-                    x_next[k] = RSM_T(step_next)(mean[k], s.std, z[k]);
-                } else {
-                    x_next[k] = mean[k];
-                    z[k] = 0;
-                }
-            }
+                RSM_OP(be, fill_normal, cfg->seed, rsm_stream_id(RSM_STREAM_STEP, (uint64_t)i, 0),
+                       (uint64_t)(cfg->row_offset * (n_cur / n) * D), n_cur * D, z);
+            RSM_OP(be, sampler_step, &s, n_cur * D, x, u, z, mean, x_next);
         }
-        if (out->log_probs) {
-            real_t *lp = out->log_probs + i * N;
-            int64_t repeat = N / n_cur;
-            for (int64_t r = 0; r < n_cur; r++) {
-                double value = s.stochastic ? RSM_T(gaussian_log_prob)(x_next + r * D,
-                                                                       mean + r * D, s.std, D)
-                                            : 0.0;
-                for (int64_t k = 0; k < repeat; k++) lp[r * repeat + k] = (real_t)value;
-            }
-        }
-        if (out->means) RSM_T(store_rows)(out->means + i * N * D, mean, n_cur, N, D);
-        if (out->noises) RSM_T(store_rows)(out->noises + i * N * D, z, n_cur, N, D);
-        if (out->outputs) RSM_T(store_rows)(out->outputs + i * N * D, u, n_cur, N, D);
-        if (out->stds) out->stds[i] = (real_t)s.std;
+        if (out->log_probs)
+            RSM_OP(be, step_log_prob, &s, n_cur, D, x_next, mean, out->log_probs + i * N,
+                   N / n_cur);
+        if (out->means) RSM_T(store_rows)(be, out->means + i * N * D, mean, n_cur, N, D);
+        if (out->noises) RSM_T(store_rows)(be, out->noises + i * N * D, z, n_cur, N, D);
+        if (out->outputs) RSM_T(store_rows)(be, out->outputs + i * N * D, u, n_cur, N, D);
+        if (out->stds) RSM_OP(be, fill, out->stds + i, 1, s.std);
         real_t *swap = x;
         x = x_next;
         x_next = swap;
     }
     if (out->rows) out->rows[S] = n_cur;
-    if (out->xs) RSM_T(store_rows)(out->xs + S * N * D, x, n_cur, N, D);
-    RSM_T(store_rows)(out->x_final, x, n_cur, N, D);
+    if (out->xs) RSM_T(store_rows)(be, out->xs + S * N * D, x, n_cur, N, D);
+    RSM_T(store_rows)(be, out->x_final, x, n_cur, N, D);
+    status = be->check(be);
 
 fail:
-    rsm_free(x);
-    rsm_free(u);
-    rsm_free(x_next);
-    rsm_free(mean);
-    rsm_free(z);
-    rsm_free(t_buf);
-    rsm_free(c_buf);
-    rsm_free(x_euler);
-    rsm_free(u2);
+    rsm_backend_free(be, x);
+    rsm_backend_free(be, u);
+    rsm_backend_free(be, x_next);
+    rsm_backend_free(be, mean);
+    rsm_backend_free(be, z);
+    rsm_backend_free(be, t_buf);
+    rsm_backend_free(be, c_buf);
+    rsm_backend_free(be, x_euler);
+    rsm_backend_free(be, u2);
     return status;
 }
 
@@ -190,20 +147,21 @@ RSM_T(transition_log_prob)(const rsm_model *model, const rsm_path *path,
     RSM_CHECK(s.stochastic, RSM_ERR_VALUE,
               "step %lld of this sampler is deterministic (std = 0): no transition density",
               (long long)step);
-    real_t *u = (real_t *)rsm_malloc((size_t)(n * D) * sizeof(real_t));
-    real_t *mean = (real_t *)rsm_malloc((size_t)(n * D) * sizeof(real_t));
-    real_t *t_buf = (real_t *)rsm_malloc((size_t)(n > 0 ? n : 1) * sizeof(real_t));
+    const rsm_backend *be = rsm_backend_or_cpu(model->backend);
+    real_t *u = (real_t *)rsm_backend_alloc(be, (size_t)(n * D), sizeof(real_t));
+    real_t *mean = (real_t *)rsm_backend_alloc(be, (size_t)(n * D), sizeof(real_t));
+    real_t *t_buf = (real_t *)rsm_backend_alloc(be, (size_t)(n > 0 ? n : 1), sizeof(real_t));
     RSM_CHECK_GOTO(u && mean && t_buf, RSM_ERR_MEMORY, "cannot allocate %lld rows", (long long)n);
-    for (int64_t r = 0; r < n; r++) t_buf[r] = (real_t)s.t;
+    RSM_OP(be, fill, t_buf, n, s.t);
     RSM_TRY_GOTO(RSM_T(model_forward)(model, path, n, x, t_buf, cond, u));
-    for (int64_t k = 0; k < n * D; k++) mean[k] = RSM_T(step_mean)(s.A, s.K, x[k], u[k]);
-    for (int64_t r = 0; r < n; r++)
-        log_prob[r] = (real_t)RSM_T(gaussian_log_prob)(x_next + r * D, mean + r * D, s.std, D);
-    if (mean_out) memcpy(mean_out, mean, (size_t)(n * D) * sizeof(real_t));
-    if (output_out) memcpy(output_out, u, (size_t)(n * D) * sizeof(real_t));
+    RSM_OP(be, sampler_step, &s, n * D, x, u, NULL, mean, NULL); /* the mean only */
+    RSM_OP(be, step_log_prob, &s, n, D, x_next, mean, log_prob, 1);
+    if (mean_out) be->copy(be, mean_out, mean, (size_t)(n * D) * sizeof(real_t), RSM_COPY_D2D);
+    if (output_out) be->copy(be, output_out, u, (size_t)(n * D) * sizeof(real_t), RSM_COPY_D2D);
+    status = be->check(be);
 fail:
-    rsm_free(u);
-    rsm_free(mean);
-    rsm_free(t_buf);
+    rsm_backend_free(be, u);
+    rsm_backend_free(be, mean);
+    rsm_backend_free(be, t_buf);
     return status;
 }

@@ -2,6 +2,7 @@
  * dit_real.c, see dit.h). */
 #include "dit.h"
 
+#include "../backend.h"
 #include "../checked.h"
 
 #include <stdlib.h>
@@ -190,8 +191,9 @@ rsm_dit_free(rsm_dit *dit)
     if (dit->owns_params) rsm_free(dit->params);
     rsm_free(dit->pos);
     rsm_free(dit->lora_params);
-    rsm_free(dit->acts);
-    rsm_free(dit->scratch);
+    const rsm_backend *be = rsm_backend_or_cpu(dit->backend);
+    rsm_backend_free(be, dit->acts);
+    rsm_backend_free(be, dit->scratch);
     memset(dit, 0, sizeof(*dit));
 }
 
@@ -253,6 +255,6 @@ rsm_dit_as_model(rsm_dit *dit)
 {
     rsm_model model = {rsm_dit_model_forward, dit, dit->config.dtype, dit->layout.dim, 1,
                        rsm_dit_model_backward, rsm_dit_trainable(dit), rsm_dit_num_trainable(dit), 1,
-                       &dit->generation, &dit->saved_rows};
+                       &dit->generation, &dit->saved_rows, dit->backend};
     return model;
 }

@@ -97,6 +97,8 @@ typedef struct rsm_dit {
     int acts_checkpoint; /* the mode the buffers were laid out for */
     uint64_t generation;
     int64_t saved_rows;
+    /* where acts/scratch live and the forward/backward ops run (backend.h); NULL: the CPU */
+    const struct rsm_backend *backend;
 } rsm_dit;
 
 /* The offsets of `config`, every size overflow-checked (csrc/checked.h): RSM_ERR_VALUE naming the

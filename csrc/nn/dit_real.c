@@ -13,14 +13,16 @@
  */
 #include "real.h"
 #include "dit.h"
+#include "../backend.h"
 #include "../checked.h"
 #include "../rng.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-/* linear_real.c (linear, SiLU), gelu_real.c, layernorm_real.c, attention_real.c and mlp_real.c
- * (time_frequencies, time_embedding) are in the same translation unit (precision_f*.c). */
+/* The forward and backward run their ops through the DiT's backend (backend.h; NULL: the CPU,
+ * whose ops are the loops of linear_real.c, gelu_real.c, layernorm_real.c, attention_real.c);
+ * dit_op below calls those CPU loops directly (the test hook of one op). */
 
 typedef struct {
     real_t *xhat1, *rstd1, *m1, *qkv, *probs, *o, *a, *xhat2, *rstd2, *m2, *f1, *g, *f2, *xa;
@@ -174,16 +176,17 @@ RSM_T(dit_reserve)(rsm_dit *dit, int64_t rows)
                            "the DiT's activations for these rows", &acts));
     RSM_TRY(rsm_size_bytes(RSM_T(dit_scratch_size)(dit, rows, &ok), ok, 1,
                            "the DiT's backward scratch for these rows", &scratch));
-    real_t *new_acts = (real_t *)rsm_malloc(acts * sizeof(real_t));
-    real_t *new_scratch = (real_t *)rsm_malloc(scratch * sizeof(real_t));
+    const rsm_backend *be = rsm_backend_or_cpu(dit->backend);
+    real_t *new_acts = (real_t *)rsm_backend_alloc(be, acts, sizeof(real_t));
+    real_t *new_scratch = (real_t *)rsm_backend_alloc(be, scratch, sizeof(real_t));
     if (!new_acts || !new_scratch) {
-        rsm_free(new_acts);
-        rsm_free(new_scratch);
+        rsm_backend_free(be, new_acts);
+        rsm_backend_free(be, new_scratch);
         return rsm_fail(RSM_ERR_MEMORY, "cannot allocate DiT activations for %lld rows",
                         (long long)rows);
     }
-    rsm_free(dit->acts);
-    rsm_free(dit->scratch);
+    rsm_backend_free(be, dit->acts);
+    rsm_backend_free(be, dit->scratch);
     dit->acts = new_acts;
     dit->scratch = new_scratch;
     dit->acts_rows = rows;
@@ -294,32 +297,32 @@ typedef struct {
 
 /* y[rows, out] = x W^T + b (+ scale (x A^T) B^T, with xa = x A^T [rows, r] saved) */
 static void
-RSM_T(dit_linear_forward)(real_t *y, real_t *xa, const real_t *x, const real_t *w,
+RSM_T(dit_linear_forward)(const rsm_backend *be, real_t *y, real_t *xa, const real_t *x, const real_t *w,
                           const real_t *bias, const RSM_T(dit_adapter) *ad, int64_t rows,
                           int64_t in, int64_t out)
 {
-    RSM_T(linear_forward)(y, x, w, bias, rows, in, out);
+    RSM_T(linear_forward)(be, y, x, w, bias, rows, in, out);
     if (ad->A) {
-        RSM_GEMM(0, 1, rows, ad->rank, in, 1, x, in, ad->A, in, 0, xa, ad->rank);
-        RSM_GEMM(0, 1, rows, out, ad->rank, ad->scale, xa, ad->rank, ad->B, ad->rank, 1, y, out);
+        RSM_OP(be, gemm, 0, 1, rows, ad->rank, in, 1, x, in, ad->A, in, 0, xa, ad->rank);
+        RSM_OP(be, gemm, 0, 1, rows, out, ad->rank, ad->scale, xa, ad->rank, ad->B, ad->rank, 1, y, out);
     }
 }
 
 /* dx (=, or += with accumulate) = dy W (+ dxa A), dW, db += (base grads, NULL to skip);
  * with an adapter: dxa = scale dy B, dB += scale dy^T xa, dA += dxa^T x. */
 static void
-RSM_T(dit_linear_backward)(real_t *dx, real_t *dw, real_t *db, real_t *dxa, const real_t *dy,
+RSM_T(dit_linear_backward)(const rsm_backend *be, real_t *dx, real_t *dw, real_t *db, real_t *dxa, const real_t *dy,
                            const real_t *x, const real_t *xa, const real_t *w,
                            const RSM_T(dit_adapter) *ad, int64_t rows, int64_t in, int64_t out,
                            int accumulate_dx)
 {
-    RSM_T(linear_backward)(dx, dw, db, dy, x, w, rows, in, out, accumulate_dx);
+    RSM_T(linear_backward)(be, dx, dw, db, dy, x, w, rows, in, out, accumulate_dx);
     if (ad->A) {
         const int64_t r = ad->rank;
-        RSM_GEMM(0, 0, rows, r, out, ad->scale, dy, out, ad->B, r, 0, dxa, r);
-        if (ad->dB) RSM_GEMM(1, 0, out, r, rows, ad->scale, dy, out, xa, r, 1, ad->dB, r);
-        if (ad->dA) RSM_GEMM(1, 0, r, in, rows, 1, dxa, r, x, in, 1, ad->dA, in);
-        if (dx) RSM_GEMM(0, 0, rows, in, r, 1, dxa, r, ad->A, in, 1, dx, in);
+        RSM_OP(be, gemm, 0, 0, rows, r, out, ad->scale, dy, out, ad->B, r, 0, dxa, r);
+        if (ad->dB) RSM_OP(be, gemm, 1, 0, out, r, rows, ad->scale, dy, out, xa, r, 1, ad->dB, r);
+        if (ad->dA) RSM_OP(be, gemm, 1, 0, r, in, rows, 1, dxa, r, x, in, 1, ad->dA, in);
+        if (dx) RSM_OP(be, gemm, 0, 0, rows, in, r, 1, dxa, r, ad->A, in, 1, dx, in);
     }
 }
 
@@ -353,25 +356,26 @@ RSM_T(dit_block_forward)(const rsm_dit *dit, int64_t l, const RSM_T(dit_block_ac
     const rsm_dit_layout *lay = &dit->layout;
     const int64_t T = lay->tokens, W = dit->config.width, NT = n * T, r = dit->lora.rank;
     const real_t *pb = (const real_t *)dit->params + lay->block0 + l * lay->block_size;
+    const rsm_backend *be = rsm_backend_or_cpu(dit->backend);
     RSM_T(dit_adapter) ad[RSM_DIT_LINEARS];
     RSM_T(dit_adapters)(dit, l, NULL, ad);
-    RSM_T(layernorm_forward)(b->xhat1, b->rstd1, x_in, NT, W);
-    RSM_T(modulate_forward)(b->m1, b->xhat1, mod, mod + W, 6 * W, n, T, W);
-    RSM_T(dit_linear_forward)(b->qkv, b->xa + RSM_DIT_QKV * NT * r, b->m1, pb + lay->qkv_w,
+    RSM_OP(be, layernorm_forward, b->xhat1, b->rstd1, x_in, NT, W);
+    RSM_OP(be, modulate_forward, b->m1, b->xhat1, mod, mod + W, 6 * W, n, T, W);
+    RSM_T(dit_linear_forward)(be, b->qkv, b->xa + RSM_DIT_QKV * NT * r, b->m1, pb + lay->qkv_w,
                               pb + lay->qkv_b, &ad[RSM_DIT_QKV], NT, W, 3 * W);
-    RSM_T(attention_forward)(b->o, b->probs, b->qkv, n, T, W, dit->config.heads);
-    RSM_T(dit_linear_forward)(b->a, b->xa + RSM_DIT_PROJ * NT * r, b->o, pb + lay->proj_w,
+    RSM_OP(be, attention_forward, b->o, b->probs, b->qkv, n, T, W, dit->config.heads);
+    RSM_T(dit_linear_forward)(be, b->a, b->xa + RSM_DIT_PROJ * NT * r, b->o, pb + lay->proj_w,
                               pb + lay->proj_b, &ad[RSM_DIT_PROJ], NT, W, W);
-    memcpy(x_out, x_in, (size_t)(NT * W) * sizeof(real_t));
-    RSM_T(gated_residual_forward)(x_out, b->a, mod + 2 * W, 6 * W, n, T, W);
-    RSM_T(layernorm_forward)(b->xhat2, b->rstd2, x_out, NT, W);
-    RSM_T(modulate_forward)(b->m2, b->xhat2, mod + 3 * W, mod + 4 * W, 6 * W, n, T, W);
-    RSM_T(dit_linear_forward)(b->f1, b->xa + RSM_DIT_FC1 * NT * r, b->m2, pb + lay->fc1_w,
+    be->copy(be, x_out, x_in, (size_t)(NT * W) * sizeof(real_t), RSM_COPY_D2D);
+    RSM_OP(be, gated_residual_forward, x_out, b->a, mod + 2 * W, 6 * W, n, T, W);
+    RSM_OP(be, layernorm_forward, b->xhat2, b->rstd2, x_out, NT, W);
+    RSM_OP(be, modulate_forward, b->m2, b->xhat2, mod + 3 * W, mod + 4 * W, 6 * W, n, T, W);
+    RSM_T(dit_linear_forward)(be, b->f1, b->xa + RSM_DIT_FC1 * NT * r, b->m2, pb + lay->fc1_w,
                               pb + lay->fc1_b, &ad[RSM_DIT_FC1], NT, W, 4 * W);
-    RSM_T(gelu_forward)(b->g, b->f1, NT * 4 * W);
-    RSM_T(dit_linear_forward)(b->f2, b->xa + RSM_DIT_FC2 * NT * r, b->g, pb + lay->fc2_w,
+    RSM_OP(be, gelu_forward, b->g, b->f1, NT * 4 * W);
+    RSM_T(dit_linear_forward)(be, b->f2, b->xa + RSM_DIT_FC2 * NT * r, b->g, pb + lay->fc2_w,
                               pb + lay->fc2_b, &ad[RSM_DIT_FC2], NT, 4 * W, W);
-    RSM_T(gated_residual_forward)(x_out, b->f2, mod + 5 * W, 6 * W, n, T, W);
+    RSM_OP(be, gated_residual_forward, x_out, b->f2, mod + 5 * W, 6 * W, n, T, W);
 }
 
 /* Backward of block l: s->dres holds d x_out on entry and d x_in on return; dmod[n, 6W] (zeroed
@@ -385,40 +389,66 @@ RSM_T(dit_block_backward)(const rsm_dit *dit, int64_t l, const RSM_T(dit_block_a
     const rsm_dit_layout *lay = &dit->layout;
     const int64_t T = lay->tokens, W = dit->config.width, NT = n * T, r = dit->lora.rank;
     const real_t *pb = (const real_t *)dit->params + lay->block0 + l * lay->block_size;
+    const rsm_backend *be = rsm_backend_or_cpu(dit->backend);
     RSM_T(dit_adapter) ad[RSM_DIT_LINEARS];
     RSM_T(dit_adapters)(dit, l, dlora, ad);
 #define RSM_DIT_G(off) (gb ? gb + lay->off : NULL)
     /* x_out = x_mid + gate2 * f2 */
-    RSM_T(gated_residual_backward)(s->dtmp, s->dmod + 5 * W, s->dres, b->f2, mod + 5 * W, 6 * W,
+    RSM_OP(be, gated_residual_backward, s->dtmp, s->dmod + 5 * W, s->dres, b->f2, mod + 5 * W, 6 * W,
                                    n, T, W);
-    RSM_T(dit_linear_backward)(s->dbig, RSM_DIT_G(fc2_w), RSM_DIT_G(fc2_b), s->dxa, s->dtmp, b->g,
+    RSM_T(dit_linear_backward)(be, s->dbig, RSM_DIT_G(fc2_w), RSM_DIT_G(fc2_b), s->dxa, s->dtmp, b->g,
                                b->xa + RSM_DIT_FC2 * NT * r, pb + lay->fc2_w, &ad[RSM_DIT_FC2],
                                NT, 4 * W, W, 0);
-    RSM_T(gelu_backward)(s->dbig, s->dbig, b->f1, NT * 4 * W);
-    RSM_T(dit_linear_backward)(s->dm, RSM_DIT_G(fc1_w), RSM_DIT_G(fc1_b), s->dxa, s->dbig, b->m2,
+    RSM_OP(be, gelu_backward, s->dbig, s->dbig, b->f1, NT * 4 * W);
+    RSM_T(dit_linear_backward)(be, s->dm, RSM_DIT_G(fc1_w), RSM_DIT_G(fc1_b), s->dxa, s->dbig, b->m2,
                                b->xa + RSM_DIT_FC1 * NT * r, pb + lay->fc1_w, &ad[RSM_DIT_FC1],
                                NT, W, 4 * W, 0);
-    RSM_T(modulate_backward)(s->dtmp, s->dmod + 3 * W, s->dmod + 4 * W, s->dm, b->xhat2,
+    RSM_OP(be, modulate_backward, s->dtmp, s->dmod + 3 * W, s->dmod + 4 * W, s->dm, b->xhat2,
                              mod + 4 * W, 6 * W, n, T, W);
-    RSM_T(layernorm_backward)(s->dres, s->dtmp, b->xhat2, b->rstd2, NT, W, 1); /* d x_mid */
+    RSM_OP(be, layernorm_backward, s->dres, s->dtmp, b->xhat2, b->rstd2, NT, W, 1); /* d x_mid */
     /* x_mid = x_in + gate1 * a */
-    RSM_T(gated_residual_backward)(s->dtmp, s->dmod + 2 * W, s->dres, b->a, mod + 2 * W, 6 * W, n,
+    RSM_OP(be, gated_residual_backward, s->dtmp, s->dmod + 2 * W, s->dres, b->a, mod + 2 * W, 6 * W, n,
                                    T, W);
-    RSM_T(dit_linear_backward)(s->dm, RSM_DIT_G(proj_w), RSM_DIT_G(proj_b), s->dxa, s->dtmp, b->o,
+    RSM_T(dit_linear_backward)(be, s->dm, RSM_DIT_G(proj_w), RSM_DIT_G(proj_b), s->dxa, s->dtmp, b->o,
                                b->xa + RSM_DIT_PROJ * NT * r, pb + lay->proj_w, &ad[RSM_DIT_PROJ],
                                NT, W, W, 0);
-    RSM_T(attention_backward)(s->dqkv, s->dprobs, s->dm, b->qkv, b->probs, n, T, W,
+    RSM_OP(be, attention_backward, s->dqkv, s->dprobs, s->dm, b->qkv, b->probs, n, T, W,
                               dit->config.heads);
-    RSM_T(dit_linear_backward)(s->dm, RSM_DIT_G(qkv_w), RSM_DIT_G(qkv_b), s->dxa, s->dqkv, b->m1,
+    RSM_T(dit_linear_backward)(be, s->dm, RSM_DIT_G(qkv_w), RSM_DIT_G(qkv_b), s->dxa, s->dqkv, b->m1,
                                b->xa + RSM_DIT_QKV * NT * r, pb + lay->qkv_w, &ad[RSM_DIT_QKV],
                                NT, W, 3 * W, 0);
-    RSM_T(modulate_backward)(s->dtmp, s->dmod, s->dmod + W, s->dm, b->xhat1, mod + W, 6 * W, n, T,
+    RSM_OP(be, modulate_backward, s->dtmp, s->dmod, s->dmod + W, s->dm, b->xhat1, mod + W, 6 * W, n, T,
                              W);
-    RSM_T(layernorm_backward)(s->dres, s->dtmp, b->xhat1, b->rstd1, NT, W, 1); /* d x_in */
+    RSM_OP(be, layernorm_backward, s->dres, s->dtmp, b->xhat1, b->rstd1, NT, W, 1); /* d x_in */
 #undef RSM_DIT_G
 }
 
 /* ---- the whole model ------------------------------------------------------------------------ */
+
+/* Every class id cond[i] an integer in 0..K (K: the null class); read on the host (a device
+ * backend's ids are copied over first). */
+static rsm_status
+RSM_T(dit_check_classes)(const rsm_backend *be, const real_t *cond, int64_t n, int64_t K)
+{
+    const real_t *ids = cond;
+    real_t *host = NULL;
+    if (be->kind != RSM_DEVICE_CPU && n > 0) {
+        host = (real_t *)malloc((size_t)n * sizeof(real_t));
+        RSM_CHECK(host != NULL, RSM_ERR_MEMORY, "cannot allocate %lld class ids", (long long)n);
+        be->copy(be, host, cond, (size_t)n * sizeof(real_t), RSM_COPY_D2H);
+        ids = host;
+    }
+    rsm_status status = RSM_OK;
+    for (int64_t i = 0; i < n; i++) {
+        real_t y = ids[i];
+        RSM_CHECK_GOTO(y == floor(y) && y >= 0 && y <= (real_t)K, RSM_ERR_VALUE,
+                       "cond[%lld] = %g is not a class id: expected an integer in 0..%lld (%lld is "
+                       "the null class)", (long long)i, (double)y, (long long)K, (long long)K);
+    }
+fail:
+    free(host);
+    return status;
+}
 
 rsm_status
 RSM_T(dit_forward)(rsm_dit *dit, int64_t n, const real_t *x, const real_t *t, const real_t *cond,
@@ -427,58 +457,48 @@ RSM_T(dit_forward)(rsm_dit *dit, int64_t n, const real_t *x, const real_t *t, co
     const rsm_dit_config *c = &dit->config;
     const rsm_dit_layout *lay = &dit->layout;
     const int64_t K = c->num_classes;
-    for (int64_t i = 0; cond && i < n; i++) {
-        real_t y = cond[i];
-        RSM_CHECK(y == floor(y) && y >= 0 && y <= (real_t)K, RSM_ERR_VALUE,
-                  "cond[%lld] = %g is not a class id: expected an integer in 0..%lld (%lld is the "
-                  "null class)", (long long)i, (double)y, (long long)K, (long long)K);
-    }
+    if (cond) RSM_TRY(RSM_T(dit_check_classes)(rsm_backend_or_cpu(dit->backend), cond, n, K));
     RSM_TRY(RSM_T(dit_reserve)(dit, n > 0 ? n : 1));
     const real_t *p = (const real_t *)dit->params;
     const int64_t T = lay->tokens, W = c->width, L = c->depth, NT = n * T, F = c->temb_dim;
     const int64_t Pd = lay->patch_dim;
+    const rsm_backend *be = rsm_backend_or_cpu(dit->backend);
     RSM_T(dit_acts) a = RSM_T(dit_point_acts)(dit, n);
     RSM_T(dit_scratch) s = RSM_T(dit_point_scratch)(dit, n);
 
     /* tokens: h_0 = patchify(x) W_patch^T + b_patch + pos */
-    RSM_T(patchify_forward)(a.tok, x, n, c->channels, c->image_size, c->patch);
-    RSM_T(linear_forward)(a.xs, a.tok, p + lay->patch_w, p + lay->patch_b, NT, Pd, W);
-    const real_t *pos = (const real_t *)dit->pos;
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t k = 0; k < T * W; k++) a.xs[b * T * W + k] += pos[k];
+    RSM_OP(be, patchify_forward, a.tok, x, n, c->channels, c->image_size, c->patch);
+    RSM_T(linear_forward)(be, a.xs, a.tok, p + lay->patch_w, p + lay->patch_b, NT, Pd, W);
+    RSM_OP(be, add_row, a.xs, (const real_t *)dit->pos, n, T * W);
 
     /* conditioning: c = MLP_t(temb(t)) + E_class[y], sc = SiLU(c) */
-    double *freq = (double *)malloc((size_t)(F / 2 + 1) * sizeof(double));
-    RSM_CHECK(freq != NULL, RSM_ERR_MEMORY, "cannot allocate %lld time frequencies", (long long)F);
-    RSM_T(time_frequencies)(freq, F);
-    for (int64_t i = 0; i < n; i++) RSM_T(time_embedding)(a.temb + i * F, (double)t[i], freq, F);
-    free(freq);
-    RSM_T(linear_forward)(a.tpre, a.temb, p + lay->temb_w1, p + lay->temb_b1, n, F, W);
-    RSM_T(silu_forward)(a.tact, a.tpre, n * W);
-    RSM_T(linear_forward)(a.c, a.tact, p + lay->temb_w2, p + lay->temb_b2, n, W, W);
-    for (int64_t i = 0; i < n; i++) {
-        int64_t y = cond ? (int64_t)cond[i] : K;
-        a.ycls[i] = (real_t)y;
-        const real_t *e = p + lay->class_emb + y * W;
-        for (int64_t j = 0; j < W; j++) a.c[i * W + j] += e[j];
-    }
-    RSM_T(silu_forward)(a.sc, a.c, n * W);
+    RSM_OP(be, time_embedding, a.temb, F, t, n, F);
+    RSM_T(linear_forward)(be, a.tpre, a.temb, p + lay->temb_w1, p + lay->temb_b1, n, F, W);
+    RSM_OP(be, silu_forward, a.tact, a.tpre, n * W);
+    RSM_T(linear_forward)(be, a.c, a.tact, p + lay->temb_w2, p + lay->temb_b2, n, W, W);
+    /* the class ids (checked above to be integers in 0..K; K without cond: the null class) */
+    if (cond)
+        be->copy(be, a.ycls, cond, (size_t)n * sizeof(real_t), RSM_COPY_D2D);
+    else
+        RSM_OP(be, fill, a.ycls, n, (double)K);
+    RSM_OP(be, gather_add, a.c, p + lay->class_emb, a.ycls, n, W);
+    RSM_OP(be, silu_forward, a.sc, a.c, n * W);
 
     for (int64_t l = 0; l < L; l++) {
         const real_t *pb = p + lay->block0 + l * lay->block_size;
         real_t *mod = a.mods + l * n * 6 * W;
-        RSM_T(linear_forward)(mod, a.sc, pb + lay->ada_w, pb + lay->ada_b, n, W, 6 * W);
+        RSM_T(linear_forward)(be, mod, a.sc, pb + lay->ada_w, pb + lay->ada_b, n, W, 6 * W);
         RSM_T(dit_block_acts) b = RSM_T(dit_point_block)(dit, &a, n, l);
         RSM_T(dit_block_forward)(dit, l, &b, a.xs + l * NT * W, a.xs + (l + 1) * NT * W, mod, n);
     }
 
     /* final layer: out_tok = modulate(LN(h_L)) W_out^T + b_out, then unpatchify */
-    RSM_T(linear_forward)(a.fmod, a.sc, p + lay->final_ada_w, p + lay->final_ada_b, n, W, 2 * W);
-    RSM_T(layernorm_forward)(a.xhatf, a.rstdf, a.xs + L * NT * W, NT, W);
-    RSM_T(modulate_forward)(a.mf, a.xhatf, a.fmod, a.fmod + W, 2 * W, n, T, W);
-    RSM_T(linear_forward)(s.dtok, a.mf, p + lay->out_w, p + lay->out_b, NT, W, Pd);
-    RSM_T(patchify_backward)(out, s.dtok, n, c->channels, c->image_size, c->patch);
-    return RSM_OK;
+    RSM_T(linear_forward)(be, a.fmod, a.sc, p + lay->final_ada_w, p + lay->final_ada_b, n, W, 2 * W);
+    RSM_OP(be, layernorm_forward, a.xhatf, a.rstdf, a.xs + L * NT * W, NT, W);
+    RSM_OP(be, modulate_forward, a.mf, a.xhatf, a.fmod, a.fmod + W, 2 * W, n, T, W);
+    RSM_T(linear_forward)(be, s.dtok, a.mf, p + lay->out_w, p + lay->out_b, NT, W, Pd);
+    RSM_OP(be, patchify_backward, out, s.dtok, n, c->channels, c->image_size, c->patch);
+    return be->check(be);
 }
 
 rsm_status
@@ -491,6 +511,7 @@ RSM_T(dit_backward)(rsm_dit *dit, int64_t n, const real_t *dout, real_t *dparams
     const real_t *p = (const real_t *)dit->params;
     const int64_t T = lay->tokens, W = c->width, L = c->depth, NT = n * T, F = c->temb_dim;
     const int64_t Pd = lay->patch_dim;
+    const rsm_backend *be = rsm_backend_or_cpu(dit->backend);
     RSM_T(dit_acts) a = RSM_T(dit_point_acts)(dit, n);
     RSM_T(dit_scratch) s = RSM_T(dit_point_scratch)(dit, n);
     /* base gradients (NULL for a LoRA DiT, whose trainable parameters are its adapters) */
@@ -499,14 +520,14 @@ RSM_T(dit_backward)(rsm_dit *dit, int64_t n, const real_t *dout, real_t *dparams
 #define RSM_DIT_G(off) (g ? g + lay->off : NULL)
 
     /* final layer */
-    RSM_T(patchify_forward)(s.dtok, dout, n, c->channels, c->image_size, c->patch);
-    memset(s.dsc, 0, (size_t)(n * W) * sizeof(real_t));
-    memset(s.dmod, 0, (size_t)(n * 2 * W) * sizeof(real_t));
-    RSM_T(linear_backward)(s.dm, RSM_DIT_G(out_w), RSM_DIT_G(out_b), s.dtok, a.mf, p + lay->out_w,
+    RSM_OP(be, patchify_forward, s.dtok, dout, n, c->channels, c->image_size, c->patch);
+    be->memset_zero(be, s.dsc, (size_t)(n * W) * sizeof(real_t));
+    be->memset_zero(be, s.dmod, (size_t)(n * 2 * W) * sizeof(real_t));
+    RSM_T(linear_backward)(be, s.dm, RSM_DIT_G(out_w), RSM_DIT_G(out_b), s.dtok, a.mf, p + lay->out_w,
                            NT, W, Pd, 0);
-    RSM_T(modulate_backward)(s.dtmp, s.dmod, s.dmod + W, s.dm, a.xhatf, a.fmod + W, 2 * W, n, T, W);
-    RSM_T(layernorm_backward)(s.dres, s.dtmp, a.xhatf, a.rstdf, NT, W, 0);
-    RSM_T(linear_backward)(s.dsc, RSM_DIT_G(final_ada_w), RSM_DIT_G(final_ada_b), s.dmod, a.sc,
+    RSM_OP(be, modulate_backward, s.dtmp, s.dmod, s.dmod + W, s.dm, a.xhatf, a.fmod + W, 2 * W, n, T, W);
+    RSM_OP(be, layernorm_backward, s.dres, s.dtmp, a.xhatf, a.rstdf, NT, W, 0);
+    RSM_T(linear_backward)(be, s.dsc, RSM_DIT_G(final_ada_w), RSM_DIT_G(final_ada_b), s.dmod, a.sc,
                            p + lay->final_ada_w, n, W, 2 * W, 1);
 
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -518,33 +539,31 @@ RSM_T(dit_backward)(rsm_dit *dit, int64_t n, const real_t *dout, real_t *dparams
          * xs[l + 1] with the same bits) */
         if (c->checkpoint)
             RSM_T(dit_block_forward)(dit, l, &b, a.xs + l * NT * W, a.xs + (l + 1) * NT * W, mod, n);
-        memset(s.dmod, 0, (size_t)(n * 6 * W) * sizeof(real_t));
+        be->memset_zero(be, s.dmod, (size_t)(n * 6 * W) * sizeof(real_t));
         RSM_T(dit_block_backward)(dit, l, &b, &s, mod, gb, dlora, n);
         /* mod = sc W_ada^T + b_ada */
-        RSM_T(linear_backward)(s.dsc, gb ? gb + lay->ada_w : NULL, gb ? gb + lay->ada_b : NULL,
+        RSM_T(linear_backward)(be, s.dsc, gb ? gb + lay->ada_w : NULL, gb ? gb + lay->ada_b : NULL,
                                s.dmod, a.sc, pb + lay->ada_w, n, W, 6 * W, 1);
     }
 
     /* h_0 = tok W_patch^T + b_patch + pos; x = unpatchify(tok) */
-    RSM_T(linear_backward)(dx ? s.dtok : NULL, RSM_DIT_G(patch_w), RSM_DIT_G(patch_b), s.dres,
+    RSM_T(linear_backward)(be, dx ? s.dtok : NULL, RSM_DIT_G(patch_w), RSM_DIT_G(patch_b), s.dres,
                            a.tok, p + lay->patch_w, NT, Pd, W, 0);
-    if (dx) RSM_T(patchify_backward)(dx, s.dtok, n, c->channels, c->image_size, c->patch);
+    if (dx) RSM_OP(be, patchify_backward, dx, s.dtok, n, c->channels, c->image_size, c->patch);
 
     /* conditioning (t and the class id get no gradient) */
     if (g) {
-        RSM_T(silu_backward)(s.dc, s.dsc, a.c, n * W);
-        for (int64_t i = 0; i < n; i++) { /* c += E_class[y_i]: rows in a fixed order */
-            real_t *ge = g + lay->class_emb + (int64_t)a.ycls[i] * W;
-            for (int64_t j = 0; j < W; j++) ge[j] += s.dc[i * W + j];
-        }
-        RSM_T(linear_backward)(s.dtn, g + lay->temb_w2, g + lay->temb_b2, s.dc, a.tact,
+        RSM_OP(be, silu_backward, s.dc, s.dsc, a.c, n * W);
+        /* c += E_class[y_i]: rows in a fixed order */
+        RSM_OP(be, scatter_add, g + lay->class_emb, s.dc, a.ycls, n, W);
+        RSM_T(linear_backward)(be, s.dtn, g + lay->temb_w2, g + lay->temb_b2, s.dc, a.tact,
                                p + lay->temb_w2, n, W, W, 0);
-        RSM_T(silu_backward)(s.dtn, s.dtn, a.tpre, n * W);
-        RSM_T(linear_backward)(NULL, g + lay->temb_w1, g + lay->temb_b1, s.dtn, a.temb,
+        RSM_OP(be, silu_backward, s.dtn, s.dtn, a.tpre, n * W);
+        RSM_T(linear_backward)(be, NULL, g + lay->temb_w1, g + lay->temb_b1, s.dtn, a.temb,
                                p + lay->temb_w1, n, F, W, 0);
     }
 #undef RSM_DIT_G
-    return RSM_OK;
+    return be->check(be);
 }
 
 /* ---- test hook: one op's forward and backward (see dit.h) ------------------------------------ */

@@ -1,6 +1,7 @@
 /* guided.c: the guided model (see guided.h): dtype dispatch and the stacked inner forward. */
 #include "guided.h"
 
+#include "../backend.h"
 #include "../real_api.h"
 #include "../tensor.h"
 
@@ -43,21 +44,25 @@ rsm_guided_forward(rsm_guided *g, const rsm_path *path, int64_t n, const void *x
               (long long)C);
     RSM_CHECK(n >= 0, RSM_ERR_VALUE, "n=%lld must be >= 0", (long long)n);
     if (n == 0) return RSM_OK;
-    x2 = rsm_malloc((size_t)(2 * n * D) * item);
-    t2 = rsm_malloc((size_t)(2 * n) * item);
-    cond2 = rsm_malloc((size_t)(2 * n * C) * item);
-    u2 = rsm_malloc((size_t)(2 * n * D) * item);
+    /* buffers and ops on the inner model's device (backend.h) */
+    const rsm_backend *be = rsm_backend_or_cpu(g->inner.backend);
+    const rsm_dtype dtype = g->inner.dtype;
+    x2 = rsm_backend_alloc(be, (size_t)(2 * n * D), item);
+    t2 = rsm_backend_alloc(be, (size_t)(2 * n), item);
+    cond2 = rsm_backend_alloc(be, (size_t)(2 * n * C), item);
+    u2 = rsm_backend_alloc(be, (size_t)(2 * n * D), item);
     RSM_CHECK_GOTO(x2 && t2 && cond2 && u2, RSM_ERR_MEMORY,
                    "cannot allocate the stacked batch of %lld rows", (long long)(2 * n));
-    rsm_guided_stack(g, n, x, t, cond, x2, t2, cond2);
+    RSM_BACKEND_CALL(be, dtype, guided_stack, n, D, C, g->null_cond, x, t, cond, x2, t2, cond2);
     /* one inner forward over [cond; null]: both passes share the GEMMs of one batch */
     RSM_TRY_GOTO(g->inner.forward(g->inner.self, path, 2 * n, x2, t2, cond2, u2));
-    rsm_guided_combine(g->inner.dtype, n * D, g->scale, u2, out);
+    RSM_BACKEND_CALL(be, dtype, guided_combine, n * D, g->scale, u2, out);
+    status = be->check(be);
 fail:
-    rsm_free(x2);
-    rsm_free(t2);
-    rsm_free(cond2);
-    rsm_free(u2);
+    rsm_backend_free(be, x2);
+    rsm_backend_free(be, t2);
+    rsm_backend_free(be, cond2);
+    rsm_backend_free(be, u2);
     return status;
 }
 
@@ -81,16 +86,19 @@ rsm_guided_model_backward(void *self, int64_t n, const void *dout, void *dparams
     RSM_CHECK(g->inner.backward != NULL, RSM_ERR_VALUE, "the guided model's inner model is not trainable");
     RSM_CHECK(n >= 0, RSM_ERR_VALUE, "n=%lld must be >= 0", (long long)n);
     if (n == 0) return RSM_OK;
-    void *du2 = rsm_malloc((size_t)(2 * n * D) * item);
-    void *dx2 = dx ? rsm_malloc((size_t)(2 * n * D) * item) : NULL;
+    const rsm_backend *be = rsm_backend_or_cpu(g->inner.backend);
+    const rsm_dtype dtype = g->inner.dtype;
+    void *du2 = rsm_backend_alloc(be, (size_t)(2 * n * D), item);
+    void *dx2 = dx ? rsm_backend_alloc(be, (size_t)(2 * n * D), item) : NULL;
     RSM_CHECK_GOTO(du2 && (!dx || dx2), RSM_ERR_MEMORY,
                    "cannot allocate the stacked cotangent of %lld rows", (long long)(2 * n));
-    rsm_guided_split(g->inner.dtype, n * D, g->scale, dout, du2);
+    RSM_BACKEND_CALL(be, dtype, guided_split, n * D, g->scale, dout, du2);
     RSM_TRY_GOTO(g->inner.backward(g->inner.self, 2 * n, du2, dparams, dx2));
-    if (dx) RSM_REAL_CALL(g->inner.dtype, guided_sum_halves, n * D, dx2, dx);
+    if (dx) RSM_BACKEND_CALL(be, dtype, guided_sum_halves, n * D, dx2, dx);
+    status = be->check(be);
 fail:
-    rsm_free(du2);
-    rsm_free(dx2);
+    rsm_backend_free(be, du2);
+    rsm_backend_free(be, dx2);
     return status;
 }
 
@@ -106,5 +114,6 @@ rsm_guided_as_model(rsm_guided *g)
         model.params = g->inner.params;
         model.num_params = g->inner.num_params;
     }
+    model.backend = g->inner.backend;
     return model;
 }

@@ -1,6 +1,7 @@
 /* mlp.c: layout, allocation and dtype dispatch of the MLP backbone (math in mlp_real.c). */
 #include "mlp.h"
 
+#include "../backend.h"
 #include "../checked.h"
 
 #include <stdlib.h>
@@ -72,9 +73,10 @@ rsm_mlp_reset_parameters(rsm_mlp *mlp, uint64_t seed)
 void
 rsm_mlp_free(rsm_mlp *mlp)
 {
+    const rsm_backend *be = rsm_backend_or_cpu(mlp->backend);
     rsm_free(mlp->params);
-    rsm_free(mlp->acts);
-    rsm_free(mlp->scratch);
+    rsm_backend_free(be, mlp->acts);
+    rsm_backend_free(be, mlp->scratch);
     memset(mlp, 0, sizeof(*mlp));
 }
 
@@ -116,6 +118,7 @@ rsm_mlp_as_model(rsm_mlp *mlp)
 {
     rsm_model model = {rsm_mlp_model_forward, mlp, mlp->config.dtype, mlp->config.dim,
                        mlp->config.cond_dim, rsm_mlp_model_backward, mlp->params,
-                       mlp->layout.num_params, 0, &mlp->generation, &mlp->saved_rows};
+                       mlp->layout.num_params, 0, &mlp->generation, &mlp->saved_rows,
+                       mlp->backend};
     return model;
 }

@@ -51,6 +51,8 @@ typedef struct rsm_mlp {
     void *scratch;       /* backward scratch for `acts_rows` rows, owned */
     uint64_t generation; /* incremented by every forward: names the saved activations */
     int64_t saved_rows;  /* rows of the last forward */
+    /* where acts/scratch live and the forward/backward ops run (backend.h); NULL: the CPU */
+    const struct rsm_backend *backend;
 } rsm_mlp;
 
 rsm_status rsm_mlp_init(rsm_mlp *mlp, rsm_mlp_config config, uint64_t seed);

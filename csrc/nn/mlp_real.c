@@ -8,9 +8,9 @@
  */
 #include "real.h"
 #include "mlp.h"
+#include "../backend.h"
 #include "../checked.h"
 #include "../rng.h"
-#include "time_embedding.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -49,16 +49,17 @@ RSM_T(mlp_reserve)(rsm_mlp *mlp, int64_t rows)
     RSM_TRY(rsm_size_bytes(rsm_size_mul(rows, per_row, &ok), ok, 1, "the MLP's activations", &acts));
     RSM_TRY(rsm_size_bytes(rsm_size_mul(rows, rsm_size_add(rsm_size_mul(3, H, &ok), I, &ok), &ok), ok,
                            1, "the MLP's backward scratch", &scratch));
-    real_t *new_acts = (real_t *)rsm_malloc(acts * sizeof(real_t));
-    real_t *new_scratch = (real_t *)rsm_malloc(scratch * sizeof(real_t));
+    const rsm_backend *be = rsm_backend_or_cpu(mlp->backend);
+    real_t *new_acts = (real_t *)rsm_backend_alloc(be, acts, sizeof(real_t));
+    real_t *new_scratch = (real_t *)rsm_backend_alloc(be, scratch, sizeof(real_t));
     if (!new_acts || !new_scratch) {
-        rsm_free(new_acts);
-        rsm_free(new_scratch);
+        rsm_backend_free(be, new_acts);
+        rsm_backend_free(be, new_scratch);
         return rsm_fail(RSM_ERR_MEMORY, "cannot allocate MLP activations for %lld rows",
                         (long long)rows);
     }
-    rsm_free(mlp->acts);
-    rsm_free(mlp->scratch);
+    rsm_backend_free(be, mlp->acts);
+    rsm_backend_free(be, mlp->scratch);
     mlp->acts = new_acts;
     mlp->scratch = new_scratch;
     mlp->acts_rows = rows;
@@ -94,75 +95,38 @@ RSM_T(mlp_init_params)(const rsm_mlp *mlp, uint64_t seed)
     return RSM_OK;
 }
 
-/* Sinusoidal embedding of t in [0, 1] (Vaswani et al. / DDPM): with half = temb_dim / 2 and
- * frequencies f_k = 10000^(-k / half), emb = [sin(1000 t f_k), cos(1000 t f_k)]; the factor 1000
- * maps [0, 1] onto the integer-timestep range these frequencies were designed for. `freq` holds
- * f_k (computed once per forward by time_frequencies, not once per row). */
-static void
-RSM_T(time_frequencies)(double *freq, int64_t temb_dim)
-{
-    int64_t half = temb_dim / 2;
-    for (int64_t k = 0; k < half; k++) freq[k] = rsm_time_frequency(k, half);
-}
-
-static void
-RSM_T(time_embedding)(real_t *row, double t, const double *freq, int64_t temb_dim)
-{
-    int64_t half = temb_dim / 2;
-    for (int64_t k = 0; k < half; k++) {
-        double angle = rsm_time_angle(t, freq[k]);
-        row[k] = (real_t)sin(angle);
-        row[half + k] = (real_t)cos(angle);
-    }
-}
-
 rsm_status
 RSM_T(mlp_forward)(rsm_mlp *mlp, int64_t n, const real_t *x, const real_t *t, const real_t *cond,
                    real_t *out)
 {
     RSM_TRY(RSM_T(mlp_reserve)(mlp, n > 0 ? n : 1));
+    const rsm_backend *be = rsm_backend_or_cpu(mlp->backend);
     const rsm_mlp_config *c = &mlp->config;
     const rsm_mlp_layout *l = &mlp->layout;
     const real_t *p = (const real_t *)mlp->params;
     int64_t D = c->dim, H = c->hidden, L = c->depth, I = l->in_dim;
     RSM_T(mlp_acts) a = RSM_T(mlp_point_acts)(mlp, n);
 
-    /* input = [x, temb(t), cond] */
-    double *freq = (double *)malloc((size_t)(c->temb_dim / 2 + 1) * sizeof(double));
-    RSM_CHECK(freq != NULL, RSM_ERR_MEMORY, "cannot allocate %lld time frequencies",
-              (long long)c->temb_dim);
-    RSM_T(time_frequencies)(freq, c->temb_dim);
-    /* samplers give every row the same t: then row 0's embedding is computed once and copied */
-    int64_t same_t = n > 0;
-    for (int64_t i = 1; i < n && same_t; i++) same_t = t[i] == t[0];
-    if (same_t) RSM_T(time_embedding)(a.inp + D, (double)t[0], freq, c->temb_dim);
-    _Pragma("omp parallel for schedule(static) if (n >= 2048)")
-    for (int64_t i = 0; i < n; i++) {
-        real_t *row = a.inp + i * I;
-        for (int64_t d = 0; d < D; d++) row[d] = x[i * D + d];
-        if (!same_t)
-            RSM_T(time_embedding)(row + D, (double)t[i], freq, c->temb_dim);
-        else if (i > 0)
-            memcpy(row + D, a.inp + D, (size_t)c->temb_dim * sizeof(real_t));
-        for (int64_t d = 0; d < c->cond_dim; d++) row[D + c->temb_dim + d] = cond[i * c->cond_dim + d];
-    }
-    free(freq);
-    RSM_T(linear_forward)(a.h, a.inp, p + l->in_w, p + l->in_b, n, I, H);
+    /* input = [x, temb(t), cond] (the sinusoidal embedding: the backend's time_embedding) */
+    const int64_t F = c->temb_dim, C = c->cond_dim;
+    RSM_OP(be, copy_cols, a.inp, I, x, D, n, D);
+    RSM_OP(be, time_embedding, a.inp + D, I, t, n, F);
+    if (C > 0) RSM_OP(be, copy_cols, a.inp + D + F, I, cond, C, n, C);
+    RSM_T(linear_forward)(be, a.h, a.inp, p + l->in_w, p + l->in_b, n, I, H);
     for (int64_t b = 0; b < L; b++) {
         const real_t *w = p + l->block0 + b * l->block_size;
         const real_t *w1 = w, *b1 = w + H * H, *w2 = b1 + H, *b2 = w2 + H * H;
         real_t *h_in = a.h + b * n * H, *h_out = h_in + n * H;
         real_t *pre = a.pre + b * n * H, *act = a.act + b * n * H;
-        RSM_T(linear_forward)(pre, h_in, w1, b1, n, H, H);
-        RSM_T(silu_forward)(act, pre, n * H);
+        RSM_T(linear_forward)(be, pre, h_in, w1, b1, n, H, H);
+        RSM_OP(be, silu_forward, act, pre, n * H);
         /* residual: h_out = h_in + act W2^T + b2 */
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < H; j++) h_out[i * H + j] = h_in[i * H + j] + b2[j];
-        RSM_GEMM(0, 1, n, H, H, 1, act, H, w2, H, 1, h_out, H);
+        RSM_OP(be, bias_rows, h_out, h_in, b2, n, H);
+        RSM_OP(be, gemm, 0, 1, n, H, H, 1, act, H, w2, H, 1, h_out, H);
     }
-    RSM_T(silu_forward)(a.feat, a.h + L * n * H, n * H);
-    RSM_T(linear_forward)(out, a.feat, p + l->out_w, p + l->out_b, n, H, D);
-    return RSM_OK;
+    RSM_OP(be, silu_forward, a.feat, a.h + L * n * H, n * H);
+    RSM_T(linear_forward)(be, out, a.feat, p + l->out_w, p + l->out_b, n, H, D);
+    return be->check(be);
 }
 
 rsm_status
@@ -170,6 +134,7 @@ RSM_T(mlp_backward)(rsm_mlp *mlp, int64_t n, const real_t *dout, real_t *dparams
 {
     RSM_CHECK(n <= mlp->acts_rows, RSM_ERR_INTERNAL,
               "backward of %lld rows without a matching forward", (long long)n);
+    const rsm_backend *be = rsm_backend_or_cpu(mlp->backend);
     const rsm_mlp_config *c = &mlp->config;
     const rsm_mlp_layout *l = &mlp->layout;
     const real_t *p = (const real_t *)mlp->params;
@@ -180,9 +145,9 @@ RSM_T(mlp_backward)(rsm_mlp *mlp, int64_t n, const real_t *dout, real_t *dparams
     real_t *g = dparams; /* NULL: input VJP only */
 
     /* out = feat W_out^T + b_out;  feat = SiLU(h_L) */
-    RSM_T(linear_backward)(dact, g ? g + l->out_w : NULL, g ? g + l->out_b : NULL, dout, a.feat,
+    RSM_T(linear_backward)(be, dact, g ? g + l->out_w : NULL, g ? g + l->out_b : NULL, dout, a.feat,
                            p + l->out_w, n, H, D, 0);
-    RSM_T(silu_backward)(dh, dact, a.h + L * n * H, n * H);
+    RSM_OP(be, silu_backward, dh, dact, a.h + L * n * H, n * H);
     for (int64_t b = L - 1; b >= 0; b--) {
         const real_t *w = p + l->block0 + b * l->block_size;
         const real_t *w1 = w, *w2 = w + H * H + H;
@@ -190,18 +155,15 @@ RSM_T(mlp_backward)(rsm_mlp *mlp, int64_t n, const real_t *dout, real_t *dparams
         real_t *h_in = a.h + b * n * H;
         real_t *pre = a.pre + b * n * H, *act = a.act + b * n * H;
         /* h_out = h_in + act W2^T + b2: dh flows to h_in unchanged (residual) and into act */
-        RSM_T(linear_backward)(dact, gw ? gw + H * H + H : NULL, gw ? gw + 2 * H * H + H : NULL,
+        RSM_T(linear_backward)(be, dact, gw ? gw + H * H + H : NULL, gw ? gw + 2 * H * H + H : NULL,
                                dh, act, w2, n, H, H, 0);
-        RSM_T(silu_backward)(dpre, dact, pre, n * H);
+        RSM_OP(be, silu_backward, dpre, dact, pre, n * H);
         /* pre = h_in W1^T + b1: dh += dpre W1 (the residual merge accumulates) */
-        RSM_T(linear_backward)(dh, gw, gw ? gw + H * H : NULL, dpre, h_in, w1, n, H, H, 1);
+        RSM_T(linear_backward)(be, dh, gw, gw ? gw + H * H : NULL, dpre, h_in, w1, n, H, H, 1);
     }
     /* h_0 = inp W_in^T + b_in */
-    RSM_T(linear_backward)(dx ? dinp : NULL, g ? g + l->in_w : NULL, g ? g + l->in_b : NULL, dh,
+    RSM_T(linear_backward)(be, dx ? dinp : NULL, g ? g + l->in_w : NULL, g ? g + l->in_b : NULL, dh,
                            a.inp, p + l->in_w, n, I, H, 0);
-    if (dx) {
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t d = 0; d < D; d++) dx[i * D + d] = dinp[i * I + d];
-    }
-    return RSM_OK;
+    if (dx) RSM_OP(be, copy_cols, dx, D, dinp, I, n, D);
+    return be->check(be);
 }

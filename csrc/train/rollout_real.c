@@ -1,8 +1,8 @@
 /* rollout_real.c: the rollout engines (template, see real.h and rollout.h). */
 #include "real.h"
 #include "rollout.h"
+#include "../backend.h"
 
-#include <string.h>
 
 static rsm_status
 RSM_T(rollout_reward)(const rsm_reward_hook *reward, int64_t rows, int64_t dim, const real_t *x0)
@@ -20,15 +20,6 @@ RSM_T(rollout)(const rsm_model *model, const rsm_path *path, const rsm_sampler_c
     int64_t rows;
     RSM_TRY(rsm_sampler_final_rows(cfg, n, model->dim, &rows));
     return RSM_T(rollout_reward)(reward, rows, model->dim, out->x_final);
-}
-
-/* Copy `rows` rows of `width` into dst, each repeated k times (root j -> rows j k .. j k + k - 1). */
-static void
-RSM_T(repeat_rows)(real_t *dst, const real_t *src, int64_t rows, int64_t width, int64_t k)
-{
-    for (int64_t j = 0; j < rows; j++)
-        for (int64_t c = 0; c < k; c++)
-            memcpy(dst + (j * k + c) * width, src + j * width, (size_t)width * sizeof(real_t));
 }
 
 rsm_status
@@ -51,14 +42,16 @@ RSM_T(branch_rollout)(const rsm_model *model, const rsm_path *path, const rsm_br
     const int64_t n_max = roots * k_max;
     real_t *root_final = NULL, *x = NULL, *c = NULL, *xs = NULL, *outputs = NULL, *noises = NULL,
            *log_probs = NULL;
-    root_final = (real_t *)rsm_malloc((size_t)(roots * D) * sizeof(real_t));
-    x = (real_t *)rsm_malloc((size_t)(n_max * D) * sizeof(real_t));
-    c = (real_t *)rsm_malloc((size_t)(n_max * (C > 0 ? C : 1)) * sizeof(real_t));
+    /* buffers and copies on the model's device (backend.h) */
+    const rsm_backend *be = rsm_backend_or_cpu(model->backend);
+    root_final = (real_t *)rsm_backend_alloc(be, (size_t)(roots * D), sizeof(real_t));
+    x = (real_t *)rsm_backend_alloc(be, (size_t)(n_max * D), sizeof(real_t));
+    c = (real_t *)rsm_backend_alloc(be, (size_t)(n_max * (C > 0 ? C : 1)), sizeof(real_t));
     /* the branch sampler's trajectory over the longest sub-grid (transition 0: S steps) */
-    xs = (real_t *)rsm_malloc((size_t)((S + 1) * n_max * D) * sizeof(real_t));
-    outputs = (real_t *)rsm_malloc((size_t)(S * n_max * D) * sizeof(real_t));
-    noises = (real_t *)rsm_malloc((size_t)(S * n_max * D) * sizeof(real_t));
-    log_probs = (real_t *)rsm_malloc((size_t)(S * n_max) * sizeof(real_t));
+    xs = (real_t *)rsm_backend_alloc(be, (size_t)((S + 1) * n_max * D), sizeof(real_t));
+    outputs = (real_t *)rsm_backend_alloc(be, (size_t)(S * n_max * D), sizeof(real_t));
+    noises = (real_t *)rsm_backend_alloc(be, (size_t)(S * n_max * D), sizeof(real_t));
+    log_probs = (real_t *)rsm_backend_alloc(be, (size_t)(S * n_max), sizeof(real_t));
     RSM_CHECK_GOTO(root_final && x && c && xs && outputs && noises && log_probs, RSM_ERR_MEMORY,
                    "cannot allocate branch-rollout buffers for %lld rows", (long long)n_max);
 
@@ -77,8 +70,8 @@ RSM_T(branch_rollout)(const rsm_model *model, const rsm_path *path, const rsm_br
         const int64_t k = cfg->budget[i];
         if (k == 0) continue;
         const int64_t n = roots * k;
-        RSM_T(repeat_rows)(x, out->root_xs + i * roots * D, roots, D, k);
-        if (C > 0) RSM_T(repeat_rows)(c, cond, roots, C, k);
+        RSM_OP(be, repeat_rows, x, out->root_xs + i * roots * D, roots, D, k);
+        if (C > 0) RSM_OP(be, repeat_rows, c, cond, roots, C, k);
         rsm_sampler_config sub = cfg->branch;
         sub.ts = cfg->branch.ts + i;
         sub.steps = S - i;
@@ -95,21 +88,26 @@ RSM_T(branch_rollout)(const rsm_model *model, const rsm_path *path, const rsm_br
         status = RSM_T(sample)(model, path, &sub, n, x, C > 0 ? c : NULL, &tr);
         if (status != RSM_OK) goto fail;
         /* what the loss reads of the stochastic step: step 0 of the sub-trajectory */
-        memcpy(out->x_next + offset * D, xs + n * D, (size_t)(n * D) * sizeof(real_t));
-        memcpy(out->outputs + offset * D, outputs, (size_t)(n * D) * sizeof(real_t));
-        memcpy(out->noises + offset * D, noises, (size_t)(n * D) * sizeof(real_t));
-        memcpy(out->log_probs + offset, log_probs, (size_t)n * sizeof(real_t));
+        be->copy(be, out->x_next + offset * D, xs + n * D, (size_t)(n * D) * sizeof(real_t),
+                 RSM_COPY_D2D);
+        be->copy(be, out->outputs + offset * D, outputs, (size_t)(n * D) * sizeof(real_t),
+                 RSM_COPY_D2D);
+        be->copy(be, out->noises + offset * D, noises, (size_t)(n * D) * sizeof(real_t),
+                 RSM_COPY_D2D);
+        be->copy(be, out->log_probs + offset, log_probs, (size_t)n * sizeof(real_t),
+                 RSM_COPY_D2D);
         out->nfe += tr.nfe;
         offset += n;
     }
-    status = RSM_T(rollout_reward)(reward, offset, D, out->x0);
+    status = be->check(be);
+    if (status == RSM_OK) status = RSM_T(rollout_reward)(reward, offset, D, out->x0);
 fail:
-    rsm_free(root_final);
-    rsm_free(x);
-    rsm_free(c);
-    rsm_free(xs);
-    rsm_free(outputs);
-    rsm_free(noises);
-    rsm_free(log_probs);
+    rsm_backend_free(be, root_final);
+    rsm_backend_free(be, x);
+    rsm_backend_free(be, c);
+    rsm_backend_free(be, xs);
+    rsm_backend_free(be, outputs);
+    rsm_backend_free(be, noises);
+    rsm_backend_free(be, log_probs);
     return status;
 }
