@@ -19,7 +19,7 @@ from .setting import make_setting, resolve_path
 def _rows_per_root(cfg: Any, steps: int) -> list[float]:
     """Trained rows per root at each step times the per-row multiplier (k_avg / k_i)."""
     if cfg["rollout"] == "tree":   # distinct transitions per root at each step (trained ones)
-        splits = tree_split_steps(steps, cfg["split"])
+        splits = tree_split_steps(steps, cfg["split"], cfg.get("split_steps"))
         spec = trained_steps(cfg.get("train_steps", "all"), steps)
         spec = [i for i in spec if i not in depth_pruned_steps(cfg, splits, 0)]  # width: ignored
         return [float(cfg["branch"] ** sum(1 for s in splits if s <= i)) if i in spec else 0.0

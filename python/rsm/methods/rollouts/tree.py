@@ -20,7 +20,7 @@ from .common import train_steps
 
 def rollout(tr: Any) -> Batch:
     cfg, roots = tr.cfg, tr.batch_size
-    splits = tree_split_steps(cfg["steps"], cfg["split"])
+    splits = tree_split_steps(cfg["steps"], cfg["split"], cfg.get("split_steps"))
     leaves = roots * cfg["branch"] ** len(splits)
     cond_leaf = tr._cond_rows(leaves // roots)
     traj = sample(tr.policy, roots, tr.path, tr.stochastic, ts=tr.ts,
