@@ -28,7 +28,7 @@ def smooth(x0):
 def tree_ties(x0):
     """+-1 rewards: on the trees of branch_case one root's leaves all score -1 (a zero-std group
     at every depth), the other's split into both values."""
-    return np.sign(x0[:, 1] - 2.0)
+    return np.sign(x0[:, 1])
 
 
 # ---- Branch-GRPO (Fredreic1849/BranchGRPO, fastvideo/train_branchgrpo_flux.py + the 8-GPU script)
@@ -107,22 +107,15 @@ def branch_case(reward_fn, perturb, roots=2, steps=20, seed=3):
     trainer = rsm.Trainer(policy, ref, reward, "branch-grpo", batch_size=roots, group_size=16,
                           seed=seed)
     cfg = trainer.cfg
-    assert (cfg["steps"], cfg["split_steps"], cfg["branch"], cfg["noise_level"]) == (20, [0, 3, 6, 9], 2, 0.3)
+    assert (cfg["steps"], cfg["split_steps"], cfg["branch"], cfg["noise_level"], cfg["split_noise_scale"]) \
+        == (20, [0, 3, 6, 9], 2, 0.3, 4.0)
     assert (cfg["adv_ddof"], cfg["adv_eps"], cfg["adv_zero_tol"], cfg["zero_std"], cfg["clip_eps"]) \
         == (1, 1e-8, 1e-6, "keep", 1e-3)
     np.testing.assert_allclose(trainer.ts, dance_grid(steps), rtol=0, atol=1e-15)
-    # the tree's leaf-resolution trajectory, drawn as the rollout draws it (same seed, stream)
-    traj = rsm.sample(policy, roots, trainer.path, "sde-const", ts=trainer.ts, noise_level=0.3,
-                      seed=streams.mix(seed, 0), branch_steps=[0, 3, 6, 9], branch_factor=2,
-                      return_trajectory=True)
     batch = trainer.rollout()
-    xs = [np.asarray(x) for x in traj.xs]
+    # the rollout's leaf-resolution states (each leaf's path from its root)
+    xs = [np.asarray(x) for x in batch["tree"]["states"]]
     np.testing.assert_array_equal(xs[-1], np.from_dlpack(batch.x0))
-    # the sampler is the released flux_step_with_split (split_noise_scale 1: see SOURCES)
-    for i in range(steps):
-        cx, cv, std = dance_step(trainer.ts, i, 0.3)
-        mean = cx * xs[i] + cv * fwd(policy, xs[i], trainer.ts[i])
-        np.testing.assert_allclose(xs[i + 1], mean + std * np.asarray(traj.noises[i]), rtol=0, atol=1e-12)
     old = policy.copy()
     if perturb:
         move_policy(policy, 7)
@@ -147,6 +140,33 @@ def test_branch_grpo_gradient_equals_released_train_branchgrpo_flux(reward_fn, p
     assert np.linalg.norm(g_rel) > 0 and any(v != 0 for v in adv.values())
     if reward_fn is tree_ties:   # zero-std depth groups exist and stay in the mean
         assert sum(v == 0 for (d, _), v in adv.items() if d > 0) > 0
+
+
+def test_branch_grpo_split_children_are_drawn_with_the_released_noise_scale():
+    """flux_step_with_split: a split child is mean + 4 z std (tree_split_noise_scale 4.0), any
+    other child mean + z std, z standard normal; the density (the log-probabilities of the rows)
+    keeps the step's std. Checked on the rollout's states: the deviations from the released mean,
+    in units of the step's std, have an empirical std near 4 at the split steps and 1 elsewhere
+    (600 roots: 2400 values at each split step, the bound 15%), and the recorded log-probability
+    is the unscaled Gaussian's."""
+    policy, ref = make_models(0)
+    roots = 600
+    trainer = rsm.Trainer(policy, ref, rsm.Reward(lambda x, c: smooth(np.from_dlpack(x))),
+                          "branch-grpo", batch_size=roots, group_size=16, seed=9,
+                          sampler_steps=8, split_steps=[0, 3, 4, 6])
+    batch = trainer.rollout()
+    xs, ts = [np.asarray(x) for x in batch["tree"]["states"]], trainer.ts
+    leaves = xs[0].shape[0]
+    for i in range(8):
+        cx, cv, std = dance_step(ts, i, 0.3)
+        per = leaves // len(np.unique(xs[i + 1], axis=0))      # one leaf per child node
+        x, x_next = xs[i][::per], xs[i + 1][::per]
+        z = (x_next - cx * x - cv * fwd(policy, x, ts[i])) / std
+        expected = 4.0 if i in (0, 3, 4, 6) else 1.0
+        assert abs(z.std() / expected - 1) < 0.15, (i, z.std())
+        row = next(r for r in batch["rows"] if r["step"] == i)
+        lp = -0.5 * np.sum(z**2, axis=1) - 2 * np.log(std) - np.log(2 * np.pi)
+        np.testing.assert_allclose(row["log_prob"], lp, rtol=1e-10)
 
 
 def test_branch_grpo_rsm_keeps_the_earlier_form():
@@ -260,7 +280,7 @@ def test_mixgrpo_empty_window_trains_nothing():
 # ---- each convention's effect on the gradient (reported in docs/RELEASED.md) ----------------
 
 BRANCH_VARIANTS = [{"adv_ddof": 0}, {"adv_eps": 1e-4}, {"zero_std": "mask"},
-                   {"adv_zero_tol": 0.0}, {"clip_eps": 1e-4}]
+                   {"adv_zero_tol": 0.0}, {"clip_eps": 1e-4}]   # the rollout stays the same
 MIX_VARIANTS = [{"adv_ddof": 0}, {"adv_eps": 1e-4}, {"zero_std": "mask"}]
 
 
@@ -300,6 +320,7 @@ def test_contradictory_grpo_options_are_refused_naming_both():
         ("branch-grpo", {"mix_window": 4}, r"mix_window=4 contradicts rollout='tree'"),
         ("rsm-zo", {"mix_window": 2}, r"mix_window=2 contradicts rollout='branch'"),
         ("mixgrpo", {"train_steps": "no_last"}, r"mix_window=4 contradicts train_steps='no_last'"),
+        ("branch-grpo", {"split_noise_scale": 0.0}, r"split_noise_scale=0.0 must be a finite number > 0"),
         ("mixgrpo", {"mix_window": 0}, r"mix_window=0"),
         ("mixgrpo", {"mix_interval": 0}, r"mix_interval=0"),
         ("mixgrpo", {"sampler_steps": 2}, r"mix_window needs steps >= 3"),

@@ -62,7 +62,8 @@ __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
                       "steps", "vp_schedule", "refl_sampler", "reward_hinge", "split_steps",
-                      "adv_zero_tol", "mix_window", "mix_interval", "mix_stride")
+                      "split_noise_scale", "adv_zero_tol", "mix_window", "mix_interval",
+                      "mix_stride")
 _PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
 
 

@@ -193,6 +193,7 @@ OPTIONS: dict[str, Check] = {
     "sde_sigma": one_of(*_conv.SDE_SIGMA), "vp_schedule": one_of(*_conv.VP_SCHEDULES),
     "refl_sampler": one_of(*_conv.REFL_SAMPLER), "reward_hinge": optional(number()),
     "adv_zero_tol": number(0.0), "split_steps": optional(ints(0)),
+    "split_noise_scale": number(0.0, low_open=True),
     "mix_window": optional(integer(1)), "mix_interval": integer(1), "mix_stride": integer(1),
 }
 

@@ -106,13 +106,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
                                       "log-ratio weight w' = 4.5 / 8.70575 (h = 1)"},
     # ---- zeroth order with branching and stochasticity localisation
     # released fastvideo/train_branchgrpo_flux.py + finetune_flux_branchgrpo_8gpus.sh: 20 steps of
-    # the shifted grid, constant s~ = eta = 0.3, splits at 0,3,6,9 (16 leaves), every transition
-    # trained, depth advantages with torch.std (ddof 1) + 1e-8 and std < 1e-6 -> 0, all
-    # transitions in the mean, clip 1e-3
+    # the shifted grid, constant s~ = eta = 0.3, splits at 0,3,6,9 (16 leaves) drawn with 4x the
+    # step's std, every transition trained, depth advantages with torch.std (ddof 1) + 1e-8 and
+    # std < 1e-6 -> 0, all transitions in the mean, clip 1e-3
     "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 20, "grid": "shift",
                     "sde_sigma": "constant", "noise_level": 0.3, "estimator": "zo-tree",
                     "train_steps": "all", "form": "ppo", "reweight": "base", "clip_eps": 1e-3,
                     "kl": 0.0, "split": 4, "split_steps": [0, 3, 6, 9], "branch": 2,
+                    "split_noise_scale": 4.0,
                     # rsm.tree: reward fusion "mean" | "path_prob", depth pruning (child depths,
                     # sliding window), width pruning 0/1/2: the released script's defaults (no
                     # weighting, no pruning)
@@ -128,7 +129,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "branch-grpo-rsm": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
                         "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
                         "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3,
-                        "split_steps": None, "branch": 2, "fusion": "mean", "adv_ddof": 0,
+                        "split_steps": None, "split_noise_scale": 1.0, "branch": 2,
+                        "fusion": "mean", "adv_ddof": 0,
                         "adv_zero_tol": 0.0, "depth_pruning": [], "depth_pruning_slide": 0,
                         "depth_pruning_stop": None, "width_pruning": 0, "width_pruning_ratio": 0.5,
                         "description": "Branch-GRPO in rsm's earlier form: Flow-GRPO's SDE tree "
@@ -299,6 +301,7 @@ class Preset(Mapping):
     # Branch-GRPO trees (rsm.tree)
     split: int = UNSET
     split_steps: Any = UNSET         # None | the split steps (Branch-GRPO's --tree_split_points)
+    split_noise_scale: float = UNSET  # the split children's noise x the step's std (released 4)
     branch: int = UNSET
     fusion: str = UNSET
     depth_pruning: tuple = UNSET
