@@ -48,6 +48,9 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                    "mask" leaves them out of the normaliser (rsm's earlier form)
     split_steps    tree rollouts: the listed split steps (Branch-GRPO's --tree_split_points) or
                    None (`split` evenly spaced steps, rsm's earlier form)
+    split_noise_scale tree rollouts: a split step's children are drawn with this times the
+                   step's std while their density keeps the step's std (Branch-GRPO's
+                   tree_split_noise_scale, 4.0 in its script; 1.0: rsm's earlier form)
     mix_window     MixGRPO's sliding SDE window (rsm.conventions.mix_window): None (every step
                    stochastic) or its size W; the window [b, min(b + W, S - 2)) is SDE, every other
                    step the Euler ODE, and only the window is trained; b moves by `mix_stride`
@@ -143,7 +146,9 @@ SOURCES["branch-grpo"] = {
     "files": ["fastvideo/train_branchgrpo_flux.py", "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh"],
     "notes": "grid shift(linspace(1, 0, S + 1)) with shift 3, 20 steps; flux_step_with_split: the "
              "SDE mean with a constant s~ = eta = 0.3, std = eta sqrt(dt) (sampler sde-const); split "
-             "points 0,3,6,9 (2 children each: 16 leaves per prompt); every transition of the "
+             "points 0,3,6,9 (2 children each: 16 leaves per prompt), the split children drawn "
+             "with tree_split_noise_scale 4.0 times the std their log-probability assumes "
+             "(split_noise_scale); every transition of the "
              "tree trained, the last step included (ignore_last and timestep_fraction are parsed "
              "but unused by the tree path); node reward = mean of its descendant leaves "
              "(tree_prob_weighted off); advantages per (tree, depth): (r - mean) / (torch.std "
@@ -151,10 +156,9 @@ SOURCES["branch-grpo"] = {
              "clip 1e-3 on the per-element-mean log-prob, advantages clamped to +-5; no KL; per "
              "transition loss / (gradient_accumulation_steps x floor(transitions / trees)); lr "
              "1e-5, weight decay 1e-4, grad-norm clip 1.0; no depth or width pruning. Not "
-             "reproduced: tree_split_noise_scale 4.0 (the split children are drawn with 4x the "
-             "std their log-probability assumes; rsm draws them with the step's std), and an "
-             "optimizer step every 12 shuffled transitions (rsm: one step over the rollout, the "
-             "mean over its transitions).",
+             "reproduced: an optimizer step every 12 shuffled transitions (rsm: one step over "
+             "the rollout, the mean over its transitions), the network's time input "
+             "int(1000 sigma) / 1000 (rsm calls it at sigma).",
 }
 SOURCES["mixgrpo"] = {
     "repository": "Tencent-Hunyuan/MixGRPO", "commit": MIXGRPO.split("@")[1],
@@ -170,7 +174,8 @@ SOURCES["mixgrpo"] = {
              "(ddof 1) + 1e-8), no zero-std case, clamped to +-5; PPO clip 1e-4 on the per-"
              "element-mean log-prob; kl_coeff 0; loss = mean over samples and window steps; lr "
              "1e-5, weight decay 1e-4, grad-norm clip 1.0. Not reproduced: an optimizer step "
-             "every 3 samples (gradient_accumulation_steps 3), multi-reward advantage sums, "
+             "every 3 samples (gradient_accumulation_steps 3), the network's time input "
+             "int(1000 sigma) / 1000, multi-reward advantage sums (one reward here: the same), "
              "the DPM-solver variants (dpm_algorithm_type 'null' by default).",
 }
 
@@ -179,18 +184,28 @@ SOURCES["mixgrpo"] = {
 UNVERIFIED: dict[str, str] = {
     "tempflow-grpo": "searched (find_repos TempFlow, code search 'TempFlow-GRPO noise-aware "
                      "weighting'): Shredded-Pork/TempFlow-GRPO@afe6d339d480 and fusiming3/"
-                     "TempFlow-GRPO@bfeb7d42 hold the README / paper only (no training code): "
-                     "the preset follows the paper (arXiv 2508.04324)",
+                     "TempFlow-GRPO@bfeb7d42 hold the README / paper only (no training code; "
+                     "the ICLR 2026 notes at papernotes.org list 'Code: TBD'): the preset "
+                     "follows the paper (arXiv 2508.04324) as written in THEORY.md §6.3.9",
     "grpo-guard": "searched (find_repos GRPO-Guard / GRPOGuard, code search 'GRPO-Guard "
                   "RatioNorm'): hxm2023/GRPO-Guard is an unrelated project, ADZzuKi/FlowSE-"
                   "GRPOGUARD a third party's speech-enhancement adaptation; no release by the "
-                  "authors (project page jingw193.github.io/GRPO-Guard): the preset follows the "
-                  "paper (arXiv 2510.22319)",
-    "pcpo": "searched (find_repos PCPO, find_files sd3_train_shared.py, find_string 'Proportional "
-            "Credit Policy Optimization'): no release found; the preset follows the paper's "
-            "formulas as written in THEORY.md §6.3.7",
-    "pcpo-base": "no PCPO release found (see pcpo): follows the paper (THEORY.md §6.3.5)",
-    "pcpo-diffusion": "no PCPO release found (see pcpo): follows the paper (THEORY.md §6.3.6)",
+                  "authors (project page jingw193.github.io/GRPO-Guard has no code link; the CVPR "
+                  "2026 notes at papernotes.org: 'Code: Not released'): the preset follows the "
+                  "paper (arXiv 2510.22319) as written in THEORY.md §6.3.10",
+    "pcpo": "the authors' release github.com/jaylee2000/pcpo (named in arXiv 2509.25774) is not "
+            "in the index (fetch refused, find_files empty; also searched find_repos PCPO, "
+            "find_string 'Proportional Credit Policy Optimization'); the preset follows the "
+            "paper as written in THEORY.md §6.3.7, whose reweighting (zeta dt, zeta = "
+            "4.3152134639895925) is the one of the RSM paper's reimplementation by the same "
+            "first author, jaylee2000/rsm@0bed514ac6ec sd35_zeroth_order/flow_grpo/"
+            "sd3_train_shared.py (which runs it, like grpo-guard and tempflow-grpo, on "
+            "Flow-GRPO's sampler configuration, config/sd3_matrix.py)",
+    "pcpo-base": "the PCPO release is not in the index (see pcpo): follows the paper "
+                 "(THEORY.md §6.3.5)",
+    "pcpo-diffusion": "the PCPO release is not in the index (see pcpo): follows the paper "
+                      "(THEORY.md §6.3.6) and the RSM paper's sd15_zeroth_order reimplementation "
+                      "('uw-sigma', jaylee2000/rsm@0bed514ac6ec)",
 }
 
 
