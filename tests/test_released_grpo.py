@@ -260,12 +260,14 @@ def test_mixgrpo_gradient_equals_released_train_grpo_flux(iteration, perturb):
     assert rel_err(g_rsm, g_rel) <= RTOL, rel_err(g_rsm, g_rel)
 
 
-def test_mixgrpo_empty_window_trains_nothing():
+@pytest.mark.parametrize("parallel", [False, True], ids=["single", "data-parallel world 1"])
+def test_mixgrpo_empty_window_trains_nothing(parallel):
     """At b = S - 2 the released window is empty: an all-ODE rollout, no loss term, and its
     optimizer (parameters without a gradient) leaves the weights and moments alone."""
     policy, ref = make_models(0)
+    kw = {"comm": rsm.distributed.Communicator(), "dp_tiles": 2} if parallel else {}
     trainer = rsm.Trainer(policy, ref, rsm.Reward(lambda x, c: smooth(np.from_dlpack(x))),
-                          "mixgrpo", batch_size=2, group_size=4, sampler_steps=8, seed=1)
+                          "mixgrpo", batch_size=2, group_size=4, sampler_steps=8, seed=1, **kw)
     trainer.step()
     before = np.from_dlpack(policy.params).copy()
     state = trainer.optimizer.state_dict()
