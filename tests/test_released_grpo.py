@@ -201,6 +201,18 @@ def test_mix_window_is_the_released_schedule():
                 assert list(range(b, e)) == released_window(it, steps, stride=stride), (steps, it)
 
 
+def test_mixgrpo_influence_counts_the_window_over_its_cycle():
+    """influence(): MixGRPO's rows per step are the released window's, averaged over the
+    positions b = 0..S-2 it takes for mix_interval iterations each."""
+    from rsm.finetune import influence
+
+    S = 8
+    rows = influence("mixgrpo", steps=S)["rows_per_root"]
+    cycle = [released_window(k * 25, S) for k in range(S - 1)]
+    assert np.allclose(rows, [sum(i in w for w in cycle) / (S - 1) for i in range(S)])
+    assert rows[-1] == rows[-2] == 0 and rows[3] == 4 / 7
+
+
 def mix_released_grad(policy, states, u_old, rewards, G, sigmas, window, clip, eta=0.7):
     """train_one_step ('part'): group advantages (torch.std ddof 1, + 1e-8), clamped to +-5; PPO
     on the window's steps, torch.mean over the sample / (gradient_accumulation_steps x
