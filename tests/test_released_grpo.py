@@ -169,6 +169,18 @@ def test_branch_grpo_split_children_are_drawn_with_the_released_noise_scale():
         np.testing.assert_allclose(row["log_prob"], lp, rtol=1e-10)
 
 
+def test_branch_grpo_zero_tolerance_silences_tiny_reward_spreads():
+    """compute_hierarchical_advantages_by_depth calls a depth's std below 1e-6 zero: rewards that
+    differ by ~1e-8 give no gradient as released (adv_zero_tol 1e-6, the oracle agrees), and a
+    full-size normalised one with adv_zero_tol = 0 (rsm's earlier rule: only std == 0)."""
+    tiny = lambda x0: 1e-8 * smooth(x0)
+    g_rsm, g_rel, denom, T, depths, rewards, _ = branch_case(tiny, True)
+    assert np.linalg.norm(g_rel) == 0 and np.linalg.norm(g_rsm) == 0
+    effect = convention_effects("branch-grpo", [{"adv_zero_tol": 0.0}], tiny, batch_size=2,
+                                group_size=16, seed=3)
+    assert effect[0] > 1.0   # relative to a zero gradient
+
+
 def test_branch_grpo_rsm_keeps_the_earlier_form():
     p = rsm.methods.get("branch-grpo-rsm")
     assert (p["steps"], p["grid"], p["split"], p["split_steps"], p["adv_ddof"], p["adv_eps"],
