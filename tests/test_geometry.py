@@ -16,7 +16,7 @@ def test_geometry_counts():
     assert g.samples_per_rollout == 32 and g.optimizer_steps == 3
     zo = rsm.BatchGeometry.from_method(rsm.methods.get("rsm-zo"), 3, 8)   # lowsnr2 budget 6 6 8 10
     assert zo.timesteps == 4 and zo.rows_per_rollout == 3 * 30
-    tree = rsm.BatchGeometry.from_method(rsm.methods.get("branch-grpo"), 2, 8)
+    tree = rsm.BatchGeometry.from_method(rsm.methods.get("branch-grpo-rsm"), 2, 8)
     # 10 steps, splits at 0, 3, 6, the step into t = 0 untrained: 2 2 2 4 4 4 8 8 8 rows per root
     assert tree.timesteps == 9 and tree.rows_per_rollout == 2 * (3 * 2 + 3 * 4 + 3 * 8)
     policy, ref = make_models()
@@ -36,8 +36,9 @@ def never_called(x, cond):
 
 
 @pytest.mark.parametrize("method,kwargs,message", [
-    ("branch-grpo", {"group_size": 6}, r"branch=2 \*\* split=3 = 8 leaves per root, but group_size=6"),
-    ("branch-grpo", {"split": 5, "steps": 4, "group_size": 32}, r"split=5 .*steps=4"),
+    ("branch-grpo-rsm", {"group_size": 6}, r"branch=2 \*\* split=3 = 8 leaves per root, but group_size=6"),
+    ("branch-grpo-rsm", {"split": 5, "steps": 4, "group_size": 32}, r"split=5 .*steps=4"),
+    ("branch-grpo", {"group_size": 8}, r"branch=2 \*\* split=4 = 16 leaves per root, but group_size=8"),
     ("refl", {"late_steps": 40}, r"late_steps=40 .*steps - 1 = 39"),
     ("draft", {"truncation": 30}, r"truncation=30 exceeds the steps=20"),
     ("refl", {"inner_epochs": 2}, r"inner_epochs=2 must be 1"),

@@ -168,7 +168,9 @@ def _preset_case(method):
         policy = ref.copy()
         reward = (rsm.Reward(_reward_grad_fn, differentiable=True) if family != "zeroth-order"
                   else _reward_fn)
-        kw = dict(batch_size=4, group_size=8 if method == "branch-grpo" else 4, seed=5, kl_every=0)
+        # a Branch-GRPO tree has branch ** split leaves per root (16 as released, 8 earlier)
+        leaves = preset["branch"] ** preset["split"] if preset["rollout"] == "tree" else 4
+        kw = dict(batch_size=4, group_size=leaves, seed=5, kl_every=0)
         trainer = rsm.Trainer(policy, ref, reward, method, path=path, **kw)
         rows = [trainer.step() for _ in range(2)]
         numeric = [[float(r[k]) for k in sorted(r) if k not in ("seconds", "eval_seconds")

@@ -324,7 +324,9 @@ def test_every_preset_runs_on_a_class_conditional_model(method):
     fn = rsm.Reward(reward, differentiable=cfg["family"] != "zeroth-order")
     policy = base.copy()
     before = np.from_dlpack(policy.params).copy()
-    trainer = rsm.Trainer(policy, base, fn, method, path=path, batch_size=2, group_size=8,
+    # a Branch-GRPO tree has branch ** split leaves per root (16 as released)
+    group = cfg["branch"] ** cfg["split"] if cfg["rollout"] == "tree" else 8
+    trainer = rsm.Trainer(policy, base, fn, method, path=path, batch_size=2, group_size=group,
                           conditions=np.array([0, 1]))
     row = trainer.step()
     assert np.isfinite(row["loss"]) and calls

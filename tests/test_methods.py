@@ -798,7 +798,7 @@ def test_branch_grpo_equals_ppo_on_tree_nodes(perturb):
     policy, ref = make_models(15)
     center, eps, a = [1.0, -0.5], 0.05, 0.7
     roots, leaves = 3, 4
-    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo", batch_size=roots,
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo-rsm", batch_size=roots,
                           group_size=leaves, split=2, branch=2, steps=5, grid="uniform", clip_eps=eps)
     batch = trainer.rollout()
     nodes_at = {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}         # distinct nodes per root at depth d = t index
@@ -940,9 +940,9 @@ def test_branch_grpo_fusion_and_pruning_equal_the_authors_objective(opts):
     roots, steps, splits = 3, 7, [0, 3]
     common = dict(batch_size=roots, group_size=4, split=2, branch=2, steps=steps, grid="uniform",
                   clip_eps=eps)
-    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo", **common, **opts)
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo-rsm", **common, **opts)
     trainer.iteration = 1                   # sliding window: shift (1 + 1) // 1 = 2, capped at 6 - 5
-    full = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo", **common)
+    full = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center), "branch-grpo-rsm", **common)
     full.iteration = 1
     batch, whole = trainer.rollout(), full.rollout()
     np.testing.assert_array_equal(batch["x0"], whole["x0"])
@@ -1018,11 +1018,11 @@ def test_branch_grpo_options_fusion_weights_and_pruning_rules():
                              ("width_pruning", 3, "width_pruning"),
                              ("width_pruning_ratio", 0.0, "width_pruning_ratio")):
         with pytest.raises(ValueError, match=msg):
-            rsm.Trainer(policy, ref, rsm.rewards.quadratic([0.0, 0.0]), "branch-grpo",
+            rsm.Trainer(policy, ref, rsm.rewards.quadratic([0.0, 0.0]), "branch-grpo-rsm",
                         batch_size=1, group_size=8, **{knob: value})
     from rsm.finetune import influence
 
-    rows = influence("branch-grpo", depth_pruning=[2, 3])["rows_per_root"]
+    rows = influence("branch-grpo-rsm", depth_pruning=[2, 3])["rows_per_root"]
     assert rows[1] == rows[2] == 0 and rows[0] > 0 and rows[3] > 0
 
 

@@ -133,7 +133,7 @@ def test_same_value_for_every_preset_with_the_same_parameters():
 
     base, flow = value("flow-grpo")
     assert base > 0
-    for method in ("rsm-zo", "tempflow-grpo", "branch-grpo", "grpo-guard", "pcpo",
+    for method in ("rsm-zo", "tempflow-grpo", "branch-grpo-rsm", "grpo-guard", "pcpo",
                    "flow-grpo-exact"):
         assert value(method)[0] == base, method
     # dance-grpo rolls out on its own grid with a constant-s~ SDE; its kl_path is Flow-GRPO's

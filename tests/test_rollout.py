@@ -192,7 +192,7 @@ def test_reward_callbacks_keep_reference_counts_flat():
     assert (sys.getrefcount(reward), sys.getrefcount(result)) == refs
 
 
-@pytest.mark.parametrize("method,calls", [("flow-grpo", 1), ("rsm-zo", 1), ("branch-grpo", 1),
+@pytest.mark.parametrize("method,calls", [("flow-grpo", 1), ("rsm-zo", 1), ("branch-grpo-rsm", 1),
                                           ("rsm-fo", 1), ("vgg-flow", 2)])
 def test_trainer_calls_the_reward_once_per_batch_from_the_rollout(method, calls):
     """Trainer.step: the reward is called by the C rollout, once per rollout micro-batch (VGG-Flow

@@ -40,6 +40,21 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                    ImageReward's scale: samples with r >= h carry no gradient)
     vp_schedule    the VPPath schedule a Trainer builds when it is given no path ("linear": rsm's
                    continuous VP; "scaled_linear": SD1.x's discrete table, DDPO's base model)
+    adv_zero_tol   tree rollouts (Branch-GRPO): a (root, depth) group whose std is below this
+                   carries no signal (A = 0); the released script calls std < 1e-6 zero, rsm's
+                   earlier form only std == 0 (0.0)
+    zero_std "keep" on tree rollouts: the zero-signal transitions stay rows of the mean (the
+                   released Branch-GRPO divides every transition's loss by the same count),
+                   "mask" leaves them out of the normaliser (rsm's earlier form)
+    split_steps    tree rollouts: the listed split steps (Branch-GRPO's --tree_split_points) or
+                   None (`split` evenly spaced steps, rsm's earlier form)
+    split_noise_scale tree rollouts: a split step's children are drawn with this times the
+                   step's std while their density keeps the step's std (Branch-GRPO's
+                   tree_split_noise_scale, 4.0 in its script; 1.0: rsm's earlier form)
+    mix_window     MixGRPO's sliding SDE window (rsm.conventions.mix_window): None (every step
+                   stochastic) or its size W; the window [b, min(b + W, S - 2)) is SDE, every other
+                   step the Euler ODE, and only the window is trained; b moves by `mix_stride`
+                   steps every `mix_interval` iterations and rolls back to 0 past S - 2
 
 SOURCES records, per preset, the repository, commit and files whose defaults it follows. The keys
 are options of rsm.methods.Preset, validated there (values and contradictions, naming both
@@ -65,13 +80,15 @@ REFL_SAMPLER = ("deterministic", "stochastic")
 RSM_DEFAULTS: dict[str, Any] = {
     "adv_std": "group", "adv_ddof": 0, "adv_tracker": None, "adv_buffer_size": 16,
     "adv_min_count": 16, "zero_std": "mask", "kl_denominator": "exact",
-    "timestep_subset": "per_rollout",
+    "timestep_subset": "per_rollout", "mix_window": None, "mix_interval": 25, "mix_stride": 1,
 }
 
 FLOW_GRPO = "github.com/yifan123/flow_grpo@ac4c86e8cae021841f1fde853d340e0db67690dd"
 DDPO = "github.com/kvablack/ddpo-pytorch@1958463f020112c9a7bc85768d296daacc2e1b4b"
 DANCE_GRPO = "github.com/XueZeyue/DanceGRPO@15cc71d53cc2e6e18a68ee607d5fb6ba9a99e344"
 REFL = "github.com/THUDM/ImageReward@c1392c6dd0fd6ecd6d416c96959ab744a6d0a8fb"
+BRANCH_GRPO = "github.com/Fredreic1849/BranchGRPO@19fbb9fc92ad1857212f3b664d6e9ff80c8b3804"
+MIXGRPO = "github.com/Tencent-Hunyuan/MixGRPO@e5cdd6a427778d8c8b2e7a48ce16972141adbe7c"
 
 SOURCES: dict[str, dict[str, Any]] = {
     "flow-grpo": {
@@ -124,16 +141,71 @@ SOURCES: dict[str, dict[str, Any]] = {
     },
 }
 
+SOURCES["branch-grpo"] = {
+    "repository": "Fredreic1849/BranchGRPO", "commit": BRANCH_GRPO.split("@")[1],
+    "files": ["fastvideo/train_branchgrpo_flux.py", "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh"],
+    "notes": "grid shift(linspace(1, 0, S + 1)) with shift 3, 20 steps; flux_step_with_split: the "
+             "SDE mean with a constant s~ = eta = 0.3, std = eta sqrt(dt) (sampler sde-const); split "
+             "points 0,3,6,9 (2 children each: 16 leaves per prompt), the split children drawn "
+             "with tree_split_noise_scale 4.0 times the std their log-probability assumes "
+             "(split_noise_scale); every transition of the "
+             "tree trained, the last step included (ignore_last and timestep_fraction are parsed "
+             "but unused by the tree path); node reward = mean of its descendant leaves "
+             "(tree_prob_weighted off); advantages per (tree, depth): (r - mean) / (torch.std "
+             "(ddof 1) + 1e-8), A = 0 when std < 1e-6, every transition kept in the loss; PPO "
+             "clip 1e-3 on the per-element-mean log-prob, advantages clamped to +-5; no KL; per "
+             "transition loss / (gradient_accumulation_steps x floor(transitions / trees)); lr "
+             "1e-5, weight decay 1e-4, grad-norm clip 1.0; no depth or width pruning. Not "
+             "reproduced: an optimizer step every 12 shuffled transitions (rsm: one step over "
+             "the rollout, the mean over its transitions), the network's time input "
+             "int(1000 sigma) / 1000 (rsm calls it at sigma).",
+}
+SOURCES["mixgrpo"] = {
+    "repository": "Tencent-Hunyuan/MixGRPO", "commit": MIXGRPO.split("@")[1],
+    "files": ["fastvideo/train_grpo_flux.py", "fastvideo/utils/grpo_states.py",
+              "fastvideo/utils/sampling_utils.py", "scripts/finetune/finetune_flux_grpo_MixGRPO.sh"],
+    "notes": "grid shift(linspace(1, 0, S + 1)) with shift 3, 25 steps; --flow_grpo_sampling: "
+             "Flow-GRPO's SDE, s~ = 0.7 sqrt(t/(1-t)) (t_max = sigmas[1] at t = 1), inside the "
+             "window, Euler ODE x + v dt outside; training_strategy 'part' with "
+             "GRPOTrainingStates('progressive', group_size 4, iters_per_group 25, "
+             "prog_overlap_step 1, roll_back, max_timesteps S - 2): window [b, min(b + 4, S - 2)), "
+             "b = (iteration // 25) mod (S - 1); only the window's steps trained; one initial "
+             "noise per prompt (init_same_noise); group advantages (r - mean) / (torch.std "
+             "(ddof 1) + 1e-8), no zero-std case, clamped to +-5; PPO clip 1e-4 on the per-"
+             "element-mean log-prob; kl_coeff 0; loss = mean over samples and window steps; lr "
+             "1e-5, weight decay 1e-4, grad-norm clip 1.0. Not reproduced: an optimizer step "
+             "every 3 samples (gradient_accumulation_steps 3), the network's time input "
+             "int(1000 sigma) / 1000, multi-reward advantage sums (one reward here: the same), "
+             "the DPM-solver variants (dpm_algorithm_type 'null' by default).",
+}
+
 # Presets named after published methods whose released code could not be read here (recorded
 # so the table says so rather than implying fidelity).
 UNVERIFIED: dict[str, str] = {
-    "tempflow-grpo": "github.com/Shredded-Pork/TempFlow-GRPO@afe6d339d480 holds the paper and "
-                     "figures only (no training code): the preset follows the paper",
-    "grpo-guard": "no release of the diffusion GRPO-Guard found in the index (hxm2023/GRPO-Guard "
-                  "is an unrelated project): the preset follows the paper",
-    "branch-grpo": "the indexed TianyangLiu-Work/BranchGRPO is an LLM project; the tree options "
-                   "follow the authors' script as read by an earlier session (rsm.tree), not "
-                   "re-verified here",
+    "tempflow-grpo": "searched (find_repos TempFlow, code search 'TempFlow-GRPO noise-aware "
+                     "weighting'): Shredded-Pork/TempFlow-GRPO@afe6d339d480 and fusiming3/"
+                     "TempFlow-GRPO@bfeb7d42 hold the README / paper only (no training code; "
+                     "the ICLR 2026 notes at papernotes.org list 'Code: TBD'): the preset "
+                     "follows the paper (arXiv 2508.04324) as written in THEORY.md §6.3.9",
+    "grpo-guard": "searched (find_repos GRPO-Guard / GRPOGuard, code search 'GRPO-Guard "
+                  "RatioNorm'): hxm2023/GRPO-Guard is an unrelated project, ADZzuKi/FlowSE-"
+                  "GRPOGUARD a third party's speech-enhancement adaptation; no release by the "
+                  "authors (project page jingw193.github.io/GRPO-Guard has no code link; the CVPR "
+                  "2026 notes at papernotes.org: 'Code: Not released'): the preset follows the "
+                  "paper (arXiv 2510.22319) as written in THEORY.md §6.3.10",
+    "pcpo": "the authors' release github.com/jaylee2000/pcpo (named in arXiv 2509.25774) is not "
+            "in the index (fetch refused, find_files empty; also searched find_repos PCPO, "
+            "find_string 'Proportional Credit Policy Optimization'); the preset follows the "
+            "paper as written in THEORY.md §6.3.7, whose reweighting (zeta dt, zeta = "
+            "4.3152134639895925) is the one of the RSM paper's reimplementation by the same "
+            "first author, jaylee2000/rsm@0bed514ac6ec sd35_zeroth_order/flow_grpo/"
+            "sd3_train_shared.py (which runs it, like grpo-guard and tempflow-grpo, on "
+            "Flow-GRPO's sampler configuration, config/sd3_matrix.py)",
+    "pcpo-base": "the PCPO release is not in the index (see pcpo): follows the paper "
+                 "(THEORY.md §6.3.5)",
+    "pcpo-diffusion": "the PCPO release is not in the index (see pcpo): follows the paper "
+                      "(THEORY.md §6.3.6) and the RSM paper's sd15_zeroth_order reimplementation "
+                      "('uw-sigma', jaylee2000/rsm@0bed514ac6ec)",
 }
 
 
@@ -273,6 +345,25 @@ def hinge_loss(cfg: dict, rewards: np.ndarray) -> np.ndarray:
     h = cfg.get("reward_hinge")
     r = np.asarray(rewards, dtype=np.float64)
     return -r if h is None else np.maximum(h - r, 0.0)
+
+
+def mix_window(cfg: Any, steps: int, iteration: int) -> tuple[int, int] | None:
+    """MixGRPO's stochastic window at `iteration` (counted from 0) of an S = `steps` grid, or None
+    without one (mix_window None): GRPOTrainingStates('progressive', prog_overlap, roll_back) of
+    the release read as a formula. Its start b takes the positions 0, s, 2s, ... <= S - 2
+    (s = mix_stride), each for mix_interval iterations, then rolls back to 0; the window is
+    [b, min(b + W, S - 2)) (W = mix_window): steps S - 2 and S - 1 are never stochastic, and at
+    b = S - 2 the window is empty (an all-ODE rollout that trains nothing, as released)."""
+    size = cfg.get("mix_window")
+    if size is None:
+        return None
+    last = steps - 2
+    if last < 1:
+        raise ValueError(f"finetune(): mix_window needs steps >= 3 (its window ends before step "
+                         f"S - 2), got steps={steps}")
+    stride, every = int(cfg["mix_stride"]), int(cfg["mix_interval"])
+    begin = stride * ((int(iteration) // every) % (last // stride + 1))
+    return begin, min(begin + int(size), last)
 
 
 def kl_factor(cfg: dict, dt: float) -> float:

@@ -121,6 +121,10 @@ def _dp_update(trainer: Any, batches: list) -> dict:
     counts = reduce_scalars(comm, [sum(blocks.signal_rows(b) for b in batches),
                                    sum(len(r["traj"]) for b in batches for r in b["rows"])])
     normalizer = max(float(counts[0]), 1.0)
+    if counts[1] == 0:   # no rank trains a row (MixGRPO's empty window): no optimizer step,
+        # as Trainer.update (the counts are global, so every rank skips alike)
+        return {"train_nfe": 0, "rows": 0, "grad_norm": 0.0, "loss": 0.0, "kl": 0.0,
+                "kl_anchor": 0.0, "clip_fraction": 0.0, "clip_fraction_per_step": []}
     tiles = [(j * T + t, _tile_batch(shard, b, t)) for j, b in enumerate(batches) for t in shard.tiles]
     policy, opt = trainer.policy, trainer.optimizer
     grads = TiledGradient(comm, k * T, policy.num_params, policy.dtype, shard.exact)

@@ -54,9 +54,16 @@ def trained_steps(spec: Any, steps: int) -> list[int] | float:
     return sorted(listed)
 
 
-def tree_split_steps(steps: int, split: int) -> list[int]:
-    """Branch-GRPO's split points: `split` evenly spaced steps from the first one (the toy's
-    {389 - (389 // #split) j}, THEORY.md §8.4), i.e. j * (steps // split)."""
+def tree_split_steps(steps: int, split: int, points: Any = None) -> list[int]:
+    """Branch-GRPO's split points: the listed steps `points` (the released script's
+    --tree_split_points, e.g. 0,3,6,9 of 20) or, without them, `split` evenly spaced steps from
+    the first one (the toy's {389 - (389 // #split) j}, THEORY.md §8.4), i.e. j * (steps // split)."""
+    if points is not None:
+        pts = sorted(int(p) for p in points)
+        if len(pts) != split or len(set(pts)) != len(pts) or not all(0 <= p < steps for p in pts):
+            raise ValueError(f"finetune(): split_steps={list(points)!r} must be split={split} "
+                             f"distinct steps in [0, steps - 1 = {steps - 1}]")
+        return pts
     stride = steps // split
     return [j * stride for j in range(split)]
 
@@ -150,7 +157,7 @@ class BatchGeometry:
             spec = trained_steps(cfg.get("train_steps", "all"), steps)
             trained = [i for i in (spec if isinstance(spec, list) else range(steps))
                        if i not in set(deterministic)]
-            splits = tree_split_steps(steps, split)
+            splits = tree_split_steps(steps, split, cfg.get("split_steps"))
             rows = conditions * sum(branch ** sum(1 for s in splits if s <= i) for i in trained)
             timesteps, samples = len(trained), conditions * leaves
         elif rollout == "refl":

@@ -301,6 +301,12 @@ class Trainer:
         stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
         if cfg.through_sampler:
             return pathwise.draft_update(self.policy, self.optimizer, self.setting, batches, stats)
+        if not any(b["rows"] or b.get("anchor_rows") for b in batches):
+            # nothing trained (MixGRPO's empty window at b = S - 2): no optimizer step, as the
+            # released loop, whose optimizer skips parameters without a gradient (no Adam
+            # moment update, no weight decay)
+            return {**stats, "grad_norm": 0.0, "loss": 0.0, "kl": 0.0, "kl_anchor": 0.0,
+                    "clip_fraction": 0.0, "clip_fraction_per_step": []}
         per_batch, out = blocks.run(self.policy, self.ref, self.optimizer, self.setting, batches,
                                     normalizer, epochs)
         loss, kl, clip = (np.from_dlpack(out[k]) for k in ("loss", "kl", "clip_fraction"))

@@ -28,6 +28,10 @@ Depth-wise advantages: the nodes of one root at one depth form a group; A = clip
 §7.2, rsm's group statistics) or 1: "sample" (the authors' torch.std, Bessel-corrected). Zero-std groups (e.g. a lone root) get A = 0
 and carry no signal. (The authors use eps = 1e-8 and call a std below 1e-6 zero.)
 
+Zero-signal transitions (std 0, or below adv_zero_tol: the released 1e-6) have A = 0; with
+zero_std "keep" (the release) they stay rows of the mean, with "mask" (rsm's earlier form) they
+leave its normaliser.
+
 Depth pruning ("depth_pruning": child depths d, i.e. steps d - 1): those transitions are dropped
 from the loss; sampling and rewards are unchanged. With "depth_pruning_slide" = k > 0 the window
 moves one depth shallower every k iterations (iteration n, counted from 0, shifts by (n + 1) // k,
@@ -108,10 +112,12 @@ def fuse_rewards(distinct: list[int], rewards: np.ndarray, valid: np.ndarray,
 
 
 def depth_advantages(node_r: list[np.ndarray], node_ok: list[np.ndarray], roots: int, *,
-                     eps: float, adv_clip: float, adv_std: str = "population"
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     eps: float, adv_clip: float, adv_std: str = "population",
+                     zero_tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(adv, mask) over all nodes (depth-major, the ids offsets[d] + j): nodes of one root at one
-    depth are a group; invalid nodes form groups of their own (A = 0, mask False)."""
+    depth are a group; invalid nodes form groups of their own (A = 0, mask False). A group whose
+    std is 0 or below zero_tol (the released 1e-6, with the same ddof) has no signal: A = 0,
+    mask False."""
     keys, offset = [], 0
     for d, r in enumerate(node_r):
         n_nodes = r.shape[0]
@@ -119,16 +125,17 @@ def depth_advantages(node_r: list[np.ndarray], node_ok: list[np.ndarray], roots:
         keys.append(np.where(node_ok[d], d * roots + root, -1 - (offset + np.arange(n_nodes))))
         offset += n_nodes
     rewards, keys = np.concatenate(node_r), np.concatenate(keys)
-    if adv_std == "population":
+    if adv_std == "population" and zero_tol == 0.0:
         return group_advantages(rewards, keys, eps=eps, adv_clip=adv_clip)
-    if adv_std != "sample":
+    if adv_std not in ADV_STDS:
         raise ValueError(f"depth_advantages(): adv_std must be one of {ADV_STDS}, got {adv_std!r}")
-    # Bessel-corrected std: the centred rewards from the engine, the std per group here
+    # the std per group here (Bessel-corrected for "sample"), the centred rewards from the engine
     centred, _ = group_advantages(rewards, keys, eps=eps, adv_clip=0.0, center_only=True)
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     sq = np.bincount(inverse, weights=centred**2)
-    std = np.sqrt(sq / np.maximum(counts - 1, 1))[inverse]
-    mask = (counts[inverse] > 1) & (std > 0)
+    ddof = 1 if adv_std == "sample" else 0
+    std = np.sqrt(sq / np.maximum(counts - ddof, 1))[inverse]
+    mask = (counts[inverse] > 1) & (std > 0) & (std >= zero_tol)
     adv = np.where(mask, centred / np.where(mask, std + eps, 1.0), 0.0)
     if adv_clip > 0:
         adv = np.clip(adv, -adv_clip, adv_clip)

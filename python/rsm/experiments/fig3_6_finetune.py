@@ -72,13 +72,14 @@ def configs(quick: bool) -> list[dict[str, Any]]:
     # flow-grpo follows the released script (issue 15); flow-grpo-exact is the earlier form the
     # paper's comparisons (and the numbers in docs/results/fig3-6.md) used
     zo_base = ("tempflow-grpo", "flow-grpo", "flow-grpo-exact", "dance-grpo", "grpo-guard", "pcpo",
-               "branch-grpo")
+               "branch-grpo", "branch-grpo-rsm", "mixgrpo")
     add("tempflow-grpo", "tempflow-grpo", ZO, ("zo-branch",), True)
     for profile in _ZO_PROFILES if not quick else ["lowsnr2", "highsnr"]:
         label = "rsm-zo" if profile == "lowsnr2" else f"rsm-zo [{profile}]"
         panels = ("zo-branch", "zo-sde") if profile in ("lowsnr2", "highsnr") else ("zo-branch",)
         add(label, "rsm-zo", {**ZO, "budget": profile}, panels, False, zo_base)
-    for m in ("flow-grpo", "flow-grpo-exact", "dance-grpo", "grpo-guard", "pcpo", "branch-grpo"):
+    for m in ("flow-grpo", "flow-grpo-exact", "dance-grpo", "grpo-guard", "pcpo", "branch-grpo",
+              "branch-grpo-rsm", "mixgrpo"):
         if quick and m not in ("flow-grpo", "flow-grpo-exact"):
             continue
         add(m, m, ZO, ("zo-sde",), True)
@@ -164,8 +165,11 @@ def _trained_steps(trainer: Any) -> list[int]:
 
 
 def _geometry(cfg: dict, quick: bool) -> dict:
-    """Batch per iteration: 16 prompts (roots) x 8 samples (4 x 8 in quick mode)."""
-    return {"batch_size": 8 if quick else 16, "group_size": 8}
+    """Batch per iteration: 16 prompts (roots) x 8 samples (4 x 8 in quick mode); a Branch-GRPO
+    tree has its leaves per root (branch ** split: 16 as released, 8 in rsm's earlier form)."""
+    preset = _methods.get(cfg["method"])
+    group = preset["branch"] ** preset["split"] if preset["rollout"] == "tree" else 8
+    return {"batch_size": 8 if quick else 16, "group_size": group}
 
 
 # ------------------------------------------------------------------------------- aggregation

@@ -17,14 +17,17 @@ mean or by path probability, normalised per (root, depth); width/depth pruning, 
 "ode" (first-order), "refl" (the ancestral sampler, or the ODE, down to a random late step, one
 Tweedie jump).
 
-Released configurations (issue 15): "flow-grpo", "ddpo", "dance-grpo" and "refl" default to
+Released configurations (issue 15): "flow-grpo", "ddpo", "dance-grpo", "branch-grpo", "mixgrpo"
+(MixGRPO's sliding SDE window: mix_window, mix_interval, mix_stride) and "refl" default to
 their authors' released training scripts (rsm.conventions.SOURCES: repository, commit, files;
 docs/RELEASED.md): path, grid, SDE noise, trained steps, advantage statistics, zero-std rule, KL
 denominator, ReFL's sampler and hinge. Each such convention is an explicit option with one
 meaning across presets (adv_std, adv_ddof, adv_eps, adv_tracker, zero_std, kl_denominator,
 timestep_subset, sde_sigma, vp_schedule, refl_sampler, reward_hinge); rsm's earlier
 (RSM-paper) forms stay available as values of those options, and as the variant preset
-"flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of THEORY.md §9.2.3).
+"flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of THEORY.md §9.2.3) and
+"branch-grpo-rsm" (rsm's earlier Branch-GRPO tree). TempFlow-GRPO, GRPO-Guard and PCPO have no
+release that could be read: rsm.conventions.UNVERIFIED, shown in their source.
 
 Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 
@@ -58,7 +61,9 @@ __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence
 # the released-code conventions table() shows ("-": an option the preset does not have)
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
-                      "steps", "vp_schedule", "refl_sampler", "reward_hinge")
+                      "steps", "vp_schedule", "refl_sampler", "reward_hinge", "split_steps",
+                      "split_noise_scale", "adv_zero_tol", "mix_window", "mix_interval",
+                      "mix_stride")
 _PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
 
 

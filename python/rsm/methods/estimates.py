@@ -56,7 +56,8 @@ def tree(tr: Any, batch: Batch) -> None:
                                    cfg.get("fusion", "mean"), t["edge_log_prob"])
     adv, mask = depth_advantages(node_r, node_ok, t["roots"], eps=cfg["adv_eps"],
                                  adv_clip=cfg["adv_clip"],
-                                 adv_std="sample" if cfg.get("adv_ddof", 0) else "population")
+                                 adv_std="sample" if cfg.get("adv_ddof", 0) else "population",
+                                 zero_tol=float(cfg.get("adv_zero_tol", 0.0)))
     node_ok = np.concatenate(node_ok)
     rows = batch.rows
     if cfg.get("width_pruning", 0) and rows:
@@ -73,7 +74,10 @@ def tree(tr: Any, batch: Batch) -> None:
                                            ("x", "x_next", "u_old", "noise", "traj", "log_prob")},
                                         cond=None if r["cond"] is None else r["cond"][k]))
         batch.rows = pruned
-    batch.adv, batch.mask, batch.row_valid = adv, mask & node_ok, node_ok
+    # zero_std "keep" (the released script): the zero-signal transitions (A = 0) stay rows of
+    # the mean; "mask": they leave its normaliser
+    keep = cfg.get("zero_std", "mask") == "keep"
+    batch.adv, batch.mask, batch.row_valid = adv, (node_ok if keep else mask & node_ok), node_ok
 
 
 def terminal(tr: Any, batch: Batch) -> None:

@@ -19,7 +19,7 @@ from .setting import make_setting, resolve_path
 def _rows_per_root(cfg: Any, steps: int) -> list[float]:
     """Trained rows per root at each step times the per-row multiplier (k_avg / k_i)."""
     if cfg["rollout"] == "tree":   # distinct transitions per root at each step (trained ones)
-        splits = tree_split_steps(steps, cfg["split"])
+        splits = tree_split_steps(steps, cfg["split"], cfg.get("split_steps"))
         spec = trained_steps(cfg.get("train_steps", "all"), steps)
         spec = [i for i in spec if i not in depth_pruned_steps(cfg, splits, 0)]  # width: ignored
         return [float(cfg["branch"] ** sum(1 for s in splits if s <= i)) if i in spec else 0.0
@@ -32,6 +32,11 @@ def _rows_per_root(cfg: Any, steps: int) -> list[float]:
         active = [k for k in budget if k > 0]
         k_avg = sum(active) / len(active)
         return [k * (k_avg / k) if k > 0 else 0.0 for k in budget]
+    if cfg.get("mix_window") is not None:   # MixGRPO: the window's rows, averaged over its cycle
+        every, last = int(cfg["mix_interval"]), steps - 2
+        windows = [_conv.mix_window(cfg, steps, k * every)
+                   for k in range(last // int(cfg["mix_stride"]) + 1)]
+        return [sum(b <= i < e for b, e in windows) / len(windows) for i in range(steps)]
     spec = cfg.get("train_steps", "all")
     named = {"all": range(steps), "interior": range(1, steps), "no_last": range(steps - 1)}
     if isinstance(spec, str):

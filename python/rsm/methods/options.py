@@ -192,6 +192,9 @@ OPTIONS: dict[str, Check] = {
     "kl_denominator": one_of(*_conv.KL_DENOMINATOR), "timestep_subset": one_of(*_conv.TIMESTEP_SUBSET),
     "sde_sigma": one_of(*_conv.SDE_SIGMA), "vp_schedule": one_of(*_conv.VP_SCHEDULES),
     "refl_sampler": one_of(*_conv.REFL_SAMPLER), "reward_hinge": optional(number()),
+    "adv_zero_tol": number(0.0), "split_steps": optional(ints(0)),
+    "split_noise_scale": number(0.0, low_open=True),
+    "mix_window": optional(integer(1)), "mix_interval": integer(1), "mix_stride": integer(1),
 }
 
 
@@ -230,10 +233,21 @@ def check_combination(p: Any) -> None:
         if p.advantage == "center":
             refuse("advantage", "adv_tracker", "REINFORCE centres without statistics")
     if p.rollout in ("branch", "tree"):
-        for key, earlier in (("adv_tracker", None), ("zero_std", "mask"), ("adv_std", "group")):
-            if getattr(p, key) is not UNSET and getattr(p, key) != earlier:
+        for key, allowed in (("adv_tracker", (None,)), ("adv_std", ("group",)),
+                             ("zero_std", ("mask", "keep") if p.rollout == "tree" else ("mask",))):
+            if getattr(p, key) is not UNSET and getattr(p, key) not in allowed:
                 refuse(key, "rollout", f"its advantages are per (root, step) / (root, depth); "
-                                       f"keep {key}={earlier!r}")
+                                       f"{key} must be one of {list(allowed)}")
+    if p.split_steps is not UNSET and p.split_steps is not None and p.split is not UNSET \
+            and len(p.split_steps) != p.split:
+        refuse("split_steps", "split", "split counts the listed split steps")
+    if p.mix_window is not UNSET and p.mix_window is not None:
+        if p.rollout != "sde":
+            refuse("mix_window", "rollout", "MixGRPO's window mixes the steps of one SDE "
+                                            "trajectory")
+        if p.train_steps != "all":
+            refuse("mix_window", "train_steps", "the window's steps are the trained ones: use "
+                                                "train_steps='all'")
 
 
 def suggest(word: str, choices: Any) -> str:

@@ -105,20 +105,47 @@ _PRESETS: dict[str, dict[str, Any]] = {
                                       "step std (w = 4.5), noise-matching hinge with the constant "
                                       "log-ratio weight w' = 4.5 / 8.70575 (h = 1)"},
     # ---- zeroth order with branching and stochasticity localisation
-    "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
-                    "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
-                    "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3, "branch": 2,
-                    # rsm.tree: reward fusion "mean" | "path_prob", depth-wise std with adv_ddof
-                    # 0 (population) | 1 (sample), depth pruning (child depths, sliding window),
-                    # width pruning 0/1/2; defaults = the authors' released script (no
+    # released fastvideo/train_branchgrpo_flux.py + finetune_flux_branchgrpo_8gpus.sh: 20 steps of
+    # the shifted grid, constant s~ = eta = 0.3, splits at 0,3,6,9 (16 leaves) drawn with 4x the
+    # step's std, every transition trained, depth advantages with torch.std (ddof 1) + 1e-8 and
+    # std < 1e-6 -> 0, all transitions in the mean, clip 1e-3
+    "branch-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 20, "grid": "shift",
+                    "sde_sigma": "constant", "noise_level": 0.3, "estimator": "zo-tree",
+                    "train_steps": "all", "form": "ppo", "reweight": "base", "clip_eps": 1e-3,
+                    "kl": 0.0, "split": 4, "split_steps": [0, 3, 6, 9], "branch": 2,
+                    "split_noise_scale": 4.0,
+                    # rsm.tree: reward fusion "mean" | "path_prob", depth pruning (child depths,
+                    # sliding window), width pruning 0/1/2: the released script's defaults (no
                     # weighting, no pruning)
-                    "fusion": "mean", "adv_ddof": 0, "depth_pruning": [],
-                    "depth_pruning_slide": 0, "depth_pruning_stop": None, "width_pruning": 0,
-                    "width_pruning_ratio": 0.5,
-                    "description": "Branch-GRPO: SDE tree (split points x branch children, shared "
-                                   "prefixes), node rewards fused from the leaves (mean or path-"
-                                   "probability weighted), advantages normalised per (root, depth), "
+                    "fusion": "mean", "adv_ddof": 1, "adv_eps": 1e-8, "adv_zero_tol": 1e-6,
+                    "zero_std": "keep", "depth_pruning": [], "depth_pruning_slide": 0,
+                    "depth_pruning_stop": None, "width_pruning": 0, "width_pruning_ratio": 0.5,
+                    "description": "Branch-GRPO as released: SDE tree (listed split steps x "
+                                   "branch children, shared prefixes), node rewards fused from "
+                                   "the leaves, advantages normalised per (root, depth), "
                                    "optional width/depth pruning, PPO on the node transitions"},
+    # rsm's earlier Branch-GRPO (the Figs. 3-6 runs of docs/RESULTS.md): Flow-GRPO's SDE on the
+    # 10-step SD3 grid, 3 evenly spaced splits, population std + 1e-4, the masked mean, clip 1e-4
+    "branch-grpo-rsm": {**_COMMON_ZO, "path": "flow", "rollout": "tree", "steps": 10, "grid": "sd3",
+                        "estimator": "zo-tree", "train_steps": "no_last", "form": "ppo",
+                        "reweight": "base", "clip_eps": 1e-4, "kl": 0.0, "split": 3,
+                        "split_steps": None, "split_noise_scale": 1.0, "branch": 2,
+                        "fusion": "mean", "adv_ddof": 0,
+                        "adv_zero_tol": 0.0, "depth_pruning": [], "depth_pruning_slide": 0,
+                        "depth_pruning_stop": None, "width_pruning": 0, "width_pruning_ratio": 0.5,
+                        "description": "Branch-GRPO in rsm's earlier form: Flow-GRPO's SDE tree "
+                                       "on the 10-step SD3 grid, evenly spaced splits, "
+                                       "population std, masked mean"},
+    # released fastvideo/train_grpo_flux.py + finetune_flux_grpo_MixGRPO.sh: Flow-GRPO's SDE in a
+    # 4-step window sliding by 1 step every 25 iterations, Euler ODE elsewhere, only the window
+    # trained; 25 steps of the shifted grid; torch.std (ddof 1) + 1e-8; one noise per group
+    "mixgrpo": {**_COMMON_ZO, "path": "flow", "rollout": "sde", "steps": 25, "grid": "shift",
+                "train_steps": "all", "form": "ppo", "reweight": "base", "clip_eps": 1e-4,
+                "kl": 0.0, "shared_noise": True, "adv_ddof": 1, "adv_eps": 1e-8,
+                "zero_std": "keep", "mix_window": 4, "mix_interval": 25, "mix_stride": 1,
+                "description": "MixGRPO as released: Flow-GRPO's SDE inside a sliding window of "
+                               "mix_window steps, the ODE outside, GRPO (PPO) on the window's "
+                               "steps only"},
     "tempflow-grpo": {**_COMMON_ZO, "path": "flow", "rollout": "branch", "steps": 10, "grid": "sd3",
                       "estimator": "zo-branch", "form": "ppo", "reweight": "tempflow",
                       "clip_eps": 1e-4, "kl": 0.004, "budget": [6] * 9,
@@ -213,7 +240,7 @@ BUDGETS: dict[str, list[int]] = {
 }
 
 
-_SEQUENCES = ("budget", "depth_pruning")   # stored as tuples (frozen), read as lists via p[...]
+_SEQUENCES = ("budget", "depth_pruning", "split_steps")   # stored as tuples (frozen), read as lists via p[...]
 
 
 @dataclass(frozen=True, eq=True)
@@ -267,8 +294,14 @@ class Preset(Mapping):
     timestep_subset: str = UNSET     # "per_rollout" | "per_sample"
     sde_sigma: str = UNSET           # "flow-grpo" | "constant"
     vp_schedule: str = UNSET         # the VPPath schedule when no path is given
+    adv_zero_tol: float = UNSET      # tree: a depth group with std below it has no signal
+    mix_window: Any = UNSET          # None | W: MixGRPO's sliding SDE window (rsm.conventions)
+    mix_interval: int = UNSET        # iterations per window position
+    mix_stride: int = UNSET          # steps the window moves
     # Branch-GRPO trees (rsm.tree)
     split: int = UNSET
+    split_steps: Any = UNSET         # None | the split steps (Branch-GRPO's --tree_split_points)
+    split_noise_scale: float = UNSET  # the split children's noise x the step's std (released 4)
     branch: int = UNSET
     fusion: str = UNSET
     depth_pruning: tuple = UNSET
@@ -374,8 +407,10 @@ SOURCES: dict[str, str] = {
     "reinforce-kl": "REINFORCE + KL (DPOK-like); THEORY.md §6.3.4",
     "pcpo-diffusion": "PCPO-reweight, diffusion 'uw-sigma' (the paper's code, sd15_zeroth_order); "
                       "THEORY.md §6.3.6",
-    "branch-grpo": "Branch-GRPO (Li et al., arXiv 2509.06040), the authors' released script's "
-                   "defaults; THEORY.md §6.3.8",
+    "branch-grpo": "Branch-GRPO (Li et al., arXiv 2509.06040); THEORY.md §6.3.8",
+    "branch-grpo-rsm": "Branch-GRPO in rsm's earlier form (Flow-GRPO's SDE, evenly spaced "
+                       "splits, population std, masked mean); THEORY.md §6.3.8",
+    "mixgrpo": "MixGRPO (Li et al., arXiv 2507.21802): sliding SDE/ODE window",
     "tempflow-grpo": "TempFlow-GRPO (He et al., arXiv 2508.04324): branch sampler, budget base, "
                      "reweight tempflow; THEORY.md §6.3.9",
     "rsm-zo": "RSM zeroth-order redesign, flow (Lee et al., arXiv 2604.17415); THEORY.md §9.2",
@@ -403,6 +438,10 @@ SOURCES["ddpo"] = ("DDPO (Black et al. 2024) as released: " + _conv.source_of("d
                    + "; THEORY.md §6.3.5")
 SOURCES["refl"] = ("ReFL (Xu et al. 2023) as released: " + _conv.source_of("refl")
                    + "; THEORY.md §6.3.11")
+SOURCES["branch-grpo"] = ("Branch-GRPO (Li et al., arXiv 2509.06040) as released: "
+                          + _conv.source_of("branch-grpo") + "; THEORY.md §6.3.8")
+SOURCES["mixgrpo"] = ("MixGRPO (Li et al., arXiv 2507.21802) as released: "
+                      + _conv.source_of("mixgrpo"))
 for _name in _conv.UNVERIFIED:
     SOURCES[_name] += "; " + _conv.source_of(_name)
 

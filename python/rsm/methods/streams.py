@@ -19,6 +19,7 @@ TRAIN_STEPS = 11
 REFL_STEP = 13
 KL_ANCHOR_ROWS = 17
 SAMPLE_STEPS = 19
+TREE_STEPS = 23   # Branch-GRPO's step-by-step tree with a split noise scale (rollouts/tree.py)
 KL_EVAL = 0x6B6C5F70617468  # "kl_path"
 
 

@@ -1,6 +1,7 @@
-"""Full SDE trajectories (Flow-GRPO, DDPO, DanceGRPO, GRPO-Guard, PCPO, the SDE first-order
-methods): one C sampler run (rsm.sample) that calls the reward once on its end states; every
-stochastic step is a training row."""
+"""Full SDE trajectories (Flow-GRPO, DDPO, DanceGRPO, GRPO-Guard, PCPO, MixGRPO, the SDE
+first-order methods): one C sampler run (rsm.sample) that calls the reward once on its end
+states; every stochastic step is a training row (MixGRPO: only its window's steps are
+stochastic)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..._C import random as _random
+from ... import conventions as _conv
 from ...sampling import sample
 from .. import streams
 from ..batch import Batch, Row
@@ -23,8 +25,10 @@ def rollout(tr: Any) -> Batch:
         z = np.from_dlpack(_random("normal", streams.mix(tr.seed, tr._draw, streams.SHARED_NOISE),
                                    0, first * dim, groups * dim, tr.policy.dtype))
         x_init = np.repeat(z.reshape(groups, dim), tr.group_size, axis=0)
+    # MixGRPO: the SDE inside this iteration's window, the ODE outside (its rows: the window's)
+    window = _conv.mix_window(cfg, tr.ts.shape[0] - 1, tr.iteration)
     traj = sample(tr.policy, n, tr.path, tr.stochastic, ts=tr.ts, noise_level=cfg["noise_level"],
-                  seed=streams.mix(tr.seed, tr._draw), cond=cond, x_init=x_init,
+                  seed=streams.mix(tr.seed, tr._draw), cond=cond, x_init=x_init, sde_window=window,
                   return_trajectory=True, pcpo_weight=tr.pcpo_weight, reward=tr._reward_hook(cond),
                   row_offset=first * tr.group_size)
     # DanceGRPO's per-sample subsets (keyed by the global sample index), or None
