@@ -509,3 +509,53 @@ def test_adjoint_matching_short_run_moves_toward_the_tilted_target():
                        kl_every=0, seed=0)
     after = distance(run.policy)
     assert before > 1.4 and after < 0.5 * before, (before, after)
+
+
+# ---- the effect of each released convention on the gradient (docs/RELEASED.md) -----------------
+
+def effects(method, base, variants, **common):
+    """(relative change |g' - g| / |g|, 1 - cos(g', g)) of the gradient on one fixed rollout when
+    the options `variants[j]` are applied on top of `base` (the same seed: the same trajectories
+    and rewards; the policy moved off the rollout policy)."""
+    policy, ref = make_models(27)
+    reward, _ = differentiable()
+    trainers = [rsm.Trainer(policy, ref, reward, method, **common, **base, **v) for v in [{}] + variants]
+    batches = [t.rollout() for t in trainers]
+    for b in batches[1:]:
+        np.testing.assert_array_equal(b["states"], batches[0]["states"])
+    move_policy(policy, 7)
+    grads = [t.loss_and_grad(b)[0] for t, b in zip(trainers, batches)]
+    g0 = grads[0]
+    return [(rel_err(g, g0), 1 - float(g @ g0 / (np.linalg.norm(g) * np.linalg.norm(g0))))
+            for g in grads[1:]]
+
+
+FO_EFFECTS = {   # method: (base options, [(label, switched options)])
+    "vgg-flow": ({}, [("every step (timestep_subset off)", {"timestep_subset": "per_rollout",
+                                                             "train_steps": "all"})]),
+    "residual-ndb": ({}, [("every step (timestep_subset off)", {"timestep_subset": "per_rollout",
+                                                                 "train_steps": "all"}),
+                          ("reg = 1", {"reg": 1.0})]),
+    "sqdf": ({}, [("kl_denominator = exact", {"kl_denominator": "exact"}),
+                  ("reward_reduce = mean", {"reward_reduce": "mean"}),
+                  ("every step (timestep_subset off)", {"timestep_subset": "per_rollout"}),
+                  ("discount = 1", {"discount": 1.0}),
+                  ("all (sqdf-rsm's conventions, alpha 1)", {"kl_denominator": "exact", "reward_reduce": "mean",
+                                                             "timestep_subset": "per_rollout",
+                                                             "discount": 1.0, "alpha": 1.0})]),
+    "adjoint-matching": ({"timestep_subset": "per_rollout", "train_steps": [2, 17, 31, 44]},
+                         [("am_loss = rsm (per-element mean)", {"am_loss": "rsm", "mean_over_dims": True})]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(FO_EFFECTS))
+def test_each_released_first_order_convention_changes_the_gradient(method):
+    base, switches = FO_EFFECTS[method]
+    kw = dict(batch_size=2, group_size=4, seed=3)
+    if method != "adjoint-matching":
+        kw["sampler_steps"] = 20
+    out = effects(method, base, [opts for _, opts in switches], **kw)
+    for (label, _), (change, angle) in zip(switches, out):
+        print(f"{method}: {label}: relative change {change:.3g}, 1 - cos {angle:.3g}")
+        if label != "reg = 1":    # unet_reg: small unless the policy moved far from theta_old
+            assert change > 1e-3, (label, change)
