@@ -64,9 +64,14 @@ def test_first_order_methods_reduce_low_snr_guidance(fig1):
     """Claim (a): the published first-order method (VGG-Flow, eta = (1-t)^2) puts ~0 weight at
     low SNR, less than the RSM first-order redesign (eta = 1 - t), which in turn is below flat."""
     _, s = fig1
-    vgg, ours = s["vgg-flow-rsm@flow"], s["rsm-fo@flow"]
-    assert vgg["h"][1] < 0.05 and vgg["low_snr_mean_h"] < 0.5
-    assert vgg["low_snr_share"] < ours["low_snr_share"] - 0.05
+    ours = s["rsm-fo@flow"]
+    # the earlier form (uniform grid, every step) and the released one (SD3 grid, per-sample
+    # trunks: expected rows per step from rsm.conventions.expected_rows): low-SNR shares 0.115
+    # and 0.111 against the redesign's 0.237
+    for name in ("vgg-flow-rsm@flow", "vgg-flow@flow"):
+        vgg = s[name]
+        assert vgg["h"][1] < 0.05 and vgg["low_snr_mean_h"] < 0.5, name
+        assert vgg["low_snr_share"] < ours["low_snr_share"] - 0.05, name
     assert ours["low_snr_mean_h"] < 0.75 * ours["high_snr_mean_h"]
 
 

@@ -559,3 +559,29 @@ def test_each_released_first_order_convention_changes_the_gradient(method):
         print(f"{method}: {label}: relative change {change:.3g}, 1 - cos {angle:.3g}")
         if label != "reg = 1":    # unet_reg: small unless the policy moved far from theta_old
             assert change > 1e-3, (label, change)
+
+
+@pytest.mark.parametrize("method,S,opts", [("residual-ndb", 20, {}), ("vgg-flow", 8, {}),
+                                           ("sqdf", 6, {}), ("adjoint-matching", 25, {"train_steps": 0.16})])
+def test_subset_draws_follow_their_expected_rows(method, S, opts):
+    """The trained steps drawn over many iterations match rsm.conventions.expected_rows (what
+    rsm.methods.influence reads): trunks, one step per sample, stratified steps."""
+    policy, ref = make_models(28)
+    reward, _ = differentiable()
+    trainer = rsm.Trainer(policy, ref, reward, method, batch_size=4, group_size=3, sampler_steps=S,
+                          seed=9, **opts)
+    cfg = trainer.cfg
+    counts, n, iters = np.zeros(S), 12, 60
+    for it in range(iters):
+        trainer.iteration = it
+        for st in per_sample_steps(trainer.rollout(), n).values():
+            for j in st:
+                counts[j] += 1
+    expected = np.asarray(rsm.conventions.expected_rows(cfg["timestep_subset"], cfg["train_steps"], S))
+    # stratified steps are shared by the rollout's samples: iters independent draws, not iters n
+    draws = iters if cfg["timestep_subset"] == "stratified" else iters * n
+    freq = counts / (iters * n)
+    p = expected - np.floor(expected)      # the random part of a step's count (the last step
+    se = np.sqrt(p * (1 - p) / draws)       # of the trunks is always drawn once, then maybe again)
+    assert np.all(np.abs(freq - expected) <= 4.5 * se + 1e-12), (freq, expected)
+    assert freq.sum() == pytest.approx(expected.sum(), rel=1e-12)

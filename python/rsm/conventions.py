@@ -429,3 +429,22 @@ def stratified_steps(u: np.ndarray, candidates: list[int], count: int) -> list[i
 def stratified_count(fraction: float, steps: int) -> int:
     """Adjoint Matching's num_timesteps_to_load_train as a fraction of the S steps: max(2, round(f S))."""
     return max(2, int(round(fraction * steps)))
+
+
+def expected_rows(rule: Any, fraction: float, steps: int) -> list[float] | None:
+    """Expected trained rows per sample at each step under the per-sample / stratified subset
+    rules (rsm.methods.influence); None for the rules that are not these."""
+    if rule == "one_per_sample":
+        return [1.0 / steps] * steps
+    if rule in ("trunks", "trunks_min1"):
+        size = steps // trunk_number(fraction, steps)
+        rows = [1.0 / size] * steps
+        rows[-1] += 1.0
+        if rule == "trunks_min1":
+            rows[1], rows[0] = rows[1] + rows[0], 0.0
+        return rows
+    if rule == "stratified":
+        count, middle = stratified_count(fraction, steps), int(round(0.6 * steps))
+        first, second = count // 2, count - count // 2
+        return [first / middle if i < middle else second / (steps - middle) for i in range(steps)]
+    return None
