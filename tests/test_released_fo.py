@@ -468,18 +468,18 @@ def test_adjoint_matching_target_is_the_control_at_the_tilted_optimum():
     """At p* (the exact tilted mixture's denoiser as the policy, its own rollouts) the lean-adjoint
     regression target's conditional mean is the current control: the loss gradient of a control
     linear in (1, x) vanishes up to Monte-Carlo error and the grid's O(dt) bias, against the pull
-    of the same loss at the reference (u = u_ref). Measured (N = 20000, S = 50): |G(p*)| = 0.10
-    (standard error 0.06, mostly the mode direction) vs |G(ref)| = 0.59.
-    In x2 (no mode structure: the tilt shifts both modes by 0.3 x 0.25) the bias is deterministic
-    and halves with the steps: -0.054, -0.026, -0.013 for S = 25, 50, 100 (an O(dt) discretisation
-    bias, not a fixed point off p*)."""
+    of the same loss at the reference (u = u_ref). Measured (N = 20000): |G(p*)| = 0.087 (standard
+    error 0.022; the constant x u1 component, in the mode direction) vs |G(ref)| = 0.61 at S = 50,
+    0.063 (se 0.026) at S = 100. In x2 (no mode structure: the tilt shifts both modes by 0.3 x
+    0.25) the bias is deterministic and halves with the steps: -0.054, -0.026, -0.013 for S = 25,
+    50, 100 (an O(dt) discretisation bias, not a fixed point off p*)."""
     g_opt, g_start = am_linear_control_gradient(50, 20000)
     mean_opt, mean_start = g_opt.mean(0), g_start.mean(0)
     se = g_opt.std(0) / np.sqrt(len(g_opt))
     assert np.abs(mean_start).max() > 0.4
-    assert np.abs(mean_opt).max() < 0.3 * np.abs(mean_start).max(), (mean_opt, mean_start)
-    # every component within 3 standard errors of the deterministic O(dt) bias bound 0.03
-    assert np.all(np.abs(mean_opt) <= 3 * se + 0.03), (mean_opt, se)
+    assert np.abs(mean_opt).max() < 0.25 * np.abs(mean_start).max(), (mean_opt, mean_start)
+    # every component within 4 standard errors of an O(dt) bias bound 0.03 (x2's is 0.026)
+    assert np.all(np.abs(mean_opt) <= 4 * se + 0.03), (mean_opt, se)
     bias = [am_linear_control_gradient(S, 200)[0].mean(0)[0, 1] for S in (25, 50, 100)]
     assert abs(bias[1]) < 0.6 * abs(bias[0]) and abs(bias[2]) < 0.6 * abs(bias[1]), bias
 
