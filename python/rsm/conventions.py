@@ -51,8 +51,10 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                    g(t)^2 |s - s_ref - a~|^2 in score units, THEORY.md §6.3.11)
     reward_reduce  SQDF's per-sample loss alpha KL - gamma_d Q(x'): "sum" (released: Q is one
                    scalar per sample, its gradient not divided by the dimensions while the KL is
-                   a per-element mean) or "mean" (rsm's earlier form: the whole row loss a
-                   per-element mean, the reward term divided by D)
+                   a per-element mean; and at the last step Q(x') = r(x'), x' the sample itself,
+                   as sd_pipeline.py's timestep_gamma == 0 mask) or "mean" (rsm's earlier form:
+                   the whole row loss a per-element mean, the reward term divided by D, Q by the
+                   Tweedie jump at every step)
     sde_sigma      the flow SDE's noise s~: "flow-grpo" (a sqrt(t / (1 - t)), Flow-GRPO's) or
                    "constant" (s~ = a = noise_level at every t, DanceGRPO's eta: sampler
                    "sde-const")
