@@ -405,6 +405,10 @@ def test_methods_table_shows_the_first_order_sources_and_variants():
         assert source in rows[name]["source"], rows[name]["source"]
         assert "earlier form" in rows[name + "-rsm"]["source"]
         assert rsm.methods.get(name)["source"] == rows[name]["source"]
+    assert (rows["adjoint-matching"]["am_loss"], rows["sqdf"]["reward_reduce"],
+            rows["sqdf"]["kl_denominator"], rows["vgg-flow"]["timestep_subset"],
+            rows["draft"]["truncation"]) == ("released", "sum", "std2", "trunks_min1", 1)
+    assert rows["rsm-fo"]["timestep_subset"] == "-" and rows["adjoint-matching-rsm"]["am_loss"] == "rsm"
     # the RSM paper's redesign stays as it was: no released convention on rsm-fo*
     for name in ("rsm-fo", "rsm-fo-diffusion"):
         p = rsm.methods.get(name)

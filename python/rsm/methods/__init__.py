@@ -25,6 +25,12 @@ meaning across presets (adv_std, adv_ddof, adv_eps, adv_tracker, zero_std, kl_de
 timestep_subset, sde_sigma, vp_schedule, refl_sampler, reward_hinge); rsm's earlier
 (RSM-paper) forms stay available as values of those options, and as the variant preset
 "flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of THEORY.md §9.2.3).
+The first-order and pathwise presets "vgg-flow", "residual-ndb", "sqdf", "adjoint-matching" and
+"draft" (DRaFT-1 as AlignProp's script) follow their released code too (per-sample step subsets
+timestep_subset "trunks" / "trunks_min1" / "one_per_sample" / "stratified", SQDF's KL
+kl_denominator "std2" and reward_reduce, Adjoint Matching's am_loss), their earlier forms as the
+variants "vgg-flow-rsm", "residual-ndb-rsm", "sqdf-rsm", "adjoint-matching-rsm", "draft-rsm"; the
+RSM redesigns "rsm-fo" and "rsm-fo-diffusion" carry none of them.
 
 Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 
@@ -58,7 +64,8 @@ __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence
 # the released-code conventions table() shows ("-": an option the preset does not have)
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
-                      "steps", "vp_schedule", "refl_sampler", "reward_hinge")
+                      "steps", "vp_schedule", "refl_sampler", "reward_hinge", "am_loss",
+                      "reward_reduce", "truncation")
 _PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
 
 
