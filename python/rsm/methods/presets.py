@@ -46,6 +46,17 @@ _COMMON_FO = {
     "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all", "accumulate": 1,
 }
 
+# the released forms and their earlier (*-rsm) variants share these
+_VGG = {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "estimator": "fo-tweedie",
+        "eta": "quad"}
+_SQDF = {**_COMMON_FO, "path": "vp", "rollout": "sde", "estimator": "fo-next", "tweedie_model": "ref"}
+_AM = {**_COMMON_FO, "path": "flow", "rollout": "sde", "grid": "shift", "noise_level": 2.0 ** 0.5,
+       "estimator": "fo-adjoint", "alpha": 1.0}
+_DRAFT = {"ema_decay": 0.0, "family": "pathwise", "shift": 3.0, "noise_level": 0.7,
+          "estimator": "pathwise", "form": "pathwise", "truncation": 1, "kl": 0.0,
+          "mean_over_dims": True, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
+          "max_grad_norm": 1.0}
+
 # the forward residual on DDPM rollouts (THEORY.md §6.3.3): the diffusion first-order redesign and
 # Residual nabla-DB differ in kappa, a(t) and where g is taken
 _RESIDUAL = {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform", "reg": 1.0}
@@ -159,15 +170,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # released lzzcd001/vggflow train_vggflow.py + config/default_config.py: SD3's FlowMatchEuler
     # grid (shift 3), 20 Euler steps, per sample the last step and one step of each of the
     # int(0.25 S) trunks (step 0 clamped to 1), eta quad, weight decay 1e-4
-    "vgg-flow": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "sd3",
-                 "estimator": "fo-tweedie", "eta": "quad", "train_steps": 0.25,
-                 "timestep_subset": "trunks_min1", "weight_decay": 1e-4,
+    "vgg-flow": {**_VGG, "grid": "sd3", "train_steps": 0.25, "timestep_subset": "trunks_min1",
+                 "weight_decay": 1e-4,
                  "description": "VGG-Flow as released, pruned (no value network): g = grad r at "
                                 "Tweedie x0_hat = x_t - t sg(v), v_target = v_ref - lambda (1 - "
                                 "t)^2 g, per-sample trunk subsampling of the steps"},
     # the form the RSM paper's comparisons ran (docs/RESULTS.md): uniform grid, every step
-    "vgg-flow-rsm": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
-                     "estimator": "fo-tweedie", "eta": "quad",
+    "vgg-flow-rsm": {**_VGG, "grid": "uniform",
                      "description": "VGG-Flow (pruned, no value network) in rsm's earlier form: "
                                     "uniform grid, every step trained"},
     "rsm-fo-diffusion": {**_RESIDUAL, "estimator": "fo-residual", "kappa": "sigma", "adaptive": "sigma",
@@ -193,34 +202,27 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # released Shin-woocheol/SQDF T2I/sd_pipeline.py, alignprop_trainer.py, aesthetic.sh (without
     # consistency model and buffer): SD1.5's DDIM (eta 1), 50 steps, one random step per sample,
     # alpha 2 on mean_d |mu - mu_ref|^2 / std^2, gamma 0.9
-    "sqdf": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 50, "grid": "leading",
-             "vp_schedule": "scaled_linear", "estimator": "fo-next", "tweedie_model": "ref",
-             "alpha": 2.0, "discount": 0.9, "timestep_subset": "one_per_sample",
+    "sqdf": {**_SQDF, "steps": 50, "grid": "leading", "vp_schedule": "scaled_linear", "alpha": 2.0, "discount": 0.9, "timestep_subset": "one_per_sample",
              "kl_denominator": "std2", "reward_reduce": "sum", "weight_decay": 1e-4,
              "description": "SQDF as released without consistency model / replay buffer: per "
                             "sample one random step, alpha mean_d|mu - mu_ref|^2/std^2 - gamma_d "
                             "Q(x') with Q(x') = r(x0_hat_ref(x')) at the reparameterised next "
                             "state (r(x') at the last step), gamma_d = discount^(S-1-i)"},
-    "sqdf-rsm": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
-                 "estimator": "fo-next", "tweedie_model": "ref", "alpha": 1.0, "discount": 1.0,
+    "sqdf-rsm": {**_SQDF, "steps": 20, "grid": "uniform", "alpha": 1.0, "discount": 1.0,
                  "description": "SQDF in rsm's earlier form: every step, alpha KL_i (exact "
                                 "Gaussian) - gamma_d Q(x'), the row loss a per-element mean"},
     # released microsoft/soc-fine-tuning-sd src/trainers/am_trainer.py + configs (single_prompt_993):
     # per rollout 4 of the 50 steps (2 in the first 60%, 2 after), |(mu - mu_ref)/std + std a|^2
     # summed over dimensions, no gradient clipping. Kept on the paper's memoryless flow SDE (the
     # release runs SD1.5's DDIM with its own betas, see rsm.conventions.SOURCES)
-    "adjoint-matching": {**_COMMON_FO, "path": "flow", "rollout": "sde", "steps": 50,
-                         "grid": "shift", "noise_level": 2.0 ** 0.5, "estimator": "fo-adjoint",
-                         "alpha": 1.0, "train_steps": 0.08, "timestep_subset": "stratified",
+    "adjoint-matching": {**_AM, "steps": 50, "train_steps": 0.08, "timestep_subset": "stratified",
                          "am_loss": "released", "mean_over_dims": False, "max_grad_norm": 0.0,
                          "description": "Adjoint Matching as released (lean adjoint): memoryless "
                                         "SDE rollouts (a = sqrt 2), Psi = discrete lean adjoint of "
                                         "r(x0)/alpha through the reference drift's Jacobian, per "
                                         "step |(mu - mu_ref)/std - std Psi|^2 summed over dims on 4 "
                                         "stratified steps"},
-    "adjoint-matching-rsm": {**_COMMON_FO, "path": "flow", "rollout": "sde", "steps": 40,
-                             "grid": "shift", "noise_level": 2.0 ** 0.5, "estimator": "fo-adjoint",
-                             "alpha": 1.0, "train_steps": "interior", "am_loss": "rsm",
+    "adjoint-matching-rsm": {**_AM, "steps": 40, "train_steps": "interior", "am_loss": "rsm",
                              "description": "Adjoint Matching in rsm's earlier form: score "
                                             "regression onto s_ref + Psi with weight g^2 = "
                                             "2t/(1-t), every interior step, per-element mean"},
@@ -228,18 +230,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # DRaFT has no official code: AlignProp's released script (mihirp1998/AlignProp main.py,
     # sd_pipeline.py, aesthetic_k1.sh: backprop_strategy 'fixed', the last step) is the closest:
     # SD1.5's DDIM with eta 1 (the noises reparameterised), scaled_linear, leading grid, 50 steps
-    "draft": {"ema_decay": 0.0, "family": "pathwise", "path": "vp", "rollout": "sde", "steps": 50,
-              "grid": "leading", "vp_schedule": "scaled_linear", "shift": 3.0, "noise_level": 0.7,
-              "estimator": "pathwise", "form": "pathwise", "truncation": 1, "kl": 0.0,
-              "mean_over_dims": True, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
-              "max_grad_norm": 1.0, "weight_decay": 1e-4,
+    "draft": {**_DRAFT, "path": "vp", "rollout": "sde", "steps": 50, "grid": "leading",
+              "vp_schedule": "scaled_linear", "weight_decay": 1e-4,
               "description": "DRaFT-K as AlignProp releases it: backpropagate the reward through "
                              "the last K steps of the DDPM sampler (eta = 1, noises fixed)"},
-    "draft-rsm": {"ema_decay": 0.0, "family": "pathwise", "path": "flow", "rollout": "ode",
-                  "steps": 20, "grid": "uniform", "shift": 3.0, "noise_level": 0.7,
-                  "estimator": "pathwise", "form": "pathwise", "truncation": 1, "kl": 0.0,
-                  "mean_over_dims": True, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
-                  "max_grad_norm": 1.0, "weight_decay": 0.0,
+    "draft-rsm": {**_DRAFT, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
+                  "weight_decay": 0.0,
                   "description": "DRaFT-K in rsm's earlier form: the last K flow ODE steps"},
     # released ImageReward/ReFL.py: 40 DDPM steps of SD1.x's table on the leading grid, the
     # ancestral sampler down to a random step among the last 10, hinge relu(2 - r)
