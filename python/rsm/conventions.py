@@ -49,6 +49,10 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                    lean adjoint of -r/alpha: (K/std)^2 |u - u_ref - std^2 a~ / K|^2 with a~ = -a;
                    on the memoryless flow SDE |dt| times "rsm") or "rsm" (rsm's earlier form:
                    g(t)^2 |s - s_ref - a~|^2 in score units, THEORY.md §6.3.11)
+    am_adjoint     which lean adjoint a step's regression reads: "state" (the release and the
+                   paper: a~_k at the step's own state x_k) or "next" (a~_{k+1}, at the next
+                   state: std^2 E[a~_{k+1} | x_k] is the tilted discrete chain's optimal mean
+                   shift exactly, where a~_k = J_k^T a~_{k+1} carries an O(dt) bias J_k^T)
     reward_reduce  SQDF's per-sample loss alpha KL - gamma_d Q(x'): "sum" (released: Q is one
                    scalar per sample, its gradient not divided by the dimensions while the KL is
                    a per-element mean; and at the last step Q(x') = r(x'), x' the sample itself,
@@ -80,6 +84,7 @@ ADV_STD = ("group", "batch")
 ZERO_STD = ("mask", "drop", "keep")
 KL_DENOMINATOR = ("exact", "released", "std2")
 AM_LOSS = ("released", "rsm")
+AM_ADJOINT = ("state", "next")
 REWARD_REDUCE = ("sum", "mean")
 TIMESTEP_SUBSET = ("per_rollout", "per_sample", "trunks", "trunks_min1", "one_per_sample",
                    "stratified")

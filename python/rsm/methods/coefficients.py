@@ -134,7 +134,11 @@ def fo_adjoint(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, s
     (s_ref + a~)|^2 with C1 = g(t)^2 = 2t/(1-t) (the memoryless noise), v = conv s + (x terms),
     conv = -t/(1-t)."""
     c, w, weight = _weights(s, row, batch)
-    adjoint = batch["adjoint"][row["step"]][row["traj"]]
+    # am_adjoint "next": the adjoint at the step's next state, a~_{i+1}, whose conditional mean
+    # under the tilted chain is (mu* - mu_ref) / std^2 exactly (Stein's identity for the step's
+    # Gaussian tilted by h_{i+1}); "state": a~_i = J_i^T a~_{i+1}, the release's and the paper's
+    step = row["step"] + (1 if s.cfg.get("am_adjoint", "state") == "next" else 0)
+    adjoint = batch["adjoint"][step][row["traj"]]
     if s.cfg.get("am_loss", "rsm") == "released":
         K, std = c["K"], c["std"]
         psi = (std**2 / K * adjoint).astype(s.dtype)

@@ -194,7 +194,8 @@ OPTIONS: dict[str, Check] = {
     "kl_denominator": one_of(*_conv.KL_DENOMINATOR), "timestep_subset": one_of(*_conv.TIMESTEP_SUBSET),
     "sde_sigma": one_of(*_conv.SDE_SIGMA), "vp_schedule": one_of(*_conv.VP_SCHEDULES),
     "refl_sampler": one_of(*_conv.REFL_SAMPLER), "reward_hinge": optional(number()),
-    "am_loss": one_of(*_conv.AM_LOSS), "reward_reduce": one_of(*_conv.REWARD_REDUCE),
+    "am_loss": one_of(*_conv.AM_LOSS), "am_adjoint": one_of(*_conv.AM_ADJOINT),
+    "reward_reduce": one_of(*_conv.REWARD_REDUCE),
 }
 
 

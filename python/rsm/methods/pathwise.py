@@ -14,10 +14,11 @@ def lean_adjoint(ref: Any, s: Setting, batch: Any) -> tuple[dict[int, np.ndarray
     """The discrete lean adjoint of Adjoint Matching (Domingo-Enrich et al. 2024):
     a_S = grad r(x0) / alpha, a_i = A_i a_{i+1} + J_ref(x_i)^T (K_i a_{i+1}), i.e. the VJP
     of the reference sampler's mean map along the sampled trajectory (the control's own
-    dependence dropped: "lean"). Returns ({step: a_i [n, D]} in score units, its NFE)."""
+    dependence dropped: "lean"). Returns ({step: a_i [n, D]} in score units, i = 0..S (a_S the
+    terminal one), its NFE)."""
     dtype = s.dtype
     a = (batch["grad"] / s.cfg["alpha"]).astype(dtype)
-    adjoint = {}
+    adjoint = {len(s.ts) - 1: a}
     states = batch["states"]
     for i in range(len(s.ts) - 2, -1, -1):
         c = s.sde[i]

@@ -51,7 +51,7 @@ _VGG = {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "estimator"
         "eta": "quad"}
 _SQDF = {**_COMMON_FO, "path": "vp", "rollout": "sde", "estimator": "fo-next", "tweedie_model": "ref"}
 _AM = {**_COMMON_FO, "path": "flow", "rollout": "sde", "grid": "shift", "noise_level": 2.0 ** 0.5,
-       "estimator": "fo-adjoint", "alpha": 1.0}
+       "estimator": "fo-adjoint", "alpha": 1.0, "am_adjoint": "state"}
 _DRAFT = {"ema_decay": 0.0, "family": "pathwise", "shift": 3.0, "noise_level": 0.7,
           "estimator": "pathwise", "form": "pathwise", "truncation": 1, "kl": 0.0,
           "mean_over_dims": True, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
@@ -340,6 +340,7 @@ class Preset(Mapping):
     reward_hinge: Any = UNSET        # None | h: ReFL's relu(h - r)
     # first order (rsm.conventions, issue 15)
     am_loss: str = UNSET             # "released" | "rsm": Adjoint Matching's regression weighting
+    am_adjoint: str = UNSET          # "state" | "next": the lean adjoint a step regresses onto
     reward_reduce: str = UNSET       # "sum" | "mean": SQDF's reward term per sample or per element
     # documentation
     description: str = UNSET
