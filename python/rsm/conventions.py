@@ -434,7 +434,8 @@ def stratified_steps(u: np.ndarray, candidates: list[int], count: int) -> list[i
 
 
 def stratified_count(fraction: float, steps: int) -> int:
-    """Adjoint Matching's num_timesteps_to_load_train as a fraction of the S steps: max(2, round(f S))."""
+    """Adjoint Matching's num_timesteps_to_load_train as a fraction f of the S steps:
+    max(2, round(f S))."""
     return max(2, int(round(fraction * steps)))
 
 

@@ -64,8 +64,8 @@ __all__ = ["Batch", "BUDGETS", "PRESETS", "SOURCES", "Preset", "get", "influence
 # the released-code conventions table() shows ("-": an option the preset does not have)
 _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std",
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
-                      "steps", "vp_schedule", "refl_sampler", "reward_hinge", "am_loss", "am_adjoint",
-                      "reward_reduce", "truncation")
+                      "steps", "vp_schedule", "refl_sampler", "reward_hinge", "am_loss",
+                      "am_adjoint", "reward_reduce", "truncation")
 _PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
 
 

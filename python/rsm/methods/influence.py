@@ -34,8 +34,9 @@ def _rows_per_root(cfg: Any, steps: int) -> list[float]:
         return [k * (k_avg / k) if k > 0 else 0.0 for k in budget]
     spec = cfg.get("train_steps", "all")
     # the released subset rules (rsm.conventions): trunks, one step per sample, stratified
-    subset = _conv.expected_rows(cfg.get("timestep_subset"), spec, steps)
-    if subset is not None and (isinstance(spec, float) or cfg.get("timestep_subset") == "one_per_sample"):
+    rule = cfg.get("timestep_subset")
+    subset = _conv.expected_rows(rule, spec, steps)
+    if subset is not None and (isinstance(spec, float) or rule == "one_per_sample"):
         return subset
     named = {"all": range(steps), "interior": range(1, steps), "no_last": range(steps - 1)}
     if isinstance(spec, str):

@@ -49,7 +49,8 @@ _COMMON_FO = {
 # the released forms and their earlier (*-rsm) variants share these
 _VGG = {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "estimator": "fo-tweedie",
         "eta": "quad"}
-_SQDF = {**_COMMON_FO, "path": "vp", "rollout": "sde", "estimator": "fo-next", "tweedie_model": "ref"}
+_SQDF = {**_COMMON_FO, "path": "vp", "rollout": "sde", "estimator": "fo-next",
+         "tweedie_model": "ref"}
 _AM = {**_COMMON_FO, "path": "flow", "rollout": "sde", "grid": "shift", "noise_level": 2.0 ** 0.5,
        "estimator": "fo-adjoint", "alpha": 1.0, "am_adjoint": "state"}
 _DRAFT = {"ema_decay": 0.0, "family": "pathwise", "shift": 3.0, "noise_level": 0.7,
@@ -202,8 +203,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # released Shin-woocheol/SQDF T2I/sd_pipeline.py, alignprop_trainer.py, aesthetic.sh (without
     # consistency model and buffer): SD1.5's DDIM (eta 1), 50 steps, one random step per sample,
     # alpha 2 on mean_d |mu - mu_ref|^2 / std^2, gamma 0.9
-    "sqdf": {**_SQDF, "steps": 50, "grid": "leading", "vp_schedule": "scaled_linear", "alpha": 2.0, "discount": 0.9, "timestep_subset": "one_per_sample",
-             "kl_denominator": "std2", "reward_reduce": "sum", "weight_decay": 1e-4,
+    "sqdf": {**_SQDF, "steps": 50, "grid": "leading", "vp_schedule": "scaled_linear", "alpha": 2.0,
+             "discount": 0.9, "timestep_subset": "one_per_sample", "kl_denominator": "std2", "reward_reduce": "sum", "weight_decay": 1e-4,
              "description": "SQDF as released without consistency model / replay buffer: per "
                             "sample one random step, alpha mean_d|mu - mu_ref|^2/std^2 - gamma_d "
                             "Q(x') with Q(x') = r(x0_hat_ref(x')) at the reparameterised next "
