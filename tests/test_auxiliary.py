@@ -168,7 +168,7 @@ def test_aux_trainer_rejects_mechanisms_of_other_presets():
         aux.AuxTrainer(policy, policy.copy(), reward, "flow-grpo", replay=aux.ReplayBuffer())
 
 
-@pytest.mark.parametrize("method,kind,mech", [("vgg-flow", "flow", "value_net"),
+@pytest.mark.parametrize("method,kind,mech", [("vgg-flow-rsm", "flow", "value_net"),
                                               ("rsm-fo-diffusion", "vp", "residual"),
                                               ("rsm-fo", "flow", "replay")])
 def test_aux_trainer_steps_are_reproducible_and_count_extra_work(method, kind, mech):

@@ -40,7 +40,7 @@ def never_called(x, cond):
     ("branch-grpo-rsm", {"split": 5, "steps": 4, "group_size": 32}, r"split=5 .*steps=4"),
     ("branch-grpo", {"group_size": 8}, r"branch=2 \*\* split=4 = 16 leaves per root, but group_size=8"),
     ("refl", {"late_steps": 40}, r"late_steps=40 .*steps - 1 = 39"),
-    ("draft", {"truncation": 30}, r"truncation=30 exceeds the steps=20"),
+    ("draft", {"truncation": 60}, r"truncation=60 exceeds the steps=50"),
     ("refl", {"inner_epochs": 2}, r"inner_epochs=2 must be 1"),
     ("flow-grpo", {"train_steps": [0, 7], "steps": 5}, r"train_steps=\[0, 7\] .*steps=5"),
     ("dance-grpo", {"train_steps": 1.5}, r"train_steps=1.5 must be a fraction"),

@@ -440,8 +440,8 @@ def test_tempflow_grpo_equals_weighted_ppo_on_branches():
 
 def test_vgg_flow_equals_regression_onto_tweedie_gradient():
     lam = 0.6
-    trainer, reward, batch, g_engine, rows = first_order_setup("vgg-flow", 6, 8, steps=4,
-                                                               reward_scale=lam)
+    trainer, reward, batch, g_engine, rows = first_order_setup("vgg-flow-rsm", 6, 8, steps=4,
+                                                                   reward_scale=lam)
     policy, ref, ts = trainer.policy, trainer.ref, trainer.ts
     u_ref = outputs(ref, rows)
 
@@ -496,7 +496,7 @@ def test_draft_gradient_is_the_pathwise_reward_gradient(truncation):
     recomputed through the last K Euler steps from the fixed state K steps before the end."""
     policy, ref = make_models(8)
     reward = rsm.rewards.quadratic([1.0, -0.5], scale=0.7)
-    trainer = rsm.Trainer(policy, ref, reward, "draft", batch_size=2, group_size=3, steps=5,
+    trainer = rsm.Trainer(policy, ref, reward, "draft-rsm", batch_size=2, group_size=3, steps=5,
                           truncation=truncation)
     batch = trainer.rollout()
     g_engine, _ = trainer.loss_and_grad(batch)
@@ -555,7 +555,7 @@ def test_normalized_influence_h():
     np.testing.assert_allclose(zo["h"].mean(), 1.0)
     guard = influence("grpo-guard")           # constant strength across t < 1
     assert np.ptp(guard["h"][1:9]) < 1e-12
-    vgg, fo = influence("vgg-flow"), influence("rsm-fo")
+    vgg, fo = influence("vgg-flow-rsm"), influence("rsm-fo")
     t = vgg["t"]
     # first-order: kappa = 2 lambda eta(t) with eta = (1 - t)^2 (VGG-Flow) or (1 - t) (RSM-FO)
     np.testing.assert_allclose(vgg["kappa"], 2 * (1 - t) ** 2, rtol=1e-12, atol=1e-15)
@@ -628,7 +628,7 @@ def test_adjoint_matching_equals_its_control_regression():
     policy, ref = make_models(12)
     reward = rsm.rewards.quadratic([1.0, -0.5], scale=0.8)
     alpha = 0.7
-    trainer = rsm.Trainer(policy, ref, reward, "adjoint-matching", batch_size=2, group_size=2,
+    trainer = rsm.Trainer(policy, ref, reward, "adjoint-matching-rsm", batch_size=2, group_size=2,
                           steps=5, grid="uniform", alpha=alpha)
     batch = trainer.rollout()
     move_policy(policy, 6)
@@ -1036,7 +1036,7 @@ def test_sqdf_equals_kl_minus_discounted_soft_q_at_theta_old():
     policy, ref = make_models(17)
     center, scale = [0.5, 1.0], 0.3
     alpha, discount, lam = 0.5, 0.8, 0.7
-    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "sqdf", batch_size=2,
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "sqdf-rsm", batch_size=2,
                           group_size=2, steps=4, alpha=alpha, discount=discount, reward_scale=lam)
     batch = trainer.rollout()
     ts, rows = trainer.ts, with_times(batch["rows"], trainer.ts)
@@ -1078,7 +1078,7 @@ def test_residual_ndb_equals_forward_residual_with_next_state_gradient():
     per-element means, mean over rows; at theta != theta_old."""
     policy, ref = make_models(19)
     center, scale, lam, reg = [1.0, -1.0], 0.4, 0.6, 2.0
-    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "residual-ndb",
+    trainer = rsm.Trainer(policy, ref, rsm.rewards.quadratic(center, scale), "residual-ndb-rsm",
                           batch_size=2, group_size=2, steps=4, reward_scale=lam, reg=reg)
     policy_old = policy.copy()
     batch = trainer.rollout()
@@ -1231,6 +1231,6 @@ def test_zoo_registry_and_overrides():
     h = influence("pcpo-diffusion")["h"]          # constant w' on every stochastic step: h = 1 there
     trained = h > 0
     assert np.ptp(h[trained]) < 1e-12 and trained.sum() == len(h) - 1
-    sq = influence("sqdf", discount=0.5)            # kappa = (c1 - c2) gamma_d (THEORY.md §6.2)
+    sq = influence("sqdf-rsm", discount=0.5)            # kappa = (c1 - c2) gamma_d (THEORY.md §6.2)
     assert sq["kappa"][-2] == pytest.approx(abs(rsm.step_coefficients(
         rsm.VPPath("linear"), rsm.time_grid(20), "ddpm")[-2]["K"]) * 0.5, rel=1e-10)

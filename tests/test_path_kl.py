@@ -138,7 +138,7 @@ def test_same_value_for_every_preset_with_the_same_parameters():
         assert value(method)[0] == base, method
     # dance-grpo rolls out on its own grid with a constant-s~ SDE; its kl_path is Flow-GRPO's
     # SDE at a = 0.7 (the default for a constant-s~ preset), here on the SD3 grid
-    for method in ("rsm-fo", "draft", "adjoint-matching", "dance-grpo"):
+    for method in ("rsm-fo", "draft-rsm", "adjoint-matching", "dance-grpo"):
         assert value(method, kl_grid=flow.ts, kl_noise_level=0.7)[0] == base, method
     assert value("dance-grpo", kl_grid=flow.ts)[0] == base
     # ddpo's released default is SD1.x's table on the leading grid: compare on rsm's linear VP

@@ -25,11 +25,40 @@ presets that carry their names, rsm's earlier (RSM-paper) form as a named value.
                    "released"  Flow-GRPO's train_sd3.py: |mu - mu_ref|^2 / (2 s~^2), s~ = std /
                                sqrt(dt), i.e. dt times the exact KL (its beta is 10x rsm's on a
                                10-step grid for the same pull)
+                   "std2"      SQDF's sd_pipeline.py: mean_d |mu - mu_ref|^2 / std^2 (no 2; with
+                               alpha it is 2 alpha times the exact per-element KL)
     timestep_subset with a fractional train_steps f (ignored otherwise):
                    "per_rollout"  one random subset of max(1, round(f (S - 1))) of the steps
                                   0..S-2, shared by the rollout's samples (rsm's earlier form)
                    "per_sample"   DanceGRPO: every sample its own random int(f (S - 1)) steps
                                   among 0..S-2 (a per-sample permutation, its first entries)
+                   "trunks"       Nabla-GFlowNet's low_var_subsampling: the S steps cut into
+                                  n = int(f S) equal trunks; per sample the last step S-1 and one
+                                  uniformly random step of each trunk (n + 1 rows; the last step
+                                  can be drawn twice and then counts twice)
+                   "trunks_min1"  VGG-Flow's: the same, step 0 (t = 1) replaced by step 1
+                                  (its perms.clamp(min=1))
+                   "one_per_sample"  SQDF: per sample one uniformly random step among all S
+                                  (f is ignored)
+                   "stratified"   Adjoint Matching's sample_time_indices: per rollout k =
+                                  max(2, round(f S)) of the trained steps (train_steps itself: f
+                                  of them), k // 2 among the first 60% and the rest among the
+                                  last 40%, shared by the rollout's samples
+    am_loss        Adjoint Matching's regression: "released" (soc-fine-tuning-sd's am_trainer:
+                   per trained step |(mu - mu_ref)/std + std a|^2 summed over dimensions, a the
+                   lean adjoint of -r/alpha: (K/std)^2 |u - u_ref - std^2 a~ / K|^2 with a~ = -a;
+                   on the memoryless flow SDE |dt| times "rsm") or "rsm" (rsm's earlier form:
+                   g(t)^2 |s - s_ref - a~|^2 in score units, THEORY.md §6.3.11)
+    am_adjoint     which lean adjoint a step's regression reads: "state" (the release and the
+                   paper: a~_k at the step's own state x_k) or "next" (a~_{k+1}, at the next
+                   state: std^2 E[a~_{k+1} | x_k] is the tilted discrete chain's optimal mean
+                   shift exactly, where a~_k = J_k^T a~_{k+1} carries an O(dt) bias J_k^T)
+    reward_reduce  SQDF's per-sample loss alpha KL - gamma_d Q(x'): "sum" (released: Q is one
+                   scalar per sample, its gradient not divided by the dimensions while the KL is
+                   a per-element mean; and at the last step Q(x') = r(x'), x' the sample itself,
+                   as sd_pipeline.py's timestep_gamma == 0 mask) or "mean" (rsm's earlier form:
+                   the whole row loss a per-element mean, the reward term divided by D, Q by the
+                   Tweedie jump at every step)
     sde_sigma      the flow SDE's noise s~: "flow-grpo" (a sqrt(t / (1 - t)), Flow-GRPO's) or
                    "constant" (s~ = a = noise_level at every t, DanceGRPO's eta: sampler
                    "sde-const")
@@ -68,8 +97,12 @@ import numpy as np
 
 ADV_STD = ("group", "batch")
 ZERO_STD = ("mask", "drop", "keep")
-KL_DENOMINATOR = ("exact", "released")
-TIMESTEP_SUBSET = ("per_rollout", "per_sample")
+KL_DENOMINATOR = ("exact", "released", "std2")
+AM_LOSS = ("released", "rsm")
+AM_ADJOINT = ("state", "next")
+REWARD_REDUCE = ("sum", "mean")
+TIMESTEP_SUBSET = ("per_rollout", "per_sample", "trunks", "trunks_min1", "one_per_sample",
+                   "stratified")
 ADV_TRACKER = (None, "per_prompt")
 SDE_SIGMA = ("flow-grpo", "constant")
 VP_SCHEDULES = ("linear", "cosine", "scaled_linear", "ddpm_linear")
@@ -178,6 +211,74 @@ SOURCES["mixgrpo"] = {
              "int(1000 sigma) / 1000, multi-reward advantage sums (one reward here: the same), "
              "the DPM-solver variants (dpm_algorithm_type 'null' by default).",
 }
+
+VGG_FLOW = "github.com/lzzcd001/vggflow@978f1fb1daeec258e029ecfc6e72fd14399f382c"
+NABLA_GFN = "github.com/lzzcd001/nabla-gfn@6b74d4cede0d06ffa844cb776acf060e50ec44ea"
+SQDF = "github.com/Shin-woocheol/SQDF@68861b22afb96e991949c0f968af291924cee753"
+ADJOINT_MATCHING = "github.com/microsoft/soc-fine-tuning-sd@489f904a824fa3f6f2700f3b9a36826318f4d2ac"
+ALIGNPROP = "github.com/mihirp1998/AlignProp@b22918afd53f254f2ba66eb1233d94121aade5fc"
+
+
+def _source(url: str, files: list[str], notes: str) -> dict[str, Any]:
+    repository, commit = url[len("github.com/"):].split("@")
+    return {"repository": repository, "commit": commit, "files": files, "notes": notes}
+
+
+SOURCES.update({
+    "vgg-flow": _source(VGG_FLOW, ["train_vggflow.py", "config/default_config.py", "run.sh"],
+        "SD3-medium's FlowMatchEuler grid (shift 3), 20 Euler (ODE) steps; g = grad r at x0_hat "
+        "= x + (sigma_last - sigma) sg(v) (identity Jacobian), target v_ref - lambda eta(sigma) g "
+        "with eta_mode 'quad' (1 - sigma)^2 (run.sh sets 'linear'); loss mean over elements, "
+        "accumulated over the trained steps and micro-batches; timestep_fraction 0.25 with "
+        "low_var_subsampling: the last step and one random step in each of int(0.25 S) trunks, "
+        "indices clamped to >= 1; lr 1e-3 (run.sh), weight decay 1e-4, grad-norm clip 1.0. Not "
+        "reproduced: the value network g_phi and its consistency / terminal losses (rsm's preset "
+        "is the pruned method; rsm.auxiliary adds g_phi), the clipping of |g| at the previous "
+        "epoch's 0.8-quantile, reward_scale 1e4 (the aesthetic score's scale; 1 on the toy)."),
+    "residual-ndb": _source(NABLA_GFN, ["train_nablagfn.py", "config/default_config.py",
+                                        "lib/diffusion/inference_step.py", "README.md (command)"],
+        "SD1.5's DDIMScheduler with eta 1 (scaled_linear table, leading + steps_offset 1, final "
+        "alpha_bar = alpha_bar[0]), 50 steps; forward residual score_pf - (score_pf_ref + lambda "
+        "alpha_bar(t') grad_{x'} r(x0_hat_policy(x'))) with score_pf = -(x' - mu)/std^2 "
+        "(reward_adaptive_mode 'squared'), the gradient through the policy network at t' = t - "
+        "dt clamped to 0; loss mean over elements + unet_reg_scale mean|eps - eps_old|^2; "
+        "timestep_fraction 0.1 with low_var_subsampling (last step + one per trunk); lr 1e-3, "
+        "weight decay 1e-4, grad-norm clip 1. reward_scale 1e4 and unet_reg_scale 2e3 (README): "
+        "lambda 1 and reg 0.2 on the toy (their ratio). Not reproduced: the residual log-flow "
+        "network and the reverse (backward) loss (rsm's preset is the pruned method)."),
+    "sqdf": _source(SQDF, ["T2I/sd_pipeline.py", "T2I/alignprop_trainer.py",
+                           "T2I/config/alignprop_config.py", "T2I/aesthetic.sh"],
+        "SD1.5's DDIM with eta 1, 50 steps; per sample one uniformly random step i of the 50, "
+        "earlier steps without gradient; x' = mu_theta + std z, Q(x') = r(x0_hat_ref(x')) "
+        "through the reference network at t_{i+1} (r(x') itself at the last step); loss per "
+        "sample -(gamma^(S-1-i) Q - alpha mean_d |mu_ref - mu|^2 / std^2), mean over samples; "
+        "gamma 0.9, alpha 2.0 (aesthetic.sh), lr 1e-3, weight decay 1e-4, grad-norm clip 1. Not "
+        "reproduced: the consistency model for Q and the replay buffer (use_consistency_model, "
+        "use_buffer), the mask rewards > 0 (always 1 on the aesthetic score)."),
+    "adjoint-matching": _source(ADJOINT_MATCHING, ["src/trainers/am_trainer.py",
+                                                   "src/trainers/soc_trainer.py",
+                                                   "src/SOC_DDIM_scheduler.py",
+                                                   "configs/single_prompt_993.yaml"],
+        "lean adjoint a_S = -reward_multiplier grad r(x0), a_k = a_{k+1} + J_x(mu_ref(x_k) - "
+        "x_k)^T a_{k+1} (the reference sampler's mean map, noise 0); loss per trained step "
+        "sum_d ((mu_theta - mu_ref)/std + std a)^2, mean over samples and steps; 4 steps per "
+        "batch (num_timesteps_to_load_train), 2 among the first round(0.6 S) and 2 after, shared "
+        "by the batch; gradient_clip 0 (none). reward_multiplier 100 is 1/alpha on ImageReward's "
+        "scale (alpha 1 on the toy). Not reproduced: the path (SD1.5's DDIM with eta 1 on its own "
+        "betas 0.002..0.009, 'trailing' grid, final alpha_bar (1 + alpha_bar[t_last]) / 2: the "
+        "preset keeps the paper's memoryless flow SDE, where the released loss is |dt| times "
+        "the paper's), the per-sample quantile clipping of the loss (0.9, EMA threshold), lr "
+        "1e-5 with AdamW betas (0.9, 0.95) and warm-up."),
+    "draft": _source(ALIGNPROP, ["main.py", "sd_pipeline.py", "alignprop_trainer.py",
+                                 "config/alignprop_config.py", "aesthetic_k1.sh"],
+        "DRaFT (Clark et al.) has no official release; AlignProp's script with backprop_strategy "
+        "'fixed' (value 49: the last of 50 steps, aesthetic_k1.sh) is DRaFT-1. SD1.5's DDIM with "
+        "eta 1 (the noises of the stochastic steps held fixed), scaled_linear, leading grid; the "
+        "network outputs of the earlier steps detached; loss mean over samples of -r times "
+        "loss_coeff 0.01 (and grad_scale 1); lr 1e-3, weight decay 1e-4, grad-norm clip 1. Not "
+        "reproduced: loss_coeff 0.01 (a scale for the aesthetic score; reward_scale 1 here), "
+        "AlignProp's own default truncation (random, gaussian mean 42 std 5)."),
+})
 
 # Presets named after published methods whose released code could not be read here (recorded
 # so the table says so rather than implying fidelity).
@@ -377,3 +478,72 @@ def subset_count(fraction: float, steps: int, per_sample: bool) -> int:
     if per_sample:   # DanceGRPO: int(len(timesteps) * timestep_fraction)
         return int((steps - 1) * fraction)
     return max(1, int(round(fraction * (steps - 1))))
+
+
+def trunk_counts(u: np.ndarray, steps: int, fraction: float, min_step: int = 0) -> np.ndarray:
+    """Nabla-GFlowNet's / VGG-Flow's low-variance step subsampling (read in
+    lzzcd001/nabla-gfn train_nablagfn.py and lzzcd001/vggflow train_vggflow.py): the steps
+    0..S-1 cut into n = int(f S) trunks of S / n consecutive steps; each sample trains the last
+    step and one uniformly random step of every trunk (their first 1 + n permuted indices).
+    u[N, n]: uniform draws in [0, 1). Steps below min_step are moved to min_step (VGG-Flow's
+    clamp(min=1)). Returns int counts [N, S] (a step drawn twice is trained twice)."""
+    n_trunks = trunk_number(fraction, steps)
+    size = steps // n_trunks
+    rows = u.shape[0]
+    counts = np.zeros((rows, steps), dtype=np.int64)
+    counts[:, steps - 1] += 1
+    for k in range(n_trunks):
+        pick = k * size + np.minimum((u[:, k] * size).astype(np.int64), size - 1)
+        np.add.at(counts, (np.arange(rows), np.maximum(pick, min_step)), 1)
+    return counts
+
+
+def trunk_number(fraction: float, steps: int) -> int:
+    """int(f S) trunks, which must divide S (the released scripts assert both)."""
+    n = int(steps * fraction)
+    if n < 1 or steps % n:
+        raise ValueError(f"finetune(): train_steps={fraction} with steps={steps} cuts the steps into "
+                         f"int({fraction} x {steps}) = {n} trunks; it must be >= 1 and divide steps "
+                         "(timestep_subset 'trunks', the released low_var_subsampling)")
+    return n
+
+
+def stratified_steps(u: np.ndarray, candidates: list[int], count: int) -> list[int]:
+    """Adjoint Matching's sample_time_indices (microsoft/soc-fine-tuning-sd am_trainer.py): of
+    the candidate steps, count // 2 distinct ones among the first round(0.6 m) and the rest
+    among the others, one draw per rollout. u: uniform draws, one per candidate (a random
+    permutation of each part by argsort)."""
+    m = len(candidates)
+    middle = int(round(m * 0.6))
+    first, second = count // 2, count - count // 2
+    if first > middle or second > m - middle:
+        raise ValueError(f"finetune(): {count} stratified steps do not fit the {m} trained steps "
+                         f"({middle} in the first 60%, {m - middle} after); lower train_steps")
+    lo = np.argsort(u[:middle], kind="stable")[:first]
+    hi = middle + np.argsort(u[middle:m], kind="stable")[:second]
+    return sorted(candidates[int(i)] for i in np.concatenate([lo, hi]))
+
+
+def stratified_count(fraction: float, steps: int) -> int:
+    """Adjoint Matching's num_timesteps_to_load_train as a fraction f of the S steps:
+    max(2, round(f S))."""
+    return max(2, int(round(fraction * steps)))
+
+
+def expected_rows(rule: Any, fraction: float, steps: int) -> list[float] | None:
+    """Expected trained rows per sample at each step under the per-sample / stratified subset
+    rules (rsm.methods.influence); None for the rules that are not these."""
+    if rule == "one_per_sample":
+        return [1.0 / steps] * steps
+    if rule in ("trunks", "trunks_min1"):
+        size = steps // trunk_number(fraction, steps)
+        rows = [1.0 / size] * steps
+        rows[-1] += 1.0
+        if rule == "trunks_min1":
+            rows[1], rows[0] = rows[1] + rows[0], 0.0
+        return rows
+    if rule == "stratified":
+        count, middle = stratified_count(fraction, steps), int(round(0.6 * steps))
+        first, second = count // 2, count - count // 2
+        return [first / middle if i < middle else second / (steps - middle) for i in range(steps)]
+    return None

@@ -177,10 +177,18 @@ class BatchGeometry:
                 spec = list(range(steps - trunc, steps))
             if isinstance(spec, list) and rollout == "sde":
                 spec = [i for i in spec if i not in set(deterministic)]
-            if isinstance(spec, float):
+            rule = cfg.get("timestep_subset", "per_rollout")
+            if rule == "one_per_sample":     # SQDF: one random step per sample
+                timesteps = 1
+            elif isinstance(spec, float) and rule in ("trunks", "trunks_min1", "stratified"):
+                from .conventions import stratified_count, trunk_number
+
+                timesteps = (stratified_count(spec, steps) if rule == "stratified"
+                             else trunk_number(spec, steps) + 1)
+            elif isinstance(spec, float):
                 from .conventions import subset_count
 
-                per_sample = cfg.get("timestep_subset", "per_rollout") == "per_sample"
+                per_sample = rule == "per_sample"
                 timesteps = subset_count(spec, steps, per_sample)
                 if timesteps < 1:
                     raise ValueError(f"finetune(): train_steps={spec} with timestep_subset="

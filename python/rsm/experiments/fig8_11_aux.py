@@ -38,9 +38,9 @@ LAMBDA = 2.0 / toy_lib.ALPHA
 def variants() -> list[dict[str, Any]]:
     """(figure, label, preset, path kind, overrides, mechanism factory)."""
     return [
-        {"fig": "9", "label": "vgg-flow (pruned)", "method": "vgg-flow", "kind": "flow",
+        {"fig": "9", "label": "vgg-flow (pruned)", "method": "vgg-flow-rsm", "kind": "flow",
          "overrides": {"reward_scale": 2 * LAMBDA}, "make": lambda s: {}},
-        {"fig": "9", "label": "vgg-flow + g_phi", "method": "vgg-flow", "kind": "flow",
+        {"fig": "9", "label": "vgg-flow + g_phi", "method": "vgg-flow-rsm", "kind": "flow",
          "overrides": {"reward_scale": 2 * LAMBDA},
          "make": lambda s: {"value_net": aux.ValueGradientNet(2, seed=s + 11)}},
         {"fig": "10", "label": "residual (pruned)", "method": "rsm-fo-diffusion", "kind": "vp",
@@ -110,7 +110,7 @@ def g_phi_fidelity(toy: Any, updates: int, seed: int, batch: int) -> dict:
     """Fit g_phi by the consistency loss on rollouts of the fixed reference, then compare
     g (Tweedie) and g + g_phi with the exact pathwise value gradient on fresh rollouts."""
     ref, path = toy.refs["flow"], toy.paths["flow"]
-    trainer = aux.AuxTrainer(ref.copy(), ref, toy.reward, "vgg-flow", path=path, batch_size=batch,
+    trainer = aux.AuxTrainer(ref.copy(), ref, toy.reward, "vgg-flow-rsm", path=path, batch_size=batch,
                              group_size=8, seed=seed, reward_scale=2 * LAMBDA,
                              value_net=aux.ValueGradientNet(2, seed=seed + 11, updates=1))
     losses = []

@@ -28,6 +28,12 @@ timestep_subset, sde_sigma, vp_schedule, refl_sampler, reward_hinge); rsm's earl
 "flow-grpo-exact" (exact Gaussian KL, group std, the masked mean of THEORY.md §9.2.3) and
 "branch-grpo-rsm" (rsm's earlier Branch-GRPO tree). TempFlow-GRPO, GRPO-Guard and PCPO have no
 release that could be read: rsm.conventions.UNVERIFIED, shown in their source.
+The first-order and pathwise presets "vgg-flow", "residual-ndb", "sqdf", "adjoint-matching" and
+"draft" (DRaFT-1 as AlignProp's script) follow their released code too (per-sample step subsets
+timestep_subset "trunks" / "trunks_min1" / "one_per_sample" / "stratified", SQDF's KL
+kl_denominator "std2" and reward_reduce, Adjoint Matching's am_loss), their earlier forms as the
+variants "vgg-flow-rsm", "residual-ndb-rsm", "sqdf-rsm", "adjoint-matching-rsm", "draft-rsm"; the
+RSM redesigns "rsm-fo" and "rsm-fo-diffusion" carry none of them.
 
 Not yet here: SQDF's consistency-model refinement and replay buffer (auxiliary in THEORY.md §6.2).
 
@@ -63,7 +69,7 @@ _TABLE_CONVENTIONS = ("adv_std", "adv_ddof", "adv_eps", "adv_tracker", "zero_std
                       "kl_denominator", "train_steps", "timestep_subset", "sde_sigma", "grid",
                       "steps", "vp_schedule", "refl_sampler", "reward_hinge", "split_steps",
                       "split_noise_scale", "adv_zero_tol", "mix_window", "mix_interval",
-                      "mix_stride")
+                      "mix_stride", "am_loss", "am_adjoint", "reward_reduce", "truncation")
 _PRINTED_CONVENTIONS = ("adv_std", "zero_std", "kl_denominator")
 
 

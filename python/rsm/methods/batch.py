@@ -24,6 +24,8 @@ class Row:
     x: np.ndarray                       # the states at t_step [n, D]
     cond: np.ndarray | None = None      # their conditions (model layout) or None
     weight: float = 1.0                 # the row's weight in the objective
+    count: Any = 1.0                    # each sample's multiplicity at this step (per-sample step
+                                        # subsets drawn with replacement: a float array; else 1.0)
     traj: np.ndarray | None = None      # which samples (nodes, for trees) the rows belong to [n]
     x_next: np.ndarray | None = None    # the sampled next states [n, D]
     u_old: np.ndarray | None = None     # the rollout policy's outputs at x [n, D]

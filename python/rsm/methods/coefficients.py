@@ -99,17 +99,23 @@ def fo_residual(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, 
 
 def fo_soft_q(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, dict]:
     """SQDF (THEORY.md §6.3.2): per row alpha KL_i - gamma_d Q(x'), x' = mu_theta + std z, gradient
-    [alpha (mu - mu_ref)/std^2 - gamma_d grad Q(x')] dmu/dtheta, i.e. the loss
-    (alpha/(2 std^2)) |mu - mu_ref - (std^2 gamma_d/alpha) grad Q|^2; with mu - mu_ref =
-    K (u - u_ref): C1 = alpha K^2/(2 std^2), Psi = std^2 gamma_d/(alpha K) g."""
+    [alpha dKL/dmu - gamma_d grad Q(x')] dmu/dtheta, with mu - mu_ref = K (u - u_ref). Written as
+    C1 mean_d |u - u_ref - Psi|^2 (the preset's mean over dimensions), whose u-gradient is
+    (2 C1 / D) (u - u_ref - Psi):
+      KL = mean_d |mu - mu_ref|^2 / std^2 (kl_denominator "std2", the released sd_pipeline.py)
+           or / (2 std^2) ("exact"):  C1 = alpha K^2 / std^2 (or / (2 std^2));
+      the reward term's u-gradient -gamma_d K g whole (reward_reduce "sum": Q is one scalar per
+           sample, the released loss) or divided by D ("mean", rsm's earlier per-element mean):
+           Psi = gamma_d K g D / (2 C1) (or without D)."""
     cfg = s.cfg
     c, w, weight = _weights(s, row, batch)
     K, std, alpha = c["K"], c["std"], cfg["alpha"]
     discount = cfg["discount"] ** (len(s.ts) - 2 - row["step"])
     g = batch["grad_rows"][row["index"]]
-    psi = (std**2 * discount * cfg["reward_scale"] / (alpha * K) * g).astype(s.dtype)
-    coef = row_coefficients(n, conv=1.0, c1=alpha * K**2 / (2 * std**2), gamma=1.0, w=w,
-                            weight=weight)
+    c1 = alpha * K**2 / std**2 * (1.0 if cfg.get("kl_denominator", "exact") == "std2" else 0.5)
+    dims = g.shape[1] if cfg.get("reward_reduce", "mean") == "sum" else 1
+    psi = (discount * cfg["reward_scale"] * K * dims / (2 * c1) * g).astype(s.dtype)
+    coef = row_coefficients(n, conv=1.0, c1=c1, gamma=1.0, w=w, weight=weight)
     return coef, "score_matching", {"psi": psi}
 
 
@@ -120,12 +126,27 @@ def fo_next(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str,
 
 
 def fo_adjoint(s: Setting, row: dict, batch: Any, n: int) -> tuple[np.ndarray, str, dict]:
-    """Adjoint Matching in RSM form: |s_theta - (s_ref + Psi)|^2 with C1 = g(t)^2 = 2t/(1-t) (the
-    memoryless noise), v = conv s + (x terms), conv = -t/(1-t), Psi the lean adjoint."""
+    """Adjoint Matching, Psi = a~ the lean adjoint of r/alpha (rsm.methods.pathwise).
+    am_loss "released" (microsoft/soc-fine-tuning-sd am_trainer.py): per trained step
+    |(mu - mu_ref)/std + std a|^2 with a = -a~, i.e. (K/std)^2 |u - u_ref - std^2 a~ / K|^2 in
+    the sampler's own output (conv = 1), any Gaussian-step sampler; on the memoryless flow SDE
+    (K = 2 dt, std^2 = g^2 |dt|) it is |dt| times the "rsm" form. am_loss "rsm": |s_theta -
+    (s_ref + a~)|^2 with C1 = g(t)^2 = 2t/(1-t) (the memoryless noise), v = conv s + (x terms),
+    conv = -t/(1-t)."""
     c, w, weight = _weights(s, row, batch)
+    # am_adjoint "next": the adjoint at the step's next state, a~_{i+1}, whose conditional mean
+    # under the tilted chain is (mu* - mu_ref) / std^2 exactly (Stein's identity for the step's
+    # Gaussian tilted by h_{i+1}); "state": a~_i = J_i^T a~_{i+1}, the release's and the paper's
+    step = row["step"] + (1 if s.cfg.get("am_adjoint", "state") == "next" else 0)
+    adjoint = batch["adjoint"][step][row["traj"]]
+    if s.cfg.get("am_loss", "rsm") == "released":
+        K, std = c["K"], c["std"]
+        psi = (std**2 / K * adjoint).astype(s.dtype)
+        coef = row_coefficients(n, conv=1.0, c1=(K / std) ** 2, gamma=1.0, w=w, weight=weight)
+        return coef, "score_matching", {"psi": psi}
     t = c["t"]
     conv = -t / (1 - t)
-    psi = batch["adjoint"][row["step"]][row["traj"]].astype(s.dtype)
+    psi = adjoint.astype(s.dtype)
     coef = row_coefficients(n, conv=conv, c1=2 * t / (1 - t), gamma=1.0, w=w, weight=weight)
     return coef, "score_matching", {"psi": psi}
 

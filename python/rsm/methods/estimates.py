@@ -98,16 +98,24 @@ def next_state(tr: Any, batch: Batch) -> None:
     training-free soft-Q); one reward call per trained step."""
     terminal(tr, batch)
     model = tr.ref if tr.cfg.get("tweedie_model", "policy") == "ref" else tr.policy
+    # SQDF's last step (released sd_pipeline.py, timestep_gamma == 0): Q(x') = r(x') itself, x'
+    # the sample; its gradient is the terminal one (with reward_reduce "sum", the released form)
+    last_is_sample = tr.cfg.get("reward_reduce", "mean") == "sum"
     batch.grad_rows = []
+    calls, evaluated = 1, 0
     for k, r in enumerate(batch.rows):
+        r["index"] = k
+        if last_is_sample and r["step"] == len(tr.ts) - 2:
+            batch.grad_rows.append(batch.grad[r["traj"]])
+            continue
+        calls, evaluated = calls + 1, evaluated + len(r["traj"])
         g = first_order_next(model, tr.path, tr.reward, r["x"], tr.ts, r["step"],
                              x_next=r["x_next"], cond=r.get("cond"),
                              reward_cond=tr.reward_cond(r.get("cond")))
         ok = batch.valid[r["traj"]]
         batch.grad_rows.append(np.where(ok[:, None], g, 0.0))
-        r["index"] = k
-    batch.reward_calls = 1 + len(batch.rows)
-    batch.nfe += 2 * sum(len(r["traj"]) for r in batch.rows)
+    batch.reward_calls = calls
+    batch.nfe += 2 * evaluated
 
 
 def tweedie(tr: Any, batch: Batch) -> None:

@@ -38,6 +38,11 @@ def _rows_per_root(cfg: Any, steps: int) -> list[float]:
                    for k in range(last // int(cfg["mix_stride"]) + 1)]
         return [sum(b <= i < e for b, e in windows) / len(windows) for i in range(steps)]
     spec = cfg.get("train_steps", "all")
+    # the released subset rules (rsm.conventions): trunks, one step per sample, stratified
+    rule = cfg.get("timestep_subset")
+    subset = _conv.expected_rows(rule, spec, steps)
+    if subset is not None and (isinstance(spec, float) or rule == "one_per_sample"):
+        return subset
     named = {"all": range(steps), "interior": range(1, steps), "no_last": range(steps - 1)}
     if isinstance(spec, str):
         trained = set(named[spec])

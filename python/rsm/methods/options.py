@@ -148,7 +148,9 @@ ESTIMATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fo-next": ("first-order", ("sde",)),         # reads the sampled next state
     "fo-adjoint": ("first-order", ("sde",)),      # reads every state of the trajectory
     "refl": ("pathwise", ("refl",)),
-    "pathwise": ("pathwise", ("ode",)),
+    # DRaFT-K: the ODE (rsm's earlier form) or the reparameterised DDPM / flow SDE (AlignProp's
+    # sampling with eta = 1), the noises held fixed in the backward pass
+    "pathwise": ("pathwise", ("ode", "sde")),
 }
 # the objective forms each family's rules produce (csrc/objective.h; "pathwise": DRaFT's own)
 FAMILY_FORMS = {"zeroth-order": ("ppo", "log_ratio", "matching"),
@@ -195,6 +197,8 @@ OPTIONS: dict[str, Check] = {
     "adv_zero_tol": number(0.0), "split_steps": optional(ints(0)),
     "split_noise_scale": number(0.0, low_open=True),
     "mix_window": optional(integer(1)), "mix_interval": integer(1), "mix_stride": integer(1),
+    "am_loss": one_of(*_conv.AM_LOSS), "am_adjoint": one_of(*_conv.AM_ADJOINT),
+    "reward_reduce": one_of(*_conv.REWARD_REDUCE),
 }
 
 
@@ -232,6 +236,24 @@ def check_combination(p: Any) -> None:
                                               "zero_std='keep'")
         if p.advantage == "center":
             refuse("advantage", "adv_tracker", "REINFORCE centres without statistics")
+    # the first-order conventions (rsm.conventions)
+    if p.kl_denominator == "std2" and p.estimator != "fo-next":
+        refuse("kl_denominator", "estimator", "'std2' is SQDF's KL of the soft-Q loss")
+    if p.estimator == "fo-next" and p.kl_denominator == "released":
+        refuse("kl_denominator", "estimator", "'released' is Flow-GRPO's KL over 2 s~^2; the "
+                                              "soft-Q loss has 'exact' or 'std2'")
+    if p.reward_reduce == "sum" and p.mean_over_dims is False:
+        refuse("reward_reduce", "mean_over_dims", "the released SQDF loss adds one reward scalar "
+                                                 "per sample to a per-element-mean KL")
+    if p.timestep_subset in ("trunks", "trunks_min1", "stratified"):
+        if p.train_steps is UNSET or isinstance(p.train_steps, (str, list, tuple)):
+            refuse("timestep_subset", "train_steps", "its steps are drawn from a fraction f of the "
+                                                    "S steps: give train_steps a fraction")
+        if p.timestep_subset == "stratified" and p.rollout not in ("sde", "ode"):
+            refuse("timestep_subset", "rollout", "the stratified steps are drawn per rollout")
+    if p.timestep_subset == "one_per_sample" and p.train_steps not in (UNSET, "all"):
+        refuse("timestep_subset", "train_steps", "SQDF draws one step among all of them: keep "
+                                                "train_steps='all'")
     if p.rollout in ("branch", "tree"):
         for key, allowed in (("adv_tracker", (None,)), ("adv_std", ("group",)),
                              ("zero_std", ("mask", "keep") if p.rollout == "tree" else ("mask",))):

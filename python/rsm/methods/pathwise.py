@@ -14,10 +14,11 @@ def lean_adjoint(ref: Any, s: Setting, batch: Any) -> tuple[dict[int, np.ndarray
     """The discrete lean adjoint of Adjoint Matching (Domingo-Enrich et al. 2024):
     a_S = grad r(x0) / alpha, a_i = A_i a_{i+1} + J_ref(x_i)^T (K_i a_{i+1}), i.e. the VJP
     of the reference sampler's mean map along the sampled trajectory (the control's own
-    dependence dropped: "lean"). Returns ({step: a_i [n, D]} in score units, its NFE)."""
+    dependence dropped: "lean"). Returns ({step: a_i [n, D]} in score units, i = 0..S (a_S the
+    terminal one), its NFE)."""
     dtype = s.dtype
     a = (batch["grad"] / s.cfg["alpha"]).astype(dtype)
-    adjoint = {}
+    adjoint = {len(s.ts) - 1: a}
     states = batch["states"]
     for i in range(len(s.ts) - 2, -1, -1):
         c = s.sde[i]
@@ -30,18 +31,21 @@ def lean_adjoint(ref: Any, s: Setting, batch: Any) -> tuple[dict[int, np.ndarray
 
 def draft_grad(policy: Any, s: Setting, batch: Any) -> tuple[np.ndarray, dict]:
     """DRaFT-K: L = -mean r(x0) with x0 from the last K sampler steps differentiated and the
-    earlier states held fixed. Backward through x_{i+1} = A x_i + K u(x_i): the adjoint
-    a_i = A a_{i+1} + J_x^T (K a_{i+1}), dtheta += J_theta^T (K a_{i+1}). (grad, stats)."""
-    rows = batch["rows"]
+    earlier states held fixed. Backward through x_{i+1} = A x_i + K u(x_i) (+ std z, the noise
+    held fixed: AlignProp's reparameterised DDPM steps): the adjoint a_i = A a_{i+1} +
+    J_x^T (K a_{i+1}), dtheta += J_theta^T (K a_{i+1}), with the coefficients of the sampler the
+    rollout ran (the ODE's, or the SDE's whose noise then is a constant). (grad, stats)."""
+    states = batch["states"]
+    steps = len(s.ts) - 1
+    coefs = s.sde if s.cfg["rollout"] == "sde" else s.det_coef
     n = batch["x0"].shape[0]
     a = (-batch["grad"] / n).astype(policy.dtype)     # dL / dx0
     grads = np.zeros(policy.num_params, dtype=policy.dtype)
     nfe = 0
-    for row in reversed(rows[-s.cfg["truncation"]:]):
-        c = s.det_coef[row["step"]]
-        t = s.ts[row["step"]]
+    for i in range(steps - 1, steps - 1 - s.cfg["truncation"], -1):
+        c = coefs[i]
         ct = np.ascontiguousarray((c["K"] * a).astype(policy.dtype))
-        _, dx, dparams = policy.forward_and_vjp(row["x"], t, ct, row["cond"])
+        _, dx, dparams = policy.forward_and_vjp(states[i], s.ts[i], ct, batch["cond_x0"])
         grads += np.from_dlpack(dparams)
         a = (c["A"] * a + np.from_dlpack(dx)).astype(policy.dtype)
         nfe += 2 * n

@@ -46,6 +46,18 @@ _COMMON_FO = {
     "max_grad_norm": 1.0, "weight_decay": 0.0, "train_steps": "all", "accumulate": 1,
 }
 
+# the released forms and their earlier (*-rsm) variants share these
+_VGG = {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "estimator": "fo-tweedie",
+        "eta": "quad"}
+_SQDF = {**_COMMON_FO, "path": "vp", "rollout": "sde", "estimator": "fo-next",
+         "tweedie_model": "ref"}
+_AM = {**_COMMON_FO, "path": "flow", "rollout": "sde", "grid": "shift", "noise_level": 2.0 ** 0.5,
+       "estimator": "fo-adjoint", "alpha": 1.0, "am_adjoint": "state"}
+_DRAFT = {"ema_decay": 0.0, "family": "pathwise", "shift": 3.0, "noise_level": 0.7,
+          "estimator": "pathwise", "form": "pathwise", "truncation": 1, "kl": 0.0,
+          "mean_over_dims": True, "inner_epochs": 1, "accumulate": 1, "lr": 1e-3,
+          "max_grad_norm": 1.0}
+
 # the forward residual on DDPM rollouts (THEORY.md §6.3.3): the diffusion first-order redesign and
 # Residual nabla-DB differ in kappa, a(t) and where g is taken
 _RESIDUAL = {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform", "reg": 1.0}
@@ -183,38 +195,76 @@ _PRESETS: dict[str, dict[str, Any]] = {
                "estimator": "fo-terminal", "eta": "linear",
                "description": "RSM first-order redesign (flow): grad r(x0) at the rollout end "
                               "reused at every t; v_target = v_ref - lambda (1 - t) g"},
-    "vgg-flow": {**_COMMON_FO, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
-                 "estimator": "fo-tweedie", "eta": "quad",
-                 "description": "VGG-Flow (pruned, no value network): g = grad r at Tweedie "
-                                "x0_hat = x_t - t sg(v), v_target = v_ref - lambda (1 - t)^2 g"},
+    # released lzzcd001/vggflow train_vggflow.py + config/default_config.py: SD3's FlowMatchEuler
+    # grid (shift 3), 20 Euler steps, per sample the last step and one step of each of the
+    # int(0.25 S) trunks (step 0 clamped to 1), eta quad, weight decay 1e-4
+    "vgg-flow": {**_VGG, "grid": "sd3", "train_steps": 0.25, "timestep_subset": "trunks_min1",
+                 "weight_decay": 1e-4,
+                 "description": "VGG-Flow as released, pruned (no value network): g = grad r at "
+                                "Tweedie x0_hat = x_t - t sg(v), v_target = v_ref - lambda (1 - "
+                                "t)^2 g, per-sample trunk subsampling of the steps"},
+    # the form the RSM paper's comparisons ran (docs/RESULTS.md): uniform grid, every step
+    "vgg-flow-rsm": {**_VGG, "grid": "uniform",
+                     "description": "VGG-Flow (pruned, no value network) in rsm's earlier form: "
+                                    "uniform grid, every step trained"},
     "rsm-fo-diffusion": {**_RESIDUAL, "estimator": "fo-residual", "kappa": "sigma", "adaptive": "sigma",
                          "description": "RSM first-order redesign (diffusion): DDPM rollout, "
                                         "forward residual (s (mu - mu_ref)/s^2 - lambda s g)^2 "
                                         "+ reg |eps - eps_old|^2 with g = grad r(x0)"},
-    "residual-ndb": {**_RESIDUAL, "estimator": "fo-next", "tweedie_model": "policy", "kappa": "one",
-                     "adaptive": "alpha_bar_next",
-                     "description": "Residual nabla-DB (pruned): DDPM rollout, forward residual "
-                                    "(kappa (mu - mu_ref)/s^2 - lambda abar' g)^2 + reg |eps - eps_old|^2"
-                                    " with g = grad_{x'} r(x0_hat(x')) at the next state (FO-next)"},
-    "sqdf": {**_COMMON_FO, "path": "vp", "rollout": "sde", "steps": 20, "grid": "uniform",
-             "estimator": "fo-next", "tweedie_model": "ref", "alpha": 1.0, "discount": 1.0,
-             "description": "SQDF (without consistency model / replay buffer): alpha KL_i - "
-                            "gamma_d Q(x') with Q(x') = r(x0_hat_ref(x')) at the reparameterised "
-                            "next state, gamma_d = discount^(S-1-i)"},
-    "adjoint-matching": {**_COMMON_FO, "path": "flow", "rollout": "sde", "steps": 40,
-                         "grid": "shift", "noise_level": 2.0 ** 0.5, "estimator": "fo-adjoint",
-                         "alpha": 1.0, "train_steps": "interior",
-                         "description": "Adjoint Matching (lean adjoint): memoryless SDE rollouts "
-                                        "(a = sqrt 2), Psi = discrete lean adjoint of r(x0)/alpha "
-                                        "through the reference drift's Jacobian, score regression "
-                                        "onto s_ref + Psi with weight g^2 = 2t/(1-t); on target"},
+    # released lzzcd001/nabla-gfn train_nablagfn.py + README's command: SD1.5's DDIM (eta 1) on
+    # the scaled_linear table, leading grid, 50 steps; per sample the last step and one of each
+    # of int(0.1 S) trunks; reward_scale 1e4 and unet_reg_scale 2e3 (their ratio 0.2 kept here)
+    "residual-ndb": {**_RESIDUAL, "steps": 50, "grid": "leading", "vp_schedule": "scaled_linear",
+                     "estimator": "fo-next", "tweedie_model": "policy", "kappa": "one",
+                     "adaptive": "alpha_bar_next", "reg": 0.2, "train_steps": 0.1,
+                     "timestep_subset": "trunks", "weight_decay": 1e-4,
+                     "description": "Residual nabla-DB as released, pruned (no residual flow "
+                                    "network, no reverse loss): DDPM rollout, forward residual "
+                                    "(kappa (mu - mu_ref)/s^2 - lambda abar' g)^2 + reg |eps - "
+                                    "eps_old|^2 with g = grad_{x'} r(x0_hat(x')) at the next state, "
+                                    "per-sample trunk subsampling"},
+    "residual-ndb-rsm": {**_RESIDUAL, "estimator": "fo-next", "tweedie_model": "policy",
+                         "kappa": "one", "adaptive": "alpha_bar_next",
+                         "description": "Residual nabla-DB (pruned) in rsm's earlier form: 20 "
+                                        "uniform steps of the continuous VP path, every step"},
+    # released Shin-woocheol/SQDF T2I/sd_pipeline.py, alignprop_trainer.py, aesthetic.sh (without
+    # consistency model and buffer): SD1.5's DDIM (eta 1), 50 steps, one random step per sample,
+    # alpha 2 on mean_d |mu - mu_ref|^2 / std^2, gamma 0.9
+    "sqdf": {**_SQDF, "steps": 50, "grid": "leading", "vp_schedule": "scaled_linear", "alpha": 2.0,
+             "discount": 0.9, "timestep_subset": "one_per_sample", "kl_denominator": "std2", "reward_reduce": "sum", "weight_decay": 1e-4,
+             "description": "SQDF as released without consistency model / replay buffer: per "
+                            "sample one random step, alpha mean_d|mu - mu_ref|^2/std^2 - gamma_d "
+                            "Q(x') with Q(x') = r(x0_hat_ref(x')) at the reparameterised next "
+                            "state (r(x') at the last step), gamma_d = discount^(S-1-i)"},
+    "sqdf-rsm": {**_SQDF, "steps": 20, "grid": "uniform", "alpha": 1.0, "discount": 1.0,
+                 "description": "SQDF in rsm's earlier form: every step, alpha KL_i (exact "
+                                "Gaussian) - gamma_d Q(x'), the row loss a per-element mean"},
+    # released microsoft/soc-fine-tuning-sd src/trainers/am_trainer.py + configs (single_prompt_993):
+    # per rollout 4 of the 50 steps (2 in the first 60%, 2 after), |(mu - mu_ref)/std + std a|^2
+    # summed over dimensions, no gradient clipping. Kept on the paper's memoryless flow SDE (the
+    # release runs SD1.5's DDIM with its own betas, see rsm.conventions.SOURCES)
+    "adjoint-matching": {**_AM, "steps": 50, "train_steps": 0.08, "timestep_subset": "stratified",
+                         "am_loss": "released", "mean_over_dims": False, "max_grad_norm": 0.0,
+                         "description": "Adjoint Matching as released (lean adjoint): memoryless "
+                                        "SDE rollouts (a = sqrt 2), Psi = discrete lean adjoint of "
+                                        "r(x0)/alpha through the reference drift's Jacobian, per "
+                                        "step |(mu - mu_ref)/std - std Psi|^2 summed over dims on 4 "
+                                        "stratified steps"},
+    "adjoint-matching-rsm": {**_AM, "steps": 40, "train_steps": "interior", "am_loss": "rsm",
+                             "description": "Adjoint Matching in rsm's earlier form: score "
+                                            "regression onto s_ref + Psi with weight g^2 = "
+                                            "2t/(1-t), every interior step, per-element mean"},
     # ---- pathwise baselines (not RSM; for comparison)
-    "draft": {"ema_decay": 0.0, "family": "pathwise", "path": "flow", "rollout": "ode", "steps": 20,
-              "grid": "uniform", "shift": 3.0, "noise_level": 0.7, "estimator": "pathwise",
-              "form": "pathwise", "truncation": 1, "kl": 0.0, "mean_over_dims": True,
-              "inner_epochs": 1, "accumulate": 1, "lr": 1e-3, "max_grad_norm": 1.0,
-              "weight_decay": 0.0,
-              "description": "DRaFT-K: backpropagate the reward through the last K ODE steps"},
+    # DRaFT has no official code: AlignProp's released script (mihirp1998/AlignProp main.py,
+    # sd_pipeline.py, aesthetic_k1.sh: backprop_strategy 'fixed', the last step) is the closest:
+    # SD1.5's DDIM with eta 1 (the noises reparameterised), scaled_linear, leading grid, 50 steps
+    "draft": {**_DRAFT, "path": "vp", "rollout": "sde", "steps": 50, "grid": "leading",
+              "vp_schedule": "scaled_linear", "weight_decay": 1e-4,
+              "description": "DRaFT-K as AlignProp releases it: backpropagate the reward through "
+                             "the last K steps of the DDPM sampler (eta = 1, noises fixed)"},
+    "draft-rsm": {**_DRAFT, "path": "flow", "rollout": "ode", "steps": 20, "grid": "uniform",
+                  "weight_decay": 0.0,
+                  "description": "DRaFT-K in rsm's earlier form: the last K flow ODE steps"},
     # released ImageReward/ReFL.py: 40 DDPM steps of SD1.x's table on the leading grid, the
     # ancestral sampler down to a random step among the last 10, hinge relu(2 - r)
     "refl": {"ema_decay": 0.0, "family": "pathwise", "path": "any", "rollout": "refl", "steps": 40,
@@ -322,6 +372,10 @@ class Preset(Mapping):
     late_steps: int = UNSET
     refl_sampler: str = UNSET        # "stochastic" (released ReFL) | "deterministic"
     reward_hinge: Any = UNSET        # None | h: ReFL's relu(h - r)
+    # first order (rsm.conventions, issue 15)
+    am_loss: str = UNSET             # "released" | "rsm": Adjoint Matching's regression weighting
+    am_adjoint: str = UNSET          # "state" | "next": the lean adjoint a step regresses onto
+    reward_reduce: str = UNSET       # "sum" | "mean": SQDF's reward term per sample or per element
     # documentation
     description: str = UNSET
     source: str = UNSET
@@ -418,13 +472,20 @@ SOURCES: dict[str, str] = {
                         "THEORY.md §9.3",
     "rsm-fo": "RSM first-order redesign, flow (Lee et al., arXiv 2604.17415); THEORY.md §9.4",
     "vgg-flow": "VGG-Flow, pruned (Liu et al., NeurIPS 2025); THEORY.md §6.3.1",
+    "vgg-flow-rsm": "VGG-Flow, pruned, rsm's earlier form (the RSM paper's comparisons); THEORY.md §6.3.1",
     "rsm-fo-diffusion": "RSM first-order redesign, diffusion (Lee et al., arXiv 2604.17415); "
                         "THEORY.md §9.5",
     "residual-ndb": "Residual nabla-DB, pruned (Nabla-GFlowNet, Liu et al., ICLR 2025); THEORY.md §6.3.3",
+    "residual-ndb-rsm": "Residual nabla-DB, pruned, rsm's earlier form (the RSM paper's comparisons); "
+                        "THEORY.md §6.3.3",
     "sqdf": "SQDF without consistency model / replay buffer (Kang et al., ICLR 2026, arXiv "
             "2512.04559); THEORY.md §6.3.2",
+    "sqdf-rsm": "SQDF, rsm's earlier form (the RSM paper's comparisons); THEORY.md §6.3.2",
     "adjoint-matching": "Adjoint Matching, lean adjoint (Domingo-Enrich et al. 2024); THEORY.md §6.3.11",
+    "adjoint-matching-rsm": "Adjoint Matching, rsm's earlier form (g^2-weighted score regression); "
+                            "THEORY.md §6.3.11",
     "draft": "DRaFT-K (Clark et al. 2024): pathwise; THEORY.md §6.3.11",
+    "draft-rsm": "DRaFT-K on the flow ODE, rsm's earlier form; THEORY.md §6.3.11",
     "refl": "ReFL (Xu et al. 2023, ImageReward): one Tweedie jump; THEORY.md §6.3.11",
 }
 
@@ -442,6 +503,16 @@ SOURCES["branch-grpo"] = ("Branch-GRPO (Li et al., arXiv 2509.06040) as released
                           + _conv.source_of("branch-grpo") + "; THEORY.md §6.3.8")
 SOURCES["mixgrpo"] = ("MixGRPO (Li et al., arXiv 2507.21802) as released: "
                       + _conv.source_of("mixgrpo"))
+for _name, _paper in (("vgg-flow", "VGG-Flow, pruned (Liu et al., NeurIPS 2025) as released"),
+                      ("residual-ndb", "Residual nabla-DB, pruned (Nabla-GFlowNet, Liu et al., ICLR "
+                                       "2025) as released"),
+                      ("sqdf", "SQDF without consistency model / replay buffer (Kang et al., ICLR "
+                               "2026) as released"),
+                      ("adjoint-matching", "Adjoint Matching, lean adjoint (Domingo-Enrich et al. "
+                                           "2024) as released"),
+                      ("draft", "DRaFT-K (Clark et al. 2024; no official code) as AlignProp's "
+                                "script releases it")):
+    SOURCES[_name] = f"{_paper}: {_conv.source_of(_name)}; " + SOURCES[_name].split("; ")[-1]
 for _name in _conv.UNVERIFIED:
     SOURCES[_name] += "; " + _conv.source_of(_name)
 

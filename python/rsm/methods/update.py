@@ -18,8 +18,10 @@ from .setting import Setting
 
 
 def signal_rows(batch: Any) -> float:
-    """The trained rows that carry a signal (valid reward, non-zero-std group)."""
-    return sum(float(batch["mask"][row["traj"]].sum()) for row in batch["rows"])
+    """The trained rows that carry a signal (valid reward, non-zero-std group); a (sample, step)
+    pair drawn twice by a per-sample subset (rsm.conventions.trunk_counts) counts twice."""
+    return sum(float((batch["mask"][row["traj"]] * row.get("count", 1.0)).sum())
+               for row in batch["rows"])
 
 
 def training_rows(batch: Any) -> list[Row]:

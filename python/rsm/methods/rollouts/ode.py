@@ -9,7 +9,7 @@ import numpy as np
 from ...sampling import sample
 from .. import streams
 from ..batch import Batch, Row
-from .common import train_steps
+from .common import sample_steps, step_rows, train_steps
 
 
 def rollout(tr: Any) -> Batch:
@@ -18,6 +18,14 @@ def rollout(tr: Any) -> Batch:
     traj = sample(tr.policy, n, tr.path, tr.deterministic, ts=tr.ts, cond=cond,
                   seed=streams.mix(tr.seed, tr._draw), return_trajectory=True,
                   reward=tr._reward_hook(cond))
-    rows = [Row(step=i, x=traj.xs[i], u_old=traj.outputs[i], traj=np.arange(n), cond=cond)
-            for i in train_steps(tr, traj.steps)]
-    return Batch(x0=traj.x, rows=rows, nfe=traj.nfe, cond_x0=cond, scored=traj.reward)
+    chosen = sample_steps(tr, n, traj.steps)   # VGG-Flow's per-sample trunks, or None
+    rows = []
+    for i in (range(traj.steps) if chosen is not None else train_steps(tr, traj.steps)):
+        sel = step_rows(chosen, i, n)
+        if sel is None:
+            continue
+        idx, pick, count = sel
+        rows.append(Row(step=i, x=pick(traj.xs[i]), u_old=pick(traj.outputs[i]), traj=idx,
+                        cond=None if cond is None else pick(cond), weight=count, count=count))
+    return Batch(x0=traj.x, rows=rows, nfe=traj.nfe, cond_x0=cond, states=traj.xs,
+                 scored=traj.reward)

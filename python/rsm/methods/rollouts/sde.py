@@ -13,7 +13,7 @@ from ... import conventions as _conv
 from ...sampling import sample
 from .. import streams
 from ..batch import Batch, Row
-from .common import sample_steps, train_steps
+from .common import sample_steps, step_rows, train_steps
 
 
 def rollout(tr: Any) -> Batch:
@@ -31,20 +31,17 @@ def rollout(tr: Any) -> Batch:
                   seed=streams.mix(tr.seed, tr._draw), cond=cond, x_init=x_init, sde_window=window,
                   return_trajectory=True, pcpo_weight=tr.pcpo_weight, reward=tr._reward_hook(cond),
                   row_offset=first * tr.group_size)
-    # DanceGRPO's per-sample subsets (keyed by the global sample index), or None
+    # per-sample subsets (DanceGRPO, Nabla-GFlowNet, SQDF; keyed by the global sample index)
     chosen = sample_steps(tr, n, traj.steps, row_offset=first * tr.group_size)
     rows = []
     for i in (range(traj.steps) if chosen is not None else train_steps(tr, traj.steps)):
-        if not traj.stds[i] > 0 or (chosen is not None and not chosen[:, i].any()):
+        sel = step_rows(chosen, i, n)
+        if not traj.stds[i] > 0 or sel is None:
             continue
-        if chosen is None:   # every sample
-            idx, pick = np.arange(n), (lambda a: a)
-        else:
-            idx = np.flatnonzero(chosen[:, i])
-            pick = (lambda a, idx=idx: np.ascontiguousarray(a[idx]))
+        idx, pick, count = sel
         rows.append(Row(step=i, x=pick(traj.xs[i]), x_next=pick(traj.xs[i + 1]),
                         u_old=pick(traj.outputs[i]), noise=pick(traj.noises[i]), traj=idx,
-                        cond=None if cond is None else pick(cond),
+                        cond=None if cond is None else pick(cond), weight=count, count=count,
                         log_prob=pick(traj.log_probs[i]).astype(np.float64), grid=tr.ts,
                         grid_step=i))
     return Batch(x0=traj.x, groups=np.arange(n) // tr.group_size, rows=rows, nfe=traj.nfe,
