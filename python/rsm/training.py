@@ -41,6 +41,20 @@ class History(list):
         return history_html(self)
 
 
+def finetune_row(step: int, reward_mean: float, reward_std: float, valid: np.ndarray,
+                 batches: list, rollout_nfe: int, extra_nfe: dict, seconds: float, stats: dict,
+                 evaluation: dict) -> dict:
+    """One row of a fine-tuning History (rsm.Trainer.step, and its data-parallel form in
+    rsm.dp_finetune): the same keys in the same order however it was computed. `valid`: the
+    samples whose reward counts; nfe = rollout + training + the extra columns'."""
+    row = {"step": step, "reward_mean": reward_mean, "reward_std": reward_std,
+           "skipped_rows": int((~valid).sum()),
+           "reward_calls": sum(b.reward_calls for b in batches),
+           "rollout_nfe": rollout_nfe, **extra_nfe, "seconds": seconds, **stats, **evaluation}
+    row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
+    return row
+
+
 class AdamW:
     """AdamW with bias correction and decoupled weight decay (torch.optim.AdamW semantics),
     global gradient-norm clipping and an optional EMA of the parameters; state in flat buffers."""
