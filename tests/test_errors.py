@@ -133,6 +133,10 @@ BAD_T = [
     (dict(temb_dim=3), ValueError, "temb_dim"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(dtype="float16"), ValueError, "dtype"),
+    (dict(dtype=np.float32), TypeError, "dtype must be 'float32' or 'float64', got type"),
+    (dict(temb_dim=1), ValueError, "temb_dim=1 must be even and >= 2"),   # the core's message
+    (dict(hidden=2**41), ValueError, "hidden"),
+    (dict(depth=-2**50), ValueError, "depth"),
 ])
 def test_mlp_constructor(kwargs, exc, name):
     args = dict(dim=DIM)
