@@ -537,7 +537,8 @@ def test_pretrain_divergence_is_floating_point_error(data, path):
     (dict(betas=(0.9, -0.1)), ValueError, "beta2"),
     (dict(betas=(0.9,)), ValueError, "betas"),
     (dict(betas=None), ValueError, "betas"),
-    (dict(betas=(0.9, np.nan)), ValueError, "betas"),
+    (dict(betas=(0.9, np.nan)), ValueError, "beta2=nan"),   # the core's check
+    (dict(eps="small"), TypeError, "eps"),
     (dict(eps=0.0), ValueError, "eps"),
     (dict(weight_decay=-1.0), ValueError, "weight_decay"),
     (dict(max_grad_norm=np.nan), ValueError, "max_grad_norm"),

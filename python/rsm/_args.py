@@ -71,6 +71,15 @@ def seed_int(value: Any, func: str, name: str = "seed") -> int:
     return int(value)
 
 
+def float_arg(value: Any, func: str, name: str) -> float:
+    """A float argument whose value the core checks, with a message naming it: here only the
+    conversion (the binding's would raise a TypeError that names nothing)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}(): {name} must be a float, got {type(value).__name__}") from None
+
+
 def finite_float(value: Any, func: str, name: str, minimum: float | None = None) -> float:
     try:
         out = float(value)
