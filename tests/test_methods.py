@@ -72,6 +72,15 @@ def sample_mean(us, per_sample):
     return sum(np.sum(per_sample(k, u)) for k, u in enumerate(us)) / sum(u.shape[0] for u in us)
 
 
+def assert_directional_derivatives(grad, loss, base, seed, count=3, h=1e-6):
+    """<grad, v> equals the central difference of loss(theta) at base along `count` random v."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        v = rng.standard_normal(base.shape)
+        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
+        assert np.dot(grad, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
 def assert_grad_close(engine, original):
     # 1e-5 relative; central differences in float64 are accurate to ~1e-9 here
     err = np.linalg.norm(engine - original) / max(np.linalg.norm(original), 1e-300)
@@ -513,12 +522,7 @@ def test_draft_gradient_is_the_pathwise_reward_gradient(truncation):
         params[:] = base
         return -reward.value(x).mean()
 
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        v = rng.standard_normal(base.shape)
-        h = 1e-6
-        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
-        assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert_directional_derivatives(g_engine, loss, base, seed=0)
 
 
 # ---- per-timestep weights (THEORY.md §2.2 table, §4.3, §9.2.3; identity T11) -------------------------
@@ -1139,12 +1143,7 @@ def test_refl_gradient_is_the_one_step_pathwise_reward_gradient(path_kind):
         return -lam * quadratic_reward(x0_hat(u), center, scale).mean()
 
     assert stats["loss"] == pytest.approx(loss(base), rel=1e-12)
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        v = rng.standard_normal(base.shape)
-        h = 1e-6
-        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
-        assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert_directional_derivatives(g_engine, loss, base, seed=1)
     steps = set()
     for it in range(8):                                  # the late step is redrawn per iteration
         trainer.iteration = it
