@@ -133,6 +133,10 @@ BAD_T = [
     (dict(temb_dim=3), ValueError, "temb_dim"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(dtype="float16"), ValueError, "dtype"),
+    (dict(dtype=np.float32), TypeError, "dtype must be 'float32' or 'float64', got type"),
+    (dict(temb_dim=1), ValueError, "temb_dim=1 must be even and >= 2"),   # the core's message
+    (dict(hidden=2**41), ValueError, "hidden"),
+    (dict(depth=-2**50), ValueError, "depth"),
 ])
 def test_mlp_constructor(kwargs, exc, name):
     args = dict(dim=DIM)
@@ -533,7 +537,8 @@ def test_pretrain_divergence_is_floating_point_error(data, path):
     (dict(betas=(0.9, -0.1)), ValueError, "beta2"),
     (dict(betas=(0.9,)), ValueError, "betas"),
     (dict(betas=None), ValueError, "betas"),
-    (dict(betas=(0.9, np.nan)), ValueError, "betas"),
+    (dict(betas=(0.9, np.nan)), ValueError, "beta2=nan"),   # the core's check
+    (dict(eps="small"), TypeError, "eps"),
     (dict(eps=0.0), ValueError, "eps"),
     (dict(weight_decay=-1.0), ValueError, "weight_decay"),
     (dict(max_grad_norm=np.nan), ValueError, "max_grad_norm"),

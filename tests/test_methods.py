@@ -66,6 +66,21 @@ def with_times(rows, ts):
     return rows
 
 
+def sample_mean(us, per_sample):
+    """The mean over every trained sample of per_sample(k, u): the [n] per-sample terms of row
+    block k at the outputs u (the original objectives of the first-order methods)."""
+    return sum(np.sum(per_sample(k, u)) for k, u in enumerate(us)) / sum(u.shape[0] for u in us)
+
+
+def assert_directional_derivatives(grad, loss, base, seed, count=3, h=1e-6):
+    """<grad, v> equals the central difference of loss(theta) at base along `count` random v."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        v = rng.standard_normal(base.shape)
+        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
+        assert np.dot(grad, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
 def assert_grad_close(engine, original):
     # 1e-5 relative; central differences in float64 are accurate to ~1e-9 here
     err = np.linalg.norm(engine - original) / max(np.linalg.norm(original), 1e-300)
@@ -193,13 +208,10 @@ def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
 
     def original(us):
         """THEORY.md §12.5 FO (SD3.5, ours): mean || v_theta - (v_ref - lambda (1 - t) g) ||^2."""
-        total, count = 0.0, 0
-        for r, u, ur in zip(rows, us, u_ref):
-            t = ts[r["step"]]
-            target = ur - lam * (1 - t) * g_term
-            total += np.sum(np.mean((u - target) ** 2, axis=1))
-            count += u.shape[0]
-        return total / count
+        def term(k, u):
+            target = u_ref[k] - lam * (1 - ts[rows[k]["step"]]) * g_term
+            return np.mean((u - target) ** 2, axis=1)
+        return sample_mean(us, term)
 
     g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
@@ -449,14 +461,12 @@ def test_vgg_flow_equals_regression_onto_tweedie_gradient():
         return fd_per_row(reward.value, x)
 
     def original(us):
-        total, count = 0.0, 0
-        for r, u, ur in zip(rows, us, u_ref):
-            t = ts[r["step"]]
+        def term(k, u):
+            r, t = rows[k], ts[rows[k]["step"]]
             x0_hat = r["x"] - t * r["u_old"]          # Tweedie with the stop-gradient velocity
-            target = ur - lam * (1 - t) ** 2 * grad_r(x0_hat)
-            total += np.sum(np.mean((u - target) ** 2, axis=1))
-            count += u.shape[0]
-        return total / count
+            target = u_ref[k] - lam * (1 - t) ** 2 * grad_r(x0_hat)
+            return np.mean((u - target) ** 2, axis=1)
+        return sample_mean(us, term)
 
     g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
@@ -477,14 +487,13 @@ def test_rsm_fo_diffusion_equals_forward_residual_with_trust_region():
 
     def original(us):
         """THEORY.md §12.5 FO (SD1.5, ours): mean (s (mu - mu_ref)/s^2 - lambda s g)^2 + reg mean (eps - eps_old)^2."""
-        total, count = 0.0, 0
-        for r, u, ur in zip(rows, us, u_ref):
+        def term(k, u):
+            r = rows[k]
             cx, cu, std = ddpm_step(ts, r["step"])
-            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * ur
+            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * u_ref[k]
             resid = std * (mu - mu_ref) / std**2 - lam * std * g
-            total += np.sum(np.mean(resid**2, axis=1) + reg * np.mean((u - r["u_old"]) ** 2, axis=1))
-            count += u.shape[0]
-        return total / count
+            return np.mean(resid**2, axis=1) + reg * np.mean((u - r["u_old"]) ** 2, axis=1)
+        return sample_mean(us, term)
 
     g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
@@ -513,12 +522,7 @@ def test_draft_gradient_is_the_pathwise_reward_gradient(truncation):
         params[:] = base
         return -reward.value(x).mean()
 
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        v = rng.standard_normal(base.shape)
-        h = 1e-6
-        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
-        assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert_directional_derivatives(g_engine, loss, base, seed=0)
 
 
 # ---- per-timestep weights (THEORY.md §2.2 table, §4.3, §9.2.3; identity T11) -------------------------
@@ -656,13 +660,11 @@ def test_adjoint_matching_equals_its_control_regression():
     u_ref = outputs(ref, rows)
 
     def original(us):
-        total, count = 0.0, 0
-        for r, u, ur in zip(rows, us, u_ref):
-            t = ts[r["step"]]
-            resid = (u - ur) + (t / (1 - t)) * adjoint[r["step"]]
-            total += np.sum(2 * (1 - t) / t * np.mean(resid**2, axis=1))
-            count += u.shape[0]
-        return total / count
+        def term(k, u):
+            t = ts[rows[k]["step"]]
+            resid = (u - u_ref[k]) + (t / (1 - t)) * adjoint[rows[k]["step"]]
+            return 2 * (1 - t) / t * np.mean(resid**2, axis=1)
+        return sample_mean(us, term)
 
     g_orig = original_gradient(policy, rows, original)
     assert_grad_close(g_engine, g_orig)
@@ -1044,19 +1046,17 @@ def test_sqdf_equals_kl_minus_discounted_soft_q_at_theta_old():
     u_ref = outputs(ref, rows)
 
     def original(us):
-        total, count = 0.0, 0
-        for r, u, ur in zip(rows, us, u_ref):
-            i = r["step"]
+        def term(k, u):
+            r, i = rows[k], rows[k]["step"]
             cx, cu, std = ddpm_step(ts, i)
-            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * ur
+            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * u_ref[k]
             x_next = mu + std * r["noise"]
             ab_next = vp_linear_abar(ts[i + 1])
             eps_ref = np.from_dlpack(ref.forward(x_next, ts[i + 1]))
             q = quadratic_reward((x_next - np.sqrt(1 - ab_next) * eps_ref) / np.sqrt(ab_next), center, scale)
             kl = np.sum((mu - mu_ref) ** 2, axis=1) / (2 * std**2)
-            total += np.sum((alpha * kl - discount ** (S - 1 - i) * lam * q) / u.shape[1])
-            count += u.shape[0]
-        return total / count
+            return (alpha * kl - discount ** (S - 1 - i) * lam * q) / u.shape[1]
+        return sample_mean(us, term)
 
     # on policy the reparameterised next state is the recorded one
     for r in rows:
@@ -1099,14 +1099,13 @@ def test_residual_ndb_equals_forward_residual_with_next_state_gradient():
         g_next.append(grad_by_differences(r_of_next, r["x_next"]))
 
     def original(us):
-        total, count = 0.0, 0
-        for r, u, ur, g in zip(rows, us, u_ref, g_next):
+        def term(k, u):
+            r = rows[k]
             cx, cu, std = ddpm_step(ts, r["step"])
-            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * ur
-            resid = (mu - mu_ref) / std**2 - lam * vp_linear_abar(ts[r["step"] + 1]) * g
-            total += np.sum(np.mean(resid**2, axis=1) + reg * np.mean((u - r["u_old"]) ** 2, axis=1))
-            count += u.shape[0]
-        return total / count
+            mu, mu_ref = cx * r["x"] - cu * u, cx * r["x"] - cu * u_ref[k]
+            resid = (mu - mu_ref) / std**2 - lam * vp_linear_abar(ts[r["step"] + 1]) * g_next[k]
+            return np.mean(resid**2, axis=1) + reg * np.mean((u - r["u_old"]) ** 2, axis=1)
+        return sample_mean(us, term)
 
     assert_grad_close(g_engine, original_gradient(policy, rows, original))
 
@@ -1144,12 +1143,7 @@ def test_refl_gradient_is_the_one_step_pathwise_reward_gradient(path_kind):
         return -lam * quadratic_reward(x0_hat(u), center, scale).mean()
 
     assert stats["loss"] == pytest.approx(loss(base), rel=1e-12)
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        v = rng.standard_normal(base.shape)
-        h = 1e-6
-        fd = (loss(base + h * v) - loss(base - h * v)) / (2 * h)
-        assert np.dot(g_engine, v) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert_directional_derivatives(g_engine, loss, base, seed=1)
     steps = set()
     for it in range(8):                                  # the late step is redrawn per iteration
         trainer.iteration = it

@@ -10,6 +10,11 @@
 int
 rsm_py_parse_real_dtype(PyObject *obj, const char *func, rsm_dtype *out)
 {
+    if (obj && !PyUnicode_Check(obj)) {
+        rsm_py_raisef(PyExc_TypeError, func, "dtype must be 'float32' or 'float64', got %s",
+                      Py_TYPE(obj)->tp_name);
+        return -1;
+    }
     const char *name = obj ? PyUnicode_AsUTF8(obj) : "float32";
     if (!name) return -1;
     if (strcmp(name, "float32") == 0)

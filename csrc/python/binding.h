@@ -35,15 +35,22 @@
 #include "../tensor.h"
 #include "../train/rollout.h"
 
+/* The module's types, one list (X-macro): the state's fields, and what the module's traverse and
+ * clear visit (module.c). */
+#define RSM_MODULE_TYPES(X)                                                                        \
+    X(tensor_type)       /* rsm.Tensor (tensor_py.c) */                                            \
+    X(mlp_type)          /* rsm._C.MLPCore (mlp_py.c) */                                           \
+    X(gmm_type)          /* rsm._C.GaussianMixtureCore (gmm_py.c) */                               \
+    X(path_type)         /* rsm._C.PathCore (path_py.c) */                                         \
+    X(adamw_type)        /* rsm._C.AdamWCore (optim_py.c) */                                       \
+    X(dit_type)          /* rsm._C.DiTCore (dit_py.c) */                                           \
+    X(guided_type)       /* rsm._C.GuidedCore (guided_py.c) */                                     \
+    X(update_block_type) /* rsm._C.UpdateBlock (train_py.c) */
+
 typedef struct rsm_module_state {
-    PyTypeObject *tensor_type; /* rsm.Tensor (tensor_py.c) */
-    PyTypeObject *mlp_type;    /* rsm._C.MLPCore (mlp_py.c) */
-    PyTypeObject *gmm_type;    /* rsm._C.GaussianMixtureCore (gmm_py.c) */
-    PyTypeObject *path_type;   /* rsm._C.PathCore (path_py.c) */
-    PyTypeObject *adamw_type;  /* rsm._C.AdamWCore (optim_py.c) */
-    PyTypeObject *dit_type;    /* rsm._C.DiTCore (dit_py.c) */
-    PyTypeObject *guided_type; /* rsm._C.GuidedCore (guided_py.c) */
-    PyTypeObject *update_block_type; /* rsm._C.UpdateBlock (train_py.c) */
+#define RSM_STATE_FIELD(name) PyTypeObject *name;
+    RSM_MODULE_TYPES(RSM_STATE_FIELD)
+#undef RSM_STATE_FIELD
 } rsm_module_state;
 
 /* ---- the module (module.c) ----------------------------------------------------------------- */
@@ -178,6 +185,7 @@ PyObject *rsm_py_model_vjp_method(PyObject *self, PyObject *args, PyObject *kwar
 PyObject *rsm_py_model_backward_method(PyObject *self, PyObject *args);
 /* The entries every model type lists: its slots (dealloc, traverse, clear) and, for a trainable
  * core, the three methods above (forward also for the guided core, RSM_PY_MODEL_FORWARD). */
+/* clang-format off */
 #define RSM_PY_MODEL_SLOTS                                                                         \
     {Py_tp_dealloc, rsm_py_model_dealloc}, {Py_tp_traverse, rsm_py_model_traverse},                \
         {Py_tp_clear, rsm_py_model_clear}
@@ -190,6 +198,7 @@ PyObject *rsm_py_model_backward_method(PyObject *self, PyObject *args);
          METH_VARARGS | METH_KEYWORDS, "vjp(x, t, cotangent, cond=None) -> (out, dx, dparams)"},   \
         {"backward", (PyCFunction)rsm_py_model_backward_method, METH_VARARGS,                      \
          "backward(cotangent, token) -> (dx, dparams)"}
+/* clang-format on */
 
 /* A model argument (any model core of this module) -> its vtable, plus the lock that guards its
  * activations (NULL if it has none); -1 with an exception set otherwise. */

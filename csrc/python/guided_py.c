@@ -93,23 +93,11 @@ rsm_guided_py_init(rsm_py_guided *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     rsm_py_tensor *null_cond =
-        rsm_py_tensor_arg(module, null_obj, "Guided", "null_cond", model.dtype);
+        rsm_py_vector_arg(module, null_obj, "Guided", "null_cond", model.dtype, model.cond_dim);
     if (!null_cond) return -1;
-    if (null_cond->t.ndim != 1 || null_cond->t.shape[0] != model.cond_dim) {
-        rsm_py_raisef(PyExc_ValueError, "Guided", "null_cond must have shape [%lld]",
-                      (long long)model.cond_dim);
+    if (rsm_py_check_finite(null_cond, model.dtype, "Guided", "null_cond") < 0) {
         Py_DECREF(null_cond);
         return -1;
-    }
-    for (int64_t i = 0; i < model.cond_dim; i++) {
-        double v = model.dtype == RSM_F32 ? (double)((float *)rsm_py_tensor_data(null_cond))[i]
-                                          : ((double *)rsm_py_tensor_data(null_cond))[i];
-        if (!isfinite(v)) {
-            rsm_py_raisef(PyExc_ValueError, "Guided", "null_cond[%lld] is %g: must be finite",
-                          (long long)i, v);
-            Py_DECREF(null_cond);
-            return -1;
-        }
     }
     Py_INCREF(inner);
     self->inner = inner;

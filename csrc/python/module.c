@@ -156,14 +156,9 @@ static int
 rsm_module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     rsm_module_state *state = rsm_state(module);
-    Py_VISIT(state->tensor_type);
-    Py_VISIT(state->mlp_type);
-    Py_VISIT(state->gmm_type);
-    Py_VISIT(state->path_type);
-    Py_VISIT(state->adamw_type);
-    Py_VISIT(state->dit_type);
-    Py_VISIT(state->guided_type);
-    Py_VISIT(state->update_block_type);
+#define RSM_VISIT_TYPE(name) Py_VISIT(state->name);
+    RSM_MODULE_TYPES(RSM_VISIT_TYPE)
+#undef RSM_VISIT_TYPE
     return 0;
 }
 
@@ -171,14 +166,9 @@ static int
 rsm_module_clear(PyObject *module)
 {
     rsm_module_state *state = rsm_state(module);
-    Py_CLEAR(state->tensor_type);
-    Py_CLEAR(state->mlp_type);
-    Py_CLEAR(state->gmm_type);
-    Py_CLEAR(state->path_type);
-    Py_CLEAR(state->adamw_type);
-    Py_CLEAR(state->dit_type);
-    Py_CLEAR(state->guided_type);
-    Py_CLEAR(state->update_block_type);
+#define RSM_CLEAR_TYPE(name) Py_CLEAR(state->name);
+    RSM_MODULE_TYPES(RSM_CLEAR_TYPE)
+#undef RSM_CLEAR_TYPE
     return 0;
 }
 

@@ -188,8 +188,8 @@ rsm_update_block_data(PyObject *slot)
 static PyObject *
 rsm_update_block_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"form",  "t",     "x",         "coef",           "u_ref",
-                             "cond",  "u_old", "psi",       "noise",          "ref_ready",
+    static char *kwlist[] = {"form",           "t",         "x",   "coef",  "u_ref",
+                             "cond",           "u_old",     "psi", "noise", "ref_ready",
                              "anchor_current", "kl_report", NULL};
     const char *func = "UpdateBlock";
     PyObject *form = NULL, *t = NULL, *x = NULL, *coef = NULL, *u_ref = NULL, *cond = NULL,
@@ -231,7 +231,8 @@ rsm_update_block_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     const rsm_dtype dtype = rsm_tensor_dtype(&xt->t);
     const int64_t n = xt->t.shape[0], D = xt->t.shape[1];
-    if (rsm_update_block_array(module, coef, "coef", RSM_F64, n, RSM_COEF_COLS, 0, 0, &self->coef) < 0 ||
+    const int64_t C = RSM_COEF_COLS;
+    if (rsm_update_block_array(module, coef, "coef", RSM_F64, n, C, 0, 0, &self->coef) < 0 ||
         rsm_update_block_array(module, u_ref, "u_ref", dtype, n, D, 0, 1, &self->u_ref) < 0 ||
         rsm_update_block_array(module, cond, "cond", dtype, n, -1, 1, 0, &self->cond) < 0 ||
         rsm_update_block_array(module, u_old, "u_old", dtype, n, D, 1, 0, &self->u_old) < 0 ||
@@ -321,8 +322,9 @@ rsm_update_block_arg(PyObject *module, PyObject *obj, const char *func, int64_t 
         return -1;
     }
     if (ub->dim != policy->dim) {
-        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld].x must have shape [n, %lld], got [n, %lld]",
-                      (long long)b, (long long)policy->dim, (long long)ub->dim);
+        rsm_py_raisef(PyExc_ValueError, func,
+                      "blocks[%lld].x must have shape [n, %lld], got [n, %lld]", (long long)b,
+                      (long long)policy->dim, (long long)ub->dim);
         return -1;
     }
     *blk = ub->blk;
@@ -330,8 +332,9 @@ rsm_update_block_arg(PyObject *module, PyObject *obj, const char *func, int64_t 
     if (policy->cond_dim == 0)
         blk->cond = NULL;
     else if (blk->cond && ub->cond_dim != policy->cond_dim) {
-        rsm_py_raisef(PyExc_ValueError, func, "blocks[%lld].cond must have shape [n, %lld], got [n, %lld]",
-                      (long long)b, (long long)policy->cond_dim, (long long)ub->cond_dim);
+        rsm_py_raisef(PyExc_ValueError, func,
+                      "blocks[%lld].cond must have shape [n, %lld], got [n, %lld]", (long long)b,
+                      (long long)policy->cond_dim, (long long)ub->cond_dim);
         return -1;
     }
     return 0;

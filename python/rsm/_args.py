@@ -48,6 +48,18 @@ def positive_int(value: Any, func: str, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def size_int(value: Any, func: str, name: str) -> int:
+    """An int size whose range the core checks, with a message naming the argument (a model's
+    dimensions): here only its type (the binding's conversion would take a bool or a numpy float
+    and name nothing) and that the conversion can take it at all (|value| <= 2**40, the core's
+    bound on every size)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{func}(): {name} must be an int, got {type(value).__name__}")
+    if abs(value) > MAX_SIZE:
+        raise ValueError(f"{func}(): {name}={value} is outside the sizes rsm accepts (|{name}| <= 2**40)")
+    return int(value)
+
+
 def seed_int(value: Any, func: str, name: str = "seed") -> int:
     """A seed: an int in [0, 2**64). Another kind (bool, float, str) is a TypeError, an int out of
     range a ValueError (a seed >= 2**64 would alias a smaller one in the 64-bit streams); never
@@ -57,6 +69,15 @@ def seed_int(value: Any, func: str, name: str = "seed") -> int:
     if not 0 <= value < SEED_LIMIT:
         raise ValueError(f"{func}(): {name}={value} must be an int in [0, 2**64)")
     return int(value)
+
+
+def float_arg(value: Any, func: str, name: str) -> float:
+    """A float argument whose value the core checks, with a message naming it: here only the
+    conversion (the binding's would raise a TypeError that names nothing)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{func}(): {name} must be a float, got {type(value).__name__}") from None
 
 
 def finite_float(value: Any, func: str, name: str, minimum: float | None = None) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _C, guards
-from ._args import as_times, positive_int, rows_of, seed_int
+from ._args import as_times, positive_int, rows_of, seed_int, size_int
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
 
@@ -207,17 +207,12 @@ class DiT(_DiTCompute):
     def __init__(self, image_size: int, channels: int, patch: int, width: int, depth: int,
                  heads: int, num_classes: int, seed: int = 0, dtype: str = "float32", *,
                  checkpoint: bool = False, temb_dim: int = 64) -> None:
-        for name, value, minimum in (("image_size", image_size, 1), ("channels", channels, 1),
-                                     ("patch", patch, 1), ("width", width, 2), ("depth", depth, 0),
-                                     ("heads", heads, 1), ("num_classes", num_classes, 0),
-                                     ("temb_dim", temb_dim, 2)):
-            positive_int(value, "DiT", name, minimum=minimum)
-        if image_size % patch:
-            raise ValueError(f"DiT(): image_size={image_size} is not divisible by patch={patch}")
-        if width % heads:
-            raise ValueError(f"DiT(): heads={heads} does not divide width={width}")
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"DiT(): dtype must be 'float32' or 'float64', got {dtype!r}")
+        # the types here; the values (ranges, divisibility, dtype names) are the core's and the
+        # binding's checks
+        for name, value in (("image_size", image_size), ("channels", channels), ("patch", patch),
+                            ("width", width), ("depth", depth), ("heads", heads),
+                            ("num_classes", num_classes), ("temb_dim", temb_dim)):
+            size_int(value, "DiT", name)
         seed = seed_int(seed, "DiT")
         self._core = _C.DiTCore(image_size, channels, patch, width, depth, heads, num_classes,
                                 temb_dim, dtype, int(seed), bool(checkpoint))

@@ -16,6 +16,7 @@ from .distributed import (Communicator, TiledGradient, check_config, check_same,
 from . import conventions as _conv
 from .methods import update as blocks
 from .methods.coefficients import anchor_beta
+from .training import finetune_row
 
 
 _DP_ROLLOUTS = ("sde", "branch")
@@ -219,12 +220,8 @@ def trainer_step(trainer: Any) -> dict:
     std = math.sqrt(math.fsum((ok - mean) ** 2) / len(ok)) if len(ok) else float("nan")
     seconds = comm.allgather(np.array([time.perf_counter() - start,
                                        evaluation["eval_seconds"]])).max(axis=0)
-    row = {"step": trainer.iteration - 1, "reward_mean": mean, "reward_std": std,
-           "skipped_rows": int((~valid).sum()),
-           "reward_calls": sum(b.reward_calls for b in batches),
-           "rollout_nfe": rollout_nfe, **extra_nfe, "seconds": float(seconds[0]), **stats,
-           **evaluation, "eval_seconds": float(seconds[1])}
-    row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
+    row = finetune_row(trainer.iteration - 1, mean, std, valid, batches, rollout_nfe, extra_nfe,
+                       float(seconds[0]), stats, {**evaluation, "eval_seconds": float(seconds[1])})
     trainer.history.append(row)
     return row
 

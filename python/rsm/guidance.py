@@ -44,6 +44,8 @@ class Guided:
     and the Trainer. w = 0: the unconditional model; w = 1: the conditional model (bitwise)."""
 
     def __init__(self, model: Any, scale: float = 1.0, *, null_cond: Any = None) -> None:
+        # checked here as well as in GuidedCore (csrc/python/guided_py.c): these messages name the
+        # Python classes and the shape null_cond was given in, which the binding never sees
         if isinstance(model, Guided):
             raise TypeError("Guided(): model is already guided (wrap the inner model instead)")
         if getattr(model, "_core", None) is None:

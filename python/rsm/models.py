@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _C, guards
-from ._args import as_times, positive_int, rows_of, seed_int
+from ._args import as_times, rows_of, seed_int, size_int
 
 
 class MLP:
@@ -23,13 +23,10 @@ class MLP:
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, cond_dim: int = 0,
                  seed: int = 0, *, temb_dim: int = 64, dtype: str = "float32") -> None:
-        positive_int(dim, "MLP", "dim")
-        positive_int(hidden, "MLP", "hidden")
-        positive_int(depth, "MLP", "depth", minimum=0)
-        positive_int(cond_dim, "MLP", "cond_dim", minimum=0)
-        positive_int(temb_dim, "MLP", "temb_dim", minimum=2)
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"MLP(): dtype must be 'float32' or 'float64', got {dtype!r}")
+        # the types here; the values (ranges, dtype names) are the core's and the binding's checks
+        for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth),
+                            ("cond_dim", cond_dim), ("temb_dim", temb_dim)):
+            size_int(value, "MLP", name)
         seed = seed_int(seed, "MLP")
         self._core = _C.MLPCore(dim, hidden, depth, cond_dim, temb_dim, dtype, int(seed))
         self.seed = int(seed)

@@ -44,7 +44,7 @@ from .methods.rollouts import ROLLOUTS
 from .methods.setting import make_setting, resolve_path
 from .rewards import Reward
 from .sampling import log_prob
-from .training import AdamW, History
+from .training import AdamW, History, finetune_row
 
 
 @dataclass
@@ -215,25 +215,22 @@ class Trainer:
             return _parallel.trainer_step(self)
         evaluation = self.kl_eval.columns(self.iteration)   # before the clock: not training time
         start = time.perf_counter()
+        # rollout (the reward called from inside it) and advantages / estimates, per micro-batch
         batches = [self.rollout(micro=j) for j in range(self.geometry.accumulate)]
-        self.batch_advantages(batches)
+        self.batch_advantages(batches)   # the batch-level conventions across the micro-batches
         scores = [self._step_scores(b) for b in batches]
         rewards = np.concatenate([r for r, _ in scores])
         valid = np.concatenate([v for _, v in scores])
-        stats = self.update(batches)
+        stats = self.update(batches)     # coefficients, then the C update (every inner epoch)
         if self.tracker is not None:   # the step succeeded: its rewards enter the buffers
             for b in batches:
                 self.tracker.commit(b.get("tracker_update"))
         self.iteration += 1
-        extra_nfe = self._step_extra_nfe()
-        row = {"step": self.iteration - 1,
-               "reward_mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
-               "reward_std": float(rewards[valid].std()) if valid.any() else float("nan"),
-               "skipped_rows": int((~valid).sum()),
-               "reward_calls": sum(b.reward_calls for b in batches),
-               "rollout_nfe": sum(int(b.nfe) + int(b.adjoint_nfe) for b in batches),
-               **extra_nfe, "seconds": time.perf_counter() - start, **stats, **evaluation}
-        row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
+        ok = rewards[valid]
+        row = finetune_row(self.iteration - 1, float(ok.mean()) if ok.size else float("nan"),
+                           float(ok.std()) if ok.size else float("nan"), valid, batches,
+                           sum(int(b.nfe) + int(b.adjoint_nfe) for b in batches),
+                           self._step_extra_nfe(), time.perf_counter() - start, stats, evaluation)
         self.history.append(row)
         return row
 

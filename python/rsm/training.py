@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _C, guards
-from ._args import finite_float, positive_int, rows_of, seed_int
+from ._args import finite_float, float_arg, positive_int, rows_of, seed_int
 from .sampling import _model_cond
 
 
@@ -41,6 +41,20 @@ class History(list):
         return history_html(self)
 
 
+def finetune_row(step: int, reward_mean: float, reward_std: float, valid: np.ndarray,
+                 batches: list, rollout_nfe: int, extra_nfe: dict, seconds: float, stats: dict,
+                 evaluation: dict) -> dict:
+    """One row of a fine-tuning History (rsm.Trainer.step, and its data-parallel form in
+    rsm.dp_finetune): the same keys in the same order however it was computed. `valid`: the
+    samples whose reward counts; nfe = rollout + training + the extra columns'."""
+    row = {"step": step, "reward_mean": reward_mean, "reward_std": reward_std,
+           "skipped_rows": int((~valid).sum()),
+           "reward_calls": sum(b.reward_calls for b in batches),
+           "rollout_nfe": rollout_nfe, **extra_nfe, "seconds": seconds, **stats, **evaluation}
+    row["nfe"] = row["rollout_nfe"] + row["train_nfe"] + sum(extra_nfe.values())
+    return row
+
+
 class AdamW:
     """AdamW with bias correction and decoupled weight decay (torch.optim.AdamW semantics),
     global gradient-norm clipping and an optional EMA of the parameters; state in flat buffers."""
@@ -48,18 +62,21 @@ class AdamW:
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, max_grad_norm: float = 0.0,
                  ema_decay: float = 0.0) -> None:
-        lr = finite_float(lr, "AdamW", "lr", 0.0)
+        # the types here; the values are the core's checks (csrc/optim.c, messages naming them)
+        lr = float_arg(lr, "AdamW", "lr")
         if getattr(model, "params", None) is None:
             raise TypeError(f"AdamW(): model must have a flat .params buffer (an rsm.MLP), got {type(model).__name__}")
         try:
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"AdamW(): betas must be a pair (beta1, beta2), got {betas!r}") from None
-        beta1 = finite_float(beta1, "AdamW", "betas[0]")
-        beta2 = finite_float(beta2, "AdamW", "betas[1]")
+        beta1 = float_arg(beta1, "AdamW", "betas[0]")
+        beta2 = float_arg(beta2, "AdamW", "betas[1]")
         self.model = model
-        self._core = _C.AdamWCore(model.params, lr, beta1, beta2, float(eps),
-                                  float(weight_decay), float(max_grad_norm), float(ema_decay))
+        self._core = _C.AdamWCore(model.params, lr, beta1, beta2,
+                                  *(float_arg(v, "AdamW", k) for k, v in (
+                                      ("eps", eps), ("weight_decay", weight_decay),
+                                      ("max_grad_norm", max_grad_norm), ("ema_decay", ema_decay))))
 
     @property
     def config(self) -> dict:

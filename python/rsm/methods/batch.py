@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)   # rows hold arrays: no field-wise ==
 class Row:
     """One training row: `len(x)` states at one step of the rollout. Which fields are set is the
     rollout kind's (rsm.methods.rollouts): SDE and tree rows have the transition (x_next, noise,
