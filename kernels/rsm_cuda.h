@@ -6,7 +6,7 @@
  * pointers are device pointers unless named *_host; `stream` is a cudaStream_t passed as void *
  * (NULL: rsm's own stream of the current device, see rsm_cuda_stream). Arrays are C-contiguous.
  * Every kernel's per-element math comes from the csrc/ headers shared with the CPU loops
- * (RSM_HOST_DEVICE): rng.h, ops/activation.h, ops/sampler_step.h, ops/objective_elem.h,
+ * (RSM_HOST_DEVICE): ops/philox.h, ops/activation.h, ops/sampler_step.h, ops/objective_elem.h,
  * ops/adamw.h, path.h; the ones over real_t are templates the kernels instantiate for their
  * `real` (the precision scheme: csrc/real.h).
  */
@@ -85,7 +85,7 @@ int rsm_cuda_get_tf32(void);
 
 /* ---- random numbers (kernels/elementwise.cu) ------------------------------------------------ */
 
-/* out[i] = normal offset + i of (seed, stream): the same Philox4x32-10 words as the CPU (rng.h);
+/* out[i] = normal offset + i of (seed, stream): the same Philox4x32-10 words as the CPU (ops/philox.h);
  * Box-Muller in double on both (the libm and CUDA log/sin/cos may differ in the last bit). */
 int rsm_cuda_fill_normal(int dtype, uint64_t seed, uint64_t stream_id, uint64_t offset, int64_t n,
                          void *out, void *stream);
