@@ -82,6 +82,10 @@ int rsm_cuda_empty_cache(int device);
  * products are then exact IEEE float32, for CPU parity. */
 void rsm_cuda_set_tf32(int enabled);
 int rsm_cuda_get_tf32(void);
+/* BF16 tensor-core math for float32 matrix products (inputs rounded to bfloat16, float32
+ * accumulation; cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF). Off by default; takes precedence over TF32. */
+void rsm_cuda_set_bf16(int enabled);
+int rsm_cuda_get_bf16(void);
 
 /* ---- random numbers (kernels/elementwise.cu) ------------------------------------------------ */
 

@@ -66,6 +66,7 @@ pick_stream(void *stream)
 }
 
 static std::atomic<int> g_tf32{0};
+static std::atomic<int> g_bf16{0};
 
 }  // namespace rsm_cuda
 
@@ -219,4 +220,16 @@ extern "C" int
 rsm_cuda_get_tf32(void)
 {
     return g_tf32.load();
+}
+
+extern "C" void
+rsm_cuda_set_bf16(int enabled)
+{
+    g_bf16.store(enabled ? 1 : 0);
+}
+
+extern "C" int
+rsm_cuda_get_bf16(void)
+{
+    return g_bf16.load();
 }

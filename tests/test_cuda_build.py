@@ -3,6 +3,11 @@ the host halves of the device paths agree with the CPU, and everything refuses c
 device is there. The device parity tests are in test_cuda.py (skipped without a device)."""
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -10,8 +15,10 @@ import rsm
 import rsm.cuda
 from rsm import _C
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 KERNELS = ("empty", "copy", "zero", "stream", "synchronize", "export_sync", "memory_stats",
-           "empty_cache", "set_tf32", "tf32", "fill_normal", "fill_u32", "silu_forward",
+           "empty_cache", "set_tf32", "tf32", "set_bf16", "bf16", "backend", "fill_normal", "fill_u32", "silu_forward",
            "silu_backward", "ema", "mlp_sizes", "mlp_forward", "mlp_backward", "sampler_step",
            "transition_log_prob", "heun_predict", "heun_mean", "pretrain_batch", "mse_cotangent",
            "objective", "grad_norm", "adamw_update")
@@ -65,6 +72,85 @@ def test_dlpack_kinds_of_the_binding_are_validated():
         _cuda.empty((2,), "complex64", 0)
     with pytest.raises(TypeError, match="13 ints"):
         _cuda.mlp_sizes((1, 2), 4)
+
+
+def test_one_importer_and_dtype_table_are_lent_to_the_cuda_module():
+    """rsm._cuda has no DLPack parser of its own: rsm._C publishes its importer (dlpack_api.h)."""
+    assert type(_C._dlpack_api).__name__ == "PyCapsule"
+    assert "rsm._C._dlpack_api" in repr(_C._dlpack_api)
+    src = open(os.path.join(ROOT, "csrc", "python", "cuda_module.c")).read()
+    for private in ("PyCapsule_GetPointer(capsule, \"dltensor\"", "DLManagedTensor *)",
+                    "kDLFloat && t.bits"):
+        assert private not in src, private
+
+
+def test_loops_are_not_reimplemented_in_python_and_refuse_clearly():
+    """rsm.cuda re-implements no loop: sample / pretrain / objective / transition_log_prob say
+    why they cannot run (no CUDA here, or the C loop not ported), never run on a host copy."""
+    import inspect
+    source = inspect.getsource(rsm.cuda)
+    for loop_marker in ("for i, c in enumerate(coefs)", "for s in range(steps)", "for v in rl"):
+        assert loop_marker not in source, loop_marker
+    model = rsm.MLP(2, 8, 1)
+    calls = {"sample": lambda: rsm.cuda.sample(model, 4, rsm.FlowPath()),
+             "pretrain": lambda: rsm.cuda.pretrain(model, np.zeros((8, 2)), rsm.FlowPath()),
+             "transition_log_prob": lambda: rsm.cuda.transition_log_prob(
+                 model, rsm.FlowPath(), None, None, 0, [1.0, 0.0]),
+             "objective": lambda: rsm.cuda.objective("ppo", None, None)}
+    for name, call in calls.items():
+        with pytest.raises((RuntimeError, NotImplementedError)) as err:
+            call()
+        text = str(err.value)
+        assert ("CUDA" in text and "not available" in text) or "not run on the CUDA backend" in text, text
+
+
+def test_trainer_device_is_accepted_and_refused_clearly():
+    import inspect
+    assert "device" in inspect.signature(rsm.Trainer).parameters
+    policy = rsm.MLP(2, 8, 1, seed=1)
+    ref = policy.copy()
+    reward = rsm.Reward(lambda x, cond=None: -np.sum(x ** 2, axis=1))
+    with pytest.raises((RuntimeError, NotImplementedError), match=r"Trainer\(.*device='cuda'"):
+        rsm.Trainer(policy, ref, reward, "flow-grpo", device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        rsm.Trainer(policy, ref, reward, "flow-grpo", device="gpu")
+    # the CPU default is unchanged
+    rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=2, group_size=2)
+
+
+def test_backend_table_refuses_cleanly_without_a_device():
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    if rsm.cuda_available():
+        pytest.skip("a CUDA device is available")
+    with pytest.raises(RuntimeError, match="which is not available here"):
+        rsm.cuda.backend_table(0)
+
+
+def _nvcc():
+    nvcc = os.environ.get("RSM_NVCC") or shutil.which("nvcc")
+    if nvcc is None and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        nvcc = "/usr/local/cuda/bin/nvcc"
+    return nvcc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", sorted(os.path.basename(f) for f in
+                                          glob.glob(os.path.join(ROOT, "kernels", "*.cu"))))
+def test_kernels_compile_without_warnings_for_sm80_sm90_and_ptx(source, tmp_path):
+    """Every kernel source (the backend table included) builds for sm_80 and sm_90 with PTX,
+    warnings as errors, with setup.py's flags."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (RSM_NVCC, PATH, /usr/local/cuda)")
+    cmd = [nvcc, "-O3", "-std=c++17", "--extended-lambda", "-Xcompiler", "-fPIC,-Wall,-Wextra",
+           "-Werror", "all-warnings", "-Icsrc", "-Ikernels",
+           "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+           "-gencode=arch=compute_90,code=compute_90", "-c", os.path.join("kernels", source),
+           "-o", str(tmp_path / "k.o")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "warning" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
 
 
 # ---- the host halves of the device paths ------------------------------------------------------

@@ -1,5 +1,5 @@
 /* cuda_module.c: the rsm._cuda extension module, compiled only into rsm._cuda (never rsm._C) and
- * linked with the nvcc objects of kernels/*.cu. `import rsm` does not load it, so rsm works
+ * linked with the nvcc objects of the kernels/ sources. `import rsm` does not load it, so rsm works
  * without CUDA libraries; rsm.cuda_available() imports it.
  *
  * A thin layer over kernels/rsm_cuda.h. Arrays come in through DLPack from any producer (rsm's
@@ -27,6 +27,7 @@
 #include "checked.h"
 #include "dlpack.h"
 #include "dlpack_api.h"
+#include "backend_cuda.h"
 #include "rsm_cuda.h"
 
 #define CAPSULE_VERSIONED "dltensor_versioned"
@@ -279,18 +280,6 @@ get_arr(call *c, PyObject *obj, const char *name, int want, int64_t need, int op
     int rc = PyList_Append(c->capsules, tensor);
     Py_DECREF(tensor);
     return rc;
-}
-
-/* Real arrays of one call must share a dtype. */
-static int
-same_dtype(call *c, int dtype, const arr *a, const char *name)
-{
-    if (a->ptr != NULL && a->dtype != dtype) {
-        PyErr_Format(PyExc_TypeError, "%s(): %s is %s, the other arrays %s", c->func, name,
-                     g_api->dtype_name((rsm_dtype)a->dtype), g_api->dtype_name((rsm_dtype)dtype));
-        return -1;
-    }
-    return 0;
 }
 
 /* Run `expr` (a kernel launch returning an int) on the call's device, without the GIL. */
@@ -1026,6 +1015,42 @@ py_adamw_update(PyObject *module, PyObject *args)
     return call_end(&c, Py_NewRef(Py_None));
 }
 
+/* ---- the backend table for the C loops (kernels/backend_cuda.h) ---------------------------- */
+
+/* backend(device) -> capsule "rsm._cuda.backend" holding the const rsm_backend * of cuda:device
+ * (created on first use, kept for the process): what the C loops of rsm._C run on. */
+static PyObject *
+py_backend(PyObject *module, PyObject *arg)
+{
+    int device = PyLong_AsLong(arg);
+    if (device == -1 && PyErr_Occurred()) return NULL;
+    const rsm_dlpack_api *api = dlpack_api();
+    if (api == NULL) return NULL;
+    const rsm_cuda_host_api host = {api->fail, api->path_coef_at, api->path_native_param};
+    const rsm_backend *be = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rsm_cuda_backend_get(device, &host, &be);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return raise_cuda("backend");
+    return PyCapsule_New((void *)be, RSM_CUDA_BACKEND_CAPSULE, NULL);
+}
+
+static PyObject *
+py_set_bf16(PyObject *module, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    rsm_cuda_set_bf16(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_get_bf16(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(rsm_cuda_get_bf16());
+}
+
 static PyMethodDef rsm_cuda_methods[] = {
     {"device_count", py_device_count, METH_NOARGS,
      "device_count() -> (count, reason): visible CUDA devices; reason says why there are none."},
@@ -1041,6 +1066,11 @@ static PyMethodDef rsm_cuda_methods[] = {
     {"empty_cache", py_empty_cache, METH_O, "empty_cache(device): free cached blocks"},
     {"set_tf32", py_set_tf32, METH_O, "set_tf32(bool): TF32 matrix products (off by default)"},
     {"tf32", py_get_tf32, METH_NOARGS, "tf32() -> bool"},
+    {"set_bf16", py_set_bf16, METH_O,
+     "set_bf16(bool): BF16 matrix products with float32 accumulation (off by default)"},
+    {"bf16", py_get_bf16, METH_NOARGS, "bf16() -> bool"},
+    {"backend", py_backend, METH_O,
+     "backend(device) -> capsule of the CUDA backend table (csrc/backend.h) for the C loops"},
     {"copy", py_copy, METH_VARARGS, "copy(dst, src): host<->device or device->device"},
     {"zero", py_zero, METH_VARARGS, "zero(dst): fill a real device array with 0"},
     {"fill_normal", py_fill_normal, METH_VARARGS, "fill_normal(out, seed, stream_id, offset=0)"},

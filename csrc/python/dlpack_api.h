@@ -1,4 +1,6 @@
-/* dlpack_api.h: the one DLPack importer and dtype mapping of rsm, lent by rsm._C to rsm._cuda.
+/* dlpack_api.h: the one DLPack importer and dtype mapping of rsm, lent by rsm._C to rsm._cuda
+ * (with the two other things only rsm._C has that the CUDA backend table needs: the core's error
+ * message, rsm_fail, and the path schedules; kernels/backend_cuda.h).
  *
  * rsm._C owns DLPack import (tensor_py.c: every field of a producer's tensor checked, sizes
  * overflow-checked, ownership and the stream protocol) and the dtype table (csrc/tensor.c).
@@ -13,10 +15,12 @@
 
 #include <Python.h>
 
+#include "../path.h"
+#include "../status.h"
 #include "../tensor.h"
 
 #define RSM_DLPACK_API_NAME "rsm._C._dlpack_api"
-#define RSM_DLPACK_API_VERSION 1
+#define RSM_DLPACK_API_VERSION 2
 
 typedef struct rsm_dlpack_api {
     int version; /* RSM_DLPACK_API_VERSION */
@@ -35,6 +39,11 @@ typedef struct rsm_dlpack_api {
     rsm_dtype (*tensor_dtype)(const rsm_tensor *t);
     int64_t (*tensor_numel)(const rsm_tensor *t);
     int (*tensor_is_contiguous)(const rsm_tensor *t);
+    /* For the CUDA backend table (kernels/backend_cuda.h rsm_cuda_host_api): the core's error
+     * message (status.c) and the path schedules (path.c). */
+    rsm_status (*fail)(rsm_status status, const char *fmt, ...);
+    rsm_path_coef (*path_coef_at)(const rsm_path *path, double t);
+    rsm_param (*path_native_param)(const rsm_path *path);
 } rsm_dlpack_api;
 
 #endif /* RSM_PY_DLPACK_API_H */

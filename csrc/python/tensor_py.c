@@ -1428,6 +1428,9 @@ static const rsm_dlpack_api rsm_dlpack_api_table = {
     .tensor_dtype = rsm_tensor_dtype,
     .tensor_numel = rsm_tensor_numel,
     .tensor_is_contiguous = rsm_tensor_is_contiguous,
+    .fail = rsm_fail,
+    .path_coef_at = rsm_path_coef_at,
+    .path_native_param = rsm_path_native_param,
 };
 
 int

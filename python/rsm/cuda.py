@@ -27,7 +27,7 @@ import numpy as np
 from . import _C
 
 __all__ = ["is_available", "device_count", "empty", "zeros", "to_device", "to_host", "synchronize",
-           "memory_stats", "empty_cache", "set_tf32", "tf32_enabled", "normal", "philox_u32",
+           "memory_stats", "empty_cache", "set_tf32", "tf32_enabled", "set_bf16", "bf16_enabled", "normal", "philox_u32",
            "DeviceMLP", "AdamW", "require", "backend_table", "sample", "transition_log_prob",
            "objective", "pretrain"]
 
@@ -141,6 +141,16 @@ def set_tf32(enabled: bool) -> None:
 
 def tf32_enabled() -> bool:
     return bool(_mod().tf32())
+
+
+def set_bf16(enabled: bool) -> None:
+    """BF16 tensor-core math for float32 matrix products (inputs rounded to bfloat16, float32
+    accumulation); off by default. Takes precedence over TF32 while on."""
+    _mod().set_bf16(bool(enabled))
+
+
+def bf16_enabled() -> bool:
+    return bool(_mod().bf16())
 
 
 # ---- random numbers ------------------------------------------------------------------------------
