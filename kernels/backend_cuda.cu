@@ -18,6 +18,8 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.cuh"
@@ -1090,4 +1092,76 @@ rsm_cuda_backend_get(int device, const rsm_cuda_host_api *host, const rsm_backen
     g_backends[device] = e; /* kept for the process, as rsm's streams */
     *out = &e->be;
     return 0;
+}
+
+/* ---- the test hook: any op by name (rsm_cuda_backend_call) ------------------------------------ */
+
+namespace {
+
+template <typename T>
+T
+arg_as(const rsm_cuda_arg &a)
+{
+    if constexpr (std::is_pointer<T>::value)
+        return static_cast<T>(a.ptr);
+    else if constexpr (std::is_floating_point<T>::value)
+        return static_cast<T>(a.d);
+    else
+        return static_cast<T>(a.i);
+}
+
+template <typename Ret>
+double
+as_double(Ret value)
+{
+    return static_cast<double>(value);
+}
+
+template <typename Ret, typename... Args, size_t... I>
+double
+invoke(Ret (*op)(const rsm_backend *, Args...), const rsm_backend *be, const rsm_cuda_arg *args,
+       std::index_sequence<I...>)
+{
+    if constexpr (std::is_void<Ret>::value) {
+        op(be, arg_as<Args>(args[I])...);
+        return 0.0;
+    } else {
+        return as_double(op(be, arg_as<Args>(args[I])...));
+    }
+}
+
+template <typename Ret, typename... Args>
+int
+call_op(Ret (*op)(const rsm_backend *, Args...), const rsm_backend *be, const char *name,
+        const rsm_cuda_arg *args, int n, double *ret)
+{
+    if (n != (int)sizeof...(Args))
+        return rsm_cuda::fail(1, "backend op %s takes %d arguments after the backend, got %d",
+                              name, (int)sizeof...(Args), n);
+    *ret = invoke(op, be, args, std::index_sequence_for<Args...>{});
+    return 0;
+}
+
+template <typename Ops>
+int
+call_by_name(const Ops *ops, const rsm_backend *be, const char *name, const rsm_cuda_arg *args,
+             int n, double *ret)
+{
+#define RSM_CUDA_OP_CALL(r, op_name, params)                                                     \
+    if (std::strcmp(name, #op_name) == 0) return call_op(ops->op_name, be, name, args, n, ret);
+    RSM_BACKEND_OPS(RSM_CUDA_OP_CALL, R)
+#undef RSM_CUDA_OP_CALL
+    return rsm_cuda::fail(1, "backend.h has no op %s", name);
+}
+
+}  // namespace
+
+extern "C" int
+rsm_cuda_backend_call(const rsm_backend *be, int dtype, const char *name,
+                      const rsm_cuda_arg *args, int n, double *ret)
+{
+    if (std::strcmp(name, "fill_index") == 0) return call_op(be->fill_index, be, name, args, n, ret);
+    if (dtype == 0) return call_by_name(be->f32, be, name, args, n, ret);
+    if (dtype == 1) return call_by_name(be->f64, be, name, args, n, ret);
+    return rsm_cuda::fail(1, "backend_call: dtype code %d is not float32 (0) or float64 (1)", dtype);
 }

@@ -43,6 +43,22 @@ typedef struct rsm_cuda_host_api {
  * buffer), or nonzero with rsm_cuda_error() saying why. `host` is copied on first use. */
 int rsm_cuda_backend_get(int device, const rsm_cuda_host_api *host, const rsm_backend **out);
 
+/* One argument of rsm_cuda_backend_call: a pointer (device array, or host memory for the
+ * structs and host outputs an op takes), an integer, or a real. */
+typedef struct rsm_cuda_arg {
+    void *ptr;
+    int64_t i;
+    double d;
+} rsm_cuda_arg;
+
+/* Call op `name` of backend.h's list in precision `dtype` (0 float32, 1 float64) with args[0..n)
+ * after `be` (each converted to the parameter's type: pointers from .ptr, integers from .i,
+ * reals from .d). *ret receives a double-returning op's value or an rsm_status op's status.
+ * Returns 0, or nonzero (unknown op, wrong argument count) with rsm_cuda_error() saying why.
+ * A test hook: the device parity tests call every op through it (tests/test_cuda_device.py). */
+int rsm_cuda_backend_call(const rsm_backend *be, int dtype, const char *name,
+                          const rsm_cuda_arg *args, int n, double *ret);
+
 #ifdef __cplusplus
 }
 #endif

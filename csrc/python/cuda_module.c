@@ -1036,6 +1036,79 @@ py_backend(PyObject *module, PyObject *arg)
     return PyCapsule_New((void *)be, RSM_CUDA_BACKEND_CAPSULE, NULL);
 }
 
+/* backend_call(device, dtype, name, args) -> float: op `name` of the CUDA backend table on
+ * cuda:device in precision dtype (0 float32, 1 float64), for the device parity tests. Each of
+ * args is None (NULL), an int, a float, a CUDA array or (array, offset) (a device pointer), or a
+ * host buffer (bytes, bytearray, a numpy array: a host pointer, for the op's structs and host
+ * outputs). Returns the op's double, or its rsm_status; waits for the device. */
+static PyObject *
+py_backend_call(PyObject *module, PyObject *args)
+{
+    int device, dtype;
+    const char *name;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "iisO!:backend_call", &device, &dtype, &name, &PyTuple_Type, &list))
+        return NULL;
+    enum { MAX_ARGS = 24 };
+    const Py_ssize_t n = PyTuple_GET_SIZE(list);
+    if (n > MAX_ARGS) {
+        PyErr_Format(PyExc_ValueError, "backend_call(): at most %d arguments", MAX_ARGS);
+        return NULL;
+    }
+    PyObject *be_capsule = py_backend(module, PyTuple_GET_ITEM(args, 0));
+    if (be_capsule == NULL) return NULL;
+    const rsm_backend *be = (const rsm_backend *)PyCapsule_GetPointer(be_capsule,
+                                                                      RSM_CUDA_BACKEND_CAPSULE);
+    Py_DECREF(be_capsule); /* the backend lives for the process */
+    if (be == NULL) return NULL;
+    call c;
+    if (call_begin(&c, "backend_call") < 0) return NULL;
+    c.device = device;
+    rsm_cuda_arg cargs[MAX_ARGS];
+    Py_buffer bufs[MAX_ARGS];
+    int nbufs = 0;
+    memset(cargs, 0, sizeof(cargs));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(list, i);
+        char argname[32];
+        snprintf(argname, sizeof(argname), "args[%zd]", i);
+        if (o == Py_None) continue;
+        if (PyLong_Check(o)) {
+            cargs[i].i = PyLong_AsLongLong(o);
+            cargs[i].d = (double)cargs[i].i;
+        } else if (PyFloat_Check(o)) {
+            cargs[i].d = PyFloat_AsDouble(o);
+        } else if (PyObject_CheckBuffer(o) &&
+                   PyObject_GetBuffer(o, &bufs[nbufs], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0) {
+            cargs[i].ptr = bufs[nbufs++].buf;
+        } else {
+            PyErr_Clear();
+            arr a;
+            if (get_arr(&c, o, argname, WANT_ANY, -1, 0, &a) < 0) break;
+            cargs[i].ptr = a.ptr;
+        }
+        if (PyErr_Occurred()) break;
+    }
+    double ret = 0.0;
+    int rc = -1;
+    if (!PyErr_Occurred()) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = rsm_cuda_set_device(device);
+        if (rc == 0) rc = rsm_cuda_backend_call(be, dtype, name, cargs, (int)n, &ret);
+        if (rc == 0) rc = rsm_cuda_stream_synchronize(device, NULL);
+        Py_END_ALLOW_THREADS
+        if (rc != 0) raise_cuda("backend_call");
+    }
+    for (int k = 0; k < nbufs; k++) PyBuffer_Release(&bufs[k]);
+    if (PyErr_Occurred()) return call_fail(&c);
+    /* a failure the op recorded (be->check): the loops would see it as their status */
+    if (be->check(be) != RSM_OK) {
+        PyErr_Format(PyExc_RuntimeError, "backend_call(%s): %s", name, g_api->last_error());
+        return call_fail(&c);
+    }
+    return call_end(&c, PyFloat_FromDouble(ret));
+}
+
 static PyObject *
 py_set_bf16(PyObject *module, PyObject *arg)
 {
@@ -1069,6 +1142,8 @@ static PyMethodDef rsm_cuda_methods[] = {
     {"set_bf16", py_set_bf16, METH_O,
      "set_bf16(bool): BF16 matrix products with float32 accumulation (off by default)"},
     {"bf16", py_get_bf16, METH_NOARGS, "bf16() -> bool"},
+    {"backend_call", py_backend_call, METH_VARARGS,
+     "backend_call(device, dtype, name, args) -> float: one op of the CUDA backend table (tests)"},
     {"backend", py_backend, METH_O,
      "backend(device) -> capsule of the CUDA backend table (csrc/backend.h) for the C loops"},
     {"copy", py_copy, METH_VARARGS, "copy(dst, src): host<->device or device->device"},

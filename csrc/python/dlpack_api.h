@@ -42,6 +42,7 @@ typedef struct rsm_dlpack_api {
     /* For the CUDA backend table (kernels/backend_cuda.h rsm_cuda_host_api): the core's error
      * message (status.c) and the path schedules (path.c). */
     rsm_status (*fail)(rsm_status status, const char *fmt, ...);
+    const char *(*last_error)(void);
     rsm_path_coef (*path_coef_at)(const rsm_path *path, double t);
     rsm_param (*path_native_param)(const rsm_path *path);
 } rsm_dlpack_api;

@@ -1429,6 +1429,7 @@ static const rsm_dlpack_api rsm_dlpack_api_table = {
     .tensor_numel = rsm_tensor_numel,
     .tensor_is_contiguous = rsm_tensor_is_contiguous,
     .fail = rsm_fail,
+    .last_error = rsm_last_error,
     .path_coef_at = rsm_path_coef_at,
     .path_native_param = rsm_path_native_param,
 };
