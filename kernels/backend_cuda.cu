@@ -276,9 +276,10 @@ gemm_batched(const rsm_backend *be, int ta, int tb, int64_t m, int64_t n, int64_
     cudaDataType_t type = sizeof(R) == 4 ? CUDA_R_32F : CUDA_R_64F;
     cublasComputeType_t compute = CUBLAS_COMPUTE_64F;
     if (sizeof(R) == 4) {
-        compute = rsm_cuda_get_bf16()   ? CUBLAS_COMPUTE_32F_FAST_16BF
-                  : rsm_cuda_get_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                        : CUBLAS_COMPUTE_32F;
+        const int mode = rsm_cuda_get_matmul();
+        compute = mode == RSM_CUDA_MATMUL_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                  : mode == RSM_CUDA_MATMUL_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                 : CUBLAS_COMPUTE_32F;
     }
     ok_blas(be,
             cublasGemmStridedBatchedEx(h, op_b, op_a, (int)n, (int)m, (int)k, &alpha, b, type,
@@ -400,35 +401,48 @@ op_expand_rows(const rsm_backend *be, R *rows, int64_t n, int64_t width, int64_t
     op_repeat_rows<R>(be, rows, static_cast<const R *>(tmp.ptr), n, width, factor);
 }
 
+/* The activations (ops/activation.h, ops/gelu.h): y = f(x) and dx = dy f'(x), element-wise. */
 template <typename R>
-void
-op_silu_forward(const rsm_backend *be, R *y, const R *x, int64_t n)
-{
-    each(be, n, [=] __device__(int64_t i) { y[i] = rsm_silu<R>(x[i]); }, "silu_forward");
-}
+struct Silu {
+    __device__ static R f(R x) { return rsm_silu<R>(x); }
+    __device__ static R grad(R x) { return rsm_silu_grad<R>(x); }
+};
 
 template <typename R>
+struct Gelu {
+    __device__ static R f(R x) { return rsm_gelu<R>(x); }
+    __device__ static R grad(R x) { return rsm_gelu_grad<R>(x); }
+};
+
+template <typename R, typename Act>
 void
-op_silu_backward(const rsm_backend *be, R *dx, const R *dy, const R *x, int64_t n)
+act_forward(const rsm_backend *be, R *y, const R *x, int64_t n, const char *what)
 {
-    each(be, n, [=] __device__(int64_t i) { dx[i] = dy[i] * rsm_silu_grad<R>(x[i]); },
-         "silu_backward");
+    each(be, n, [=] __device__(int64_t i) { y[i] = Act::f(x[i]); }, what);
 }
 
-template <typename R>
+template <typename R, typename Act>
 void
-op_gelu_forward(const rsm_backend *be, R *y, const R *x, int64_t n)
+act_backward(const rsm_backend *be, R *dx, const R *dy, const R *x, int64_t n, const char *what)
 {
-    each(be, n, [=] __device__(int64_t i) { y[i] = rsm_gelu<R>(x[i]); }, "gelu_forward");
+    each(be, n, [=] __device__(int64_t i) { dx[i] = dy[i] * Act::grad(x[i]); }, what);
 }
 
-template <typename R>
-void
-op_gelu_backward(const rsm_backend *be, R *dx, const R *dy, const R *x, int64_t n)
-{
-    each(be, n, [=] __device__(int64_t i) { dx[i] = dy[i] * rsm_gelu_grad<R>(x[i]); },
-         "gelu_backward");
-}
+/* op_<name>_forward / op_<name>_backward of backend.h for activation Act. */
+#define RSM_CUDA_ACTIVATION_OPS(name, Act)                                                      \
+    template <typename R>                                                                       \
+    void op_##name##_forward(const rsm_backend *be, R *y, const R *x, int64_t n)                \
+    {                                                                                           \
+        act_forward<R, Act<R>>(be, y, x, n, #name "_forward");                                  \
+    }                                                                                           \
+    template <typename R>                                                                       \
+    void op_##name##_backward(const rsm_backend *be, R *dx, const R *dy, const R *x, int64_t n) \
+    {                                                                                           \
+        act_backward<R, Act<R>>(be, dx, dy, x, n, #name "_backward");                           \
+    }
+RSM_CUDA_ACTIVATION_OPS(silu, Silu)
+RSM_CUDA_ACTIVATION_OPS(gelu, Gelu)
+#undef RSM_CUDA_ACTIVATION_OPS
 
 /* Element (i, k) of the sinusoidal embedding, both halves (nn/time_embedding.h's frequency and
  * angle; the device's sin/cos). */

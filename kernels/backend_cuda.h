@@ -17,8 +17,8 @@
  * column sums run over rows 0..n-1 in one thread (the CPU's order, so equal bitwise where no
  * contraction differs); whole-array sums are per-block tree sums over a fixed grid, then one
  * block over the partials; row sums (layernorm, attention softmax, log-probs) are warp trees.
- * Matrix products are cuBLAS in IEEE float32 / float64 by default; rsm_cuda_set_tf32 /
- * rsm_cuda_set_bf16 allow TF32 / BF16 tensor-core products with float32 accumulation.
+ * Matrix products are cuBLAS in IEEE float32 / float64 by default; rsm_cuda_set_matmul allows
+ * TF32 / BF16 tensor-core float32 products with float32 accumulation.
  */
 #ifndef RSM_BACKEND_CUDA_H
 #define RSM_BACKEND_CUDA_H

@@ -78,14 +78,13 @@ int rsm_cuda_empty_cache(int device);
 
 /* ---- math modes ----------------------------------------------------------------------------- */
 
-/* TF32 tensor-core math for float32 matrix products (float32 accumulation). Off by default: the
- * products are then exact IEEE float32, for CPU parity. */
-void rsm_cuda_set_tf32(int enabled);
-int rsm_cuda_get_tf32(void);
-/* BF16 tensor-core math for float32 matrix products (inputs rounded to bfloat16, float32
- * accumulation; cuBLAS CUBLAS_COMPUTE_32F_FAST_16BF). Off by default; takes precedence over TF32. */
-void rsm_cuda_set_bf16(int enabled);
-int rsm_cuda_get_bf16(void);
+/* The math of float32 matrix products (cuBLAS), one process-wide mode: IEEE (the default: exact
+ * float32 products, for CPU parity), TF32 tensor cores, or BF16 tensor cores (inputs rounded to
+ * bfloat16); float32 accumulation in all three. float64 products are always IEEE. The MLP kernels
+ * of mlp.cu honour IEEE / TF32 (BF16 runs them in IEEE); the backend table all three. */
+enum { RSM_CUDA_MATMUL_IEEE = 0, RSM_CUDA_MATMUL_TF32 = 1, RSM_CUDA_MATMUL_BF16 = 2 };
+int rsm_cuda_set_matmul(int mode); /* 0, or nonzero (rsm_cuda_error) for an unknown mode */
+int rsm_cuda_get_matmul(void);
 
 /* ---- random numbers (kernels/elementwise.cu) ------------------------------------------------ */
 

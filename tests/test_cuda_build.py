@@ -18,7 +18,7 @@ from rsm import _C
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KERNELS = ("empty", "copy", "zero", "stream", "synchronize", "export_sync", "memory_stats",
-           "empty_cache", "set_tf32", "tf32", "set_bf16", "bf16", "backend", "fill_normal", "fill_u32", "silu_forward",
+           "empty_cache", "set_matmul", "matmul", "backend_call", "backend", "fill_normal", "fill_u32", "silu_forward",
            "silu_backward", "ema", "mlp_sizes", "mlp_forward", "mlp_backward", "sampler_step",
            "transition_log_prob", "heun_predict", "heun_mean", "pretrain_batch", "mse_cotangent",
            "objective", "grad_norm", "adamw_update")
@@ -72,6 +72,21 @@ def test_dlpack_kinds_of_the_binding_are_validated():
         _cuda.empty((2,), "complex64", 0)
     with pytest.raises(TypeError, match="13 ints"):
         _cuda.mlp_sizes((1, 2), 4)
+
+
+def test_matmul_mode_is_ieee_by_default_and_checked():
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    from rsm import _cuda
+    assert _cuda.matmul() == "ieee"  # exact float32 products unless asked
+    with pytest.raises(ValueError, match="mode must be 'ieee', 'tf32' or 'bf16'"):
+        _cuda.set_matmul("fp8")
+    try:
+        for mode in ("tf32", "bf16"):
+            _cuda.set_matmul(mode)
+            assert _cuda.matmul() == mode
+    finally:
+        _cuda.set_matmul("ieee")
 
 
 def test_one_importer_and_dtype_table_are_lent_to_the_cuda_module():

@@ -510,19 +510,29 @@ py_empty_cache(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static const char *const matmul_modes[] = {"ieee", "tf32", "bf16"};
+
+/* set_matmul(mode): the math of float32 matrix products, "ieee" (default), "tf32" or "bf16"
+ * (rsm_cuda.h). */
 static PyObject *
-py_set_tf32(PyObject *module, PyObject *arg)
+py_set_matmul(PyObject *module, PyObject *arg)
 {
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    rsm_cuda_set_tf32(on);
-    Py_RETURN_NONE;
+    const char *mode = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    for (int i = 0; mode != NULL && i < 3; i++)
+        if (strcmp(mode, matmul_modes[i]) == 0) {
+            if (rsm_cuda_set_matmul(i) != 0) return raise_cuda("set_matmul");
+            Py_RETURN_NONE;
+        }
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "set_matmul(): mode must be 'ieee', 'tf32' or 'bf16', got %R",
+                     arg);
+    return NULL;
 }
 
 static PyObject *
-py_get_tf32(PyObject *module, PyObject *unused)
+py_get_matmul(PyObject *module, PyObject *unused)
 {
-    return PyBool_FromLong(rsm_cuda_get_tf32());
+    return PyUnicode_FromString(matmul_modes[rsm_cuda_get_matmul()]);
 }
 
 /* copy(dst, src): host<->device or device<->device copies of equal byte size. A host side is any
@@ -1109,21 +1119,6 @@ py_backend_call(PyObject *module, PyObject *args)
     return call_end(&c, PyFloat_FromDouble(ret));
 }
 
-static PyObject *
-py_set_bf16(PyObject *module, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    rsm_cuda_set_bf16(on);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-py_get_bf16(PyObject *module, PyObject *unused)
-{
-    return PyBool_FromLong(rsm_cuda_get_bf16());
-}
-
 static PyMethodDef rsm_cuda_methods[] = {
     {"device_count", py_device_count, METH_NOARGS,
      "device_count() -> (count, reason): visible CUDA devices; reason says why there are none."},
@@ -1137,11 +1132,9 @@ static PyMethodDef rsm_cuda_methods[] = {
      "empty(shape, dtype, device) -> DLPack capsule of device memory (caching allocator)"},
     {"memory_stats", py_memory_stats, METH_O, "memory_stats(device) -> dict"},
     {"empty_cache", py_empty_cache, METH_O, "empty_cache(device): free cached blocks"},
-    {"set_tf32", py_set_tf32, METH_O, "set_tf32(bool): TF32 matrix products (off by default)"},
-    {"tf32", py_get_tf32, METH_NOARGS, "tf32() -> bool"},
-    {"set_bf16", py_set_bf16, METH_O,
-     "set_bf16(bool): BF16 matrix products with float32 accumulation (off by default)"},
-    {"bf16", py_get_bf16, METH_NOARGS, "bf16() -> bool"},
+    {"set_matmul", py_set_matmul, METH_O,
+     "set_matmul(mode): float32 matrix products 'ieee' (default), 'tf32' or 'bf16'"},
+    {"matmul", py_get_matmul, METH_NOARGS, "matmul() -> 'ieee', 'tf32' or 'bf16'"},
     {"backend_call", py_backend_call, METH_VARARGS,
      "backend_call(device, dtype, name, args) -> float: one op of the CUDA backend table (tests)"},
     {"backend", py_backend, METH_O,

@@ -135,22 +135,22 @@ def empty_cache(device: Any = 0) -> None:
 
 def set_tf32(enabled: bool) -> None:
     """TF32 tensor-core math for float32 matrix products (float32 accumulation); off by default
-    for exact parity with the CPU."""
-    _mod().set_tf32(bool(enabled))
+    for exact parity with the CPU. Turning it off returns to IEEE float32."""
+    _mod().set_matmul("tf32" if enabled else "ieee")
 
 
 def tf32_enabled() -> bool:
-    return bool(_mod().tf32())
+    return _mod().matmul() == "tf32"
 
 
 def set_bf16(enabled: bool) -> None:
     """BF16 tensor-core math for float32 matrix products (inputs rounded to bfloat16, float32
-    accumulation); off by default. Takes precedence over TF32 while on."""
-    _mod().set_bf16(bool(enabled))
+    accumulation); off by default. Turning it off returns to IEEE float32."""
+    _mod().set_matmul("bf16" if enabled else "ieee")
 
 
 def bf16_enabled() -> bool:
-    return bool(_mod().bf16())
+    return _mod().matmul() == "bf16"
 
 
 # ---- random numbers ------------------------------------------------------------------------------
