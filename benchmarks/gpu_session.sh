@@ -67,9 +67,10 @@ memcheck() {
 
 racecheck() {
     # shared-memory hazards of the block / warp reductions (sums, layernorm, softmax, objective)
+    # and of the DLPack exchange with torch / CuPy / JAX (rsm writes, the consumer reads)
     stage racecheck 90 racecheck.txt compute-sanitizer --tool racecheck --error-exitcode 3 \
-        "$PY" -m pytest tests/test_cuda_device.py -q -p no:cacheprovider \
-        -k "sum_sq or layernorm or attention or objective_rows or adamw or log_prob"
+        "$PY" -m pytest tests/test_cuda_device.py tests/test_cuda.py -q -p no:cacheprovider \
+        -k "sum_sq or layernorm or attention or objective_rows or adamw or log_prob or torch or cupy or jax"
 }
 
 bench() {

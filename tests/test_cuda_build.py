@@ -99,6 +99,47 @@ def test_one_importer_and_dtype_table_are_lent_to_the_cuda_module():
         assert private not in src, private
 
 
+def _capsule(desc):
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fuzz_harness
+    return fuzz_harness.Capsule(desc)
+
+
+@pytest.mark.parametrize("desc,field", [
+    ({"ndim": 2, "shape": [-2, 3]}, r"shape\[0\]=-2"),
+    ({"ndim": 3, "shape": [2**20, 2**20, 2**31]}, r"shape\[2\]"),
+    ({"ndim": 2, "shape": [2, 2], "data_null": True}, "data is NULL"),
+    ({"ndim": 1, "shape": [4], "byte_offset": 2**64 - 1}, "byte_offset"),
+])
+def test_device_ops_share_the_hardened_importer(desc, field):
+    """A hostile capsule given to a device op meets issue 16's field checks (the one importer),
+    named by the op and the argument, before any device is touched."""
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    from rsm import _cuda
+    cap = _capsule(desc)
+    with pytest.raises(BufferError, match=field) as info:
+        _cuda.fill_normal(cap.capsule(), 0, 0)
+    assert "fill_normal()" in str(info.value) and "out" in str(info.value)
+
+
+def test_cpu_ops_refuse_a_device_tensor_naming_the_argument_and_the_device():
+    """A producer on cuda:1 given to a CPU op: refused before its capsule is even asked for."""
+    class OnDevice:
+        shape, ndim, dtype = (3, 2), 2, "float32"
+
+        def __dlpack_device__(self):
+            return (2, 1)
+
+        def __dlpack__(self, **kwargs):
+            raise AssertionError("a CPU op must not export a device tensor")
+
+    m = rsm.MLP(2, 8, 1)
+    with pytest.raises(ValueError, match="x is on cuda:1; this function runs on the CPU"):
+        m(OnDevice(), 0.5)
+
+
 def test_loops_are_not_reimplemented_in_python_and_refuse_clearly():
     """rsm.cuda re-implements no loop: sample / pretrain / objective / transition_log_prob say
     why they cannot run (no CUDA here, or the C loop not ported), never run on a host copy."""
