@@ -13,6 +13,8 @@
 #include "../status.h"
 #include "../tensor.h"
 
+struct rsm_backend; /* backend.h */
+
 typedef struct rsm_model {
     /* out[n, dim] = network(x[n, dim], t[n], cond[n, cond_dim] or NULL); arrays of `dtype`. */
     rsm_status (*forward)(void *self, const rsm_path *path, int64_t n, const void *x,
@@ -32,6 +34,10 @@ typedef struct rsm_model {
      * backward can refuse a cotangent meant for another forward) and the rows of that forward. */
     const uint64_t *generation;
     const int64_t *saved_rows;
+    /* The device the model's parameters, activations and forward/backward arrays live on; the
+     * loops (sampler, update, pretraining) run their ops through this table (backend.h). NULL:
+     * the CPU backend, so instances that predate the table (or leave it out) stay valid. */
+    const struct rsm_backend *backend;
 } rsm_model;
 
 #endif /* RSM_MODEL_H */
