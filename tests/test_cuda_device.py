@@ -583,6 +583,12 @@ SAMPLERS = [("flow", "ode", {}), ("flow", "sde", {}), ("flow", "heun", {}),
             ("flow", "sde", {"sde_window": (1, 4)})]
 
 
+def _host_array(x):
+    """A reward's samples as numpy: on the GPU path they arrive as a device tensor (DLPack)."""
+    on_device = hasattr(x, "__dlpack_device__") and x.__dlpack_device__()[0] == 2
+    return rc.to_host(x) if on_device else np.from_dlpack(x)
+
+
 def _mlp(dtype, dim=2, seed=0):
     m = rsm.MLP(dim, 32, 2, temb_dim=16, seed=seed, dtype=dtype)
     p = np.from_dlpack(m.params)
@@ -614,27 +620,25 @@ def test_every_preset_one_iteration_matches_the_cpu(method):
     diff = preset["family"] != "zeroth-order"
 
     def reward(x0, cond=None):
-        x = np.from_dlpack(x0) if not hasattr(x0, "__dlpack_device__") or x0.__dlpack_device__()[0] == 1 \
-            else rc.to_host(x0)
-        d = x - np.array([1.5, 0.0])
+        d = _host_array(x0) - np.array([1.5, 0.0])
         return (-0.5 * (d ** 2).sum(1), -d) if diff else -0.5 * (d ** 2).sum(1)
 
     rw = rsm.Reward(reward, differentiable=True) if diff else reward
     kw = dict(batch_size=4, group_size=8 if method == "branch-grpo" else 4, seed=5, kl_every=0)
     cpu_policy, gpu_policy = ref.copy(), ref.copy()
-    rsm.Trainer(cpu_policy, ref, rw, method, path=path, **kw).step()
-    rsm.Trainer(gpu_policy, ref, rw, method, path=path, device="cuda", **kw).step()
+    rsm.Trainer(gpu_policy, ref, rw, method, path=path, device="cuda", **kw).step()  # GPU first:
+    rsm.Trainer(cpu_policy, ref, rw, method, path=path, **kw).step()  # an unported loop fails fast
     np.testing.assert_allclose(np.from_dlpack(gpu_policy.params), np.from_dlpack(cpu_policy.params),
                                rtol=1e-8, atol=1e-10)
 
 
 def test_whole_trainer_iteration_float32_matches_the_cpu():
     ref = _mlp("float32", seed=4)
-    reward = lambda x0, cond=None: -0.5 * (np.from_dlpack(x0) ** 2).sum(1)  # noqa: E731
+    reward = lambda x0, cond=None: -0.5 * (_host_array(x0) ** 2).sum(1)  # noqa: E731
     cpu_policy, gpu_policy = ref.copy(), ref.copy()
     kw = dict(batch_size=8, group_size=4, seed=2, kl_every=0)
-    a = rsm.Trainer(cpu_policy, ref, reward, "flow-grpo", **kw).step()
     b = rsm.Trainer(gpu_policy, ref, reward, "flow-grpo", device="cuda", **kw).step()
+    a = rsm.Trainer(cpu_policy, ref, reward, "flow-grpo", **kw).step()
     np.testing.assert_allclose(b["reward_mean"], a["reward_mean"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.from_dlpack(gpu_policy.params), np.from_dlpack(cpu_policy.params),
                                rtol=1e-3, atol=1e-5)
