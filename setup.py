@@ -381,8 +381,10 @@ class RsmBuildExt(build_ext):
         if c["ptx"]:
             gencode.append(f"-gencode=arch=compute_{c['ptx']},code=compute_{c['ptx']}")
         # warnings on for nvcc and the host compiler (the .cu files build without any)
-        flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC,-Wall,-Wextra", "-lineinfo",
-                 "-Icsrc", "-Ikernels"]
+        # --extended-lambda: kernels/backend_cuda.cu launches its element-wise ops as __device__
+        # lambdas over the shared csrc/ops bodies
+        flags = ["-O3", "-std=c++17", "--extended-lambda", "-Xcompiler", "-fPIC,-Wall,-Wextra",
+                 "-lineinfo", "-Icsrc", "-Ikernels"]
         flags += shlex.split(os.environ.get("RSM_NVCC_FLAGS", ""))
         sources = sorted(glob.glob("kernels/**/*.cu", recursive=True))
         objects = [os.path.join(self.build_temp, os.path.splitext(s)[0] + ".o") for s in sources]

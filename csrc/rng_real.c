@@ -32,10 +32,7 @@ void
 RSM_T(fill_uniform)(uint64_t seed, uint64_t stream, uint64_t offset, int64_t n, real_t *out)
 {
     for (int64_t i = 0; i < n; i++) {
-        uint64_t index = offset + (uint64_t)i;
-        uint32_t block[4];
-        rsm_philox_block(seed, stream, index >> 2, block);
-        real_t u = (real_t)rsm_u32_to_open01(block[index & 3]);
+        real_t u = (real_t)rsm_philox_uniform_at(seed, stream, offset + (uint64_t)i);
         out[i] = u < (real_t)1 ? u : (real_t)1 - RSM_REAL_EPS / 2;
     }
 }

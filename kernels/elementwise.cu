@@ -1,9 +1,9 @@
 /* elementwise.cu: Philox random numbers, activations and the EMA, one thread per element (or per
- * Philox block) in grid-stride loops. The per-element bodies are the CPU's (csrc/rng.h,
+ * Philox block) in grid-stride loops. The per-element bodies are the CPU's (csrc/ops/philox.h,
  * csrc/ops/activation.h, csrc/ops/adamw.h), instantiated here for `real` (see csrc/real.h). */
 #include "common.cuh"
 
-#include "rng.h"
+#include "ops/philox.h"
 #include "ops/activation.h"
 #include "ops/adamw.h"
 
@@ -35,10 +35,7 @@ fill_u32_kernel(uint64_t seed, uint64_t stream_id, uint64_t offset, int64_t n, u
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        uint64_t index = offset + (uint64_t)i;
-        uint32_t words[4];
-        rsm_philox_block(seed, stream_id, index >> 2, words);
-        out[i] = words[index & 3];
+        out[i] = rsm_philox_u32_at(seed, stream_id, offset + (uint64_t)i);
     }
 }
 

@@ -42,7 +42,7 @@ handle_for(cudaStream_t stream, cublasHandle_t *out)
     }
     cublasHandle_t h = g_handles[device];
     if (int rc = cublas_check(cublasSetStream(h, stream), "cublasSetStream")) return rc;
-    cublasMath_t mode = rsm_cuda_get_tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+    cublasMath_t mode = rsm_cuda_get_matmul() == RSM_CUDA_MATMUL_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
     if (int rc = cublas_check(cublasSetMathMode(h, mode), "cublasSetMathMode")) return rc;
     *out = h;
     return 0;

@@ -3,7 +3,7 @@
 #include "common.cuh"
 
 #include "path.h"
-#include "rng.h"
+#include "ops/philox.h"
 
 namespace {
 
@@ -16,9 +16,8 @@ batch_kernel(int64_t B, int64_t D, int64_t C, const real *data, const real *cond
     for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < B * D;
          k += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i = k / D, d = k % D;
-        double z[4];
-        rsm_philox_normals4(seed, noise_stream, (uint64_t)k >> 2, z);
-        const double e = (double)(real)z[k & 3]; /* the CPU rounds the noise to real first */
+        /* the CPU rounds the noise to real first */
+        const double e = (double)(real)rsm_philox_normal_at(seed, noise_stream, (uint64_t)k);
         const double x0 = (double)data[index[i] * D + d];
         const rsm_path_coef c = coefs[i];
         xt[k] = (real)rsm_path_noise_elem(c, x0, e);

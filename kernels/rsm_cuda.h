@@ -6,7 +6,7 @@
  * pointers are device pointers unless named *_host; `stream` is a cudaStream_t passed as void *
  * (NULL: rsm's own stream of the current device, see rsm_cuda_stream). Arrays are C-contiguous.
  * Every kernel's per-element math comes from the csrc/ headers shared with the CPU loops
- * (RSM_HOST_DEVICE): rng.h, ops/activation.h, ops/sampler_step.h, ops/objective_elem.h,
+ * (RSM_HOST_DEVICE): ops/philox.h, ops/activation.h, ops/sampler_step.h, ops/objective_elem.h,
  * ops/adamw.h, path.h; the ones over real_t are templates the kernels instantiate for their
  * `real` (the precision scheme: csrc/real.h).
  */
@@ -78,14 +78,17 @@ int rsm_cuda_empty_cache(int device);
 
 /* ---- math modes ----------------------------------------------------------------------------- */
 
-/* TF32 tensor-core math for float32 matrix products (float32 accumulation). Off by default: the
- * products are then exact IEEE float32, for CPU parity. */
-void rsm_cuda_set_tf32(int enabled);
-int rsm_cuda_get_tf32(void);
+/* The math of float32 matrix products (cuBLAS), one process-wide mode: IEEE (the default: exact
+ * float32 products, for CPU parity), TF32 tensor cores, or BF16 tensor cores (inputs rounded to
+ * bfloat16); float32 accumulation in all three. float64 products are always IEEE. The MLP kernels
+ * of mlp.cu honour IEEE / TF32 (BF16 runs them in IEEE); the backend table all three. */
+enum { RSM_CUDA_MATMUL_IEEE = 0, RSM_CUDA_MATMUL_TF32 = 1, RSM_CUDA_MATMUL_BF16 = 2 };
+int rsm_cuda_set_matmul(int mode); /* 0, or nonzero (rsm_cuda_error) for an unknown mode */
+int rsm_cuda_get_matmul(void);
 
 /* ---- random numbers (kernels/elementwise.cu) ------------------------------------------------ */
 
-/* out[i] = normal offset + i of (seed, stream): the same Philox4x32-10 words as the CPU (rng.h);
+/* out[i] = normal offset + i of (seed, stream): the same Philox4x32-10 words as the CPU (ops/philox.h);
  * Box-Muller in double on both (the libm and CUDA log/sin/cos may differ in the last bit). */
 int rsm_cuda_fill_normal(int dtype, uint64_t seed, uint64_t stream_id, uint64_t offset, int64_t n,
                          void *out, void *stream);

@@ -65,7 +65,7 @@ pick_stream(void *stream)
     return s;
 }
 
-static std::atomic<int> g_tf32{0};
+static std::atomic<int> g_matmul{RSM_CUDA_MATMUL_IEEE};
 
 }  // namespace rsm_cuda
 
@@ -209,14 +209,17 @@ rsm_cuda_memset_zero(int device, void *dst, size_t bytes, void *stream)
     return check(cudaMemsetAsync(dst, 0, bytes, pick_stream(stream)), "cudaMemsetAsync");
 }
 
-extern "C" void
-rsm_cuda_set_tf32(int enabled)
+extern "C" int
+rsm_cuda_set_matmul(int mode)
 {
-    g_tf32.store(enabled ? 1 : 0);
+    if (mode < RSM_CUDA_MATMUL_IEEE || mode > RSM_CUDA_MATMUL_BF16)
+        return fail(1, "matmul mode %d is not IEEE (0), TF32 (1) or BF16 (2)", mode);
+    g_matmul.store(mode);
+    return 0;
 }
 
 extern "C" int
-rsm_cuda_get_tf32(void)
+rsm_cuda_get_matmul(void)
 {
-    return g_tf32.load();
+    return g_matmul.load();
 }

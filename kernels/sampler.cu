@@ -7,7 +7,7 @@
  * log-probs agree to rounding, not bitwise. */
 #include "common.cuh"
 
-#include "rng.h"
+#include "ops/philox.h"
 #include "ops/sampler_step.h"
 
 namespace {
@@ -33,9 +33,8 @@ step_kernel(double A, double K, double std, int stochastic, uint64_t seed, uint6
             real mean = rsm_step_mean<real>(A, K, x[k], u[k]);
             real z = 0;
             if (stochastic) {
-                double zs[4];
-                rsm_philox_normals4(seed, stream_id, (uint64_t)k >> 2, zs);
-                z = (real)zs[k & 3];
+                /* one Box-Muller pair per element (ops/philox.h), not the block's two */
+                z = (real)rsm_philox_normal_at(seed, stream_id, (uint64_t)k);
             }
             real next = stochastic ? rsm_step_next<real>(mean, std, z) : mean;
             if (stochastic) sq += rsm_step_sq<real>(next, mean, std);

@@ -1,4 +1,6 @@
-"""CPU/GPU parity of the CUDA backend (rsm.cuda): every kernel against the CPU on the same inputs.
+"""CPU/GPU parity of rsm.cuda's kernels (memory, DLPack exchange, Philox, SiLU, the MLP, AdamW)
+against the CPU on the same inputs. The backend table and the C loops on the device:
+tests/test_cuda_device.py.
 
 Skipped (with the reason) without a CUDA device. Tolerances: float64 runs agree to rounding
 (the order of the sums and the device's libm differ, the formulas do not); float32 within
@@ -12,7 +14,6 @@ import pytest
 import rsm
 import rsm.cuda as rc
 from rsm import _C
-from rsm.objective import row_coefficients
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not rsm.cuda_available(),
@@ -126,7 +127,7 @@ def test_kernel_arguments_are_checked():
         cuda.silu_forward(x, rc.to_device(np.zeros(4, np.float64)))
     with pytest.raises(ValueError, match="y has 2 elements"):
         cuda.silu_forward(x, rc.to_device(np.zeros(2, np.float32)))
-    with pytest.raises(ValueError, match="not on a CUDA device"):
+    with pytest.raises(ValueError, match="y is on cpu; this function runs on a CUDA device"):
         cuda.silu_forward(x, np.zeros(4, np.float32))
 
 
@@ -208,80 +209,7 @@ def test_tf32_option_is_off_by_default_and_close():
     assert rel_err(fast, exact) < 1e-2
 
 
-# ---- sampler -----------------------------------------------------------------------------------
-
-
-SAMPLER_CASES = [("flow", "ode", {}), ("flow", "sde", {}), ("flow", "heun", {}),
-                 ("vp", "ddim", {"eta": 0.5}), ("vp", "ddpm", {}), ("vp", "sde", {}),
-                 ("flow", "sde", {"sde_window": (1, 4)})]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pathname,sampler,kw", SAMPLER_CASES,
-                         ids=[f"{p}-{s}{'-win' if k.get('sde_window') else ''}" for p, s, k in SAMPLER_CASES])
-def test_sampler_trajectory_parity(dtype, pathname, sampler, kw):
-    path = rsm.FlowPath() if pathname == "flow" else rsm.VPPath()
-    m = mlp(dtype, dim=4)
-    n, steps, seed = 64, 6, 5
-    cpu = rsm.sample(m, n, path, sampler=sampler, steps=steps, seed=seed, return_trajectory=True,
-                     **kw)
-    gpu = rc.sample(rc.DeviceMLP(m), n, path, sampler=sampler, steps=steps, seed=seed,
-                    return_trajectory=True, **kw)
-    tol = 1e-9 if dtype == "float64" else 5e-4
-    assert rel_err(host(gpu["xs"]), cpu.xs) < tol
-    assert rel_err(host(gpu["outputs"]), cpu.outputs) < tol
-    assert rel_err(host(gpu["means"]), cpu.means) < tol
-    assert rel_err(host(gpu["noises"]), cpu.noises) < tol
-    np.testing.assert_allclose(gpu["stds"], cpu.stds, rtol=1e-6)
-    lp, lp_cpu = host(gpu["log_probs"]), cpu.log_probs
-    np.testing.assert_allclose(lp, lp_cpu, rtol=1e-9 if dtype == "float64" else 1e-3,
-                               atol=1e-8 if dtype == "float64" else 1e-2)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_transition_log_prob_parity(dtype):
-    path = rsm.FlowPath()
-    m = mlp(dtype, dim=4)
-    tr = rsm.sample(m, 16, path, sampler="sde", steps=5, seed=1, return_trajectory=True)
-    g = rc.DeviceMLP(m)
-    for step in (0, 3):
-        x, xn = tr.xs[step], tr.xs[step + 1]
-        lp = host(rc.transition_log_prob(g, path, rc.to_device(x), rc.to_device(xn), step, tr.ts))
-        ref = np.from_dlpack(rsm.sampling.log_prob(m, path, x, xn, step, tr.ts))
-        np.testing.assert_allclose(lp, ref, rtol=1e-10 if dtype == "float64" else 1e-4,
-                                   atol=1e-9 if dtype == "float64" else 1e-3)
-        np.testing.assert_allclose(tr.log_probs[step], ref, rtol=1e-5, atol=1e-4)
-
-
-# ---- objective and optimizer -------------------------------------------------------------------
-
-
-OBJECTIVE_CASES = [("score_matching", {}), ("score_matching", {"anchor_old": True}),
-                   ("ppo", {}), ("ppo", {"mean_over_dims": True}), ("log_ratio", {}),
-                   ("matching", {}), ("matching", {"linear_only": True})]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("form,kw", OBJECTIVE_CASES, ids=[f"{f}-{'-'.join(k) or 'plain'}" for f, k in OBJECTIVE_CASES])
-def test_objective_parity(dtype, form, kw):
-    rng = np.random.default_rng(8)
-    R, D = 23, 37
-    u, uo, ur, psi, z = (rng.normal(size=(R, D)).astype(dtype) * 0.1 for _ in range(5))
-    weight = np.ones(R)
-    weight[3] = 0.0
-    coef = row_coefficients(R, conv=0.7, space=1.3, c1=0.5, gamma=0.2, c2=0.3,
-                            adv=rng.normal(size=R), w=rng.uniform(0.5, 2, size=R), clip_eps=0.1,
-                            kl=0.05, weight=weight)
-    ref = rsm.objective.objective(form, u, coef, u_old=uo, u_ref=ur, psi=psi, noise=z, **kw)
-    d = rc.to_device
-    got = rc.objective(form, d(u), coef, u_old=d(uo), u_ref=d(ur), psi=d(psi), noise=d(z), **kw)
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=tol * 10)
-    assert rel_err(host(got["cotangent"]), np.from_dlpack(ref["cotangent"])) < tol
-    np.testing.assert_allclose(got["log_ratio"], np.from_dlpack(ref["log_ratio"]), rtol=1e-9, atol=1e-12)
-    assert np.array_equal(got["active"], np.from_dlpack(ref["active"]).astype(bool))
-    np.testing.assert_allclose(got["clip_fraction"], ref["clip_fraction"], rtol=1e-12)
-    np.testing.assert_allclose(got["kl"], ref["kl"], rtol=1e-9)
+# ---- AdamW ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -312,94 +240,3 @@ def test_adamw_parity(dtype):
 
 
 # ---- training runs -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("pathname", ["flow", "vp"])
-def test_pretrain_parity_float64(pathname):
-    path = rsm.FlowPath() if pathname == "flow" else rsm.VPPath()
-    data = np.random.default_rng(0).normal(size=(300, 2))
-    m = rsm.MLP(2, 32, 2, seed=3, temb_dim=16, dtype="float64")
-    cpu = m.copy()
-    opt = rsm.AdamW(cpu, lr=2e-3, max_grad_norm=1.0, weight_decay=1e-4)
-    hist = rsm.pretrain(cpu, data, path, steps=40, batch_size=64, lr=2e-3, seed=2, progress=False,
-                        optimizer=opt, warmup_steps=5)
-    g = rc.DeviceMLP(m)
-    gopt = rc.AdamW(g, lr=2e-3, max_grad_norm=1.0, weight_decay=1e-4)
-    out = rc.pretrain(g, data, path, steps=40, batch_size=64, lr=2e-3, seed=2, optimizer=gopt,
-                      warmup_steps=5)
-    np.testing.assert_allclose(out["loss"], hist.column("loss"), rtol=1e-9)
-    np.testing.assert_allclose(out["grad_norm"], hist.column("grad_norm"), rtol=1e-9)
-    assert rel_err(host(g.params), np.from_dlpack(cpu.params)) < 1e-9
-
-
-def test_pretrain_float32_does_not_allocate_in_the_loop():
-    data = np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32)
-    g = rc.DeviceMLP(rsm.MLP(2, 64, 2, seed=0))
-    opt = rc.AdamW(g, lr=1e-3, max_grad_norm=1.0)
-    rc.pretrain(g, data, rsm.FlowPath(), steps=3, batch_size=128, optimizer=opt)
-    before = rc.memory_stats()["num_device_mallocs"]
-    out = rc.pretrain(g, data, rsm.FlowPath(), steps=20, batch_size=128, optimizer=opt, first_step=3)
-    assert rc.memory_stats()["num_device_mallocs"] == before
-    assert np.all(np.isfinite(out["loss"]))
-
-
-def _flow_grpo_iteration(model, sampler_fn, forward_vjp, opt_step, n=32, steps=5, seed=0):
-    """One Flow-GRPO iteration written once over backend callbacks: SDE rollouts with log-probs,
-    reward -|x - c|^2, group advantages, PPO objective per step, backward, AdamW."""
-    path = rsm.FlowPath()
-    ts = rsm.sampling.time_grid(steps, path)
-    tr = sampler_fn(n, ts, seed)
-    x_final = tr["xs"][-1]
-    reward = -np.sum((x_final - 1.0) ** 2, axis=1)
-    adv, _ = rsm.objective.group_advantages(reward, np.arange(n) // 8)
-    coefs = rsm.sampling.step_coefficients(path, ts, "sde")
-    grads = None
-    for i, c in enumerate(coefs):
-        w = abs(c["K"]) / c["std"]
-        coef = row_coefficients(n, adv=adv, w=w, clip_eps=0.2, weight=1.0)
-        g = forward_vjp(tr["xs"][i], c["t"], tr["outputs"][i], tr["noises"][i], coef, n * steps)
-        grads = g if grads is None else grads + g
-    return opt_step(grads)
-
-
-def test_short_flow_grpo_run_matches_the_cpu():
-    """Three Flow-GRPO iterations on the GPU and on the CPU (float64) reach the same parameters."""
-    m = mlp("float64", dim=2, hidden=32, seed=1)
-    cpu = m.copy()
-    copt = rsm.AdamW(cpu, lr=1e-3, max_grad_norm=1.0)
-    g = rc.DeviceMLP(m)
-    gopt = rc.AdamW(g, lr=1e-3, max_grad_norm=1.0)
-
-    def cpu_sample(n, ts, seed):
-        tr = rsm.sample(cpu, n, rsm.FlowPath(), sampler="sde", ts=ts, seed=seed, return_trajectory=True)
-        return {"xs": tr.xs, "outputs": tr.outputs, "noises": tr.noises}
-
-    def cpu_vjp(x, t, u_old, z, coef, norm):
-        out, dx, dp = cpu.forward_and_vjp(x, np.full(len(x), t), np.zeros_like(x))
-        r = rsm.objective.objective("ppo", np.from_dlpack(out), coef, u_old=u_old, noise=z,
-                                    normalizer=norm)
-        _, dp = cpu.vjp(x, np.full(len(x), t), np.from_dlpack(r["cotangent"]))
-        return np.from_dlpack(dp).copy()
-
-    def gpu_sample(n, ts, seed):
-        tr = rc.sample(g, n, rsm.FlowPath(), sampler="sde", ts=ts, seed=seed, return_trajectory=True)
-        return {k: host(tr[k]) for k in ("xs", "outputs", "noises")}
-
-    def gpu_vjp(x, t, u_old, z, coef, norm):
-        xd = rc.to_device(x)
-        u = g.forward(xd, rc.to_device(np.full(len(x), t)))
-        r = rc.objective("ppo", u, coef, u_old=rc.to_device(u_old), noise=rc.to_device(z),
-                         normalizer=norm)
-        dp = rc.zeros(g.num_params, "float64")
-        g.backward(r["cotangent"], dp)
-        return host(dp)
-
-    def gpu_step(grads):
-        rc._mod().copy(gopt.grads, grads)
-        return gopt.step()
-
-    for it in range(3):
-        n1 = _flow_grpo_iteration(cpu, cpu_sample, cpu_vjp, lambda gr: copt.step(gr), seed=it)
-        n2 = _flow_grpo_iteration(g, gpu_sample, gpu_vjp, gpu_step, seed=it)
-        np.testing.assert_allclose(n2, n1, rtol=1e-8)
-    assert rel_err(host(g.params), np.from_dlpack(cpu.params)) < 1e-8

@@ -3,6 +3,11 @@ the host halves of the device paths agree with the CPU, and everything refuses c
 device is there. The device parity tests are in test_cuda.py (skipped without a device)."""
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -10,8 +15,10 @@ import rsm
 import rsm.cuda
 from rsm import _C
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 KERNELS = ("empty", "copy", "zero", "stream", "synchronize", "export_sync", "memory_stats",
-           "empty_cache", "set_tf32", "tf32", "fill_normal", "fill_u32", "silu_forward",
+           "empty_cache", "set_matmul", "matmul", "backend_call", "backend", "fill_normal", "fill_u32", "silu_forward",
            "silu_backward", "ema", "mlp_sizes", "mlp_forward", "mlp_backward", "sampler_step",
            "transition_log_prob", "heun_predict", "heun_mean", "pretrain_batch", "mse_cotangent",
            "objective", "grad_norm", "adamw_update")
@@ -46,11 +53,15 @@ def test_cuda_kernels_refuse_host_arrays():
     if not rsm.build_info()["cuda_built"]:
         pytest.skip("rsm._cuda is not built")
     from rsm import _cuda
-    # a numpy array is not a CUDA array: refused before anything touches a device
-    with pytest.raises((TypeError, ValueError), match="out"):
+    # a numpy array is not a CUDA array: refused by rsm._C's one importer (dlpack_api.h), naming
+    # the argument and its device, before anything touches a device
+    with pytest.raises(ValueError, match=r"fill_normal\(\): out is on cpu; this function runs on "
+                                         "a CUDA device"):
         _cuda.fill_normal(np.zeros(4, np.float32), 0, 0)
-    with pytest.raises(TypeError, match="x must be a CUDA array|x is not on a CUDA device"):
+    with pytest.raises(TypeError, match=r"silu_forward\(\): x must be an array supporting DLPack"):
         _cuda.silu_forward(object(), object())
+    with pytest.raises(ValueError, match="the offset of x must be >= 0"):
+        _cuda.silu_forward((np.zeros(3, np.float32), -1), object())
 
 
 def test_dlpack_kinds_of_the_binding_are_validated():
@@ -61,6 +72,141 @@ def test_dlpack_kinds_of_the_binding_are_validated():
         _cuda.empty((2,), "complex64", 0)
     with pytest.raises(TypeError, match="13 ints"):
         _cuda.mlp_sizes((1, 2), 4)
+
+
+def test_matmul_mode_is_ieee_by_default_and_checked():
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    from rsm import _cuda
+    assert _cuda.matmul() == "ieee"  # exact float32 products unless asked
+    with pytest.raises(ValueError, match="mode must be 'ieee', 'tf32' or 'bf16'"):
+        _cuda.set_matmul("fp8")
+    try:
+        for mode in ("tf32", "bf16"):
+            _cuda.set_matmul(mode)
+            assert _cuda.matmul() == mode
+    finally:
+        _cuda.set_matmul("ieee")
+
+
+def test_one_importer_and_dtype_table_are_lent_to_the_cuda_module():
+    """rsm._cuda has no DLPack parser of its own: rsm._C publishes its importer (dlpack_api.h)."""
+    assert type(_C._dlpack_api).__name__ == "PyCapsule"
+    assert "rsm._C._dlpack_api" in repr(_C._dlpack_api)
+    src = open(os.path.join(ROOT, "csrc", "python", "cuda_module.c")).read()
+    for private in ("PyCapsule_GetPointer(capsule, \"dltensor\"", "DLManagedTensor *)",
+                    "kDLFloat && t.bits"):
+        assert private not in src, private
+
+
+def _capsule(desc):
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fuzz_harness
+    return fuzz_harness.Capsule(desc)
+
+
+@pytest.mark.parametrize("desc,field", [
+    ({"ndim": 2, "shape": [-2, 3]}, r"shape\[0\]=-2"),
+    ({"ndim": 3, "shape": [2**20, 2**20, 2**31]}, r"shape\[2\]"),
+    ({"ndim": 2, "shape": [2, 2], "data_null": True}, "data is NULL"),
+    ({"ndim": 1, "shape": [4], "byte_offset": 2**64 - 1}, "byte_offset"),
+])
+def test_device_ops_share_the_hardened_importer(desc, field):
+    """A hostile capsule given to a device op meets issue 16's field checks (the one importer),
+    named by the op and the argument, before any device is touched."""
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    from rsm import _cuda
+    cap = _capsule(desc)
+    with pytest.raises(BufferError, match=field) as info:
+        _cuda.fill_normal(cap.capsule(), 0, 0)
+    assert "fill_normal()" in str(info.value) and "out" in str(info.value)
+
+
+def test_cpu_ops_refuse_a_device_tensor_naming_the_argument_and_the_device():
+    """A producer on cuda:1 given to a CPU op: refused before its capsule is even asked for."""
+    class OnDevice:
+        shape, ndim, dtype = (3, 2), 2, "float32"
+
+        def __dlpack_device__(self):
+            return (2, 1)
+
+        def __dlpack__(self, **kwargs):
+            raise AssertionError("a CPU op must not export a device tensor")
+
+    m = rsm.MLP(2, 8, 1)
+    with pytest.raises(ValueError, match="x is on cuda:1; this function runs on the CPU"):
+        m(OnDevice(), 0.5)
+
+
+def test_loops_are_not_reimplemented_in_python_and_refuse_clearly():
+    """rsm.cuda re-implements no loop: sample / pretrain / objective / transition_log_prob say
+    why they cannot run (no CUDA here, or the C loop not ported), never run on a host copy."""
+    import inspect
+    source = inspect.getsource(rsm.cuda)
+    for loop_marker in ("for i, c in enumerate(coefs)", "for s in range(steps)", "for v in rl"):
+        assert loop_marker not in source, loop_marker
+    model = rsm.MLP(2, 8, 1)
+    calls = {"sample": lambda: rsm.cuda.sample(model, 4, rsm.FlowPath()),
+             "pretrain": lambda: rsm.cuda.pretrain(model, np.zeros((8, 2)), rsm.FlowPath()),
+             "transition_log_prob": lambda: rsm.cuda.transition_log_prob(
+                 model, rsm.FlowPath(), None, None, 0, [1.0, 0.0]),
+             "objective": lambda: rsm.cuda.objective("ppo", None, None)}
+    for name, call in calls.items():
+        with pytest.raises((RuntimeError, NotImplementedError)) as err:
+            call()
+        text = str(err.value)
+        assert ("CUDA" in text and "not available" in text) or "not run on the CUDA backend" in text, text
+
+
+def test_trainer_device_is_accepted_and_refused_clearly():
+    import inspect
+    assert "device" in inspect.signature(rsm.Trainer).parameters
+    policy = rsm.MLP(2, 8, 1, seed=1)
+    ref = policy.copy()
+    reward = rsm.Reward(lambda x, cond=None: -np.sum(x ** 2, axis=1))
+    with pytest.raises((RuntimeError, NotImplementedError), match=r"Trainer\(.*device='cuda'"):
+        rsm.Trainer(policy, ref, reward, "flow-grpo", device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        rsm.Trainer(policy, ref, reward, "flow-grpo", device="gpu")
+    # the CPU default is unchanged
+    rsm.Trainer(policy, ref, reward, "flow-grpo", batch_size=2, group_size=2)
+
+
+def test_backend_table_refuses_cleanly_without_a_device():
+    if not rsm.build_info()["cuda_built"]:
+        pytest.skip("rsm._cuda is not built")
+    if rsm.cuda_available():
+        pytest.skip("a CUDA device is available")
+    with pytest.raises(RuntimeError, match="which is not available here"):
+        rsm.cuda.backend_table(0)
+
+
+def _nvcc():
+    nvcc = os.environ.get("RSM_NVCC") or shutil.which("nvcc")
+    if nvcc is None and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        nvcc = "/usr/local/cuda/bin/nvcc"
+    return nvcc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", sorted(os.path.basename(f) for f in
+                                          glob.glob(os.path.join(ROOT, "kernels", "*.cu"))))
+def test_kernels_compile_without_warnings_for_sm80_sm90_and_ptx(source, tmp_path):
+    """Every kernel source (the backend table included) builds for sm_80 and sm_90 with PTX,
+    warnings as errors, with setup.py's flags."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (RSM_NVCC, PATH, /usr/local/cuda)")
+    cmd = [nvcc, "-O3", "-std=c++17", "--extended-lambda", "-Xcompiler", "-fPIC,-Wall,-Wextra",
+           "-Werror", "all-warnings", "-Icsrc", "-Ikernels",
+           "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+           "-gencode=arch=compute_90,code=compute_90", "-c", os.path.join("kernels", source),
+           "-o", str(tmp_path / "k.o")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "warning" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
 
 
 # ---- the host halves of the device paths ------------------------------------------------------

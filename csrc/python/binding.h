@@ -34,6 +34,7 @@
 #include "../status.h"
 #include "../tensor.h"
 #include "../train/rollout.h"
+#include "dlpack_api.h" /* the importer lent to rsm._cuda (tensor_py.c) */
 
 /* The module's types, one list (X-macro): the state's fields, and what the module's traverse and
  * clear visit (module.c). */
@@ -108,6 +109,11 @@ rsm_py_tensor *rsm_py_tensor_view(PyObject *module, PyObject *base, void *data, 
  * `func` and `argname`; a non-CPU device is a ValueError. Returns a new reference or NULL. */
 rsm_py_tensor *rsm_py_tensor_arg(PyObject *module, PyObject *obj, const char *func,
                                  const char *argname, rsm_dtype dtype);
+/* `obj` as an rsm.Tensor on a device of type `device_type` (kDLCPU or kDLCUDA), zero-copy, any
+ * dtype and strides; a tensor on another device is a ValueError naming `argname` and the device.
+ * The importer of the device ops (rsm._cuda borrows it through dlpack_api.h). */
+rsm_py_tensor *rsm_py_tensor_on(PyObject *module, PyObject *obj, const char *func,
+                                const char *argname, int device_type);
 /* The same, but when the argument is used as an output: it must be writable (no copy is made:
  * a strided or read-only output is an error). */
 rsm_py_tensor *rsm_py_tensor_out_arg(PyObject *module, PyObject *obj, const char *func,

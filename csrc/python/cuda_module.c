@@ -1,14 +1,16 @@
 /* cuda_module.c: the rsm._cuda extension module, compiled only into rsm._cuda (never rsm._C) and
- * linked with the nvcc objects of kernels/*.cu. `import rsm` does not load it, so rsm works
+ * linked with the nvcc objects of the kernels/ sources. `import rsm` does not load it, so rsm works
  * without CUDA libraries; rsm.cuda_available() imports it.
  *
  * A thin layer over kernels/rsm_cuda.h. Arrays come in through DLPack from any producer (rsm's
- * device tensors, torch.cuda, CuPy, JAX): each argument is asked for a capsule with
- * `__dlpack__(stream=<rsm's stream>)`, so the producer orders its pending work before rsm's
- * (the DLPack stream protocol), and is checked (device, dtype, contiguity, size) with a message
- * naming the argument. An argument may also be `(array, offset)`: the view starting `offset`
- * elements in (slices of a trajectory buffer). The capsules of a call are released only after
- * the work queued on rsm's stream has completed (an event per call, polled), so a producer cannot
+ * device tensors, torch.cuda, CuPy, JAX) through rsm._C's one importer (dlpack_api.h: every
+ * field checked, sizes overflow-checked, the producer asked for its capsule with
+ * `__dlpack__(stream=<rsm's stream>)` so it orders its pending work before rsm's), with rsm._C's
+ * one dtype table; this file adds what a kernel argument needs beyond that (device, dtype,
+ * contiguity, writability, size, the same device for all of a call), with a message naming the
+ * argument. An argument may also be `(array, offset)`: the view starting `offset` elements in
+ * (slices of a trajectory buffer). The imported tensors of a call are released only after the
+ * work queued on rsm's stream has completed (an event per call, polled), so a producer cannot
  * recycle memory a kernel still reads.
  *
  * Device memory of rsm's own tensors comes from the caching allocator (kernels/alloc.cu):
@@ -22,28 +24,73 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "dlpack.h"
+#include "dlpack_api.h"
+#include "backend_cuda.h"
 #include "rsm_cuda.h"
 
 #define CAPSULE_VERSIONED "dltensor_versioned"
-#define CAPSULE_VERSIONED_USED "used_dltensor_versioned"
-#define CAPSULE_LEGACY "dltensor"
-#define CAPSULE_LEGACY_USED "used_dltensor"
 
-enum { DT_F32 = 0, DT_F64 = 1, DT_I64 = 2, DT_U8 = 3, DT_U32 = 4, DT_ANY_REAL = -1, DT_ANY = -3 };
+/* What an argument accepts: one rsm_dtype (the kernels' dtype codes are rsm_dtype values:
+ * RSM_F32 0, RSM_F64 1), or one of these sets. */
+enum { WANT_ANY_REAL = -1, WANT_ANY = -3 };
+
+/* rsm._C's importer and dtype table (dlpack_api.h), borrowed on first use; the references keep
+ * rsm._C and the table alive for the life of this module. */
+static PyObject *g_rsm_C = NULL, *g_api_capsule = NULL;
+static const rsm_dlpack_api *g_api = NULL;
+
+static const rsm_dlpack_api *
+dlpack_api(void)
+{
+    if (g_api != NULL) return g_api;
+    PyObject *mod = PyImport_ImportModule("rsm._C");
+    if (mod == NULL) return NULL;
+    const rsm_dlpack_api *api = (const rsm_dlpack_api *)PyCapsule_Import(RSM_DLPACK_API_NAME, 0);
+    if (api == NULL) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    if (api->version != RSM_DLPACK_API_VERSION) {
+        Py_DECREF(mod);
+        PyErr_Format(PyExc_ImportError,
+                     "rsm._cuda: rsm._C's DLPack importer is version %d, this build expects %d "
+                     "(rebuild rsm: the two extension modules come from different builds)",
+                     api->version, RSM_DLPACK_API_VERSION);
+        return NULL;
+    }
+    g_api_capsule = PyObject_GetAttrString(mod, "_dlpack_api");
+    if (g_api_capsule == NULL) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    g_rsm_C = mod;
+    g_api = api;
+    return api;
+}
 
 static const char *
-dt_name(int dt)
+want_name(const rsm_dlpack_api *api, int want)
 {
-    switch (dt) {
-    case DT_F32: return "float32";
-    case DT_F64: return "float64";
-    case DT_I64: return "int64";
-    case DT_U8: return "uint8";
-    case DT_U32: return "uint32";
-    case DT_ANY: return "float32, float64, int64, uint8 or uint32";
-    default: return "float32 or float64";
+    switch (want) {
+    case WANT_ANY: return "float32, float64, int64, uint8 or uint32";
+    case WANT_ANY_REAL: return "float32 or float64";
+    default: return api->dtype_name((rsm_dtype)want);
     }
+}
+
+/* A dtype the kernels take: the real types, int64 indices, uint8 flags (bool is the same byte),
+ * uint32 Philox words. */
+static int
+dtype_accepted(rsm_dtype got, int want)
+{
+    if (want == WANT_ANY)
+        return got == RSM_F32 || got == RSM_F64 || got == RSM_I64 || got == RSM_U8 ||
+               got == RSM_BOOL || got == RSM_U32;
+    if (want == WANT_ANY_REAL) return got == RSM_F32 || got == RSM_F64;
+    if (want == RSM_U8) return got == RSM_U8 || got == RSM_BOOL;
+    return (int)got == want;
 }
 
 static PyObject *
@@ -93,15 +140,14 @@ poll_pending(int wait)
 typedef struct arr {
     void *ptr;       /* first element (offset applied), NULL for None */
     int device;
-    int dtype;
+    int dtype;       /* an rsm_dtype; -1 for None */
     int64_t numel;   /* elements from ptr on */
-    int32_t ndim;
-    int64_t shape[8];
+    size_t itemsize;
 } arr;
 
 typedef struct call {
     const char *func;
-    PyObject *capsules; /* list kept until the call's work completes */
+    PyObject *capsules; /* the imported tensors, kept until the call's work completes */
     int device;         /* -1 until the first array fixes it */
 } call;
 
@@ -155,28 +201,6 @@ call_fail(call *c)
     return NULL;
 }
 
-static int
-parse_pair(PyObject *obj, long *a, long *b)
-{
-    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) return -1;
-    *a = PyLong_AsLong(PyTuple_GET_ITEM(obj, 0));
-    *b = PyLong_AsLong(PyTuple_GET_ITEM(obj, 1));
-    return PyErr_Occurred() ? -1 : 0;
-}
-
-static int
-dl_dtype(DLDataType t)
-{
-    if (t.lanes != 1) return -2;
-    if (t.code == kDLFloat && t.bits == 32) return DT_F32;
-    if (t.code == kDLFloat && t.bits == 64) return DT_F64;
-    if (t.code == kDLInt && t.bits == 64) return DT_I64;
-    if (t.code == kDLUInt && t.bits == 8) return DT_U8;
-    if (t.code == kDLUInt && t.bits == 32) return DT_U32;
-    if (t.code == kDLBool && t.bits == 8) return DT_U8;
-    return -2;
-}
-
 /* Arguments the kernels write: a read-only producer (a JAX array) is refused for these only. */
 static int
 is_output(const char *func, const char *name)
@@ -193,8 +217,9 @@ is_output(const char *func, const char *name)
     return 0;
 }
 
-/* obj -> arr: a CUDA array of dtype `want` (DT_ANY_REAL: float32/float64) with at least `need`
- * elements (-1: any) on the call's device. None gives ptr NULL when `optional`. */
+/* obj -> arr: a CUDA array of dtype `want` (an rsm_dtype, or WANT_ANY_REAL / WANT_ANY) with at
+ * least `need` elements (-1: any) on the call's device, imported by rsm._C's importer. None
+ * gives ptr NULL when `optional`. */
 static int
 get_arr(call *c, PyObject *obj, const char *name, int want, int64_t need, int optional, arr *out)
 {
@@ -205,149 +230,56 @@ get_arr(call *c, PyObject *obj, const char *name, int want, int64_t need, int op
         PyErr_Format(PyExc_TypeError, "%s(): %s is required, got None", c->func, name);
         return -1;
     }
-    long offset = 0;
+    const rsm_dlpack_api *api = dlpack_api();
+    if (api == NULL) return -1;
+    long long offset = 0;
     if (PyTuple_Check(obj)) {
         if (PyTuple_GET_SIZE(obj) != 2 || !PyLong_Check(PyTuple_GET_ITEM(obj, 1))) {
             PyErr_Format(PyExc_TypeError, "%s(): %s must be an array or (array, offset)", c->func,
                          name);
             return -1;
         }
-        offset = PyLong_AsLong(PyTuple_GET_ITEM(obj, 1));
+        offset = PyLong_AsLongLong(PyTuple_GET_ITEM(obj, 1));
         if (offset < 0 && !PyErr_Occurred())
             PyErr_Format(PyExc_ValueError, "%s(): the offset of %s must be >= 0", c->func, name);
         if (PyErr_Occurred()) return -1;
         obj = PyTuple_GET_ITEM(obj, 0);
     }
-    PyObject *dev = PyObject_CallMethod(obj, "__dlpack_device__", NULL);
-    if (dev == NULL) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError,
-                     "%s(): %s must be a CUDA array supporting DLPack (rsm.Tensor on cuda, "
-                     "torch.cuda, CuPy, JAX), got %.200s",
-                     c->func, name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    long type = 0, id = 0;
-    int bad = parse_pair(dev, &type, &id);
-    Py_DECREF(dev);
-    if (bad < 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s(): %s.__dlpack_device__() is not a pair of ints",
-                     c->func, name);
-        return -1;
-    }
-    if (type != kDLCUDA) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s(): %s is not on a CUDA device (DLPack device type %ld); move it with "
-                     "rsm.cuda.to_device()",
-                     c->func, name, type);
-        return -1;
-    }
+    const rsm_tensor *t = NULL;
+    PyObject *tensor = api->import_on(g_rsm_C, obj, c->func, name, kDLCUDA, &t);
+    if (tensor == NULL) return -1;
+    const int id = (int)t->device.device_id;
+    const rsm_dtype dtype = api->tensor_dtype(t);
+    const int64_t numel = api->tensor_numel(t); /* <= RSM_MAX_ELEMS: the importer checked it */
     if (c->device >= 0 && id != c->device) {
-        PyErr_Format(PyExc_ValueError, "%s(): %s is on cuda:%ld, the other arrays on cuda:%d",
+        PyErr_Format(PyExc_ValueError, "%s(): %s is on cuda:%d, the other arrays on cuda:%d",
                      c->func, name, id, c->device);
-        return -1;
-    }
-    void *stream = NULL;
-    if (rsm_cuda_stream((int)id, &stream) != 0) {
-        raise_cuda(c->func);
-        return -1;
-    }
-    PyObject *kwargs = Py_BuildValue("{s:n,s:(ii)}", "stream", (Py_ssize_t)(intptr_t)stream,
-                                     "max_version", DLPACK_MAJOR_VERSION, DLPACK_MINOR_VERSION);
-    if (kwargs == NULL) return -1;
-    PyObject *fn = PyObject_GetAttrString(obj, "__dlpack__");
-    if (fn == NULL) {
-        Py_DECREF(kwargs);
-        return -1;
-    }
-    PyObject *empty = PyTuple_New(0);
-    PyObject *capsule = empty ? PyObject_Call(fn, empty, kwargs) : NULL;
-    if (capsule == NULL && PyErr_ExceptionMatches(PyExc_TypeError)) {
-        /* a pre-1.0 producer: no max_version */
-        PyErr_Clear();
-        PyDict_DelItemString(kwargs, "max_version");
-        capsule = PyObject_Call(fn, empty, kwargs);
-    }
-    Py_XDECREF(empty);
-    Py_DECREF(fn);
-    Py_DECREF(kwargs);
-    if (capsule == NULL) return -1;
-    const DLTensor *dl = NULL;
-    uint64_t flags = 0;
-    if (PyCapsule_IsValid(capsule, CAPSULE_VERSIONED)) {
-        DLManagedTensorVersioned *m =
-            (DLManagedTensorVersioned *)PyCapsule_GetPointer(capsule, CAPSULE_VERSIONED);
-        if (m->version.major != DLPACK_MAJOR_VERSION) {
-            Py_DECREF(capsule);
-            PyErr_Format(PyExc_BufferError, "%s(): %s uses DLPack %u.x, rsm supports %d.x",
-                         c->func, name, m->version.major, DLPACK_MAJOR_VERSION);
-            return -1;
-        }
-        dl = &m->dl_tensor;
-        flags = m->flags;
-    } else if (PyCapsule_IsValid(capsule, CAPSULE_LEGACY)) {
-        dl = &((DLManagedTensor *)PyCapsule_GetPointer(capsule, CAPSULE_LEGACY))->dl_tensor;
-    } else {
-        Py_DECREF(capsule);
-        PyErr_Format(PyExc_TypeError, "%s(): %s.__dlpack__() did not return a DLPack capsule",
-                     c->func, name);
-        return -1;
-    }
-    /* The capsule stays unconsumed (not renamed): dropping it later runs the producer's deleter
-     * through the capsule destructor, which is what releases it. */
-    int err = 0;
-    int dtype = dl_dtype(dl->dtype);
-    int64_t numel = 1, expect = 1;
-    for (int32_t i = dl->ndim - 1; i >= 0; i--) {
-        if (dl->strides != NULL && dl->shape[i] > 1 && dl->strides[i] != expect) err = 1;
-        expect *= dl->shape[i];
-        numel *= dl->shape[i];
-    }
-    int dtype_ok = dtype >= 0 && (want == DT_ANY ||
-                                  (want == DT_ANY_REAL ? (dtype == DT_F32 || dtype == DT_F64)
-                                                       : dtype == want));
-    if (!dtype_ok) {
-        PyErr_Format(PyExc_TypeError, "%s(): %s must be %s", c->func, name, dt_name(want));
-    } else if (err) {
+    } else if (!dtype_accepted(dtype, want)) {
+        PyErr_Format(PyExc_TypeError, "%s(): %s must be %s, got %s", c->func, name,
+                     want_name(api, want), api->dtype_name(dtype));
+    } else if (!api->tensor_is_contiguous(t)) {
         PyErr_Format(PyExc_ValueError, "%s(): %s must be C-contiguous", c->func, name);
-    } else if ((flags & DLPACK_FLAG_BITMASK_READ_ONLY) && is_output(c->func, name)) {
+    } else if ((t->flags & RSM_TENSOR_READ_ONLY) && is_output(c->func, name)) {
         PyErr_Format(PyExc_ValueError, "%s(): %s is read-only, but it is written", c->func, name);
     } else if (offset > numel || (need >= 0 && numel - offset < need)) {
         PyErr_Format(PyExc_ValueError,
-                     "%s(): %s has %lld elements from offset %ld, expected at least %lld",
-                     c->func, name, (long long)(numel - (offset < numel ? offset : numel)), offset,
-                     (long long)need);
-    } else if (dl->ndim > 8) {
-        PyErr_Format(PyExc_ValueError, "%s(): %s has more than 8 dimensions", c->func, name);
+                     "%s(): %s has %lld elements from offset %lld, expected at least %lld",
+                     c->func, name, (long long)(numel - (offset < numel ? offset : numel)),
+                     offset, (long long)need);
     }
     if (PyErr_Occurred()) {
-        Py_DECREF(capsule);
+        Py_DECREF(tensor);
         return -1;
     }
-    size_t esize = dtype == DT_F64 || dtype == DT_I64 ? 8 : dtype == DT_U8 ? 1 : 4;
-    out->ptr = (char *)dl->data + dl->byte_offset + (size_t)offset * esize;
-    out->device = (int)id;
-    out->dtype = dtype;
+    out->itemsize = api->dtype_size(dtype);
+    out->ptr = (char *)t->data + t->byte_offset + (size_t)offset * out->itemsize;
+    out->device = id;
+    out->dtype = (int)dtype;
     out->numel = numel - offset;
-    out->ndim = dl->ndim;
-    for (int32_t i = 0; i < dl->ndim; i++) out->shape[i] = dl->shape[i];
-    c->device = (int)id;
-    int rc = PyList_Append(c->capsules, capsule);
-    Py_DECREF(capsule);
+    c->device = id;
+    int rc = PyList_Append(c->capsules, tensor);
+    Py_DECREF(tensor);
     return rc;
-}
-
-/* Real arrays of one call must share a dtype. */
-static int
-same_dtype(call *c, int dtype, const arr *a, const char *name)
-{
-    if (a->ptr != NULL && a->dtype != dtype) {
-        PyErr_Format(PyExc_TypeError, "%s(): %s is %s, the other arrays %s", c->func, name,
-                     dt_name(a->dtype), dt_name(dtype));
-        return -1;
-    }
-    return 0;
 }
 
 /* Run `expr` (a kernel launch returning an int) on the call's device, without the GIL. */
@@ -457,7 +389,9 @@ owned_capsule_destructor(PyObject *capsule)
 }
 
 /* empty(shape, dtype, device) -> "dltensor_versioned" capsule of uninitialised device memory
- * from the caching allocator. dtype: "float32", "float64", "int64", "uint8", "uint32". */
+ * from the caching allocator. dtype: one the kernels take (float32, float64, int64, uint8, bool,
+ * uint32), spelled as rsm._C's dtype table spells it. The element count is overflow-checked
+ * against the core's bound (checked.h) before any allocation. */
 static PyObject *
 py_empty(PyObject *module, PyObject *args)
 {
@@ -465,34 +399,27 @@ py_empty(PyObject *module, PyObject *args)
     const char *dtype_name;
     int device;
     if (!PyArg_ParseTuple(args, "Osi:empty", &shape_obj, &dtype_name, &device)) return NULL;
+    const rsm_dlpack_api *api = dlpack_api();
+    if (api == NULL) return NULL;
+    int dtype = -1;
+    for (int i = 0; i < RSM_DTYPE_COUNT; i++)
+        if (dtype_accepted((rsm_dtype)i, WANT_ANY) && strcmp(api->dtype_name((rsm_dtype)i), dtype_name) == 0)
+            dtype = i;
+    if (dtype < 0) {
+        PyErr_Format(PyExc_TypeError, "empty(): dtype must be %s or bool, got %s",
+                     want_name(api, WANT_ANY), dtype_name);
+        return NULL;
+    }
+    if (device < 0) {
+        PyErr_Format(PyExc_ValueError, "empty(): device=%d must be >= 0", device);
+        return NULL;
+    }
     PyObject *seq = PySequence_Fast(shape_obj, "empty(): shape must be a sequence of ints");
     if (seq == NULL) return NULL;
     Py_ssize_t ndim = PySequence_Fast_GET_SIZE(seq);
-    if (ndim > 8) {
+    if (ndim > RSM_MAX_NDIM) {
         Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "empty(): at most 8 dimensions");
-        return NULL;
-    }
-    DLDataType dt = {kDLFloat, 32, 1};
-    size_t esize = 4;
-    if (strcmp(dtype_name, "float64") == 0) {
-        dt.bits = 64;
-        esize = 8;
-    } else if (strcmp(dtype_name, "int64") == 0) {
-        dt.code = kDLInt;
-        dt.bits = 64;
-        esize = 8;
-    } else if (strcmp(dtype_name, "uint8") == 0) {
-        dt.code = kDLUInt;
-        dt.bits = 8;
-        esize = 1;
-    } else if (strcmp(dtype_name, "uint32") == 0) {
-        dt.code = kDLUInt;
-    } else if (strcmp(dtype_name, "float32") != 0) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_TypeError,
-                     "empty(): dtype must be float32, float64, int64, uint8 or uint32, got %s",
-                     dtype_name);
+        PyErr_Format(PyExc_ValueError, "empty(): at most %d dimensions", RSM_MAX_NDIM);
         return NULL;
     }
     owned_block *b = (owned_block *)calloc(1, sizeof(owned_block) + 2 * (size_t)ndim * sizeof(int64_t));
@@ -501,6 +428,7 @@ py_empty(PyObject *module, PyObject *args)
         return PyErr_NoMemory();
     }
     int64_t numel = 1;
+    int ok = 1;
     for (Py_ssize_t i = 0; i < ndim; i++) {
         long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
         if (v < 0 && !PyErr_Occurred())
@@ -511,16 +439,22 @@ py_empty(PyObject *module, PyObject *args)
             return NULL;
         }
         b->shape_strides[i] = v;
-        numel *= v;
+        numel = rsm_size_mul(numel, v, &ok);
     }
     Py_DECREF(seq);
+    if (!rsm_size_within(numel, ok)) {
+        free(b);
+        PyErr_Format(PyExc_ValueError, "empty(): shape has more than 2^%d elements",
+                     RSM_MAX_ELEMS_LOG2);
+        return NULL;
+    }
     int64_t stride = 1;
     for (Py_ssize_t i = ndim - 1; i >= 0; i--) {
         b->shape_strides[ndim + i] = stride;
         stride *= b->shape_strides[i];
     }
     void *data = NULL;
-    if (rsm_cuda_alloc(device, (size_t)numel * esize, &data) != 0) {
+    if (rsm_cuda_alloc(device, (size_t)numel * api->dtype_size((rsm_dtype)dtype), &data) != 0) {
         free(b);
         return raise_cuda("empty");
     }
@@ -535,7 +469,7 @@ py_empty(PyObject *module, PyObject *args)
     dl->device.device_type = kDLCUDA;
     dl->device.device_id = device;
     dl->ndim = (int32_t)ndim;
-    dl->dtype = dt;
+    dl->dtype = api->dtype_to_dl((rsm_dtype)dtype);
     dl->shape = b->shape_strides;
     dl->strides = b->shape_strides + ndim;
     dl->byte_offset = 0;
@@ -576,19 +510,29 @@ py_empty_cache(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static const char *const matmul_modes[] = {"ieee", "tf32", "bf16"};
+
+/* set_matmul(mode): the math of float32 matrix products, "ieee" (default), "tf32" or "bf16"
+ * (rsm_cuda.h). */
 static PyObject *
-py_set_tf32(PyObject *module, PyObject *arg)
+py_set_matmul(PyObject *module, PyObject *arg)
 {
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    rsm_cuda_set_tf32(on);
-    Py_RETURN_NONE;
+    const char *mode = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    for (int i = 0; mode != NULL && i < 3; i++)
+        if (strcmp(mode, matmul_modes[i]) == 0) {
+            if (rsm_cuda_set_matmul(i) != 0) return raise_cuda("set_matmul");
+            Py_RETURN_NONE;
+        }
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "set_matmul(): mode must be 'ieee', 'tf32' or 'bf16', got %R",
+                     arg);
+    return NULL;
 }
 
 static PyObject *
-py_get_tf32(PyObject *module, PyObject *unused)
+py_get_matmul(PyObject *module, PyObject *unused)
 {
-    return PyBool_FromLong(rsm_cuda_get_tf32());
+    return PyUnicode_FromString(matmul_modes[rsm_cuda_get_matmul()]);
 }
 
 /* copy(dst, src): host<->device or device<->device copies of equal byte size. A host side is any
@@ -611,12 +555,11 @@ py_copy(PyObject *module, PyObject *args)
         PyObject *host = dst_host ? dst : src, *dev = dst_host ? src : dst;
         if (PyObject_GetBuffer(host, &buf, PyBUF_C_CONTIGUOUS | (dst_host ? PyBUF_WRITABLE : 0)) < 0)
             return call_fail(&c);
-        if (get_arr(&c, dev, dst_host ? "src" : "dst", DT_ANY, -1, 0, &a) < 0) {
+        if (get_arr(&c, dev, dst_host ? "src" : "dst", WANT_ANY, -1, 0, &a) < 0) {
             PyBuffer_Release(&buf);
             return call_fail(&c);
         }
-        size_t esize = a.dtype == DT_F64 || a.dtype == DT_I64 ? 8 : a.dtype == DT_U8 ? 1 : 4;
-        size_t bytes = (size_t)a.numel * esize;
+        size_t bytes = (size_t)a.numel * a.itemsize;
         if ((size_t)buf.len != bytes) {
             PyErr_Format(PyExc_ValueError, "copy(): the host buffer has %zd bytes, the device "
                          "array %zu", buf.len, bytes);
@@ -636,12 +579,16 @@ py_copy(PyObject *module, PyObject *args)
         }
         return call_end(&c, Py_NewRef(Py_None));
     }
-    if (get_arr(&c, src, "src", DT_ANY, -1, 0, &b) < 0) return call_fail(&c);
+    if (get_arr(&c, src, "src", WANT_ANY, -1, 0, &b) < 0) return call_fail(&c);
     if (get_arr(&c, dst, "dst", b.dtype, b.numel, 0, &a) < 0) return call_fail(&c);
-    size_t esize = b.dtype == DT_F64 || b.dtype == DT_I64 ? 8 : b.dtype == DT_U8 ? 1 : 4;
+    if (a.itemsize != b.itemsize) {
+        PyErr_Format(PyExc_TypeError, "copy(): dst has %zu-byte elements, src %zu-byte ones",
+                     a.itemsize, b.itemsize);
+        return call_fail(&c);
+    }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rsm_cuda_memcpy(a.device, a.ptr, b.ptr, (size_t)b.numel * esize, 2, NULL);
+    rc = rsm_cuda_memcpy(a.device, a.ptr, b.ptr, (size_t)b.numel * b.itemsize, 2, NULL);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         raise_cuda("copy");
@@ -658,9 +605,8 @@ py_zero(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "zero") < 0) return NULL;
     arr a;
-    if (get_arr(&c, dst, "dst", DT_ANY_REAL, -1, 0, &a) < 0) return call_fail(&c);
-    size_t esize = a.dtype == DT_F64 ? 8 : 4;
-    LAUNCH(&c, rsm_cuda_memset_zero(a.device, a.ptr, (size_t)a.numel * esize, stream_));
+    if (get_arr(&c, dst, "dst", WANT_ANY_REAL, -1, 0, &a) < 0) return call_fail(&c);
+    LAUNCH(&c, rsm_cuda_memset_zero(a.device, a.ptr, (size_t)a.numel * a.itemsize, stream_));
     return call_end(&c, Py_NewRef(Py_None));
 }
 
@@ -675,7 +621,7 @@ py_fill_normal(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "fill_normal") < 0) return NULL;
     arr a;
-    if (get_arr(&c, out, "out", DT_ANY_REAL, -1, 0, &a) < 0) return call_fail(&c);
+    if (get_arr(&c, out, "out", WANT_ANY_REAL, -1, 0, &a) < 0) return call_fail(&c);
     LAUNCH(&c, rsm_cuda_fill_normal(a.dtype, seed, stream_id, offset, a.numel, a.ptr, stream_));
     return call_end(&c, Py_NewRef(Py_None));
 }
@@ -689,7 +635,7 @@ py_fill_u32(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "fill_u32") < 0) return NULL;
     arr a;
-    if (get_arr(&c, out, "out", DT_U32, -1, 0, &a) < 0) return call_fail(&c);
+    if (get_arr(&c, out, "out", RSM_U32, -1, 0, &a) < 0) return call_fail(&c);
     LAUNCH(&c, rsm_cuda_fill_u32(seed, stream_id, offset, a.numel, (uint32_t *)a.ptr, stream_));
     return call_end(&c, Py_NewRef(Py_None));
 }
@@ -702,7 +648,7 @@ py_silu_forward(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "silu_forward") < 0) return NULL;
     arr ax, ay;
-    if (get_arr(&c, x, "x", DT_ANY_REAL, -1, 0, &ax) < 0) return call_fail(&c);
+    if (get_arr(&c, x, "x", WANT_ANY_REAL, -1, 0, &ax) < 0) return call_fail(&c);
     if (get_arr(&c, y, "y", ax.dtype, ax.numel, 0, &ay) < 0) return call_fail(&c);
     LAUNCH(&c, rsm_cuda_silu_forward(ax.dtype, ax.numel, ax.ptr, ay.ptr, stream_));
     return call_end(&c, Py_NewRef(Py_None));
@@ -716,7 +662,7 @@ py_silu_backward(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "silu_backward") < 0) return NULL;
     arr a, b, d;
-    if (get_arr(&c, x, "x", DT_ANY_REAL, -1, 0, &b) < 0) return call_fail(&c);
+    if (get_arr(&c, x, "x", WANT_ANY_REAL, -1, 0, &b) < 0) return call_fail(&c);
     if (get_arr(&c, dy, "dy", b.dtype, b.numel, 0, &a) < 0) return call_fail(&c);
     if (get_arr(&c, dx, "dx", b.dtype, b.numel, 0, &d) < 0) return call_fail(&c);
     LAUNCH(&c, rsm_cuda_silu_backward(b.dtype, b.numel, a.ptr, b.ptr, d.ptr, stream_));
@@ -732,7 +678,7 @@ py_ema(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "ema") < 0) return NULL;
     arr a, b;
-    if (get_arr(&c, params, "params", DT_ANY_REAL, -1, 0, &b) < 0) return call_fail(&c);
+    if (get_arr(&c, params, "params", WANT_ANY_REAL, -1, 0, &b) < 0) return call_fail(&c);
     if (get_arr(&c, ema, "ema", b.dtype, b.numel, 0, &a) < 0) return call_fail(&c);
     LAUNCH(&c, rsm_cuda_ema(b.dtype, b.numel, decay, a.ptr, b.ptr, stream_));
     return call_end(&c, Py_NewRef(Py_None));
@@ -794,7 +740,7 @@ py_mlp_forward(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "mlp_forward") < 0) return NULL;
     arr ap, ax, at, ac, ao, aa;
-    if (get_arr(&c, params, "params", DT_ANY_REAL, m.num_params, 0, &ap) < 0) return call_fail(&c);
+    if (get_arr(&c, params, "params", WANT_ANY_REAL, m.num_params, 0, &ap) < 0) return call_fail(&c);
     int dt = ap.dtype;
     if (get_arr(&c, x, "x", dt, n * m.dim, 0, &ax) < 0 || get_arr(&c, t, "t", dt, n, 0, &at) < 0 ||
         get_arr(&c, cond, "cond", dt, n * m.cond_dim, m.cond_dim == 0, &ac) < 0 ||
@@ -820,7 +766,7 @@ py_mlp_backward(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "mlp_backward") < 0) return NULL;
     arr ap, aa, as, ad, ag, ax;
-    if (get_arr(&c, params, "params", DT_ANY_REAL, m.num_params, 0, &ap) < 0) return call_fail(&c);
+    if (get_arr(&c, params, "params", WANT_ANY_REAL, m.num_params, 0, &ap) < 0) return call_fail(&c);
     int dt = ap.dtype;
     if (get_arr(&c, acts, "acts", dt, rsm_cuda_mlp_acts_numel(&m, n), 0, &aa) < 0 ||
         get_arr(&c, scratch, "scratch", dt, rsm_cuda_mlp_scratch_numel(&m, n), 0, &as) < 0 ||
@@ -852,7 +798,7 @@ py_sampler_step(PyObject *module, PyObject *args)
     if (call_begin(&c, "sampler_step") < 0) return NULL;
     arr ax, au, an, am, az, al;
     const int64_t n = rows * dim;
-    if (get_arr(&c, x, "x", DT_ANY_REAL, n, 0, &ax) < 0) return call_fail(&c);
+    if (get_arr(&c, x, "x", WANT_ANY_REAL, n, 0, &ax) < 0) return call_fail(&c);
     int dt = ax.dtype;
     if (get_arr(&c, u, "u", dt, n, 0, &au) < 0 || get_arr(&c, xn, "x_next", dt, n, 0, &an) < 0 ||
         get_arr(&c, mean, "mean", dt, n, 1, &am) < 0 ||
@@ -878,7 +824,7 @@ py_transition_log_prob(PyObject *module, PyObject *args)
     if (call_begin(&c, "transition_log_prob") < 0) return NULL;
     arr ax, au, an, al, am;
     const int64_t n = rows * dim;
-    if (get_arr(&c, x, "x", DT_ANY_REAL, n, 0, &ax) < 0) return call_fail(&c);
+    if (get_arr(&c, x, "x", WANT_ANY_REAL, n, 0, &ax) < 0) return call_fail(&c);
     int dt = ax.dtype;
     if (get_arr(&c, u, "u", dt, n, 0, &au) < 0 || get_arr(&c, xn, "x_next", dt, n, 0, &an) < 0 ||
         get_arr(&c, lp, "log_prob", dt, rows, 0, &al) < 0 ||
@@ -899,7 +845,7 @@ py_heun_predict(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "heun_predict") < 0) return NULL;
     arr ax, au, ae;
-    if (get_arr(&c, x, "x", DT_ANY_REAL, -1, 0, &ax) < 0 ||
+    if (get_arr(&c, x, "x", WANT_ANY_REAL, -1, 0, &ax) < 0 ||
         get_arr(&c, u, "u", ax.dtype, ax.numel, 0, &au) < 0 ||
         get_arr(&c, xe, "x_euler", ax.dtype, ax.numel, 0, &ae) < 0)
         return call_fail(&c);
@@ -920,7 +866,7 @@ py_heun_mean(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "heun_mean") < 0) return NULL;
     arr ax, au, ae, a2, an;
-    if (get_arr(&c, x, "x", DT_ANY_REAL, -1, 0, &ax) < 0 ||
+    if (get_arr(&c, x, "x", WANT_ANY_REAL, -1, 0, &ax) < 0 ||
         get_arr(&c, u, "u", ax.dtype, ax.numel, 0, &au) < 0 ||
         get_arr(&c, xe, "x_euler", ax.dtype, ax.numel, 0, &ae) < 0 ||
         get_arr(&c, u2, "u2", ax.dtype, ax.numel, 0, &a2) < 0 ||
@@ -952,11 +898,11 @@ py_pretrain_batch(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "pretrain_batch") < 0) return NULL;
     arr ad, acd, ai, ac, ax, at, aco;
-    if (get_arr(&c, data, "data", DT_ANY_REAL, D, 0, &ad) < 0) return call_fail(&c);
+    if (get_arr(&c, data, "data", WANT_ANY_REAL, D, 0, &ad) < 0) return call_fail(&c);
     int dt = ad.dtype;
     if (get_arr(&c, cdata, "cond_data", dt, C, C == 0, &acd) < 0 ||
-        get_arr(&c, index, "index", DT_I64, B, 0, &ai) < 0 ||
-        get_arr(&c, coefs, "coefs", DT_F64, 5 * B, 0, &ac) < 0 ||
+        get_arr(&c, index, "index", RSM_I64, B, 0, &ai) < 0 ||
+        get_arr(&c, coefs, "coefs", RSM_F64, 5 * B, 0, &ac) < 0 ||
         get_arr(&c, xt, "xt", dt, B * D, 0, &ax) < 0 ||
         get_arr(&c, target, "target", dt, B * D, 0, &at) < 0 ||
         get_arr(&c, cond, "cond", dt, B * C, C == 0, &aco) < 0)
@@ -977,9 +923,9 @@ py_mse_cotangent(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "mse_cotangent") < 0) return NULL;
     arr ap, at, aw;
-    if (get_arr(&c, pred, "pred", DT_ANY_REAL, -1, 0, &ap) < 0 ||
+    if (get_arr(&c, pred, "pred", WANT_ANY_REAL, -1, 0, &ap) < 0 ||
         get_arr(&c, target, "target", ap.dtype, ap.numel, 0, &at) < 0 ||
-        get_arr(&c, work, "work", DT_F64, 257, 0, &aw) < 0)
+        get_arr(&c, work, "work", RSM_F64, 257, 0, &aw) < 0)
         return call_fail(&c);
     LAUNCH(&c, rsm_cuda_mse_cotangent(ap.dtype, ap.numel, ap.ptr, at.ptr, (double *)aw.ptr,
                                       stream_));
@@ -1005,18 +951,18 @@ py_objective(PyObject *module, PyObject *args)
     if (call_begin(&c, "objective") < 0) return NULL;
     const int64_t n = rows * dim;
     arr ac, au, aou, aru, aps, an, ag, arl, akl, alr, aa;
-    if (get_arr(&c, u, "u", DT_ANY_REAL, n, 0, &au) < 0) return call_fail(&c);
+    if (get_arr(&c, u, "u", WANT_ANY_REAL, n, 0, &au) < 0) return call_fail(&c);
     int dt = au.dtype;
-    if (get_arr(&c, coef, "coef", DT_F64, 14 * rows, 0, &ac) < 0 ||
+    if (get_arr(&c, coef, "coef", RSM_F64, 14 * rows, 0, &ac) < 0 ||
         get_arr(&c, uo, "u_old", dt, n, 1, &aou) < 0 ||
         get_arr(&c, ur, "u_ref", dt, n, 1, &aru) < 0 ||
         get_arr(&c, psi, "psi", dt, n, 1, &aps) < 0 ||
         get_arr(&c, noise, "noise", dt, n, 1, &an) < 0 ||
         get_arr(&c, cot, "cotangent", dt, n, 0, &ag) < 0 ||
-        get_arr(&c, rl, "row_loss", DT_F64, rows, 0, &arl) < 0 ||
-        get_arr(&c, kl, "kl_row", DT_F64, rows, 0, &akl) < 0 ||
-        get_arr(&c, lr, "log_ratio", DT_F64, rows, 1, &alr) < 0 ||
-        get_arr(&c, act, "active", DT_U8, rows, 0, &aa) < 0)
+        get_arr(&c, rl, "row_loss", RSM_F64, rows, 0, &arl) < 0 ||
+        get_arr(&c, kl, "kl_row", RSM_F64, rows, 0, &akl) < 0 ||
+        get_arr(&c, lr, "log_ratio", RSM_F64, rows, 1, &alr) < 0 ||
+        get_arr(&c, act, "active", RSM_U8, rows, 0, &aa) < 0)
         return call_fail(&c);
     LAUNCH(&c, rsm_cuda_objective(dt, form, anchor_old, linear_only, mean_over_dims, normalizer,
                                   rows, dim, ac.ptr, au.ptr, aou.ptr, aru.ptr, aps.ptr, an.ptr,
@@ -1036,9 +982,9 @@ py_grad_norm(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "grad_norm") < 0) return NULL;
     arr ag, an, aw;
-    if (get_arr(&c, grads, "grads", DT_ANY_REAL, -1, 0, &ag) < 0 ||
-        get_arr(&c, norm, "norm", DT_F64, 1, 0, &an) < 0 ||
-        get_arr(&c, work, "work", DT_F64, rsm_cuda_grad_norm_work(ag.numel), 0, &aw) < 0)
+    if (get_arr(&c, grads, "grads", WANT_ANY_REAL, -1, 0, &ag) < 0 ||
+        get_arr(&c, norm, "norm", RSM_F64, 1, 0, &an) < 0 ||
+        get_arr(&c, work, "work", RSM_F64, rsm_cuda_grad_norm_work(ag.numel), 0, &aw) < 0)
         return call_fail(&c);
     LAUNCH(&c, rsm_cuda_grad_norm(ag.dtype, ag.numel, ag.ptr, (double *)an.ptr, (double *)aw.ptr,
                                   stream_));
@@ -1066,9 +1012,9 @@ py_adamw_update(PyObject *module, PyObject *args)
     call c;
     if (call_begin(&c, "adamw_update") < 0) return NULL;
     arr an, ap, ag, am, av, ae;
-    if (get_arr(&c, params, "params", DT_ANY_REAL, -1, 0, &ap) < 0) return call_fail(&c);
+    if (get_arr(&c, params, "params", WANT_ANY_REAL, -1, 0, &ap) < 0) return call_fail(&c);
     int dt = ap.dtype;
-    if (get_arr(&c, norm, "norm", DT_F64, 1, 0, &an) < 0 ||
+    if (get_arr(&c, norm, "norm", RSM_F64, 1, 0, &an) < 0 ||
         get_arr(&c, grads, "grads", dt, ap.numel, 0, &ag) < 0 ||
         get_arr(&c, m, "m", dt, ap.numel, 0, &am) < 0 ||
         get_arr(&c, v, "v", dt, ap.numel, 0, &av) < 0 ||
@@ -1077,6 +1023,100 @@ py_adamw_update(PyObject *module, PyObject *args)
     LAUNCH(&c, rsm_cuda_adamw_update(dt, ap.numel, k, max_norm, (const double *)an.ptr, ap.ptr,
                                      ag.ptr, am.ptr, av.ptr, ae.ptr, stream_));
     return call_end(&c, Py_NewRef(Py_None));
+}
+
+/* ---- the backend table for the C loops (kernels/backend_cuda.h) ---------------------------- */
+
+/* backend(device) -> capsule "rsm._cuda.backend" holding the const rsm_backend * of cuda:device
+ * (created on first use, kept for the process): what the C loops of rsm._C run on. */
+static PyObject *
+py_backend(PyObject *module, PyObject *arg)
+{
+    int device = PyLong_AsLong(arg);
+    if (device == -1 && PyErr_Occurred()) return NULL;
+    const rsm_dlpack_api *api = dlpack_api();
+    if (api == NULL) return NULL;
+    const rsm_cuda_host_api host = {api->fail, api->path_coef_at, api->path_native_param};
+    const rsm_backend *be = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rsm_cuda_backend_get(device, &host, &be);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return raise_cuda("backend");
+    return PyCapsule_New((void *)be, RSM_CUDA_BACKEND_CAPSULE, NULL);
+}
+
+/* backend_call(device, dtype, name, args) -> float: op `name` of the CUDA backend table on
+ * cuda:device in precision dtype (0 float32, 1 float64), for the device parity tests. Each of
+ * args is None (NULL), an int, a float, a CUDA array or (array, offset) (a device pointer), or a
+ * host buffer (bytes, bytearray, a numpy array: a host pointer, for the op's structs and host
+ * outputs). Returns the op's double, or its rsm_status; waits for the device. */
+static PyObject *
+py_backend_call(PyObject *module, PyObject *args)
+{
+    int device, dtype;
+    const char *name;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "iisO!:backend_call", &device, &dtype, &name, &PyTuple_Type, &list))
+        return NULL;
+    enum { MAX_ARGS = 24 };
+    const Py_ssize_t n = PyTuple_GET_SIZE(list);
+    if (n > MAX_ARGS) {
+        PyErr_Format(PyExc_ValueError, "backend_call(): at most %d arguments", MAX_ARGS);
+        return NULL;
+    }
+    PyObject *be_capsule = py_backend(module, PyTuple_GET_ITEM(args, 0));
+    if (be_capsule == NULL) return NULL;
+    const rsm_backend *be = (const rsm_backend *)PyCapsule_GetPointer(be_capsule,
+                                                                      RSM_CUDA_BACKEND_CAPSULE);
+    Py_DECREF(be_capsule); /* the backend lives for the process */
+    if (be == NULL) return NULL;
+    call c;
+    if (call_begin(&c, "backend_call") < 0) return NULL;
+    c.device = device;
+    rsm_cuda_arg cargs[MAX_ARGS];
+    Py_buffer bufs[MAX_ARGS];
+    int nbufs = 0;
+    memset(cargs, 0, sizeof(cargs));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(list, i);
+        char argname[32];
+        snprintf(argname, sizeof(argname), "args[%zd]", i);
+        if (o == Py_None) continue;
+        if (PyLong_Check(o)) {
+            cargs[i].i = PyLong_AsLongLong(o);
+            cargs[i].d = (double)cargs[i].i;
+        } else if (PyFloat_Check(o)) {
+            cargs[i].d = PyFloat_AsDouble(o);
+        } else if (PyObject_CheckBuffer(o) &&
+                   PyObject_GetBuffer(o, &bufs[nbufs], PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0) {
+            cargs[i].ptr = bufs[nbufs++].buf;
+        } else {
+            PyErr_Clear();
+            arr a;
+            if (get_arr(&c, o, argname, WANT_ANY, -1, 0, &a) < 0) break;
+            cargs[i].ptr = a.ptr;
+        }
+        if (PyErr_Occurred()) break;
+    }
+    double ret = 0.0;
+    int rc = -1;
+    if (!PyErr_Occurred()) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = rsm_cuda_set_device(device);
+        if (rc == 0) rc = rsm_cuda_backend_call(be, dtype, name, cargs, (int)n, &ret);
+        if (rc == 0) rc = rsm_cuda_stream_synchronize(device, NULL);
+        Py_END_ALLOW_THREADS
+        if (rc != 0) raise_cuda("backend_call");
+    }
+    for (int k = 0; k < nbufs; k++) PyBuffer_Release(&bufs[k]);
+    if (PyErr_Occurred()) return call_fail(&c);
+    /* a failure the op recorded (be->check): the loops would see it as their status */
+    if (be->check(be) != RSM_OK) {
+        PyErr_Format(PyExc_RuntimeError, "backend_call(%s): %s", name, g_api->last_error());
+        return call_fail(&c);
+    }
+    return call_end(&c, PyFloat_FromDouble(ret));
 }
 
 static PyMethodDef rsm_cuda_methods[] = {
@@ -1092,8 +1132,13 @@ static PyMethodDef rsm_cuda_methods[] = {
      "empty(shape, dtype, device) -> DLPack capsule of device memory (caching allocator)"},
     {"memory_stats", py_memory_stats, METH_O, "memory_stats(device) -> dict"},
     {"empty_cache", py_empty_cache, METH_O, "empty_cache(device): free cached blocks"},
-    {"set_tf32", py_set_tf32, METH_O, "set_tf32(bool): TF32 matrix products (off by default)"},
-    {"tf32", py_get_tf32, METH_NOARGS, "tf32() -> bool"},
+    {"set_matmul", py_set_matmul, METH_O,
+     "set_matmul(mode): float32 matrix products 'ieee' (default), 'tf32' or 'bf16'"},
+    {"matmul", py_get_matmul, METH_NOARGS, "matmul() -> 'ieee', 'tf32' or 'bf16'"},
+    {"backend_call", py_backend_call, METH_VARARGS,
+     "backend_call(device, dtype, name, args) -> float: one op of the CUDA backend table (tests)"},
+    {"backend", py_backend, METH_O,
+     "backend(device) -> capsule of the CUDA backend table (csrc/backend.h) for the C loops"},
     {"copy", py_copy, METH_VARARGS, "copy(dst, src): host<->device or device->device"},
     {"zero", py_zero, METH_VARARGS, "zero(dst): fill a real device array with 0"},
     {"fill_normal", py_fill_normal, METH_VARARGS, "fill_normal(out, seed, stream_id, offset=0)"},

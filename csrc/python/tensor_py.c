@@ -912,6 +912,35 @@ rsm_py_tensor_arg(PyObject *module, PyObject *obj, const char *func, const char 
     return t;
 }
 
+/* The importer for a caller that names the device (the device ops of rsm._cuda through
+ * dlpack_api.h; CPU callers use rsm_py_tensor_arg): `obj` as an rsm.Tensor on a device of type
+ * `device_type`, zero-copy, any dtype and strides (the caller checks those). For kDLCUDA a device
+ * tensor is imported with the stream protocol, and a host tensor is refused naming the argument;
+ * for kDLCPU a device tensor is refused as rsm_py_tensor_arg refuses it. */
+rsm_py_tensor *
+rsm_py_tensor_on(PyObject *module, PyObject *obj, const char *func, const char *argname,
+                 int device_type)
+{
+    if (device_type != kDLCPU && device_type != kDLCUDA)
+        return (rsm_py_tensor *)rsm_py_raisef(PyExc_SystemError, func,
+                                              "device type %d is not kDLCPU or kDLCUDA",
+                                              device_type);
+    const int on_cuda = device_type == kDLCUDA;
+    rsm_py_tensor *t = rsm_import(module, obj, RSM_COPY_NEVER, func, argname, PyExc_ValueError,
+                                  on_cuda);
+    if (t == NULL || (int)t->t.device.device_type == device_type) return t;
+    char what[64];
+    rsm_device_describe(t->t.device, what, sizeof(what));
+    Py_DECREF(t);
+    return (rsm_py_tensor *)rsm_py_raisef(
+        PyExc_ValueError, func,
+        on_cuda ? "%s is on %s; this function runs on a CUDA device: move it there first "
+                  "(rsm.cuda.to_device)"
+                : "%s is on %s; this function runs on the CPU: move it there first "
+                  "(rsm.cuda.to_host)",
+        argname, what);
+}
+
 rsm_py_tensor *
 rsm_py_tensor_out_arg(PyObject *module, PyObject *obj, const char *func, const char *argname,
                       rsm_dtype dtype)
@@ -1379,6 +1408,32 @@ static PyMethodDef rsm_tensor_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ---- the importer lent to rsm._cuda (dlpack_api.h) ----------------------------------------- */
+
+static PyObject *
+rsm_api_import_on(PyObject *module, PyObject *obj, const char *func, const char *argname,
+                  int device_type, const rsm_tensor **view)
+{
+    rsm_py_tensor *t = rsm_py_tensor_on(module, obj, func, argname, device_type);
+    *view = t ? &t->t : NULL;
+    return (PyObject *)t;
+}
+
+static const rsm_dlpack_api rsm_dlpack_api_table = {
+    .version = RSM_DLPACK_API_VERSION,
+    .import_on = rsm_api_import_on,
+    .dtype_name = rsm_dtype_name,
+    .dtype_size = rsm_dtype_size,
+    .dtype_to_dl = rsm_dtype_to_dl,
+    .tensor_dtype = rsm_tensor_dtype,
+    .tensor_numel = rsm_tensor_numel,
+    .tensor_is_contiguous = rsm_tensor_is_contiguous,
+    .fail = rsm_fail,
+    .last_error = rsm_last_error,
+    .path_coef_at = rsm_path_coef_at,
+    .path_native_param = rsm_path_native_param,
+};
+
 int
 rsm_py_tensor_exec(PyObject *module)
 {
@@ -1387,5 +1442,10 @@ rsm_py_tensor_exec(PyObject *module)
     rsm_state(module)->tensor_type = (PyTypeObject *)type; /* the state owns this reference */
     if (PyModule_AddObjectRef(module, "Tensor", type) < 0) return -1;
     if (PyModule_AddFunctions(module, rsm_tensor_functions) < 0) return -1;
-    return 0;
+    /* the importer and the dtype table, lent to rsm._cuda (dlpack_api.h) */
+    PyObject *api = PyCapsule_New((void *)&rsm_dlpack_api_table, RSM_DLPACK_API_NAME, NULL);
+    if (api == NULL) return -1;
+    int rc = PyModule_AddObjectRef(module, "_dlpack_api", api);
+    Py_DECREF(api);
+    return rc;
 }

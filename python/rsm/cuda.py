@@ -1,18 +1,18 @@
 """rsm.cuda: the CUDA backend, a thin layer over rsm._cuda (kernels/*.cu).
 
 Device arrays are rsm.Tensor objects on "cuda:N" (or any DLPack CUDA array: torch.cuda, CuPy,
-JAX), exchanged zero-copy through DLPack with the stream protocol. Every kernel's per-element math
-is the CPU's (the csrc/ headers shared through RSM_HOST_DEVICE), and the scalar coefficients
-(sampler steps, path coefficients, AdamW bias corrections, learning rates) are computed on the
-host by the same C functions the CPU path uses, so CPU and GPU differ only by the order of
-floating-point sums and by the device's libm (log/sin/cos/exp of Box-Muller and the time
-embedding), not by formulas.
+JAX), exchanged zero-copy through DLPack with the stream protocol, imported by rsm._C's one
+importer. Every kernel's per-element math is the CPU's (the csrc/ops/*.h headers shared through
+RSM_HOST_DEVICE; the random numbers are csrc/ops/philox.h on both devices).
+
+The loops (sampling, pretraining, the objective, a fine-tuning iteration) are the C core's, run
+on the CUDA backend table (csrc/backend.h, kernels/backend_cuda.cu); this module does not
+re-implement them. Until a loop runs over the table, its entry here raises NotImplementedError
+saying so, and never copies device data to the host behind the caller's back.
 
     model = rsm.MLP(2, 256, 3)            # CPU model, parameters initialised on the CPU
     gpu = rsm.cuda.DeviceMLP(model)       # parameters copied to cuda:0
-    opt = rsm.cuda.AdamW(gpu, lr=1e-3)
-    hist = rsm.cuda.pretrain(gpu, data, rsm.FlowPath(), steps=1000, optimizer=opt)
-    traj = rsm.cuda.sample(gpu, 1024, rsm.FlowPath(), sampler="sde", steps=20)
+    u = gpu(x, t)                         # forward on the device (cuBLAS + shared activations)
     gpu.to_cpu(model)                     # parameters back
 
 Nothing here is imported by `import rsm`; rsm.cuda_available() is the switch. Functions raise
@@ -25,15 +25,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
-from .objective import FORMS, ROW_FIELDS
-from .sampling import _path_core, _sampler_kind, time_grid
 
 __all__ = ["is_available", "device_count", "empty", "zeros", "to_device", "to_host", "synchronize",
-           "memory_stats", "empty_cache", "set_tf32", "tf32_enabled", "normal", "philox_u32",
-           "DeviceMLP", "AdamW", "sample", "transition_log_prob", "objective", "pretrain"]
+           "memory_stats", "empty_cache", "set_tf32", "tf32_enabled", "set_bf16", "bf16_enabled", "normal", "philox_u32",
+           "DeviceMLP", "AdamW", "require", "backend_table", "sample", "transition_log_prob",
+           "objective", "pretrain"]
 
 _DTYPES = ("float32", "float64")
-_PARAM_CODES = {"eps": 0, "velocity": 1, "x0": 2, "score": 3}
 
 
 def _mod():
@@ -137,12 +135,22 @@ def empty_cache(device: Any = 0) -> None:
 
 def set_tf32(enabled: bool) -> None:
     """TF32 tensor-core math for float32 matrix products (float32 accumulation); off by default
-    for exact parity with the CPU."""
-    _mod().set_tf32(bool(enabled))
+    for exact parity with the CPU. Turning it off returns to IEEE float32."""
+    _mod().set_matmul("tf32" if enabled else "ieee")
 
 
 def tf32_enabled() -> bool:
-    return bool(_mod().tf32())
+    return _mod().matmul() == "tf32"
+
+
+def set_bf16(enabled: bool) -> None:
+    """BF16 tensor-core math for float32 matrix products (inputs rounded to bfloat16, float32
+    accumulation); off by default. Turning it off returns to IEEE float32."""
+    _mod().set_matmul("bf16" if enabled else "ieee")
+
+
+def bf16_enabled() -> bool:
+    return _mod().matmul() == "bf16"
 
 
 # ---- random numbers ------------------------------------------------------------------------------
@@ -292,212 +300,72 @@ class AdamW:
         return norm
 
 
-# ---- sampling ------------------------------------------------------------------------------------
+# ---- the loops: the C core's, on the CUDA backend ---------------------------------------------------
+#
+# The sampler, rollout, update and pretraining loops are written once in the C core over the
+# backend table (csrc/backend.h); the CUDA backend (kernels/backend_cuda.cu) runs them on the
+# device. This module does not re-implement a loop: where a loop is not yet reachable on the
+# device it says so, and it never copies device data to the host to run it there.
+
+_NOT_PORTED = ("the C {what} loop does not run on the CUDA backend yet (issue 13: the loops are "
+               "ported onto csrc/backend.h; kernels/backend_cuda.cu implements the table). Run it "
+               "on the CPU (rsm.{cpu} with a CPU model) or on a build that has the port")
 
 
-def _time_column(n: int, t: float, dtype: str, device: int) -> _C.Tensor:
-    return to_device(np.full(n, t, dtype=dtype), device)
+def require(device: Any, func: str) -> int:
+    """The CUDA device index of `device` ("cuda", "cuda:N", N), or RuntimeError saying why CUDA
+    cannot be used here (not built, no device, driver). `func` names the caller in messages."""
+    index = _device_index(device)
+    from ._build import _cuda_status
+    available, reason = _cuda_status()
+    if not available:
+        raise RuntimeError(f"{func}(): device={device!r} asks for CUDA, which is not available "
+                           f"here: {reason}")
+    count = _mod().device_count()[0]
+    if index >= count:
+        raise RuntimeError(f"{func}(): device={device!r}: this machine has {count} CUDA "
+                           "device(s)")
+    return index
 
 
-def sample(model: DeviceMLP, n: int, path: Any, sampler: str = "ode", steps: int = 20, *,
-           noise_level: float = 0.7, eta: float | None = None, cond: Any = None, seed: int = 0,
-           ts: Any = None, sde_window: tuple[int, int] | None = None, x_init: Any = None,
-           return_trajectory: bool = False) -> Any:
-    """rsm.sample on the device (no branching): the same Philox streams (the prior from
-    (seed, PRIOR), step i's noise from (seed, STEP i)), the same step coefficients (computed by
-    the CPU's rsm_sampler_step_coef) and the fused step + log-prob kernel. Returns x [n, dim], or
-    with return_trajectory a dict of device tensors xs [S+1, n, D], means, noises, outputs
-    [S, n, D], log_probs [S, n] and the host arrays ts, stds."""
-    if not isinstance(model, DeviceMLP):
-        raise TypeError(f"sample(): model must be an rsm.cuda.DeviceMLP, got {type(model).__name__}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"sample(): n={n} must be >= 1")
-    kind, eta_value = _sampler_kind(sampler, eta)
-    if ts is None:
-        ts = time_grid(int(steps), path, "leading" if getattr(path, "discrete", False) else "uniform")
-    ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
-    S = ts.shape[0] - 1
-    wb, we = (0, S) if sde_window is None else (int(sde_window[0]), int(sde_window[1]))
-    coefs = _C.step_coefficients(_path_core(path, "sample"), kind, ts, float(noise_level),
-                                 eta_value, wb, we)
-    cuda, dev, dt, D = _mod(), model.device, model.dtype, model.dim
-    if model.cond_dim and cond is None:
-        raise ValueError(f"sample(): the model is conditional (cond_dim={model.cond_dim}): cond is required")
-    prior = int(_C.stream_id(2, 0, 0))
-    xs = empty((S + 1, n, D), dt, dev)
-    if x_init is None:
-        cuda.fill_normal((xs, 0), int(seed), prior, 0)
-    else:
-        on_device = hasattr(x_init, "__dlpack_device__") and x_init.__dlpack_device__()[0] == 2
-        start = x_init if on_device else to_device(np.asarray(x_init, dtype=dt).reshape(n, D), dev)
-        if tuple(start.shape) != (n, D):
-            raise ValueError(f"sample(): x_init must be [{n}, {D}], got {tuple(start.shape)}")
-        cuda.copy(xs, start)  # the first n * D elements
-    if return_trajectory:
-        means, outputs = empty((S, n, D), dt, dev), empty((S, n, D), dt, dev)
-        noises = zeros((S, n, D), dt, dev)  # Heun steps write none: z = 0 as on the CPU
-        log_probs = zeros((S, n), dt, dev)
-    u = empty((n, D), dt, dev)
-    nd = n * D
-    for i, c in enumerate(coefs):
-        x_i, x_next = (xs, i * nd), (xs, (i + 1) * nd)
-        out_u = (outputs, i * nd) if return_trajectory else u
-        model.forward(x_i, _time_column(n, c["t"], dt, dev), cond, out=out_u, rows=n)
-        if c["heun"]:
-            x_e, u2 = empty((n, D), dt, dev), empty((n, D), dt, dev)
-            cuda.heun_predict(x_i, out_u, x_e, c["dt"], c["v_x"], c["v_u"])
-            model.forward(x_e, _time_column(n, c["t_next"], dt, dev), cond, out=u2)
-            for target in (x_next, (means, i * nd)) if return_trajectory else (x_next,):
-                cuda.heun_mean(x_i, out_u, x_e, u2, target, c["dt"], c["v_x"], c["v_u"],
-                               c["v_x_next"], c["v_u_next"])
-            continue
-        stochastic = bool(c["stochastic"])
-        cuda.sampler_step(x_i, out_u, x_next,
-                          (means, i * nd) if return_trajectory else None,
-                          (noises, i * nd) if return_trajectory else None,
-                          (log_probs, i * n) if return_trajectory else None,
-                          c["A"], c["K"], c["std"], stochastic, int(seed),
-                          int(_C.stream_id(3, i, 0)), n, D)
-    if not return_trajectory:
-        x = empty((n, D), dt, dev)
-        cuda.copy(x, (xs, S * nd))
-        return x
-    return {"xs": xs, "means": means, "noises": noises, "outputs": outputs,
-            "log_probs": log_probs, "ts": ts, "stds": np.array([c["std"] for c in coefs])}
+def backend_table(device: Any = 0) -> Any:
+    """The CUDA backend table of `device` (a capsule holding a const rsm_backend *, for the C
+    loops: csrc/backend.h), or RuntimeError saying why there is none."""
+    index = require(device, "backend_table")
+    cuda = _mod()
+    if not hasattr(cuda, "backend"):
+        raise RuntimeError("backend_table(): this build of rsm._cuda has no backend table "
+                           "(kernels/backend_cuda.cu was not compiled in)")
+    return cuda.backend(index)
+
+
+def _not_ported(func: str, what: str, cpu: str, model: Any = None) -> None:
+    if model is not None:
+        require(getattr(model, "device", 0), func)
+    raise NotImplementedError(f"rsm.cuda.{func}(): " + _NOT_PORTED.format(what=what, cpu=cpu))
+
+
+def sample(model: DeviceMLP, n: int, path: Any, sampler: str = "ode", steps: int = 20,
+           **kwargs: Any) -> Any:
+    """rsm.sample on the device: the C sampler loop (csrc/sampler_real.c) on the CUDA backend.
+    Raises NotImplementedError until that loop runs over csrc/backend.h."""
+    _not_ported("sample", "sampler", "sample", model)
 
 
 def transition_log_prob(model: DeviceMLP, path: Any, x: Any, x_next: Any, step: int, ts: Any,
-                        sampler: str = "sde", *, noise_level: float = 0.7, eta: float | None = None,
-                        cond: Any = None, sde_window: tuple[int, int] | None = None) -> _C.Tensor:
-    """log pi_model(x_next | x) of step `step` (the policy-ratio primitive) on the device."""
-    kind, eta_value = _sampler_kind(sampler, eta, "transition_log_prob")
-    ts = np.ascontiguousarray(np.asarray(ts, dtype=np.float64))
-    S = ts.shape[0] - 1
-    wb, we = (0, S) if sde_window is None else (int(sde_window[0]), int(sde_window[1]))
-    coefs = _C.step_coefficients(_path_core(path, "transition_log_prob"), kind, ts,
-                                 float(noise_level), eta_value, wb, we)
-    if not 0 <= int(step) < S:
-        raise ValueError(f"transition_log_prob(): step={step} is outside [0, {S})")
-    c = coefs[int(step)]
-    if not c["stochastic"]:
-        raise ValueError(f"transition_log_prob(): step {step} of this sampler is deterministic "
-                         "(std = 0): no transition density")
-    n, D, dt, dev = int(x.shape[0]), model.dim, model.dtype, model.device
-    u = model.forward(x, _time_column(n, c["t"], dt, dev), cond)
-    lp = empty((n,), dt, dev)
-    _mod().transition_log_prob(x, u, x_next, lp, None, c["A"], c["K"], c["std"], n, D)
-    return lp
+                        sampler: str = "sde", **kwargs: Any) -> Any:
+    """log pi(x_next | x) on the device: the C sampler's log-prob on the CUDA backend. Raises
+    NotImplementedError until it runs over csrc/backend.h."""
+    _not_ported("transition_log_prob", "sampler log-prob", "sampling.transition_log_prob", model)
 
 
-# ---- the RSM objective ---------------------------------------------------------------------------
+def objective(form: str, u: Any, coef: Any, **kwargs: Any) -> dict:
+    """rsm.objective on the device: the C objective rows (csrc/objective_real.c) on the CUDA
+    backend. Raises NotImplementedError until they run over csrc/backend.h."""
+    _not_ported("objective", "objective", "objective.objective")
 
 
-def objective(form: str, u: Any, coef: Any, *, u_old: Any = None, u_ref: Any = None,
-              psi: Any = None, noise: Any = None, anchor_old: bool = False,
-              linear_only: bool = False, mean_over_dims: bool = False,
-              normalizer: float = 1.0) -> dict:
-    """rsm.objective on the device: the fused loss + cotangent kernel. coef is the host [R, 14]
-    matrix of rsm.objective.row_coefficients. Returns dict(loss, cotangent (device),
-    log_ratio, active, clip_fraction, kl); the per-row values come back to the host and are
-    summed in row order, as on the CPU."""
-    if form not in FORMS:
-        raise ValueError(f"objective(): form must be one of {FORMS}, got {form!r}")
-    coef = np.ascontiguousarray(coef, dtype=np.float64)
-    R, D = int(u.shape[0]), int(np.prod(u.shape[1:], dtype=np.int64)) if len(u.shape) > 1 else 1
-    if coef.shape != (R, len(ROW_FIELDS)):
-        raise ValueError(f"objective(): coef must be [{R}, {len(ROW_FIELDS)}], got {coef.shape}")
-    if not normalizer > 0:
-        raise ValueError(f"objective(): normalizer={normalizer!r} must be positive")
-    dev, dt = _device_of(u, "u"), _dtype_of(u)
-    if coef[:, ROW_FIELDS.index("kl")].any() and u_ref is None:
-        raise ValueError("objective(): a KL anchor needs u_ref")
-    cot = empty((R, D), dt, dev)
-    row_loss, kl_row, log_ratio = (empty((R,), "float64", dev) for _ in range(3))
-    active = empty((R,), "uint8", dev)
-    _mod().objective(FORMS.index(form), bool(anchor_old), bool(linear_only), bool(mean_over_dims),
-                     float(normalizer), R, D, to_device(coef, dev), u, u_old, u_ref, psi, noise,
-                     cot, row_loss, kl_row, log_ratio, active)
-    rl, kl, act = to_host(row_loss), to_host(kl_row), to_host(active).astype(bool)
-    weight = coef[:, ROW_FIELDS.index("weight")]
-    total = 0.0
-    for v in rl:  # row order, as the CPU loop
-        total += float(v)
-    wsum = float(weight.sum())
-    live = weight != 0
-    clipped = float(weight[live & ~act].sum())
-    if not np.isfinite(total):
-        raise FloatingPointError(f"objective(): the objective is not finite ({total})")
-    return {"loss": total, "cotangent": cot, "log_ratio": to_host(log_ratio), "active": act,
-            "clip_fraction": clipped / wsum if wsum > 0 else 0.0,
-            "kl": float(kl.sum()) / wsum if wsum > 0 else 0.0}
-
-
-# ---- pretraining ---------------------------------------------------------------------------------
-
-
-def _schedule_lr(lr: float, step: int, warmup: int, decay: int, min_ratio: float) -> float:
-    """csrc/train/pretrain.c's rsm_pretrain_lr."""
-    scale = 1.0
-    if warmup > 0 and step < warmup:
-        scale = (step + 1) / warmup
-    elif decay > warmup:
-        progress = min((step - warmup) / (decay - warmup), 1.0)
-        scale = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + np.cos(np.pi * progress))
-    return lr * scale
-
-
-def pretrain(model: DeviceMLP, data: Any, path: Any, steps: int = 2000, batch_size: int = 256,
-             lr: float = 1e-3, seed: int = 0, *, cond: Any = None, t_min: float | None = None,
-             t_max: float = 1.0, warmup_steps: int = 0, lr_schedule: str = "constant",
-             min_lr_ratio: float = 0.05, optimizer: AdamW | None = None,
-             first_step: int = 0) -> dict:
-    """rsm.pretrain's loop on the device: the same batches (data indices, times and noises from
-    the same Philox streams; times and path coefficients drawn on the host with the CPU's
-    functions), MSE to the native target, backward, AdamW. Returns dict(loss, grad_norm) arrays
-    (one device->host copy per step for the norm)."""
-    if not isinstance(model, DeviceMLP):
-        raise TypeError(f"pretrain(): model must be an rsm.cuda.DeviceMLP, got {type(model).__name__}")
-    if lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"pretrain(): lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-    core = _path_core(path, "pretrain")
-    if t_min is None:
-        t_min = 0.0 if core.kind == "flow" else 1e-3
-    cuda, dev, dt, D, C = _mod(), model.device, model.dtype, model.dim, model.cond_dim
-    if hasattr(data, "__dlpack_device__") and data.__dlpack_device__()[0] == 2:
-        data_dev = data  # already on the device: [n_data, D] of the model's dtype
-        if _dtype_of(data) != dt or tuple(data.shape)[1:] != (D,):
-            raise ValueError(f"pretrain(): device data must be [n, {D}] {dt}")
-    else:
-        data_dev = to_device(np.ascontiguousarray(np.asarray(data, dtype=dt)).reshape(-1, D), dev)
-    n_data, B = int(data_dev.shape[0]), int(batch_size)
-    if C and cond is None:
-        raise ValueError(f"pretrain(): the model is conditional (cond_dim={C}): cond is required")
-    cond_dev = to_device(np.asarray(cond, dtype=dt).reshape(n_data, C), dev) if C else None
-    opt = optimizer if optimizer is not None else AdamW(model, lr=lr, max_grad_norm=1.0)
-    xt, target = empty((B, D), dt, dev), empty((B, D), dt, dev)
-    tcol = empty((B,), dt, dev)
-    cond_b = empty((B, C), dt, dev) if C else None
-    work = zeros(257, "float64", dev)
-    pred = empty((B, D), dt, dev)
-    losses, norms = np.empty(steps), np.empty(steps)
-    decay = steps if lr_schedule == "cosine" else 0
-    for s in range(steps):
-        k = first_step + s
-        words = np.from_dlpack(_C.random("u32", int(seed), int(_C.stream_id(4, k, 0)), 0, B))
-        index = ((words.astype(np.uint64) * np.uint64(n_data)) >> np.uint64(32)).astype(np.int64)
-        u_time = np.from_dlpack(_C.random("uniform", int(seed), int(_C.stream_id(5, k, 0)), 0, B,
-                                          "float64"))
-        t = (t_min + (t_max - t_min) * u_time).astype(dt)
-        coefs = np.from_dlpack(core.coefs(t.astype(np.float64)))
-        cuda.copy(tcol, t)
-        cuda.pretrain_batch(data_dev, cond_dev, to_device(index, dev), to_device(coefs, dev),
-                            int(core.native_param), int(seed), int(_C.stream_id(6, k, 0)), xt,
-                            target, cond_b, B, D, C)
-        model.forward(xt, tcol, cond_b, out=pred)
-        cuda.mse_cotangent(pred, target, work)
-        opt.zero_grad()
-        model.backward(pred, opt.grads)
-        norms[s] = opt.step(_schedule_lr(lr, k, warmup_steps, decay, min_lr_ratio))
-        losses[s] = float(to_host(work)[0]) / (B * D)
-    return {"loss": losses, "grad_norm": norms}
+def pretrain(model: DeviceMLP, data: Any, path: Any, steps: int = 2000, **kwargs: Any) -> dict:
+    """rsm.pretrain on the device: the C pretraining loop (csrc/train/pretrain_real.c) on the
+    CUDA backend. Raises NotImplementedError until it runs over csrc/backend.h."""
+    _not_ported("pretrain", "pretraining", "pretrain", model)

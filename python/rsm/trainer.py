@@ -114,14 +114,29 @@ class Trainer:
     parameters its reward_mean belongs to), and is not training compute: its network
     evaluations are in "eval_nfe" and its time in "eval_seconds", not in "nfe" / "seconds", so
     reward-vs-compute plots stay about training; its random streams are its own, so the
-    training run is bitwise the same with or without it."""
+    training run is bitwise the same with or without it.
+
+    device: "cpu" (default), or "cuda" / "cuda:N" for the iteration's C loops on the CUDA
+    backend (issue 13); refused with the reason where CUDA cannot be used, and (NotImplementedError)
+    until those loops run over the backend table."""
 
     def __init__(self, policy: Any, ref: Any, reward: Any, method: str = "rsm-zo", *,
                  path: Any = None, batch_size: int = 16, group_size: int = 8, seed: int = 0,
                  cond: Any = None, conditions: Any = None, kl_every: int = 5,
                  kl_samples: int | None = None, kl_grid: Any = None,
                  kl_noise_level: float | None = None, comm: Any = None,
-                 dp_tiles: int | None = None, dp_exact: bool = True, **overrides: Any) -> None:
+                 dp_tiles: int | None = None, dp_exact: bool = True, device: str = "cpu",
+                 **overrides: Any) -> None:
+        if device != "cpu":
+            # device="cuda[:N]": the iteration's C loops on the CUDA backend (issue 13); refused
+            # with the reason where CUDA is not usable, and until the loops run over the table
+            # (never a silent run on the host)
+            from . import cuda as _cuda
+            _cuda.require(device, "Trainer")
+            raise NotImplementedError(
+                f"Trainer(device={device!r}): a fine-tuning iteration on the GPU runs the C "
+                "rollout and update loops on the CUDA backend (csrc/backend.h), which are not "
+                "ported yet (issue 13); use device='cpu'")
         overrides = _guards.sampler_steps_alias(overrides, "Trainer")
         self.cfg = cfg = get_method(method, **overrides)
         self.method = method
