@@ -54,6 +54,10 @@
 #include "status.h"
 #include "train/pretrain.h"
 
+#ifdef __cplusplus
+extern "C" { /* kernels/backend_cuda.cu implements this header */
+#endif
+
 typedef enum rsm_device_kind {
     RSM_DEVICE_CPU = 0,
     RSM_DEVICE_CUDA = 1,
@@ -275,5 +279,9 @@ rsm_backend_free(const rsm_backend *be, void *ptr)
 {
     if (ptr) be->free(be, ptr);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* RSM_BACKEND_H */

@@ -147,22 +147,18 @@ RSM_T(bc_layers)(RSM_T(backend_checker) *c, real_t *in, real_t *a, real_t *b, re
     RSM_T(bc_compare)(c, "expand_rows", a, b, RSM_BC_BYTES(12 * n));
     /* activations (dx aliasing dy, as the DiT's GELU backward) */
     const int64_t e = m * n;
-    RSM_OP(be, silu_forward, a, in, e);
-    RSM_T(silu_forward)(b, in, e);
-    RSM_T(bc_compare)(c, "silu_forward", a, b, RSM_BC_BYTES(e));
-    memcpy(a, w, RSM_BC_BYTES(e));
-    memcpy(b, w, RSM_BC_BYTES(e));
-    RSM_OP(be, silu_backward, a, a, in, e);
-    RSM_T(silu_backward)(b, b, in, e);
-    RSM_T(bc_compare)(c, "silu_backward", a, b, RSM_BC_BYTES(e));
-    RSM_OP(be, gelu_forward, a, in, e);
-    RSM_T(gelu_forward)(b, in, e);
-    RSM_T(bc_compare)(c, "gelu_forward", a, b, RSM_BC_BYTES(e));
-    memcpy(a, w, RSM_BC_BYTES(e));
-    memcpy(b, w, RSM_BC_BYTES(e));
-    RSM_OP(be, gelu_backward, a, a, in, e);
-    RSM_T(gelu_backward)(b, b, in, e);
-    RSM_T(bc_compare)(c, "gelu_backward", a, b, RSM_BC_BYTES(e));
+#define RSM_BC_ACTIVATION(fwd, bwd)                                                                \
+    RSM_OP(be, fwd, a, in, e);                                                                     \
+    RSM_T(fwd)(b, in, e);                                                                          \
+    RSM_T(bc_compare)(c, #fwd, a, b, RSM_BC_BYTES(e));                                             \
+    memcpy(a, w, RSM_BC_BYTES(e));                                                                 \
+    memcpy(b, w, RSM_BC_BYTES(e));                                                                 \
+    RSM_OP(be, bwd, a, a, in, e);                                                                  \
+    RSM_T(bwd)(b, b, in, e);                                                                       \
+    RSM_T(bc_compare)(c, #bwd, a, b, RSM_BC_BYTES(e));
+    RSM_BC_ACTIVATION(silu_forward, silu_backward)
+    RSM_BC_ACTIVATION(gelu_forward, gelu_backward)
+#undef RSM_BC_ACTIVATION
     /* time_embedding: distinct times, then one shared time (the copied-row path) */
     real_t t[7];
     for (int64_t i = 0; i < m; i++) t[i] = (real_t)(0.13 * (double)i + 0.01);
