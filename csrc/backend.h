@@ -49,9 +49,14 @@
 #include "objective.h"
 #include "optim.h"
 #include "path.h"
+#include "real_api.h"
 #include "sampler.h"
 #include "status.h"
 #include "train/pretrain.h"
+
+#ifdef __cplusplus
+extern "C" { /* kernels/backend_cuda.cu implements this header */
+#endif
 
 typedef enum rsm_device_kind {
     RSM_DEVICE_CPU = 0,
@@ -233,6 +238,16 @@ extern const rsm_backend rsm_backend_cpu;
 extern const rsm_backend_ops_f32 rsm_backend_cpu_ops_f32;
 extern const rsm_backend_ops_f64 rsm_backend_cpu_ops_f64;
 
+/* The ops of RSM_BACKEND_OPS by name (tests): their number, the i-th name, and the entries of
+ * `be` that are NULL (top level and both precisions; their names, space-separated, in msg). */
+int64_t rsm_backend_op_count(void);
+const char *rsm_backend_op_name(int64_t i);
+int64_t rsm_backend_missing(const rsm_backend *be, char *msg, size_t len);
+
+/* rsm_backend_check_f32/_f64 (backend_check_real.c, list: real_api.h): the test hook comparing
+ * every op of a table with the CPU loops bit for bit. */
+RSM_DECLARE_REAL_API(RSM_API_BACKEND)
+
 /* be, or the CPU backend when be is NULL. */
 static inline const rsm_backend *
 rsm_backend_or_cpu(const rsm_backend *be)
@@ -264,5 +279,9 @@ rsm_backend_free(const rsm_backend *be, void *ptr)
 {
     if (ptr) be->free(be, ptr);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* RSM_BACKEND_H */

@@ -366,6 +366,15 @@ RSM_T(cpu_heun_step)(const rsm_backend *be, const rsm_step_coef *s, int64_t n, c
     }
 }
 
+/* log N(x_next; mean, std^2 I) summed over D (accumulated in double). */
+static double
+RSM_T(gaussian_log_prob)(const real_t *x_next, const real_t *mean, double std, int64_t dim)
+{
+    double sq = 0.0;
+    for (int64_t d = 0; d < dim; d++) sq += RSM_T(step_sq)(x_next[d], mean[d], std);
+    return rsm_step_log_prob(sq, std, dim);
+}
+
 static void
 RSM_T(cpu_step_log_prob)(const rsm_backend *be, const rsm_step_coef *s, int64_t rows, int64_t dim,
                          const real_t *x_next, const real_t *mean, real_t *log_prob,
@@ -373,14 +382,9 @@ RSM_T(cpu_step_log_prob)(const rsm_backend *be, const rsm_step_coef *s, int64_t 
 {
     (void)be;
     for (int64_t r = 0; r < rows; r++) {
-        double value = 0.0;
-        if (s->stochastic) {
-            /* log N(x_next; mean, std^2 I) summed over D (accumulated in double) */
-            double sq = 0.0;
-            for (int64_t d = 0; d < dim; d++)
-                sq += RSM_T(step_sq)(x_next[r * dim + d], mean[r * dim + d], s->std);
-            value = rsm_step_log_prob(sq, s->std, dim);
-        }
+        double value = s->stochastic ? RSM_T(gaussian_log_prob)(x_next + r * dim, mean + r * dim,
+                                                                s->std, dim)
+                                     : 0.0;
         for (int64_t k = 0; k < repeat; k++) log_prob[r * repeat + k] = (real_t)value;
     }
 }

@@ -15,8 +15,9 @@
 #include "nn/guided_real.c"
 #include "train/update_real.c"
 #include "train/rollout_real.c"
+#include "backend_cpu_real.c"
+#include "backend_check_real.c"
 
 /* every entry of real_api.h's list, declared again: the compiler checks each against its
  * definition above */
 RSM_DECLARE_REAL_API(RSM_REAL_API)
-#include "backend_cpu_real.c"

@@ -144,11 +144,21 @@
        const R *data, const R *data_cond, int64_t n_data, int64_t step, int64_t row_begin,        \
        int64_t row_end, R *grads, double *loss))
 
+/* ---- backend_check_real.c (backend.h) ------------------------------------------------------ */
+/* Test hook: every op of be's table of this precision against the CPU loops, bit for bit;
+ * returns the number of mismatches (-1: out of memory), the names compared in `checked` and the
+ * mismatching ones in `msg` (space-separated). */
+#define RSM_API_BACKEND(X, R, P)                                                                   \
+    X(int64_t, P(rsm_backend_check_f32, rsm_backend_check_f64),                                   \
+      (const struct rsm_backend *be, char *checked, size_t checked_len, char *msg,                \
+       size_t msg_len))
+
 /* The whole list (precision_f*.c check it against the definitions). */
 #define RSM_REAL_API(X, R, P)                                                                      \
     RSM_API_PATH(X, R, P) RSM_API_RNG(X, R, P) RSM_API_SAMPLER(X, R, P) RSM_API_ROLLOUT(X, R, P) \
     RSM_API_OBJECTIVE(X, R, P) RSM_API_OPTIM(X, R, P) RSM_API_MLP(X, R, P) RSM_API_DIT(X, R, P)  \
-    RSM_API_GUIDED(X, R, P) RSM_API_UPDATE(X, R, P) RSM_API_PRETRAIN(X, R, P)
+    RSM_API_GUIDED(X, R, P) RSM_API_UPDATE(X, R, P) RSM_API_PRETRAIN(X, R, P)                    \
+    RSM_API_BACKEND(X, R, P)
 
 /* ---- expansion ------------------------------------------------------------------------------ */
 #define RSM_REAL_PICK_F32(name_f32, name_f64) name_f32

@@ -1,9 +1,11 @@
 /* debug_py.c: test and benchmark hooks of rsm._C, not API:
  *   gemm(a, b, ...)                  the GEMM dispatch the models use (benchmarks/bench_gemm.py)
  *   dit_op(name, sizes, inputs, cot) one DiT op's forward and backward (tests/test_dit_ops.py)
+ *   backend_check(dtype)             the CPU backend table op by op (tests/test_backend.py)
  * (rsm.Tensor's own argument-conversion hook, _tensor_arg, lives with the type in tensor_py.c.) */
 #include "binding.h"
 
+#include "../backend.h"
 #include "../blas.h"
 #include "../nn/dit.h"
 
@@ -121,9 +123,53 @@ done:
     return result;
 }
 
+/* backend_check(dtype) -> (mismatches, checked op names, all op names, missing entries): every
+ * op of the CPU backend table (backend.h) of that precision against the CPU loops, bit for bit
+ * (backend_check_real.c), and the table's NULL entries. A test hook, not part of the API. */
+static PyObject *
+rsm_py_backend_check(PyObject *module, PyObject *args)
+{
+    (void)module;
+    const char *dtype_name;
+    if (!PyArg_ParseTuple(args, "s", &dtype_name)) return NULL;
+    rsm_dtype dtype;
+    if (strcmp(dtype_name, "float32") == 0) {
+        dtype = RSM_F32;
+    } else if (strcmp(dtype_name, "float64") == 0) {
+        dtype = RSM_F64;
+    } else {
+        return rsm_py_raisef(PyExc_ValueError, "backend_check",
+                             "dtype must be 'float32' or 'float64', not '%s'", dtype_name);
+    }
+    char checked[4096], msg[1024], missing[1024];
+    int64_t mismatches;
+    Py_BEGIN_ALLOW_THREADS
+    mismatches = RSM_REAL_CALL(dtype, backend_check, &rsm_backend_cpu, checked, sizeof(checked),
+                               msg, sizeof(msg));
+    Py_END_ALLOW_THREADS
+    if (mismatches < 0) return PyErr_NoMemory();
+    int64_t n_missing = rsm_backend_missing(&rsm_backend_cpu, missing, sizeof(missing));
+    PyObject *names = PyList_New(0);
+    if (!names) return NULL;
+    for (int64_t i = 0; i < rsm_backend_op_count(); i++) {
+        PyObject *name = PyUnicode_FromString(rsm_backend_op_name(i));
+        if (!name || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return Py_BuildValue("{s:L,s:s,s:s,s:N,s:L,s:s}", "mismatches", (long long)mismatches,
+                         "checked", checked, "mismatched", msg, "ops", names, "missing",
+                         (long long)n_missing, "missing_names", missing);
+}
+
 static PyMethodDef rsm_debug_methods[] = {
     {"gemm", rsm_py_gemm, METH_VARARGS,
      "gemm(a, b, trans_a=False, trans_b=False, builtin=False) -> op(a) @ op(b) [benchmark hook]"},
+    {"backend_check", rsm_py_backend_check, METH_VARARGS,
+     "backend_check(dtype): the CPU backend table op by op against the CPU loops (test hook)"},
     {"dit_op", rsm_py_dit_op, METH_VARARGS,
      "dit_op(name, sizes, inputs, cotangent) -> (out, grads) [test hook]"},
     {NULL, NULL, 0, NULL},
