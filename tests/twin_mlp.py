@@ -1,0 +1,128 @@
+"""A numpy twin of rsm.MLP (csrc/nn/mlp_real.c): the same architecture and parameter layout,
+written independently, with its backward by hand; through rsm.ExternalModel it exercises the
+external-model protocol without torch (tests/test_external_model.py). tests/test_torch_model.py
+has the torch twin.
+
+    inp  = [x, temb(t), cond]     temb = [sin(1000 t f_k), cos(1000 t f_k)], f_k = 10000^(-k/half)
+    h_0  = inp W_in^T + b_in
+    h_b+1 = h_b + SiLU(h_b W1^T + b1) W2^T + b2      (depth residual blocks)
+    out  = SiLU(h_L) W_out^T + b_out"""
+from __future__ import annotations
+
+import numpy as np
+
+import rsm
+from rsm.external import numpy_views
+
+
+def time_embedding(t: np.ndarray, temb_dim: int) -> np.ndarray:
+    half = temb_dim // 2
+    freq = np.exp(-np.log(10000.0) * np.arange(half) / half)
+    angle = 1000.0 * t.astype(np.float64)[:, None] * freq[None]
+    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+
+
+def silu(z):
+    return z / (1.0 + np.exp(-z))
+
+
+def dsilu(z):
+    s = 1.0 / (1.0 + np.exp(-z))
+    return s * (1.0 + z * (1.0 - s))
+
+
+class NumpyMLP:
+    """The network over a flat parameter vector in rsm.MLP's layout (read at every call)."""
+
+    def __init__(self, config: dict, flat: np.ndarray):
+        self.c, self.flat = config, flat
+
+    def weights(self):
+        c, p = self.c, self.flat
+        D, H, L = c["dim"], c["hidden"], c["depth"]
+        I = D + c["temb_dim"] + c["cond_dim"]
+        o = 0
+
+        def take(*shape):
+            nonlocal o
+            n = int(np.prod(shape))
+            v = p[o:o + n].reshape(shape)
+            o += n
+            return v
+
+        w_in, b_in = take(H, I), take(H)
+        blocks = [(take(H, H), take(H), take(H, H), take(H)) for _ in range(L)]
+        return w_in, b_in, blocks, take(D, H), take(D)
+
+    def forward(self, x, t, cond, keep=None):
+        w_in, b_in, blocks, w_out, b_out = self.weights()
+        parts = [x, time_embedding(t, self.c["temb_dim"]).astype(x.dtype)]
+        if cond is not None:
+            parts.append(cond)
+        inp = np.concatenate(parts, axis=1)
+        h = inp @ w_in.T + b_in
+        hs, pres = [h], []
+        for w1, b1, w2, b2 in blocks:
+            pre = h @ w1.T + b1
+            h = h + silu(pre) @ w2.T + b2
+            pres.append(pre)
+            hs.append(h)
+        out = silu(h) @ w_out.T + b_out
+        if keep is not None:
+            keep.update(inp=inp, hs=hs, pres=pres)
+        return out
+
+    def backward(self, x, t, cond, g, dparams, dx):
+        acts = {}
+        self.forward(x, t, cond, acts)
+        w_in, b_in, blocks, w_out, b_out = self.weights()
+        grads = []   # in reverse layout order
+        hL = acts["hs"][-1]
+        grads += [g.sum(0), g.T @ silu(hL)]
+        dh = (g @ w_out) * dsilu(hL)
+        for b in range(len(blocks) - 1, -1, -1):
+            w1, b1, w2, b2 = blocks[b]
+            pre, h_in = acts["pres"][b], acts["hs"][b]
+            grads += [dh.sum(0), dh.T @ silu(pre)]
+            dpre = (dh @ w2) * dsilu(pre)
+            grads += [dpre.sum(0), dpre.T @ h_in]
+            dh = dh + dpre @ w1
+        grads += [dh.sum(0), dh.T @ acts["inp"]]
+        if dparams is not None:
+            dparams += np.concatenate([a.reshape(-1) for a in reversed(grads)])
+        if dx is not None:
+            dx[...] = (dh @ w_in)[:, :x.shape[1]]
+
+
+def numpy_twin(mlp: rsm.MLP) -> rsm.ExternalModel:
+    """An rsm.ExternalModel computing `mlp` in numpy, with a copy of its parameters."""
+    c = mlp.config
+    holder = {}
+
+    def forward(x, t, cond):
+        x, t, cond = numpy_views(x, t, cond)
+        out = holder["net"].forward(x, t, cond)
+        fault = holder["fault"]
+        if fault == "forward raises":
+            raise ValueError("the network is broken")
+        if fault == "shape":
+            return np.zeros((x.shape[0], x.shape[1] + 1), x.dtype)
+        if fault == "dtype":
+            return out.astype(np.float32)
+        return out
+
+    def backward(x, t, cond, cot, dparams, dx):
+        if holder["fault"] == "backward raises":
+            raise ValueError("the network is broken")
+        x, t, cond, cot, dparams, dx = numpy_views(x, t, cond, cot, dparams, dx)
+        holder["net"].backward(x, t, cond, cot, dparams, dx)
+
+    model = rsm.ExternalModel(forward, backward, dim=c["dim"], cond_dim=c["cond_dim"],
+                              num_params=mlp.num_params, dtype=c["dtype"], name="NumpyMLP")
+    flat = np.from_dlpack(model.params)
+    flat[...] = np.from_dlpack(mlp.params)
+    holder["net"] = NumpyMLP(c, flat)
+    holder["fault"] = None   # tests set a fault: "forward raises", "shape", "dtype", "backward raises"
+    model.faults = holder
+    rsm.guards.copy_path(mlp, model)
+    return model
