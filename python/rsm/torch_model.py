@@ -113,10 +113,10 @@ class TorchModel(ExternalModel):
         super().__init__(fwd, bwd, dim=dim, cond_dim=cond_dim, num_params=num, dtype=dtype,
                          name=self.name, path=path, num_classes=num_classes)
         self._torch_dtype = getattr(torch, dtype)
-        self._flat = None
+        self._flat, self._slices = None, []
         if num > 0:
             self._flat = torch.from_dlpack(self._core.params)
-            self._slices, offset = [], 0
+            offset = 0
             with torch.no_grad():
                 for p in self._trained:
                     view = self._flat[offset:offset + p.numel()].view(p.shape)
@@ -145,7 +145,7 @@ class TorchModel(ExternalModel):
 
         flat = np.from_dlpack(self._core.params)
         return {k: flat[o:o + n].reshape(tuple(p.shape))
-                for k, p, (o, n) in zip(self.trained_names, self._trained, getattr(self, "_slices", []))}
+                for k, p, (o, n) in zip(self.trained_names, self._trained, self._slices)}
 
     def __repr__(self) -> str:
         return (f"{self.name}(dim={self.dim}, cond_dim={self.cond_dim}, dtype={self.dtype!r}, "
