@@ -4,8 +4,12 @@ classifier's probability of the requested class with Flow-GRPO and with rsm-zo, 
 rsm.TorchModel: rsm's samplers, log-probs, RSM objective and AdamW drive the torch module, whose
 parameters become zero-copy views of rsm's flat buffer.
 
-    python examples/torch_backbone.py                 # short (about a minute on 2 cores)
+    python examples/torch_backbone.py                 # short: a few minutes on 2 busy cores
     python examples/torch_backbone.py --pretrain-steps 3000 --iterations 40   # a real run
+
+Run it with OMP_WAIT_POLICY=passive in the environment: rsm's and torch's OpenMP thread pools
+take turns once per batch, and torch's default (spin before sleeping) starves rsm's C loops on a
+busy machine (benchmarks/RESULTS.md, "External models").
 """
 from __future__ import annotations
 
@@ -82,10 +86,10 @@ def pretrain(net: TinyDiT, data: np.ndarray, labels: np.ndarray, steps: int, see
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
     loss = torch.tensor(float("nan"))
     for step in range(steps):
-        idx = torch.randint(0, len(x_all), (128,), generator=gen)
+        idx = torch.randint(0, len(x_all), (64,), generator=gen)
         x0, y = x_all[idx], y_all[idx].clone()
-        y[torch.rand(128, generator=gen) < 0.1] = 10
-        t = torch.rand(128, generator=gen)
+        y[torch.rand(64, generator=gen) < 0.1] = 10
+        t = torch.rand(64, generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         xt = (1 - t[:, None]) * x0 + t[:, None] * eps
         loss = ((net(xt, t, y[:, None].float()) - (eps - x0)) ** 2).mean()
@@ -94,20 +98,21 @@ def pretrain(net: TinyDiT, data: np.ndarray, labels: np.ndarray, steps: int, see
         for group in opt.param_groups:   # cosine decay
             group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-steps", type=int, default=400)
-    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--pretrain-steps", type=int, default=200)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--width", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     rsm.set_num_threads(torch.get_num_threads())
 
     train = image_datasets.digits("train", seed=args.seed)
-    net = TinyDiT()
+    net = TinyDiT(width=args.width)
     t0 = time.perf_counter()
     loss = pretrain(net, train.flat(), train.labels, args.pretrain_steps, args.seed)
     net.eval()   # deterministic forward: rsm's importance ratios are then exactly 1
