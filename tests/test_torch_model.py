@@ -270,3 +270,50 @@ def test_construction_errors(mlp64):
         rsm.TorchModel(copy.deepcopy(net).half(), dim=2)
     with pytest.raises(ValueError, match="native"):
         rsm.TorchModel(net, rsm.FlowPath(), "eps", dim=2)
+
+
+# ---- the user's torch optimizer (optimizer=) -----------------------------------------------------
+
+def test_user_torch_optimizer_follows_rsm_adamw(mlp64):
+    """torch.optim.AdamW with the preset's hyper-parameters over rsm's gradient follows rsm's own
+    AdamW (the same update rule; the clip's 1e-6 guard in torch is the only difference)."""
+    a = run(mlp64.copy(), mlp64, "flow-grpo", {"sampler_steps": 6, "inner_epochs": 2})
+    cfg = a.cfg
+    net = torch_twin_of(mlp64)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], eps=1e-8)
+    policy = rsm.TorchModel(net, rsm.FlowPath(), dim=2, optimizer=opt)
+    b = run(policy, twin_of(mlp64, trainable=False), "flow-grpo", {"sampler_steps": 6, "inner_epochs": 2})
+    np.testing.assert_allclose(np.from_dlpack(b.policy.params), np.from_dlpack(a.policy.params),
+                               rtol=1e-6, atol=1e-9)
+    for ra, rb in zip(a.history, b.history):
+        for key in ("reward_mean", "loss", "kl", "grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9), key
+    assert b.optimizer.step_count == 0   # rsm's AdamW never ran
+
+
+def test_user_torch_optimizer_failure_changes_nothing(mlp64):
+    net = Faulty(torch_twin_of(mlp64))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    policy = rsm.TorchModel(net, rsm.FlowPath(), dim=2, optimizer=opt)
+    trainer = rsm.Trainer(policy, mlp64, REWARD, "flow-grpo", batch_size=2, group_size=2, seed=0,
+                          sampler_steps=4, kl_every=0, inner_epochs=2)
+    trainer.step()
+    params, state = np.array(np.from_dlpack(policy.params)), copy.deepcopy(opt.state_dict())
+    calls = {"n": 0}
+    inner = net.inner.forward
+
+    def second_epoch_fails(x, t):   # the first epoch's step has been applied when this raises
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise KeyError("scorer down in epoch 2")
+        return inner(x, t)
+
+    net.inner.forward = second_epoch_fails
+    with pytest.raises(rsm.TorchModelError, match="epoch 2"):
+        trainer.step()
+    np.testing.assert_array_equal(np.from_dlpack(policy.params), params)
+    assert opt.state_dict()["state"][0]["step"] == state["state"][0]["step"]
+    torch.testing.assert_close(opt.state_dict()["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        rsm.TorchModel(torch_twin_of(mlp64), dim=2, optimizer="adam")

@@ -30,6 +30,7 @@ a CUDA module is refused, never copied silently. float32 and float64."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable
 
 from .external import ExternalModel, weak_callbacks
@@ -60,6 +61,11 @@ class TorchModel(ExternalModel):
     trained on. trainable=False: a frozen model (a reference): nothing is copied or re-pointed.
     disable_adapters: a zero-argument callable returning a context manager under which the
     module computes its base (reference) output; PEFT models have one (disable_adapter).
+    optimizer: a torch.optim.Optimizer over the module's trainable parameters, used instead of
+    rsm's AdamW: rsm computes the objective's gradient (the same C update, without its optimizer
+    step), the module's .grad are set from it, clipped to the preset's max_grad_norm, and
+    optimizer.step() runs, once per inner epoch (Trainer.update -> optimizer_update). Its state
+    is the user's to save (rsm's trainer files hold rsm's AdamW only).
     tolerance: the largest difference allowed between a forward and its recomputation in the
     backward, relative to the output's largest magnitude (default 1e-4 in float32, 1e-9 in
     float64: torch may pick other kernels with autograd on, e.g. nn.MultiheadAttention's
@@ -71,7 +77,8 @@ class TorchModel(ExternalModel):
                  dim: int, cond_dim: int = 0, call: Callable | None = None,
                  trainable: bool = True, disable_adapters: Callable | None = None,
                  num_classes: int | None = None, name: str | None = None,
-                 tolerance: float | None = None, _context: Callable | None = None) -> None:
+                 tolerance: float | None = None, optimizer: Any = None,
+                 _context: Callable | None = None) -> None:
         torch = _torch()
         self.name = name or f"TorchModel({type(module).__name__})"
         if not isinstance(module, torch.nn.Module):
@@ -102,6 +109,11 @@ class TorchModel(ExternalModel):
                             "computes in float32 or float64 (module.float() / module.double())")
         if not trainable and disable_adapters is not None:
             _context = disable_adapters
+        if optimizer is not None and not (trainable and hasattr(optimizer, "step")
+                                          and hasattr(optimizer, "param_groups")):
+            raise TypeError(f"{self.name}: optimizer must be a torch.optim.Optimizer over the "
+                            f"module's trainable parameters, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
         if tolerance is None:
             tolerance = 1e-4 if dtype == "float32" else 1e-9
         self.module, self.call, self.tolerance = module, call, float(tolerance)
@@ -234,3 +246,55 @@ class TorchModel(ExternalModel):
         if a.numel() == 0:
             return True
         return float((a - b).abs().max()) <= self.tolerance * max(float(b.abs().max()), 1e-30)
+
+    # ---- the user's torch optimizer (optimizer=) ----------------------------------------------
+    def optimizer_update(self, trainer: Any, batches: list, normalizer: float) -> dict:
+        """Trainer.update with the user's torch optimizer: per inner epoch, rsm's gradient of the
+        objective at the current parameters (the C update without its AdamW step, or DRaFT's
+        pathwise gradient), then clip + optimizer.step(). All or nothing: a failure in any epoch
+        restores the parameters and the optimizer's state. Returns the step statistics."""
+        import numpy as np
+        from .methods import pathwise, update as blocks
+
+        torch = _torch()
+        cfg, s = trainer.cfg, trainer.setting
+        epochs = int(cfg["inner_epochs"])
+        stats: dict[str, Any] = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
+        saved = (self._flat.clone(), copy.deepcopy(self.optimizer.state_dict()))
+        try:
+            for epoch in range(epochs):
+                if cfg.through_sampler:
+                    parts = [pathwise.draft_grad(self, s, b) for b in batches]
+                    grads = sum(g for g, _ in parts) / len(batches)
+                    st = {"loss": sum(p["loss"] for _, p in parts) / len(batches), "kl": 0.0,
+                          "kl_anchor": 0.0, "clip_fraction_per_step": {}}
+                    stats["train_nfe"] += sum(p["train_nfe"] for _, p in parts)
+                else:
+                    per_batch, out = blocks.run(self, trainer.ref, trainer.optimizer, s, batches,
+                                                normalizer, epochs=0)
+                    grads = np.from_dlpack(out["grads"])
+                    st = blocks.block_stats(cfg, batches, per_batch, *(np.from_dlpack(out[k]) for k in
+                                                                       ("loss", "kl", "clip_fraction")))
+                    stats["train_nfe"] += int(out["nfe"])
+                if not np.all(np.isfinite(grads)):
+                    raise FloatingPointError(f"{self.name}: the gradient is not finite (epoch {epoch})")
+                flat = torch.from_numpy(np.ascontiguousarray(grads))
+                for p, (o, n) in zip(self._trained, self._slices):
+                    p.grad = flat[o:o + n].view(p.shape).clone()
+                norm = float(torch.linalg.vector_norm(flat))
+                if cfg["max_grad_norm"]:
+                    torch.nn.utils.clip_grad_norm_(self._trained, cfg["max_grad_norm"])
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if epoch == 0:
+                    stats["loss"], stats["kl"], stats["kl_anchor"] = st["loss"], st["kl"], st["kl_anchor"]
+                per_step = st["clip_fraction_per_step"]
+                stats["grad_norm"] = norm
+        except BaseException:
+            with torch.no_grad():
+                self._flat.copy_(saved[0])
+            self.optimizer.load_state_dict(saved[1])
+            raise
+        stats["clip_fraction"] = float(np.mean(list(per_step.values()))) if per_step else 0.0
+        stats["clip_fraction_per_step"] = [per_step[k] for k in sorted(per_step)]
+        return stats

@@ -299,6 +299,8 @@ class Trainer:
         cfg = self.cfg
         epochs = int(cfg["inner_epochs"])
         normalizer = max(sum(blocks.signal_rows(b) for b in batches), 1.0)
+        if getattr(self.policy, "optimizer", None) is not None:   # rsm.TorchModel(optimizer=)
+            return self.policy.optimizer_update(self, batches, normalizer)
         stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
         if cfg.through_sampler:
             return pathwise.draft_update(self.policy, self.optimizer, self.setting, batches, stats)
