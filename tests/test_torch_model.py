@@ -198,8 +198,7 @@ def test_peft_lora(mlp64):
 
 
 def test_torch_compile(mlp64):
-    twin = twin_of(mlp64)
-    compiled = torch.compile(twin.module, backend="aot_eager")
+    compiled = torch.compile(torch_twin_of(mlp64), backend="aot_eager")
     policy = rsm.TorchModel(compiled, rsm.FlowPath(), dim=2)
     a = run(twin_of(mlp64), twin_of(mlp64, trainable=False), "flow-grpo", {"sampler_steps": 4}, 2)
     b = run(policy, twin_of(mlp64, trainable=False), "flow-grpo", {"sampler_steps": 4}, 2)
@@ -270,6 +269,13 @@ def test_construction_errors(mlp64):
         rsm.TorchModel(copy.deepcopy(net).half(), dim=2)
     with pytest.raises(ValueError, match="native"):
         rsm.TorchModel(net, rsm.FlowPath(), "eps", dim=2)
+    # one module, two wrappers that would break each other
+    policy = rsm.TorchModel(net, rsm.FlowPath(), dim=2)
+    with pytest.raises(ValueError, match="already trained through TorchModel"):
+        rsm.TorchModel(net, rsm.FlowPath(), dim=2)
+    with pytest.raises(ValueError, match="would move with every update"):
+        rsm.TorchModel(net, rsm.FlowPath(), dim=2, trainable=False)
+    del policy
 
 
 # ---- the user's torch optimizer (optimizer=) -----------------------------------------------------

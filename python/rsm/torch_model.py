@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from typing import Any, Callable
 
 from .external import ExternalModel, weak_callbacks
@@ -50,6 +51,30 @@ def _torch() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised only without torch
         raise ImportError("rsm.TorchModel needs PyTorch (pip install torch)") from exc
     return torch
+
+
+_LIVE: "weakref.WeakSet[TorchModel]" = weakref.WeakSet()   # every TorchModel alive
+
+
+def _check_not_shared(name: str, module: Any, trainable: bool, adapters_off: bool) -> None:
+    """Refuse a second wrapper of a module's parameters that would break the first: a second
+    trainable one (it re-points the parameters away from the first's buffer, which its optimizer
+    would go on updating unseen), or a frozen one over a trained module without adapters to
+    switch off (a "reference" that moves with every update, its KL reading 0)."""
+    ptrs = {p.data_ptr() for p in module.parameters()}
+    for other in list(_LIVE):
+        shared = ptrs & {p.data_ptr() for p in other.module.parameters()}
+        if not shared:
+            continue
+        other_trains = other.num_params > 0
+        if trainable and other_trains:
+            raise ValueError(f"{name}: the module's parameters are already trained through "
+                             f"{other.name}; wrap a module once (a copy: copy.deepcopy(module))")
+        if (trainable or other_trains) and not (adapters_off or other._context is not None):
+            raise ValueError(f"{name}: the module shares its parameters with {other.name}, so a "
+                             "frozen reference over it would move with every update; use "
+                             "policy.reference() (adapters off) or a frozen copy: "
+                             "TorchModel(copy.deepcopy(module), ..., trainable=False)")
 
 
 class TorchModel(ExternalModel):
@@ -116,6 +141,7 @@ class TorchModel(ExternalModel):
         self.optimizer = optimizer
         if tolerance is None:
             tolerance = 1e-4 if dtype == "float32" else 1e-9
+        _check_not_shared(self.name, module, bool(trained), _context is not None)
         self.module, self.call, self.tolerance = module, call, float(tolerance)
         self.trained_names = [k for k, _ in trained]
         self._trained = [p for _, p in trained]
@@ -141,6 +167,7 @@ class TorchModel(ExternalModel):
                     p.data = view   # the module now reads (and rsm's AdamW writes) rsm's buffer
                     self._slices.append((offset, p.numel()))
                     offset += p.numel()
+        _LIVE.add(self)
 
     # ---- the reference ----------------------------------------------------------------------
     def reference(self) -> "TorchModel":
