@@ -87,26 +87,27 @@ def main() -> None:
     for fn in cases.values():   # warm-up
         fn()
     samples = {k: [] for k in cases}
-    split = {"forward": [], "backward": []}
+    split = {"forward": [], "backward": [], "rest": []}
     for _ in range(args.repeats):
         for name, fn in cases.items():
             clock.reset()
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
-            if name == "TorchModel":
-                for k in split:
+            if name == "TorchModel":   # per sample, so the three parts add up to its total
+                for k in ("forward", "backward"):
                     split[k].append(clock.seconds[k])
+                split["rest"].append(samples[name][-1] - clock.seconds["forward"] - clock.seconds["backward"])
     med = {k: statistics.median(v) for k, v in samples.items()}
-    fwd, bwd = statistics.median(split["forward"]), statistics.median(split["backward"])
+    fwd, bwd, rest = (statistics.median(split[k]) for k in ("forward", "backward", "rest"))
     n = args.batch_size * args.group_size
     print(f"\n### One flow-grpo iteration, MLP dim {args.dim} hidden {args.hidden} depth {args.depth}, "
-          f"{n} samples x {len(native.ts) - 1} steps, {args.dtype}, {THREADS} threads, torch {torch.__version__}\n")
+          f"{n} samples x {len(native.ts) - 1} steps, {args.dtype}, {THREADS} threads, torch {torch.__version__}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n")
     print("| implementation | ms per iteration | vs rsm MLP |")
     print("|---|---|---|")
     for name, s in med.items():
         print(f"| {name} | {s * 1e3:.1f} | {s / med['rsm MLP']:.2f}x |")
-    rest = med["TorchModel"] - fwd - bwd
     print(f"\nTorchModel's iteration: torch forwards (rollout, reference, update) {fwd * 1e3:.1f} ms, "
           f"torch backwards (recomputed forward + VJP) {bwd * 1e3:.1f} ms, the rest (rsm's C sampler, "
           f"objective, AdamW; Python) {rest * 1e3:.1f} ms")

@@ -7,17 +7,12 @@ import numpy as np
 import pytest
 
 import rsm
-from twin_mlp import numpy_twin
+from twin_mlp import numpy_twin, perturbed_mlp
 
 
 @pytest.fixture(scope="module")
 def mlp64():
-    mlp = rsm.MLP(2, 16, 2, seed=3, dtype="float64")
-    # a non-zero output layer (rsm.MLP starts it at 0), so every parameter gets a gradient
-    flat = np.from_dlpack(mlp.params)
-    flat[...] = np.random.default_rng(0).normal(0, 0.3, flat.shape)
-    rsm.guards.record_path(mlp, rsm.FlowPath())
-    return mlp
+    return perturbed_mlp()
 
 
 def test_forward_and_vjp_match_the_mlp(mlp64):

@@ -22,6 +22,7 @@ nn = torch.nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from torch_twin import twin_of as torch_twin_of  # noqa: E402  (rsm.MLP in torch, the weights copied)
+from twin_mlp import perturbed_mlp  # noqa: E402
 
 
 def twin_of(mlp, trainable=True, **kw):
@@ -33,11 +34,7 @@ def twin_of(mlp, trainable=True, **kw):
 
 @pytest.fixture(scope="module")
 def mlp64():
-    mlp = rsm.MLP(2, 16, 2, seed=3, dtype="float64")
-    flat = np.from_dlpack(mlp.params)   # a non-zero output layer: every parameter trains
-    flat[...] = np.random.default_rng(0).normal(0, 0.3, flat.shape)
-    rsm.guards.record_path(mlp, rsm.FlowPath())
-    return mlp
+    return perturbed_mlp()
 
 
 def test_forward_and_vjps_match_the_mlp(mlp64):
@@ -105,10 +102,8 @@ def test_finetune_accepts_a_torch_model(mlp64):
         rsm.finetune(policy.module, ref, REWARD, "flow-grpo", iterations=1, progress=False)
 
 
-def test_float32(mlp64):
-    mlp32 = rsm.MLP(2, 16, 2, seed=3, dtype="float32")
-    np.from_dlpack(mlp32.params)[...] = np.from_dlpack(mlp64.params)
-    rsm.guards.record_path(mlp32, rsm.FlowPath())
+def test_float32():
+    mlp32 = perturbed_mlp("float32")
     twin = twin_of(mlp32)
     assert twin.dtype == "float32"
     a = run(mlp32.copy(), mlp32, "flow-grpo", {"sampler_steps": 6})

@@ -126,3 +126,13 @@ def numpy_twin(mlp: rsm.MLP) -> rsm.ExternalModel:
     model.faults = holder
     rsm.guards.copy_path(mlp, model)
     return model
+
+
+def perturbed_mlp(dtype: str = "float64") -> rsm.MLP:
+    """The MLP both twin test files fine-tune: small, recorded on the flow path, with every
+    parameter random (rsm.MLP starts its output layer at 0) so that every parameter trains."""
+    mlp = rsm.MLP(2, 16, 2, seed=3, dtype=dtype)
+    flat = np.from_dlpack(mlp.params)
+    flat[...] = np.random.default_rng(0).normal(0, 0.3, flat.shape)
+    rsm.guards.record_path(mlp, rsm.FlowPath())
+    return mlp

@@ -70,14 +70,33 @@ static const rsm_py_model_ops rsm_external_py_ops = {"ExternalModel",      0,
 
 /* ---- the callbacks (called from the C loops without the interpreter lock) ------------------ */
 
-/* A view of `data` ([rows] or [rows, cols]), or NULL (exception set). */
+/* One argument of a callback: `data` as a view of [rows] (cols 0) or [rows, cols], read-only
+ * unless `writable`; NULL data is None. */
+typedef struct {
+    const void *data;
+    int64_t rows, cols;
+    int writable;
+} rsm_external_arg;
+
+/* Call `fn` with the views of args[count]; a new reference, or NULL with an exception set. */
 static PyObject *
-rsm_external_view(PyObject *module, rsm_py_external *self, const void *data, int64_t rows,
-                  int64_t cols, int readonly)
+rsm_external_call(PyObject *module, rsm_py_external *self, PyObject *fn, const rsm_external_arg *args,
+                  int count)
 {
-    int64_t shape[2] = {rows, cols};
-    return (PyObject *)rsm_py_tensor_view(module, (PyObject *)self, (void *)data,
-                                          self->ext.config.dtype, cols > 0 ? 2 : 1, shape, readonly);
+    PyObject *views = PyTuple_New(count);
+    for (int i = 0; views && i < count; i++) {
+        const rsm_external_arg *a = &args[i];
+        int64_t shape[2] = {a->rows, a->cols};
+        PyObject *v = a->data ? (PyObject *)rsm_py_tensor_view(
+                                    module, (PyObject *)self, (void *)a->data,
+                                    self->ext.config.dtype, a->cols > 0 ? 2 : 1, shape, !a->writable)
+                              : Py_NewRef(Py_None);
+        if (!v) Py_CLEAR(views);
+        else PyTuple_SET_ITEM(views, i, v);
+    }
+    PyObject *result = views ? PyObject_Call(fn, views, NULL) : NULL;
+    Py_XDECREF(views);
+    return result;
 }
 
 /* With the interpreter lock and a Python exception set: the status that carries its message
@@ -110,13 +129,9 @@ rsm_external_forward_cb(void *user, int64_t n, const void *x, const void *t, con
     rsm_status status = RSM_OK;
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    PyObject *xv = rsm_external_view(module, self, x, n, c->dim, 1);
-    PyObject *tv = xv ? rsm_external_view(module, self, t, n, 0, 1) : NULL;
-    PyObject *cv = cond ? (tv ? rsm_external_view(module, self, cond, n, c->cond_dim, 1) : NULL)
-                        : Py_NewRef(Py_None);
-    PyObject *result = NULL;
+    const rsm_external_arg args[3] = {{x, n, c->dim, 0}, {t, n, 0, 0}, {cond, n, c->cond_dim, 0}};
+    PyObject *result = rsm_external_call(module, self, self->forward_fn, args, 3);
     rsm_py_tensor *arr = NULL;
-    if (xv && tv && cv) result = PyObject_CallFunctionObjArgs(self->forward_fn, xv, tv, cv, NULL);
     if (result) {
         const char *name = PyUnicode_AsUTF8(self->name);
         arr = name ? rsm_py_tensor_arg(module, result, name, "the forward's output", c->dtype)
@@ -140,9 +155,6 @@ rsm_external_forward_cb(void *user, int64_t n, const void *x, const void *t, con
         status = rsm_external_failed(self, "forward");
     Py_XDECREF(arr);
     Py_XDECREF(result);
-    Py_XDECREF(xv);
-    Py_XDECREF(tv);
-    Py_XDECREF(cv);
     PyGILState_Release(gil);
     return status;
 }
@@ -156,30 +168,12 @@ rsm_external_backward_cb(void *user, int64_t n, const void *x, const void *t, co
     rsm_status status = RSM_OK;
     PyGILState_STATE gil = PyGILState_Ensure();
     PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    PyObject *xv = rsm_external_view(module, self, x, n, c->dim, 1);
-    PyObject *tv = xv ? rsm_external_view(module, self, t, n, 0, 1) : NULL;
-    PyObject *cv = cond ? (tv ? rsm_external_view(module, self, cond, n, c->cond_dim, 1) : NULL)
-                        : Py_NewRef(Py_None);
-    PyObject *gv = cv ? rsm_external_view(module, self, dout, n, c->dim, 1) : NULL;
-    int64_t np = c->num_params;
-    PyObject *pv = dparams ? (gv ? (PyObject *)rsm_py_tensor_view(module, (PyObject *)self, dparams,
-                                                                  c->dtype, 1, &np, 0)
-                                 : NULL)
-                           : Py_NewRef(Py_None);
-    PyObject *dv = dx ? (pv ? rsm_external_view(module, self, dx, n, c->dim, 0) : NULL)
-                      : Py_NewRef(Py_None);
-    PyObject *result = NULL;
-    if (xv && tv && cv && gv && pv && dv)
-        result =
-            PyObject_CallFunctionObjArgs(self->backward_fn, xv, tv, cv, gv, pv, dv, NULL);
+    const rsm_external_arg args[6] = {{x, n, c->dim, 0},    {t, n, 0, 0},
+                                      {cond, n, c->cond_dim, 0}, {dout, n, c->dim, 0},
+                                      {dparams, c->num_params, 0, 1}, {dx, n, c->dim, 1}};
+    PyObject *result = rsm_external_call(module, self, self->backward_fn, args, 6);
     if (!result) status = rsm_external_failed(self, "backward");
     Py_XDECREF(result);
-    Py_XDECREF(xv);
-    Py_XDECREF(tv);
-    Py_XDECREF(cv);
-    Py_XDECREF(gv);
-    Py_XDECREF(pv);
-    Py_XDECREF(dv);
     PyGILState_Release(gil);
     return status;
 }
