@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "rsm.training", "rsm.kl", "rsm.objective", "rsm.tree", "rsm.conventions", "rsm.geometry",
                   "rsm.estimators", "rsm.cuda", "rsm.rewards", "rsm.image_rewards", "rsm.datasets",
                   "rsm.image_datasets", "rsm.metrics", "rsm.guards", "rsm.display", "rsm.loggers",
-                  "rsm.distributed", "rsm.ray_pool", "rsm.external"]),
+                  "rsm.distributed", "rsm.ray_pool", "rsm.external", "rsm.jax_model"]),
     ("methods", ["rsm.methods", "rsm.methods.*"]),
     ("loop", ["rsm.trainer", "rsm.auxiliary", "rsm.finetune", "rsm.runs", "rsm.dp_finetune",
               "rsm.torch_model"]),

@@ -15,15 +15,15 @@ import rsm
 from rsm.external import numpy_views
 
 
-def time_embedding(t: np.ndarray, temb_dim: int) -> np.ndarray:
+def time_embedding(t: np.ndarray, temb_dim: int, xp=np) -> np.ndarray:
     half = temb_dim // 2
     freq = np.exp(-np.log(10000.0) * np.arange(half) / half)
-    angle = 1000.0 * t.astype(np.float64)[:, None] * freq[None]
-    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+    angle = 1000.0 * t[:, None] * freq[None]
+    return xp.concatenate([xp.sin(angle), xp.cos(angle)], axis=1)
 
 
-def silu(z):
-    return z / (1.0 + np.exp(-z))
+def silu(z, xp=np):
+    return z / (1.0 + xp.exp(-z))
 
 
 def dsilu(z):
@@ -32,13 +32,14 @@ def dsilu(z):
 
 
 class NumpyMLP:
-    """The network over a flat parameter vector in rsm.MLP's layout (read at every call)."""
+    """The network over a flat parameter vector in rsm.MLP's layout (read at every call); xp=
+    jax.numpy gives the JAX twin (forward(..., flat=) with traced parameters)."""
 
-    def __init__(self, config: dict, flat: np.ndarray):
-        self.c, self.flat = config, flat
+    def __init__(self, config: dict, flat: np.ndarray, xp=np):
+        self.c, self.flat, self.xp = config, flat, xp
 
-    def weights(self):
-        c, p = self.c, self.flat
+    def weights(self, flat=None):
+        c, p = self.c, self.flat if flat is None else flat
         D, H, L = c["dim"], c["hidden"], c["depth"]
         I = D + c["temb_dim"] + c["cond_dim"]
         o = 0
@@ -54,20 +55,22 @@ class NumpyMLP:
         blocks = [(take(H, H), take(H), take(H, H), take(H)) for _ in range(L)]
         return w_in, b_in, blocks, take(D, H), take(D)
 
-    def forward(self, x, t, cond, keep=None):
-        w_in, b_in, blocks, w_out, b_out = self.weights()
-        parts = [x, time_embedding(t, self.c["temb_dim"]).astype(x.dtype)]
+    def forward(self, x, t, cond, keep=None, flat=None):
+        xp = self.xp
+        w_in, b_in, blocks, w_out, b_out = self.weights(flat)
+        # the angles in float64 as rsm computes them, rounded to the working dtype after sin/cos
+        parts = [x, time_embedding(np.asarray(t, np.float64) if xp is np else t, self.c["temb_dim"], xp).astype(x.dtype)]
         if cond is not None:
             parts.append(cond)
-        inp = np.concatenate(parts, axis=1)
+        inp = xp.concatenate(parts, axis=1)
         h = inp @ w_in.T + b_in
         hs, pres = [h], []
         for w1, b1, w2, b2 in blocks:
             pre = h @ w1.T + b1
-            h = h + silu(pre) @ w2.T + b2
+            h = h + silu(pre, xp) @ w2.T + b2
             pres.append(pre)
             hs.append(h)
-        out = silu(h) @ w_out.T + b_out
+        out = silu(h, xp) @ w_out.T + b_out
         if keep is not None:
             keep.update(inp=inp, hs=hs, pres=pres)
         return out
