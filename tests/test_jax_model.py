@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rsm
-from twin_mlp import NumpyMLP, perturbed_mlp
+from twin_mlp import NumpyMLP, assert_twin_matches, perturbed_mlp
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
@@ -30,12 +30,7 @@ def mlp64():
 
 def test_forward_and_vjps_match_the_mlp(mlp64):
     twin = jax_twin(mlp64)
-    rng = np.random.default_rng(1)
-    x, t, g = rng.normal(size=(5, 2)), rng.uniform(0, 1, 5), rng.normal(size=(5, 2))
-    np.testing.assert_allclose(np.from_dlpack(twin.forward(x, t)), np.from_dlpack(mlp64.forward(x, t)),
-                               rtol=1e-12, atol=1e-13)
-    for a, b in zip(twin.vjp(x, t, g), mlp64.vjp(x, t, g)):
-        np.testing.assert_allclose(np.from_dlpack(a), np.from_dlpack(b), rtol=1e-10, atol=1e-12)
+    x, t, g = assert_twin_matches(twin, mlp64)
     frozen = jax_twin(mlp64, trainable=False)
     dx, _ = frozen.vjp(x, t, g)   # a frozen reference still gives input VJPs (the lean adjoint)
     np.testing.assert_allclose(np.from_dlpack(dx), np.from_dlpack(mlp64.vjp(x, t, g)[0]), rtol=1e-10, atol=1e-12)

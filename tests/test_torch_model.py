@@ -22,7 +22,7 @@ nn = torch.nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from torch_twin import twin_of as torch_twin_of  # noqa: E402  (rsm.MLP in torch, the weights copied)
-from twin_mlp import perturbed_mlp  # noqa: E402
+from twin_mlp import assert_twin_matches, perturbed_mlp  # noqa: E402
 
 
 def twin_of(mlp, trainable=True, **kw):
@@ -39,12 +39,7 @@ def mlp64():
 
 def test_forward_and_vjps_match_the_mlp(mlp64):
     twin = twin_of(mlp64)
-    rng = np.random.default_rng(1)
-    x, t, g = rng.normal(size=(5, 2)), rng.uniform(0, 1, 5), rng.normal(size=(5, 2))
-    np.testing.assert_allclose(np.from_dlpack(twin.forward(x, t)), np.from_dlpack(mlp64.forward(x, t)),
-                               rtol=1e-12, atol=1e-13)
-    for a, b in zip(twin.vjp(x, t, g), mlp64.vjp(x, t, g)):
-        np.testing.assert_allclose(np.from_dlpack(a), np.from_dlpack(b), rtol=1e-10, atol=1e-12)
+    x, t, g = assert_twin_matches(twin, mlp64)
     # the parameters are zero-copy views of rsm's buffer: a write through one shows in the other
     flat = np.from_dlpack(twin.params)
     assert twin.module.input.bias.data_ptr() == twin.named_params()["input.bias"].__array_interface__["data"][0]

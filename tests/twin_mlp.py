@@ -139,3 +139,15 @@ def perturbed_mlp(dtype: str = "float64") -> rsm.MLP:
     flat[...] = np.random.default_rng(0).normal(0, 0.3, flat.shape)
     rsm.guards.record_path(mlp, rsm.FlowPath())
     return mlp
+
+
+def assert_twin_matches(twin, mlp, rtol: float = 1e-10):
+    """twin.forward and twin.vjp (input and parameter VJPs) equal mlp's at random points;
+    returns the points (x, t, g) for further checks."""
+    rng = np.random.default_rng(1)
+    x, t, g = rng.normal(size=(5, mlp.dim)), rng.uniform(0, 1, 5), rng.normal(size=(5, mlp.dim))
+    np.testing.assert_allclose(np.from_dlpack(twin.forward(x, t)), np.from_dlpack(mlp.forward(x, t)),
+                               rtol=1e-12, atol=1e-13)
+    for a, b in zip(twin.vjp(x, t, g), mlp.vjp(x, t, g)):
+        np.testing.assert_allclose(np.from_dlpack(a), np.from_dlpack(b), rtol=rtol, atol=1e-12)
+    return x, t, g
