@@ -4,26 +4,29 @@ classifier's probability of the requested class with Flow-GRPO and with rsm-zo, 
 rsm.TorchModel: rsm's samplers, log-probs, RSM objective and AdamW drive the torch module, whose
 parameters become zero-copy views of rsm's flat buffer.
 
-    python examples/torch_backbone.py                 # short: a few minutes on 2 busy cores
+    python examples/torch_backbone.py                 # short: about a minute on 2 cores
     python examples/torch_backbone.py --pretrain-steps 3000 --iterations 40   # a real run
 
-Run it with OMP_WAIT_POLICY=passive in the environment: rsm's and torch's OpenMP thread pools
-take turns once per batch, and torch's default (spin before sleeping) starves rsm's C loops on a
-busy machine (benchmarks/RESULTS.md, "External models").
+OMP_WAIT_POLICY=passive is set below (unless the environment sets it) before torch is imported:
+rsm's and torch's OpenMP thread pools take turns once per batch, and torch's default (spin before
+sleeping) starves rsm's C loops on a busy machine, 4-20x (benchmarks/RESULTS.md, "External models").
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import math
+import os
 import time
 
-import numpy as np
-import torch
-from torch import nn
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # before torch loads its OpenMP runtime
 
-import rsm
-from rsm import image_datasets, image_rewards
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import rsm  # noqa: E402
+from rsm import image_datasets, image_rewards  # noqa: E402
 
 
 class DiTBlock(nn.Module):
@@ -103,8 +106,8 @@ def pretrain(net: TinyDiT, data: np.ndarray, labels: np.ndarray, steps: int, see
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-steps", type=int, default=200)
-    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--width", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
