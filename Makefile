@@ -54,7 +54,7 @@ help:
 	@echo "  make demo-images  the image demo: python -m rsm demo images (digits, CFG, fine-tuning)"
 	@echo "  make test       set up .venv, then run the whole test suite (pytest tests/)"
 	@echo "  make test-quick the suite without its slow and longest tests (about 70 s of CPU; tests/quick_skip.txt)"
-	@echo "  make test-torch the distributed tests under torch.distributed/gloo (.venv-torch: .venv + torch)"
+	@echo "  make test-torch the torch.distributed/gloo tests and rsm.TorchModel's (.venv-torch: .venv + torch)"
 	@echo "  make test-asan  the test suite under AddressSanitizer + UBSan (.venv-asan, CPU only)"
 	@echo "  make fuzz       fuzz the model/checkpoint loaders and the DLPack importer for FUZZ_SECONDS"
 	@echo "  make bench      set up .venv-bench (.venv + torch), run benchmarks/run_all.py"
@@ -110,15 +110,20 @@ $(TORCH_VENV)/.deps-stamp: pyproject.toml
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) $(DEPS)
 	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) torch $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) peft jax   # PEFT LoRA (test_torch_model.py), rsm.JaxModel (test_jax_model.py)
 	touch $@
 
 $(TORCH_VENV)/.build-stamp: $(TORCH_VENV)/.deps-stamp $(BUILD_INPUTS) $(shell find python -name '*.py' 2>/dev/null)
 	$(TORCH_VENV)/bin/pip install $(PIP_FLAGS) --no-build-isolation --no-deps --force-reinstall .
 	touch $@
 
+# and tests/test_torch_model.py / test_jax_model.py: rsm.TorchModel and rsm.JaxModel (issue 19), twins of
+# rsm.MLP under the preset families, LoRA, torch.compile, bad modules (skipped in `make test`: no torch)
 test-torch: $(TORCH_VENV)/.build-stamp
 	cd /tmp && $(abspath $(TORCH_VENV))/bin/python -m pytest $(abspath tests/test_distributed.py) \
 		-q -p no:cacheprovider -k torch $(PYTEST_ARGS)
+	cd /tmp && $(abspath $(TORCH_VENV))/bin/python -m pytest $(abspath tests/test_torch_model.py) \
+		$(abspath tests/test_jax_model.py) -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # ---- fuzzing: tests/fuzz_harness.py for FUZZ_SECONDS (make test runs its corpus and a short run) -
 # Random (not derandomized) Hypothesis cases, each in a forked child; prints the counts as JSON;

@@ -13,6 +13,7 @@
  *                  dealloc, forward / vjp / backward, and the model argument of every entry point
  *   mlp_py.c       MLPCore          dit_py.c     DiTCore (and its LoRA form)
  *   guided_py.c    GuidedCore and the guidance combination    gmm_py.c   GaussianMixtureCore
+ *   external_py.c  ExternalCore: a network outside rsm (torch, numpy) through per-batch callbacks
  *   path_py.c      PathCore (schedules, parameterization changes, noising)
  *   sampler_py.c   sample, branch_rollout, transition_log_prob, step_coefficients
  *   reward_py.c    a Python reward callable as the rollouts' reward hook; the analytic rewards
@@ -46,7 +47,8 @@
     X(adamw_type)        /* rsm._C.AdamWCore (optim_py.c) */                                       \
     X(dit_type)          /* rsm._C.DiTCore (dit_py.c) */                                           \
     X(guided_type)       /* rsm._C.GuidedCore (guided_py.c) */                                     \
-    X(update_block_type) /* rsm._C.UpdateBlock (train_py.c) */
+    X(update_block_type) /* rsm._C.UpdateBlock (train_py.c) */                                    \
+    X(external_type)     /* rsm._C.ExternalCore (external_py.c) */
 
 typedef struct rsm_module_state {
 #define RSM_STATE_FIELD(name) PyTypeObject *name;
@@ -78,6 +80,7 @@ int rsm_py_mlp_exec(PyObject *module);
 int rsm_py_gmm_exec(PyObject *module);
 int rsm_py_dit_exec(PyObject *module);
 int rsm_py_guided_exec(PyObject *module);
+int rsm_py_external_exec(PyObject *module);
 int rsm_py_sampler_exec(PyObject *module);
 int rsm_py_reward_exec(PyObject *module);
 int rsm_py_objective_exec(PyObject *module);

@@ -94,13 +94,14 @@ rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *m
                  PyThread_type_lock *lock)
 {
     rsm_module_state *state = rsm_state(module);
-    PyTypeObject *types[] = {state->mlp_type, state->dit_type, state->gmm_type, state->guided_type};
+    PyTypeObject *types[] = {state->mlp_type, state->dit_type, state->gmm_type, state->guided_type,
+                             state->external_type};
     *lock = NULL;
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
         if (types[i] && PyObject_TypeCheck(obj, types[i]))
             return rsm_py_model_resolve(module, (rsm_py_model *)obj, func, model, lock);
     rsm_py_raisef(PyExc_TypeError, func,
-                  "model must be an rsm model (MLP, DiT, Guided or GaussianMixture), got %s",
+                  "model must be an rsm model (MLP, DiT, Guided, GaussianMixture or an external model such as rsm.TorchModel), got %s",
                   Py_TYPE(obj)->tp_name);
     return -1;
 }

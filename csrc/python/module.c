@@ -145,7 +145,7 @@ rsm_module_exec(PyObject *module)
         rsm_py_tensor_exec, rsm_py_path_exec,    rsm_py_mlp_exec,       rsm_py_gmm_exec,
         rsm_py_dit_exec,    rsm_py_guided_exec,  rsm_py_optim_exec,     rsm_py_sampler_exec,
         rsm_py_reward_exec, rsm_py_objective_exec, rsm_py_train_exec,   rsm_py_rng_exec,
-        rsm_py_debug_exec,
+        rsm_py_debug_exec,  rsm_py_external_exec,
     };
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         if (parts[i](module) < 0) return -1;

@@ -61,6 +61,9 @@ from .trainer import Run, Trainer, check_on_policy, finetune  # noqa: E402,F401
 from . import guidance  # noqa: E402,F401
 from . import distributed  # noqa: E402,F401  (data parallelism: MPI, torch.distributed)
 from .guidance import Guided  # noqa: E402,F401
+from .external import ExternalModel  # noqa: E402,F401
+from .torch_model import TorchModel, TorchModelError  # noqa: E402,F401  (torch imported on use)
+from .jax_model import JaxModel  # noqa: E402,F401  (jax imported on use)
 from . import image_datasets, image_rewards  # noqa: E402,F401  (sklearn / Pillow imported on use)
 from . import guards, loggers, runs  # noqa: E402,F401
 

@@ -144,7 +144,8 @@ class Trainer:
         for name, model in (("policy", policy), ("ref", ref)):
             if not all(hasattr(model, a) for a in ("dim", "dtype", "forward", "params")):
                 raise TypeError(f"Trainer(): {name} must be an rsm model (rsm.MLP, rsm.DiT, "
-                                f"rsm.Guided, ...), got {type(model).__name__}")
+                                f"rsm.Guided, ...; a torch module: rsm.TorchModel(module, ...)), "
+                                f"got {type(model).__name__}")
         _guards.check_distinct(policy, ref)
         self.policy, self.ref = policy, ref
         self.reward = reward if isinstance(reward, Reward) else Reward(reward)
@@ -310,6 +311,8 @@ class Trainer:
         cfg = self.cfg
         epochs = int(cfg["inner_epochs"])
         normalizer = max(sum(blocks.signal_rows(b) for b in batches), 1.0)
+        if getattr(self.policy, "optimizer", None) is not None:   # rsm.TorchModel(optimizer=)
+            return self.policy.optimizer_update(self, batches, normalizer)
         stats = {"train_nfe": 0, "rows": int(sum(len(r["traj"]) for b in batches for r in b["rows"]))}
         if cfg.through_sampler:
             return pathwise.draft_update(self.policy, self.optimizer, self.setting, batches, stats)
@@ -549,8 +552,10 @@ def check_on_policy(trainer: Trainer) -> dict[str, Any]:
         i = row["step"]
         u = np.from_dlpack(trainer.policy.forward(row["x"], trainer.ts[i], row["cond"]))
         if not np.array_equal(u, row["u_old"]):
-            raise AssertionError(f"step {i}: recomputed outputs differ from the rollout's "
-                                 f"(max |diff| {np.abs(u - row['u_old']).max():.3g})")
+            raise AssertionError(f"{trainer.policy!r}, step {i}: recomputed outputs differ from "
+                                 f"the rollout's (max |diff| {np.abs(u - row['u_old']).max():.3g}): "
+                                 "the policy is not a deterministic function of its inputs "
+                                 "(a torch module: dropout in train mode? call module.eval())")
         if "log_prob" in row:
             lp, _ = log_prob(trainer.policy, trainer.path, row["x"], row["x_next"], row["grid_step"],
                              row["grid"], trainer.stochastic, noise_level=trainer.cfg["noise_level"],
@@ -558,7 +563,7 @@ def check_on_policy(trainer: Trainer) -> dict[str, Any]:
                              pcpo_weight=trainer.pcpo_weight)
             diff = float(np.abs(lp.astype(np.float64) - row["log_prob"]).max())
             if diff != 0.0:
-                raise AssertionError(f"step {i}: log-probabilities differ by {diff:.3g}")
+                raise AssertionError(f"{trainer.policy!r}, step {i}: log-probabilities differ by {diff:.3g}")
             worst = max(worst, diff)
         rows += len(row["traj"])
     return {"rows": rows, "max_abs_log_ratio": worst}
