@@ -24,8 +24,8 @@ def test_row_mapping_access():
     row["index"] = 4                   # a field
     row["own_note"] = "kept"           # no field: kept apart, in the mapping view only
     assert row.index == 4 and row["own_note"] == "kept" and "own_note" in row
-    assert set(row) == set(row.keys()) == {"step", "x", "weight", "traj", "u_old", "anchor",
-                                           "index", "u_ref_ready", "own_note"}
+    assert set(row) == set(row.keys()) == {"step", "x", "weight", "count", "traj", "u_old",
+                                           "anchor", "index", "u_ref_ready", "own_note"}
     assert dict(row)["u_old"] is row.u_old and {**row}["own_note"] == "kept"
     with pytest.raises(KeyError):
         row["nothing"]
@@ -53,7 +53,7 @@ def test_row_of_a_dict():
 
 
 @pytest.mark.parametrize("method, rollout, options", [
-    ("flow-grpo", "sde", {}), ("branch-grpo", "tree", {"split": 1}),
+    ("flow-grpo", "sde", {}), ("branch-grpo-rsm", "tree", {"split": 1}),
     ("rsm-zo", "branch", {"budget": [2, 0, 4, 0]}), ("rsm-fo", "ode", {}),
     ("refl", "refl", {"late_steps": 2}),
 ])
