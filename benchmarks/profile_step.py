@@ -46,7 +46,8 @@ def mlp_iteration_flops(row: dict) -> float:
 
 
 def dit_flops(cfg: dict, temb: int = 64) -> float:
-    """bench_dit.forward_flops: matmul FLOPs of one forward of the batch."""
+    """Matmul FLOPs of one forward of cfg["batch"] images: every Linear and the two attention
+    products, 2 m n k each (bench_dit.py's FLOP count)."""
     s, c, p, w, depth = cfg["image_size"], cfg["channels"], cfg["patch"], cfg["width"], cfg["depth"]
     tokens, pd = (s // p) ** 2, c * p * p
     per_token = 2 * pd * w + depth * (24 * w * w + 4 * tokens * w) + 2 * w * pd
