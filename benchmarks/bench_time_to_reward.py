@@ -11,8 +11,9 @@ roots, group 16) and seeds:
   (d) rsm rsm-fo        rsm.Trainer(..., "rsm-fo") (first order: the quadratic reward is differentiable)
 
 Tasks (none is used by a preset, an experiment or a test): a 2D Gaussian mixture pretrained by
-flow matching (MLP width 128, depth 3) and a quadratic reward r(x) = -|x - c|^2 / 2 whose optimum c
-sits between modes, on a mode, or far outside the data.
+flow matching (MLP width 128, depth 3) and a reward with maximum 0: the quadratic -|x - c|^2 / 2
+with c between modes, on a mode or far outside the data, and (added to check rsm-zo's default
+budget on tasks it was not chosen on) a ring -(|x| - 3)^2 / 2 and a cone -|x - p|.
 
 After every iteration the policy is evaluated (not timed): the mean reward of 1024 samples of its
 probability-flow ODE (20 Euler steps, fixed noise), the same evaluation for every method. The
@@ -23,7 +24,10 @@ the level; median and range over the seeds; whether it held (the evaluation rewa
 iterations). One thread for rsm and torch (on a shared machine single-thread CPU time is the
 steadier clock; wall seconds are reported too).
 
-Run: python benchmarks/bench_time_to_reward.py [--quick] [--json PATH]"""
+Run: python benchmarks/bench_time_to_reward.py [--quick] [--json PATH]
+     ... --sweep-zo TASK,TASK,...   rsm-zo budget candidates (ZO_BUDGETS) on the named tasks
+     ... --ablate-zo                rsm-zo with one preset key changed at a time
+     ... --dit [--zo-budget B;B]    the digits DiT with the classifier reward (rsm only)"""
 from __future__ import annotations
 
 import json
