@@ -185,9 +185,7 @@ def ablate_zo(max_iters: int, seeds=(0, 1)) -> None:
     print("\n| task | rsm-zo variant | reached (iteration per seed) | best | last |\n|---|---|---|---|---|")
     for task in ("between-modes", "far-outside"):
         means, std, center = TASKS[task]
-        base = rsm.MLP(2, WIDTH, DEPTH, seed=0)
-        rsm.pretrain(base, mixture(means, std), rsm.FlowPath(), steps=1500, batch_size=256, lr=2e-3,
-                     warmup_steps=50, progress=False)
+        base = pretrained(means, std)
         x = np.from_dlpack(rsm.sample(base, EVAL_N, rsm.FlowPath(), "ode", steps=EVAL_STEPS, seed=EVAL_SEED))
         level = 0.4 * score_of(center)(x)
         for label, over in ZO_ABLATIONS.items():
@@ -204,14 +202,15 @@ def ablate_zo(max_iters: int, seeds=(0, 1)) -> None:
 
 ZO_BUDGETS = {
     # candidates for rsm-zo's default budget k_0..k_8 (branches per root at each transition)
-    "lowsnr2 [6,6,8,10,0x5] (30)": [6, 6, 8, 10, 0, 0, 0, 0, 0],
+    "lowsnr2 [6,6,8,10,0x5] (30), the old default": [6, 6, 8, 10, 0, 0, 0, 0, 0],
     "[4]*9 (36)": [4] * 9,
-    "[4,4,4,4,4,3,3,2,2] (30)": [4, 4, 4, 4, 4, 3, 3, 2, 2],
+    "tapered [4,4,4,4,4,3,3,2,2] (30), the default": [4, 4, 4, 4, 4, 3, 3, 2, 2],
     "highsnr [3..11] (54)": [3, 3, 4, 5, 6, 7, 7, 8, 11],
 }
 
 
 def pretrained(means, std, steps=1500):
+    """The task's reference: the MLP pretrained by flow matching on the mixture."""
     base = rsm.MLP(2, WIDTH, DEPTH, seed=0)
     rsm.pretrain(base, mixture(means, std), rsm.FlowPath(), steps=steps, batch_size=256, lr=2e-3,
                  warmup_steps=50, progress=False)
@@ -341,9 +340,7 @@ def main() -> int:
     print(f"# time to reward: MLP {WIDTH}x{DEPTH}, batch {PROMPTS} x group {GROUP}, seeds {seeds}, "
           f"max {max_iters} iterations, 1 thread, load average {os.getloadavg()[0]:.1f}", flush=True)
     for task, (means, std, center) in TASKS.items():
-        base = rsm.MLP(2, WIDTH, DEPTH, seed=0)
-        rsm.pretrain(base, mixture(means, std), rsm.FlowPath(), steps=pre_steps, batch_size=256, lr=2e-3,
-                     warmup_steps=50, progress=False)
+        base = pretrained(means, std, pre_steps)
         if task == next(iter(TASKS)):
             print("gradient check (float64, max |diff| / max |rsm|): " + json.dumps(gradient_check(base)), flush=True)
         x = np.from_dlpack(rsm.sample(base, EVAL_N, rsm.FlowPath(), "ode", steps=EVAL_STEPS, seed=EVAL_SEED))

@@ -129,9 +129,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
                # budget "tapered" (30 branches per root, as the paper's lowsnr2 6 6 8 10 0 0 0 0 0,
                # but every transition branches, more at low SNR): chosen on benchmarks/
                # bench_time_to_reward.py's three held-out tasks, then checked on two more tasks and
-               # the digits DiT (RESULTS.md "rsm-zo's default budget"): lowsnr2 trains only the
-               # four noisiest steps, which left rsm-zo 1.5-2.5x slower to a reward level and
-               # falling back from its best where the late steps must move mass too
+               # the digits DiT (benchmarks/RESULTS.md "rsm-zo's default budget"): lowsnr2 trains
+               # only the four noisiest steps, which left rsm-zo 1.4-3.1x slower to a reward level
+               # on the five 2D tasks and falling back from its best where the late steps must
+               # move mass too (on the digits DiT lowsnr2 was 1.1x faster); budget="lowsnr2" is
+               # the paper's profile (Fig. 1(b), Figs. 3/4)
                "clip_eps": 1e-4, "kl": 0.004, "budget": [4, 4, 4, 4, 4, 3, 3, 2, 2],
                # §9.2.5: loss = policy + beta (KL_sde + KL_anchor), anchor rows weigh k_avg (the
                # anchor rows sit at untrained steps: none under the default budget, which trains
