@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rsm  # noqa: E402
 from _common import finish, measure_pair, row, setup_threads  # noqa: E402
 from dit_twin import TorchDiT  # noqa: E402
+from profile_step import dit_flops, dit_model as model_of  # noqa: E402  (random adaLN weights)
 
 CONFIGS = {
     "digits": dict(image_size=8, channels=1, patch=2, width=128, depth=4, heads=4, num_classes=10, batch=128),
@@ -34,24 +35,8 @@ CONFIGS = {
 STEPS = 20
 
 
-def model_of(cfg: dict, seed: int = 0) -> rsm.DiT:
-    """A DiT with random (not adaLN-Zero) weights, so that every layer does real work."""
-    args = {k: v for k, v in cfg.items() if k != "batch"}
-    model = rsm.DiT(**args, seed=seed)
-    rng = np.random.default_rng(seed)
-    for name, view in model.named_params().items():
-        if "adaLN" in name or name.startswith("final.linear"):
-            fan_in = view.shape[-1] if view.ndim == 2 else 1
-            view[...] = rng.normal(0, 0.2 / np.sqrt(fan_in), view.shape).astype(view.dtype)
-    return model
-
-
-def forward_flops(cfg: dict, batch: int, temb: int = 64) -> float:
-    s, c, p, w, depth = cfg["image_size"], cfg["channels"], cfg["patch"], cfg["width"], cfg["depth"]
-    tokens, pd = (s // p) ** 2, c * p * p
-    per_token = 2 * pd * w + depth * (24 * w * w + 4 * tokens * w) + 2 * w * pd
-    per_image = 2 * temb * w + 2 * w * w + depth * 12 * w * w + 4 * w * w
-    return float(batch * (tokens * per_token + per_image))
+def forward_flops(cfg: dict, batch: int) -> float:
+    return dit_flops({**cfg, "batch": batch})
 
 
 def data_of(cfg: dict, n: int = 2048, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

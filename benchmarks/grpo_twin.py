@@ -29,7 +29,9 @@ from torch_twin import flat_grads, twin_of  # noqa: E402
 
 
 class FlowGrpoTwin:
-    def __init__(self, trainer: rsm.Trainer, center, scale: float = 1.0) -> None:
+    def __init__(self, trainer: rsm.Trainer, center, scale: float = 1.0, reward: rsm.Reward | None = None) -> None:
+        """center, scale: the quadratic reward -scale |x - center|^2 / 2 in torch; reward: any other
+        rsm reward, scored as the black box Flow-GRPO treats it (its values, no gradient)."""
         cfg = trainer.cfg
         if (cfg["rollout"], cfg["form"], cfg["reweight"], cfg["train_steps"]) != ("sde", "ppo", "base", "no_last"):
             raise ValueError("FlowGrpoTwin covers the flow-grpo preset")
@@ -37,12 +39,20 @@ class FlowGrpoTwin:
         for p in self.ref.parameters():
             p.requires_grad_(False)
         self.dtype = self.policy.input.weight.dtype
-        self.center = torch.tensor(center, dtype=self.dtype)
+        self.center = None if reward is not None else torch.tensor(center, dtype=self.dtype)
+        self.black_box = reward
         self.scale = float(scale)
         self.prompts, self.group = trainer.batch_size, trainer.group_size
         self.ts = np.asarray(trainer.ts, dtype=np.float64)
         coef = rsm.step_coefficients(trainer.path, self.ts, "sde", noise_level=cfg["noise_level"])
         self.coef = [(float(c["A"]), float(c["K"]), float(c["std"])) for c in coef]
+        # the released conventions (rsm.conventions): group mean over the batch's std
+        # ("batch") or the group's, samples with advantage exactly 0 dropped from the loss
+        # ("drop": policy and KL rows and the normaliser), and the KL divided by 2 s~^2 =
+        # 2 std^2 / dt ("released": dt times the exact step KL)
+        self.adv_std, self.ddof = cfg["adv_std"], int(cfg["adv_ddof"])
+        self.drop = cfg["zero_std"] == "drop"
+        self.kl_scale = [float(c["dt"]) if cfg["kl_denominator"] == "released" else 1.0 for c in coef]
         self.eps, self.beta = cfg["clip_eps"], cfg["kl"]
         self.adv_eps, self.adv_clip = cfg["adv_eps"], cfg["adv_clip"]
         self.max_grad_norm = cfg["max_grad_norm"]
@@ -74,16 +84,22 @@ class FlowGrpoTwin:
         return xs, logps
 
     def reward(self, x0):
+        if self.black_box is not None:
+            values = self.black_box.value(x0.detach().to(torch.float64).numpy())
+            return torch.as_tensor(np.asarray(values), dtype=self.dtype)
         return -0.5 * self.scale * ((x0 - self.center) ** 2).sum(1)
 
     def advantages(self, r):
         g = r.view(self.prompts, self.group)
-        adv = (g - g.mean(1, keepdim=True)) / (g.std(1, unbiased=False, keepdim=True) + self.adv_eps)
+        std = (r.std(unbiased=self.ddof == 1) if self.adv_std == "batch"
+               else g.std(1, unbiased=self.ddof == 1, keepdim=True))
+        adv = (g - g.mean(1, keepdim=True)) / (std + self.adv_eps)
         return adv.clamp(-self.adv_clip, self.adv_clip).view(-1)
 
     def loss_backward(self, xs, logps, adv) -> None:
         """Accumulates the loss gradient in the policy's .grad (one backward per transition)."""
-        norm = self.n * (self.steps - 1)
+        keep = (adv != 0).to(self.dtype) if self.drop else torch.ones_like(adv)
+        norm = float(keep.sum()) * (self.steps - 1)
         for i in range(self.steps - 1):  # the last transition is sampled, not trained
             a, k, std = self.coef[i]
             t = torch.full((xs[i].shape[0],), float(self.ts[i]), dtype=self.dtype)
@@ -92,8 +108,8 @@ class FlowGrpoTwin:
                 mean_ref = a * xs[i] + k * self.ref(xs[i], t)
             ratio = torch.exp(self._logp(xs[i + 1], mean, std) - logps[i])
             loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - self.eps, 1 + self.eps))
-            kl = ((mean - mean_ref) ** 2).mean(1) / (2 * std**2)
-            ((loss + self.beta * kl).sum() / norm).backward()
+            kl = self.kl_scale[i] * ((mean - mean_ref) ** 2).mean(1) / (2 * std**2)
+            ((keep * (loss + self.beta * kl)).sum() / norm).backward()
 
     def iteration(self, gen: torch.Generator) -> float:
         """One Flow-GRPO iteration; returns the rollout's mean reward."""

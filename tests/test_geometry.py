@@ -14,8 +14,10 @@ def test_geometry_counts():
     assert (g.conditions, g.group_size, g.timesteps, g.accumulate, g.inner_epochs) == (4, 8, 9, 2, 3)
     assert g.rows_per_rollout == 4 * 8 * 9 and g.rows_per_update == 2 * 4 * 8 * 9
     assert g.samples_per_rollout == 32 and g.optimizer_steps == 3
-    zo = rsm.BatchGeometry.from_method(rsm.methods.get("rsm-zo"), 3, 8)   # lowsnr2 budget 6 6 8 10
+    zo = rsm.BatchGeometry.from_method(rsm.methods.get("rsm-zo", budget="lowsnr2"), 3, 8)   # 6 6 8 10
     assert zo.timesteps == 4 and zo.rows_per_rollout == 3 * 30
+    zo = rsm.BatchGeometry.from_method(rsm.methods.get("rsm-zo"), 3, 8)   # default: 4 4 4 4 4 3 3 2 2
+    assert zo.timesteps == 9 and zo.rows_per_rollout == 3 * 30
     tree = rsm.BatchGeometry.from_method(rsm.methods.get("branch-grpo-rsm"), 2, 8)
     # 10 steps, splits at 0, 3, 6, the step into t = 0 untrained: 2 2 2 4 4 4 8 8 8 rows per root
     assert tree.timesteps == 9 and tree.rows_per_rollout == 2 * (3 * 2 + 3 * 4 + 3 * 8)

@@ -220,7 +220,7 @@ def test_rsm_fo_equals_velocity_regression_onto_terminal_gradient():
 def test_methods_registry():
     assert {"flow-grpo", "rsm-zo", "rsm-fo"} <= set(rsm.methods.names())
     p = rsm.methods.get("rsm-zo", kl=0.1)
-    assert p["kl"] == 0.1 and p["budget"] == [6, 6, 8, 10, 0, 0, 0, 0, 0]
+    assert p["kl"] == 0.1 and p["budget"] == [4, 4, 4, 4, 4, 3, 3, 2, 2]   # the "tapered" default
     with pytest.raises(ValueError, match="unknown method"):
         rsm.methods.get("no-such-method")
     rows = rsm.methods.table()
@@ -554,8 +554,11 @@ def test_output_space_gradient_weight_kappa_T11(method, expected):
 def test_normalized_influence_h():
     from rsm.finetune import influence
 
-    zo = influence("rsm-zo")                  # lowsnr2: equal total weight on the 4 noisiest steps
+    zo = influence("rsm-zo", budget="lowsnr2")   # equal total weight on the 4 noisiest steps
     assert np.all(zo["h"][4:] == 0) and np.all(zo["h"][:4] > 0)
+    np.testing.assert_allclose(zo["h"].mean(), 1.0)
+    zo = influence("rsm-zo")                  # the default "tapered" budget trains all 9 steps
+    assert np.all(zo["h"][:9] > 0)
     np.testing.assert_allclose(zo["h"].mean(), 1.0)
     guard = influence("grpo-guard")           # constant strength across t < 1
     assert np.ptp(guard["h"][1:9]) < 1e-12

@@ -146,12 +146,14 @@ def test_same_value_for_every_preset_with_the_same_parameters():
     assert vp > 0 and value("ddpo")[0] != vp
     for method in ("pcpo-diffusion", "rsm-zo-diffusion", "rsm-fo-diffusion"):
         assert value(method)[0] == vp, method
-    # the train-time column sums different rows for the two methods
+    # the train-time column sums different rows for the two methods (rsm-zo with the lowsnr2
+    # budget trains 4 of the 9 steps; its default "tapered" budget trains all 9, other rows)
     kl_train = []
-    for method in ("flow-grpo", "rsm-zo"):
-        _, trainer = value(method)
+    for method, kw in (("flow-grpo", {}), ("rsm-zo", {"budget": "lowsnr2"}), ("rsm-zo", {})):
+        _, trainer = value(method, **kw)
         kl_train.append(trainer.loss_and_grad(trainer.rollout())[1]["kl"])
     assert kl_train[0] > 2 * kl_train[1] > 0
+    assert kl_train[2] > 0 and kl_train[2] != kl_train[0]
 
 
 @pytest.mark.parametrize("method", ["flow-grpo", "rsm-zo", "rsm-fo", "ddpo"])

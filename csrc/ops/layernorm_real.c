@@ -90,6 +90,9 @@ RSM_T(modulate_backward)(real_t *dxhat, real_t *dshift, real_t *dscale, const re
         for (int64_t t = 0; t < T; t++) {
             const real_t *g = dy + (b * T + t) * W, *h = xhat + (b * T + t) * W;
             real_t *out = dxhat + (b * T + t) * W;
+            /* omp simd: out, dsh and dsc are distinct buffers, which the compiler cannot prove
+             * (measured: without it this loop stayed scalar, ~2% of a DiT forward+vjp) */
+            _Pragma("omp simd")
             for (int64_t j = 0; j < W; j++) {
                 out[j] = g[j] * (1 + sc[j]);
                 dsh[j] += g[j];
@@ -128,6 +131,7 @@ RSM_T(gated_residual_backward)(real_t *da, real_t *dgate, const real_t *dx, cons
         for (int64_t t = 0; t < T; t++) {
             const real_t *g = dx + (b * T + t) * W, *ar = a + (b * T + t) * W;
             real_t *out = da + (b * T + t) * W;
+            _Pragma("omp simd")   /* da and dgate are distinct buffers (as in modulate_backward) */
             for (int64_t j = 0; j < W; j++) {
                 out[j] = gt[j] * g[j];
                 dg[j] += g[j] * ar[j];

@@ -9,7 +9,8 @@ excluded), reward calls, and per-timestep clip fractions (Fig. 3c).
 
 Panels
   zo-branch  TempFlow-GRPO vs rsm-zo (timestep-fair matching hinge, fairclip2) for each budget
-             profile of THEORY.md §9.2.4 (base, highsnr, highsnr2, lowsnr, lowsnr2 = the preset)
+             profile of THEORY.md §9.2.4 (base, highsnr, highsnr2, lowsnr, lowsnr2 = the paper's; passed
+             by name: the preset's default is "tapered" since issue 17)
   zo-sde     Flow-GRPO, DanceGRPO, GRPO-Guard, PCPO (+ Branch-GRPO once merged) vs rsm-zo
   fo         pruned VGG-Flow (+ Residual nabla-DB, SQDF, ReFL once merged), Adjoint Matching,
              DRaFT vs rsm-fo (terminal estimator); the Fig. 6 estimator ablation (Tweedie vs
