@@ -38,8 +38,14 @@ RSM_T(cpu_bias_rows)(const rsm_backend *be, real_t *y, const real_t *x, const re
         if (y != x) memcpy(y, x, (size_t)(n * w) * sizeof(real_t));
         return;
     }
+    /* the bias test hoisted out of the loop (callgrind: the loop with it inside took twice the
+     * instructions of the inline loop it replaced); +0.0 either way without a bias */
+    if (!bias) {
+        memset(y, 0, (size_t)(n * w) * sizeof(real_t));
+        return;
+    }
     for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < w; j++) y[i * w + j] = bias ? bias[j] : 0;
+        for (int64_t j = 0; j < w; j++) y[i * w + j] = bias[j];
 }
 
 static void
