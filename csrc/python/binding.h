@@ -248,6 +248,8 @@ rsm_py_tensor *rsm_py_vector_arg_on(PyObject *module, const struct rsm_backend *
 /* rsm_py_check_finite (times=0) or rsm_py_check_times (times=1), on a host copy on a device. */
 int rsm_py_check_on(PyObject *module, const struct rsm_backend *be, rsm_py_tensor *t,
                     rsm_dtype dtype, const char *func, const char *name, int times);
+/* The backend of an AdamWCore (NULL: its state is on the host), optim_py.c. */
+const struct rsm_backend *rsm_py_adamw_backend(PyObject *opt);
 /* rsm_py_cond_arg of a model on `be`. */
 int rsm_py_cond_arg_on(PyObject *module, const struct rsm_backend *be, const char *func,
                        rsm_dtype dtype, int64_t cond_dim, int64_t rows, PyObject *cond_obj,

@@ -345,27 +345,51 @@ def _not_ported(func: str, what: str, cpu: str, model: Any = None) -> None:
     raise NotImplementedError(f"rsm.cuda.{func}(): " + _NOT_PORTED.format(what=what, cpu=cpu))
 
 
-def sample(model: DeviceMLP, n: int, path: Any, sampler: str = "ode", steps: int = 20,
+def _device_model(model: Any, func: str) -> Any:
+    """`model` when it is an rsm model on a CUDA device (rsm.MLP(..., device='cuda')), after
+    require() says CUDA is usable; a TypeError naming what to build otherwise."""
+    device = getattr(model, "device", None)
+    if not isinstance(device, str) or not device.startswith("cuda") or \
+            getattr(model, "_core", None) is None:
+        raise TypeError(f"rsm.cuda.{func}(): model must be an rsm model on a CUDA device "
+                        f"(rsm.MLP(..., device='cuda') or model.to('cuda')), got "
+                        f"{type(model).__name__} on {device!r}")
+    require(device, func)
+    return model
+
+
+def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
            **kwargs: Any) -> Any:
-    """rsm.sample on the device: the C sampler loop (csrc/sampler_real.c) on the CUDA backend.
-    Raises NotImplementedError until that loop runs over csrc/backend.h."""
-    _not_ported("sample", "sampler", "sample", model)
+    """rsm.sample on the device: the C sampler loop (csrc/sampler_real.c) over the model's CUDA
+    backend table; x_init / cond are device arrays, the samples (and trajectory arrays) come back
+    as device rsm.Tensors (zero-copy into torch / CuPy / JAX), the reward callable receives them
+    as a device tensor."""
+    from .sampling import sample as _sample
+
+    return _sample(_device_model(model, "sample"), n, path, sampler, steps, **kwargs)
 
 
-def transition_log_prob(model: DeviceMLP, path: Any, x: Any, x_next: Any, step: int, ts: Any,
+def transition_log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any,
                         sampler: str = "sde", **kwargs: Any) -> Any:
-    """log pi(x_next | x) on the device: the C sampler's log-prob on the CUDA backend. Raises
-    NotImplementedError until it runs over csrc/backend.h."""
-    _not_ported("transition_log_prob", "sampler log-prob", "sampling.transition_log_prob", model)
+    """log pi(x_next | x) on the device: the C sampler's log-prob (rsm.sampling.log_prob) over
+    the model's CUDA backend table; x, x_next device arrays; (log_prob, mean) device tensors."""
+    from .sampling import log_prob
+
+    return log_prob(_device_model(model, "transition_log_prob"), path, x, x_next, step, ts,
+                    sampler, **kwargs)
 
 
 def objective(form: str, u: Any, coef: Any, **kwargs: Any) -> dict:
-    """rsm.objective on the device: the C objective rows (csrc/objective_real.c) on the CUDA
-    backend. Raises NotImplementedError until they run over csrc/backend.h."""
-    _not_ported("objective", "objective", "objective.objective")
+    """rsm.objective on the device: the C objective rows (the backend's `objective` op) run
+    inside the C update loop of a device model (rsm.Trainer with such a model); the standalone
+    entry on device arrays is not bound yet. Raises NotImplementedError."""
+    _not_ported("objective", "standalone objective", "objective.objective")
 
 
-def pretrain(model: DeviceMLP, data: Any, path: Any, steps: int = 2000, **kwargs: Any) -> dict:
-    """rsm.pretrain on the device: the C pretraining loop (csrc/train/pretrain_real.c) on the
-    CUDA backend. Raises NotImplementedError until it runs over csrc/backend.h."""
-    _not_ported("pretrain", "pretraining", "pretrain", model)
+def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, **kwargs: Any) -> Any:
+    """rsm.pretrain on the device: the C pretraining loop (csrc/train/pretrain_real.c) over the
+    model's CUDA backend table, the AdamW state on the device; data / cond device arrays (host
+    arrays are copied there once)."""
+    from .training import pretrain as _pretrain
+
+    return _pretrain(_device_model(model, "pretrain"), data, path, steps, **kwargs)

@@ -41,6 +41,16 @@ def _on_cuda(array: Any) -> bool:
         return False
 
 
+def to_model_device(model: Any, array: Any, func: str) -> Any:
+    """`array` where a device model's loops read it: None and device arrays as they are, a host
+    array copied once to the model's device in its dtype (rsm.cuda.to_device)."""
+    if array is None or model.device == "cpu" or _on_cuda(array):
+        return array
+    from . import cuda
+
+    return cuda.to_device(np.asarray(array), model.device, model.dtype)
+
+
 def _host_only(model: Any, func: str) -> None:
     if model.device != "cpu":
         raise RuntimeError(f"{func}(): reads the parameters on the host and the model is on "
