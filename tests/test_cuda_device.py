@@ -744,3 +744,28 @@ def test_reward_receives_device_samples_zero_copy():
     if torch.cuda.is_available():
         xt = torch.from_dlpack(x)
         assert xt.is_cuda and xt.data_ptr() == torch.from_dlpack(x).data_ptr()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_dit_forward_vjp_and_sampling_match_the_cpu(dtype):
+    d = rsm.DiT(8, 2, 2, 32, 2, 4, 5, seed=3, dtype=dtype)
+    p = np.from_dlpack(d.params)
+    p[...] = np.random.default_rng(1).normal(size=p.shape).astype(dtype) * 0.05  # past adaLN-Zero
+    g = d.to("cuda")
+    assert g.device == "cuda:0"
+    np.testing.assert_array_equal(host(g.params), p)
+    rng = np.random.default_rng(2)
+    x, t = rand(rng, (6, d.dim), dtype), rng.uniform(0, 1, 6).astype(dtype)
+    cot, ids = rand(rng, (6, d.dim), dtype), np.array([0, 1, 2, 3, 4, 5])
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(host(g(dev(x), dev(t), ids)), np.from_dlpack(d(x, t, ids)), **tol)
+    dx, dp = g.vjp(dev(x), dev(t), dev(cot), ids)
+    rdx, rdp = d.vjp(x, t, cot, ids)
+    np.testing.assert_allclose(host(dx), np.from_dlpack(rdx), **tol)
+    np.testing.assert_allclose(host(dp), np.from_dlpack(rdp), **tol)
+    cpu = rsm.sample(d, 6, rsm.FlowPath(), "sde", steps=4, seed=1, cond=ids, return_trajectory=True)
+    gpu = rsm.sample(g, 6, rsm.FlowPath(), "sde", steps=4, seed=1, cond=ids, return_trajectory=True)
+    np.testing.assert_allclose(host(gpu.xs), cpu.xs, **tol)
+    np.testing.assert_allclose(host(gpu.log_probs), cpu.log_probs, **tol)
+    with pytest.raises(NotImplementedError, match="LoRA adapters on a CUDA device"):
+        rsm.lora(g, rank=2)

@@ -53,3 +53,16 @@ def test_a_device_model_without_cuda_is_refused_with_the_reason():
         rsm.MLP(2, 8, 1, device="cuda")
     with pytest.raises(RuntimeError, match="not available"):
         rsm.MLP(2, 8, 1).to("cuda:0")
+
+
+def test_dit_cpu_device_copy_and_backend_argument():
+    d = rsm.DiT(4, 1, 2, 16, 1, 2, 3, seed=2)
+    assert d.device == "cpu" and d.to("cpu") is d
+    e = d.copy()
+    np.testing.assert_array_equal(np.from_dlpack(e.params), np.from_dlpack(d.params))
+    assert e.num_params == d.num_params == np.from_dlpack(d.params).shape[0]
+    with pytest.raises(TypeError, match=r"DiT\(\): backend must be None"):
+        _C.DiTCore(4, 1, 2, 16, 1, 2, 3, backend=1)
+    if not rsm.cuda_available():
+        with pytest.raises(RuntimeError, match="not available"):
+            rsm.DiT(4, 1, 2, 16, 1, 2, 3, device="cuda")

@@ -232,6 +232,10 @@ struct rsm_backend;
 int rsm_py_on_device(const struct rsm_backend *be);
 /* None -> NULL (the CPU); the capsule of rsm.cuda.backend_table(device) -> its table. */
 const struct rsm_backend *rsm_py_backend_arg(PyObject *obj, const char *func);
+/* A new block of `be` holding a copy of `bytes` host bytes (waits for the copy), or NULL with
+ * an exception naming `func`. How a model core's host-initialised buffers reach the device. */
+void *rsm_py_device_copy_in(const struct rsm_backend *be, const void *host, size_t bytes,
+                            const char *func);
 /* A Python object owning device block `ptr` of `be` (freed with it; on failure freed now). */
 PyObject *rsm_py_device_block(const struct rsm_backend *be, void *ptr);
 rsm_py_tensor *rsm_py_tensor_new_on(PyObject *module, const struct rsm_backend *be,
@@ -248,6 +252,10 @@ rsm_py_tensor *rsm_py_vector_arg_on(PyObject *module, const struct rsm_backend *
 /* rsm_py_check_finite (times=0) or rsm_py_check_times (times=1), on a host copy on a device. */
 int rsm_py_check_on(PyObject *module, const struct rsm_backend *be, rsm_py_tensor *t,
                     rsm_dtype dtype, const char *func, const char *name, int times);
+/* set_params(src) of a model core: a flat [n] array of `dtype` copied into its parameter block
+ * `dst` (host -> host, host -> device, device -> device on `be`), under `lock`. */
+PyObject *rsm_py_set_params(PyObject *module, const struct rsm_backend *be, PyThread_type_lock lock,
+                            void *dst, rsm_dtype dtype, int64_t n, PyObject *arg);
 /* The backend of an AdamWCore (NULL: its state is on the host), optim_py.c. */
 const struct rsm_backend *rsm_py_adamw_backend(PyObject *opt);
 /* rsm_py_cond_arg of a model on `be`. */

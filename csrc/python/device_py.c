@@ -42,6 +42,28 @@ rsm_py_backend_arg(PyObject *obj, const char *func)
     return be;
 }
 
+void *
+rsm_py_device_copy_in(const rsm_backend *be, const void *host, size_t bytes, const char *func)
+{
+    void *block = be->alloc(be, bytes > 0 ? bytes : 1);
+    if (block == NULL) {
+        rsm_py_raisef(PyExc_MemoryError, func, "cannot allocate %zu bytes on %s", bytes, be->name);
+        return NULL;
+    }
+    rsm_status status;
+    Py_BEGIN_ALLOW_THREADS
+    if (bytes > 0) be->copy(be, block, host, bytes, RSM_COPY_H2D);
+    status = be->synchronize(be); /* the host block may go as soon as we return */
+    if (status == RSM_OK) status = be->check(be);
+    Py_END_ALLOW_THREADS
+    if (status != RSM_OK) {
+        be->free(be, block);
+        rsm_py_raise(status, func);
+        return NULL;
+    }
+    return block;
+}
+
 /* The capsule that owns a block of device memory: freed through its backend (the context). */
 #define RSM_DEVICE_BLOCK "rsm.device_block"
 
@@ -189,4 +211,45 @@ rsm_py_check_on(PyObject *module, const rsm_backend *be, rsm_py_tensor *t, rsm_d
     }
     Py_DECREF(host);
     return rc;
+}
+
+/* set_params(src) of a model core: copy a flat [n] array of `dtype` into its parameter block
+ * `dst`, from the host (any model) or from a device array on the model's device (a device
+ * model): how .to(device), copy() and load_params reach a device model's block. Under the
+ * model's lock (its forward may be running in another thread). */
+PyObject *
+rsm_py_set_params(PyObject *module, const rsm_backend *be, PyThread_type_lock lock, void *dst,
+                  rsm_dtype dtype, int64_t n, PyObject *arg)
+{
+    size_t bytes = (size_t)n * rsm_dtype_size(dtype);
+    /* a device array goes device to device; anything else is read on the host */
+    int from_device = 0;
+    if (rsm_py_on_device(be) && PyObject_HasAttrString(arg, "__dlpack_device__")) {
+        PyObject *dev = PyObject_CallMethod(arg, "__dlpack_device__", NULL);
+        if (dev == NULL) return NULL;
+        from_device = PyTuple_Check(dev) && PyTuple_GET_SIZE(dev) >= 1 &&
+                      PyLong_AsLong(PyTuple_GET_ITEM(dev, 0)) == kDLCUDA;
+        Py_DECREF(dev);
+        if (PyErr_Occurred()) return NULL;
+    }
+    rsm_py_tensor *src = from_device
+        ? rsm_py_vector_arg_on(module, be, arg, "set_params", "params", dtype, n)
+        : rsm_py_vector_arg(module, arg, "set_params", "params", dtype, n);
+    if (src == NULL) return NULL;
+    rsm_status status = RSM_OK;
+    Py_BEGIN_ALLOW_THREADS
+    if (lock) PyThread_acquire_lock(lock, WAIT_LOCK);
+    if (!rsm_py_on_device(be)) {
+        memcpy(dst, rsm_py_tensor_data(src), bytes);
+    } else {
+        be->copy(be, dst, rsm_py_tensor_data(src), bytes,
+                 from_device ? RSM_COPY_D2D : RSM_COPY_H2D);
+        status = be->synchronize(be); /* src (host or imported) may go when we return */
+        if (status == RSM_OK) status = be->check(be);
+    }
+    if (lock) PyThread_release_lock(lock);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(src);
+    if (status != RSM_OK) return rsm_py_raise(status, "set_params");
+    Py_RETURN_NONE;
 }

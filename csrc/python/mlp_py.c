@@ -6,8 +6,6 @@
 #include "../backend.h"
 #include "../nn/mlp.h"
 
-#include <string.h>
-
 typedef struct {
     rsm_py_model model;
     rsm_mlp mlp;
@@ -23,23 +21,8 @@ static int
 rsm_mlp_to_device(rsm_mlp *mlp, const rsm_backend *be, const void *host_params)
 {
     size_t bytes = (size_t)mlp->layout.num_params * rsm_dtype_size(mlp->config.dtype);
-    void *block = be->alloc(be, bytes);
-    if (block == NULL) {
-        rsm_py_raisef(PyExc_MemoryError, "MLP", "cannot allocate %lld parameters on %s",
-                      (long long)mlp->layout.num_params, be->name);
-        return -1;
-    }
-    rsm_status status;
-    Py_BEGIN_ALLOW_THREADS
-    be->copy(be, block, host_params, bytes, RSM_COPY_H2D);
-    status = be->synchronize(be); /* the host block may go as soon as we return */
-    if (status == RSM_OK) status = be->check(be);
-    Py_END_ALLOW_THREADS
-    if (status != RSM_OK) {
-        be->free(be, block);
-        rsm_py_raise(status, "MLP");
-        return -1;
-    }
+    void *block = rsm_py_device_copy_in(be, host_params, bytes, "MLP");
+    if (block == NULL) return -1;
     if (mlp->backend == NULL) rsm_free(mlp->params); /* the host block of rsm_mlp_init */
     else mlp->backend->free(mlp->backend, mlp->params);
     mlp->params = block;
@@ -170,47 +153,14 @@ rsm_mlp_py_reset_parameters(rsm_py_mlp *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* set_params(src): copy a flat [num_params] array of the model's dtype into the parameters, from
- * the host (any model) or from a device array on the model's device (a device model): the one
- * way .to(device) and load_params reach a device model's block. */
+/* set_params(src): device_py.c's rsm_py_set_params on the flat parameter block */
 static PyObject *
 rsm_mlp_py_set_params(rsm_py_mlp *self, PyObject *arg)
 {
     if (rsm_py_model_ready(&self->model, "set_params") < 0) return NULL;
     rsm_mlp *mlp = &self->mlp;
-    PyObject *module = rsm_module_of_type(Py_TYPE(self));
-    const rsm_backend *be = mlp->backend;
-    int64_t n = mlp->layout.num_params;
-    size_t bytes = (size_t)n * rsm_dtype_size(mlp->config.dtype);
-    /* a device array goes device to device; anything else is read on the host */
-    PyObject *dev = NULL;
-    if (rsm_py_on_device(be) && PyObject_HasAttrString(arg, "__dlpack_device__")) {
-        dev = PyObject_CallMethod(arg, "__dlpack_device__", NULL);
-        if (dev == NULL) return NULL;
-    }
-    int from_device = dev && PyTuple_Check(dev) && PyTuple_GET_SIZE(dev) >= 1 &&
-                      PyLong_AsLong(PyTuple_GET_ITEM(dev, 0)) == kDLCUDA;
-    Py_XDECREF(dev);
-    rsm_py_tensor *src = from_device
-        ? rsm_py_vector_arg_on(module, be, arg, "set_params", "params", mlp->config.dtype, n)
-        : rsm_py_vector_arg(module, arg, "set_params", "params", mlp->config.dtype, n);
-    if (src == NULL) return NULL;
-    rsm_status status = RSM_OK;
-    Py_BEGIN_ALLOW_THREADS
-    if (self->model.lock) PyThread_acquire_lock(self->model.lock, WAIT_LOCK);
-    if (!rsm_py_on_device(be)) {
-        memcpy(mlp->params, rsm_py_tensor_data(src), bytes);
-    } else {
-        be->copy(be, mlp->params, rsm_py_tensor_data(src), bytes,
-                 from_device ? RSM_COPY_D2D : RSM_COPY_H2D);
-        status = be->synchronize(be); /* src (host or imported) may go when we return */
-        if (status == RSM_OK) status = be->check(be);
-    }
-    if (self->model.lock) PyThread_release_lock(self->model.lock);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(src);
-    if (status != RSM_OK) return rsm_py_raise(status, "set_params");
-    Py_RETURN_NONE;
+    return rsm_py_set_params(rsm_module_of_type(Py_TYPE(self)), mlp->backend, self->model.lock,
+                             mlp->params, mlp->config.dtype, mlp->layout.num_params, arg);
 }
 
 static PyMethodDef rsm_mlp_methods[] = {

@@ -9,52 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _C, guards
+from . import _C, _device, guards
+from ._device import _device_name, _host_only, _on_cuda, backend_of, times_for
 from ._args import as_times, rows_of, seed_int, size_int
-
-
-def _device_name(device: Any) -> str:
-    """'cpu' for None / 'cpu', else 'cuda:N' (rsm.cuda's parsing: 'cuda', 'cuda:N', N)."""
-    if device is None or device == "cpu":
-        return "cpu"
-    from . import cuda
-    return f"cuda:{cuda._device_index(device)}"
-
-
-def backend_of(device: Any, func: str) -> Any:
-    """None for the CPU, else the CUDA backend table of `device` (rsm.cuda.backend_table: a
-    RuntimeError saying why when CUDA cannot be used)."""
-    if _device_name(device) == "cpu":
-        return None
-    from . import cuda
-    return cuda.backend_table(device)
-
-
-def _on_cuda(array: Any) -> bool:
-    """Whether `array` is a DLPack CUDA array (device type 2)."""
-    get = getattr(array, "__dlpack_device__", None)
-    if get is None:
-        return False
-    try:
-        return int(get()[0]) == 2
-    except Exception:
-        return False
-
-
-def to_model_device(model: Any, array: Any, func: str) -> Any:
-    """`array` where a device model's loops read it: None and device arrays as they are, a host
-    array copied once to the model's device in its dtype (rsm.cuda.to_device)."""
-    if array is None or model.device == "cpu" or _on_cuda(array):
-        return array
-    from . import cuda
-
-    return cuda.to_device(np.asarray(array), model.device, model.dtype)
-
-
-def _host_only(model: Any, func: str) -> None:
-    if model.device != "cpu":
-        raise RuntimeError(f"{func}(): reads the parameters on the host and the model is on "
-                           f"{model.device}: call model.to('cpu').{func}(...)")
 
 
 class MLP:
@@ -95,23 +52,14 @@ class MLP:
                     temb_dim=c["temb_dim"], dtype=c["dtype"], device=device)
         src = self.params
         if self.device != "cpu" and other.device == "cpu":
-            from . import cuda
-            src = cuda.to_host(src)
+            src = _device.to_host(src)
         other._core.set_params(src)  # host -> device or device -> device (the binding copies)
         guards.copy_path(self, other)
         return other
 
     def _times(self, t: Any, n: int, func: str) -> Any:
-        """t for the core: host times checked by as_times, moved to the model's device when the
-        model is on one (a device array of times is passed as is; the binding checks it)."""
-        if self.device == "cpu":
-            return as_times(t, n, self.dtype, func)
-        if _on_cuda(t):
-            return t
-        from . import cuda
-        return cuda.to_device(as_times(t, n, self.dtype, func), self.device, self.dtype)
+        return times_for(self, t, n, func)
 
-    # ---- description -------------------------------------------------------------------------
     @property
     def config(self) -> dict:
         return dict(self._core.config)

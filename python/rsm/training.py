@@ -75,7 +75,7 @@ class AdamW:
         self.model = model
         # a model on a device: the moments (and EMA) on its device, stepped by the backend's
         # adamw_step (the op the C loops call), never through the host
-        from .models import backend_of
+        from ._device import backend_of
 
         self._core = _C.AdamWCore(model.params, lr, beta1, beta2,
                                   *(float_arg(v, "AdamW", k) for k, v in (
@@ -301,7 +301,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
             raise ValueError(f"pretrain(): null_cond must have shape [{model.cond_dim}], got {null_cond.shape}")
     if getattr(model, "device", "cpu") != "cpu":
         # a model on a device: the data set goes there once (not per step); device arrays stay
-        from .models import to_model_device
+        from ._device import to_model_device
 
         data, cond, null_cond = (to_model_device(model, a, "pretrain") for a in (data, cond, null_cond))
     if t_min is None:
