@@ -612,6 +612,7 @@ def test_every_sampler_trajectory_and_log_probs_match_the_cpu(dtype, pathname, s
         assert getattr(gpu, field).__dlpack_device__() == (2, 0), field  # results stay on the device
         np.testing.assert_allclose(host(getattr(gpu, field)), getattr(cpu, field), **tol)
     np.testing.assert_array_equal(gpu.rows, cpu.rows)  # row counters: host on every device
+    np.testing.assert_allclose(host(gpu.x), cpu.x, **tol)
 
 
 @pytest.mark.parametrize("method", rsm.methods.names())

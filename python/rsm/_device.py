@@ -142,14 +142,25 @@ def to_model_device(model: Any, array: Any, func: str) -> Any:
 def times_for(model: Any, t: Any, n: int, func: str) -> Any:
     """t for a model's core: host times checked by as_times, moved to the model's device when the
     model is on one (a device array of times is passed as is; the binding checks it)."""
-    if model.device == "cpu":
+    device = getattr(model, "device", "cpu")  # models without one (rsm.external) are host models
+    if device == "cpu":
         return as_times(t, n, model.dtype, func)
     if _on_cuda(t):
         return t
-    return to_device(as_times(t, n, model.dtype, func), model.device, model.dtype)
+    return to_device(as_times(t, n, model.dtype, func), device, model.dtype)
 
 
 def _host_only(model: Any, func: str) -> None:
     if model.device != "cpu":
         raise RuntimeError(f"{func}(): reads the parameters on the host and the model is on "
                            f"{model.device}: call model.to('cpu').{func}(...)")
+
+
+def copy_params(model: Any, other: Any) -> None:
+    """model's trainable parameters into `other` (same configuration, any device): the binding's
+    set_params copies host -> host, host -> device or device -> device; device -> host goes
+    through to_host first."""
+    src = model.params
+    if model.device != "cpu" and other.device == "cpu":
+        src = to_host(src)
+    other._core.set_params(src)

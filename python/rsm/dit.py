@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _C, _device, guards
-from ._args import as_times, positive_int, rows_of, seed_int, size_int
+from ._args import positive_int, rows_of, seed_int, size_int
 from ._device import _device_name, _host_only, _on_cuda, backend_of, times_for
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
@@ -55,9 +55,6 @@ class _DiTCompute:
     def device(self) -> str:
         """'cpu' or 'cuda:N': where the parameters live and forward/backward run."""
         return self._core.device
-
-    def _times(self, t: Any, n: int, func: str) -> Any:
-        return times_for(self, t, n, func)
 
     @property
     def params(self) -> _C.Tensor:
@@ -146,7 +143,7 @@ class _DiTCompute:
     def forward(self, x: Any, t: Any, cond: Any = None) -> Any:
         """Network output (the path's native parameterization) with x's shape."""
         x2, n, images = self._rows(x, "forward")
-        out = self._core.forward(x2, self._times(t, n, "forward"), self._cond(cond, n, "forward"))
+        out = self._core.forward(x2, times_for(self, t, n, "forward"), self._cond(cond, n, "forward"))
         return self._shaped(out, images, n)
 
     __call__ = forward
@@ -156,13 +153,13 @@ class _DiTCompute:
         the trainable flat parameters."""
         x2, n, images = self._rows(x, "vjp")
         cot = np.ascontiguousarray(_as_array(cotangent)).reshape(n, self.dim) if images else cotangent
-        _, dx, dparams = self._core.vjp(x2, self._times(t, n, "vjp"), cot, self._cond(cond, n, "vjp"))
+        _, dx, dparams = self._core.vjp(x2, times_for(self, t, n, "vjp"), cot, self._cond(cond, n, "vjp"))
         return self._shaped(dx, images, n), dparams
 
     def forward_keep(self, x: Any, t: Any, cond: Any = None) -> tuple[Any, int]:
         """(output, token): a forward that keeps its activations for backward(cotangent, token)."""
         x2, n, images = self._rows(x, "forward")
-        out, token = self._core.forward(x2, self._times(t, n, "forward"),
+        out, token = self._core.forward(x2, times_for(self, t, n, "forward"),
                                         self._cond(cond, n, "forward"), True)
         return self._shaped(out, images, n), token
 
@@ -179,7 +176,7 @@ class _DiTCompute:
     def forward_and_vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None):
         """(output, dx, dparams) from one forward and one backward ([n, dim] arrays)."""
         x2, n, _ = self._rows(x, "vjp")
-        return self._core.vjp(x2, self._times(t, n, "vjp"), cotangent, self._cond(cond, n, "vjp"))
+        return self._core.vjp(x2, times_for(self, t, n, "vjp"), cotangent, self._cond(cond, n, "vjp"))
 
     def load_params(self, params: Any) -> None:
         """Copy a flat vector of the trainable parameters into the model; checked whole (shape,
@@ -251,10 +248,7 @@ class DiT(_DiTCompute):
         if _device_name(device) == self.device:
             return self
         other = self._like(device)
-        src = self.params
-        if self.device != "cpu" and other.device == "cpu":
-            src = _device.to_host(src)
-        other._core.set_params(src)  # host -> device or device -> device (the binding copies)
+        _device.copy_params(self, other)
         guards.copy_path(self, other)
         return other
 

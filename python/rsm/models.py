@@ -50,15 +50,9 @@ class MLP:
         c = self.config
         other = MLP(c["dim"], c["hidden"], c["depth"], c["cond_dim"], self.seed,
                     temb_dim=c["temb_dim"], dtype=c["dtype"], device=device)
-        src = self.params
-        if self.device != "cpu" and other.device == "cpu":
-            src = _device.to_host(src)
-        other._core.set_params(src)  # host -> device or device -> device (the binding copies)
+        _device.copy_params(self, other)
         guards.copy_path(self, other)
         return other
-
-    def _times(self, t: Any, n: int, func: str) -> Any:
-        return times_for(self, t, n, func)
 
     @property
     def config(self) -> dict:
@@ -103,7 +97,7 @@ class MLP:
     def forward(self, x: Any, t: Any, cond: Any = None) -> _C.Tensor:
         """Network output [n, dim] for states x[n, dim] at times t (scalar or [n])."""
         n = rows_of(x, "forward")
-        return self._core.forward(x, self._times(t, n, "forward"), cond)
+        return self._core.forward(x, times_for(self, t, n, "forward"), cond)
 
     __call__ = forward
 
@@ -111,14 +105,14 @@ class MLP:
         """(dx, dparams): the vector-Jacobian products of the output with `cotangent` [n, dim],
         with respect to the input x and to the flat parameters."""
         n = rows_of(x, "vjp")
-        _, dx, dparams = self._core.vjp(x, self._times(t, n, "vjp"), cotangent, cond)
+        _, dx, dparams = self._core.vjp(x, times_for(self, t, n, "vjp"), cotangent, cond)
         return dx, dparams
 
     def forward_keep(self, x: Any, t: Any, cond: Any = None) -> tuple[_C.Tensor, int]:
         """(output, token): a forward that keeps its activations for `backward(cotangent, token)`,
         so a loss whose cotangent depends on the output needs one forward, not two."""
         n = rows_of(x, "forward")
-        return self._core.forward(x, self._times(t, n, "forward"), cond, True)
+        return self._core.forward(x, times_for(self, t, n, "forward"), cond, True)
 
     def backward(self, cotangent: Any, token: int) -> tuple[_C.Tensor, _C.Tensor]:
         """(dx, dparams) of the forward that returned `token`; RuntimeError if this model has run
@@ -128,7 +122,7 @@ class MLP:
     def forward_and_vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None):
         """(output, dx, dparams) from one forward and one backward."""
         n = rows_of(x, "vjp")
-        return self._core.vjp(x, self._times(t, n, "vjp"), cotangent, cond)
+        return self._core.vjp(x, times_for(self, t, n, "vjp"), cotangent, cond)
 
     # ---- copies and files --------------------------------------------------------------------
     def copy(self) -> "MLP":
@@ -210,7 +204,7 @@ class GaussianMixtureModel:
         if cond is not None:
             raise ValueError("forward(): cond was given but the mixture model is unconditional")
         n = rows_of(x, "forward")
-        return self._core.forward(self.path._core, x, self._times(t, n, "forward"))
+        return self._core.forward(self.path._core, x, times_for(self, t, n, "forward"))
 
     __call__ = forward
 

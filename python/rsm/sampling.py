@@ -65,10 +65,11 @@ class Trajectory:
     nfe: int
     sampler: dict = field(default_factory=dict)
     reward: Any = None   # what sample(..., reward=fn) returned from fn(x)
+    x_device: Any = None  # a device model's final states (a device rsm.Tensor has no indexing)
 
     @property
     def x(self) -> np.ndarray:
-        return self.xs[-1]
+        return self.xs[-1] if self.x_device is None else self.x_device
 
     def __repr__(self) -> str:   # shapes only, not the arrays (rsm.display)
         from .display import trajectory_repr
@@ -233,8 +234,9 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
               "branch_steps": branch or [], "branch_factor": int(branch_factor), "seed": int(seed),
               "pcpo_weight": float(pcpo_weight)}
     arrays = {k: _host_view(out[k]) for k in ("xs", "means", "stds", "log_probs", "noises", "outputs", "rows")}
+    on_device = isinstance(arrays["xs"], _C.Tensor) and arrays["xs"].__dlpack_device__()[0] != 1
     return Trajectory(ts=np.asarray(ts), nfe=int(out["nfe"]), sampler=config,
-                      reward=out["reward"], **arrays)
+                      reward=out["reward"], x_device=out["x"] if on_device else None, **arrays)
 
 
 def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sampler: str = "sde",
