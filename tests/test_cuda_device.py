@@ -770,3 +770,18 @@ def test_device_dit_forward_vjp_and_sampling_match_the_cpu(dtype):
     np.testing.assert_allclose(host(gpu.log_probs), cpu.log_probs, **tol)
     with pytest.raises(NotImplementedError, match="LoRA adapters on a CUDA device"):
         rsm.lora(g, rank=2)
+
+
+def test_device_pretrain_optimizer_state_comes_back_to_the_host():
+    g = _mlp("float32", seed=8).to("cuda")
+    opt = rsm.AdamW(g, lr=1e-3, ema_decay=0.9)
+    rc.pretrain(g, np.random.default_rng(0).normal(size=(64, 2)), rsm.FlowPath(), steps=3,
+                batch_size=16, optimizer=opt, progress=False)
+    state = opt.state_dict()
+    assert state["step"] == 3 and state["m"].shape == (g.num_params,) and np.all(state["v"] >= 0)
+    with pytest.raises(RuntimeError, match="load_state_dict.*cuda:0"):
+        opt.load_state_dict(state)
+    with pytest.raises(ValueError, match="different devices"):
+        _C.pretrain_steps(g._core, rsm.AdamW(_mlp("float32"))._core, rsm.FlowPath()._core,
+                          rc.to_device(np.zeros((8, 2), np.float32)), None, 4, 0.0, 1.0, 1e-3,
+                          0, 0, 0, 1)

@@ -66,3 +66,16 @@ def test_dit_cpu_device_copy_and_backend_argument():
     if not rsm.cuda_available():
         with pytest.raises(RuntimeError, match="not available"):
             rsm.DiT(4, 1, 2, 16, 1, 2, 3, device="cuda")
+
+
+def test_adamw_state_dict_is_host_numpy_on_the_cpu_unchanged():
+    m = rsm.MLP(2, 8, 1, seed=3)
+    opt = rsm.AdamW(m, lr=1e-2, ema_decay=0.5)
+    opt.step(np.ones(m.num_params, np.float32))
+    state = opt.state_dict()
+    for key in ("m", "v", "ema"):
+        assert isinstance(state[key], np.ndarray)
+        np.testing.assert_array_equal(state[key], np.from_dlpack(getattr(opt._core, key)))
+    other = rsm.AdamW(m, lr=1e-2, ema_decay=0.5)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(np.from_dlpack(other._core.v), state["v"])

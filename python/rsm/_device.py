@@ -151,9 +151,10 @@ def times_for(model: Any, t: Any, n: int, func: str) -> Any:
 
 
 def _host_only(model: Any, func: str) -> None:
-    if model.device != "cpu":
-        raise RuntimeError(f"{func}(): reads the parameters on the host and the model is on "
-                           f"{model.device}: call model.to('cpu').{func}(...)")
+    device = getattr(model, "device", "cpu")
+    if device != "cpu":
+        raise RuntimeError(f"{func}(): works on host arrays and the model is on {device}: "
+                           f"move it first (model.to('cpu'))")
 
 
 def copy_params(model: Any, other: Any) -> None:
@@ -164,3 +165,8 @@ def copy_params(model: Any, other: Any) -> None:
     if model.device != "cpu" and other.device == "cpu":
         src = to_host(src)
     other._core.set_params(src)
+
+
+def host_copy(array: Any) -> np.ndarray:
+    """A numpy copy of a host or device array (to_host for a DLPack CUDA array)."""
+    return to_host(array) if _on_cuda(array) else np.array(np.from_dlpack(array))

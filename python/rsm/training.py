@@ -102,10 +102,14 @@ class AdamW:
         return self._core.step(self.model.params, grads, lr)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"m": np.array(np.from_dlpack(self._core.m)), "v": np.array(np.from_dlpack(self._core.v)),
+        """m, v (and ema) as host numpy copies (from the device for a device model's optimizer),
+        and the step count."""
+        from ._device import host_copy
+
+        state = {"m": host_copy(self._core.m), "v": host_copy(self._core.v),
                  "step": self._core.step_count}
         if self._core.ema is not None:
-            state["ema"] = np.array(np.from_dlpack(self._core.ema))
+            state["ema"] = host_copy(self._core.ema)
         return state
 
     def _checked_state(self, state: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
@@ -139,6 +143,9 @@ class AdamW:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore m, v, ema and the step count; all is checked before anything is written."""
+        from ._device import _host_only
+
+        _host_only(self.model, "load_state_dict")  # writes the moments through numpy views
         self._commit_state(*self._checked_state(state))
 
 
