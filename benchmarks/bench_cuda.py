@@ -13,8 +13,8 @@ batch 16384) that loads the GPU, and the DiT. Reports the median time per call, 
 rsm over each torch variant, the achieved TFLOP/s against the device's peak (float32 without
 TF32: the FP32 CUDA-core peak) and the peak device memory of each.
 
-rsm's rows run the C loops on the CUDA backend (rsm.cuda.pretrain / sample, rsm.Trainer(...,
-device="cuda")). Where a loop is not ported to the backend table yet, its rsm column records the
+rsm's rows run the C loops on the CUDA backend (models built with device="cuda", through
+rsm.cuda.pretrain / sample; rsm.Trainer(..., device="cuda")). Where a loop is not ported to the backend table yet, its rsm column records the
 NotImplementedError's message instead of a time (the torch columns are still measured), so the
 table says what is missing rather than timing a stand-in.
 
@@ -105,17 +105,15 @@ def peak_memory(fn) -> tuple[float, float]:
 def bench_pretrain(hidden: int, depth: int, batch: int, compile_ok: bool) -> list[dict]:
     data = ring_data()
     model = rsm.MLP(2, hidden, depth, seed=0, temb_dim=TEMB)
-    g = rc.DeviceMLP(model)
-    opt = rc.AdamW(g, lr=1e-3, max_grad_norm=1.0)
+    g = model.to("cuda")  # the same core, parameters and activations on the CUDA backend table
+    opt = rsm.AdamW(g, lr=1e-3, max_grad_norm=1.0)  # moments on the device
     path = rsm.FlowPath()
-    state = {"k": 0}
 
     data_dev = rc.to_device(data)
 
-    def rsm_steps():
+    def rsm_steps():  # 10 steps of the C pretraining loop (constant lr: each call alike)
         rc.pretrain(g, data_dev, path, steps=10, batch_size=batch, lr=1e-3, optimizer=opt,
-                    first_step=state["k"])
-        state["k"] += 10
+                    progress=False, log_every=10)
 
     twin = twin_of(model).cuda()
     topt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
@@ -148,7 +146,7 @@ def bench_pretrain(hidden: int, depth: int, batch: int, compile_ok: bool) -> lis
 def bench_sampling(hidden: int, depth: int, n: int, compile_ok: bool) -> list[dict]:
     model = rsm.MLP(2, hidden, depth, seed=0, temb_dim=TEMB)
     randomize_output_layer(model)
-    g = rc.DeviceMLP(model)
+    g = model.to("cuda")
     path = rsm.FlowPath()
     ts = rsm.sampling.time_grid(20, path)
     coefs = rsm.sampling.step_coefficients(path, ts, "sde")
@@ -283,7 +281,9 @@ def dit_flops(batch: int) -> float:
 
 
 def bench_dit(batch: int, compile_ok: bool) -> list[dict]:
-    model = rsm.DiT(**DIT, seed=0)
+    model = rsm.DiT(**DIT, seed=0, device="cuda")  # the C core on the CUDA backend table
+    rng = np.random.default_rng(1)  # adaLN-Zero starts at 0: random weights, as the twin's
+    model.load_params(rng.normal(size=model.num_params).astype(np.float32) * 0.02)
     twin = TorchDiT(**DIT).cuda()
     for p in twin.parameters():  # adaLN-Zero starts at 0: random weights so the work is real
         torch.nn.init.normal_(p, std=0.02)
@@ -292,9 +292,10 @@ def bench_dit(batch: int, compile_ok: bool) -> list[dict]:
     y = torch.randint(0, DIT["num_classes"], (batch,), device="cuda")
     path = rsm.FlowPath()
     data = np.random.default_rng(0).normal(size=(4 * batch,) + shape[1:]).astype(np.float32)
+    data_dev = rc.to_device(data.reshape(4 * batch, -1))  # [N, dim] on the device, once
 
     def rsm_pretrain():
-        rc.pretrain(model, data, path, steps=1, batch_size=batch)
+        rc.pretrain(model, data_dev, path, steps=1, batch_size=batch, progress=False)
 
     def torch_pretrain(net):
         def step():

@@ -140,24 +140,27 @@ def test_cpu_ops_refuse_a_device_tensor_naming_the_argument_and_the_device():
         m(OnDevice(), 0.5)
 
 
-def test_loops_are_not_reimplemented_in_python_and_refuse_clearly():
-    """rsm.cuda re-implements no loop: sample / pretrain / objective / transition_log_prob say
-    why they cannot run (no CUDA here, or the C loop not ported), never run on a host copy."""
+def test_loops_are_not_reimplemented_in_python_and_dispatch_to_the_c_loops():
+    """rsm.cuda re-implements no loop: sample / pretrain / transition_log_prob hand a device model
+    to rsm.sample / rsm.pretrain / rsm.sampling.log_prob (the C loops over its backend table); a
+    CPU model is refused naming what to build; objective (no standalone device entry) refuses."""
     import inspect
     source = inspect.getsource(rsm.cuda)
     for loop_marker in ("for i, c in enumerate(coefs)", "for s in range(steps)", "for v in rl"):
         assert loop_marker not in source, loop_marker
+    assert "_sample(_device_model(model" in source and "_pretrain(_device_model(model" in source
     model = rsm.MLP(2, 8, 1)
     calls = {"sample": lambda: rsm.cuda.sample(model, 4, rsm.FlowPath()),
              "pretrain": lambda: rsm.cuda.pretrain(model, np.zeros((8, 2)), rsm.FlowPath()),
              "transition_log_prob": lambda: rsm.cuda.transition_log_prob(
-                 model, rsm.FlowPath(), None, None, 0, [1.0, 0.0]),
-             "objective": lambda: rsm.cuda.objective("ppo", None, None)}
+                 model, rsm.FlowPath(), None, None, 0, [1.0, 0.0])}
     for name, call in calls.items():
-        with pytest.raises((RuntimeError, NotImplementedError)) as err:
+        with pytest.raises(TypeError, match=rf"rsm\.cuda\.{name}\(\): model must be an rsm model on a CUDA device"):
             call()
-        text = str(err.value)
-        assert ("CUDA" in text and "not available" in text) or "not run on the CUDA backend" in text, text
+    with pytest.raises((RuntimeError, NotImplementedError)) as err:
+        rsm.cuda.objective("ppo", None, None)
+    text = str(err.value)
+    assert ("CUDA" in text and "not available" in text) or "not run on the CUDA backend" in text, text
 
 
 def test_trainer_device_is_accepted_and_refused_clearly():

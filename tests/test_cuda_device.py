@@ -11,9 +11,11 @@ bitwise the CPU's, normals to the last bit of the device's log/sin/cos.
 
 Part 2, the loops (the issue's parity list): every sampler's trajectories and log-probs, every
 preset's one-iteration update, a whole Trainer iteration and pretraining, on the GPU within float32
-tolerance of the CPU on the same seed. They call the C loops on the CUDA backend; until a loop is
-reachable there they fail with the NotImplementedError that says so (deliberately not skipped:
-the GPU session must show what is not ported).
+tolerance of the CPU on the same seed, on models built on the device (rsm.MLP(...).to("cuda"): the
+same core with its parameters and activations on the CUDA backend table), through rsm.cuda.sample
+/ rsm.cuda.pretrain (= rsm.sample / rsm.pretrain). Where a loop is not reachable on the device
+yet (the Trainer's iteration) they fail with the NotImplementedError that says so (deliberately
+not skipped: the GPU session must show what is not ported).
 """
 from __future__ import annotations
 
@@ -603,11 +605,14 @@ def test_every_sampler_trajectory_and_log_probs_match_the_cpu(dtype, pathname, s
     path = rsm.FlowPath() if pathname == "flow" else rsm.VPPath()
     m = _mlp(dtype, dim=4)
     cpu = rsm.sample(m, 64, path, sampler=sampler, steps=6, seed=5, return_trajectory=True, **kw)
-    gpu = rc.sample(rc.DeviceMLP(m), 64, path, sampler=sampler, steps=6, seed=5,
+    gpu = rc.sample(m.to("cuda"), 64, path, sampler=sampler, steps=6, seed=5,
                     return_trajectory=True, **kw)
     tol = dict(rtol=1e-9, atol=1e-10) if dtype == "float64" else dict(rtol=5e-4, atol=5e-5)
-    for field in ("xs", "outputs", "means", "noises", "log_probs"):
+    for field in ("xs", "outputs", "means", "noises", "log_probs", "stds"):
+        assert getattr(gpu, field).__dlpack_device__() == (2, 0), field  # results stay on the device
         np.testing.assert_allclose(host(getattr(gpu, field)), getattr(cpu, field), **tol)
+    np.testing.assert_array_equal(gpu.rows, cpu.rows)  # row counters: host on every device
+    np.testing.assert_allclose(host(gpu.x), cpu.x, **tol)
 
 
 @pytest.mark.parametrize("method", rsm.methods.names())
@@ -650,5 +655,133 @@ def test_pretraining_matches_the_cpu(pathname):
     data = np.random.default_rng(3).normal(size=(256, 2))
     m = _mlp("float64", seed=1)
     cpu = rsm.pretrain(m.copy(), data, path, steps=10, batch_size=32, seed=7, progress=False)
-    gpu = rc.pretrain(rc.DeviceMLP(m), data, path, steps=10, batch_size=32, seed=7)
-    np.testing.assert_allclose(np.asarray(gpu["loss"]), cpu.column("loss"), rtol=1e-9)
+    cpu_model, gpu_model = m.copy(), m.to("cuda")
+    cpu = rsm.pretrain(cpu_model, data, path, steps=10, batch_size=32, seed=7, progress=False)
+    gpu = rc.pretrain(gpu_model, rc.to_device(data), path, steps=10, batch_size=32, seed=7,
+                      progress=False)
+    np.testing.assert_allclose(gpu.column("loss"), cpu.column("loss"), rtol=1e-9)
+    np.testing.assert_allclose(host(gpu_model.params), np.from_dlpack(cpu_model.params),
+                               rtol=1e-8, atol=1e-10)
+
+
+# ---- part 3: a model on the device (the binding: device_py.c, mlp_py.c, model_py.c) ---------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_mlp_forward_vjp_backward_match_the_cpu(dtype):
+    m = _mlp(dtype, dim=3, seed=2)
+    g = m.to("cuda")
+    assert g.device == "cuda:0" and g is not m and g.to("cuda:0") is g
+    np.testing.assert_array_equal(host(g.params), np.from_dlpack(m.params))  # copied exactly
+    rng = np.random.default_rng(0)
+    x, t = rand(rng, (16, 3), dtype), rng.uniform(0, 1, 16).astype(dtype)
+    cot = rand(rng, (16, 3), dtype)
+    tol = TOL[dtype]
+    out = g(dev(x), dev(t))
+    assert out.__dlpack_device__() == (2, 0)
+    np.testing.assert_allclose(host(out), np.from_dlpack(m(x, t)), **tol)
+    dx, dp = g.vjp(dev(x), 0.3, dev(cot))  # a host scalar time goes to the device
+    rdx, rdp = m.vjp(x, 0.3, cot)
+    np.testing.assert_allclose(host(dx), np.from_dlpack(rdx), **tol)
+    np.testing.assert_allclose(host(dp), np.from_dlpack(rdp), **tol)
+    out, token = g.forward_keep(dev(x), dev(t))
+    dx, dp = g.backward(dev(cot), token)
+    rout, rtoken = m.forward_keep(x, t)
+    rdx, rdp = m.backward(cot, rtoken)
+    np.testing.assert_allclose(host(dp), np.from_dlpack(rdp), **tol)
+    back = g.to("cpu")
+    np.testing.assert_array_equal(np.from_dlpack(back.params), np.from_dlpack(m.params))
+
+
+def test_device_mlp_refuses_host_and_mistyped_arrays_naming_them():
+    g = _mlp("float32").to("cuda")
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="x is on .*runs on a CUDA device"):
+        g(x, 0.5)
+    with pytest.raises(TypeError, match="x has another dtype"):
+        g(dev(x, "float64"), 0.5)
+    with pytest.raises(ValueError, match=r"x\[0\] is nan"):
+        g(dev(np.full((4, 2), np.nan, np.float32)), 0.5)
+    with pytest.raises(ValueError, match="times must be finite and in"):
+        g(dev(x), dev(np.full(4, 2.0, np.float32)))
+
+
+def test_device_mlp_same_seed_same_parameters_and_reset():
+    a = rsm.MLP(2, 16, 2, seed=9, device="cuda")
+    b = rsm.MLP(2, 16, 2, seed=9)
+    np.testing.assert_array_equal(host(a.params), np.from_dlpack(b.params))
+    a._core.reset_parameters(4)
+    b._core.reset_parameters(4)
+    np.testing.assert_array_equal(host(a.params), np.from_dlpack(b.params))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_adamw_step_matches_the_cpu(dtype):
+    m = _mlp(dtype, seed=6)
+    g = m.to("cuda")
+    grads = np.random.default_rng(1).normal(size=m.num_params).astype(dtype)
+    oc = rsm.AdamW(m, lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, ema_decay=0.9)
+    og = rsm.AdamW(g, lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, ema_decay=0.9)
+    assert og._core.m.__dlpack_device__() == (2, 0)
+    for _ in range(3):
+        nc = oc.step(grads.copy())
+        ng = og.step(dev(grads))
+        np.testing.assert_allclose(ng, nc, rtol=1e-6 if dtype == "float32" else 1e-12)
+    np.testing.assert_allclose(host(g.params), np.from_dlpack(m.params), **TOL[dtype])
+    np.testing.assert_allclose(host(og._core.ema), np.from_dlpack(oc._core.ema), **TOL[dtype])
+
+
+def test_reward_receives_device_samples_zero_copy():
+    g = _mlp("float32").to("cuda")
+    seen = {}
+
+    def reward(x):
+        seen["device"] = x.__dlpack_device__()
+        return 1.0
+
+    x, r = rsm.sample(g, 8, rsm.FlowPath(), "sde", steps=3, reward=reward)
+    assert seen["device"] == (2, 0) and r == 1.0 and x.__dlpack_device__() == (2, 0)
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        xt = torch.from_dlpack(x)
+        assert xt.is_cuda and xt.data_ptr() == torch.from_dlpack(x).data_ptr()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_device_dit_forward_vjp_and_sampling_match_the_cpu(dtype):
+    d = rsm.DiT(8, 2, 2, 32, 2, 4, 5, seed=3, dtype=dtype)
+    p = np.from_dlpack(d.params)
+    p[...] = np.random.default_rng(1).normal(size=p.shape).astype(dtype) * 0.05  # past adaLN-Zero
+    g = d.to("cuda")
+    assert g.device == "cuda:0"
+    np.testing.assert_array_equal(host(g.params), p)
+    rng = np.random.default_rng(2)
+    x, t = rand(rng, (6, d.dim), dtype), rng.uniform(0, 1, 6).astype(dtype)
+    cot, ids = rand(rng, (6, d.dim), dtype), np.array([0, 1, 2, 3, 4, 5])
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(host(g(dev(x), dev(t), ids)), np.from_dlpack(d(x, t, ids)), **tol)
+    dx, dp = g.vjp(dev(x), dev(t), dev(cot), ids)
+    rdx, rdp = d.vjp(x, t, cot, ids)
+    np.testing.assert_allclose(host(dx), np.from_dlpack(rdx), **tol)
+    np.testing.assert_allclose(host(dp), np.from_dlpack(rdp), **tol)
+    cpu = rsm.sample(d, 6, rsm.FlowPath(), "sde", steps=4, seed=1, cond=ids, return_trajectory=True)
+    gpu = rsm.sample(g, 6, rsm.FlowPath(), "sde", steps=4, seed=1, cond=ids, return_trajectory=True)
+    np.testing.assert_allclose(host(gpu.xs), cpu.xs, **tol)
+    np.testing.assert_allclose(host(gpu.log_probs), cpu.log_probs, **tol)
+    with pytest.raises(NotImplementedError, match="LoRA adapters on a CUDA device"):
+        rsm.lora(g, rank=2)
+
+
+def test_device_pretrain_optimizer_state_comes_back_to_the_host():
+    g = _mlp("float32", seed=8).to("cuda")
+    opt = rsm.AdamW(g, lr=1e-3, ema_decay=0.9)
+    rc.pretrain(g, np.random.default_rng(0).normal(size=(64, 2)), rsm.FlowPath(), steps=3,
+                batch_size=16, optimizer=opt, progress=False)
+    state = opt.state_dict()
+    assert state["step"] == 3 and state["m"].shape == (g.num_params,) and np.all(state["v"] >= 0)
+    with pytest.raises(RuntimeError, match="load_state_dict.*cuda:0"):
+        opt.load_state_dict(state)
+    with pytest.raises(ValueError, match="different devices"):
+        _C.pretrain_steps(g._core, rsm.AdamW(_mlp("float32"))._core, rsm.FlowPath()._core,
+                          rc.to_device(np.zeros((8, 2), np.float32)), None, 4, 0.0, 1.0, 1e-3,
+                          0, 0, 0, 1)

@@ -32,7 +32,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
 
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["rsm._C", "rsm._cuda", "rsm._cpu", "rsm._build", "rsm._build_config", "rsm._args",
+    ("base", ["rsm._C", "rsm._cuda", "rsm._device", "rsm._cpu", "rsm._build", "rsm._build_config", "rsm._args",
               "rsm._reward", "rsm.io", "rsm._validate"]),
     ("numerics", ["rsm.paths", "rsm.models", "rsm.dit", "rsm.guidance", "rsm.sampling",
                   "rsm.training", "rsm.kl", "rsm.objective", "rsm.tree", "rsm.conventions", "rsm.geometry",

@@ -223,6 +223,46 @@ int rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *mod
                         PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
                         rsm_py_tensor **cond);
 
+/* ---- models on a device (device_py.c) ------------------------------------------------------
+ * be: a model's backend (rsm_model.backend); NULL or the CPU backend gives the CPU helper each
+ * one wraps, unchanged. On a device: arrays are device tensors of the model's dtype, on its
+ * device, C-contiguous (refused naming the argument otherwise, no copy), and new tensors come
+ * from be->alloc, freed through be->free when the last view goes. */
+struct rsm_backend;
+int rsm_py_on_device(const struct rsm_backend *be);
+/* None -> NULL (the CPU); the capsule of rsm.cuda.backend_table(device) -> its table. */
+const struct rsm_backend *rsm_py_backend_arg(PyObject *obj, const char *func);
+/* A new block of `be` holding a copy of `bytes` host bytes (waits for the copy), or NULL with
+ * an exception naming `func`. How a model core's host-initialised buffers reach the device. */
+void *rsm_py_device_copy_in(const struct rsm_backend *be, const void *host, size_t bytes,
+                            const char *func);
+/* A Python object owning device block `ptr` of `be` (freed with it; on failure freed now). */
+PyObject *rsm_py_device_block(const struct rsm_backend *be, void *ptr);
+rsm_py_tensor *rsm_py_tensor_new_on(PyObject *module, const struct rsm_backend *be,
+                                    rsm_dtype dtype, int32_t ndim, const int64_t *shape, int zero);
+rsm_py_tensor *rsm_py_tensor_view_on(PyObject *module, const struct rsm_backend *be,
+                                     PyObject *base, void *data, rsm_dtype dtype, int32_t ndim,
+                                     const int64_t *shape, int readonly);
+rsm_py_tensor *rsm_py_matrix_arg_on(PyObject *module, const struct rsm_backend *be, PyObject *obj,
+                                    const char *func, const char *name, rsm_dtype dtype,
+                                    int64_t rows, int64_t cols);
+rsm_py_tensor *rsm_py_vector_arg_on(PyObject *module, const struct rsm_backend *be, PyObject *obj,
+                                    const char *func, const char *name, rsm_dtype dtype,
+                                    int64_t len);
+/* rsm_py_check_finite (times=0) or rsm_py_check_times (times=1), on a host copy on a device. */
+int rsm_py_check_on(PyObject *module, const struct rsm_backend *be, rsm_py_tensor *t,
+                    rsm_dtype dtype, const char *func, const char *name, int times);
+/* set_params(src) of a model core: a flat [n] array of `dtype` copied into its parameter block
+ * `dst` (host -> host, host -> device, device -> device on `be`), under `lock`. */
+PyObject *rsm_py_set_params(PyObject *module, const struct rsm_backend *be, PyThread_type_lock lock,
+                            void *dst, rsm_dtype dtype, int64_t n, PyObject *arg);
+/* The backend of an AdamWCore (NULL: its state is on the host), optim_py.c. */
+const struct rsm_backend *rsm_py_adamw_backend(PyObject *opt);
+/* rsm_py_cond_arg of a model on `be`. */
+int rsm_py_cond_arg_on(PyObject *module, const struct rsm_backend *be, const char *func,
+                       rsm_dtype dtype, int64_t cond_dim, int64_t rows, PyObject *cond_obj,
+                       rsm_py_tensor **cond);
+
 /* ---- other core objects as arguments (path_py.c, optim_py.c, objective_py.c) ---------------- */
 
 struct rsm_adamw;

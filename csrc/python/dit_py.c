@@ -9,13 +9,55 @@
 
 #include <string.h>
 
+#include "../backend.h"
 #include "../nn/dit.h"
 
 typedef struct {
     rsm_py_model model;
     rsm_dit dit;
-    PyObject *base; /* the DiTCore whose parameters a LoRA model borrows, or NULL */
+    PyObject *base;        /* the DiTCore whose parameters a LoRA model borrows, or NULL */
+    PyObject *backend_obj; /* the capsule of dit.backend (rsm.cuda.backend_table), or NULL */
 } rsm_py_dit;
+
+/* A (full, non-LoRA) DiT on a device, as the MLP (mlp_py.c): the core draws its parameters and
+ * builds its positional table on the host, then the binding moves params and pos into blocks of
+ * `be` and sets dit.backend (activations and every op then go through it). `host_params`: the
+ * parameters to copy (the model's own at init, a re-drawn host model's for reset_parameters).
+ * rsm_dit_free frees params/pos with rsm_free (host), so rsm_dit_device_release frees them first. */
+static int
+rsm_dit_to_device(rsm_dit *dit, const rsm_backend *be, const void *host_params, const void *host_pos)
+{
+    size_t es = rsm_dtype_size(dit->config.dtype);
+    void *params = rsm_py_device_copy_in(be, host_params, (size_t)dit->layout.num_params * es, "DiT");
+    if (params == NULL) return -1;
+    void *pos = NULL;
+    if (host_pos) {
+        pos = rsm_py_device_copy_in(be, host_pos, (size_t)(dit->layout.tokens * dit->config.width) * es,
+                                    "DiT");
+        if (pos == NULL) {
+            be->free(be, params);
+            return -1;
+        }
+    }
+    if (dit->backend == NULL) rsm_free(dit->params); /* owned: the host block of rsm_dit_init */
+    else dit->backend->free(dit->backend, dit->params);
+    dit->params = params;
+    if (pos) {
+        rsm_free(dit->pos);
+        dit->pos = pos;
+    }
+    dit->backend = be;
+    return 0;
+}
+
+static void
+rsm_dit_device_release(rsm_dit *dit)
+{
+    if (!rsm_py_on_device(dit->backend)) return;
+    dit->backend->free(dit->backend, dit->params); /* a device DiT is never a LoRA: owned */
+    dit->backend->free(dit->backend, dit->pos);
+    dit->params = dit->pos = NULL; /* rsm_dit_free's rsm_free(NULL): no-ops */
+}
 
 static int
 rsm_dit_as_model_op(PyObject *module, rsm_py_model *self, const char *func, rsm_model *model,
@@ -30,8 +72,12 @@ static void
 rsm_dit_release(rsm_py_model *self)
 {
     rsm_py_dit *d = (rsm_py_dit *)self;
-    if (self->initialised) rsm_dit_free(&d->dit);
+    if (self->initialised) {
+        rsm_dit_device_release(&d->dit);
+        rsm_dit_free(&d->dit);
+    }
     Py_CLEAR(d->base);
+    Py_CLEAR(d->backend_obj);
 }
 
 /* base is only borrowed from while this object lives: visited, and dropped at dealloc */
@@ -79,18 +125,20 @@ rsm_dit_py_init(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"image_size",  "channels", "patch",   "width", "depth",      "heads",
                              "num_classes", "temb_dim", "dtype",   "seed",  "checkpoint", "base",
-                             "rank",        "alpha",    "targets", NULL};
+                             "rank",        "alpha",    "targets", "backend", NULL};
     long long image_size = 0, channels = 0, patch = 1, width = 0, depth = 0, heads = 1,
               num_classes = 0, temb_dim = 64, rank = 0;
     unsigned long long seed = 0;
     int checkpoint = 0;
     double alpha = 0;
-    PyObject *dtype_obj = NULL, *base = Py_None, *targets_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|LLLLLLLLOKpOLdO", kwlist, &image_size,
+    PyObject *dtype_obj = NULL, *base = Py_None, *targets_obj = Py_None, *backend_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|LLLLLLLLOKpOLdOO", kwlist, &image_size,
                                      &channels, &patch, &width, &depth, &heads, &num_classes,
                                      &temb_dim, &dtype_obj, &seed, &checkpoint, &base, &rank,
-                                     &alpha, &targets_obj))
+                                     &alpha, &targets_obj, &backend_obj))
         return -1;
+    const rsm_backend *be = rsm_py_backend_arg(backend_obj, "DiT");
+    if (be == NULL && PyErr_Occurred()) return -1;
     if (rsm_py_model_init_begin(&self->model, &rsm_dit_ops) < 0) return -1;
     rsm_status status;
     if (base != Py_None) {
@@ -98,6 +146,14 @@ rsm_dit_py_init(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
         if (!PyObject_TypeCheck(base, rsm_state(module)->dit_type) ||
             !((rsm_py_dit *)base)->model.initialised) {
             rsm_py_raisef(PyExc_TypeError, "lora", "ref must be an rsm.DiT");
+            return -1;
+        }
+        /* the core's LoRA init copies base's positional table and draws the adapters on the host:
+         * a LoRA over a device DiT (or on a device) is not wired yet */
+        if (rsm_py_on_device(be) || rsm_py_on_device(((rsm_py_dit *)base)->dit.backend)) {
+            rsm_py_raisef(PyExc_NotImplementedError, "lora",
+                          "LoRA adapters on a CUDA device are not wired yet (issue 13): build the "
+                          "LoRA model on the CPU");
             return -1;
         }
         int targets;
@@ -118,6 +174,13 @@ rsm_dit_py_init(rsm_py_dit *self, PyObject *args, PyObject *kwargs)
         if (status != RSM_OK) {
             rsm_py_raise(status, "DiT");
             return -1;
+        }
+        if (rsm_py_on_device(be)) {
+            if (rsm_dit_to_device(&self->dit, be, self->dit.params, self->dit.pos) < 0) {
+                rsm_dit_free(&self->dit);
+                return -1;
+            }
+            self->backend_obj = Py_NewRef(backend_obj);
         }
     }
     return rsm_py_model_init_end(&self->model, 1);
@@ -143,6 +206,18 @@ rsm_dit_py_reset_parameters(rsm_py_dit *self, PyObject *arg)
     unsigned long long seed = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred()) return NULL;
     if (rsm_py_model_ready(&self->model, "reset_parameters") < 0) return NULL;
+    if (rsm_py_on_device(self->dit.backend)) {
+        /* the draws on a host model of the same configuration (the core's rule), moved over */
+        rsm_dit host;
+        rsm_status status = rsm_dit_init(&host, self->dit.config, (uint64_t)seed);
+        if (status != RSM_OK) return rsm_py_raise(status, "reset_parameters");
+        PyThread_acquire_lock(self->model.lock, WAIT_LOCK);
+        int rc = rsm_dit_to_device(&self->dit, self->dit.backend, host.params, NULL);
+        PyThread_release_lock(self->model.lock);
+        rsm_dit_free(&host);
+        if (rc < 0) return NULL;
+        Py_RETURN_NONE;
+    }
     PyThread_acquire_lock(self->model.lock, WAIT_LOCK);
     rsm_status status = rsm_dit_reset_parameters(&self->dit, (uint64_t)seed);
     PyThread_release_lock(self->model.lock);
@@ -150,14 +225,24 @@ rsm_dit_py_reset_parameters(rsm_py_dit *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* set_params(src): the trainable parameters (a LoRA model: its adapters) from src */
+static PyObject *
+rsm_dit_py_set_params(rsm_py_dit *self, PyObject *arg)
+{
+    if (rsm_py_model_ready(&self->model, "set_params") < 0) return NULL;
+    return rsm_py_set_params(rsm_module_of_type(Py_TYPE(self)), self->dit.backend,
+                             self->model.lock, rsm_dit_trainable(&self->dit),
+                             self->dit.config.dtype, rsm_dit_num_trainable(&self->dit), arg);
+}
+
 static PyObject *
 rsm_dit_py_get_params(rsm_py_dit *self, void *closure)
 {
     if (rsm_py_model_ready(&self->model, "params") < 0) return NULL;
     int64_t n = rsm_dit_num_trainable(&self->dit);
-    return (PyObject *)rsm_py_tensor_view(rsm_module_of_type(Py_TYPE(self)), (PyObject *)self,
-                                          rsm_dit_trainable(&self->dit), self->dit.config.dtype, 1,
-                                          &n, 0);
+    return (PyObject *)rsm_py_tensor_view_on(rsm_module_of_type(Py_TYPE(self)), self->dit.backend,
+                                             (PyObject *)self, rsm_dit_trainable(&self->dit),
+                                             self->dit.config.dtype, 1, &n, 0);
 }
 
 /* the base parameters (for a LoRA model: base's, read-only here) */
@@ -166,9 +251,9 @@ rsm_dit_py_get_base_params(rsm_py_dit *self, void *closure)
 {
     if (rsm_py_model_ready(&self->model, "base_params") < 0) return NULL;
     int64_t n = self->dit.layout.num_params;
-    return (PyObject *)rsm_py_tensor_view(rsm_module_of_type(Py_TYPE(self)), (PyObject *)self,
-                                          self->dit.params, self->dit.config.dtype, 1, &n,
-                                          self->base != NULL);
+    return (PyObject *)rsm_py_tensor_view_on(rsm_module_of_type(Py_TYPE(self)), self->dit.backend,
+                                             (PyObject *)self, self->dit.params,
+                                             self->dit.config.dtype, 1, &n, self->base != NULL);
 }
 
 static PyObject *
@@ -247,10 +332,22 @@ static PyMethodDef rsm_dit_methods[] = {
      "activation_bytes(n): bytes of activations saved by a forward of n rows"},
     {"reset_parameters", (PyCFunction)rsm_dit_py_reset_parameters, METH_O,
      "reset_parameters(seed)"},
+    {"set_params", (PyCFunction)rsm_dit_py_set_params, METH_O,
+     "set_params(src): copy the trainable flat parameters in (host array, or a device array on "
+     "the model's device)"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+rsm_dit_py_get_device(rsm_py_dit *self, void *closure)
+{
+    return PyUnicode_FromString(rsm_py_on_device(self->dit.backend) ? self->dit.backend->name
+                                                                    : "cpu");
+}
+
 static PyGetSetDef rsm_dit_getset[] = {
+    {"device", (getter)rsm_dit_py_get_device, NULL, "'cpu' or 'cuda:N' (the backend's name)",
+     NULL},
     {"params", (getter)rsm_dit_py_get_params, NULL,
      "trainable flat parameters (writable zero-copy view): the adapters of a LoRA model", NULL},
     {"base_params", (getter)rsm_dit_py_get_base_params, NULL,

@@ -10,6 +10,8 @@
  */
 #include "binding.h"
 
+#include "../backend.h"
+
 /* ---- init, lock, dealloc ------------------------------------------------------------------- */
 
 int
@@ -109,8 +111,8 @@ rsm_py_model_arg(PyObject *module, PyObject *obj, const char *func, rsm_model *m
 /* ---- the inputs of a model ----------------------------------------------------------------- */
 
 int
-rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim, int64_t rows,
-                PyObject *cond_obj, rsm_py_tensor **cond)
+rsm_py_cond_arg_on(PyObject *module, const rsm_backend *be, const char *func, rsm_dtype dtype,
+                   int64_t cond_dim, int64_t rows, PyObject *cond_obj, rsm_py_tensor **cond)
 {
     *cond = NULL;
     if (cond_obj == NULL || cond_obj == Py_None) return 0; /* a conditional model: the core says */
@@ -119,24 +121,33 @@ rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t con
                       "cond was given but the model is unconditional (cond_dim=0)");
         return -1;
     }
-    *cond = rsm_py_matrix_arg(module, cond_obj, func, "cond", dtype, rows, cond_dim);
-    if (!*cond || rsm_py_check_finite(*cond, dtype, func, "cond") < 0) return -1;
+    *cond = rsm_py_matrix_arg_on(module, be, cond_obj, func, "cond", dtype, rows, cond_dim);
+    if (!*cond || rsm_py_check_on(module, be, *cond, dtype, func, "cond", 0) < 0) return -1;
     return 0;
 }
 
+int
+rsm_py_cond_arg(PyObject *module, const char *func, rsm_dtype dtype, int64_t cond_dim, int64_t rows,
+                PyObject *cond_obj, rsm_py_tensor **cond)
+{
+    return rsm_py_cond_arg_on(module, NULL, func, dtype, cond_dim, rows, cond_obj, cond);
+}
+
+/* x, t and cond on the model's device (model->backend: NULL or the CPU is the CPU path). */
 int
 rsm_py_model_inputs(PyObject *module, const char *func, const rsm_model *model, PyObject *x_obj,
                     PyObject *t_obj, PyObject *cond_obj, rsm_py_tensor **x, rsm_py_tensor **t,
                     rsm_py_tensor **cond)
 {
     const rsm_dtype dtype = model->dtype;
-    *x = rsm_py_matrix_arg(module, x_obj, func, "x", dtype, -1, model->dim);
+    const rsm_backend *be = model->backend;
+    *x = rsm_py_matrix_arg_on(module, be, x_obj, func, "x", dtype, -1, model->dim);
     if (!*x) return -1;
     int64_t n = (*x)->t.shape[0];
-    if (rsm_py_check_finite(*x, dtype, func, "x") < 0) return -1;
-    *t = rsm_py_vector_arg(module, t_obj, func, "t", dtype, n);
-    if (!*t || rsm_py_check_times(*t, dtype, func, "t") < 0) return -1;
-    return rsm_py_cond_arg(module, func, dtype, model->cond_dim, n, cond_obj, cond);
+    if (rsm_py_check_on(module, be, *x, dtype, func, "x", 0) < 0) return -1;
+    *t = rsm_py_vector_arg_on(module, be, t_obj, func, "t", dtype, n);
+    if (!*t || rsm_py_check_on(module, be, *t, dtype, func, "t", 1) < 0) return -1;
+    return rsm_py_cond_arg_on(module, be, func, dtype, model->cond_dim, n, cond_obj, cond);
 }
 
 /* ---- forward / vjp / backward through the vtable, under the lock ---------------------------- */
@@ -160,7 +171,7 @@ rsm_model_forward(PyObject *module, const rsm_model *model, PyThread_type_lock l
     PyObject *result = NULL;
     if (rsm_py_model_inputs(module, "forward", model, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
         goto done;
-    out = rsm_py_tensor_new(module, model->dtype, 2, x->t.shape, 0);
+    out = rsm_py_tensor_new_on(module, model->backend, model->dtype, 2, x->t.shape, 0);
     if (!out) goto done;
     rsm_status status;
     uint64_t token = 0;
@@ -211,11 +222,12 @@ rsm_model_vjp(PyObject *module, const rsm_model *model, PyThread_type_lock lock,
     if (rsm_py_model_inputs(module, "vjp", model, x_obj, t_obj, cond_obj, &x, &t, &cond) < 0)
         goto done;
     int64_t n = x->t.shape[0], num_params = model->num_params;
-    cot = rsm_py_matrix_arg(module, cot_obj, "vjp", "cotangent", dtype, n, model->dim);
-    if (!cot || rsm_py_check_finite(cot, dtype, "vjp", "cotangent") < 0) goto done;
-    out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
-    dx = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
-    dparams = rsm_py_tensor_new(module, dtype, 1, &num_params, 1);
+    const rsm_backend *be = model->backend;
+    cot = rsm_py_matrix_arg_on(module, be, cot_obj, "vjp", "cotangent", dtype, n, model->dim);
+    if (!cot || rsm_py_check_on(module, be, cot, dtype, "vjp", "cotangent", 0) < 0) goto done;
+    out = rsm_py_tensor_new_on(module, be, dtype, 2, x->t.shape, 0);
+    dx = rsm_py_tensor_new_on(module, be, dtype, 2, x->t.shape, 0);
+    dparams = rsm_py_tensor_new_on(module, be, dtype, 1, &num_params, 1);
     if (!out || !dx || !dparams) goto done;
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS
@@ -257,17 +269,18 @@ rsm_model_backward(PyObject *module, const rsm_model *model, PyThread_type_lock 
         return rsm_py_raisef(PyExc_TypeError, "backward",
                              "the model has no parameters to differentiate");
     const rsm_dtype dtype = model->dtype;
-    rsm_py_tensor *cot =
-        rsm_py_matrix_arg(module, cot_obj, "backward", "cotangent", dtype, -1, model->dim);
+    const rsm_backend *be = model->backend;
+    rsm_py_tensor *cot = rsm_py_matrix_arg_on(module, be, cot_obj, "backward", "cotangent", dtype,
+                                              -1, model->dim);
     if (!cot) return NULL;
-    if (rsm_py_check_finite(cot, dtype, "backward", "cotangent") < 0) {
+    if (rsm_py_check_on(module, be, cot, dtype, "backward", "cotangent", 0) < 0) {
         Py_DECREF(cot);
         return NULL;
     }
     int64_t n = cot->t.shape[0], num_params = model->num_params;
     int64_t shape[2] = {n, model->dim};
-    rsm_py_tensor *dx = rsm_py_tensor_new(module, dtype, 2, shape, 0);
-    rsm_py_tensor *dparams = rsm_py_tensor_new(module, dtype, 1, &num_params, 1);
+    rsm_py_tensor *dx = rsm_py_tensor_new_on(module, be, dtype, 2, shape, 0);
+    rsm_py_tensor *dparams = rsm_py_tensor_new_on(module, be, dtype, 1, &num_params, 1);
     PyObject *result = NULL;
     if (dx && dparams) {
         rsm_status status = RSM_OK;

@@ -105,12 +105,15 @@ rsm_rollout_inputs(PyObject *module, const char *func, const rsm_model *model, i
                    rsm_py_tensor **cond)
 {
     *x_init = *cond = NULL;
+    const struct rsm_backend *be = model->backend; /* device models: device arrays (device_py.c) */
     if (x_init_obj != Py_None) {
-        *x_init =
-            rsm_py_matrix_arg(module, x_init_obj, func, "x_init", model->dtype, rows, model->dim);
-        if (!*x_init || rsm_py_check_finite(*x_init, model->dtype, func, "x_init") < 0) return -1;
+        *x_init = rsm_py_matrix_arg_on(module, be, x_init_obj, func, "x_init", model->dtype, rows,
+                                       model->dim);
+        if (!*x_init || rsm_py_check_on(module, be, *x_init, model->dtype, func, "x_init", 0) < 0)
+            return -1;
     }
-    return rsm_py_cond_arg(module, func, model->dtype, model->cond_dim, rows, cond_obj, cond);
+    return rsm_py_cond_arg_on(module, be, func, model->dtype, model->cond_dim, rows, cond_obj,
+                              cond);
 }
 
 /* The arguments every rollout entry point starts with: reward (a callable or None), path and
@@ -213,15 +216,18 @@ rsm_py_sample(PyObject *module, PyObject *args, PyObject *kwargs)
     int64_t shape_steps[3] = {S, N, D};
     int64_t shape_lp[2] = {S, N};
     int64_t shape_rows = S + 1;
-    x_final = rsm_py_tensor_new(module, dtype, 2, shape_final, 0);
+    /* on a device model's device (the rollout writes them through its backend), except the row
+     * counters, which the loop keeps on the host (backend.h) */
+    const struct rsm_backend *be = model.backend;
+    x_final = rsm_py_tensor_new_on(module, be, dtype, 2, shape_final, 0);
     if (!x_final) goto done;
     if (return_trajectory) {
-        xs = rsm_py_tensor_new(module, dtype, 3, shape_xs, 0);
-        means = rsm_py_tensor_new(module, dtype, 3, shape_steps, 0);
-        noises = rsm_py_tensor_new(module, dtype, 3, shape_steps, 0);
-        outputs = rsm_py_tensor_new(module, dtype, 3, shape_steps, 0);
-        stds = rsm_py_tensor_new(module, dtype, 1, &S, 0);
-        log_probs = rsm_py_tensor_new(module, dtype, 2, shape_lp, 0);
+        xs = rsm_py_tensor_new_on(module, be, dtype, 3, shape_xs, 0);
+        means = rsm_py_tensor_new_on(module, be, dtype, 3, shape_steps, 0);
+        noises = rsm_py_tensor_new_on(module, be, dtype, 3, shape_steps, 0);
+        outputs = rsm_py_tensor_new_on(module, be, dtype, 3, shape_steps, 0);
+        stds = rsm_py_tensor_new_on(module, be, dtype, 1, &S, 0);
+        log_probs = rsm_py_tensor_new_on(module, be, dtype, 2, shape_lp, 0);
         rows = rsm_py_tensor_new(module, RSM_I64, 1, &shape_rows, 0);
         if (!xs || !means || !noises || !outputs || !stds || !log_probs || !rows) goto done;
     }
@@ -351,12 +357,12 @@ rsm_py_branch_rollout(PyObject *module, PyObject *args, PyObject *kwargs)
         goto done;
     }
     int64_t shape_root[3] = {S + 1, roots, D}, shape_rows[2] = {R, D};
-    root_xs = rsm_py_tensor_new(module, dtype, 3, shape_root, 0);
-    x_next = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
-    outputs = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
-    noises = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
-    log_probs = rsm_py_tensor_new(module, dtype, 1, &R, 0);
-    x0 = rsm_py_tensor_new(module, dtype, 2, shape_rows, 0);
+    root_xs = rsm_py_tensor_new_on(module, model.backend, dtype, 3, shape_root, 0);
+    x_next = rsm_py_tensor_new_on(module, model.backend, dtype, 2, shape_rows, 0);
+    outputs = rsm_py_tensor_new_on(module, model.backend, dtype, 2, shape_rows, 0);
+    noises = rsm_py_tensor_new_on(module, model.backend, dtype, 2, shape_rows, 0);
+    log_probs = rsm_py_tensor_new_on(module, model.backend, dtype, 1, &R, 0);
+    x0 = rsm_py_tensor_new_on(module, model.backend, dtype, 2, shape_rows, 0);
     if (!root_xs || !x_next || !outputs || !noises || !log_probs || !x0) goto done;
     int64_t nfe = 0;
     rsm_py_reward_callback reward;
@@ -440,15 +446,17 @@ rsm_py_transition_log_prob(PyObject *module, PyObject *args, PyObject *kwargs)
         goto done;
     sa.cfg.pcpo_weight = pcpo_weight;
     const rsm_dtype dtype = model.dtype;
-    x = rsm_py_matrix_arg(module, x_obj, func, "x", dtype, -1, model.dim);
-    if (!x || rsm_py_check_finite(x, dtype, func, "x") < 0) goto done;
+    const struct rsm_backend *be = model.backend; /* device models: device arrays */
+    x = rsm_py_matrix_arg_on(module, be, x_obj, func, "x", dtype, -1, model.dim);
+    if (!x || rsm_py_check_on(module, be, x, dtype, func, "x", 0) < 0) goto done;
     int64_t n = x->t.shape[0];
-    x_next = rsm_py_matrix_arg(module, x_next_obj, func, "x_next", dtype, n, model.dim);
-    if (!x_next || rsm_py_check_finite(x_next, dtype, func, "x_next") < 0) goto done;
-    if (rsm_py_cond_arg(module, func, dtype, model.cond_dim, n, cond_obj, &cond) < 0) goto done;
-    lp = rsm_py_tensor_new(module, dtype, 1, &n, 0);
-    mean = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
-    out = rsm_py_tensor_new(module, dtype, 2, x->t.shape, 0);
+    x_next = rsm_py_matrix_arg_on(module, be, x_next_obj, func, "x_next", dtype, n, model.dim);
+    if (!x_next || rsm_py_check_on(module, be, x_next, dtype, func, "x_next", 0) < 0) goto done;
+    if (rsm_py_cond_arg_on(module, be, func, dtype, model.cond_dim, n, cond_obj, &cond) < 0)
+        goto done;
+    lp = rsm_py_tensor_new_on(module, model.backend, dtype, 1, &n, 0);
+    mean = rsm_py_tensor_new_on(module, model.backend, dtype, 2, x->t.shape, 0);
+    out = rsm_py_tensor_new_on(module, model.backend, dtype, 2, x->t.shape, 0);
     if (!lp || !mean || !out) goto done;
     rsm_status status;
     Py_BEGIN_ALLOW_THREADS

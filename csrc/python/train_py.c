@@ -64,22 +64,33 @@ rsm_py_pretrain_steps(PyObject *module, PyObject *args, PyObject *kwargs)
     rsm_py_tensor *data = NULL, *cond = NULL, *losses = NULL, *norms = NULL, *grads = NULL,
                   *null_cond = NULL;
     PyObject *result = NULL;
-    data = rsm_py_matrix_arg(module, data_obj, func, "data", model.dtype, -1, model.dim);
-    if (!data || rsm_py_check_finite(data, model.dtype, func, "data") < 0) goto done;
-    if (rsm_py_cond_arg(module, func, model.dtype, model.cond_dim, data->t.shape[0], cond_obj,
-                        &cond) < 0)
+    /* a device model: data, cond, null_cond, the gradient buffer and the optimizer state on its
+     * device (device_py.c); the per-step losses and norms are host doubles (backend.h) */
+    const struct rsm_backend *be = model.backend;
+    if (rsm_py_on_device(be) != rsm_py_on_device(rsm_py_adamw_backend(opt_obj)) ||
+        (rsm_py_on_device(be) && rsm_py_adamw_backend(opt_obj) != be)) {
+        rsm_py_raisef(PyExc_ValueError, func,
+                      "opt and model are on different devices: build the optimizer from "
+                      "model.params (rsm.AdamW(model))");
+        return NULL;
+    }
+    data = rsm_py_matrix_arg_on(module, be, data_obj, func, "data", model.dtype, -1, model.dim);
+    if (!data || rsm_py_check_on(module, be, data, model.dtype, func, "data", 0) < 0) goto done;
+    if (rsm_py_cond_arg_on(module, be, func, model.dtype, model.cond_dim, data->t.shape[0],
+                           cond_obj, &cond) < 0)
         goto done;
     if (null_obj != Py_None) {
-        null_cond =
-            rsm_py_vector_arg(module, null_obj, func, "null_cond", model.dtype, model.cond_dim);
-        if (!null_cond || rsm_py_check_finite(null_cond, model.dtype, func, "null_cond") < 0)
+        null_cond = rsm_py_vector_arg_on(module, be, null_obj, func, "null_cond", model.dtype,
+                                         model.cond_dim);
+        if (!null_cond || rsm_py_check_on(module, be, null_cond, model.dtype, func, "null_cond",
+                                          0) < 0)
             goto done;
     }
     int64_t steps = num_steps > 0 ? num_steps : 0;
     int64_t num_params = model.num_params;
     losses = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
     norms = rsm_py_tensor_new(module, RSM_F64, 1, &steps, 1);
-    grads = rsm_py_tensor_new(module, model.dtype, 1, &num_params, 0);
+    grads = rsm_py_tensor_new_on(module, be, model.dtype, 1, &num_params, 0);
     if (!losses || !norms || !grads) goto done;
     rsm_pretrain_config cfg = {batch_size,   t_min,
                                t_max,        lr,

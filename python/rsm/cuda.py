@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _C
+from ._device import _device_index, _dtype_of, _mod, _shape, backend_table, empty, require, \
+    to_device, to_host
 
 __all__ = ["is_available", "device_count", "empty", "zeros", "to_device", "to_host", "synchronize",
            "memory_stats", "empty_cache", "set_tf32", "tf32_enabled", "set_bf16", "bf16_enabled", "normal", "philox_u32",
@@ -32,16 +34,6 @@ __all__ = ["is_available", "device_count", "empty", "zeros", "to_device", "to_ho
            "objective", "pretrain"]
 
 _DTYPES = ("float32", "float64")
-
-
-def _mod():
-    """rsm._cuda, or RuntimeError with the reason CUDA is not usable."""
-    from ._build import _cuda_status
-    available, reason = _cuda_status()
-    if not available:
-        raise RuntimeError(f"rsm.cuda: CUDA is not available: {reason}")
-    from . import _cuda
-    return _cuda
 
 
 def is_available() -> bool:
@@ -53,18 +45,6 @@ def device_count() -> int:
     return _mod().device_count()[0]
 
 
-def _device_index(device: Any) -> int:
-    if isinstance(device, str):
-        if device == "cuda":
-            return 0
-        if device.startswith("cuda:") and device[5:].isdigit():
-            return int(device[5:])
-        raise ValueError(f"device must be 'cuda', 'cuda:N' or an int, got {device!r}")
-    if isinstance(device, bool) or not isinstance(device, (int, np.integer)) or device < 0:
-        raise ValueError(f"device must be 'cuda', 'cuda:N' or an int >= 0, got {device!r}")
-    return int(device)
-
-
 def _device_of(array: Any, name: str) -> int:
     kind, index = array.__dlpack_device__()
     if kind != 2:
@@ -72,23 +52,7 @@ def _device_of(array: Any, name: str) -> int:
     return int(index)
 
 
-def _dtype_of(array: Any) -> str:
-    dtype = getattr(array, "dtype", None)
-    return str(dtype).replace("torch.", "")
-
-
-def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
-
-
 # ---- memory ------------------------------------------------------------------------------------
-
-
-def empty(shape: Any, dtype: str = "float32", device: Any = 0) -> _C.Tensor:
-    """Uninitialised device tensor from rsm's caching allocator (no cudaMalloc once warm)."""
-    return _C.from_dlpack(_mod().empty(_shape(shape), str(dtype), _device_index(device)))
 
 
 def zeros(shape: Any, dtype: str = "float32", device: Any = 0) -> _C.Tensor:
@@ -99,24 +63,6 @@ def zeros(shape: Any, dtype: str = "float32", device: Any = 0) -> _C.Tensor:
         else:
             _mod().copy(t, np.zeros(_shape(shape), dtype=str(dtype)))
     return t
-
-
-def to_device(array: Any, device: Any = 0, dtype: str | None = None) -> _C.Tensor:
-    """A device copy of a host array (anything numpy accepts)."""
-    host = np.ascontiguousarray(np.asarray(array, dtype=dtype))
-    t = empty(host.shape, host.dtype.name, device)
-    if host.size:
-        _mod().copy(t, host)
-    return t
-
-
-def to_host(array: Any) -> np.ndarray:
-    """A numpy copy of a device array (waits for the work that writes it)."""
-    shape = tuple(int(s) for s in array.shape)
-    out = np.empty(shape, dtype=_dtype_of(array))
-    if out.size:
-        _mod().copy(out, array)
-    return out
 
 
 def synchronize(device: Any = 0) -> None:
@@ -312,60 +258,57 @@ _NOT_PORTED = ("the C {what} loop does not run on the CUDA backend yet (issue 13
                "on the CPU (rsm.{cpu} with a CPU model) or on a build that has the port")
 
 
-def require(device: Any, func: str) -> int:
-    """The CUDA device index of `device` ("cuda", "cuda:N", N), or RuntimeError saying why CUDA
-    cannot be used here (not built, no device, driver). `func` names the caller in messages."""
-    index = _device_index(device)
-    from ._build import _cuda_status
-    available, reason = _cuda_status()
-    if not available:
-        raise RuntimeError(f"{func}(): device={device!r} asks for CUDA, which is not available "
-                           f"here: {reason}")
-    count = _mod().device_count()[0]
-    if index >= count:
-        raise RuntimeError(f"{func}(): device={device!r}: this machine has {count} CUDA "
-                           "device(s)")
-    return index
-
-
-def backend_table(device: Any = 0) -> Any:
-    """The CUDA backend table of `device` (a capsule holding a const rsm_backend *, for the C
-    loops: csrc/backend.h), or RuntimeError saying why there is none."""
-    index = require(device, "backend_table")
-    cuda = _mod()
-    if not hasattr(cuda, "backend"):
-        raise RuntimeError("backend_table(): this build of rsm._cuda has no backend table "
-                           "(kernels/backend_cuda.cu was not compiled in)")
-    return cuda.backend(index)
-
-
 def _not_ported(func: str, what: str, cpu: str, model: Any = None) -> None:
     if model is not None:
         require(getattr(model, "device", 0), func)
     raise NotImplementedError(f"rsm.cuda.{func}(): " + _NOT_PORTED.format(what=what, cpu=cpu))
 
 
-def sample(model: DeviceMLP, n: int, path: Any, sampler: str = "ode", steps: int = 20,
+def _device_model(model: Any, func: str) -> Any:
+    """`model` when it is an rsm model on a CUDA device (rsm.MLP(..., device='cuda')), after
+    require() says CUDA is usable; a TypeError naming what to build otherwise."""
+    device = getattr(model, "device", None)
+    if not isinstance(device, str) or not device.startswith("cuda") or \
+            getattr(model, "_core", None) is None:
+        raise TypeError(f"rsm.cuda.{func}(): model must be an rsm model on a CUDA device "
+                        f"(rsm.MLP(..., device='cuda') or model.to('cuda')), got "
+                        f"{type(model).__name__} on {device!r}")
+    require(device, func)
+    return model
+
+
+def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
            **kwargs: Any) -> Any:
-    """rsm.sample on the device: the C sampler loop (csrc/sampler_real.c) on the CUDA backend.
-    Raises NotImplementedError until that loop runs over csrc/backend.h."""
-    _not_ported("sample", "sampler", "sample", model)
+    """rsm.sample on the device: the C sampler loop (csrc/sampler_real.c) over the model's CUDA
+    backend table; x_init / cond are device arrays, the samples (and trajectory arrays) come back
+    as device rsm.Tensors (zero-copy into torch / CuPy / JAX), the reward callable receives them
+    as a device tensor."""
+    from .sampling import sample as _sample
+
+    return _sample(_device_model(model, "sample"), n, path, sampler, steps, **kwargs)
 
 
-def transition_log_prob(model: DeviceMLP, path: Any, x: Any, x_next: Any, step: int, ts: Any,
+def transition_log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any,
                         sampler: str = "sde", **kwargs: Any) -> Any:
-    """log pi(x_next | x) on the device: the C sampler's log-prob on the CUDA backend. Raises
-    NotImplementedError until it runs over csrc/backend.h."""
-    _not_ported("transition_log_prob", "sampler log-prob", "sampling.transition_log_prob", model)
+    """log pi(x_next | x) on the device: the C sampler's log-prob (rsm.sampling.log_prob) over
+    the model's CUDA backend table; x, x_next device arrays; (log_prob, mean) device tensors."""
+    from .sampling import log_prob
+
+    return log_prob(_device_model(model, "transition_log_prob"), path, x, x_next, step, ts,
+                    sampler, **kwargs)
 
 
 def objective(form: str, u: Any, coef: Any, **kwargs: Any) -> dict:
-    """rsm.objective on the device: the C objective rows (csrc/objective_real.c) on the CUDA
-    backend. Raises NotImplementedError until they run over csrc/backend.h."""
-    _not_ported("objective", "objective", "objective.objective")
+    """rsm.objective on the device: the C objective rows (the backend's `objective` op) run
+    inside the C update loop of a device model (rsm.Trainer with such a model); the standalone
+    entry on device arrays is not bound yet. Raises NotImplementedError."""
+    _not_ported("objective", "standalone objective", "objective.objective")
 
 
-def pretrain(model: DeviceMLP, data: Any, path: Any, steps: int = 2000, **kwargs: Any) -> dict:
-    """rsm.pretrain on the device: the C pretraining loop (csrc/train/pretrain_real.c) on the
-    CUDA backend. Raises NotImplementedError until it runs over csrc/backend.h."""
-    _not_ported("pretrain", "pretraining", "pretrain", model)
+def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, **kwargs: Any) -> Any:
+    """rsm.pretrain on the device: the C pretraining loop (csrc/train/pretrain_real.c) over the
+    model's CUDA backend table, the AdamW state on the device; data / cond device arrays (host
+    arrays are copied there once)."""
+    from .training import pretrain as _pretrain
+
+    return _pretrain(_device_model(model, "pretrain"), data, path, steps, **kwargs)

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _C, guards
-from ._args import as_times, positive_int, rows_of, seed_int, size_int
+from . import _C, _device, guards
+from ._args import positive_int, rows_of, seed_int, size_int
+from ._device import _device_name, _host_only, _on_cuda, backend_of, times_for
 
 _LINEARS = (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
 
@@ -48,7 +49,12 @@ class _DiTCompute:
     @property
     def num_params(self) -> int:
         """Number of trainable parameters (the adapters of a LoRA model)."""
-        return int(np.from_dlpack(self._core.params).shape[0])
+        return int(self._core.params.shape[0])
+
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda:N': where the parameters live and forward/backward run."""
+        return self._core.device
 
     @property
     def params(self) -> _C.Tensor:
@@ -79,6 +85,9 @@ class _DiTCompute:
         """x as [n, dim] (a zero-copy view where possible), n, and whether it came as images."""
         n = rows_of(x, func)
         shape = tuple(getattr(x, "shape", np.shape(x)))
+        if len(shape) == 4 and self.device != "cpu":
+            raise ValueError(f"{func}(): on {self.device} x must be a device array of shape "
+                             f"[n, {self.dim}] (x.reshape(n, -1)), got {shape}")
         if len(shape) == 4:
             if shape[1:] != self.image_shape:
                 raise ValueError(f"{func}(): x must have shape [n, {', '.join(map(str, self.image_shape))}] "
@@ -93,6 +102,15 @@ class _DiTCompute:
         """Class ids (ints in 0..num_classes; num_classes = null) as the [n, 1] reals of the core."""
         if cond is None:
             return None
+        if self.device != "cpu":
+            # class ids are checked on the host (n small integers), then moved to the device
+            host = cond
+            if _on_cuda(cond):
+                host = _device.to_host(cond)
+            return _device.to_model_device(self, self._host_cond(host, n, func), func)
+        return self._host_cond(cond, n, func)
+
+    def _host_cond(self, cond: Any, n: int, func: str) -> np.ndarray:
         k = self._core.config["num_classes"]
         try:
             arr = np.asarray(_as_array(cond))
@@ -125,7 +143,7 @@ class _DiTCompute:
     def forward(self, x: Any, t: Any, cond: Any = None) -> Any:
         """Network output (the path's native parameterization) with x's shape."""
         x2, n, images = self._rows(x, "forward")
-        out = self._core.forward(x2, as_times(t, n, self.dtype, "forward"), self._cond(cond, n, "forward"))
+        out = self._core.forward(x2, times_for(self, t, n, "forward"), self._cond(cond, n, "forward"))
         return self._shaped(out, images, n)
 
     __call__ = forward
@@ -135,13 +153,13 @@ class _DiTCompute:
         the trainable flat parameters."""
         x2, n, images = self._rows(x, "vjp")
         cot = np.ascontiguousarray(_as_array(cotangent)).reshape(n, self.dim) if images else cotangent
-        _, dx, dparams = self._core.vjp(x2, as_times(t, n, self.dtype, "vjp"), cot, self._cond(cond, n, "vjp"))
+        _, dx, dparams = self._core.vjp(x2, times_for(self, t, n, "vjp"), cot, self._cond(cond, n, "vjp"))
         return self._shaped(dx, images, n), dparams
 
     def forward_keep(self, x: Any, t: Any, cond: Any = None) -> tuple[Any, int]:
         """(output, token): a forward that keeps its activations for backward(cotangent, token)."""
         x2, n, images = self._rows(x, "forward")
-        out, token = self._core.forward(x2, as_times(t, n, self.dtype, "forward"),
+        out, token = self._core.forward(x2, times_for(self, t, n, "forward"),
                                         self._cond(cond, n, "forward"), True)
         return self._shaped(out, images, n), token
 
@@ -158,15 +176,18 @@ class _DiTCompute:
     def forward_and_vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None):
         """(output, dx, dparams) from one forward and one backward ([n, dim] arrays)."""
         x2, n, _ = self._rows(x, "vjp")
-        return self._core.vjp(x2, as_times(t, n, self.dtype, "vjp"), cotangent, self._cond(cond, n, "vjp"))
+        return self._core.vjp(x2, times_for(self, t, n, "vjp"), cotangent, self._cond(cond, n, "vjp"))
 
     def load_params(self, params: Any) -> None:
         """Copy a flat vector of the trainable parameters into the model; checked whole (shape,
         real dtype, finite in the model's dtype) before anything is written."""
         from ._validate import real_vector
 
+        if self.device != "cpu" and _on_cuda(params):
+            self._core.set_params(params)  # device to device; the binding checks shape and dtype
+            return
         src = real_vector(params, self.num_params, self.dtype, "load_params", "params")
-        np.from_dlpack(self.params)[...] = src
+        self._core.set_params(src)
 
 
 def _base_views(flat: np.ndarray, config: dict, lay: dict) -> dict[str, np.ndarray]:
@@ -206,7 +227,7 @@ class DiT(_DiTCompute):
 
     def __init__(self, image_size: int, channels: int, patch: int, width: int, depth: int,
                  heads: int, num_classes: int, seed: int = 0, dtype: str = "float32", *,
-                 checkpoint: bool = False, temb_dim: int = 64) -> None:
+                 checkpoint: bool = False, temb_dim: int = 64, device: Any = None) -> None:
         # the types here; the values (ranges, divisibility, dtype names) are the core's and the
         # binding's checks
         for name, value in (("image_size", image_size), ("channels", channels), ("patch", patch),
@@ -214,15 +235,35 @@ class DiT(_DiTCompute):
                             ("num_classes", num_classes), ("temb_dim", temb_dim)):
             size_int(value, "DiT", name)
         seed = seed_int(seed, "DiT")
+        # device "cuda[:N]": parameters, positions and activations on the CUDA backend table
+        # (drawn on the host first: same seed, same parameters); LoRA stays on the CPU for now
         self._core = _C.DiTCore(image_size, channels, patch, width, depth, heads, num_classes,
-                                temb_dim, dtype, int(seed), bool(checkpoint))
+                                temb_dim, dtype, int(seed), bool(checkpoint),
+                                backend=backend_of(device, "DiT"))
         self.seed = int(seed)
+
+    def to(self, device: Any) -> "DiT":
+        """This model on `device` ('cpu', 'cuda', 'cuda:N'): itself when already there, else an
+        independent copy with the same configuration and parameters."""
+        if _device_name(device) == self.device:
+            return self
+        other = self._like(device)
+        _device.copy_params(self, other)
+        guards.copy_path(self, other)
+        return other
+
+    def _like(self, device: Any) -> "DiT":
+        c = self.config
+        return DiT(c["image_size"], c["channels"], c["patch"], c["width"], c["depth"], c["heads"],
+                   c["num_classes"], self.seed, c["dtype"], checkpoint=c["checkpoint"],
+                   temb_dim=c["temb_dim"], device=device)
 
     @property
     def config(self) -> dict:
         return dict(self._core.config)
 
     def named_params(self) -> dict[str, np.ndarray]:
+        _host_only(self, "named_params")
         return _base_views(np.from_dlpack(self._core.params), self._core.config, self._core.layout)
 
     def __repr__(self) -> str:
@@ -232,11 +273,8 @@ class DiT(_DiTCompute):
                 f"num_classes={c['num_classes']}, dtype={c['dtype']!r}, params={self.num_params})")
 
     def copy(self) -> "DiT":
-        c = self.config
-        other = DiT(c["image_size"], c["channels"], c["patch"], c["width"], c["depth"], c["heads"],
-                    c["num_classes"], self.seed, c["dtype"], checkpoint=c["checkpoint"],
-                    temb_dim=c["temb_dim"])
-        np.from_dlpack(other.params)[...] = np.from_dlpack(self.params)
+        other = self._like(None if self.device == "cpu" else self.device)
+        other._core.set_params(self.params)
         guards.copy_path(self, other)
         return other
 
@@ -245,6 +283,7 @@ class DiT(_DiTCompute):
         from . import io
         from ._build import __version__
 
+        _host_only(self, "save")
         meta = {"rsm_class": "DiT", "rsm_version": __version__, "config": json.dumps(self.config),
                 "seed": str(self.seed), **guards.path_metadata(self)}
         if metadata:

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _C, guards
+from . import _C, _device, guards
+from ._device import _device_name, _host_only, _on_cuda, backend_of, times_for
 from ._args import as_times, rows_of, seed_int, size_int
 
 
@@ -22,16 +23,37 @@ class MLP:
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, cond_dim: int = 0,
-                 seed: int = 0, *, temb_dim: int = 64, dtype: str = "float32") -> None:
+                 seed: int = 0, *, temb_dim: int = 64, dtype: str = "float32",
+                 device: Any = None) -> None:
         # the types here; the values (ranges, dtype names) are the core's and the binding's checks
         for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth),
                             ("cond_dim", cond_dim), ("temb_dim", temb_dim)):
             size_int(value, "MLP", name)
         seed = seed_int(seed, "MLP")
-        self._core = _C.MLPCore(dim, hidden, depth, cond_dim, temb_dim, dtype, int(seed))
+        # device "cuda[:N]": the same core, its parameters and activations on the CUDA backend
+        # table (csrc/backend.h); the parameters are drawn on the host first (same seed, same
+        # parameters on every device). None / "cpu": the CPU, unchanged.
+        self._core = _C.MLPCore(dim, hidden, depth, cond_dim, temb_dim, dtype, int(seed),
+                                backend_of(device, "MLP"))
         self.seed = int(seed)
 
-    # ---- description -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda:N': where the parameters live and forward/backward run."""
+        return self._core.device
+
+    def to(self, device: Any) -> "MLP":
+        """This model on `device` ('cpu', 'cuda', 'cuda:N'): itself when already there, else an
+        independent copy with the same configuration and parameters."""
+        if _device_name(device) == self.device:
+            return self
+        c = self.config
+        other = MLP(c["dim"], c["hidden"], c["depth"], c["cond_dim"], self.seed,
+                    temb_dim=c["temb_dim"], dtype=c["dtype"], device=device)
+        _device.copy_params(self, other)
+        guards.copy_path(self, other)
+        return other
+
     @property
     def config(self) -> dict:
         return dict(self._core.config)
@@ -49,6 +71,7 @@ class MLP:
 
     def named_params(self) -> dict[str, np.ndarray]:
         """Named numpy views into the flat buffer, in torch.nn.Linear layout."""
+        _host_only(self, "named_params")
         flat = np.from_dlpack(self._core.params)
         c, lay = self._core.config, self._core.layout
         h, d, i = c["hidden"], c["dim"], lay["in_dim"]
@@ -74,7 +97,7 @@ class MLP:
     def forward(self, x: Any, t: Any, cond: Any = None) -> _C.Tensor:
         """Network output [n, dim] for states x[n, dim] at times t (scalar or [n])."""
         n = rows_of(x, "forward")
-        return self._core.forward(x, as_times(t, n, self.dtype, "forward"), cond)
+        return self._core.forward(x, times_for(self, t, n, "forward"), cond)
 
     __call__ = forward
 
@@ -82,14 +105,14 @@ class MLP:
         """(dx, dparams): the vector-Jacobian products of the output with `cotangent` [n, dim],
         with respect to the input x and to the flat parameters."""
         n = rows_of(x, "vjp")
-        _, dx, dparams = self._core.vjp(x, as_times(t, n, self.dtype, "vjp"), cotangent, cond)
+        _, dx, dparams = self._core.vjp(x, times_for(self, t, n, "vjp"), cotangent, cond)
         return dx, dparams
 
     def forward_keep(self, x: Any, t: Any, cond: Any = None) -> tuple[_C.Tensor, int]:
         """(output, token): a forward that keeps its activations for `backward(cotangent, token)`,
         so a loss whose cotangent depends on the output needs one forward, not two."""
         n = rows_of(x, "forward")
-        return self._core.forward(x, as_times(t, n, self.dtype, "forward"), cond, True)
+        return self._core.forward(x, times_for(self, t, n, "forward"), cond, True)
 
     def backward(self, cotangent: Any, token: int) -> tuple[_C.Tensor, _C.Tensor]:
         """(dx, dparams) of the forward that returned `token`; RuntimeError if this model has run
@@ -99,30 +122,37 @@ class MLP:
     def forward_and_vjp(self, x: Any, t: Any, cotangent: Any, cond: Any = None):
         """(output, dx, dparams) from one forward and one backward."""
         n = rows_of(x, "vjp")
-        return self._core.vjp(x, as_times(t, n, self.dtype, "vjp"), cotangent, cond)
+        return self._core.vjp(x, times_for(self, t, n, "vjp"), cotangent, cond)
 
     # ---- copies and files --------------------------------------------------------------------
     def copy(self) -> "MLP":
         """An independent model with the same configuration and parameters."""
         c = self.config
         other = MLP(c["dim"], c["hidden"], c["depth"], c["cond_dim"], self.seed,
-                    temb_dim=c["temb_dim"], dtype=c["dtype"])
-        np.from_dlpack(other.params)[...] = np.from_dlpack(self.params)
+                    temb_dim=c["temb_dim"], dtype=c["dtype"], device=self._device_arg())
+        other._core.set_params(self.params)
         guards.copy_path(self, other)
         return other
+
+    def _device_arg(self) -> Any:
+        return None if self.device == "cpu" else self.device
 
     def load_params(self, params: Any) -> None:
         """Copy a flat parameter vector (any DLPack array or sequence of reals) into the model;
         checked whole (shape, real dtype, finite in the model's dtype) before anything is written."""
         from ._validate import real_vector
 
+        if self.device != "cpu" and _on_cuda(params):
+            self._core.set_params(params)  # device to device; the binding checks shape and dtype
+            return
         src = real_vector(params, self.num_params, self.dtype, "load_params", "params")
-        np.from_dlpack(self.params)[...] = src
+        self._core.set_params(src)
 
     def save(self, path: str, metadata: dict[str, str] | None = None) -> None:
         """Write the model to a safetensors file (named tensors + config), atomically."""
         from . import io
 
+        _host_only(self, "save")
         meta = {"rsm_class": "MLP", "rsm_version": _version(), "config": json.dumps(self.config),
                 "seed": str(self.seed), **guards.path_metadata(self)}
         if metadata:
@@ -174,7 +204,7 @@ class GaussianMixtureModel:
         if cond is not None:
             raise ValueError("forward(): cond was given but the mixture model is unconditional")
         n = rows_of(x, "forward")
-        return self._core.forward(self.path._core, x, as_times(t, n, self.dtype, "forward"))
+        return self._core.forward(self.path._core, x, times_for(self, t, n, "forward"))
 
     __call__ = forward
 

@@ -65,10 +65,11 @@ class Trajectory:
     nfe: int
     sampler: dict = field(default_factory=dict)
     reward: Any = None   # what sample(..., reward=fn) returned from fn(x)
+    x_device: Any = None  # a device model's final states (a device rsm.Tensor has no indexing)
 
     @property
     def x(self) -> np.ndarray:
-        return self.xs[-1]
+        return self.xs[-1] if self.x_device is None else self.x_device
 
     def __repr__(self) -> str:   # shapes only, not the arrays (rsm.display)
         from .display import trajectory_repr
@@ -110,6 +111,14 @@ class Trajectory:
                 cfg["window_begin"], cfg["window_end"], cfg.get("pcpo_weight", 0.0))
             out[i] = np.from_dlpack(lp)
         return out
+
+
+def _host_view(t: Any) -> Any:
+    """A result of the C loops: a numpy view when it is on the host; a device rsm.Tensor (a
+    model on a device: DLPack, zero-copy into torch.cuda / CuPy / JAX) is returned as is."""
+    if int(t.__dlpack_device__()[0]) == 1:
+        return np.from_dlpack(t)
+    return t
 
 
 def _core_of(model: Any) -> Any:
@@ -224,9 +233,10 @@ def sample(model: Any, n: int, path: Any, sampler: str = "ode", steps: int = 20,
               "window_begin": int(window_begin), "window_end": int(window_end),
               "branch_steps": branch or [], "branch_factor": int(branch_factor), "seed": int(seed),
               "pcpo_weight": float(pcpo_weight)}
-    arrays = {k: np.from_dlpack(out[k]) for k in ("xs", "means", "stds", "log_probs", "noises", "outputs", "rows")}
+    arrays = {k: _host_view(out[k]) for k in ("xs", "means", "stds", "log_probs", "noises", "outputs", "rows")}
+    on_device = isinstance(arrays["xs"], _C.Tensor) and arrays["xs"].__dlpack_device__()[0] != 1
     return Trajectory(ts=np.asarray(ts), nfe=int(out["nfe"]), sampler=config,
-                      reward=out["reward"], **arrays)
+                      reward=out["reward"], x_device=out["x"] if on_device else None, **arrays)
 
 
 def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sampler: str = "sde",
@@ -249,7 +259,7 @@ def log_prob(model: Any, path: Any, x: Any, x_next: Any, step: int, ts: Any, sam
     lp, mean, _ = _C.transition_log_prob(core, path_core, kind, ts, step, x,
                                          x_next, float(noise_level), eta_value, cond, int(wb), int(we),
                                          finite_float(pcpo_weight, "log_prob", "pcpo_weight", 0.0))
-    return np.from_dlpack(lp), np.from_dlpack(mean)
+    return _host_view(lp), _host_view(mean)
 
 
 def step_coefficients(path: Any, ts: Any, sampler: str = "sde", *, noise_level: float = 0.7,

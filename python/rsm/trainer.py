@@ -127,16 +127,21 @@ class Trainer:
                  kl_noise_level: float | None = None, comm: Any = None,
                  dp_tiles: int | None = None, dp_exact: bool = True, device: str = "cpu",
                  **overrides: Any) -> None:
-        if device != "cpu":
-            # device="cuda[:N]": the iteration's C loops on the CUDA backend (issue 13); refused
-            # with the reason where CUDA is not usable, and until the loops run over the table
-            # (never a silent run on the host)
+        on_device = [getattr(m, "device", "cpu") for m in (policy, ref)
+                     if getattr(m, "device", "cpu") != "cpu"]
+        if device != "cpu" or on_device:
+            # device="cuda[:N]" (or models built on a device): the rollouts and pretraining of a
+            # device model run the C loops on its backend (rsm.MLP(..., device=...)); the
+            # iteration's Python glue (methods/batch.py rows, methods/update.py's UpdateBlock,
+            # rsm._reward) still builds host numpy arrays, so the iteration is refused with the
+            # reason (never a silent run on the host)
             from . import cuda as _cuda
-            _cuda.require(device, "Trainer")
+            _cuda.require(device if device != "cpu" else on_device[0], "Trainer")
             raise NotImplementedError(
-                f"Trainer(device={device!r}): a fine-tuning iteration on the GPU runs the C "
-                "rollout and update loops on the CUDA backend (csrc/backend.h), which are not "
-                "ported yet (issue 13); use device='cpu'")
+                f"Trainer(device={device!r}): a fine-tuning iteration on the GPU needs the "
+                "update's rows (UpdateBlock, methods/batch.py) on the device, which is not wired "
+                "yet (issue 13); rsm.sample / rsm.pretrain already run device models "
+                "(rsm.MLP(..., device='cuda')); use device='cpu' for the Trainer")
         overrides = _guards.sampler_steps_alias(overrides, "Trainer")
         self.cfg = cfg = get_method(method, **overrides)
         self.method = method

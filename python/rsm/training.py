@@ -73,10 +73,15 @@ class AdamW:
         beta1 = float_arg(beta1, "AdamW", "betas[0]")
         beta2 = float_arg(beta2, "AdamW", "betas[1]")
         self.model = model
+        # a model on a device: the moments (and EMA) on its device, stepped by the backend's
+        # adamw_step (the op the C loops call), never through the host
+        from ._device import backend_of
+
         self._core = _C.AdamWCore(model.params, lr, beta1, beta2,
                                   *(float_arg(v, "AdamW", k) for k, v in (
                                       ("eps", eps), ("weight_decay", weight_decay),
-                                      ("max_grad_norm", max_grad_norm), ("ema_decay", ema_decay))))
+                                      ("max_grad_norm", max_grad_norm), ("ema_decay", ema_decay))),
+                                  backend=backend_of(getattr(model, "device", "cpu"), "AdamW"))
 
     @property
     def config(self) -> dict:
@@ -97,10 +102,14 @@ class AdamW:
         return self._core.step(self.model.params, grads, lr)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"m": np.array(np.from_dlpack(self._core.m)), "v": np.array(np.from_dlpack(self._core.v)),
+        """m, v (and ema) as host numpy copies (from the device for a device model's optimizer),
+        and the step count."""
+        from ._device import host_copy
+
+        state = {"m": host_copy(self._core.m), "v": host_copy(self._core.v),
                  "step": self._core.step_count}
         if self._core.ema is not None:
-            state["ema"] = np.array(np.from_dlpack(self._core.ema))
+            state["ema"] = host_copy(self._core.ema)
         return state
 
     def _checked_state(self, state: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
@@ -134,6 +143,9 @@ class AdamW:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore m, v, ema and the step count; all is checked before anything is written."""
+        from ._device import _host_only
+
+        _host_only(self.model, "load_state_dict")  # writes the moments through numpy views
         self._commit_state(*self._checked_state(state))
 
 
@@ -294,6 +306,11 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
         null_cond = np.ascontiguousarray(np.asarray(null_cond, dtype=np.float64).reshape(-1), dtype=model.dtype)
         if null_cond.shape != (model.cond_dim,):
             raise ValueError(f"pretrain(): null_cond must have shape [{model.cond_dim}], got {null_cond.shape}")
+    if getattr(model, "device", "cpu") != "cpu":
+        # a model on a device: the data set goes there once (not per step); device arrays stay
+        from ._device import to_model_device
+
+        data, cond, null_cond = (to_model_device(model, a, "pretrain") for a in (data, cond, null_cond))
     if t_min is None:
         t_min = 0.0 if path.kind == "flow" else 1e-3
     t_min = finite_float(t_min, "pretrain", "t_min")
@@ -363,7 +380,7 @@ def pretrain(model: Any, data: Any, path: Any, steps: int = 2000, batch_size: in
                                               batch_size, t_min, t_max, lr,
                                               int(warmup_steps), int(seed), k, chunk, int(decay),
                                               min_lr_ratio, cond_dropout, null_cond)
-            losses, norms = np.from_dlpack(losses), np.from_dlpack(norms)
+            losses, norms = np.from_dlpack(losses), np.from_dlpack(norms)  # host on every device
             elapsed = time.perf_counter() - start
             for j in range(chunk):
                 step = k + j
