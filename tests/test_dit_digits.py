@@ -52,8 +52,13 @@ def test_lora_finetuning_raises_the_target_digit_probability(digits_dit):
     base_before = np.from_dlpack(model.params).copy()
     before = score(model)
     policy = rsm.lora(model, rank=4)
+    # budget lowsnr2 (the paper's): on this DiT it gains more per iteration than rsm-zo's default
+    # "tapered" budget (after 20 iterations, seeds 1-8: +0.054 to +0.078 vs +0.015 to +0.054;
+    # benchmarks/RESULTS.md, "rsm-zo's default budget"), so the margin below tests LoRA's
+    # fine-tuning, not the budget choice
     rsm.finetune(rsm.Guided(policy, 1.0), rsm.Guided(model, 1.0), reward, method="rsm-zo", iterations=20,
-                 batch_size=5, group_size=6, conditions=np.arange(10), progress=False, lr=2e-3, seed=1)
+                 batch_size=5, group_size=6, conditions=np.arange(10), progress=False, lr=2e-3, seed=1,
+                 budget="lowsnr2")
     after = score(policy)
-    assert after > before + 0.03                     # measured +0.055 to +0.075 over seeds
+    assert after > before + 0.03                     # measured +0.054 to +0.078 over seeds 1-8
     assert np.array_equal(np.from_dlpack(model.params), base_before)   # the frozen base
