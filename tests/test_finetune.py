@@ -214,10 +214,25 @@ def test_black_box_method_improves_reward_with_finite_kl(triangle_ref, method, k
     assert kl_path[0] == 0.0 and 0 < kl_path[evaluated][-1] < 10
 
 
-@pytest.mark.parametrize("method", ["flow-grpo", "rsm-zo", "tempflow-grpo", "grpo-guard"])
+# every zeroth-order preset that runs on the flow path (the toy's): its recorded log-probs are the
+# ones the update recomputes, so the ratio at the rollout parameters is exactly 1 (the released
+# Branch-GRPO tree once recorded a log-prob formed from z, 1.8e-14 off). Not per-sample step
+# subsets (dance-grpo): the update re-evaluates a subset of the rollout's rows, another batch
+# composition, and the BLAS's result for a row depends on the row count at float rounding (1.2e-7
+# in float32 here), so the ratio there is 1 only to rounding (README, "Your own backbone").
+_ZO_FLOW = [n for n in rsm.methods.names() if rsm.methods.get(n)["family"] == "zeroth-order"
+            and rsm.methods.get(n)["path"] in ("flow", "any")
+            and rsm.methods.get(n).get("timestep_subset") != "per_sample"]
+
+
+@pytest.mark.parametrize("method", _ZO_FLOW)
 def test_check_on_policy_is_exact(toy, method):
+    cfg = rsm.methods.get(method)
+    group = 4
+    if cfg["rollout"] == "tree":   # a tree's group is its leaves per root
+        group = cfg["branch"] ** (len(cfg["split_steps"]) if cfg.get("split_steps") else cfg["split"])
     report = rsm.check_on_policy(rsm.Trainer(toy.copy(), toy, rsm.rewards.quadratic([0.0, 0.0]),
-                                             method, batch_size=3, group_size=4))
+                                             method, batch_size=3, group_size=group))
     assert report["rows"] > 0 and report["max_abs_log_ratio"] == 0.0
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..._C import from_dlpack, random as _random
 from ...geometry import tree_split_steps
-from ...sampling import sample
+from ...sampling import log_prob, sample
 from ...tree import depth_pruned_steps
 from .. import streams
 from ..batch import Batch, Row
@@ -48,9 +48,19 @@ def _scaled_tree(tr: Any, splits: list[int], leaves: int, cond_leaf: Any) -> Sim
         nfe += int(step.nfe)
         mean, std = step.means[0].astype(np.float64), float(step.stds[0])
         z = step.noises[0].astype(np.float64) * (scale if kids > 1 else 1.0)
-        x_next = mean + std * z if kids > 1 and std > 0 else step.xs[1].astype(np.float64)
-        lp = (-0.5 * np.sum(z * z, axis=1) - dim * np.log(std) - 0.5 * dim * np.log(2 * np.pi)
-              if std > 0 else np.zeros(x_next.shape[0]))
+        if kids > 1 and std > 0:
+            # the states as stored (the policy's dtype), and their log-probability by the C
+            # transition log-prob on the full grid: the one the update and check_on_policy
+            # recompute, so that the ratio at the rollout parameters is exactly 1 (a log-prob
+            # formed here from z differed from it by ~1e-14)
+            x_next = (mean + std * z).astype(tr.policy.dtype)
+            lp, _ = log_prob(tr.policy, tr.path, step.xs[0], x_next, i, tr.ts, tr.stochastic,
+                             noise_level=cfg["noise_level"],
+                             cond=None if cond is None else np.repeat(cond, kids, axis=0))
+            x_next = x_next.astype(np.float64)
+        else:
+            x_next = step.xs[1].astype(np.float64)
+            lp = step.log_probs[0] if std > 0 else np.zeros(x_next.shape[0])
         per = leaves // x_next.shape[0]     # leaves below each child (children consecutive)
         outputs.append(np.repeat(step.outputs[0], per, axis=0))
         noises.append(np.repeat(z, per, axis=0).astype(tr.policy.dtype))
