@@ -43,6 +43,15 @@ def test_rsm_zo_ends_closer_to_the_tilted_target_than_tempflow(summary):
     assert m["rsm-zo"]["best_kl_target_mean"] < m["tempflow-grpo"]["best_kl_target_mean"] - 0.5
 
 
+def test_kl_path_is_one_protocol_for_every_method(summary):
+    """kl_path (the whole-path KL to the reference, _finetune_toy.path_kl) is measured for every
+    method on the same SDE, grid and noise: exactly 0 before training (policy == reference:
+    every per-step term is |u - u_ref|^2 = 0) and positive after it."""
+    for label, m in summary["methods"].items():
+        assert m["kl_path_start"] == 0.0, label
+        assert math.isfinite(m["kl_path_mean"]) and m["kl_path_mean"] > 0.0, label
+
+
 def test_outputs_written(summary, tmp_path_factory):
     assert all(str(f).endswith(".png") for f in summary["figures"]) and len(summary["figures"]) >= 4
 

@@ -10,7 +10,7 @@ def summary(tmp_path_factory):
     return experiments.run("fig8-11-aux", out=str(tmp_path_factory.mktemp("fig8-11")), quick=True)
 
 
-PAIRS = [("vgg-flow (pruned)", "vgg-flow + g_phi"),
+PAIRS = [("vgg-flow-rsm (pruned)", "vgg-flow-rsm + g_phi"),
          ("residual (pruned)", "residual + h_phi (forward loss)"),
          ("residual (pruned)", "residual + h_phi + backward loss"),
          ("rsm-fo (on-policy)", "rsm-fo + replay buffer")]
