@@ -24,6 +24,7 @@ checkpoint (common random numbers), so the differences between methods are not s
 of independent draws."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,17 @@ class Toy:
     eval_n: int
     eval_steps: int
     kl_path_n: int        # trajectories of the path KL (module docstring)
+
+
+def full_seeds(default: int = 3) -> int:
+    """Seeds of a full-mode run: `default`, or RSM_EXPERIMENT_SEEDS when set (to fit a run into
+    a deadline; the summary records the seeds it ran)."""
+    value = os.environ.get("RSM_EXPERIMENT_SEEDS", "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"RSM_EXPERIMENT_SEEDS must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def make_toy(quick: bool, seed: int = 0, kinds: tuple[str, ...] = ("flow",)) -> Toy:

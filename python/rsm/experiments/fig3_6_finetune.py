@@ -64,7 +64,7 @@ LAMBDA_FO = 2.0 / toy_lib.ALPHA
 # adjoint-matching-rsm, draft-rsm) are extra rows under their preset names, form "earlier".
 # rsm-zo runs with its preset's budget (whatever rsm.methods.get("rsm-zo") says when the study
 # runs; recorded in summary["methods"]["rsm-zo"]["budget"]), the other profiles as extra rows.
-_ZO_PROFILES = ["lowsnr2", "base", "highsnr", "highsnr2", "lowsnr"]
+_ZO_PROFILES = ["lowsnr2", "tapered", "base", "highsnr", "highsnr2", "lowsnr"]
 _FORM = {"flow-grpo": "released", "dance-grpo": "released", "ddpo": "released",
          "branch-grpo": "released", "mixgrpo": "released", "vgg-flow": "released",
          "residual-ndb": "released", "sqdf": "released", "adjoint-matching": "released",
@@ -104,8 +104,8 @@ def configs(quick: bool) -> list[dict[str, Any]]:
     default = list(_methods.get("rsm-zo")["budget"]) if "rsm-zo" in known else None
     add("rsm-zo", "rsm-zo", ZO, ("zo-branch", "zo-sde"), False, zo_base)
     for profile in _ZO_PROFILES:
-        if list(_methods.BUDGETS[profile]) == default:   # the preset's own row above
-            continue
+        if profile not in _methods.BUDGETS or list(_methods.BUDGETS[profile]) == default:
+            continue   # a profile this rsm lacks, or the preset's own row above
         add(f"rsm-zo [{profile}]", "rsm-zo", {**ZO, "budget": profile},
             ("zo-branch", "zo-sde") if profile == "highsnr" else ("zo-branch",), False, zo_base,
             "redesign (budget profile)")
@@ -410,7 +410,7 @@ def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
     kinds = tuple(sorted({c["kind"] for c in cfgs}))
     toy = toy_lib.make_toy(quick, seed, kinds)
     budgets = _budgets(quick)
-    seeds = [seed + k for k in range(1 if quick else 3)]
+    seeds = [seed + k for k in range(1 if quick else toy_lib.full_seeds())]
     n_evals = 4 if quick else 8
     target = toy_lib.exact_reference_numbers(toy)
     results: dict[str, list[dict]] = {c["label"]: [] for c in cfgs}
