@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -88,10 +89,13 @@ def configs(quick: bool) -> list[dict[str, Any]]:
     baselines it is the redesign of (compute ratios)."""
     known = set(_methods.names())
     out: list[dict[str, Any]] = []
+    only = _panel_filter()
 
     def add(label: str, method: str, overrides: dict, panels: tuple[str, ...], baseline: bool,
             redesign_of: tuple[str, ...] = (), form: str | None = None) -> None:
         if method not in known or (quick and label not in QUICK):
+            return
+        if only is not None and not set(panels) & only:
             return
         preset = _methods.get(method)
         kept = {k: v for k, v in overrides.items() if k in preset}
@@ -132,6 +136,21 @@ def configs(quick: bool) -> list[dict[str, Any]]:
     add("rsm-zo-diffusion", "rsm-zo-diffusion", ZO, ("vp",), False, ZO_VP)
     add("rsm-fo-diffusion", "rsm-fo-diffusion", {**FO, "reward_scale": LAMBDA_FO}, ("vp",), False, FO_VP)
     return out
+
+
+def _panel_filter() -> set[str] | None:
+    """RSM_EXPERIMENT_PANELS="zo-branch,zo-sde" runs only the configs in those panels (a full run
+    split over processes: the compute ratios never cross the groups zo-branch + zo-sde / fo / vp,
+    so each group's process is complete on its own)."""
+    value = os.environ.get("RSM_EXPERIMENT_PANELS", "")
+    if not value:
+        return None
+    panels = {p.strip() for p in value.split(",") if p.strip()}
+    unknown = panels - {"zo-branch", "zo-sde", "fo", "vp"}
+    if unknown:
+        raise ValueError(f"RSM_EXPERIMENT_PANELS: unknown panels {sorted(unknown)}; "
+                         "known: zo-branch, zo-sde, fo, vp")
+    return panels
 
 
 def _kind(method: str) -> str:
@@ -184,10 +203,19 @@ def _run_one(toy: Any, cfg: dict, budget: float, n_evals: int, seed: int, geomet
         while next_mark <= n_evals and nfe >= marks[next_mark]:
             record()
             next_mark += 1
-    clip = np.mean(np.asarray(clip_rows), axis=0).tolist() if clip_rows else []
+    # per-step clip fractions are averaged only where every iteration trains the same steps (not
+    # so for per-sample subsets such as sqdf's one step per sample: no per-step curve then)
+    same = clip_rows and len({len(c) for c in clip_rows}) == 1
+    clip = np.mean(np.asarray(clip_rows), axis=0).tolist() if same else []
     return {"curve": curve, "clip_per_step": clip, "diverged": diverged,
             "trained_steps": _trained_steps(trainer),
             "budget": list(trainer.cfg["budget"]) if "budget" in trainer.cfg else None}
+
+
+def _mean_clip(runs: list[dict]) -> list[float]:
+    """The per-step clip fraction averaged over the seeds that have one ([] if none do)."""
+    rows = [r["clip_per_step"] for r in runs if r["clip_per_step"]]
+    return np.mean(rows, axis=0).tolist() if rows else []
 
 
 def _trained_steps(trainer: Any) -> list[int]:
@@ -260,8 +288,7 @@ def _summarize(results: dict[str, list[dict]], cfgs: list[dict]) -> dict:
             "kl_path_start": start["kl_path"],
             "best_kl_target_mean": float(np.min(_mean_curve(runs, "kl_target")[1])),
             "diverged_seeds": int(sum(r["diverged"] for r in runs)),
-            "clip_per_step": np.mean([r["clip_per_step"] for r in runs if r["clip_per_step"]], axis=0).tolist()
-            if any(r["clip_per_step"] for r in runs) else [],
+            "clip_per_step": _mean_clip(runs),
         }
     ratios = []
     labels = {c["label"]: c for c in cfgs}
@@ -345,7 +372,9 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         for cfg in members:
-            clip = np.mean([r["clip_per_step"] for r in results[cfg["label"]] if r["clip_per_step"]], axis=0)
+            clip = _mean_clip(results[cfg["label"]])
+            if not clip:
+                continue
             steps = results[cfg["label"]][0]["trained_steps"]
             ax.plot(steps, clip, "o--" if cfg["baseline"] else "o-", label=cfg["label"],
                     color=_color(cfg["label"], len(_COLORS)), ms=3)
