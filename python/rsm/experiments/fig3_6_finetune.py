@@ -159,6 +159,10 @@ def _kind(method: str) -> str:
     return "vp" if _methods.get(method)["path"] == "vp" else "flow"
 
 
+# kl_path above this is drawn as a gap (diverged runs); the tables keep the value
+KL_PATH_SHOWN = 1e6
+
+
 # NFE budget per panel (network evaluations of rollouts + training, as counted by the Trainer).
 def _budgets(quick: bool) -> dict[str, float]:
     if quick:
@@ -343,6 +347,8 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
                 runs = results[cfg["label"]]
                 x = _axis(runs, xkey)
                 _, y, s = _mean_curve(runs, ykey)
+                if xkey == "kl_path":   # a diverging run's path KL (1e29) would flatten the axis
+                    x = np.where(x < KL_PATH_SHOWN, x, np.nan)
                 style = "--" if cfg["baseline"] else "-"
                 col = _color(cfg["label"], len(_COLORS))
                 ax.plot(x, y, style, color=col, label=cfg["label"], lw=1.4)
@@ -352,6 +358,9 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
                 ax.axhline(target["reward"], color="k", lw=0.8, ls=":", label="exact p*")
             if xkey == "kl_data":
                 ax.axvline(target["kl_data"], color="k", lw=0.8, ls=":")
+            if xkey == "kl_path":   # 0 at the reference, 1-500 after training: symmetric log
+                ax.set_xscale("symlog", linthresh=1.0)
+                ax.set_xlim(left=0.0)
             if ykey == "kl_target":
                 ax.set_yscale("log")
             ax.set_title(titles[panel], fontsize=9)
