@@ -25,9 +25,11 @@ def test_every_method_raises_the_reward(summary):
 
 
 def test_rsm_zo_reaches_the_zeroth_order_baselines_reward_with_less_compute(summary):
-    # measured (quick, issue 15's presets): rsm-zo 1.78x vs TempFlow-GRPO, 1.93x vs Flow-GRPO in
-    # rsm's earlier form (flow-grpo-exact), 1.40x vs Flow-GRPO as released; the highsnr profile
-    # 2.22x, 2.35x, and only 1.05x vs the released Flow-GRPO (not claimed: below the margin)
+    # measured (quick, the presets as released, rsm-zo's budget lowsnr2): rsm-zo 1.78x vs
+    # TempFlow-GRPO, 1.93x vs Flow-GRPO in rsm's earlier form (flow-grpo-exact), 1.40x vs
+    # Flow-GRPO as released; the highsnr profile 2.22x, 2.35x, and only 1.05x vs the released
+    # Flow-GRPO (not claimed: below the margin). With the budget "tapered" (branch perf's
+    # default for rsm-zo): 2.47x, 2.62x, 2.07x, so the assertions hold for either default
     ratios = {(r["redesign"], r["baseline"]): r["nfe_ratio"] for r in summary["ratios"]}
     for key in [("rsm-zo", "tempflow-grpo"), ("rsm-zo", "flow-grpo-exact"), ("rsm-zo", "flow-grpo"),
                 ("rsm-zo [highsnr]", "tempflow-grpo"), ("rsm-zo [highsnr]", "flow-grpo-exact")]:
@@ -38,9 +40,19 @@ def test_rsm_zo_reaches_the_zeroth_order_baselines_reward_with_less_compute(summ
 
 
 def test_rsm_zo_ends_closer_to_the_tilted_target_than_tempflow(summary):
-    # exact KL(p_theta || p*) along training: the best checkpoint of rsm-zo (1.9) vs TempFlow (3.0)
+    # exact KL(p_theta || p*) along training: the best checkpoint of rsm-zo (quick: 1.42 with
+    # lowsnr2, 1.62 with "tapered") vs TempFlow (2.83)
     m = summary["methods"]
     assert m["rsm-zo"]["best_kl_target_mean"] < m["tempflow-grpo"]["best_kl_target_mean"] - 0.5
+
+
+def test_kl_path_is_one_protocol_for_every_method(summary):
+    """kl_path (the whole-path KL to the reference, _finetune_toy.path_kl) is measured for every
+    method on the same SDE, grid and noise: exactly 0 before training (policy == reference:
+    every per-step term is |u - u_ref|^2 = 0) and positive after it."""
+    for label, m in summary["methods"].items():
+        assert m["kl_path_start"] == 0.0, label
+        assert math.isfinite(m["kl_path_mean"]) and m["kl_path_mean"] > 0.0, label
 
 
 def test_outputs_written(summary, tmp_path_factory):

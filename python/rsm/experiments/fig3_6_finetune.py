@@ -7,17 +7,22 @@ reward-tilted target p* (change of variables through the sampler; _finetune_toy)
 distance to p*. Also recorded: wall-clock seconds of training (rollout + update, evaluation
 excluded), reward calls, and per-timestep clip fractions (Fig. 3c).
 
-Panels
-  zo-branch  TempFlow-GRPO vs rsm-zo (timestep-fair matching hinge, fairclip2) for each budget
-             profile of THEORY.md §9.2.4 (base, highsnr, highsnr2, lowsnr, lowsnr2 = the paper's; passed
-             by name: the preset's default is "tapered" since issue 17)
-  zo-sde     Flow-GRPO, DanceGRPO, GRPO-Guard, PCPO (+ Branch-GRPO once merged) vs rsm-zo
-  fo         pruned VGG-Flow (+ Residual nabla-DB, SQDF, ReFL once merged), Adjoint Matching,
-             DRaFT vs rsm-fo (terminal estimator); the Fig. 6 estimator ablation (Tweedie vs
-             terminal estimator at fixed temporal weighting) is the pair of "... + terminal g" /
-             "... + Tweedie g" rows
-  vp         DDPO (+ PCPO-diffusion, Residual nabla-DB when on the VP path) vs rsm-zo-diffusion
-             and rsm-fo-diffusion (full mode only)
+Panels (the presets as they now stand; docs/RELEASED.md for the released configurations)
+  zo-branch  TempFlow-GRPO vs rsm-zo (timestep-fair matching hinge, fairclip2) with its preset's
+             budget ("tapered" since issue 17) and the other profiles of THEORY.md §9.2.4 (base, highsnr,
+             highsnr2, lowsnr, lowsnr2 = the paper's) as extra rows
+  zo-sde     Flow-GRPO, DanceGRPO, Branch-GRPO, MixGRPO (as released), GRPO-Guard, PCPO (the
+             papers) vs rsm-zo; the earlier forms flow-grpo-exact and branch-grpo-rsm as rows
+  fo         VGG-Flow, Adjoint Matching, ReFL (as released), the earlier forms vgg-flow-rsm,
+             adjoint-matching-rsm, draft-rsm vs rsm-fo (terminal estimator); the Fig. 6 estimator
+             ablation (Tweedie vs terminal estimator at fixed temporal weighting) is the rows
+             "... + terminal g" (on vgg-flow-rsm and vgg-flow) / "rsm-fo + Tweedie g"
+  vp         DDPO (as released), PCPO-diffusion vs rsm-zo-diffusion; Residual nabla-DB, SQDF,
+             DRaFT (as released; DRaFT's release is on SD1.5's DDPM), residual-ndb-rsm, sqdf-rsm
+             vs rsm-fo-diffusion
+Every checkpoint also records kl_path, the whole-path KL to the reference on one protocol per
+path kind (_finetune_toy.path_kl), so the reward-KL trade-off is comparable between methods.
+The full mode loops over seeds outermost and writes partial.json / partial.md after each seed.
 
 Compute ratio (the paper's "up to 5x"): baseline final mean reward R_b reached at NFE N_b; the
 redesign's mean curve first reaches R_b at N_r (linear interpolation between checkpoints);
@@ -28,6 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -51,66 +57,110 @@ ZO = {"lr": 1e-3, "inner_epochs": 2}
 FO = {"lr": 1e-3}
 LAMBDA_FO = 2.0 / toy_lib.ALPHA
 
-# (label, preset, overrides, panel, baseline?)
-_ZO_PROFILES = ["lowsnr2", "base", "highsnr", "highsnr2", "lowsnr"]
+# The baselines are the presets as they now stand: the released-configuration presets (their
+# authors' training scripts, docs/RELEASED.md) with the family's shared lr / inner epochs above,
+# and the presets whose code could not be read (tempflow-grpo, grpo-guard, pcpo*: "paper").
+# The earlier forms the paper's comparisons and the first runs of this study were built on
+# (flow-grpo-exact, branch-grpo-rsm, vgg-flow-rsm, residual-ndb-rsm, sqdf-rsm,
+# adjoint-matching-rsm, draft-rsm) are extra rows under their preset names, form "earlier".
+# rsm-zo runs with its preset's budget (whatever rsm.methods.get("rsm-zo") says when the study
+# runs; recorded in summary["methods"]["rsm-zo"]["budget"]), the other profiles as extra rows.
+_ZO_PROFILES = ["lowsnr2", "tapered", "base", "highsnr", "highsnr2", "lowsnr"]
+_FORM = {"flow-grpo": "released", "dance-grpo": "released", "ddpo": "released",
+         "branch-grpo": "released", "mixgrpo": "released", "vgg-flow": "released",
+         "residual-ndb": "released", "sqdf": "released", "adjoint-matching": "released",
+         "draft": "released", "refl": "released",
+         "tempflow-grpo": "paper", "grpo-guard": "paper", "pcpo": "paper", "pcpo-diffusion": "paper",
+         "flow-grpo-exact": "earlier", "branch-grpo-rsm": "earlier", "vgg-flow-rsm": "earlier",
+         "residual-ndb-rsm": "earlier", "sqdf-rsm": "earlier", "adjoint-matching-rsm": "earlier",
+         "draft-rsm": "earlier"}
+ZO_SDE = ("flow-grpo", "dance-grpo", "grpo-guard", "pcpo", "branch-grpo", "mixgrpo",
+          "flow-grpo-exact", "branch-grpo-rsm")
+FO_FLOW = ("vgg-flow", "vgg-flow-rsm", "adjoint-matching", "adjoint-matching-rsm", "draft-rsm", "refl")
+FO_VP = ("residual-ndb", "residual-ndb-rsm", "sqdf", "sqdf-rsm", "draft")
+ZO_VP = ("ddpo", "pcpo-diffusion")
+QUICK = {"tempflow-grpo", "rsm-zo", "rsm-zo [highsnr]", "flow-grpo", "flow-grpo-exact", "rsm-fo",
+         "vgg-flow", "vgg-flow-rsm", "vgg-flow-rsm + terminal g"}
 
 
 def configs(quick: bool) -> list[dict[str, Any]]:
-    """Every run of the study; presets not (yet) in rsm.methods are skipped."""
+    """Every run of the study (quick mode: the QUICK labels); presets not in rsm.methods are
+    skipped. Each config: label, preset, overrides, panels, baseline?, form, path kind, and the
+    baselines it is the redesign of (compute ratios)."""
     known = set(_methods.names())
     out: list[dict[str, Any]] = []
+    only = _panel_filter()
 
     def add(label: str, method: str, overrides: dict, panels: tuple[str, ...], baseline: bool,
-            redesign_of: tuple[str, ...] = ()) -> None:
-        if method not in known:
+            redesign_of: tuple[str, ...] = (), form: str | None = None) -> None:
+        if method not in known or (quick and label not in QUICK):
+            return
+        if only is not None and not set(panels) & only:
             return
         preset = _methods.get(method)
         kept = {k: v for k, v in overrides.items() if k in preset}
-        kind = "vp" if preset["path"] == "vp" else "flow"
         out.append({"label": label, "method": method, "overrides": kept, "panels": panels,
-                    "baseline": baseline, "kind": kind, "redesign_of": redesign_of})
+                    "baseline": baseline, "kind": _kind(method), "redesign_of": redesign_of,
+                    "form": form or _FORM.get(method, "redesign")})
 
-    # flow-grpo follows the released script (issue 15); flow-grpo-exact is the earlier form the
-    # paper's comparisons (and the numbers in docs/results/fig3-6.md) used
-    zo_base = ("tempflow-grpo", "flow-grpo", "flow-grpo-exact", "dance-grpo", "grpo-guard", "pcpo",
-               "branch-grpo", "branch-grpo-rsm", "mixgrpo")
+    zo_base = ("tempflow-grpo",) + ZO_SDE
     add("tempflow-grpo", "tempflow-grpo", ZO, ("zo-branch",), True)
-    for profile in _ZO_PROFILES if not quick else ["lowsnr2", "highsnr"]:
-        label = "rsm-zo" if profile == "lowsnr2" else f"rsm-zo [{profile}]"
-        panels = ("zo-branch", "zo-sde") if profile in ("lowsnr2", "highsnr") else ("zo-branch",)
-        add(label, "rsm-zo", {**ZO, "budget": profile}, panels, False, zo_base)
-    for m in ("flow-grpo", "flow-grpo-exact", "dance-grpo", "grpo-guard", "pcpo", "branch-grpo",
-              "branch-grpo-rsm", "mixgrpo"):
-        if quick and m not in ("flow-grpo", "flow-grpo-exact"):
-            continue
+    default = list(_methods.get("rsm-zo")["budget"]) if "rsm-zo" in known else None
+    add("rsm-zo", "rsm-zo", ZO, ("zo-branch", "zo-sde"), False, zo_base)
+    for profile in _ZO_PROFILES:
+        if profile not in _methods.BUDGETS or list(_methods.BUDGETS[profile]) == default:
+            continue   # a profile this rsm lacks, or the preset's own row above
+        add(f"rsm-zo [{profile}]", "rsm-zo", {**ZO, "budget": profile},
+            ("zo-branch", "zo-sde") if profile == "highsnr" else ("zo-branch",), False, zo_base,
+            "redesign (budget profile)")
+    for m in ZO_SDE:
         add(m, m, ZO, ("zo-sde",), True)
-    fo_base = ("vgg-flow", "residual-ndb", "adjoint-matching", "draft", "refl", "sqdf")
-    add("rsm-fo", "rsm-fo", {**FO, "reward_scale": LAMBDA_FO}, ("fo",), False, fo_base)
-    # the first-order baselines as docs/RESULTS.md ran them: the earlier forms (*-rsm) under
-    # their labels; the presets named after the methods now follow the released code (issue 15)
-    add("vgg-flow", "vgg-flow-rsm", {**FO, "reward_scale": 2 * LAMBDA_FO}, ("fo",), True)
-    # Fig. 6: the estimator alone (same temporal weighting, Tweedie vs terminal reward gradient)
-    add("vgg-flow + terminal g", "vgg-flow-rsm", {**FO, "reward_scale": 2 * LAMBDA_FO,
-                                               "estimator": "fo-terminal"}, ("fo",), False, ("vgg-flow",))
-    if not quick:
-        add("rsm-fo + Tweedie g", "rsm-fo", {**FO, "reward_scale": LAMBDA_FO,
-                                              "estimator": "fo-tweedie"}, ("fo",), True)
-        for m in ("adjoint-matching", "draft", "refl", "sqdf"):
-            add(m, m if m == "refl" else m + "-rsm", FO, ("fo",), True)
-        add("residual-ndb", "residual-ndb-rsm", FO,
-            ("fo",) if _kind("residual-ndb-rsm") == "flow" else ("vp",), True)
-        add("ddpo", "ddpo", ZO, ("vp",), True)
-        add("pcpo-diffusion", "pcpo-diffusion", ZO, ("vp",), True)
-        add("rsm-zo-diffusion", "rsm-zo-diffusion", ZO, ("vp",), False, ("ddpo", "pcpo-diffusion"))
-        add("rsm-fo-diffusion", "rsm-fo-diffusion", {**FO, "reward_scale": LAMBDA_FO}, ("vp",), False,
-            ("residual-ndb", "sqdf"))
+    # first order, flow path: lambda = 2 / alpha for eta = 1 - t (rsm-fo), twice that for
+    # VGG-Flow's eta = (1 - t)^2 (the paper's 1:2 ratio); the others at their presets' lambda
+    add("rsm-fo", "rsm-fo", {**FO, "reward_scale": LAMBDA_FO}, ("fo",), False, FO_FLOW)
+    for m in FO_FLOW:
+        add(m, m, {**FO, "reward_scale": 2 * LAMBDA_FO} if m.startswith("vgg-flow") else FO,
+            ("fo",), True)
+    # Fig. 6: the estimator alone (same temporal weighting, Tweedie vs terminal reward gradient),
+    # on the earlier VGG-Flow form the paper's comparison used and on the released one
+    for m in ("vgg-flow-rsm", "vgg-flow"):
+        add(f"{m} + terminal g", m, {**FO, "reward_scale": 2 * LAMBDA_FO, "estimator": "fo-terminal"},
+            ("fo",), False, (m,), "ablation (Fig. 6)")
+    add("rsm-fo + Tweedie g", "rsm-fo", {**FO, "reward_scale": LAMBDA_FO, "estimator": "fo-tweedie"},
+        ("fo",), True, (), "ablation (Fig. 6)")
+    # the VP (diffusion) panel: zeroth and first order on the linear-VP reference
+    for m in ZO_VP:
+        add(m, m, ZO, ("vp",), True)
+    for m in FO_VP:
+        add(m, m, FO, ("vp",), True)
+    add("rsm-zo-diffusion", "rsm-zo-diffusion", ZO, ("vp",), False, ZO_VP)
+    add("rsm-fo-diffusion", "rsm-fo-diffusion", {**FO, "reward_scale": LAMBDA_FO}, ("vp",), False, FO_VP)
     return out
+
+
+def _panel_filter() -> set[str] | None:
+    """RSM_EXPERIMENT_PANELS="zo-branch,zo-sde" runs only the configs in those panels (a full run
+    split over processes: the compute ratios never cross the groups zo-branch + zo-sde / fo / vp,
+    so each group's process is complete on its own)."""
+    value = os.environ.get("RSM_EXPERIMENT_PANELS", "")
+    if not value:
+        return None
+    panels = {p.strip() for p in value.split(",") if p.strip()}
+    unknown = panels - {"zo-branch", "zo-sde", "fo", "vp"}
+    if unknown:
+        raise ValueError(f"RSM_EXPERIMENT_PANELS: unknown panels {sorted(unknown)}; "
+                         "known: zo-branch, zo-sde, fo, vp")
+    return panels
 
 
 def _kind(method: str) -> str:
     if method not in _methods.names():
         return "flow"
     return "vp" if _methods.get(method)["path"] == "vp" else "flow"
+
+
+# kl_path above this is drawn as a gap (diverged runs); the tables keep the value
+KL_PATH_SHOWN = 1e6
 
 
 # NFE budget per panel (network evaluations of rollouts + training, as counted by the Trainer).
@@ -125,8 +175,9 @@ def _run_one(toy: Any, cfg: dict, budget: float, n_evals: int, seed: int, geomet
     kind = cfg["kind"]
     ref = toy.refs[kind]
     policy = ref.copy()
-    # kl_every=0: the curves carry the exact KLs of the sampler's density (kl_data, kl_target),
-    # so the history's Monte-Carlo kl_path would be evaluation time spent for nothing
+    # kl_every=0: the curves carry the exact KLs of the sampler's density (kl_data, kl_target)
+    # and kl_path on one protocol for every method (_finetune_toy.path_kl), where the history's
+    # own kl_path would use each preset's grid and noise level
     trainer = rsm.Trainer(policy, ref, toy.reward, cfg["method"], path=toy.paths[kind], seed=seed,
                           kl_every=0, **geometry, **cfg["overrides"])
     marks = [budget * k / n_evals for k in range(n_evals + 1)]
@@ -156,9 +207,19 @@ def _run_one(toy: Any, cfg: dict, budget: float, n_evals: int, seed: int, geomet
         while next_mark <= n_evals and nfe >= marks[next_mark]:
             record()
             next_mark += 1
-    clip = np.mean(np.asarray(clip_rows), axis=0).tolist() if clip_rows else []
+    # per-step clip fractions are averaged only where every iteration trains the same steps (not
+    # so for per-sample subsets such as sqdf's one step per sample: no per-step curve then)
+    same = clip_rows and len({len(c) for c in clip_rows}) == 1
+    clip = np.mean(np.asarray(clip_rows), axis=0).tolist() if same else []
     return {"curve": curve, "clip_per_step": clip, "diverged": diverged,
-            "trained_steps": _trained_steps(trainer)}
+            "trained_steps": _trained_steps(trainer),
+            "budget": list(trainer.cfg["budget"]) if "budget" in trainer.cfg else None}
+
+
+def _mean_clip(runs: list[dict]) -> list[float]:
+    """The per-step clip fraction averaged over the seeds that have one ([] if none do)."""
+    rows = [r["clip_per_step"] for r in runs if r["clip_per_step"]]
+    return np.mean(rows, axis=0).tolist() if rows else []
 
 
 def _trained_steps(trainer: Any) -> list[int]:
@@ -218,17 +279,20 @@ def _summarize(results: dict[str, list[dict]], cfgs: list[dict]) -> dict:
     for cfg in cfgs:
         runs = results[cfg["label"]]
         final = {k: np.array([r["curve"][-1][k] for r in runs])
-                 for k in ("reward", "kl_data", "kl_target", "ed_target", "nfe", "seconds", "reward_calls")}
+                 for k in ("reward", "kl_path", "kl_data", "kl_target", "ed_target", "nfe", "seconds",
+                           "reward_calls")}
         start = runs[0]["curve"][0]
         rows[cfg["label"]] = {
             "method": cfg["method"], "panels": list(cfg["panels"]), "baseline": cfg["baseline"],
+            "form": cfg["form"], "overrides": cfg["overrides"], "budget": runs[0]["budget"],
             **{f"{k}_mean": float(v.mean()) for k, v in final.items()},
-            **{f"{k}_std": float(v.std()) for k, v in final.items() if k in ("reward", "kl_data", "kl_target", "ed_target")},
+            **{f"{k}_std": float(v.std()) for k, v in final.items()
+               if k in ("reward", "kl_path", "kl_data", "kl_target", "ed_target")},
             "reward_start": start["reward"], "kl_target_start": start["kl_target"],
+            "kl_path_start": start["kl_path"],
             "best_kl_target_mean": float(np.min(_mean_curve(runs, "kl_target")[1])),
             "diverged_seeds": int(sum(r["diverged"] for r in runs)),
-            "clip_per_step": np.mean([r["clip_per_step"] for r in runs if r["clip_per_step"]], axis=0).tolist()
-            if any(r["clip_per_step"] for r in runs) else [],
+            "clip_per_step": _mean_clip(runs),
         }
     ratios = []
     labels = {c["label"]: c for c in cfgs}
@@ -271,6 +335,7 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
     specs = [("reward_vs_nfe", "nfe", "reward", "network evaluations", "mean reward"),
              ("reward_vs_time", "seconds", "reward", "training seconds", "mean reward"),
              ("reward_vs_kl", "kl_data", "reward", "KL(p_theta || p_data) (exact)", "mean reward"),
+             ("reward_vs_kl_path", "kl_path", "reward", "path KL(P_theta || P_ref) (kl_path)", "mean reward"),
              ("kl_target_vs_nfe", "nfe", "kl_target", "network evaluations", "KL(p_theta || p*) (exact)")]
     for stem, xkey, ykey, xlabel, ylabel in specs:
         fig = Figure(figsize=(4.2 * len(panels), 3.3), dpi=90)
@@ -282,6 +347,8 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
                 runs = results[cfg["label"]]
                 x = _axis(runs, xkey)
                 _, y, s = _mean_curve(runs, ykey)
+                if xkey == "kl_path":   # a diverging run's path KL (1e29) would flatten the axis
+                    x = np.where(x < KL_PATH_SHOWN, x, np.nan)
                 style = "--" if cfg["baseline"] else "-"
                 col = _color(cfg["label"], len(_COLORS))
                 ax.plot(x, y, style, color=col, label=cfg["label"], lw=1.4)
@@ -291,6 +358,9 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
                 ax.axhline(target["reward"], color="k", lw=0.8, ls=":", label="exact p*")
             if xkey == "kl_data":
                 ax.axvline(target["kl_data"], color="k", lw=0.8, ls=":")
+            if xkey == "kl_path":   # 0 at the reference, 1-500 after training: symmetric log
+                ax.set_xscale("symlog", linthresh=1.0)
+                ax.set_xlim(left=0.0)
             if ykey == "kl_target":
                 ax.set_yscale("log")
             ax.set_title(titles[panel], fontsize=9)
@@ -311,7 +381,9 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         for cfg in members:
-            clip = np.mean([r["clip_per_step"] for r in results[cfg["label"]] if r["clip_per_step"]], axis=0)
+            clip = _mean_clip(results[cfg["label"]])
+            if not clip:
+                continue
             steps = results[cfg["label"]][0]["trained_steps"]
             ax.plot(steps, clip, "o--" if cfg["baseline"] else "o-", label=cfg["label"],
                     color=_color(cfg["label"], len(_COLORS)), ms=3)
@@ -326,28 +398,31 @@ def _plots(out: pathlib.Path, results: dict, cfgs: list[dict], target: dict) -> 
     return written
 
 
-def _write_tables(out: pathlib.Path, results: dict, summary: dict, target: dict) -> None:
-    with open(out / "curves.csv", "w", newline="") as fh:
+def _write_tables(out: pathlib.Path, results: dict, summary: dict, target: dict,
+                  stem: str = "summary") -> None:
+    with open(out / ("curves.csv" if stem == "summary" else f"{stem}_curves.csv"), "w", newline="") as fh:
         writer = csv.writer(fh)
-        keys = ["nfe", "seconds", "reward_calls", "steps", "reward", "kl_data", "kl_target", "ed_target", "finite"]
+        keys = ["nfe", "seconds", "reward_calls", "steps", "reward", "kl_path", "kl_data", "kl_target",
+                "ed_target", "finite"]
         writer.writerow(["label", "seed"] + keys)
         for label, runs in results.items():
             for s, run in enumerate(runs):
                 for point in run["curve"]:
                     writer.writerow([label, s] + [f"{point[k]:.6g}" for k in keys])
-    lines = ["| method | panels | reward | KL(p‖p_data) | KL(p‖p*) | energy dist. to p* | NFE | train s | reward calls |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | form | panels | reward | kl_path | KL(p‖p_data) | KL(p‖p*) | energy dist. to p* | NFE "
+             "| train s | reward calls |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in summary["methods"].items():
-        lines.append(f"| {label}{' (baseline)' if m['baseline'] else ''} | {', '.join(m['panels'])} | "
-                     f"{m['reward_mean']:.3f} ± {m['reward_std']:.3f} | {m['kl_data_mean']:.2f} ± {m['kl_data_std']:.2f} | "
+        lines.append(f"| {label}{' (baseline)' if m['baseline'] else ''} | {m['form']} | {', '.join(m['panels'])} | "
+                     f"{m['reward_mean']:.3f} ± {m['reward_std']:.3f} | {m['kl_path_mean']:.3g} ± {m['kl_path_std']:.2g} | "
+                     f"{m['kl_data_mean']:.2f} ± {m['kl_data_std']:.2f} | "
                      f"{m['kl_target_mean']:.3f} ± {m['kl_target_std']:.3f} | {m['ed_target_mean']:.3f} ± {m['ed_target_std']:.3f} | "
                      f"{m['nfe_mean']:.3g} | {m['seconds_mean']:.1f} | {m['reward_calls_mean']:.0f} |")
-    lines.append(f"| exact p* | | {target['reward']:.3f} | {target['kl_data']:.2f} | 0 | 0 | | | |")
+    lines.append(f"| exact p* | | | {target['reward']:.3f} | | {target['kl_data']:.2f} | 0 | 0 | | | |")
     lines += ["", "| redesign | baseline | baseline final reward | NFE ratio | seconds ratio |", "|---|---|---|---|---|"]
     for r in summary["ratios"]:
         lines.append(f"| {r['redesign']} | {r['baseline']} | {r['nfe_baseline_final_reward']:.3f} | "
                      f"{_fmt_ratio(r['nfe_ratio'])} | {_fmt_ratio(r['seconds_ratio'])} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def _fmt_ratio(v: float) -> str:
@@ -368,25 +443,38 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
 def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     cfgs = configs(quick)
     kinds = tuple(sorted({c["kind"] for c in cfgs}))
     toy = toy_lib.make_toy(quick, seed, kinds)
     budgets = _budgets(quick)
-    seeds = [seed + k for k in range(1 if quick else 3)]
+    seeds = [seed + k for k in range(1 if quick else toy_lib.full_seeds())]
     n_evals = 4 if quick else 8
-    results: dict[str, list[dict]] = {}
-    for cfg in cfgs:
-        budget = max(budgets[p] for p in cfg["panels"])
-        t0 = time.perf_counter()
-        results[cfg["label"]] = [_run_one(toy, cfg, budget, n_evals, s, _geometry(cfg, quick)) for s in seeds]
-        if not quick:
-            print(f"[{NAME}] {cfg['label']}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     target = toy_lib.exact_reference_numbers(toy)
+    results: dict[str, list[dict]] = {c["label"]: [] for c in cfgs}
+    # seeds outermost: after each complete pass over the configs, partial.json / partial.md hold
+    # every method over the seeds done so far (a run stopped by a deadline leaves k full seeds)
+    for s in seeds:
+        for cfg in cfgs:
+            budget = max(budgets[p] for p in cfg["panels"])
+            t0 = time.perf_counter()
+            results[cfg["label"]].append(_run_one(toy, cfg, budget, n_evals, s, _geometry(cfg, quick)))
+            if not quick:
+                print(f"[{NAME}] seed {s} {cfg['label']}: {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr, flush=True)
+        if not quick and s != seeds[-1]:
+            partial = _summarize(results, cfgs)
+            partial.update({"target": target, "seeds": seeds[:seeds.index(s) + 1], "budgets": budgets,
+                            "wall_seconds": time.perf_counter() - start,
+                            "cpu_seconds": time.process_time() - cpu_start})
+            _write_tables(out, results, partial, target, stem="partial")
+            (out / "partial.json").write_text(json.dumps(partial, indent=1, default=float))
     summary = _summarize(results, cfgs)
     summary.update({"target": target, "seeds": seeds, "budgets": budgets,
+                    "kl_path_protocol": {k: toy_lib.KL_PATH[k] for k in kinds},
                     "reference": {k: toy_lib.evaluate(toy, m, k) for k, m in toy.refs.items()},
                     "wall_seconds": time.perf_counter() - start,
+                    "cpu_seconds": time.process_time() - cpu_start,
                     "figures": _plots(out, results, cfgs, target)})
     _write_tables(out, results, summary, target)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))

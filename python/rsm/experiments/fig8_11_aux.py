@@ -12,7 +12,13 @@
   Fig. 11  rsm-fo on-policy vs with an offline replay buffer of past rollouts.
 
 Every variant runs the same number of iterations from the same reference and seeds; the
-mechanisms live in rsm.auxiliary (AuxTrainer)."""
+mechanisms live in rsm.auxiliary (AuxTrainer). The mechanisms attach to the forms the paper's
+ablations were built on (g_phi needs every step trained: vgg-flow-rsm; h_phi needs the forward
+residual estimator: rsm-fo-diffusion); the presets as released (vgg-flow, residual-ndb, sqdf,
+docs/RELEASED.md) run beside them as labelled context rows, and SQDF as released (whose code has
+a replay buffer the preset leaves out) beside sqdf-rsm with and without rsm's buffer. Every
+checkpoint carries kl_path, the whole-path KL to the reference on one protocol for every method
+(_finetune_toy.path_kl)."""
 from __future__ import annotations
 
 import csv
@@ -38,11 +44,13 @@ LAMBDA = 2.0 / toy_lib.ALPHA
 def variants() -> list[dict[str, Any]]:
     """(figure, label, preset, path kind, overrides, mechanism factory)."""
     return [
-        {"fig": "9", "label": "vgg-flow (pruned)", "method": "vgg-flow-rsm", "kind": "flow",
+        {"fig": "9", "label": "vgg-flow-rsm (pruned)", "method": "vgg-flow-rsm", "kind": "flow",
          "overrides": {"reward_scale": 2 * LAMBDA}, "make": lambda s: {}},
-        {"fig": "9", "label": "vgg-flow + g_phi", "method": "vgg-flow-rsm", "kind": "flow",
+        {"fig": "9", "label": "vgg-flow-rsm + g_phi", "method": "vgg-flow-rsm", "kind": "flow",
          "overrides": {"reward_scale": 2 * LAMBDA},
          "make": lambda s: {"value_net": aux.ValueGradientNet(2, seed=s + 11)}},
+        {"fig": "9", "label": "vgg-flow (released, pruned)", "method": "vgg-flow", "kind": "flow",
+         "overrides": {"reward_scale": 2 * LAMBDA}, "make": lambda s: {}, "full_only": True},
         {"fig": "10", "label": "residual (pruned)", "method": "rsm-fo-diffusion", "kind": "vp",
          "overrides": {"reward_scale": LAMBDA}, "make": lambda s: {}},
         {"fig": "10", "label": "residual + h_phi (forward loss)", "method": "rsm-fo-diffusion",
@@ -51,11 +59,25 @@ def variants() -> list[dict[str, Any]]:
         {"fig": "10", "label": "residual + h_phi + backward loss", "method": "rsm-fo-diffusion",
          "kind": "vp", "overrides": {"reward_scale": LAMBDA},
          "make": lambda s: {"residual": aux.ResidualNet(2, backward_loss=True, seed=s + 12)}},
+        {"fig": "10", "label": "residual-ndb (released, pruned)", "method": "residual-ndb", "kind": "vp",
+         "overrides": {}, "make": lambda s: {}, "full_only": True},
+        {"fig": "10", "label": "residual-ndb-rsm (pruned)", "method": "residual-ndb-rsm", "kind": "vp",
+         "overrides": {}, "make": lambda s: {}, "full_only": True},
         {"fig": "11", "label": "rsm-fo (on-policy)", "method": "rsm-fo", "kind": "flow",
          "overrides": {"reward_scale": LAMBDA}, "make": lambda s: {}},
         {"fig": "11", "label": "rsm-fo + replay buffer", "method": "rsm-fo", "kind": "flow",
          "overrides": {"reward_scale": LAMBDA},
          "make": lambda s: {"replay": aux.ReplayBuffer(capacity=8, replay=2, seed=s)}},
+        # SQDF's release trains with a replay buffer the presets leave out; rsm's buffer needs
+        # every step as a row (with sqdf's one step per sample the replayed rows do not match
+        # the batch's: refused by the update), so the pair runs on the every-step form sqdf-rsm
+        {"fig": "11", "label": "sqdf (released, on-policy)", "method": "sqdf", "kind": "vp",
+         "overrides": {}, "make": lambda s: {}, "full_only": True},
+        {"fig": "11", "label": "sqdf-rsm (on-policy)", "method": "sqdf-rsm", "kind": "vp",
+         "overrides": {}, "make": lambda s: {}, "full_only": True},
+        {"fig": "11", "label": "sqdf-rsm + replay buffer", "method": "sqdf-rsm", "kind": "vp",
+         "overrides": {}, "make": lambda s: {"replay": aux.ReplayBuffer(capacity=8, replay=2, seed=s)},
+         "full_only": True},
     ]
 
 
@@ -140,7 +162,7 @@ def g_phi_fidelity(toy: Any, updates: int, seed: int, batch: int) -> dict:
 
 
 def _final(runs: list[dict]) -> dict:
-    keys = ("reward", "kl_data", "kl_target", "ed_target", "seconds", "nfe")
+    keys = ("reward", "kl_path", "kl_data", "kl_target", "ed_target", "seconds", "nfe")
     return {**{f"{k}_mean": float(np.mean([r["curve"][-1][k] for r in runs])) for k in keys},
             **{f"{k}_std": float(np.std([r["curve"][-1][k] for r in runs])) for k in keys}}
 
@@ -155,7 +177,7 @@ def _plots(out: pathlib.Path, results: dict, vs: list[dict], fidelity: dict) -> 
     # Fig. 8: norms along generation
     fig = Figure(figsize=(11, 3.2), dpi=90)
     FigureCanvasAgg(fig)
-    panels = [("vgg-flow + g_phi", "VGG-Flow: |g_phi| vs |g| (Tweedie)"),
+    panels = [("vgg-flow-rsm + g_phi", "VGG-Flow: |g_phi| vs |g| (Tweedie)"),
               ("residual + h_phi + backward loss", "Residual nabla-DB: |h_phi| vs |lambda g|")]
     for j, (label, title) in enumerate(panels):
         ax = fig.add_subplot(1, 3, j + 1)
@@ -216,23 +238,32 @@ def run(out: pathlib.Path, quick: bool = False, seed: int = 0) -> dict:
 
 def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     toy = toy_lib.make_toy(quick, seed, ("flow", "vp"))
     steps, n_evals, batch = (25, 2, 8) if quick else (60, 4, 16)
-    seeds = [seed + k for k in range(1 if quick else 3)]
-    vs = variants()
-    results = {}
-    for v in vs:
-        t0 = time.perf_counter()
-        results[v["label"]] = [_run_variant(toy, v, steps, n_evals, s, batch) for s in seeds]
+    seeds = [seed + k for k in range(1 if quick else toy_lib.full_seeds())]
+    vs = [v for v in variants() if not (quick and v.get("full_only"))]
+    results: dict[str, list[dict]] = {v["label"]: [] for v in vs}
+    # seeds outermost: after each pass, partial.json holds every variant over the seeds so far
+    for s in seeds:
+        for v in vs:
+            t0 = time.perf_counter()
+            results[v["label"]].append(_run_variant(toy, v, steps, n_evals, s, batch))
+            if not quick:
+                print(f"[{NAME}] seed {s} {v['label']}: {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr, flush=True)
         if not quick:
-            print(f"[{NAME}] {v['label']}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            (out / "partial.json").write_text(json.dumps(
+                {"seeds": seeds[:seeds.index(s) + 1], "wall_seconds": time.perf_counter() - start,
+                 "cpu_seconds": time.process_time() - cpu_start,
+                 "variants": {v["label"]: {"fig": v["fig"], **_final(results[v["label"]])} for v in vs}},
+                indent=1, default=float))
     fidelity = g_phi_fidelity(toy, 40 if quick else 120, seed, batch)
     summary: dict[str, Any] = {"seeds": seeds, "iterations": steps,
                                "variants": {v["label"]: {"fig": v["fig"], **_final(results[v["label"]])} for v in vs},
                                "norms": {}, "g_phi_fidelity": fidelity,
                                "target": toy_lib.exact_reference_numbers(toy)}
-    for label in ("vgg-flow + g_phi", "residual + h_phi (forward loss)", "residual + h_phi + backward loss"):
+    for label in ("vgg-flow-rsm + g_phi", "residual + h_phi (forward loss)", "residual + h_phi + backward loss"):
         learned = np.mean([r["norms"]["learned"] for r in results[label]], 0)
         analytic = np.mean([r["norms"]["analytic"] for r in results[label]], 0)
         summary["norms"][label] = {"t": results[label][0]["norms"]["t"], "learned": learned.tolist(),
@@ -242,15 +273,17 @@ def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
     summary["figures"] = _plots(out, results, vs, fidelity)
     with open(out / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        keys = ["iteration", "seconds", "nfe", "reward", "kl_data", "kl_target", "ed_target"]
+        keys = ["iteration", "seconds", "nfe", "reward", "kl_path", "kl_data", "kl_target", "ed_target"]
         w.writerow(["variant", "seed"] + keys)
         for label, runs in results.items():
             for s, r in enumerate(runs):
                 for p in r["curve"]:
                     w.writerow([label, s] + [f"{p[k]:.6g}" for k in keys])
-    lines = ["| fig | variant | reward | KL(p‖p_data) | KL(p‖p*) | energy dist. to p* | train s | NFE |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| fig | variant | reward | kl_path | KL(p‖p_data) | KL(p‖p*) | energy dist. to p* | train s | NFE |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, m in summary["variants"].items():
         lines.append(f"| {m['fig']} | {label} | {m['reward_mean']:.3f} ± {m['reward_std']:.3f} | "
+                     f"{m['kl_path_mean']:.3g} ± {m['kl_path_std']:.2g} | "
                      f"{m['kl_data_mean']:.2f} ± {m['kl_data_std']:.2f} | {m['kl_target_mean']:.2f} ± {m['kl_target_std']:.2f} | "
                      f"{m['ed_target_mean']:.3f} ± {m['ed_target_std']:.3f} | {m['seconds_mean']:.1f} | {m['nfe_mean']:.3g} |")
     lines += ["", "| learned term | mean |learned|/|analytic| over t | max |", "|---|---|---|"]
@@ -262,5 +295,6 @@ def _run(out: pathlib.Path, quick: bool, seed: int) -> dict:
                   f"pathwise value gradient: g {np.mean(f['rel_err_g']):.3f}, g + g_phi {np.mean(f['rel_err_g_plus_phi']):.3f}"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     summary["wall_seconds"] = time.perf_counter() - start
+    summary["cpu_seconds"] = time.process_time() - cpu_start
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
