@@ -9,6 +9,8 @@ has the torch twin.
     out  = SiLU(h_L) W_out^T + b_out"""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 import rsm
@@ -98,11 +100,18 @@ class NumpyMLP:
 
 
 def numpy_twin(mlp: rsm.MLP) -> rsm.ExternalModel:
-    """An rsm.ExternalModel computing `mlp` in numpy, with a copy of its parameters."""
+    """An rsm.ExternalModel computing `mlp` in numpy, with a copy of its parameters. The callbacks
+    reach the network through a weak reference to the model: the network holds a DLPack view of
+    the model's parameters, and a strong reference from the callbacks would close a cycle through
+    that view's C-level owner, which Python's collector cannot see (a leak under LeakSanitizer)."""
     c = mlp.config
-    holder = {}
+    owner = {}
+
+    def state():
+        return owner["model"]().faults
 
     def forward(x, t, cond):
+        holder = state()
         x, t, cond = numpy_views(x, t, cond)
         out = holder["net"].forward(x, t, cond)
         fault = holder["fault"]
@@ -115,6 +124,7 @@ def numpy_twin(mlp: rsm.MLP) -> rsm.ExternalModel:
         return out
 
     def backward(x, t, cond, cot, dparams, dx):
+        holder = state()
         if holder["fault"] == "backward raises":
             raise ValueError("the network is broken")
         x, t, cond, cot, dparams, dx = numpy_views(x, t, cond, cot, dparams, dx)
@@ -122,11 +132,11 @@ def numpy_twin(mlp: rsm.MLP) -> rsm.ExternalModel:
 
     model = rsm.ExternalModel(forward, backward, dim=c["dim"], cond_dim=c["cond_dim"],
                               num_params=mlp.num_params, dtype=c["dtype"], name="NumpyMLP")
+    owner["model"] = weakref.ref(model)
     flat = np.from_dlpack(model.params)
     flat[...] = np.from_dlpack(mlp.params)
-    holder["net"] = NumpyMLP(c, flat)
-    holder["fault"] = None   # tests set a fault: "forward raises", "shape", "dtype", "backward raises"
-    model.faults = holder
+    # tests set a fault: "forward raises", "shape", "dtype", "backward raises"
+    model.faults = {"net": NumpyMLP(c, flat), "fault": None}
     rsm.guards.copy_path(mlp, model)
     return model
 
