@@ -207,7 +207,7 @@ def bench_flow_grpo(hidden: int, depth: int, compile_ok: bool) -> list[dict]:
         def run():
             with torch.no_grad():
                 x = torch.randn(n, 2, device="cuda")
-                xs, zs, logps = [x], [], []
+                xs, logps = [x], []
                 for c in coefs:
                     u = net(x, torch.full((n,), c["t"], device="cuda"))
                     mean = c["A"] * x + c["K"] * u

@@ -4,7 +4,7 @@ classifier's probability of the requested class with Flow-GRPO and with rsm-zo, 
 rsm.TorchModel: rsm's samplers, log-probs, RSM objective and AdamW drive the torch module, whose
 parameters become zero-copy views of rsm's flat buffer.
 
-    python examples/torch_backbone.py                 # short: about a minute on 2 cores
+    python examples/torch_backbone.py                 # short: about 1.5 minutes on 2 shared cores
     python examples/torch_backbone.py --pretrain-steps 3000 --iterations 40   # a real run
 
 OMP_WAIT_POLICY=passive is set below (unless the environment sets it) before torch is imported:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import rsm
-from rsm.methods import streams
 from test_released import (RTOL, chain, convention_effects, dance_grid, dance_step,
                            flow_grpo_step, fwd, move_policy, ppo_cotangent, quantised,
                            rel_err, reward_recorder)

@@ -20,12 +20,12 @@ RuntimeError with the reason when CUDA cannot be used.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _C
-from ._device import _device_index, _dtype_of, _mod, _shape, backend_table, empty, require, \
+from ._device import _device_index, _mod, _shape, backend_table, empty, require, \
     to_device, to_host
 
 __all__ = ["is_available", "device_count", "empty", "zeros", "to_device", "to_host", "synchronize",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ...sampling import sample
 from .. import streams
 from ..batch import Batch, Row
